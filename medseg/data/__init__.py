@@ -1,0 +1,1 @@
+"""Data: synthetic phantoms, manifests, preprocessing cache and patch samplers."""

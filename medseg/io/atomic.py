@@ -1,0 +1,64 @@
+"""Atomic writes: write to a temporary file in the destination folder, then rename.
+
+A crash, a full disk or an exception while writing never leaves a partial file
+under the final name, and an existing file stays intact until the new one is
+complete. Used by every writer in medseg (images, CSV, JSON, checkpoints, HTML).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from medseg.errors import ImageWriteError
+
+__all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes", "check_writable_dir"]
+
+
+def check_writable_dir(path: str | os.PathLike) -> Path:
+    """Return the folder that will hold ``path``; raise ImageWriteError if it is not writable."""
+    folder = Path(path).resolve().parent
+    if not folder.is_dir():
+        raise ImageWriteError("output folder does not exist", folder)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ImageWriteError("output folder is not writable", folder)
+    return folder
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
+
+    The temporary name keeps ``suffix`` (default: the full suffix of ``path``,
+    e.g. ``.nii.gz``) so that libraries choosing a format by extension still
+    work. On any exception the temporary file is removed and the exception
+    propagates; ``path`` is untouched.
+    """
+    target = Path(path)
+    folder = check_writable_dir(target)
+    if suffix is None:
+        suffix = "".join(target.suffixes) if target.suffixes else ""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=folder)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
+    """Write ``text`` to ``path`` atomically."""
+    atomic_write_bytes(path, text.encode(encoding))
