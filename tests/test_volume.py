@@ -1,0 +1,69 @@
+"""Volume geometry against nibabel and hand calculations."""
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medseg.data.phantom import rotation_z
+from medseg.errors import GeometryError
+from medseg.volume import Volume, affine_from
+
+
+def test_spacing_orientation_origin_from_affine():
+    affine = affine_from((0.7, 0.8, 5.0), "LPS", origin_mm=(10.0, -20.0, 30.0))
+    vol = Volume(np.zeros((4, 5, 6), np.int16), affine)
+    assert vol.spacing_mm == pytest.approx((0.7, 0.8, 5.0))
+    assert vol.orientation == "LPS"
+    assert vol.origin_mm == (10.0, -20.0, 30.0)
+    assert vol.shape == (4, 5, 6) and vol.spatial_shape == (4, 5, 6)
+    np.testing.assert_allclose(affine[:3, :3], np.diag([-0.7, -0.8, 5.0]))
+    # nibabel agrees on voxel sizes and axis codes.
+    assert np.allclose(nib.affines.voxel_sizes(affine), vol.spacing_mm)
+    assert "".join(nib.aff2axcodes(affine)) == vol.orientation
+
+
+def test_oblique_spacing_is_column_norm():
+    affine = affine_from((1.0, 2.0, 3.0), "RAS", rotation=rotation_z(30))
+    vol = Volume(np.zeros((3, 3, 3)), affine)
+    assert vol.spacing_mm == pytest.approx((1.0, 2.0, 3.0))
+    assert vol.voxel_volume_ml == pytest.approx(6.0 / 1000.0)
+
+
+def test_crop_moves_origin_and_keeps_world_positions():
+    affine = affine_from((2.0, 3.0, 4.0), "LPS", origin_mm=(5.0, 6.0, 7.0))
+    vol = Volume(np.arange(6 * 7 * 8).reshape(6, 7, 8), affine)
+    sub = vol.crop((1, 2, 3), (4, 6, 8))
+    assert sub.shape == (3, 4, 5)
+    assert sub.array[0, 0, 0] == vol.array[1, 2, 3]
+    np.testing.assert_allclose(sub.world_coords([0, 0, 0]), vol.world_coords([1, 2, 3]))
+    # Hand value: LPS flips x and y: origin + (-2*1, -3*2, 4*3).
+    np.testing.assert_allclose(sub.origin_mm, (3.0, 0.0, 19.0))
+
+
+def test_channels_first_and_with_array():
+    vol = Volume(np.zeros((2, 4, 5, 6)), np.eye(4))
+    assert vol.has_channels and vol.spatial_shape == (4, 5, 6)
+    other = vol.with_array(np.ones((4, 5, 6), np.uint8))
+    assert other.same_grid(vol) and other.array.dtype == np.uint8
+    with pytest.raises(GeometryError, match="does not fit"):
+        vol.with_array(np.ones((4, 5, 7)))
+
+
+@pytest.mark.parametrize("shape", [(4, 5), (1, 2, 3, 4, 5)])
+def test_rejects_wrong_ndim(shape):
+    with pytest.raises(GeometryError, match="3D"):
+        Volume(np.zeros(shape), np.eye(4))
+
+
+def test_rejects_bad_affine():
+    with pytest.raises(GeometryError, match="4x4"):
+        Volume(np.zeros((2, 2, 2)), np.eye(3))
+    singular = np.eye(4)
+    singular[2, 2] = 0
+    with pytest.raises(GeometryError, match="singular"):
+        Volume(np.zeros((2, 2, 2)), singular)
+
+
+def test_affine_from_rejects_bad_codes():
+    with pytest.raises(GeometryError, match="axis codes"):
+        affine_from((1, 1, 1), "RRS")
