@@ -1,0 +1,284 @@
+"""``write_report``: the self-contained HTML quality-control report of an evaluation.
+
+Sections: summary per label, box/strip plots of Dice and HD95 per label, the
+worst cases by mean Dice with overlay images and volumes per label, and the
+sortable per-case table. See :mod:`medseg.report` for the conventions.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import math
+import os
+from collections.abc import Mapping
+from html import escape
+from pathlib import Path
+
+import numpy as np
+
+from medseg import __version__
+from medseg.errors import UsageError
+from medseg.io.atomic import atomic_write_text, check_writable_dir
+from medseg.report.cases import check_dirs, find_case_file, read_case_volume
+from medseg.report.overlays import Window, choose_window, overlay_png
+from medseg.report.plots import metric_plot_png
+from medseg.report.results import (
+    METRIC_COLUMNS,
+    STATUSES,
+    ResultRow,
+    read_results,
+    resolve_label_names,
+)
+from medseg.report.summary import SUMMARY_METRICS, LabelSummary, summarize, worst_cases
+from medseg.report.template import page
+
+__all__ = ["write_report"]
+
+log = logging.getLogger(__name__)
+
+_DIGITS = {"dice": 3, "iou": 3, "accuracy": 4, "nsd": 3}  # others: 2 (mm, mL)
+_SUMMARY_STATS = {"dice": ("mean", "median", "std"), "hd95_mm": ("mean", "median", "std")}
+_PLOTS = (("dice", "Dice per label", True), ("hd95_mm", "HD95 per label (mm)", False))
+
+
+def write_report(
+    results_csv: str | os.PathLike,
+    out_html: str | os.PathLike,
+    images_dir: str | os.PathLike | None = None,
+    pred_dir: str | os.PathLike | None = None,
+    gt_dir: str | os.PathLike | None = None,
+    labels: str | os.PathLike | Mapping[int, str] | None = None,
+    worst_n: int = 5,
+    window: Window = None,
+) -> Path:
+    """Write a self-contained HTML report of ``results_csv`` to ``out_html``.
+
+    Parameters
+    ----------
+    results_csv : per-case results of ``medseg evaluate`` (one row per case and label).
+    out_html : output file, written atomically (nothing is written on error).
+    images_dir, pred_dir, gt_dir : folders holding ``<case>.nii.gz`` (or .nii,
+        .nrrd, .mha); with ``pred_dir`` and ``gt_dir`` the worst cases get overlay
+        images, over the image when ``images_dir`` is given.
+    labels : label names: a JSON file (``{"1": "liver"}``, ``{"liver": 1}`` or an
+        MSD dataset.json) or a mapping; default: the ``label_name`` column.
+    worst_n : number of worst cases (lowest mean Dice) shown with overlays.
+    window : display window of the overlays: None (auto), ``"ct"``, ``"mr"`` or (low, high).
+
+    Returns
+    -------
+    The path written.
+
+    Raises
+    ------
+    DataError, ConfigError, ImageReadError, UsageError, GeometryError
+        Bad results, labels, folders or case files (message names the file).
+    """
+    if isinstance(worst_n, bool) or not isinstance(worst_n, (int, np.integer)) or worst_n < 0:
+        raise UsageError(f"worst_n must be an integer >= 0, got {worst_n!r}")
+    if window is not None:
+        choose_window(np.zeros(2), window)  # validate before any work
+    check_writable_dir(out_html)
+    overlays = check_dirs(images_dir, pred_dir, gt_dir)
+    rows = read_results(results_csv)
+    names = resolve_label_names(rows, labels)
+    columns = [c for c in METRIC_COLUMNS if any(c in r.metrics for r in rows)]
+    dirs = (images_dir, pred_dir, gt_dir) if overlays else None
+    body = "\n".join([
+        _header(Path(results_csv), rows, names),
+        _summary_section(summarize(rows, names), columns),
+        _plots_section(rows, names, columns),
+        _worst_section(rows, names, worst_n, dirs, window),
+        _cases_section(rows, names, columns),
+    ])
+    atomic_write_text(out_html, page("medseg QC report", body))
+    log.info("wrote report %s (%d cases, %d labels)", out_html,
+             len({r.case for r in rows}), len(names))
+    return Path(out_html)
+
+
+# -- sections ---------------------------------------------------------------
+
+def _header(results_csv: Path, rows: list[ResultRow], names: dict[int, str]) -> str:
+    n_cases = len({r.case for r in rows})
+    return (
+        "<h1>medseg quality-control report</h1>\n"
+        f"<p class=\"meta\">{escape(results_csv.name)}: {n_cases} cases, {len(names)} labels, "
+        f"{len(rows)} rows &middot; medseg {escape(__version__)}</p>\n"
+        "<nav><a href=\"#summary-section\">Summary</a><a href=\"#plots\">Plots</a>"
+        "<a href=\"#worst\">Worst cases</a><a href=\"#per-case\">Per-case table</a></nav>"
+    )
+
+
+def _summary_section(summaries: list[LabelSummary], columns: list[str]) -> str:
+    metrics = [m for m in SUMMARY_METRICS if m in columns]
+    head = [("Label", True), ("Name", False), ("n", True)]
+    head += [(s.replace("_", " "), True) for s in STATUSES]
+    for m in metrics:
+        head += [(f"{METRIC_COLUMNS[m]} {stat}", True) for stat in _stats_of(m)]
+    body = []
+    for s in summaries:
+        cells = [_num_cell(s.label, 0), _text_cell(s.name), _num_cell(s.n, 0)]
+        cells += [_num_cell(s.status_counts[st], 0) for st in STATUSES]
+        for m in metrics:
+            cells += [_num_cell(getattr(s.stats[m], stat), _DIGITS.get(m, 2))
+                      for stat in _stats_of(m)]
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    return (
+        "<h2 id=\"summary-section\">Summary per label</h2>\n"
+        "<p class=\"note\">Mean, median and standard deviation over the finite values only "
+        "(NaN and inf, e.g. for empty masks, are left out; the status columns count them). "
+        "Click a header to sort.</p>\n"
+        f"<div class=\"scroll\">{_table('summary', head, body)}</div>"
+    )
+
+
+def _stats_of(metric: str) -> tuple[str, ...]:
+    """Statistics shown in the summary table for ``metric`` (mean only for the secondary ones)."""
+    return _SUMMARY_STATS.get(metric, ("mean",))
+
+
+def _plots_section(rows: list[ResultRow], names: dict[int, str], columns: list[str]) -> str:
+    images = []
+    for metric, title, unit_range in _PLOTS:
+        if metric in columns:
+            png = metric_plot_png(rows, names, metric, title, unit_range=unit_range)
+            images.append(_img(png, f"{title}: box and strip plot", f"plot-{metric}"))
+    note = ("<p class=\"note\">One row per label; box = quartiles, line = median, dots = cases. "
+            "Infinite values are red crosses at the right edge; NaN values are not drawn.</p>")
+    plots = f"<div class=\"plots\">{''.join(images)}</div>"
+    return f"<h2 id=\"plots\">Distributions</h2>\n{note}\n{plots}"
+
+
+def _worst_section(rows, names, worst_n, dirs, window) -> str:
+    worst = worst_cases(rows, worst_n)
+    parts = [f"<h2 id=\"worst\">Worst {len(worst)} cases by mean Dice</h2>"]
+    if dirs is None:
+        parts.append("<p class=\"note\">No overlays: give the prediction and ground-truth "
+                     "folders (and the images) to see them.</p>")
+    else:
+        parts.append(
+            "<p class=\"note\">Ground truth green (solid), prediction red (dashed); the axial, "
+            "coronal and sagittal planes cross at the densest error (yellow +). Radiological "
+            "convention: patient right on the viewer's left (axial, coronal), anterior on the "
+            "left (sagittal); physical aspect ratio.</p>")
+    for rank, (case, mean_dice) in enumerate(worst, start=1):
+        case_rows = [r for r in rows if r.case == case]
+        parts.append(_worst_case(rank, case, mean_dice, case_rows, names, dirs, window))
+    return "\n".join(parts)
+
+
+def _worst_case(rank, case, mean_dice, case_rows, names, dirs, window) -> str:
+    image = gt = pred = None
+    overlay = ""
+    if dirs is not None:
+        images_dir, pred_dir, gt_dir = dirs
+        gt = read_case_volume(find_case_file(gt_dir, case))
+        pred = read_case_volume(find_case_file(pred_dir, case))
+        if images_dir is not None:
+            image = read_case_volume(find_case_file(images_dir, case, allow_channel=True))
+        title = f"{case}: mean Dice {_fmt(mean_dice, 3)}"
+        png = overlay_png(image, gt, pred, label_names=names, window=window, title=title)
+        overlay = _img(png, f"overlay of case {case}", f"overlay-{rank}")
+    volumes = _volume_table(case_rows, names, gt, pred)
+    return (
+        f"<div class=\"case\"><h3>{rank}. {escape(case)} &mdash; mean Dice "
+        f"{_fmt(mean_dice, 3)}</h3>\n<div class=\"row\">{overlay}{volumes}</div></div>"
+    )
+
+
+def _volume_table(case_rows: list[ResultRow], names, gt, pred) -> str:
+    """Volumes (mL) per label of one case: from results.csv, else counted in the masks."""
+    counted = _count_ml(gt), _count_ml(pred)
+    head = [("Label", True), ("Name", False), ("Status", False), ("Dice", True),
+            ("HD95 (mm)", True), ("Vol GT (mL)", True), ("Vol pred (mL)", True)]
+    body = []
+    for r in sorted(case_rows, key=lambda r: r.label):
+        vol_gt = _first_finite(r.get("vol_gt_ml"), counted[0].get(r.label, math.nan))
+        vol_pred = _first_finite(r.get("vol_pred_ml"), counted[1].get(r.label, math.nan))
+        body.append("<tr>" + "".join([
+            _num_cell(r.label, 0), _text_cell(names.get(r.label, "")), _status_cell(r.status),
+            _num_cell(r.get("dice"), 3), _num_cell(r.get("hd95_mm"), 2),
+            _num_cell(vol_gt, 2), _num_cell(vol_pred, 2)]) + "</tr>")
+    return f"<div class=\"scroll\">{_table(None, head, body)}</div>"
+
+
+def _count_ml(volume) -> dict[int, float]:
+    if volume is None:
+        return {}
+    array = volume.array if not volume.has_channels else volume.array[0]
+    values, counts = np.unique(np.rint(array).astype(np.int64), return_counts=True)
+    return {int(v): float(c) * volume.voxel_volume_ml for v, c in zip(values, counts, strict=True)}
+
+
+def _first_finite(*values: float) -> float:
+    return next((v for v in values if math.isfinite(v)), math.nan)
+
+
+def _cases_section(rows: list[ResultRow], names: dict[int, str], columns: list[str]) -> str:
+    head = [("Case", False), ("Label", True), ("Name", False), ("Status", False)]
+    head += [(METRIC_COLUMNS[c], True) for c in columns]
+    body = []
+    for r in rows:
+        cells = [_text_cell(r.case), _num_cell(r.label, 0), _text_cell(names.get(r.label, "")),
+                 _status_cell(r.status)]
+        cells += [_num_cell(r.get(c), _DIGITS.get(c, 2)) for c in columns]
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    return (
+        "<h2 id=\"per-case\">Per-case results</h2>\n"
+        "<p class=\"note\">Click a header to sort (NaN last); type to filter by case.</p>\n"
+        "<input id=\"case-filter\" type=\"search\" placeholder=\"filter cases\" "
+        "aria-label=\"filter cases\">\n"
+        f"<div class=\"scroll\">{_table('cases', head, body)}</div>"
+    )
+
+
+# -- HTML pieces --------------------------------------------------------------
+
+def _table(table_id: str | None, head: list[tuple[str, bool]], body: list[str]) -> str:
+    ident = f" id=\"{table_id}\"" if table_id else ""
+    ths = "".join(
+        f"<th data-type=\"num\">{escape(t)}</th>" if numeric
+        else f"<th class=\"t\">{escape(t)}</th>"
+        for t, numeric in head
+    )
+    return (f"<table class=\"sortable\"{ident}><thead><tr>{ths}</tr></thead>"
+            f"<tbody>\n{chr(10).join(body)}\n</tbody></table>")
+
+
+def _img(png: bytes, alt: str, ident: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return (f"<img id=\"{escape(ident)}\" alt=\"{escape(alt)}\" "
+            f"src=\"data:image/png;base64,{data}\">")
+
+
+def _text_cell(text: str) -> str:
+    return f"<td class=\"t\">{escape(str(text))}</td>"
+
+
+def _status_cell(status: str) -> str:
+    return (f"<td class=\"t\" data-v=\"{status}\"><span class=\"status s-{status}\">"
+            f"{escape(status.replace('_', ' '))}</span></td>")
+
+
+def _num_cell(value: float, digits: int) -> str:
+    return f"<td data-v=\"{_data_value(value)}\">{_fmt(value, digits)}</td>"
+
+
+def _data_value(value: float) -> str:
+    value = float(value)
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return repr(value)
+
+
+def _fmt(value: float, digits: int) -> str:
+    value = float(value)
+    if math.isnan(value):
+        return "&ndash;"
+    if math.isinf(value):
+        return "&infin;" if value > 0 else "&minus;&infin;"
+    return f"{value:.{digits}f}"

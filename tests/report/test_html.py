@@ -1,0 +1,133 @@
+"""write_report on phantom cases: content of the HTML, errors, atomicity, the CLI."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+
+import pytest
+
+from medseg.cli import main
+from medseg.errors import DataError, ImageReadError, UsageError
+from medseg.report import write_report
+from report_html import parse_report
+
+
+@pytest.fixture(scope="module")
+def report(phantom_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report") / "report.html"
+    ds = phantom_dataset
+    write_report(ds["results"], out, images_dir=ds["images"], pred_dir=ds["pred"],
+                 gt_dir=ds["gt"], worst_n=2)
+    return out, parse_report(out)
+
+
+def test_summary_has_one_row_per_label_with_real_means(report, phantom_dataset):
+    _, parsed = report
+    summary = parsed.tables["summary"]
+    assert [r[1][0] for r in summary["rows"]] == ["liver", "spleen", "kidney_left",
+                                                   "kidney_right", "aorta"]
+    col = summary["head"].index("Dice mean")
+    n_col = summary["head"].index("n")
+    both_col = summary["head"].index("both empty")
+    for row in summary["rows"]:
+        label = int(row[0][1].split(".")[0])
+        dices = [r["dice"] for r in phantom_dataset["rows"]
+                 if r["label"] == label and math.isfinite(r["dice"])]
+        assert float(row[col][1]) == pytest.approx(sum(dices) / len(dices))
+        assert row[n_col][0] == "4"
+    aorta = summary["rows"][4]
+    assert aorta[both_col][0] == "1"  # case 3 has no aorta in either mask
+
+
+def test_case_table_lists_every_row_with_status(report, phantom_dataset):
+    _, parsed = report
+    cases = parsed.tables["cases"]
+    assert len(cases["rows"]) == len(phantom_dataset["rows"]) == 20
+    status_col = cases["head"].index("Status")
+    statuses = [r[status_col][1] for r in cases["rows"]]
+    assert statuses == [r["status"] for r in phantom_dataset["rows"]]
+    assert {"empty_pred", "both_empty", "ok"} <= set(statuses)
+    hd95 = cases["head"].index("HD95 (mm)")
+    assert "inf" in [r[hd95][1] for r in cases["rows"]]
+
+
+def test_images_are_embedded_pngs_and_nothing_is_fetched(report):
+    path, parsed = report
+    assert len(parsed.images) == 2 + 2  # Dice and HD95 plots, 2 worst-case overlays
+    for img in parsed.images:
+        prefix = "data:image/png;base64,"
+        assert img["src"].startswith(prefix)
+        assert base64.b64decode(img["src"][len(prefix):])[:8] == b"\x89PNG\r\n\x1a\n"
+    text = path.read_text()
+    assert "http://" not in text and "https://" not in text
+    assert all(link.startswith(("#", "data:")) for link in parsed.links)
+
+
+def test_worst_cases_are_ranked_by_mean_dice(report, phantom_dataset):
+    path, _ = report
+    means = {}
+    for r in phantom_dataset["rows"]:
+        if math.isfinite(r["dice"]):
+            means.setdefault(r["case"], []).append(r["dice"])
+    ranked = sorted(means, key=lambda c: sum(means[c]) / len(means[c]))
+    text = path.read_text()
+    first, second = (text.index(f"{i}. {c} &mdash;") for i, c in enumerate(ranked[:2], 1))
+    assert first < second
+    assert f"{ranked[2]} &mdash; mean Dice" not in text
+
+
+def test_label_names_file_overrides_the_csv(phantom_dataset, tmp_path):
+    labels = tmp_path / "dataset.json"
+    labels.write_text(json.dumps({"labels": {"background": 0, "Liver": 1, "Spleen": 2,
+                                             "Kidney L": 3, "Kidney R": 4, "Aorta": 5}}))
+    out = tmp_path / "r.html"
+    write_report(phantom_dataset["results"], out, labels=labels, worst_n=0)
+    names = [r[1][0] for r in parse_report(out).tables["summary"]["rows"]]
+    assert names == ["Liver", "Spleen", "Kidney L", "Kidney R", "Aorta"]
+
+
+def test_missing_case_file_raises_and_writes_nothing(phantom_dataset, tmp_path):
+    pred = tmp_path / "pred"
+    pred.mkdir()  # empty: no predictions
+    out = tmp_path / "r.html"
+    with pytest.raises(ImageReadError, match="case_00"):
+        write_report(phantom_dataset["results"], out, pred_dir=pred,
+                     gt_dir=phantom_dataset["gt"], worst_n=1)
+    assert list(tmp_path.iterdir()) == [pred]
+
+
+def test_bad_arguments(phantom_dataset, tmp_path):
+    out = tmp_path / "r.html"
+    with pytest.raises(UsageError, match="both pred_dir and gt_dir"):
+        write_report(phantom_dataset["results"], out, pred_dir=phantom_dataset["pred"])
+    with pytest.raises(UsageError, match="worst_n"):
+        write_report(phantom_dataset["results"], out, worst_n=-1)
+    with pytest.raises(UsageError, match="window"):
+        write_report(phantom_dataset["results"], out, window="lung")
+    with pytest.raises(DataError, match="does not exist"):
+        write_report(tmp_path / "nope.csv", out)
+    assert not out.exists()
+
+
+def test_cli_writes_the_report(phantom_dataset, tmp_path):
+    ds = phantom_dataset
+    out = tmp_path / "cli.html"
+    code = main(["report", "--results", str(ds["results"]), "--images", str(ds["images"]),
+                 "--pred", str(ds["pred"]), "--gt", str(ds["gt"]), "--worst", "1",
+                 "--window=-200,300", "-o", str(out)])
+    assert code == 0
+    parsed = parse_report(out)
+    assert len(parsed.images) == 3
+    assert len(parsed.tables["summary"]["rows"]) == 5
+
+
+def test_cli_error_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "results.csv"
+    bad.write_text("case,label,status\nc1,1,ok\n")
+    code = main(["report", "--results", str(bad), "-o", str(tmp_path / "r.html")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.count("\n") == 1 and "results.csv" in err and "dice" in err
+    assert not (tmp_path / "r.html").exists()
