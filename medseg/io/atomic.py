@@ -46,11 +46,24 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     tmp = Path(tmp_name)
     try:
         yield tmp
+        _set_default_mode(tmp)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def _set_default_mode(path: Path) -> None:
+    """Give ``path`` the mode a newly created file gets (0o666 minus the umask).
+
+    ``mkstemp`` creates files readable by their owner only; an output file
+    should be readable like any other file the user creates.
+    """
+    umask = os.umask(0o022)
+    os.umask(umask)
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o666 & ~umask)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

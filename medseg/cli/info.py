@@ -1,0 +1,89 @@
+"""``medseg info PATH``: geometry, intensities and labels of an image."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from medseg.volume import Volume
+
+HELP = "show shape, spacing, orientation, intensities and labels of an image"
+#: Integer images with at most this many distinct values are listed as labels.
+MAX_LABELS = 256
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", help="image file (.nii.gz, .nrrd, .mha, ...) or DICOM folder")
+    parser.add_argument("--series", metavar="UID", help="SeriesInstanceUID in a DICOM folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    from medseg.io import read_volume
+
+    print(describe(read_volume(args.path, series=args.series), args.path))
+    return 0
+
+
+def describe(volume: Volume, path: str | os.PathLike) -> str:
+    """Human-readable summary of ``volume`` read from ``path`` (several lines).
+
+    Geometry in mm (spacing along x, y, z; origin = RAS position of voxel 0),
+    intensity min / max / mean, and for integer images with at most
+    :data:`MAX_LABELS` distinct values each value's voxel count and volume in
+    mL (voxel volume = |det(affine[:3, :3])| / 1000).
+    """
+    import numpy as np
+
+    array = volume.array
+    lines = [
+        f"{os.fspath(path)}",
+        f"  shape        {' x '.join(map(str, volume.shape))} "
+        f"({'C, x, y, z' if volume.has_channels else 'x, y, z'})",
+        f"  dtype        {array.dtype}",
+        f"  spacing      {' x '.join(f'{s:.6g}' for s in volume.spacing_mm)} mm",
+        f"  orientation  {volume.orientation}",
+        f"  origin       ({', '.join(f'{o:.6g}' for o in volume.origin_mm)}) mm (RAS)",
+        f"  voxel volume {volume.voxel_volume_ml:.6g} mL",
+    ]
+    if "series_uid" in volume.meta:
+        lines.append(f"  series UID   {volume.meta['series_uid'] or '<empty>'}")
+        lines.append(f"  slices       {len(volume.meta.get('dicom_files', []))} DICOM files")
+    if array.size:
+        lines.append(
+            f"  intensity    min {_num(array.min())}, max {_num(array.max())}, "
+            f"mean {float(np.mean(array, dtype=np.float64)):.6g}"
+        )
+    if array.dtype.kind in "iub" and array.size:
+        lines.extend(_label_lines(array, volume.voxel_volume_ml))
+    return "\n".join(lines)
+
+
+def _label_lines(array: np.ndarray, voxel_ml: float) -> list[str]:
+    values, counts = _value_counts(array)
+    if values.size > MAX_LABELS:
+        return [f"  labels       {values.size} distinct values (not a label map, not listed)"]
+    lines = [f"  labels       {values.size} values: value, voxels, volume mL"]
+    width = max(len(str(v)) for v in values.tolist())
+    for value, count in zip(values.tolist(), counts.tolist()):
+        lines.append(f"    {value:>{width}}  {count:>12d}  {count * voxel_ml:12.3f}")
+    return lines
+
+
+def _value_counts(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct values and their counts (bincount for small ranges, else unique)."""
+    import numpy as np
+
+    lo, hi = int(array.min()), int(array.max())
+    if hi - lo < 1 << 17:
+        counts = np.bincount((array.ravel(order="K").astype(np.int64) - lo), minlength=hi - lo + 1)
+        values = np.flatnonzero(counts)
+        return values + lo, counts[values]
+    return np.unique(array, return_counts=True)
+
+
+def _num(value) -> str:
+    return f"{value:.6g}" if isinstance(value.item(), float) else str(value.item())

@@ -1,0 +1,138 @@
+"""Reading and writing volumes: NIfTI, DICOM series, NRRD, MetaImage.
+
+:func:`read_volume` and :func:`write_volume` choose the format from the path:
+
+==============================  ==================================================
+path                            through
+==============================  ==================================================
+``.nii``, ``.nii.gz``           nibabel (gzip through ISA-L, :mod:`medseg.io.gz`)
+``.nrrd``, ``.nhdr``            SimpleITK (:mod:`medseg.io.sitk`)
+``.mha``, ``.mhd``              SimpleITK
+a folder                        a DICOM series, SimpleITK + GDCM
+                                (:mod:`medseg.io.dicom`), read only
+==============================  ==================================================
+
+Every Volume comes back indexed (x, y, z), or (C, x, y, z) with channels, with
+an affine mapping voxel indices to RAS+ mm; the LPS world of ITK is converted
+in :mod:`medseg.io.sitk` and nowhere else. Every write is atomic (a temporary
+file in the destination folder, renamed when complete). Submodules are
+imported on first use, so ``import medseg.io`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from medseg.errors import ImageReadError, ImageWriteError, UsageError
+from medseg.io.formats import (
+    SUPPORTED_EXTENSIONS,
+    check_spatial_ndim,
+    format_of,
+    is_image_path,
+)
+from medseg.volume import Volume
+
+__all__ = ["read_volume", "write_volume", "SUPPORTED_EXTENSIONS", "is_image_path"]
+
+log = logging.getLogger(__name__)
+
+
+def read_volume(
+    path: str | os.PathLike,
+    series: str | None = None,
+    *,
+    ndim: int = 3,
+    channels: bool = True,
+) -> Volume:
+    """Read an image file or a DICOM series folder.
+
+    Parameters
+    ----------
+    path : a ``.nii``, ``.nii.gz``, ``.nrrd``, ``.nhdr``, ``.mha`` or ``.mhd`` file,
+        or a folder holding a DICOM series.
+    series : SeriesInstanceUID to read when a DICOM folder holds several series.
+    ndim : spatial dimensions required; medseg handles 3 only (2D images are errors).
+    channels : accept a 4D image as channel-first (C, x, y, z); if False only
+        (x, y, z) is accepted.
+
+    Returns
+    -------
+    Volume with array (x, y, z) or (C, x, y, z) in the file's dtype (scaled
+    floats when a NIfTI has ``scl_slope``; DICOM rescale applied) and affine
+    voxel -> RAS+ mm. ``meta["source"]`` is the path; DICOM adds
+    ``dicom_files``, ``series_uid`` and ``study_uid``.
+
+    Raises
+    ------
+    ImageReadError
+        missing path, unsupported extension, corrupt/truncated/non-image file,
+        a folder without DICOM files or with several series.
+    GeometryError
+        a 2D or 5D image, or a DICOM series with missing slices or uneven spacing.
+    UsageError
+        ``ndim`` other than 3, or ``series`` given for a file / not in the folder.
+    """
+    if ndim != 3:
+        raise UsageError(f"ndim={ndim} is not supported: medseg reads 3D volumes (ndim=3)")
+    if not os.path.exists(path):
+        raise ImageReadError("no such file or folder", path)
+    kind = format_of(path)
+    if series is not None and kind != "dicom":
+        raise UsageError("series= selects a DICOM series and needs a folder", path)
+    if kind == "nifti":
+        from medseg.io.nifti import read_nifti
+
+        volume = read_nifti(path)
+    elif kind == "sitk":
+        from medseg.io.sitk import read_sitk
+
+        volume = read_sitk(path)
+    else:
+        from medseg.io.dicom import read_dicom_series
+
+        volume = read_dicom_series(path, series)
+    check_spatial_ndim(volume.array, path, channels)
+    log.debug("read %s: %r", path, volume)
+    return volume
+
+
+def write_volume(volume: Volume, path: str | os.PathLike) -> Path:
+    """Write ``volume`` to ``path``, in the format its extension names, atomically.
+
+    Parameters
+    ----------
+    volume : the image, (x, y, z) or (C, x, y, z), with its RAS+ mm affine.
+    path : ``.nii``, ``.nii.gz``, ``.nrrd``, ``.nhdr``, ``.mha`` or ``.mhd``.
+
+    Returns
+    -------
+    The path written.
+
+    Raises
+    ------
+    ImageWriteError
+        unsupported extension, a folder as target, missing or read-only output
+        folder, or a failed write. Nothing is left at ``path`` (an existing file
+        there stays intact) and no temporary file remains.
+    """
+    if not isinstance(volume, Volume):
+        raise UsageError(f"write_volume needs a medseg Volume, got {type(volume).__name__}", path)
+    kind = format_of(path, for_writing=True)
+    _check_output_folder(path)
+    if kind == "nifti":
+        from medseg.io.nifti import write_nifti
+
+        return write_nifti(volume, path)
+    from medseg.io.sitk import write_sitk
+
+    return write_sitk(volume, path)
+
+
+def _check_output_folder(path: str | os.PathLike) -> None:
+    folder = Path(path).resolve().parent
+    if not folder.is_dir():
+        raise ImageWriteError(f"output folder {folder} does not exist", path)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ImageWriteError(f"output folder {folder} is not writable", path)

@@ -1,0 +1,115 @@
+"""File formats medseg reads and writes, recognised by file-name extension.
+
+Pure helpers (no disk access beyond ``Path.is_dir``): the extension table,
+:func:`is_image_path` for listing image files in a folder, :func:`format_of`
+for dispatching a path to a reader or writer, and :func:`check_spatial_ndim`
+which every reader uses to turn a raw array into the (x, y, z) /
+(C, x, y, z) layout of :class:`~medseg.volume.Volume`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from medseg.errors import GeometryError, ImageReadError
+
+__all__ = [
+    "SUPPORTED_EXTENSIONS",
+    "NIFTI_EXTENSIONS",
+    "SITK_EXTENSIONS",
+    "is_image_path",
+    "format_of",
+    "extension_of",
+    "check_spatial_ndim",
+]
+
+#: NIfTI-1/2, read and written through nibabel (``.nii.gz`` through isal).
+NIFTI_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii")
+#: NRRD and MetaImage (attached and detached headers), through SimpleITK.
+SITK_EXTENSIONS: tuple[str, ...] = (".nrrd", ".nhdr", ".mha", ".mhd")
+#: Every image file extension medseg reads and writes (lower case). A DICOM
+#: series is read from its folder instead (see :func:`medseg.io.read_volume`).
+SUPPORTED_EXTENSIONS: tuple[str, ...] = NIFTI_EXTENSIONS + SITK_EXTENSIONS
+
+
+def extension_of(path: str | os.PathLike) -> str | None:
+    """The supported extension ``path`` ends with (lower case), or None."""
+    name = Path(path).name.lower()
+    for ext in SUPPORTED_EXTENSIONS:  # ".nii.gz" is tested before ".nii"
+        if name.endswith(ext) and len(name) > len(ext):
+            return ext
+    return None
+
+
+def is_image_path(path: str | os.PathLike) -> bool:
+    """True when the file name of ``path`` has a supported image extension.
+
+    Only the name is looked at (the disk is not touched), case-insensitively.
+    Hidden names (starting with ``.``, such as the temporary files of an
+    interrupted atomic write) are not images. DICOM series are folders and
+    are not recognised here.
+
+    >>> is_image_path("case_001.nii.gz"), is_image_path("notes.txt")
+    (True, False)
+    """
+    name = Path(path).name
+    return not name.startswith(".") and extension_of(name) is not None
+
+
+def format_of(path: str | os.PathLike, for_writing: bool = False) -> str:
+    """``"nifti"``, ``"sitk"`` or ``"dicom"`` (an existing folder, reading only).
+
+    Raises
+    ------
+    ImageReadError
+        (``for_writing=False``) the path has no supported extension.
+    medseg.errors.ImageWriteError
+        (``for_writing=True``) the path is a folder or has no supported extension.
+    """
+    from medseg.errors import ImageWriteError
+
+    error = ImageWriteError if for_writing else ImageReadError
+    if Path(path).is_dir():
+        if for_writing:
+            raise error(
+                "is a folder; writing DICOM series is not supported, write one of "
+                f"{', '.join(SUPPORTED_EXTENSIONS)}",
+                path,
+            )
+        return "dicom"
+    ext = extension_of(path)
+    if ext is None:
+        suffix = "".join(Path(path).suffixes) or "no extension"
+        raise error(
+            f"unsupported image file type ({suffix}): expected one of "
+            f"{', '.join(SUPPORTED_EXTENSIONS)}" + ("" if for_writing else " or a DICOM folder"),
+            path,
+        )
+    return "nifti" if ext in NIFTI_EXTENSIONS else "sitk"
+
+
+def check_spatial_ndim(
+    array: np.ndarray, path: str | os.PathLike, channels: bool = True
+) -> np.ndarray:
+    """Return ``array`` if it is (x, y, z), or (C, x, y, z) when ``channels``.
+
+    Parameters
+    ----------
+    array : image array already in medseg axis order (channel first).
+    path : the file it came from (named in the error).
+    channels : accept a channel-first 4D array.
+
+    Raises
+    ------
+    GeometryError
+        a 1D/2D image ("is 2D, expected a 3D volume"), a 5D or larger image, or a
+        4D image when ``channels`` is False.
+    """
+    if array.ndim == 3 or (array.ndim == 4 and channels):
+        return array
+    expected = "a 3D volume" + (" (or 4D with channels)" if channels else "")
+    shape = " x ".join(str(s) for s in array.shape)
+    raise GeometryError(f"is {array.ndim}D (shape {shape}), expected {expected}", path)
