@@ -1,0 +1,237 @@
+"""``evaluate_arrays``: every metric for every label of two integer label maps.
+
+One pass over each array finds the labels, their voxel counts and bounding
+boxes; each label's work (overlap counts, surfaces, distances) then runs on
+its own crop (union of both bounding boxes plus a one-voxel margin).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from medseg.errors import DataError, GeometryError, UsageError
+from medseg.metrics.conventions import Convention, get_convention
+from medseg.metrics.overlap import OverlapCounts, count_overlap, overlap_metrics
+from medseg.metrics.surface import surface_distances, surface_metrics
+
+__all__ = ["METRIC_KEYS", "evaluate_arrays", "check_label_array", "check_spacing", "present_labels"]
+
+#: Metric keys of each label's dict, in column order (``status`` follows).
+METRIC_KEYS = (
+    "dice", "iou", "accuracy", "hd_mm", "hd95_mm", "avd_mm", "assd_mm", "nsd",
+    "vol_pred_ml", "vol_gt_ml",
+)
+_SURFACE_KEYS = ("hd_mm", "hd95_mm", "avd_mm", "assd_mm", "nsd")
+_FIND_OBJECTS_MAX = 1 << 24  # largest label value + 1 (find_objects lists one box per value)
+
+
+def evaluate_arrays(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    spacing_mm: Sequence[float],
+    labels: Iterable[int] | None = None,
+    convention: str = "medseg",
+    nsd_tolerance_mm: float = 1.0,
+) -> dict[int, dict[str, float | str]]:
+    """Overlap and surface metrics of each label of a predicted and a true label map.
+
+    Parameters
+    ----------
+    pred, gt : (x, y, z) arrays of non-negative integer labels (0 = background),
+        same shape, on the same grid. Bool arrays count as label 1; float
+        arrays are accepted when every value is a whole number.
+    spacing_mm : voxel size in mm along (x, y, z); required (no unit default).
+    labels : labels to score (positive integers); default every non-zero
+        value found in either array. A label absent from both gets a
+        ``both_empty`` row.
+    convention : ``"medseg"`` (default), ``"monai"``, ``"deepmind"`` or
+        ``"medpy"``; see :mod:`medseg.metrics` for what each one means.
+    nsd_tolerance_mm : tolerance of the surface Dice (NSD), in mm.
+
+    Returns
+    -------
+    dict
+        ``{label: {"dice", "iou", "accuracy", "hd_mm", "hd95_mm", "avd_mm",
+        "assd_mm", "nsd", "vol_pred_ml", "vol_gt_ml": float, "status": str}}``
+        with ``status`` one of ``ok``, ``empty_pred``, ``empty_gt``,
+        ``both_empty``. Distances in mm, volumes in mL.
+
+    Raises
+    ------
+    GeometryError
+        Shapes differ or are not 3D.
+    DataError
+        Negative, non-integer or NaN labels.
+    UsageError
+        Bad spacing, tolerance, label list or convention name.
+
+    Examples
+    --------
+    >>> gt = np.zeros((8, 8, 8), np.uint8); gt[2:6, 2:6, 2:6] = 1
+    >>> m = evaluate_arrays(gt, gt, (1.0, 1.0, 2.0))[1]
+    >>> m["dice"], m["hd95_mm"], m["vol_gt_ml"], m["status"]
+    (1.0, 0.0, 0.128, 'ok')
+    """
+    conv = get_convention(convention)
+    spacing = check_spacing(spacing_mm)
+    tolerance = _check_tolerance(nsd_tolerance_mm)
+    pred = check_label_array(pred, "pred")
+    gt = check_label_array(gt, "gt")
+    if pred.shape != gt.shape:
+        raise GeometryError(f"pred has shape {pred.shape} but gt has shape {gt.shape}")
+    region = _nonzero_region(pred, gt)  # all work below stays inside the labelled region
+    pred_r, gt_r = pred[region], gt[region]
+    boxes = (_boxes(pred_r), _boxes(gt_r))
+    wanted = _labels_to_score(labels, boxes)
+    voxel_mm3 = float(np.prod(spacing))
+    return {
+        label: _evaluate_label(pred_r, gt_r, pred.size, label, boxes, spacing, voxel_mm3, conv, tolerance)
+        for label in wanted
+    }
+
+
+def check_label_array(array: np.ndarray, what: str, path: str | os.PathLike | None = None) -> np.ndarray:
+    """Return ``array`` as a 3D array of non-negative integers, or raise DataError.
+
+    ``what`` names the array in the message (e.g. ``"pred"``) and ``path`` the
+    file it came from.
+    """
+    array = np.asarray(array)
+    if array.ndim != 3:
+        raise GeometryError(f"{what} must be a 3D (x, y, z) label map, got shape {array.shape}", path)
+    if array.dtype == bool:
+        return array.view(np.uint8)
+    if array.dtype.kind == "f":
+        if not np.all(np.isfinite(array)):
+            raise DataError(f"{what} holds NaN or infinite values; labels must be integers", path)
+        rounded = np.rint(array)
+        bad = array != rounded
+        if bad.any():
+            raise DataError(
+                f"{what} holds non-integer label {array[bad].flat[0].item()!r}; labels must be integers", path
+            )
+        array = rounded
+    elif array.dtype.kind not in "iu":
+        raise DataError(f"{what} has dtype {array.dtype}; labels must be integers", path)
+    if array.size and array.min() < 0:
+        raise DataError(
+            f"{what} holds negative label {array.min().item()!r}; labels must be non-negative", path
+        )
+    if array.dtype.kind == "f" or array.dtype.kind == "i":
+        high = int(array.max()) if array.size else 0
+        array = array.astype(np.min_scalar_type(high), copy=False)
+    return array
+
+
+def check_spacing(spacing_mm: Sequence[float]) -> tuple[float, float, float]:
+    """Three positive finite voxel sizes in mm, or UsageError."""
+    try:
+        spacing = tuple(float(s) for s in spacing_mm)
+    except (TypeError, ValueError):
+        raise UsageError(f"spacing_mm must be three numbers in mm, got {spacing_mm!r}") from None
+    if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
+        raise UsageError(f"spacing_mm must be three positive numbers in mm, got {spacing_mm!r}")
+    return spacing  # type: ignore[return-value]
+
+
+def _check_tolerance(value: float) -> float:
+    tolerance = float(value)
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise UsageError(f"nsd_tolerance_mm must be a finite number >= 0, got {value!r}")
+    return tolerance
+
+
+def present_labels(array: np.ndarray) -> list[int]:
+    """Sorted non-zero labels of an integer label map (no full-size temporary)."""
+    return [i + 1 for i, box in enumerate(_boxes(array[_nonzero_region(array)])) if box is not None]
+
+
+def _nonzero_region(*arrays: np.ndarray) -> tuple[slice, ...]:
+    """Smallest box (slices) holding every non-zero voxel of ``arrays``, from max projections."""
+    lo, hi = [np.inf] * 3, [-1] * 3
+    for array in arrays:
+        if not array.size:
+            continue
+        plane = array.max(axis=2)  # (x, y); the cheapest pass over a C-ordered array
+        axes = (plane.max(axis=1), plane.max(axis=0), array.max(axis=(0, 1)))
+        for a, proj in enumerate(axes):
+            nz = np.flatnonzero(proj)
+            if nz.size:
+                lo[a], hi[a] = min(lo[a], nz[0]), max(hi[a], nz[-1])
+    if hi[0] < 0:
+        return (slice(0, 0),) * 3
+    return tuple(slice(int(a), int(b) + 1) for a, b in zip(lo, hi))
+
+
+def _labels_to_score(labels: Iterable[int] | None, boxes: tuple) -> list[int]:
+    if labels is None:
+        return sorted({i + 1 for b in boxes for i, box in enumerate(b) if box is not None})
+    wanted = []
+    for label in labels:
+        if isinstance(label, bool) or not float(label).is_integer() or int(label) < 1:
+            raise UsageError(f"labels must be positive integers (0 is background), got {label!r}")
+        wanted.append(int(label))
+    return sorted(set(wanted))
+
+
+def _boxes(array: np.ndarray) -> list:
+    """Bounding box (slices) of each label, index label-1; None when absent."""
+    from scipy import ndimage
+
+    if not array.size:
+        return []
+    high = int(array.max())
+    if high >= _FIND_OBJECTS_MAX:
+        raise UsageError(f"label values up to {_FIND_OBJECTS_MAX - 1} are supported, got {high}")
+    if array.dtype.kind == "u" and array.dtype.itemsize > 4:
+        array = array.astype(np.int64)
+    return ndimage.find_objects(array)
+
+
+def _union_box(boxes: tuple, label: int, shape: tuple[int, ...]) -> tuple[slice, ...]:
+    found = [b[label - 1] for b in boxes if label <= len(b) and b[label - 1] is not None]
+    start = [min(b[a].start for b in found) for a in range(3)]
+    stop = [max(b[a].stop for b in found) for a in range(3)]
+    return tuple(slice(max(s - 1, 0), min(e + 1, n)) for s, e, n in zip(start, stop, shape))
+
+
+def _crop(array: np.ndarray, label: int, box: tuple[slice, ...]) -> np.ndarray:
+    """Boolean mask of ``label`` inside ``box``, padded so that every face is background."""
+    mask = array[box] == label
+    pad = [
+        (1 if s.start == 0 else 0, 1 if s.stop == n else 0)
+        for s, n in zip(box, array.shape)
+    ]
+    return np.pad(mask, pad) if any(any(p) for p in pad) else mask
+
+
+def _evaluate_label(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    n_total: int,
+    label: int,
+    boxes: tuple,
+    spacing: tuple[float, float, float],
+    voxel_mm3: float,
+    conv: Convention,
+    tolerance: float,
+) -> dict[str, float | str]:
+    if not any(label <= len(b) and b[label - 1] is not None for b in boxes):
+        counts = OverlapCounts(0, 0, 0, n_total)
+        pred_mask = gt_mask = None
+    else:
+        box = _union_box(boxes, label, pred.shape)
+        pred_mask, gt_mask = _crop(pred, label, box), _crop(gt, label, box)
+        counts = count_overlap(pred_mask, gt_mask, n_total=n_total)
+    row: dict[str, float | str] = dict(overlap_metrics(counts, voxel_mm3, conv))
+    if counts.status == "ok":
+        row.update(surface_metrics(surface_distances(pred_mask, gt_mask, spacing, conv), conv, tolerance))
+    else:
+        row.update({k: conv.empty[counts.status][k] for k in _SURFACE_KEYS})
+    out: dict[str, float | str] = {k: float(row[k]) for k in METRIC_KEYS}
+    out["status"] = counts.status
+    return out

@@ -1,0 +1,170 @@
+"""medseg.evaluation and ``medseg evaluate``: pairing, CSV/summary content, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medseg.cli import main
+from medseg.evaluation import RESULT_COLUMNS, evaluate_folders, load_label_names
+from medseg.metrics import evaluate_arrays
+
+SPACING = (0.8, 0.8, 2.5)
+AFFINE = np.diag(SPACING + (1.0,))
+
+
+def _ball(centre, radius, shape=(30, 30, 20)):
+    grid = np.ogrid[tuple(slice(0, n) for n in shape)]
+    return sum(((g - c) * s) ** 2 for g, c, s in zip(grid, centre, SPACING)) <= radius**2
+
+
+def _save(array, path, affine=AFFINE, dtype=np.uint8):
+    nib.save(nib.Nifti1Image(np.asarray(array, dtype=dtype), affine), str(path))
+
+
+@pytest.fixture
+def folders(tmp_path):
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    pred.mkdir(), gt.mkdir()
+    for i, shift in enumerate((0, 2)):
+        g = _ball((15, 15, 10), 8).astype(np.uint8)
+        g[_ball((15, 15, 3), 4)] = 2
+        p = np.roll(g, shift, axis=0)
+        if i == 1:
+            p[p == 2] = 0  # structure 2 missed in case_1
+        _save(g, gt / f"case_{i}.nii.gz")
+        _save(p, pred / f"case_{i}.nii.gz")
+    return pred, gt, tmp_path
+
+
+def _read(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_folders_rows_and_summary(folders):
+    pred, gt, tmp = folders
+    labels = tmp / "labels.json"
+    labels.write_text(json.dumps({"1": "liver", "2": "tumour", "3": "spleen"}))
+    rows, summary = evaluate_folders(pred, gt, tmp / "results.csv", labels=labels, workers=2)
+    table = _read(tmp / "results.csv")
+    assert list(table[0]) == list(RESULT_COLUMNS)
+    assert [(r["case"], r["label"], r["status"]) for r in table] == [
+        ("case_0", "1", "ok"), ("case_0", "2", "ok"), ("case_0", "3", "both_empty"),
+        ("case_1", "1", "ok"), ("case_1", "2", "empty_pred"), ("case_1", "3", "both_empty"),
+    ]
+    assert table[4]["hd_mm"] == "inf" and table[4]["dice"] == "0.0" and table[1]["label_name"] == "tumour"
+    # each row equals evaluate_arrays on the same arrays
+    g = np.asarray(nib.load(gt / "case_1.nii.gz").dataobj)
+    p = np.asarray(nib.load(pred / "case_1.nii.gz").dataobj)
+    ref = evaluate_arrays(p, g, SPACING, labels=[1, 2, 3])
+    assert float(table[3]["hd95_mm"]) == pytest.approx(ref[1]["hd95_mm"], rel=1e-6)  # float32 affine
+    # a missed structure stays in the summary: counted by status and as n_inf
+    tumour = json.loads((tmp / "summary.json").read_text())["labels"]["2"]
+    assert tumour["status"] == {"ok": 1, "empty_pred": 1, "empty_gt": 0, "both_empty": 0}
+    assert tumour["metrics"]["hd_mm"]["n_inf"] == 1 and tumour["metrics"]["hd_mm"]["n"] == 1
+    assert tumour["metrics"]["dice"]["mean"] == pytest.approx((ref[2]["dice"] + 1.0) / 2)
+    dices = [float(r["dice"]) for r in table if math.isfinite(float(r["dice"]))]
+    assert summary["overall"]["metrics"]["dice"]["mean"] == pytest.approx(np.mean(dices))
+    srows = _read(tmp / "summary.csv")
+    assert {r["label"] for r in srows} == {"1", "2", "3", "all"}
+
+
+def test_cli_two_files_monai_convention(folders, capsys):
+    pred, gt, tmp = folders
+    out = tmp / "one.csv"
+    code = main(["evaluate", "--pred", str(pred / "case_0.nii.gz"), "--gt", str(gt / "case_0.nii.gz"),
+                 "-o", str(out), "--convention", "monai", "--nsd-tolerance", "2", "--workers", "1"])
+    assert code == 0
+    table = _read(out)
+    assert [r["label"] for r in table] == ["1", "2"] and {r["case"] for r in table} == {"case_0"}
+    assert (tmp / "summary.csv").exists() and (tmp / "summary.json").exists()
+
+
+def test_label_file_formats(tmp_path):
+    ts = tmp_path / "a.json"
+    ts.write_text('{"1": "spleen", "2": "kidney_right"}')
+    msd1 = tmp_path / "b.json"
+    msd1.write_text('{"name": "x", "labels": {"0": "background", "1": "liver"}}')
+    msd2 = tmp_path / "c.json"
+    msd2.write_text('{"labels": {"background": 0, "liver": 1, "tumour": 2}}')
+    assert load_label_names(ts) == {1: "spleen", 2: "kidney_right"}
+    assert load_label_names(msd1) == {0: "background", 1: "liver"}
+    assert load_label_names(msd2) == {0: "background", 1: "liver", 2: "tumour"}
+
+
+def test_real_labels_json_format():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / ".." / "shared/data/totalsegmentator/labels.json"
+    if not path.exists():
+        pytest.skip("real data not found at ../shared/data/totalsegmentator")
+    names = load_label_names(path)
+    assert names[1] == "spleen" and len(names) > 41
+
+
+def _run_cli(pred, gt, out, *extra):
+    return main(["evaluate", "--pred", str(pred), "--gt", str(gt), "-o", str(out), "--workers", "1", *extra])
+
+
+@pytest.mark.parametrize(
+    "breakage, pattern",
+    [
+        ("shape", r"case_1\.nii\.gz.*shape \(30, 30, 20\).*gt/case_1\.nii\.gz.*\(30, 30, 21\)"),
+        ("affine", r"pred/case_1\.nii\.gz: prediction affine differs from ground truth .*gt/case_1"),
+        ("float", r"pred/case_1\.nii\.gz: prediction holds non-integer label 0\.5"),
+        ("negative", r"pred/case_1\.nii\.gz: prediction holds negative label -3"),
+        ("nan", r"pred/case_1\.nii\.gz: prediction holds NaN"),
+        ("missing", r"unpaired cases: 1 without a prediction .*: case_1"),
+        ("unreadable", r"pred/case_1\.nii\.gz"),
+    ],
+)
+def test_bad_input_one_line_error_no_csv(folders, capsys, breakage, pattern):
+    pred, gt, tmp = folders
+    target = pred / "case_1.nii.gz"
+    g = np.asarray(nib.load(gt / "case_1.nii.gz").dataobj)
+    if breakage == "shape":
+        _save(np.zeros((30, 30, 21)), gt / "case_1.nii.gz")
+    elif breakage == "affine":
+        shifted = AFFINE.copy()
+        shifted[0, 3] = 0.01
+        _save(g, target, affine=shifted)
+    elif breakage in ("float", "negative", "nan"):
+        bad = g.astype(np.float32)
+        bad[0, 0, 0] = {"float": 0.5, "negative": -3.0, "nan": np.nan}[breakage]
+        _save(bad, target, dtype=np.float32)
+    elif breakage == "missing":
+        target.unlink()
+    else:
+        target.write_bytes(b"not a nifti")
+    out = tmp / "results.csv"
+    assert _run_cli(pred, gt, out) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("medseg: error:")
+    import re
+
+    assert re.search(pattern, err), err
+    assert not out.exists() and not (tmp / "summary.csv").exists()
+    assert not [p for p in tmp.iterdir() if p.name.startswith(".")]
+
+
+def test_missing_as_empty(folders):
+    pred, gt, tmp = folders
+    (pred / "case_1.nii.gz").unlink()
+    rows, _ = evaluate_folders(pred, gt, tmp / "r.csv", missing_as_empty=True)
+    assert [(r["case"], r["status"]) for r in rows if r["case"] == "case_1"] == [
+        ("case_1", "empty_pred"), ("case_1", "empty_pred")]
+
+
+def test_unpaired_prediction_is_listed(folders):
+    pred, gt, tmp = folders
+    _save(np.zeros((30, 30, 20)), pred / "extra.nii.gz")
+    from medseg.errors import UsageError
+
+    with pytest.raises(UsageError, match="1 without a ground truth .*: extra"):
+        evaluate_folders(pred, gt, tmp / "r.csv")
