@@ -1,0 +1,38 @@
+"""Inference: sliding window with Gaussian blending, mirroring TTA, slab-wise argmax.
+
+Public API::
+
+    sliding_window(predictor, image, roi_size, ...)          -> (B, K, x, y, z)
+    sliding_window_argmax(predictor, image, roi_size, ...)   -> (B, x, y, z) uint8
+    estimate_peak_memory(image_shape, num_classes, roi_size, ...) -> bytes
+    importance_map(roi_size), window_starts(size, roi, overlap)
+    predict_volume(...)   (from medseg.inference.predict, imported lazily)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from medseg.inference.memory import estimate_peak_memory, format_bytes
+from medseg.inference.sliding_window import BLENDS, sliding_window, sliding_window_argmax
+from medseg.inference.windows import importance_map, window_starts
+
+__all__ = [
+    "BLENDS",
+    "estimate_peak_memory",
+    "format_bytes",
+    "importance_map",
+    "predict_volume",
+    "sliding_window",
+    "sliding_window_argmax",
+    "window_starts",
+]
+
+_LAZY = {"predict_volume": "medseg.inference.predict"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'medseg.inference' has no attribute {name!r}")

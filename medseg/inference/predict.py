@@ -1,0 +1,367 @@
+"""``predict_volume``: one image in, its label map out, on exactly the image's grid.
+
+The steps are those of training, undone at the end::
+
+    Volume (x, y, z) | (C, x, y, z)  --Preprocessing.apply-->  (C, x', y', z') float32
+        --sliding window (roi_size voxels, overlap, Gaussian blend, optional mirror TTA)-->
+    labels (x', y', z')  or  probabilities (K, x', y', z')
+        --Preprocessing.invert-->  Volume on the input grid (same shape, same affine)
+
+Without ``save_probabilities`` the window outputs are reduced to a label map
+slab by slab (the memory-bounded path: never a full (K, x', y', z') array);
+with it, softmax probabilities are kept, inverted with linear resampling and
+the labels are their argmax on the input grid.
+
+Everything the model needs comes from its checkpoint (preprocessing,
+``inference.roi_size``, ``inference.overlap``, label names, input channels).
+A bare ``nn.Module`` needs the same description passed as ``checkpoint_meta``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medseg.errors import CheckpointError, DataError, UsageError
+from medseg.volume import Volume
+
+__all__ = ["Prediction", "ModelSpec", "load_model_spec", "predict_volume", "resolve_device",
+           "label_dtype"]
+
+log = logging.getLogger(__name__)
+
+ALL_AXES = (0, 1, 2)
+
+
+@dataclass
+class Prediction:
+    """Result of :func:`predict_volume`.
+
+    Attributes
+    ----------
+    labels : Volume (x, y, z), uint8 when K <= 255 (else uint16), on exactly the
+        input grid (same spatial shape and affine); ``meta`` is the input's.
+    probabilities : Volume (K, x, y, z) float32 softmax probabilities on the
+        input grid (channel 0 = background), or None unless requested.
+    timings_s : wall seconds of ``preprocess``, ``network`` and ``invert``.
+    """
+
+    labels: Volume
+    probabilities: Volume | None = None
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ModelSpec:
+    """A network ready to predict and the description it was trained with.
+
+    Attributes
+    ----------
+    model : the network in eval mode on ``device``.
+    preprocessing : ``Preprocessing.to_config()`` dict.
+    roi_size : sliding-window size (x, y, z) in voxels of the preprocessed grid.
+    overlap : window overlap fraction in [0, 1).
+    in_channels : image channels the network expects (None: not checked).
+    out_channels : classes K, background included (None: from the output).
+    label_names : label value -> name (0 = background not required).
+    source : the checkpoint file, or ``"model"`` for a bare module (for messages).
+    """
+
+    model: nn.Module
+    preprocessing: dict[str, Any]
+    roi_size: tuple[int, int, int]
+    overlap: float = 0.5
+    in_channels: int | None = None
+    out_channels: int | None = None
+    label_names: dict[int, str] = field(default_factory=dict)
+    source: str = "model"
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/``"auto"`` -> CUDA when available else CPU; refuse CUDA without a GPU."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise UsageError(f"unknown device {device!r}: expected cpu, cuda, cuda:N or auto") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    return resolved
+
+
+def label_dtype(num_classes: int) -> np.dtype:
+    """uint8 for K <= 255 classes, uint16 above."""
+    return np.dtype(np.uint8) if num_classes <= 255 else np.dtype(np.uint16)
+
+
+# -- model resolution ------------------------------------------------------------------------
+def _roi_and_overlap(
+    inference: Mapping[str, Any], source: str
+) -> tuple[tuple[int, int, int], float]:
+    roi = inference.get("roi_size")
+    if roi is None or len(list(roi)) != 3 or min(int(r) for r in roi) < 1:
+        raise CheckpointError(
+            f"inference.roi_size must be three positive voxel counts (x, y, z), got {roi!r}",
+            None if source == "model" else source,
+        )
+    x, y, z = (int(r) for r in roi)
+    return (x, y, z), float(inference.get("overlap", 0.5))
+
+
+def load_model_spec(
+    model_or_checkpoint: Any,
+    device: torch.device,
+    checkpoint_meta: Mapping[str, Any] | None = None,
+) -> ModelSpec:
+    """A ModelSpec from a checkpoint path, a loaded ``Checkpoint``, a ``ModelSpec`` or a module.
+
+    For a bare ``nn.Module``, ``checkpoint_meta`` gives ``preprocessing`` (dict),
+    ``inference`` ({"roi_size": [x, y, z], "overlap": f}) and optionally
+    ``in_channels`` and ``label_names``, as in a checkpoint.
+    """
+    from medseg.checkpoint import Checkpoint, load_checkpoint
+
+    if isinstance(model_or_checkpoint, ModelSpec):
+        model_or_checkpoint.model.to(device).eval()
+        return model_or_checkpoint
+    if isinstance(model_or_checkpoint, (str, os.PathLike)):
+        model_or_checkpoint = load_checkpoint(model_or_checkpoint, device="cpu")
+    if isinstance(model_or_checkpoint, Checkpoint):
+        ckpt = model_or_checkpoint
+        roi, overlap = _roi_and_overlap(ckpt.inference, str(ckpt.path))
+        return ModelSpec(
+            model=ckpt.build_model(device), preprocessing=dict(ckpt.preprocessing),
+            roi_size=roi, overlap=overlap, in_channels=ckpt.in_channels,
+            out_channels=ckpt.out_channels,
+            label_names={int(k): v for k, v in ckpt.label_names.items()}, source=str(ckpt.path),
+        )
+    if isinstance(model_or_checkpoint, nn.Module):
+        meta = dict(checkpoint_meta or {})
+        if "inference" not in meta:
+            raise UsageError("a bare nn.Module needs checkpoint_meta={'preprocessing': {...}, "
+                             "'inference': {'roi_size': [x, y, z]}}")
+        roi, overlap = _roi_and_overlap(meta["inference"], "model")
+        in_ch = meta.get("in_channels")
+        return ModelSpec(
+            model=model_or_checkpoint.to(device).eval(),
+            preprocessing=dict(meta.get("preprocessing") or {}), roi_size=roi, overlap=overlap,
+            in_channels=None if in_ch is None else int(in_ch),
+            out_channels=meta.get("out_channels"),
+            label_names={int(k): v for k, v in dict(meta.get("label_names") or {}).items()},
+        )
+    raise UsageError(
+        "model_or_checkpoint must be a checkpoint path, a medseg Checkpoint or an nn.Module, "
+        f"got {type(model_or_checkpoint).__name__}"
+    )
+
+
+# -- checks ----------------------------------------------------------------------------------
+def _image_source(volume: Volume) -> str | None:
+    """The file or DICOM folder a volume was read from (for error messages), if known."""
+    if volume.meta.get("source"):
+        return str(volume.meta["source"])
+    files = volume.meta.get("dicom_files")
+    return str(Path(files[0]).parent) if files else None
+
+
+def check_image(volume: Volume, spec: ModelSpec) -> None:
+    """Refuse an image the network cannot take: wrong channel count, NaN or inf voxels.
+
+    Raises
+    ------
+    DataError naming the image file (and the checkpoint in the message).
+    """
+    source = _image_source(volume)
+    channels = volume.shape[0] if volume.has_channels else 1
+    if spec.in_channels is not None and channels != spec.in_channels:
+        raise DataError(
+            f"checkpoint {spec.source} expects {spec.in_channels} input channels, image has "
+            f"{channels}",
+            source,
+        )
+    array = volume.array
+    if array.dtype.kind in "fc":
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        if bad:
+            raise DataError(
+                f"image holds {bad} NaN/infinite voxels; fill or mask them before predicting",
+                source,
+            )
+
+
+# -- the network -----------------------------------------------------------------------------
+def _predictor(model: nn.Module, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Window batch (B, C, x, y, z) -> float32 logits (B, K, x, y, z); fp16 autocast on CUDA."""
+    amp = device.type == "cuda"
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+            return model(batch).float()
+
+    return run
+
+
+def _window_kwargs(spec: ModelSpec, overlap: float | None, tta: bool, batch_size: int,
+                   device: torch.device, progress: bool) -> dict[str, Any]:
+    return {
+        "roi_size": spec.roi_size,
+        "overlap": spec.overlap if overlap is None else float(overlap),
+        "blend": "gaussian",
+        "batch_size": int(batch_size),
+        "device": device,
+        "mirror_axes": ALL_AXES if tta else (),
+        "progress": progress,
+    }
+
+
+def _log_memory_estimate(image: torch.Tensor, num_classes: int | None, kwargs: dict[str, Any],
+                         probabilities: bool) -> int | None:
+    """Log (and return) the sliding window's pre-flight peak-memory estimate in bytes."""
+    from medseg.inference.memory import estimate_peak_memory, format_bytes
+
+    if num_classes is None:
+        return None
+    output = "probabilities" if probabilities else "labels"
+    value = estimate_peak_memory(
+        tuple(image.shape), num_classes, kwargs["roi_size"], batch_size=kwargs["batch_size"],
+        output=output, overlap=kwargs["overlap"], mirror=bool(kwargs["mirror_axes"]),
+    )
+    log.info("sliding window on %s, %d classes (%s): about %s at peak, on %s",
+             "x".join(map(str, image.shape[2:])), num_classes,
+             "probabilities" if probabilities else "slab-wise argmax", format_bytes(value),
+             kwargs["device"])
+    return value
+
+
+def _out_device(device: torch.device, estimate: int | None) -> torch.device:
+    """Stitch on the GPU when the estimate fits in half its free memory, else on the CPU."""
+    if device.type != "cuda":
+        return device
+    free, _ = torch.cuda.mem_get_info(device)
+    if estimate is not None and estimate < free // 2:
+        return device
+    log.info("stitching on the CPU: estimate does not fit half the free GPU memory (%d MiB)",
+             free // 2**20)
+    return torch.device("cpu")
+
+
+def _network_labels(predictor, image: torch.Tensor, kwargs: dict[str, Any], k: int | None
+                    ) -> np.ndarray:
+    """Memory-bounded path: (1, C, x', y', z') -> label map (x', y', z') via slab-wise argmax."""
+    from medseg.inference.sliding_window import sliding_window_argmax
+
+    labels = sliding_window_argmax(predictor, image, **kwargs)
+    labels = labels[0] if labels.ndim == 4 else labels
+    classes = k if k is not None else int(labels.max()) + 1
+    return labels.cpu().numpy().astype(label_dtype(classes), copy=False)
+
+
+def _network_probabilities(predictor, image: torch.Tensor, kwargs: dict[str, Any]) -> np.ndarray:
+    """(1, C, x', y', z') -> softmax probabilities (K, x', y', z') float32 on the CPU."""
+    from medseg.inference.sliding_window import sliding_window
+
+    logits = sliding_window(predictor, image, **kwargs)[0]
+    return torch.softmax(logits.float(), dim=0).cpu().numpy()
+
+
+# -- the whole thing -------------------------------------------------------------------------
+def predict_volume(
+    model_or_checkpoint: Any,
+    volume: Volume,
+    *,
+    device: str | torch.device | None = None,
+    overlap: float | None = None,
+    tta: bool = False,
+    batch_size: int = 4,
+    save_probabilities: bool = False,
+    progress: bool = False,
+    checkpoint_meta: Mapping[str, Any] | None = None,
+) -> Prediction:
+    """Segment one image; the label map has exactly the input's shape and affine.
+
+    Parameters
+    ----------
+    model_or_checkpoint : a checkpoint path (``.safetensors``), a loaded
+        :class:`medseg.checkpoint.Checkpoint`, a :class:`ModelSpec`, or a bare
+        ``nn.Module`` together with ``checkpoint_meta``.
+    volume : image Volume (x, y, z) or (C, x, y, z), any numeric dtype (CT in HU).
+    device : ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or None/"auto" (CUDA when available).
+        On CUDA the network runs under fp16 autocast.
+    overlap : window overlap in [0, 1); default: the checkpoint's ``inference.overlap``.
+    tta : average the network over mirrorings along all three axes (8 passes).
+    batch_size : windows per network call.
+    save_probabilities : also return the (K, x, y, z) softmax probabilities on the
+        input grid (needs K x the image's voxels x 4 bytes; labels are then their argmax).
+    progress : tqdm bar over windows.
+    checkpoint_meta : for a bare module: ``preprocessing``, ``inference``
+        ({"roi_size": [x, y, z] voxels, "overlap": f}), ``in_channels``, ``label_names``.
+
+    Returns
+    -------
+    :class:`Prediction` with ``labels`` (and ``probabilities`` when requested).
+
+    Raises
+    ------
+    DataError : the image's channel count differs from the checkpoint's, or it holds NaN/inf.
+    CheckpointError : unreadable or incompatible checkpoint.
+    """
+    from medseg.transforms.pipeline import Preprocessing
+
+    dev = resolve_device(device)
+    spec = load_model_spec(model_or_checkpoint, dev, checkpoint_meta)
+    check_image(volume, spec)
+    timings: dict[str, float] = {}
+
+    start = time.perf_counter()
+    pre = Preprocessing.from_config(spec.preprocessing)
+    image_t, _, record = pre.apply(volume, None, device=dev if dev.type == "cuda" else None)
+    batch = torch.from_numpy(np.ascontiguousarray(image_t.array))[None]
+    timings["preprocess"] = time.perf_counter() - start
+    log.debug("preprocessed %s -> %s", volume.shape, tuple(batch.shape))
+
+    kwargs = _window_kwargs(spec, overlap, tta, batch_size, dev, progress)
+    estimate = _log_memory_estimate(batch, spec.out_channels, kwargs, save_probabilities)
+    kwargs["out_device"] = _out_device(dev, estimate)
+    predictor = _predictor(spec.model, dev)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        if save_probabilities:
+            out = _network_probabilities(predictor, batch, kwargs)
+        else:
+            out = _network_labels(predictor, batch, kwargs, spec.out_channels)
+    _sync(dev)
+    timings["network"] = time.perf_counter() - start
+    del batch, image_t
+
+    start = time.perf_counter()
+    labels, probabilities = _invert(pre, out, record, volume, dev)
+    timings["invert"] = time.perf_counter() - start
+    return Prediction(labels, probabilities, timings)
+
+
+def _invert(pre, out: np.ndarray, record, volume: Volume, dev: torch.device
+            ) -> tuple[Volume, Volume | None]:
+    """Bring labels (x', y', z') or probabilities (K, x', y', z') back onto the input grid."""
+    device = dev if dev.type == "cuda" else None
+    if out.ndim == 3:
+        labels = pre.invert(out, record, kind="label", device=device)
+        return Volume(labels.array, volume.affine, volume.meta), None
+    probs = pre.invert(out, record, kind="prob", device=device)
+    argmax = np.argmax(probs.array, axis=0).astype(label_dtype(probs.shape[0]))
+    return (Volume(argmax, volume.affine, volume.meta),
+            Volume(probs.array, volume.affine, volume.meta))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,218 @@
+"""Resampling to a target spacing and back onto an exact grid, in torch.
+
+Resampling here never rotates: the target grid has the same axis directions as
+the source (after reorientation they are the array axes), so the map from
+target voxel index to source voxel index is, per axis, ``src = scale * i +
+offset``. Interpolation is therefore separable: one 1D pass per axis
+(``index_select`` plus a weighted sum), which needs no ``(x, y, z, 3)``
+sampling grid and runs on whatever device the tensor is on.
+
+Conventions
+-----------
+* Voxel centres are the sample points (``align_corners=True`` semantics in
+  torch terms): target index ``i`` is sampled exactly at the source index the
+  two affines say, so world positions of voxel centres are preserved.
+* :func:`grid_for_spacing` keeps the field of view centred: the new grid has
+  ``round(n * old_spacing / new_spacing)`` voxels per axis and its centre is
+  the old grid's centre (in world mm).
+* Samples outside the source grid take the nearest edge value (replicate).
+* ``"linear"`` is trilinear, ``"cubic"`` is Keys cubic convolution
+  (a = -0.5, Catmull-Rom; interpolating, may overshoot), ``"nearest"`` rounds
+  half up and keeps the dtype (labels).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from medseg.errors import GeometryError, UsageError, check_option
+from medseg.volume import Volume
+
+__all__ = ["MODES", "grid_for_spacing", "resample", "resample_to_grid", "resample_tensor"]
+
+MODES = ("linear", "cubic", "nearest")
+_TOL = 1e-6  # relative tolerance under which a scale counts as exactly 1
+
+
+def grid_for_spacing(
+    shape: Sequence[int], affine: np.ndarray, spacing_mm: Sequence[float]
+) -> tuple[tuple[int, int, int], np.ndarray]:
+    """Shape and affine of the grid with voxel size ``spacing_mm`` covering the same field of view.
+
+    Parameters
+    ----------
+    shape : (x, y, z) voxels of the source grid.
+    affine : (4, 4) source voxel -> RAS+ mm.
+    spacing_mm : (x, y, z) target voxel size in mm (in the array's axis order).
+
+    Returns
+    -------
+    (shape, affine) of the target grid; same axis directions, same world centre.
+    Axes whose spacing already matches (relative 1e-6) keep their affine column
+    bit for bit.
+    """
+    spacing = _triple(spacing_mm, "spacing_mm", float)
+    if min(spacing) <= 0:
+        raise UsageError(f"spacing_mm must be three positive sizes in mm, got {list(spacing_mm)}")
+    affine = np.asarray(affine, dtype=np.float64)
+    old = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    scale = np.asarray(spacing) / old
+    scale[np.abs(scale - 1.0) < _TOL] = 1.0
+    n_old = np.asarray(shape, dtype=np.float64)
+    n_new = np.maximum(1, np.floor(n_old / scale + 0.5)).astype(np.int64)
+    n_new[scale == 1.0] = n_old[scale == 1.0]
+    new = affine.copy()
+    new[:3, :3] = affine[:3, :3] * scale[None, :]
+    centre = affine[:3, :3] @ ((n_old - 1) / 2.0) + affine[:3, 3]
+    new[:3, 3] = centre - new[:3, :3] @ ((n_new - 1) / 2.0)
+    if np.all(scale == 1.0):
+        new[:3, 3] = affine[:3, 3]
+    return tuple(int(n) for n in n_new), new  # type: ignore[return-value]
+
+
+def resample(
+    volume: Volume,
+    spacing_mm: Sequence[float],
+    mode: str = "linear",
+    device: str | torch.device | None = None,
+) -> Volume:
+    """``volume`` resampled to voxel size ``spacing_mm`` (see :func:`grid_for_spacing`).
+
+    ``mode`` is ``"linear"``/``"cubic"`` for images (float32 output) or
+    ``"nearest"`` for label maps (dtype kept). ``device`` is where the work is
+    done (e.g. ``"cuda"``); the result is returned as a NumPy-backed Volume.
+    """
+    shape, affine = grid_for_spacing(volume.spatial_shape, volume.affine, spacing_mm)
+    return resample_to_grid(volume, shape, affine, mode=mode, device=device)
+
+
+def resample_to_grid(
+    volume: Volume,
+    shape: Sequence[int],
+    affine: np.ndarray,
+    mode: str = "linear",
+    device: str | torch.device | None = None,
+) -> Volume:
+    """``volume`` sampled on the grid ``(shape, affine)``; the result has exactly that grid.
+
+    The target grid must have the source's axis directions (any spacing and
+    origin): rotations are not resampled here. Raises :class:`GeometryError`
+    otherwise.
+    """
+    mode = check_option(mode, MODES, "interpolation mode")
+    affine = np.asarray(affine, dtype=np.float64)
+    shape = _triple(shape, "shape", int)
+    scale, offset = _index_map(volume.affine, affine)
+    tensor = torch.from_numpy(np.ascontiguousarray(volume.array))
+    if device is not None:
+        tensor = tensor.to(device)
+    out = resample_tensor(tensor, scale, offset, shape, mode)
+    return Volume(out.cpu().numpy(), affine, volume.meta)
+
+
+def resample_tensor(
+    tensor: torch.Tensor,
+    scale: Sequence[float],
+    offset: Sequence[float],
+    shape: Sequence[int],
+    mode: str = "linear",
+) -> torch.Tensor:
+    """Separable resampling of the last three axes of ``tensor`` ((x, y, z) or (C, x, y, z)).
+
+    Output voxel ``i`` along axis ``a`` samples source index
+    ``scale[a] * i + offset[a]``. ``"linear"``/``"cubic"`` return float32 (or the
+    input's floating dtype); ``"nearest"`` keeps the dtype.
+    """
+    mode = check_option(mode, MODES, "interpolation mode")
+    if mode != "nearest" and not tensor.is_floating_point():
+        tensor = tensor.to(torch.float32)
+    elif mode == "nearest" and tensor.dtype not in _INDEXABLE:
+        tensor = tensor.to(torch.int64)
+    lead = tensor.ndim - 3
+    # Shrinking axes first keeps the intermediate tensors small.
+    order = sorted(range(3), key=lambda a: shape[a] / tensor.shape[lead + a])
+    for axis in order:
+        n_src = tensor.shape[lead + axis]
+        if shape[axis] == n_src and scale[axis] == 1.0 and offset[axis] == 0.0:
+            continue
+        pos = torch.arange(shape[axis], dtype=torch.float64, device=tensor.device)
+        pos = (pos * scale[axis] + offset[axis]).clamp_(0, n_src - 1)
+        tensor = _AXIS_FN[mode](tensor, lead + axis, pos)
+    return tensor.contiguous()
+
+
+_INDEXABLE = {torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool,
+              torch.float16, torch.bfloat16, torch.float32, torch.float64}
+
+
+def _index_map(src_affine: np.ndarray, dst_affine: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-axis (scale, offset) with src_index = scale * dst_index + offset."""
+    m = np.linalg.solve(np.asarray(src_affine, dtype=np.float64), dst_affine)
+    diag = np.diag(m[:3, :3])
+    off_diag = m[:3, :3] - np.diag(diag)
+    if np.abs(off_diag).max() > _TOL * max(1.0, np.abs(diag).max()):
+        raise GeometryError(
+            "target grid is rotated or permuted relative to the source grid; resample_to_grid "
+            "only changes spacing and origin (reorient both volumes to the same orientation "
+            "first)"
+        )
+    scale = [1.0 if abs(d - 1.0) < _TOL else float(d) for d in diag]
+    offset = [0.0 if abs(o) < _TOL else float(o) for o in m[:3, 3]]
+    return scale, offset
+
+
+def _nearest(t: torch.Tensor, dim: int, pos: torch.Tensor) -> torch.Tensor:
+    return t.index_select(dim, torch.floor(pos + 0.5).long())
+
+
+def _linear(t: torch.Tensor, dim: int, pos: torch.Tensor) -> torch.Tensor:
+    n = t.shape[dim]
+    i0 = pos.floor().long().clamp_(0, max(n - 2, 0))
+    i1 = (i0 + 1).clamp_(max=n - 1)
+    w = (pos - i0).to(t.dtype).view(_bshape(t.ndim, dim))
+    a = t.index_select(dim, i0)
+    b = t.index_select(dim, i1)
+    return a.add_(b.sub_(a).mul_(w))
+
+
+def _cubic(t: torch.Tensor, dim: int, pos: torch.Tensor) -> torch.Tensor:
+    n = t.shape[dim]
+    base = pos.floor()
+    frac = pos - base
+    out = None
+    for k in (-1, 0, 1, 2):
+        w = _keys(frac - k).to(t.dtype).view(_bshape(t.ndim, dim))
+        idx = (base.long() + k).clamp_(0, n - 1)
+        term = t.index_select(dim, idx).mul_(w)
+        out = term if out is None else out.add_(term)
+    return out  # type: ignore[return-value]
+
+
+def _keys(d: torch.Tensor, a: float = -0.5) -> torch.Tensor:
+    """Keys cubic convolution kernel at distances ``d``."""
+    d = d.abs()
+    near = ((a + 2) * d - (a + 3)) * d * d + 1
+    far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+    return torch.where(d <= 1, near, torch.where(d < 2, far, torch.zeros_like(d)))
+
+
+def _bshape(ndim: int, dim: int) -> list[int]:
+    shape = [1] * ndim
+    shape[dim] = -1
+    return shape
+
+
+_AXIS_FN = {"nearest": _nearest, "linear": _linear, "cubic": _cubic}
+
+
+def _triple(values, name: str, kind: type) -> tuple:
+    try:
+        out = tuple(kind(v) for v in values)
+    except (TypeError, ValueError):
+        out = ()
+    if len(out) != 3:
+        raise UsageError(f"{name} must be three numbers (x, y, z), got {values!r}")
+    return out

@@ -1,0 +1,104 @@
+"""``predict_volume``: geometry of the output, labels against a thresholding reference, checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medseg.errors import CheckpointError, DataError, UsageError
+from medseg.inference.predict import Prediction, predict_volume
+from medseg.volume import Volume
+
+from .predict_helpers import checkpoint_meta, threshold_labels, threshold_unet
+
+
+@pytest.mark.parametrize("orientation,oblique", [("RAS", 0.0), ("LPS", 0.0), ("PIR", 0.0),
+                                                  ("LPS", 25.0)])
+def test_labels_equal_thresholding_on_input_grid(threshold_ckpt, phantom, orientation, oblique):
+    case = phantom(orientation, oblique)
+    result = predict_volume(threshold_ckpt, case.image, device="cpu")
+    assert isinstance(result, Prediction) and result.probabilities is None
+    labels = result.labels
+    assert labels.array.dtype == np.uint8
+    assert labels.shape == case.image.shape
+    np.testing.assert_array_equal(labels.affine, case.image.affine)
+    expected = threshold_labels(case.image.array)
+    assert set(np.unique(expected)) == {0, 1, 2}
+    np.testing.assert_array_equal(labels.array, expected)
+    assert set(result.timings_s) == {"preprocess", "network", "invert"}
+
+
+@pytest.mark.parametrize("orientation,oblique", [("LPS", 0.0), ("LAS", 20.0)])
+def test_resampling_checkpoint_keeps_input_grid_and_is_not_mirrored(resampling_ckpt, phantom,
+                                                                    orientation, oblique):
+    """Reorient to RAS + resample to 5x5x6 mm and back: same grid, labels where the input says."""
+    case = phantom(orientation, oblique)
+    labels = predict_volume(resampling_ckpt, case.image, device="cpu").labels
+    assert labels.shape == case.image.shape
+    np.testing.assert_array_equal(labels.affine, case.image.affine)
+    expected = threshold_labels(case.image.array)
+    agreement = float((labels.array == expected).mean())
+    mirrored = float((labels.array[::-1] == expected).mean())
+    assert agreement > 0.95, agreement
+    # mirroring x would move the (asymmetric) structures: much lower agreement on foreground
+    fg = expected > 0
+    fg_agreement = (labels.array[fg] == expected[fg]).mean()
+    assert fg_agreement > (labels.array[::-1][fg] == expected[fg]).mean() + 0.2
+    assert agreement > mirrored
+
+
+def test_tta_and_probabilities(threshold_ckpt, phantom):
+    case = phantom("LPS")
+    plain = predict_volume(threshold_ckpt, case.image, device="cpu").labels
+    result = predict_volume(threshold_ckpt, case.image, device="cpu", tta=True,
+                            save_probabilities=True, overlap=0.5, batch_size=2)
+    np.testing.assert_array_equal(result.labels.array, plain.array)
+    probs = result.probabilities
+    assert probs.shape == (3,) + case.image.shape and probs.array.dtype == np.float32
+    np.testing.assert_array_equal(probs.affine, case.image.affine)
+    np.testing.assert_allclose(probs.array.sum(axis=0), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(np.argmax(probs.array, axis=0), plain.array)
+
+
+def test_bare_module_with_meta(phantom):
+    case = phantom("RAS")
+    meta = checkpoint_meta(roi=(16, 16, 16))
+    result = predict_volume(threshold_unet(), case.image, device="cpu", checkpoint_meta=meta)
+    np.testing.assert_array_equal(result.labels.array, threshold_labels(case.image.array))
+    assert result.labels.array.dtype == np.uint8
+    with pytest.raises(UsageError, match="checkpoint_meta"):
+        predict_volume(threshold_unet(), case.image, device="cpu")
+
+
+def test_channel_mismatch_names_image_and_checkpoint(two_channel_ckpt, phantom):
+    case = phantom("RAS")
+    image = Volume(case.image.array, case.image.affine, {"source": "/data/ct_1.nii.gz"})
+    with pytest.raises(DataError) as err:
+        predict_volume(two_channel_ckpt, image, device="cpu")
+    assert str(err.value).startswith("/data/ct_1.nii.gz: checkpoint ")
+    assert "expects 2 input channels, image has 1" in str(err.value)
+    assert str(two_channel_ckpt) in str(err.value)
+    two = Volume(np.stack([case.image.array] * 2), case.image.affine)
+    labels = predict_volume(two_channel_ckpt, two, device="cpu").labels  # channel 0 thresholds
+    np.testing.assert_array_equal(labels.array, threshold_labels(case.image.array))
+
+
+def test_nan_is_refused(threshold_ckpt, phantom):
+    case = phantom("RAS")
+    array = case.image.array.astype(np.float32)
+    array[3, 4, 5] = np.nan
+    image = Volume(array, case.image.affine, {"source": "/data/nan.nii.gz"})
+    with pytest.raises(DataError, match=r"^/data/nan.nii.gz: image holds 1 NaN"):
+        predict_volume(threshold_ckpt, image, device="cpu")
+
+
+def test_bad_checkpoint_and_device(tmp_path, phantom):
+    case = phantom("RAS")
+    bad = tmp_path / "model.pt"
+    torch.save({"w": torch.zeros(1)}, bad)
+    with pytest.raises(CheckpointError, match="model.pt: not a medseg safetensors checkpoint"):
+        predict_volume(bad, case.image, device="cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match="CUDA is not available"):
+            predict_volume(bad, case.image, device="cuda")
