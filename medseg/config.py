@@ -1,0 +1,389 @@
+"""Pipeline configs: dataclasses for the YAML files in ``pipelines/``, validated on load.
+
+A pipeline YAML has six sections; every key is optional except where noted::
+
+    data:           # where the cases come from (a manifest, or generated phantoms)
+    preprocessing:  # Preprocessing.from_config() input (orientation, spacing_mm, intensity, ...)
+    model:          # name + kwargs for medseg.models.create
+    loss:           # name + kwargs for medseg.losses.create
+    train:          # optimiser, schedule, patches, epochs, sampling, augmentation
+    inference:      # sliding window for validation and for the saved checkpoint
+
+Unknown keys and wrong types raise :class:`~medseg.errors.ConfigError` naming
+the file, the key and the closest valid key. ``--set section.key=value``
+overrides (values parsed as YAML) are applied before validation, see
+:func:`apply_overrides`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+from medseg.errors import ConfigError, check_option, closest
+
+__all__ = [
+    "DataConfig",
+    "PhantomConfig",
+    "ModelConfig",
+    "LossConfig",
+    "AugmentConfig",
+    "TrainConfig",
+    "InferenceConfig",
+    "PipelineConfig",
+    "load_config",
+    "parse_config",
+    "apply_overrides",
+]
+
+
+@dataclass
+class PhantomConfig:
+    """Generate synthetic CT phantoms (``medseg.data.phantom``) instead of reading a manifest.
+
+    ``shape`` in voxels (x, y, z), ``spacing_mm`` in mm; case ``i`` uses seed ``seed + i``.
+    """
+
+    n_train: int = 8
+    n_val: int = 2
+    shape: list[int] = field(default_factory=lambda: [64, 64, 48])
+    spacing_mm: list[float] = field(default_factory=lambda: [4.5, 4.5, 5.5])
+    seed: int = 0
+    noise_hu: float = 20.0
+
+
+@dataclass
+class DataConfig:
+    """Where the cases come from: ``manifest`` (MSD dataset.json or CSV) or ``phantom``.
+
+    ``val_fraction`` holds out that share of the training cases for validation
+    when the manifest has no validation split. ``cache_dir`` defaults to
+    ``RUN_DIR/cache``; point several runs at one folder to share it.
+    """
+
+    manifest: str | None = None
+    phantom: PhantomConfig | None = None
+    val_fraction: float = 0.2
+    cache_dir: str | None = None
+    max_indices_per_class: int = 200_000
+
+
+@dataclass
+class ModelConfig:
+    """``medseg.models.create(name, in_channels, out_channels, **kwargs)``."""
+
+    name: str = "unet3d"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LossConfig:
+    """``medseg.losses.create(name, **kwargs)``; ``deep_supervision_weights`` halve per level."""
+
+    name: str = "dice_ce"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AugmentConfig:
+    """Random augmentation of training patches (MONAI array transforms).
+
+    Probabilities are per patch; ``rotate_deg`` is the maximum rotation about each
+    axis in degrees, ``scale`` the maximum relative zoom (0.1 = +-10 %).
+    """
+
+    enabled: bool = True
+    flip_prob: float = 0.5
+    affine_prob: float = 0.2
+    rotate_deg: float = 15.0
+    scale: float = 0.1
+    intensity_prob: float = 0.15
+    intensity_scale: float = 0.1
+    intensity_shift: float = 0.1
+    gamma_prob: float = 0.15
+    gamma_range: list[float] = field(default_factory=lambda: [0.7, 1.5])
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and sampling.
+
+    ``patch_size`` in voxels (x, y, z). ``iterations_per_epoch`` optimiser
+    steps per epoch (each of ``batch_size`` patches per rank). Sampling: give
+    ``class_probabilities`` (one per class, background first, summing to 1) or
+    ``foreground_ratio`` (nnU-Net oversampling: that share of patches is centred
+    on a random foreground voxel, the rest anywhere). ``lr`` is the peak learning
+    rate; ``schedule`` decays it per iteration (``poly``: (1 - t)^0.9, ``cosine``).
+    ``amp`` uses bf16 autocast where the GPU supports it, else fp16 with a grad
+    scaler; it is ignored on the CPU. ``val_every`` in epochs.
+    """
+
+    epochs: int = 100
+    batch_size: int = 2
+    patch_size: list[int] = field(default_factory=lambda: [96, 96, 96])
+    iterations_per_epoch: int = 250
+    lr: float = 1e-3
+    optimizer: str = "adamw"
+    momentum: float = 0.99
+    weight_decay: float = 1e-4
+    schedule: str = "poly"
+    poly_exponent: float = 0.9
+    warmup_iterations: int = 0
+    grad_clip: float | None = 12.0
+    amp: bool = True
+    val_every: int = 1
+    foreground_ratio: float = 0.33
+    class_probabilities: list[float] | None = None
+    num_workers: int = 2
+    seed: int = 0
+    deep_supervision: bool = False
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    deterministic: bool = True
+
+
+@dataclass
+class InferenceConfig:
+    """Sliding window: ``roi_size`` in voxels (x, y, z), ``overlap`` in [0, 1)."""
+
+    roi_size: list[int] | None = None
+    overlap: float = 0.5
+    batch_size: int = 4
+    blend: str = "gaussian"
+
+
+@dataclass
+class PipelineConfig:
+    """A whole pipeline YAML. ``source`` is the file it was read from (for messages)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    preprocessing: dict[str, Any] = field(
+        default_factory=lambda: {
+            "orientation": "RAS",
+            "spacing_mm": None,
+            "intensity": {"mode": "ct", "window": [-200, 300]},
+            "crop_foreground": False,
+        }
+    )
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    source: str | None = field(default=None, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/YAML-ready dict (without ``source``)."""
+        out = dataclasses.asdict(self)
+        out.pop("source", None)
+        return out
+
+    @property
+    def roi_size(self) -> list[int]:
+        """Inference window in voxels: ``inference.roi_size`` or the training patch size."""
+        return list(self.inference.roi_size or self.train.patch_size)
+
+
+# -- validation --------------------------------------------------------------------------------
+_CHOICES = {
+    ("train", "optimizer"): ("adamw", "sgd"),
+    ("train", "schedule"): ("poly", "cosine", "constant"),
+    ("inference", "blend"): ("gaussian", "constant"),
+}
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, where: str, source: str | None) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it (dataclasses built)."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, where, source)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0]
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where, source)
+    if tp is Any:
+        return value
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            _bad(value, f"a list of {_type_name(item)}", where, source)
+        return [_convert(v, item, f"{where}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            _bad(value, "a mapping", where, source)
+        return dict(value)
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _bad(value, "a number", where, source)
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            _bad(value, "an integer", where, source)
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            _bad(value, "true or false", where, source)
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            _bad(value, "a string", where, source)
+        return value
+    raise TypeError(f"unsupported annotation {tp!r}")  # programming error, not user input
+
+
+def _bad(value: Any, expected: str, where: str, source: str | None) -> None:
+    raise ConfigError(f"{where} = {value!r} ({type(value).__name__}): expected {expected}", source)
+
+
+def _build(cls: type, raw: Any, where: str, source: str | None) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        _bad(raw, f"a mapping of {cls.__name__} keys", where, source)
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "source"]
+    values = {}
+    prefix = f"{where}." if where else ""
+    for key, value in raw.items():
+        if key not in names:
+            hint = closest(str(key), names)
+            suggestion = f"; did you mean '{prefix}{hint}'?" if hint else ""
+            raise ConfigError(
+                f"unknown key '{prefix}{key}'{suggestion} (valid keys"
+                f"{' of ' + where if where else ''}: {', '.join(names)})",
+                source,
+            )
+        values[key] = _convert(value, hints[key], f"{prefix}{key}", source)
+    return cls(**values)
+
+
+def _check_values(cfg: PipelineConfig, source: str | None) -> None:
+    for (section, key), choices in _CHOICES.items():
+        value = getattr(getattr(cfg, section), key)
+        check_option(value, choices, f"{section}.{key}", ConfigError, source)
+    t = cfg.train
+    _require(len(t.patch_size) == 3 and min(t.patch_size) > 0, "train.patch_size",
+             t.patch_size, "three positive voxel counts", source)
+    for key in ("epochs", "batch_size", "iterations_per_epoch", "val_every"):
+        _require(getattr(t, key) >= 1, f"train.{key}", getattr(t, key), ">= 1", source)
+    _require(t.lr > 0, "train.lr", t.lr, "> 0", source)
+    _require(0.0 <= t.foreground_ratio <= 1.0, "train.foreground_ratio", t.foreground_ratio,
+             "a share in [0, 1]", source)
+    if t.class_probabilities is not None:
+        probs = t.class_probabilities
+        _require(min(probs) >= 0 and abs(sum(probs) - 1.0) < 1e-6, "train.class_probabilities",
+                 probs, "non-negative numbers summing to 1", source)
+    _require(t.num_workers >= 0, "train.num_workers", t.num_workers, ">= 0", source)
+    overlap = cfg.inference.overlap
+    _require(0.0 <= overlap < 1.0, "inference.overlap", overlap, "a value in [0, 1)", source)
+    if cfg.inference.roi_size is not None:
+        _require(len(cfg.inference.roi_size) == 3 and min(cfg.inference.roi_size) > 0,
+                 "inference.roi_size", cfg.inference.roi_size, "three positive voxel counts", source)
+    d = cfg.data
+    if (d.manifest is None) == (d.phantom is None):
+        raise ConfigError("data needs exactly one of 'data.manifest' (a dataset.json or CSV "
+                          "path) or 'data.phantom' (generated cases)", source)
+    _require(0.0 <= d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "[0, 1)", source)
+
+
+def _require(ok: bool, key: str, value: Any, expected: str, source: str | None) -> None:
+    if not ok:
+        raise ConfigError(f"{key} = {value!r}: expected {expected}", source)
+
+
+def parse_config(raw: Any, source: str | os.PathLike | None = None) -> PipelineConfig:
+    """Validate a parsed YAML mapping and build a :class:`PipelineConfig`.
+
+    A relative ``data.manifest`` / ``data.cache_dir`` is resolved against the
+    YAML file's folder (when ``source`` is given).
+    """
+    src = None if source is None else os.fspath(source)
+    if raw is None:
+        raw = {}
+    cfg = _build(PipelineConfig, raw, "", src)
+    cfg.source = src
+    _check_values(cfg, src)
+    if src is not None:
+        base = Path(src).resolve().parent
+        if cfg.data.manifest and not Path(cfg.data.manifest).is_absolute():
+            cfg.data.manifest = str(base / cfg.data.manifest)
+        if cfg.data.cache_dir and not Path(cfg.data.cache_dir).is_absolute():
+            cfg.data.cache_dir = str(base / cfg.data.cache_dir)
+    return cfg
+
+
+def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> PipelineConfig:
+    """Read a pipeline YAML, apply ``--set section.key=value`` overrides and validate it."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("pipeline config file does not exist", path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not valid YAML: {' '.join(str(exc).split())}", path) from exc
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"a pipeline config is a mapping of sections, got {type(raw).__name__}",
+                          path)
+    raw = apply_overrides(raw or {}, overrides, path)
+    return parse_config(raw, path)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str],
+                    source: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Return a copy of ``raw`` with ``section.key[.sub]=value`` overrides applied.
+
+    Values are parsed as YAML (``train.lr=3e-4``, ``train.patch_size=[64,64,64]``,
+    ``train.grad_clip=null``). Unknown keys are caught by the validation afterwards.
+    """
+    import copy
+
+    import yaml
+
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        parts = [p for p in key.strip().split(".") if p]
+        if not sep or len(parts) < 2:
+            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.lr=3e-4",
+                              source)
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML: {exc}", source) from exc
+        node = out
+        for part in parts[:-1]:
+            if node.get(part) is None:
+                node[part] = {}
+            if not isinstance(node[part], dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is not a section", source)
+            node = node[part]
+        node[parts[-1]] = value
+    return out

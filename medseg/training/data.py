@@ -1,0 +1,132 @@
+"""Training data from a pipeline config: phantom generation, manifest, split, cache.
+
+Returns cached train and validation cases plus the label names and channel
+count the model and checkpoint need. In a DDP job the main rank generates and
+caches; the others wait and then open the same cache entries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from medseg.config import PhantomConfig, PipelineConfig
+from medseg.data.cache import CachedCase, build_cache
+from medseg.data.manifest import load_manifest, split_train_val
+from medseg.errors import ConfigError, MedsegError
+from medseg.io.atomic import atomic_write_text
+from medseg.training.distributed import DistInfo, barrier
+
+__all__ = ["TrainingData", "prepare_data", "write_phantom_dataset"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingData:
+    """Cached cases and what describes them. ``label_names``: value -> name, 0 included."""
+
+    train: list[CachedCase]
+    val: list[CachedCase]
+    label_names: dict[int, str]
+    in_channels: int
+
+    @property
+    def num_classes(self) -> int:
+        return max(self.label_names) + 1
+
+
+def write_phantom_dataset(cfg: PhantomConfig, folder: Path) -> Path:
+    """Generate ``n_train + n_val`` phantoms (NIfTI) and their MSD ``dataset.json`` in ``folder``.
+
+    Case ``i`` uses seed ``cfg.seed + i``; the first ``n_train`` are ``training``,
+    the rest ``validation``. Reuses a complete folder (its dataset.json is written last).
+    """
+    from medseg.data.phantom import LABEL_NAMES, make_phantom
+    from medseg.io import write_volume
+
+    manifest = folder / "dataset.json"
+    if manifest.is_file():
+        return manifest
+    (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
+    entries = []
+    for i in range(cfg.n_train + cfg.n_val):
+        case = make_phantom(cfg.shape, cfg.spacing_mm, seed=cfg.seed + i, noise_hu=cfg.noise_hu)
+        name = f"phantom_{i:03d}.nii.gz"
+        write_volume(case.image, folder / "imagesTr" / name)
+        write_volume(case.label, folder / "labelsTr" / name)
+        entries.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+    doc = {
+        "name": "medseg phantoms",
+        "modality": {"0": "CT"},
+        "labels": {"0": "background", **{str(k): v for k, v in LABEL_NAMES.items()}},
+        "training": entries[: cfg.n_train],
+        "validation": entries[cfg.n_train :],
+        "phantom_config": asdict(cfg),
+    }
+    atomic_write_text(manifest, json.dumps(doc, indent=1))
+    return manifest
+
+
+def _phantom_folder(cfg: PhantomConfig, cache_dir: Path) -> Path:
+    key = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:12]
+    return cache_dir / f"phantoms-{key}"
+
+
+def prepare_data(cfg: PipelineConfig, preprocessing, cache_dir: Path, info: DistInfo,
+                 progress: bool = False) -> TrainingData:
+    """Cases ready for sampling and validation, cached under ``cache_dir``."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.data.phantom is not None:
+        folder = _phantom_folder(cfg.data.phantom, cache_dir)
+        if info.is_main:
+            write_phantom_dataset(cfg.data.phantom, folder)
+        barrier(info)
+        manifest_path = folder / "dataset.json"
+    else:
+        manifest_path = Path(cfg.data.manifest)
+    manifest = load_manifest(manifest_path)
+    train_cases, val_cases = split_train_val(manifest.cases, cfg.data.val_fraction, cfg.train.seed)
+    if not train_cases:
+        raise ConfigError("the manifest has no training cases (split 'train')", manifest_path)
+    cases = train_cases + val_cases
+    cached: list[CachedCase] = []
+    if info.is_main:
+        cached = _cache(cases, preprocessing, cache_dir, cfg, progress)
+    barrier(info)
+    if not info.is_main:
+        cached = _cache(cases, preprocessing, cache_dir, cfg, False)
+    label_names = dict(manifest.label_names) or _names_from_cache(cached)
+    in_channels = int(cached[0].image.shape[0])
+    _check_labels(cached, label_names, manifest_path)
+    return TrainingData(cached[: len(train_cases)], cached[len(train_cases) :], label_names,
+                        in_channels)
+
+
+def _cache(cases, preprocessing, cache_dir, cfg, progress) -> list[CachedCase]:
+    try:
+        return build_cache(cases, preprocessing, cache_dir, cfg.data.max_indices_per_class,
+                           progress=progress)
+    except MedsegError:
+        raise
+    except OSError as exc:
+        raise ConfigError(f"cannot build the preprocessing cache: {exc}", cache_dir) from exc
+
+
+def _names_from_cache(cached: list[CachedCase]) -> dict[int, str]:
+    values = sorted({v for c in cached for v in c.classes})
+    top = max(values, default=1)
+    return {0: "background", **{v: f"label_{v}" for v in range(1, top + 1)}}
+
+
+def _check_labels(cached: list[CachedCase], names: dict[int, str], manifest: Path) -> None:
+    for case in cached:
+        unknown = sorted(set(case.classes) - set(names))
+        if unknown:
+            raise ConfigError(f"case {case.case_id!r} has label values {unknown} not in the "
+                              f"manifest's labels {sorted(names)} (run 'medseg validate')",
+                              manifest)

@@ -1,0 +1,447 @@
+"""The training loop: patches in, checkpoints out, resumable, optionally distributed.
+
+Each epoch draws ``iterations_per_epoch * batch_size`` patches per rank
+(:class:`~medseg.data.sampling.PatchDataset`), augments them on the training
+device, takes one optimiser step per batch with the learning rate of that step
+(:mod:`~medseg.training.optim`), then -- every ``val_every`` epochs and at the
+end -- runs sliding-window validation with Dice per label. The main rank writes
+into ``RUN_DIR``:
+
+* ``last.safetensors`` (every epoch) and ``best.safetensors`` (best mean
+  validation Dice): self-describing checkpoints for ``medseg predict``;
+* ``last.resume.safetensors``: weights, optimiser, grad scaler, RNG states,
+  epoch, step, sampler state and history, for ``--resume``;
+* ``log.csv``, ``curves.png``, ``config.yaml`` and TensorBoard events when installed.
+
+Determinism: the model is initialised from ``train.seed``; patch ``i`` of epoch
+``e`` on rank ``r`` comes from seed ``(seed, e, r, i)``; augmentation of step
+``s`` from ``(seed, e, r, s)``; the global RNGs are re-seeded from
+``(seed, e, r)`` at each epoch start. So on the CPU the same seed gives the same
+weights, and a run resumed from ``last.resume.safetensors`` ends exactly where
+an uninterrupted run does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medseg.checkpoint import load_resume_state, save_checkpoint, save_resume_state
+from medseg.config import PipelineConfig
+from medseg.data.augment import Augmenter
+from medseg.data.sampling import PatchDataset, PatchSampler, collate_batch
+from medseg.errors import CheckpointError, ConfigError, MedsegError, UsageError
+from medseg.io.atomic import atomic_write_text
+from medseg.training.data import TrainingData, prepare_data
+from medseg.training.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    barrier,
+    init_distributed,
+    shutdown,
+)
+from medseg.training.logs import TensorBoard, plot_curves, write_csv
+from medseg.training.optim import lr_at, make_optimizer, set_lr
+from medseg.training.validation import validate
+
+__all__ = ["TrainOptions", "TrainResult", "train"]
+
+log = logging.getLogger(__name__)
+RESUME_FILE = "last.resume.safetensors"
+
+
+@dataclass
+class TrainOptions:
+    """Run options that are not part of the pipeline config.
+
+    ``device``: ``"cpu"``, ``"cuda"``, ``"cuda:1"``... (default: the GPU when present).
+    ``progress``: tqdm bars (default: when stderr is a terminal).
+    ``debug_param_hashes``: each rank appends ``epoch step sha256(parameters)`` per
+    step to ``RUN_DIR/debug/params.rank<r>.txt`` (checks that DDP ranks agree).
+    ``debug_kill_after_epoch``: SIGKILL this process right after that epoch's
+    checkpoints are written (tests of ``--resume``).
+    """
+
+    resume: bool = False
+    device: str | None = None
+    progress: bool | None = None
+    debug_param_hashes: bool = False
+    debug_kill_after_epoch: int | None = None
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced. ``best_score``: best mean validation Dice."""
+
+    run_dir: Path
+    epoch: int
+    best_score: float
+    best_epoch: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _derive_seed(*parts: int) -> int:
+    """A 32-bit seed from a tuple of non-negative ints (NumPy's SeedSequence)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def _pick_device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise UsageError(f"--device {name!r}: expected cpu, cuda or cuda:N") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name!r}: no CUDA GPU is available (use --device cpu)")
+    return device
+
+
+def train(cfg: PipelineConfig, run_dir: str | os.PathLike,
+          options: TrainOptions | None = None) -> TrainResult:
+    """Train the pipeline ``cfg`` into ``run_dir`` (created); see the module docstring."""
+    options = options or TrainOptions()
+    device = _pick_device(options.device)
+    info = init_distributed(device)
+    if info.enabled and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+    try:
+        return _Trainer(cfg, Path(run_dir), options, device, info).run()
+    finally:
+        shutdown(info)
+
+
+class _Trainer:
+    """State of one training run (one instance per process)."""
+
+    def __init__(self, cfg: PipelineConfig, run_dir: Path, options: TrainOptions,
+                 device: torch.device, info: DistInfo) -> None:
+        from medseg.transforms import Preprocessing
+
+        self.cfg, self.run_dir, self.options, self.device, self.info = cfg, run_dir, options, device, info
+        self._prepare_run_dir()
+        self._set_determinism()
+        try:
+            self.preprocessing = Preprocessing.from_config(cfg.preprocessing)
+        except MedsegError as exc:
+            raise ConfigError(f"preprocessing: {exc.message}", cfg.source) from exc
+        cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else run_dir / "cache"
+        self.data: TrainingData = prepare_data(cfg, self.preprocessing, cache_dir, info,
+                                               progress=self._show_progress)
+        self.model = self._build_model().to(device)
+        self.loss_fn = self._build_loss()
+        self.optimizer = make_optimizer(self.model.parameters(), cfg.train)
+        self.amp_dtype, self.scaler = self._amp()
+        self.dataset = self._build_dataset()
+        self.augment = Augmenter(cfg.train.augment)
+        self.epoch, self.step = 0, 0
+        self.best_score, self.best_epoch = -math.inf, 0
+        self.history: list[dict[str, Any]] = []
+        if options.resume:
+            self._load_resume()
+        self.net = self._wrap_ddp()
+        self.tensorboard = TensorBoard(run_dir / "tensorboard", enabled=info.is_main)
+
+    # -- set-up ----------------------------------------------------------------------------------
+    @property
+    def _show_progress(self) -> bool:
+        if not self.info.is_main:
+            return False
+        return sys.stderr.isatty() if self.options.progress is None else self.options.progress
+
+    def _prepare_run_dir(self) -> None:
+        import yaml
+
+        if self.info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if not self.options.resume and (self.run_dir / RESUME_FILE).exists():
+                log.warning("%s already holds a run: starting afresh (use --resume to continue)",
+                            self.run_dir)
+            atomic_write_text(self.run_dir / "config.yaml",
+                              yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+        barrier(self.info)
+
+    def _set_determinism(self) -> None:
+        torch.manual_seed(self.cfg.train.seed)
+        if self.cfg.train.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+
+    def _build_model(self) -> torch.nn.Module:
+        from medseg import models
+
+        kwargs = dict(self.cfg.model.kwargs)
+        kwargs.setdefault("seed", self.cfg.train.seed)
+        if self.cfg.train.deep_supervision:
+            kwargs["deep_supervision"] = True
+        try:
+            return models.create(self.cfg.model.name, in_channels=self.data.in_channels,
+                                 out_channels=self.data.num_classes, **kwargs)
+        except (MedsegError, TypeError) as exc:
+            message = exc.message if isinstance(exc, MedsegError) else str(exc)
+            raise ConfigError(f"model: {message}", self.cfg.source) from exc
+
+    def _build_loss(self) -> torch.nn.Module:
+        from medseg import losses
+
+        try:
+            return losses.create(self.cfg.loss.name, **self.cfg.loss.kwargs).to(self.device)
+        except (MedsegError, TypeError) as exc:
+            message = exc.message if isinstance(exc, MedsegError) else str(exc)
+            raise ConfigError(f"loss: {message}", self.cfg.source) from exc
+
+    def _amp(self) -> tuple[torch.dtype | None, Any]:
+        if not (self.cfg.train.amp and self.device.type == "cuda"):
+            return None, None
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16, None
+        return torch.float16, torch.amp.GradScaler("cuda")
+
+    def _build_dataset(self) -> PatchDataset:
+        t, info = self.cfg.train, self.info
+        shard = self.data.train[info.rank :: info.world_size] or self.data.train
+        sampler = PatchSampler(t.patch_size, t.foreground_ratio, t.class_probabilities)
+        return PatchDataset(shard, sampler, t.iterations_per_epoch * t.batch_size, t.seed, info.rank)
+
+    def _wrap_ddp(self) -> torch.nn.Module:
+        if not self.info.enabled:
+            return self.model
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(self.model, device_ids=ids)
+
+    # -- resume ----------------------------------------------------------------------------------
+    def _resume_state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                    "python": random.getstate()},
+            "sampler": self.dataset.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "history": self.history,
+        }
+
+    def _load_resume(self) -> None:
+        path = self.run_dir / RESUME_FILE
+        if not path.is_file():
+            raise UsageError(f"nothing to resume: no {RESUME_FILE} in this run folder "
+                             "(start without --resume)", self.run_dir)
+        state = load_resume_state(path)
+        try:
+            self.model.load_state_dict(state["model"], strict=True)
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"resume state does not fit the configured model/optimizer "
+                                  f"(was the config changed?): {str(exc).splitlines()[0]}",
+                                  path) from exc
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+        self.dataset.load_state_dict(state["sampler"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.best_score, self.best_epoch = float(state["best_score"]), int(state["best_epoch"])
+        self.history = list(state["history"])
+        log.info("resuming %s after epoch %d (step %d)", self.run_dir, self.epoch, self.step)
+
+    # -- one epoch -------------------------------------------------------------------------------
+    def _seed_epoch(self, epoch: int) -> None:
+        seed = _derive_seed(self.cfg.train.seed, epoch, self.info.rank)
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
+        self.dataset.set_epoch(epoch)
+
+    def _loader(self, epoch: int) -> torch.utils.data.DataLoader:
+        t = self.cfg.train
+        return torch.utils.data.DataLoader(
+            self.dataset, batch_size=t.batch_size, shuffle=False, num_workers=t.num_workers,
+            pin_memory=self.device.type == "cuda", drop_last=False, collate_fn=collate_batch,
+            generator=torch.Generator().manual_seed(_derive_seed(t.seed, epoch, 7)),
+        )
+
+    def _loss(self, output: torch.Tensor | list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        """Loss of the main output, plus deep-supervision outputs weighted 1/2, 1/4... (normalised)."""
+        outputs = output if isinstance(output, (list, tuple)) else [output]
+        weights = [0.5**i for i in range(len(outputs))]
+        total = 0.0
+        for weight, out in zip(weights, outputs):
+            tgt = target
+            if out.shape[2:] != target.shape[1:]:
+                tgt = F.interpolate(target[:, None].float(), size=out.shape[2:], mode="nearest")
+                tgt = tgt[:, 0].long()
+            total = total + weight * self.loss_fn(out.float(), tgt)
+        return total / sum(weights)
+
+    def _train_step(self, image: torch.Tensor, label: torch.Tensor, epoch: int) -> float:
+        t = self.cfg.train
+        set_lr(self.optimizer, lr_at(self.step, t))
+        image = image.to(self.device, non_blocking=True)
+        label = label.to(self.device, non_blocking=True).long()
+        if self.augment.enabled:
+            image, label = self.augment(image, label,
+                                        _derive_seed(t.seed, epoch, self.info.rank, self.step))
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype,
+                            enabled=self.amp_dtype is not None):
+            loss = self._loss(self.net(image), label)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        if t.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.step += 1
+        return float(loss.detach())
+
+    def _train_epoch(self, epoch: int) -> float:
+        from tqdm.auto import tqdm
+
+        self._seed_epoch(epoch)
+        self.net.train()
+        total, count = 0.0, 0
+        bar = tqdm(self._loader(epoch), desc=f"epoch {epoch}/{self.cfg.train.epochs}",
+                   unit="it", disable=not self._show_progress, leave=False, dynamic_ncols=True)
+        for image, label in bar:
+            total += self._train_step(image, label, epoch)
+            count += 1
+            bar.set_postfix(loss=f"{total / count:.4f}", lr=f"{lr_at(self.step, self.cfg.train):.2e}")
+            if self.options.debug_param_hashes:
+                self._write_param_hash(epoch)
+        bar.close()
+        sums = all_reduce_sum(torch.tensor([total, count], dtype=torch.float64,
+                                           device=self._reduce_device), self.info)
+        return float(sums[0] / max(sums[1], 1))
+
+    @property
+    def _reduce_device(self) -> torch.device:
+        return self.device if self.info.enabled and self.device.type == "cuda" else torch.device("cpu")
+
+    def _write_param_hash(self, epoch: int) -> None:
+        digest = hashlib.sha256()
+        for p in self.model.parameters():
+            digest.update(p.detach().cpu().contiguous().numpy().tobytes())
+        folder = self.run_dir / "debug"
+        folder.mkdir(exist_ok=True)
+        with open(folder / f"params.rank{self.info.rank}.txt", "a") as handle:
+            handle.write(f"{epoch} {self.step} {digest.hexdigest()}\n")
+
+    # -- validation and checkpoints ----------------------------------------------------------------
+    def _validate(self, epoch: int) -> dict[str, float]:
+        due = epoch % self.cfg.train.val_every == 0 or epoch == self.cfg.train.epochs
+        if not (due and self.data.val):
+            return {}
+        infer = _InferenceSettings(self.cfg)
+        dice = validate(self.model, self.data.val, infer, self.data.num_classes, self.device,
+                        self.info, self.amp_dtype)
+        row = {"val_mean_dice": float(np.nanmean(dice)) if np.isfinite(dice).any() else math.nan}
+        for value, score in zip(range(1, self.data.num_classes), dice):
+            row[f"dice_{self.data.label_names.get(value, value)}"] = float(score)
+        return row
+
+    def _checkpoint_meta(self, row: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "label_names": {k: v for k, v in self.data.label_names.items()},
+            "preprocessing": self.preprocessing.to_config(),
+            "inference": {"roi_size": self.cfg.roi_size, "overlap": self.cfg.inference.overlap,
+                          "blend": self.cfg.inference.blend,
+                          "batch_size": self.cfg.inference.batch_size},
+            "train_config": self.cfg.to_dict(),
+            "epoch": self.epoch,
+            "metrics": {k: v for k, v in row.items() if isinstance(v, float)},
+        }
+
+    def _save(self, row: dict[str, Any]) -> None:
+        score = row.get("val_mean_dice")
+        if not self.data.val:
+            score = -row["train_loss"]  # no validation cases: best = lowest training loss
+        improved = score is not None and not math.isnan(score) and score > self.best_score
+        if improved:
+            self.best_score, self.best_epoch = float(score), self.epoch
+        save_resume_state(self.run_dir / RESUME_FILE, self._resume_state())
+        meta = self._checkpoint_meta(row)
+        save_checkpoint(self.run_dir / "last.safetensors", self.model, meta)
+        if improved:
+            save_checkpoint(self.run_dir / "best.safetensors", self.model, meta)
+        write_csv(self.run_dir / "log.csv", self.history)
+        plot_curves(self.run_dir / "curves.png", self.history)
+        self.tensorboard.scalars(row, self.epoch)
+
+    # -- the run ---------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        t = self.cfg.train
+        if self.epoch >= t.epochs:
+            log.info("already trained %d of %d epochs: nothing to do (raise train.epochs "
+                     "with --set train.epochs=N to continue)", self.epoch, t.epochs)
+        start = time.monotonic()
+        first = self.epoch + 1
+        for epoch in range(first, t.epochs + 1):
+            began = time.monotonic()
+            loss = self._train_epoch(epoch)
+            row: dict[str, Any] = {"epoch": epoch, "step": self.step, "train_loss": loss,
+                                   "lr": lr_at(self.step, t)}
+            row.update(self._validate(epoch))
+            row["seconds"] = round(time.monotonic() - began, 2)
+            self.epoch = epoch
+            self.history.append(row)
+            if self.info.is_main:
+                self._save(row)
+            barrier(self.info)
+            self._log_epoch(row, start, epoch - first + 1)
+            if self.options.debug_kill_after_epoch == epoch:
+                os.kill(os.getpid(), signal.SIGKILL)
+        self.tensorboard.close()
+        return TrainResult(self.run_dir, self.epoch, self.best_score, self.best_epoch,
+                           list(self.history))
+
+    def _log_epoch(self, row: dict[str, Any], start: float, done: int) -> None:
+        if not self.info.is_main:
+            return
+        remaining = self.cfg.train.epochs - row["epoch"]
+        eta = (time.monotonic() - start) / done * remaining
+        dice = row.get("val_mean_dice")
+        val = f", val mean Dice {dice:.4f}" if isinstance(dice, float) else ""
+        log.info("epoch %d/%d: loss %.4f%s (%.1f s, ETA %.0f s)", row["epoch"],
+                 self.cfg.train.epochs, row["train_loss"], val, row["seconds"], eta)
+
+
+@dataclass
+class _InferenceSettings:
+    roi_size: list[int]
+    overlap: float
+    blend: str
+    batch_size: int
+
+    def __init__(self, cfg: PipelineConfig) -> None:
+        self.roi_size = cfg.roi_size
+        self.overlap = cfg.inference.overlap
+        self.blend = cfg.inference.blend
+        self.batch_size = cfg.inference.batch_size

@@ -1,0 +1,118 @@
+"""End-to-end training: outputs, exact resume after SIGKILL, DDP with gloo, CLI errors."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from medseg.checkpoint import load_checkpoint, load_resume_state
+from medseg.cli import main
+
+from .training_helpers import REPO, tiny_config, weights_of, write_config
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _medseg(*args, timeout=300):
+    cmd = [sys.executable, "-m", "medseg", "train", *map(str, args), "--no-progress"]
+    return subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """A config whose phantoms and cache are shared by all runs of this module."""
+    folder = tmp_path_factory.mktemp("train")
+    raw = tiny_config()
+    raw["data"]["cache_dir"] = str(folder / "cache")
+    return folder, write_config(folder / "tiny.yaml", raw)
+
+
+def _rows(run):
+    with open(run / "log.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_killed_run_resumes_to_identical_weights(shared):
+    folder, config = shared
+    full, killed = folder / "full", folder / "killed"
+    done = _medseg(config, "-o", full)
+    assert done.returncode == 0, done.stderr
+    crash = _medseg(config, "-o", killed, "--debug-kill-after-epoch", "1")
+    assert crash.returncode == -signal.SIGKILL, crash.stderr
+    assert load_checkpoint(killed / "last.safetensors").epoch == 1
+    assert len(_rows(killed)) == 1
+    resumed = _medseg(config, "-o", killed, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = weights_of(full / "last.safetensors"), weights_of(killed / "last.safetensors")
+    assert set(a) == set(b)
+    worst = max(float(np.abs(a[k] - b[k]).max()) for k in a)
+    assert worst <= 1e-6
+    assert [r["train_loss"] for r in _rows(full)] == [r["train_loss"] for r in _rows(killed)]
+    # outputs of a finished run
+    ckpt = load_checkpoint(full / "best.safetensors")
+    assert ckpt.label_names == {"0": "background", "1": "liver", "2": "spleen",
+                                "3": "kidney_left", "4": "kidney_right", "5": "aorta"}
+    assert ckpt.inference["roi_size"] == [16, 16, 16] and ckpt.preprocessing["orientation"] == "RAS"
+    assert ckpt.train_config["train"]["epochs"] == 2 and "val_mean_dice" in ckpt.metrics
+    rows = _rows(full)
+    assert [r["epoch"] for r in rows] == ["1", "2"] and "dice_liver" in rows[0]
+    assert (full / "curves.png").stat().st_size > 1000 and (full / "config.yaml").is_file()
+    model = ckpt.build_model()
+    assert model(__import__("torch").zeros(1, 1, 16, 16, 16)).shape == (1, 6, 16, 16, 16)
+    # resume can extend a finished run beyond the configured epochs
+    more = _medseg(config, "-o", killed, "--resume", "--set", "train.epochs=3")
+    assert more.returncode == 0, more.stderr
+    assert [r["epoch"] for r in _rows(killed)] == ["1", "2", "3"]
+    assert load_resume_state(killed / "last.resume.safetensors")["step"] == 9
+
+
+def test_ddp_two_ranks_keep_identical_parameters(shared):
+    folder, config = shared
+    run = folder / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "medseg", "train", str(config), "-o", str(run), "--no-progress",
+           "--debug-param-hashes"]
+    done = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank0 = (run / "debug" / "params.rank0.txt").read_text().splitlines()
+    rank1 = (run / "debug" / "params.rank1.txt").read_text().splitlines()
+    assert len(rank0) == 2 * 3 and rank0 == rank1  # 2 epochs x 3 steps, same hash every step
+    assert len(set(line.split()[2] for line in rank0)) == 6  # and the parameters did change
+    assert load_checkpoint(run / "last.safetensors").epoch == 2
+    assert sorted(p.name for p in run.glob("*.safetensors")) == [
+        "best.safetensors", "last.resume.safetensors", "last.safetensors"]
+    assert len(_rows(run)) == 2
+    # the checkpoint equals rank 0's parameters after the last step
+    state = weights_of(run / "last.safetensors")
+    import hashlib
+
+    from medseg.models import create
+
+    net = create(**load_checkpoint(run / "last.safetensors").model)
+    digest = hashlib.sha256()
+    for name, _ in net.named_parameters():
+        digest.update(np.ascontiguousarray(state[name]).tobytes())
+    assert digest.hexdigest() == rank0[-1].split()[2]
+
+
+def test_cli_config_typo_is_one_line(tmp_path, capsys):
+    raw = tiny_config()
+    raw["train"]["learning_rate"] = 0.1
+    path = write_config(tmp_path / "typo.yaml", raw)
+    assert main(["train", str(path), "-o", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "typo.yaml" in err[0] and "'train.learning_rate'" in err[0]
+    assert main(["train", str(write_config(tmp_path / "ok.yaml", tiny_config())), "-o",
+                 str(tmp_path / "run2"), "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
