@@ -23,6 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="parallel processes (default min(4, CPUs))")
     parser.add_argument("--missing-as-empty", action="store_true",
                         help="score a ground truth without prediction as an empty prediction")
+    parser.add_argument("--report", nargs="?", const="", default=None, metavar="PATH",
+                        help="also write a self-contained HTML report (default PATH: report.html "
+                             "beside the results CSV); folders --pred/--gt add worst-case overlays")
+    parser.add_argument("--images", metavar="DIR",
+                        help="with --report: folder of the images (<case>.nii.gz ...) to draw "
+                             "the overlays on")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
 
     from medseg.evaluation import evaluate_folders
 
+    if args.report is not None:
+        _check_report_args(args)
     rows, summary = evaluate_folders(
         args.pred, args.gt, args.output, labels=args.labels, convention=args.convention,
         nsd_tolerance_mm=args.nsd_tolerance, workers=args.workers,
@@ -41,4 +49,49 @@ def run(args: argparse.Namespace) -> int:
         "%d cases, %d rows, mean Dice %s, status %s", summary["n_cases"], len(rows),
         "n/a" if dice is None else f"{dice:.4f}", overall["status"],
     )
+    if args.report is not None:
+        _write_report(args)
+    elif args.images is not None:
+        logging.getLogger("medseg").warning("--images is only used with --report: ignored")
     return 0
+
+
+def _report_path(args: argparse.Namespace):
+    """``--report PATH``, or ``report.html`` beside the results CSV for a bare ``--report``."""
+    from pathlib import Path
+
+    return Path(args.report) if args.report else Path(args.output).with_name("report.html")
+
+
+def _check_report_args(args: argparse.Namespace) -> None:
+    """Fail before evaluating when the report could not be written."""
+    from pathlib import Path
+
+    from medseg.errors import ImageReadError, UsageError
+    from medseg.io.atomic import check_writable_dir
+
+    folders = Path(args.pred).is_dir() and Path(args.gt).is_dir()
+    if args.images is not None and not folders:
+        raise UsageError("--images needs --pred and --gt to be folders (overlays are drawn "
+                         f"per case), got {args.pred} and {args.gt}")
+    if args.images is not None and not Path(args.images).is_dir():
+        raise ImageReadError("--images: folder does not exist", args.images)
+    check_writable_dir(_report_path(args))
+
+
+def _write_report(args: argparse.Namespace) -> None:
+    """The HTML report of the results just written; overlays when --pred/--gt are folders."""
+    import logging
+    from pathlib import Path
+
+    from medseg.report import write_report
+
+    folders = Path(args.pred).is_dir() and Path(args.gt).is_dir()
+    if not folders:
+        logging.getLogger("medseg").info("--pred/--gt are files: report without overlays")
+    path = write_report(
+        args.output, _report_path(args), images_dir=args.images,
+        pred_dir=args.pred if folders else None, gt_dir=args.gt if folders else None,
+        labels=args.labels,
+    )
+    logging.getLogger("medseg").info("report: %s", path)

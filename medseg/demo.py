@@ -1,0 +1,419 @@
+"""The end-to-end demo: phantoms -> training -> prediction -> evaluation -> HTML report.
+
+:func:`run_demo` drives the whole pipeline on generated CT phantoms, with the
+settings of ``pipelines/phantom_quick.yaml``, and writes into ``out_dir``::
+
+    data/dataset.json               MSD manifest: training / validation / test splits
+    data/imagesTr, labelsTr         training and validation phantoms (NIfTI)
+    data/imagesTs, labelsTs         test phantoms and their ground truth
+    run/best.safetensors            best checkpoint (mean validation Dice), last.safetensors,
+                                    log.csv, curves.png, config.yaml
+    predictions/<case>.nii.gz       test predictions, on the test images' grid
+    evaluation/results.csv          per case x label metrics, summary.csv / summary.json
+    report.html                     self-contained QC report with overlays
+
+Time budget
+-----------
+``minutes`` bounds the training. The training loop has no clock of its own
+(its learning-rate schedule needs the total step count up front), so the demo
+times a few optimiser steps of the configured network on the chosen device
+and sets ``train.epochs`` / ``train.iterations_per_epoch`` so that the
+estimated training time fits the budget, never exceeding the config's own
+step count (on a GPU the config's schedule usually fits as is).
+
+The pipeline YAML is read from the repository (``<repo>/pipelines/
+phantom_quick.yaml``, beside the ``medseg`` package); an installed medseg
+without that folder needs ``config=`` (``--config``) to point at a copy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medseg.errors import ConfigError, UsageError
+
+__all__ = ["DEFAULT_MINUTES", "DemoResult", "LabelScore", "default_config_path", "plan_training",
+           "run_demo"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MINUTES = 3.5
+"""Training budget: with data, prediction, evaluation and report the demo fits 5 min on 2 cores."""
+
+_CONFIG_NAME = "phantom_quick.yaml"
+_OVERHEAD = 1.2
+"""Measured steps leave out patch sampling, augmentation, validation and checkpoints."""
+
+
+@dataclass(frozen=True)
+class LabelScore:
+    """Test-set means of one label: Dice and HD95 (mm) over finite values."""
+
+    label: int
+    name: str
+    dice: float | None
+    hd95_mm: float | None
+
+
+@dataclass
+class DemoResult:
+    """Everything :func:`run_demo` wrote and measured.
+
+    ``scores``: one :class:`LabelScore` per label; ``mean_dice``: over every
+    test case x label row; ``seconds``: wall time of each stage and ``total``.
+    """
+
+    out_dir: Path
+    manifest: Path
+    run_dir: Path
+    checkpoint: Path
+    predictions: Path
+    results_csv: Path
+    summary_csv: Path
+    summary_json: Path
+    report: Path
+    device: str
+    epochs: int
+    iterations: int
+    scores: list[LabelScore]
+    mean_dice: float | None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def paths(self) -> dict[str, Path]:
+        """What was written, by role, in the order a user would open them."""
+        return {
+            "report": self.report, "results": self.results_csv, "summary": self.summary_csv,
+            "checkpoint": self.checkpoint, "predictions": self.predictions,
+            "training run": self.run_dir, "data": self.manifest.parent,
+        }
+
+
+# -- config ------------------------------------------------------------------------------------
+def default_config_path() -> Path:
+    """``pipelines/phantom_quick.yaml`` of the repository holding this ``medseg`` package.
+
+    Raises
+    ------
+    ConfigError
+        When there is no such file (an installed medseg has no ``pipelines/``).
+    """
+    import medseg
+
+    path = Path(medseg.__file__).resolve().parent.parent / "pipelines" / _CONFIG_NAME
+    if not path.is_file():
+        raise ConfigError(
+            f"the demo's pipeline {_CONFIG_NAME} is not beside the medseg package (an installed "
+            "medseg has no pipelines/ folder): run from a medseg checkout, or pass "
+            f"--config pipelines/{_CONFIG_NAME} from one", path)
+    return path
+
+
+def _load_config(config: str | os.PathLike | None, overrides: Sequence[str]):
+    from medseg.config import load_config
+
+    path = Path(config) if config is not None else default_config_path()
+    cfg = load_config(path, overrides)
+    if cfg.data.phantom is None:
+        raise ConfigError("the demo generates phantoms: the config needs a 'data.phantom' "
+                          "section (as pipelines/phantom_quick.yaml has)", path)
+    return cfg
+
+
+# -- data --------------------------------------------------------------------------------------
+def _case_names(n: int, start: int = 0) -> list[str]:
+    return [f"phantom_{i:03d}" for i in range(start, start + n)]
+
+
+def write_cohort(phantom, n_test: int, folder: Path, progress: bool = False) -> Path:
+    """Generate train / validation / test phantoms and their MSD ``dataset.json`` in ``folder``.
+
+    Case ``i`` uses seed ``phantom.seed + i``: the first ``n_train`` are
+    training cases, the next ``n_val`` validation and the last ``n_test`` test
+    cases (images in ``imagesTs``, ground truth in ``labelsTs``). A folder whose
+    ``dataset.json`` records the same settings is reused as is.
+    """
+    from tqdm.auto import tqdm
+
+    from medseg.data.phantom import LABEL_NAMES, make_phantom
+    from medseg.io import write_volume
+    from medseg.io.atomic import atomic_write_text
+
+    settings = {**dataclasses.asdict(phantom), "n_test": int(n_test)}
+    manifest = folder / "dataset.json"
+    if _same_settings(manifest, settings):
+        log.info("reusing the phantoms in %s", folder)
+        return manifest
+    n_fit = phantom.n_train + phantom.n_val
+    splits = {"training": ("Tr", _case_names(phantom.n_train)),
+              "validation": ("Tr", _case_names(phantom.n_val, phantom.n_train)),
+              "test": ("Ts", _case_names(n_test, n_fit))}
+    for part in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+        (folder / part).mkdir(parents=True, exist_ok=True)
+    _remove_stale(folder / "imagesTs", splits["test"][1])
+    _remove_stale(folder / "labelsTs", splits["test"][1])
+    jobs = [(suffix, name) for suffix, names in splits.values() for name in names]
+    for i, (suffix, name) in enumerate(tqdm(jobs, desc="phantoms", unit="case",
+                                            disable=not progress, leave=False)):
+        case = make_phantom(phantom.shape, phantom.spacing_mm, seed=phantom.seed + i,
+                            noise_hu=phantom.noise_hu)
+        write_volume(case.image, folder / f"images{suffix}" / f"{name}.nii.gz")
+        write_volume(case.label, folder / f"labels{suffix}" / f"{name}.nii.gz")
+    doc: dict[str, Any] = {
+        "name": "medseg demo phantoms", "modality": {"0": "CT"},
+        "labels": {"0": "background", **{str(k): v for k, v in LABEL_NAMES.items()}},
+        **{key: [{"image": f"./images{sfx}/{n}.nii.gz", "label": f"./labels{sfx}/{n}.nii.gz"}
+                 for n in names] for key, (sfx, names) in splits.items()},
+        "demo_settings": settings,
+    }
+    atomic_write_text(manifest, json.dumps(doc, indent=1))
+    log.info("wrote %d training, %d validation and %d test phantoms to %s",
+             phantom.n_train, phantom.n_val, n_test, folder)
+    return manifest
+
+
+def _same_settings(manifest: Path, settings: dict[str, Any]) -> bool:
+    try:
+        return json.loads(manifest.read_text(encoding="utf-8")).get("demo_settings") == settings
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _remove_stale(folder: Path, keep: Sequence[str]) -> None:
+    """Delete ``phantom_*.nii.gz`` files of an earlier demo that are not in ``keep``."""
+    wanted = {f"{name}.nii.gz" for name in keep}
+    for path in folder.glob("phantom_*.nii.gz"):
+        if path.name not in wanted:
+            path.unlink()
+
+
+# -- time budget -------------------------------------------------------------------------------
+def measure_step_seconds(cfg, device: str, steps: int = 3, warmup: int = 2) -> float:
+    """Median wall seconds of one optimiser step of ``cfg``'s network on ``device``.
+
+    Random patches of ``train.patch_size`` and ``train.batch_size``; the first
+    ``warmup`` steps (kernel selection, allocations) are left out, and they warm
+    the process up for the training that follows. The global torch RNG state
+    is restored afterwards.
+    """
+    import torch
+
+    from medseg import losses, models
+    from medseg.data.phantom import LABEL_NAMES
+    from medseg.training.optim import make_optimizer
+
+    dev = torch.device(device)
+    rng_state = torch.get_rng_state()
+    model = models.create(cfg.model.name, in_channels=1, out_channels=len(LABEL_NAMES) + 1,
+                          **cfg.model.kwargs).to(dev)
+    loss_fn = losses.create(cfg.loss.name, **cfg.loss.kwargs).to(dev)
+    optimizer = make_optimizer(model.parameters(), cfg.train)
+    t = cfg.train
+    image = torch.randn(t.batch_size, 1, *t.patch_size, device=dev)
+    label = torch.randint(0, len(LABEL_NAMES) + 1, (t.batch_size, *t.patch_size), device=dev)
+    amp = dev.type == "cuda" and t.amp
+    times = []
+    for _ in range(warmup + steps):
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+            loss = loss_fn(model(image).float(), label)
+        loss.backward()
+        optimizer.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        times.append(time.perf_counter() - start)
+    torch.set_rng_state(rng_state)
+    timed = sorted(times[warmup:])
+    return float(timed[len(timed) // 2])
+
+
+def plan_training(step_s: float, budget_s: float, epochs: int, iterations_per_epoch: int
+                  ) -> tuple[int, int]:
+    """(epochs, iterations_per_epoch) whose steps fit ``budget_s`` at ``step_s`` per step.
+
+    Never more steps than ``epochs * iterations_per_epoch`` (the config's own
+    schedule); at least one step. Epochs keep the config's length where possible.
+
+    >>> plan_training(1.0, 120.0, 16, 25)   # 120 s / (1.0 s * 1.2 overhead) = 100 steps
+    (4, 25)
+    >>> plan_training(0.01, 600.0, 16, 25)  # the config's 400 steps fit
+    (16, 25)
+    """
+    if step_s <= 0 or budget_s <= 0:
+        raise UsageError(f"step time and budget must be positive, got {step_s} s and {budget_s} s")
+    total = min(epochs * iterations_per_epoch, max(1, int(budget_s / (step_s * _OVERHEAD))))
+    if total < iterations_per_epoch:
+        return 1, total
+    n_epochs = total // iterations_per_epoch
+    return n_epochs, total // n_epochs
+
+
+def _budget_config(cfg, manifest: Path, device: str, minutes: float) -> tuple[Any, float]:
+    """A copy of ``cfg`` reading ``manifest``, with epochs fitted to ``minutes`` of training."""
+    start = time.perf_counter()
+    step_s = measure_step_seconds(cfg, device)
+    budget_s = minutes * 60.0 - (time.perf_counter() - start)
+    t = cfg.train
+    epochs, per_epoch = plan_training(step_s, max(budget_s, 1e-3), t.epochs,
+                                      t.iterations_per_epoch)
+    train = dataclasses.replace(t, epochs=epochs, iterations_per_epoch=per_epoch,
+                                val_every=max(1, math.ceil(epochs / 4)))
+    data = dataclasses.replace(cfg.data, manifest=str(manifest), phantom=None)
+    log.info("training budget %.1f min: %.2f s per step on %s -> %d epochs x %d steps "
+             "(config: %d x %d)", minutes, step_s, device, epochs, per_epoch, t.epochs,
+             t.iterations_per_epoch)
+    return dataclasses.replace(cfg, data=data, train=train), step_s
+
+
+# -- stages ------------------------------------------------------------------------------------
+def _train(cfg, run_dir: Path, device: str, progress: bool, max_minutes: float) -> Path:
+    from medseg.training import TrainOptions, train
+
+    result = train(cfg, run_dir, TrainOptions(device=device, progress=progress,
+                                              max_minutes=max_minutes))
+    best = run_dir / "best.safetensors"
+    checkpoint = best if best.is_file() else run_dir / "last.safetensors"
+    log.info("trained %d epochs; checkpoint %s (epoch %d, validation Dice %.4f)", result.epoch,
+             checkpoint, result.best_epoch, result.best_score)
+    return checkpoint
+
+
+def _predict(checkpoint: Path, images: Path, out: Path, device: str, progress: bool) -> Path:
+    """Segment every image of ``images`` into ``out/<case>.nii.gz``."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from medseg.inference.predict import load_model_spec, predict_volume
+    from medseg.io import read_volume, write_volume
+
+    spec = load_model_spec(checkpoint, torch.device(device))
+    files = sorted(images.glob("*.nii.gz"))
+    out.mkdir(parents=True, exist_ok=True)
+    _remove_stale(out, [p.name[: -len(".nii.gz")] for p in files])
+    for path in tqdm(files, desc="predict", unit="case", disable=not progress, leave=False):
+        result = predict_volume(spec, read_volume(path), device=device)
+        write_volume(result.labels, out / path.name)
+    log.info("predicted %d test cases into %s", len(files), out)
+    return out
+
+
+def _scores(summary: dict[str, Any]) -> tuple[list[LabelScore], float | None]:
+    scores = [
+        LabelScore(int(key), group["label_name"], group["metrics"]["dice"]["mean"],
+                   group["metrics"]["hd95_mm"]["mean"])
+        for key, group in summary["labels"].items()
+    ]
+    return scores, summary["overall"]["metrics"]["dice"]["mean"]
+
+
+def _resolve_device(device: str) -> str:
+    from medseg.inference.predict import resolve_device
+
+    if str(device) not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
+        raise UsageError(f"device {device!r}: expected auto, cpu, cuda or cuda:N")
+    return str(resolve_device(device))
+
+
+def run_demo(
+    out_dir: str | os.PathLike,
+    minutes: float = DEFAULT_MINUTES,
+    device: str = "auto",
+    *,
+    n_test: int = 4,
+    config: str | os.PathLike | None = None,
+    overrides: Sequence[str] = (),
+    progress: bool | None = None,
+) -> DemoResult:
+    """Run the whole demo into ``out_dir`` (see the module docstring for what it writes).
+
+    Parameters
+    ----------
+    out_dir : output folder (created; an earlier demo's files are replaced).
+    minutes : training time budget in minutes (> 0); see "Time budget" above.
+    device : ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    n_test : number of test phantoms (>= 1), generated after the training ones.
+    config : pipeline YAML; default ``pipelines/phantom_quick.yaml`` of the repository.
+    overrides : ``section.key=value`` overrides of the config, as ``medseg train --set``.
+    progress : tqdm bars (default: when stderr is a terminal).
+
+    Returns
+    -------
+    :class:`DemoResult` with every path written, the per-label test scores and timings.
+
+    Raises
+    ------
+    UsageError : bad ``minutes``, ``n_test`` or ``device``.
+    ConfigError : no pipeline YAML found, or an invalid one.
+    """
+    if not (isinstance(minutes, (int, float)) and math.isfinite(minutes) and minutes > 0):
+        raise UsageError(f"minutes must be a positive number, got {minutes!r}")
+    if isinstance(n_test, bool) or not isinstance(n_test, int) or n_test < 1:
+        raise UsageError(f"n_test must be an integer >= 1, got {n_test!r}")
+    progress = sys.stderr.isatty() if progress is None else bool(progress)
+    out = Path(out_dir)
+    device = _resolve_device(device)
+    cfg = _load_config(config, overrides)
+    clock = _Clock()
+
+    manifest = write_cohort(cfg.data.phantom, n_test, out / "data", progress)
+    clock.lap("data")
+    train_cfg, _ = _budget_config(cfg, manifest, device, float(minutes))
+    checkpoint = _train(train_cfg, out / "run", device, progress, float(minutes))
+    clock.lap("training")
+    predictions = _predict(checkpoint, out / "data" / "imagesTs", out / "predictions", device,
+                           progress)
+    clock.lap("prediction")
+    result = _evaluate_and_report(out, manifest, predictions)
+    clock.lap("evaluation and report")
+    scores, mean_dice = _scores(result["summary"])
+    return DemoResult(
+        out_dir=out, manifest=manifest, run_dir=out / "run", checkpoint=checkpoint,
+        predictions=predictions, results_csv=result["results"],
+        summary_csv=result["results"].with_name("summary.csv"),
+        summary_json=result["results"].with_name("summary.json"), report=result["report"],
+        device=device, epochs=train_cfg.train.epochs,
+        iterations=train_cfg.train.epochs * train_cfg.train.iterations_per_epoch,
+        scores=scores, mean_dice=mean_dice, seconds=clock.total(),
+    )
+
+
+def _evaluate_and_report(out: Path, manifest: Path, predictions: Path) -> dict[str, Any]:
+    from medseg.data.phantom import LABEL_NAMES
+    from medseg.evaluation import evaluate_folders
+    from medseg.report import write_report
+
+    data = manifest.parent
+    results = out / "evaluation" / "results.csv"
+    results.parent.mkdir(parents=True, exist_ok=True)
+    _, summary = evaluate_folders(predictions, data / "labelsTs", results, labels=LABEL_NAMES)
+    n_cases = int(summary["n_cases"])
+    report = write_report(results, out / "report.html", images_dir=data / "imagesTs",
+                          pred_dir=predictions, gt_dir=data / "labelsTs", labels=LABEL_NAMES,
+                          worst_n=min(n_cases, 5), window="ct")
+    return {"results": results, "summary": summary, "report": Path(report)}
+
+
+class _Clock:
+    """Wall seconds per stage."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self.last, 1)
+        self.last = now
+
+    def total(self) -> dict[str, float]:
+        return {**self.laps, "total": round(time.perf_counter() - self.start, 1)}

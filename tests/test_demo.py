@@ -1,0 +1,168 @@
+"""``medseg demo`` and :mod:`medseg.demo`: cohort, time budget, the whole run on tiny phantoms."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medseg.cli import main
+from medseg.config import PhantomConfig
+from medseg.demo import default_config_path, plan_training, run_demo, write_cohort
+from medseg.errors import ConfigError, UsageError
+
+REPO = Path(__file__).resolve().parent.parent
+
+# A cohort and network small enough for a CPU smoke test in well under a minute.
+TINY = [
+    "data.phantom.shape=[32,32,24]", "data.phantom.spacing_mm=[9,9,11]",
+    "data.phantom.n_train=2", "data.phantom.n_val=1",
+    "train.patch_size=[32,32,24]", "inference.roi_size=[32,32,24]",
+    "model.kwargs.depth=3",
+]
+
+
+# -- time budget -------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("step_s", "budget_s", "expected"),
+    [
+        (1.0, 120.0, (4, 25)),     # 100 steps at 1.2 s each (1.0 s + 20 % overhead)
+        (1.0, 130.0, (4, 27)),     # 108 steps: 4 epochs of 27
+        (0.5, 9.0, (1, 15)),       # less than one configured epoch
+        (30.0, 10.0, (1, 1)),      # always at least one step
+        (0.001, 3600.0, (16, 25)),  # never more than the config's own 400 steps
+    ],
+)
+def test_plan_training_fits_the_budget(step_s, budget_s, expected):
+    epochs, per_epoch = plan_training(step_s, budget_s, 16, 25)
+    assert (epochs, per_epoch) == expected
+    assert epochs * per_epoch <= 16 * 25
+
+
+def test_plan_training_rejects_non_positive_times():
+    with pytest.raises(UsageError, match="positive"):
+        plan_training(0.0, 60.0, 16, 25)
+
+
+# -- config and arguments ----------------------------------------------------------------------
+def test_default_config_is_the_repository_pipeline():
+    assert default_config_path() == REPO / "pipelines" / "phantom_quick.yaml"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"minutes": 0}, "minutes must be a positive number, got 0"),
+        ({"minutes": float("nan")}, "minutes must be a positive number"),
+        ({"n_test": 0}, "n_test must be an integer >= 1, got 0"),
+        ({"device": "gpu"}, "device 'gpu': expected auto, cpu, cuda or cuda:N"),
+    ],
+)
+def test_bad_arguments_fail_before_any_work(tmp_path, kwargs, match):
+    with pytest.raises(UsageError, match=re.escape(match)):
+        run_demo(tmp_path / "out", **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_config_without_phantoms_is_refused(tmp_path):
+    config = tmp_path / "manifest.yaml"
+    config.write_text("data: {manifest: dataset.json}\n")
+    with pytest.raises(ConfigError, match="needs a 'data.phantom' section") as info:
+        run_demo(tmp_path / "out", config=config)
+    assert info.value.path == str(config)
+
+
+def test_cli_usage_error_is_one_line(tmp_path, capsys):
+    code = main(["demo", "--out", str(tmp_path / "o"), "--minutes", "-1"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err == "medseg: error: minutes must be a positive number, got -1.0\n"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without a GPU")
+def test_cuda_without_gpu_is_a_usage_error(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "o"), "--device", "cuda"]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+# -- cohort ------------------------------------------------------------------------------------
+def _phantoms(**kw) -> PhantomConfig:
+    return PhantomConfig(**{"n_train": 2, "n_val": 1, "shape": [16, 16, 12],
+                            "spacing_mm": [9.0, 9.0, 11.0], **kw})
+
+
+def test_cohort_splits_and_distinct_test_cases(tmp_path):
+    manifest = write_cohort(_phantoms(), 2, tmp_path)
+    doc = json.loads(manifest.read_text())
+    assert [e["image"] for e in doc["training"]] == [
+        "./imagesTr/phantom_000.nii.gz", "./imagesTr/phantom_001.nii.gz"]
+    assert [e["label"] for e in doc["validation"]] == ["./labelsTr/phantom_002.nii.gz"]
+    assert [e["label"] for e in doc["test"]] == [
+        "./labelsTs/phantom_003.nii.gz", "./labelsTs/phantom_004.nii.gz"]
+    assert doc["labels"]["5"] == "aorta"
+    train0 = nib.load(tmp_path / "imagesTr" / "phantom_000.nii.gz").get_fdata()
+    test0 = nib.load(tmp_path / "imagesTs" / "phantom_003.nii.gz").get_fdata()
+    assert train0.shape == test0.shape == (16, 16, 12)
+    assert not np.array_equal(train0, test0)  # test phantoms use their own seeds
+    labels = nib.load(tmp_path / "labelsTs" / "phantom_003.nii.gz").get_fdata()
+    assert set(np.unique(labels).astype(int)) <= {0, 1, 2, 3, 4, 5} and labels.max() > 0
+
+
+def test_cohort_is_reused_or_replaced(tmp_path):
+    manifest = write_cohort(_phantoms(), 2, tmp_path)
+    stamp = manifest.stat().st_mtime_ns
+    assert write_cohort(_phantoms(), 2, tmp_path).stat().st_mtime_ns == stamp
+    write_cohort(_phantoms(), 1, tmp_path)  # fewer test cases: the stale one is removed
+    assert sorted(p.name for p in (tmp_path / "imagesTs").iterdir()) == ["phantom_003.nii.gz"]
+    assert sorted(p.name for p in (tmp_path / "labelsTs").iterdir()) == ["phantom_003.nii.gz"]
+
+
+# -- the whole demo ----------------------------------------------------------------------------
+def _table_rows(stdout: str) -> dict[str, tuple[str, str]]:
+    rows = {}
+    for line in stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] in ("liver", "spleen", "kidney_left", "kidney_right",
+                                            "aorta"):
+            rows[parts[0]] = (parts[1], parts[2])
+    return rows
+
+
+def test_demo_smoke_on_tiny_phantoms(tmp_path, capsys):
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--minutes", "0.15", "--test-cases", "2",
+            "--device", "cpu", "--no-progress"]
+    for item in TINY:
+        args += ["--set", item]
+    assert main(args) == 0
+    stdout = capsys.readouterr().out
+
+    results = out / "evaluation" / "results.csv"
+    for path in (results, out / "evaluation" / "summary.csv", out / "report.html",
+                 out / "run" / "best.safetensors", out / "data" / "dataset.json"):
+        assert path.is_file(), path
+        assert str(path) in stdout or path.name == "dataset.json"
+    predictions = sorted(p.name for p in (out / "predictions").iterdir())
+    assert predictions == ["phantom_003.nii.gz", "phantom_004.nii.gz"]
+    pred = nib.load(out / "predictions" / "phantom_003.nii.gz")
+    image = nib.load(out / "data" / "imagesTs" / "phantom_003.nii.gz")
+    assert pred.shape == image.shape and np.allclose(pred.affine, image.affine)
+
+    # the printed table is the summary's per-label Dice and HD95 means
+    summary = json.loads((out / "evaluation" / "summary.json").read_text())
+    table = _table_rows(stdout)
+    assert sorted(table) == sorted(["liver", "spleen", "kidney_left", "kidney_right", "aorta"])
+    for key, group in summary["labels"].items():
+        dice = group["metrics"]["dice"]["mean"]
+        assert table[group["label_name"]][0] == f"{dice:.4f}"
+    assert summary["n_cases"] == 2
+    assert re.search(r"^mean\s+\d\.\d{4}$", stdout, flags=re.M)
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert html.count('<img id="overlay-') == 2
+    config = (out / "run" / "config.yaml").read_text()
+    assert str(out / "data" / "dataset.json") in config  # trained on the demo's own cohort
