@@ -164,7 +164,7 @@ def _check_same_grid(pred_vol, gt_vol, pred_path, gt_path) -> None:
 def _warn_unlisted(case: str, pred: np.ndarray, gt: np.ndarray, labels: Sequence[int]) -> None:
     from medseg.metrics.evaluate import present_labels
 
-    extra = sorted(set(present_labels(pred)) | set(present_labels(gt)) - set(labels))
+    extra = sorted((set(present_labels(pred)) | set(present_labels(gt))) - set(labels))
     if extra:
         log.warning("%s: labels %s are not in the label list and are not scored", case, extra)
 

@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None,
                         help="cpu, cuda or cuda:N (default: the GPU when present)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--max-minutes", type=float, default=None, metavar="MIN",
+                        help="wall-clock budget: stop (validate and save) after the last epoch "
+                             "expected to finish within it; --resume continues")
     parser.add_argument("--debug-param-hashes", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--debug-kill-after-epoch", type=int, default=None, help=argparse.SUPPRESS)
 
@@ -39,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
         progress=False if (args.no_progress or args.quiet) else None,
         debug_param_hashes=args.debug_param_hashes,
         debug_kill_after_epoch=args.debug_kill_after_epoch,
+        max_minutes=args.max_minutes,
     )
     result = train(cfg, args.output, options)
     if result.best_epoch:

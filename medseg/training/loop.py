@@ -73,6 +73,8 @@ class TrainOptions:
     step to ``RUN_DIR/debug/params.rank<r>.txt`` (checks that DDP ranks agree).
     ``debug_kill_after_epoch``: SIGKILL this process right after that epoch's
     checkpoints are written (tests of ``--resume``).
+    ``max_minutes``: wall-clock budget; the run stops (validating and saving) after the
+    last epoch that is expected to finish within it. ``--resume`` continues later.
     """
 
     resume: bool = False
@@ -80,6 +82,7 @@ class TrainOptions:
     progress: bool | None = None
     debug_param_hashes: bool = False
     debug_kill_after_epoch: int | None = None
+    max_minutes: float | None = None
 
 
 @dataclass
@@ -355,8 +358,8 @@ class _Trainer:
             handle.write(f"{epoch} {self.step} {digest.hexdigest()}\n")
 
     # -- validation and checkpoints ----------------------------------------------------------------
-    def _validate(self, epoch: int) -> dict[str, float]:
-        due = epoch % self.cfg.train.val_every == 0 or epoch == self.cfg.train.epochs
+    def _validate(self, epoch: int, final: bool = False) -> dict[str, float]:
+        due = final or epoch % self.cfg.train.val_every == 0 or epoch == self.cfg.train.epochs
         if not (due and self.data.val):
             return {}
         infer = _InferenceSettings(self.cfg)
@@ -406,9 +409,10 @@ class _Trainer:
         for epoch in range(first, t.epochs + 1):
             began = time.monotonic()
             loss = self._train_epoch(epoch)
+            out_of_time = epoch < t.epochs and self._out_of_time(start, began)
             row: dict[str, Any] = {"epoch": epoch, "step": self.step, "train_loss": loss,
                                    "lr": lr_at(self.step, t)}
-            row.update(self._validate(epoch))
+            row.update(self._validate(epoch, final=out_of_time))
             row["seconds"] = round(time.monotonic() - began, 2)
             self.epoch = epoch
             self.history.append(row)
@@ -418,9 +422,27 @@ class _Trainer:
             self._log_epoch(row, start, epoch - first + 1)
             if self.options.debug_kill_after_epoch == epoch:
                 os.kill(os.getpid(), signal.SIGKILL)
+            if out_of_time:
+                log.warning("time budget of %.1f min reached after epoch %d of %d "
+                            "(continue with --resume)", self.options.max_minutes, epoch, t.epochs)
+                break
         self.tensorboard.close()
         return TrainResult(self.run_dir, self.epoch, self.best_score, self.best_epoch,
                            list(self.history))
+
+    def _out_of_time(self, start: float, began: float) -> bool:
+        """True when another epoch as long as this one would overrun ``max_minutes``.
+
+        Under DDP the ranks agree (any rank out of time stops all), so none waits forever.
+        """
+        if self.options.max_minutes is None:
+            return False
+        now = time.monotonic()
+        over = (now - start) + (now - began) > 60.0 * self.options.max_minutes
+        if self.info.enabled:
+            flag = torch.tensor([1.0 if over else 0.0], device=self.device)
+            over = bool(all_reduce_sum(flag, self.info).item() > 0)
+        return over
 
     def _log_epoch(self, row: dict[str, Any], start: float, done: int) -> None:
         if not self.info.is_main:

@@ -116,3 +116,23 @@ def test_cli_config_typo_is_one_line(tmp_path, capsys):
     assert main(["train", str(write_config(tmp_path / "ok.yaml", tiny_config())), "-o",
                  str(tmp_path / "run2"), "--resume"]) == 2
     assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_time_budget_stops_after_an_epoch_and_still_validates(tmp_path, capsys):
+    """--max-minutes: with a budget no epoch fits in, the run ends after epoch 1 of 4,
+    validates it although val_every (3) is not due, and writes best + last checkpoints."""
+    raw = tiny_config(epochs=4, val_every=3)
+    raw["data"]["cache_dir"] = str(tmp_path / "cache")
+    config = write_config(tmp_path / "tiny.yaml", raw)
+    run = tmp_path / "run"
+    code = main(["train", str(config), "-o", str(run), "--no-progress",
+                 "--max-minutes", "0.00001"])
+    assert code == 0
+    rows = _rows(run)
+    assert [r["epoch"] for r in rows] == ["1"]
+    assert rows[0]["val_mean_dice"] not in ("", None)
+    assert load_checkpoint(run / "best.safetensors").epoch == 1
+    assert load_checkpoint(run / "last.safetensors").epoch == 1
+    # --resume without a budget continues to the configured 4 epochs.
+    assert main(["train", str(config), "-o", str(run), "--no-progress", "--resume"]) == 0
+    assert [r["epoch"] for r in _rows(run)] == ["1", "2", "3", "4"]
