@@ -48,22 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     subparsers.required = True
     for name in COMMANDS:
-        module = _command_module(name)
-        if module is None:
-            continue
+        module = importlib.import_module(f"medseg.cli.{name}")
         sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(sub)
         sub.set_defaults(_run=module.run)
     return parser
-
-
-def _command_module(name: str):
-    try:
-        return importlib.import_module(f"medseg.cli.{name}")
-    except ModuleNotFoundError as exc:  # command not built yet in this checkout
-        if exc.name == f"medseg.cli.{name}":
-            return None
-        raise
 
 
 def _setup_logging(verbose: bool, quiet: bool) -> None:
