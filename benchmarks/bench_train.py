@@ -44,7 +44,11 @@ REPEATS = 3
 def collate(items) -> torch.Tensor:
     """What a DataLoader does with the patches: one contiguous batch tensor."""
     return torch.stack([torch.as_tensor(x) for x in items])
-PRE = {"orientation": "RAS", "spacing_mm": None,
+
+
+# 1.5 x 1.5 x 0.75 mm turns the 3 mm CT into 244 x 202 x 120 voxels, the size of the
+# reference measurement in the issue (MONAI 55/s, TorchIO 128/s there).
+PRE = {"orientation": "RAS", "spacing_mm": [1.5, 1.5, 0.75],
        "intensity": {"mode": "ct", "window": [-200, 300]}, "crop_foreground": False}
 
 
