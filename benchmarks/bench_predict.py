@@ -50,13 +50,13 @@ def save_model(path: Path, classes: int, roi: list[int], overlap: float, **net) 
 
 def child(image: str, checkpoint: str, out: str, device: str) -> None:
     """Read -> predict -> write one case; print the stage times and peak RSS as JSON."""
-    from medseg.inference.predict import predict_volume
+    from medseg.inference.predict import predict_case
     from medseg.io import read_volume, write_volume
 
     t0 = time.perf_counter()
     volume = read_volume(image)
     read_s = time.perf_counter() - t0
-    result = predict_volume(checkpoint, volume, device=device)
+    result = predict_case(checkpoint, volume, device=device)
     t0 = time.perf_counter()
     write_volume(result.labels, out)
     write_s = time.perf_counter() - t0

@@ -293,7 +293,7 @@ def _predict(checkpoint: Path, images: Path, out: Path, device: str, progress: b
     import torch
     from tqdm.auto import tqdm
 
-    from medseg.inference.predict import load_model_spec, predict_volume
+    from medseg.inference.predict import load_model_spec, predict_case
     from medseg.io import read_volume, write_volume
 
     spec = load_model_spec(checkpoint, torch.device(device))
@@ -301,7 +301,7 @@ def _predict(checkpoint: Path, images: Path, out: Path, device: str, progress: b
     out.mkdir(parents=True, exist_ok=True)
     _remove_stale(out, [p.name[: -len(".nii.gz")] for p in files])
     for path in tqdm(files, desc="predict", unit="case", disable=not progress, leave=False):
-        result = predict_volume(spec, read_volume(path), device=device)
+        result = predict_case(spec, read_volume(path), device=device)
         write_volume(result.labels, out / path.name)
     log.info("predicted %d test cases into %s", len(files), out)
     return out

@@ -305,7 +305,7 @@ def _device_for_rank(device: str, world: int, local_rank: int) -> torch.device:
 def run(args: argparse.Namespace) -> int:
     from medseg.checkpoint import load_checkpoint
     from medseg.errors import UsageError
-    from medseg.inference.predict import load_model_spec, predict_volume
+    from medseg.inference.predict import load_model_spec, predict_case
 
     if args.overlap is not None and not 0.0 <= args.overlap < 1.0:
         raise UsageError(f"--overlap must be in [0, 1), got {args.overlap}")
@@ -323,7 +323,7 @@ def run(args: argparse.Namespace) -> int:
     show_windows = sys.stderr.isatty()
     for case in _cases_progress(mine, rank):
         image = _read_case(case, args.series)
-        result = predict_volume(
+        result = predict_case(
             spec, image, device=device, overlap=args.overlap, tta=args.tta,
             batch_size=args.batch_size, save_probabilities=args.save_probabilities,
             progress=show_windows,

@@ -6,7 +6,9 @@ Public API::
     sliding_window_argmax(predictor, image, roi_size, ...)   -> (B, x, y, z) uint8
     estimate_peak_memory(image_shape, num_classes, roi_size, ...) -> bytes
     importance_map(roi_size), window_starts(size, roi, overlap)
-    predict_volume(...)   (from medseg.inference.predict, imported lazily)
+    predict_volume(model_or_checkpoint, volume, output="labels") -> Volume on the input grid
+    predict_case(...) -> Prediction (labels, optional probabilities, step timings)
+    (both from medseg.inference.predict, imported lazily)
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ __all__ = [
     "estimate_peak_memory",
     "format_bytes",
     "importance_map",
+    "predict_case",
     "predict_volume",
     "sliding_window",
     "sliding_window_argmax",
     "window_starts",
 ]
 
-_LAZY = {"predict_volume": "medseg.inference.predict"}
+_LAZY = {"predict_volume": "medseg.inference.predict", "predict_case": "medseg.inference.predict"}
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,4 @@
-"""``predict_volume``: one image in, its label map out, on exactly the image's grid.
+"""``predict_volume`` / ``predict_case``: one image in, its label map out, on exactly its grid.
 
 The steps are those of training, undone at the end::
 
@@ -34,7 +34,8 @@ from torch import nn
 from medseg.errors import CheckpointError, DataError, UsageError
 from medseg.volume import Volume
 
-__all__ = ["Prediction", "ModelSpec", "load_model_spec", "predict_volume", "resolve_device",
+__all__ = ["Prediction", "ModelSpec", "load_model_spec", "predict_case", "predict_volume",
+           "resolve_device",
            "label_dtype"]
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ ALL_AXES = (0, 1, 2)
 
 @dataclass
 class Prediction:
-    """Result of :func:`predict_volume`.
+    """Result of :func:`predict_case`.
 
     Attributes
     ----------
@@ -275,7 +276,39 @@ def _network_probabilities(predictor, image: torch.Tensor, kwargs: dict[str, Any
 
 
 # -- the whole thing -------------------------------------------------------------------------
+OUTPUTS = ("labels", "probabilities")
+
+
 def predict_volume(
+    model_or_checkpoint: Any,
+    volume: Volume,
+    *,
+    output: str = "labels",
+    device: str | torch.device | None = None,
+    overlap: float | None = None,
+    tta: bool = False,
+    batch_size: int = 4,
+    progress: bool = False,
+    checkpoint_meta: Mapping[str, Any] | None = None,
+) -> Volume:
+    """Segment one image into a Volume on exactly the input's grid (same shape and affine).
+
+    ``output="labels"`` (default) gives the label map (x, y, z), uint8 when K <= 255,
+    computed on the memory-bounded slab-wise path; ``output="probabilities"`` gives the
+    per-class softmax probabilities (K, x, y, z) float32 (channel 0 = background).
+    The other parameters are those of :func:`predict_case`, which also returns both
+    outputs at once and the time of each step.
+    """
+    from medseg.errors import check_option
+
+    check_option(output, OUTPUTS, "output")
+    result = predict_case(model_or_checkpoint, volume, device=device, overlap=overlap, tta=tta,
+                          batch_size=batch_size, save_probabilities=output == "probabilities",
+                          progress=progress, checkpoint_meta=checkpoint_meta)
+    return result.labels if output == "labels" else result.probabilities
+
+
+def predict_case(
     model_or_checkpoint: Any,
     volume: Volume,
     *,

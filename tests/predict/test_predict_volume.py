@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from medseg.errors import CheckpointError, DataError, UsageError
-from medseg.inference.predict import Prediction, predict_volume
+from medseg.inference.predict import Prediction, predict_case, predict_volume
+from medseg.data.phantom import make_phantom
 from medseg.volume import Volume
 
 from .predict_helpers import checkpoint_meta, threshold_labels, threshold_unet
@@ -17,7 +18,7 @@ from .predict_helpers import checkpoint_meta, threshold_labels, threshold_unet
                                                   ("LPS", 25.0)])
 def test_labels_equal_thresholding_on_input_grid(threshold_ckpt, phantom, orientation, oblique):
     case = phantom(orientation, oblique)
-    result = predict_volume(threshold_ckpt, case.image, device="cpu")
+    result = predict_case(threshold_ckpt, case.image, device="cpu")
     assert isinstance(result, Prediction) and result.probabilities is None
     labels = result.labels
     assert labels.array.dtype == np.uint8
@@ -34,7 +35,7 @@ def test_resampling_checkpoint_keeps_input_grid_and_is_not_mirrored(resampling_c
                                                                     orientation, oblique):
     """Reorient to RAS + resample to 5x5x6 mm and back: same grid, labels where the input says."""
     case = phantom(orientation, oblique)
-    labels = predict_volume(resampling_ckpt, case.image, device="cpu").labels
+    labels = predict_case(resampling_ckpt, case.image, device="cpu").labels
     assert labels.shape == case.image.shape
     np.testing.assert_array_equal(labels.affine, case.image.affine)
     expected = threshold_labels(case.image.array)
@@ -50,8 +51,8 @@ def test_resampling_checkpoint_keeps_input_grid_and_is_not_mirrored(resampling_c
 
 def test_tta_and_probabilities(threshold_ckpt, phantom):
     case = phantom("LPS")
-    plain = predict_volume(threshold_ckpt, case.image, device="cpu").labels
-    result = predict_volume(threshold_ckpt, case.image, device="cpu", tta=True,
+    plain = predict_case(threshold_ckpt, case.image, device="cpu").labels
+    result = predict_case(threshold_ckpt, case.image, device="cpu", tta=True,
                             save_probabilities=True, overlap=0.5, batch_size=2)
     np.testing.assert_array_equal(result.labels.array, plain.array)
     probs = result.probabilities
@@ -64,23 +65,23 @@ def test_tta_and_probabilities(threshold_ckpt, phantom):
 def test_bare_module_with_meta(phantom):
     case = phantom("RAS")
     meta = checkpoint_meta(roi=(16, 16, 16))
-    result = predict_volume(threshold_unet(), case.image, device="cpu", checkpoint_meta=meta)
+    result = predict_case(threshold_unet(), case.image, device="cpu", checkpoint_meta=meta)
     np.testing.assert_array_equal(result.labels.array, threshold_labels(case.image.array))
     assert result.labels.array.dtype == np.uint8
     with pytest.raises(UsageError, match="checkpoint_meta"):
-        predict_volume(threshold_unet(), case.image, device="cpu")
+        predict_case(threshold_unet(), case.image, device="cpu")
 
 
 def test_channel_mismatch_names_image_and_checkpoint(two_channel_ckpt, phantom):
     case = phantom("RAS")
     image = Volume(case.image.array, case.image.affine, {"source": "/data/ct_1.nii.gz"})
     with pytest.raises(DataError) as err:
-        predict_volume(two_channel_ckpt, image, device="cpu")
+        predict_case(two_channel_ckpt, image, device="cpu")
     assert str(err.value).startswith("/data/ct_1.nii.gz: checkpoint ")
     assert "expects 2 input channels, image has 1" in str(err.value)
     assert str(two_channel_ckpt) in str(err.value)
     two = Volume(np.stack([case.image.array] * 2), case.image.affine)
-    labels = predict_volume(two_channel_ckpt, two, device="cpu").labels  # channel 0 thresholds
+    labels = predict_case(two_channel_ckpt, two, device="cpu").labels  # channel 0 thresholds
     np.testing.assert_array_equal(labels.array, threshold_labels(case.image.array))
 
 
@@ -90,7 +91,7 @@ def test_nan_is_refused(threshold_ckpt, phantom):
     array[3, 4, 5] = np.nan
     image = Volume(array, case.image.affine, {"source": "/data/nan.nii.gz"})
     with pytest.raises(DataError, match=r"^/data/nan.nii.gz: image holds 1 NaN"):
-        predict_volume(threshold_ckpt, image, device="cpu")
+        predict_case(threshold_ckpt, image, device="cpu")
 
 
 def test_bad_checkpoint_and_device(tmp_path, phantom):
@@ -98,7 +99,24 @@ def test_bad_checkpoint_and_device(tmp_path, phantom):
     bad = tmp_path / "model.pt"
     torch.save({"w": torch.zeros(1)}, bad)
     with pytest.raises(CheckpointError, match="model.pt: not a medseg safetensors checkpoint"):
-        predict_volume(bad, case.image, device="cpu")
+        predict_case(bad, case.image, device="cpu")
     if not torch.cuda.is_available():
         with pytest.raises(UsageError, match="CUDA is not available"):
-            predict_volume(bad, case.image, device="cuda")
+            predict_case(bad, case.image, device="cuda")
+
+
+def test_predict_volume_returns_volumes_on_the_input_grid(threshold_ckpt):
+    """predict_volume -> Volume: labels equal predict_case's; probabilities are (K, x, y, z)
+    on the same grid, sum to 1 per voxel, and their argmax is the label map."""
+    case = make_phantom((40, 36, 20), (4.0, 4.0, 5.0), orientation="LPS", seed=2, noise_hu=5)
+    labels = predict_volume(threshold_ckpt, case.image, device="cpu")
+    assert isinstance(labels, Volume) and labels.same_grid(case.image, tol_mm=0)
+    expected = predict_case(threshold_ckpt, case.image, device="cpu").labels.array
+    np.testing.assert_array_equal(labels.array, expected)
+    probs = predict_volume(threshold_ckpt, case.image, device="cpu", output="probabilities")
+    assert probs.shape[1:] == case.image.shape and probs.array.shape[0] >= 2
+    np.testing.assert_allclose(probs.array.sum(axis=0), 1.0, atol=1e-5)
+    agree = (probs.array.argmax(axis=0) == labels.array).mean()
+    assert agree >= 0.999
+    with pytest.raises(UsageError, match="did you mean 'labels'"):
+        predict_volume(threshold_ckpt, case.image, device="cpu", output="label")
