@@ -36,6 +36,8 @@ def evaluate_arrays(
     labels: Iterable[int] | None = None,
     convention: str = "medseg",
     nsd_tolerance_mm: float = 1.0,
+    *,
+    workers: int | None = None,
 ) -> dict[int, dict[str, float | str]]:
     """Overlap and surface metrics of each label of a predicted and a true label map.
 
@@ -51,6 +53,8 @@ def evaluate_arrays(
     convention : ``"medseg"`` (default), ``"monai"``, ``"deepmind"`` or
         ``"medpy"``; see :mod:`medseg.metrics` for what each one means.
     nsd_tolerance_mm : tolerance of the surface Dice (NSD), in mm.
+    workers : threads scoring labels in parallel (default: the CPUs available to
+        this process; 1 = sequential). The results do not depend on it.
 
     Returns
     -------
@@ -88,10 +92,27 @@ def evaluate_arrays(
     boxes = (_boxes(pred_r), _boxes(gt_r))
     wanted = _labels_to_score(labels, boxes)
     voxel_mm3 = float(np.prod(spacing))
-    return {
-        label: _evaluate_label(pred_r, gt_r, pred.size, label, boxes, spacing, voxel_mm3, conv, tolerance)
-        for label in wanted
-    }
+
+    def score(label: int) -> dict[str, float | str]:
+        return _evaluate_label(pred_r, gt_r, pred.size, label, boxes, spacing, voxel_mm3, conv,
+                               tolerance)
+
+    wanted = list(wanted)
+    threads = _thread_count(workers, len(wanted))
+    if threads == 1:
+        return {label: score(label) for label in wanted}
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:  # KD-trees and ndimage drop the GIL
+        return dict(zip(wanted, pool.map(score, wanted)))
+
+
+def _thread_count(workers: int | None, jobs: int) -> int:
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise UsageError(f"workers must be an integer >= 1 or None, got {workers!r}")
+    return max(1, min(workers, jobs))
 
 
 def check_label_array(array: np.ndarray, what: str, path: str | os.PathLike | None = None) -> np.ndarray:
