@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medseg.cli.predict import (
+from medseg.inference.batch import (
     PredictCase,
     case_name,
     dist_env,
