@@ -149,12 +149,17 @@ class TrainConfig:
 
 @dataclass
 class InferenceConfig:
-    """Sliding window: ``roi_size`` in voxels (x, y, z), ``overlap`` in [0, 1)."""
+    """Sliding window: ``roi_size`` in voxels (x, y, z), ``overlap`` in [0, 1).
+
+    ``keep_largest``: predictions keep only the largest connected component of each
+    label (for organs that are one piece); stored in the checkpoint for ``predict``.
+    """
 
     roi_size: list[int] | None = None
     overlap: float = 0.5
     batch_size: int = 4
     blend: str = "gaussian"
+    keep_largest: bool = False
 
 
 @dataclass

@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=4, help="windows per network call")
     parser.add_argument("--preview", action="store_true",
                         help="also write <case>_preview.png (needs matplotlib)")
+    parser.add_argument("--keep-largest", action=argparse.BooleanOptionalAction, default=None,
+                        help="keep only the largest connected component of each label "
+                             "(default: as the checkpoint says)")
     parser.add_argument("--series", default=None, metavar="UID",
                         help="Series Instance UID to read when a DICOM folder holds several")
 
@@ -44,5 +47,5 @@ def run(args: argparse.Namespace) -> int:
     predict_cases(args.model, args.input, args.output, device=args.device,
                   overlap=args.overlap, tta=args.tta, batch_size=args.batch_size,
                   save_probabilities=args.save_probabilities, preview=args.preview,
-                  series=args.series)
+                  series=args.series, keep_largest=args.keep_largest)
     return 0

@@ -297,12 +297,14 @@ def predict_cases(
     save_probabilities: bool = False,
     preview: bool = False,
     series: str | None = None,
+    keep_largest: bool | None = None,
 ) -> list[CaseOutputs]:
     """Predict every case of ``input_path`` (this rank's share under torchrun) into ``output``.
 
     Returns the outputs this rank wrote. Other parameters as
     :func:`medseg.inference.predict.predict_case`; ``preview`` also writes
-    ``<case>_preview.png`` overlays, ``series`` picks a DICOM series.
+    ``<case>_preview.png`` overlays, ``series`` picks a DICOM series,
+    ``keep_largest`` overrides the checkpoint's post-processing (None: keep it).
 
     Raises
     ------
@@ -332,7 +334,7 @@ def predict_cases(
         image = _read_case(case, series)
         result = predict_case(spec, image, device=dev, overlap=overlap, tta=tta,
                               batch_size=batch_size, save_probabilities=save_probabilities,
-                              progress=show_windows)
+                              progress=show_windows, keep_largest=keep_largest)
         outputs = outputs_for(case, output, file_mode)
         _write_case(image, result, outputs, preview, spec.label_names, algorithm)
         log.info("%s -> %s", case.name, outputs.prediction)

@@ -74,6 +74,8 @@ class ModelSpec:
     in_channels : image channels the network expects (None: not checked).
     out_channels : classes K, background included (None: from the output).
     label_names : label value -> name (0 = background not required).
+    keep_largest : keep only the largest connected component of each label
+        (``inference.keep_largest`` of the checkpoint).
     source : the checkpoint file, or ``"model"`` for a bare module (for messages).
     """
 
@@ -84,6 +86,7 @@ class ModelSpec:
     in_channels: int | None = None
     out_channels: int | None = None
     label_names: dict[int, str] = field(default_factory=dict)
+    keep_largest: bool = False
     source: str = "model"
 
 
@@ -144,7 +147,8 @@ def load_model_spec(
             model=ckpt.build_model(device), preprocessing=dict(ckpt.preprocessing),
             roi_size=roi, overlap=overlap, in_channels=ckpt.in_channels,
             out_channels=ckpt.out_channels,
-            label_names={int(k): v for k, v in ckpt.label_names.items()}, source=str(ckpt.path),
+            label_names={int(k): v for k, v in ckpt.label_names.items()},
+            keep_largest=bool(ckpt.inference.get("keep_largest", False)), source=str(ckpt.path),
         )
     if isinstance(model_or_checkpoint, nn.Module):
         meta = dict(checkpoint_meta or {})
@@ -158,6 +162,7 @@ def load_model_spec(
             preprocessing=dict(meta.get("preprocessing") or {}), roi_size=roi, overlap=overlap,
             in_channels=None if in_ch is None else int(in_ch),
             out_channels=meta.get("out_channels"),
+            keep_largest=bool(meta["inference"].get("keep_largest", False)),
             label_names={int(k): v for k, v in dict(meta.get("label_names") or {}).items()},
         )
     raise UsageError(
@@ -290,6 +295,7 @@ def predict_volume(
     batch_size: int = 4,
     progress: bool = False,
     checkpoint_meta: Mapping[str, Any] | None = None,
+    keep_largest: bool | None = None,
 ) -> Volume:
     """Segment one image into a Volume on exactly the input's grid (same shape and affine).
 
@@ -304,7 +310,8 @@ def predict_volume(
     check_option(output, OUTPUTS, "output")
     result = predict_case(model_or_checkpoint, volume, device=device, overlap=overlap, tta=tta,
                           batch_size=batch_size, save_probabilities=output == "probabilities",
-                          progress=progress, checkpoint_meta=checkpoint_meta)
+                          progress=progress, checkpoint_meta=checkpoint_meta,
+                          keep_largest=keep_largest)
     return result.labels if output == "labels" else result.probabilities
 
 
@@ -319,6 +326,7 @@ def predict_case(
     save_probabilities: bool = False,
     progress: bool = False,
     checkpoint_meta: Mapping[str, Any] | None = None,
+    keep_largest: bool | None = None,
 ) -> Prediction:
     """Segment one image; the label map has exactly the input's shape and affine.
 
@@ -338,6 +346,9 @@ def predict_case(
     progress : tqdm bar over windows.
     checkpoint_meta : for a bare module: ``preprocessing``, ``inference``
         ({"roi_size": [x, y, z] voxels, "overlap": f}), ``in_channels``, ``label_names``.
+    keep_largest : keep only the largest connected component of each label in the
+        label map (probabilities are left as they are); default: the checkpoint's
+        ``inference.keep_largest`` (False when absent).
 
     Returns
     -------
@@ -379,6 +390,12 @@ def predict_case(
     start = time.perf_counter()
     labels, probabilities = _invert(pre, out, record, volume, dev)
     timings["invert"] = time.perf_counter() - start
+    if spec.keep_largest if keep_largest is None else keep_largest:
+        from medseg.inference.postprocess import keep_largest_component
+
+        start = time.perf_counter()
+        labels = labels.with_array(keep_largest_component(labels.array))
+        timings["postprocess"] = time.perf_counter() - start
     return Prediction(labels, probabilities, timings)
 
 

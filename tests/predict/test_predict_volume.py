@@ -120,3 +120,34 @@ def test_predict_volume_returns_volumes_on_the_input_grid(threshold_ckpt):
     assert agree >= 0.999
     with pytest.raises(UsageError, match="did you mean 'labels'"):
         predict_volume(threshold_ckpt, case.image, device="cpu", output="label")
+
+
+def test_keep_largest_from_checkpoint_and_override(tmp_path):
+    """A checkpoint with inference.keep_largest drops islands; the reference is the
+    thresholded image filtered by keep_largest_component, and False overrides it."""
+    from medseg.checkpoint import save_checkpoint
+    from medseg.inference.postprocess import keep_largest_component
+
+    from .predict_helpers import threshold_labels
+
+    meta = checkpoint_meta()
+    meta["inference"]["keep_largest"] = True
+    ckpt = tmp_path / "keep.safetensors"
+    save_checkpoint(ckpt, threshold_unet(), meta)
+    case = make_phantom((40, 36, 20), (4.0, 4.0, 5.0), seed=3, noise_hu=0)
+    hu = case.image.array.copy()
+    hu[2:4, 2:4, 2:4] = 400  # an isolated "dense" island far from the body's dense parts
+    image = case.image.with_array(hu)
+    raw = threshold_labels(hu)
+    assert ndimage_components(raw == 2) > 1
+    kept = predict_volume(ckpt, image, device="cpu")
+    np.testing.assert_array_equal(kept.array, keep_largest_component(raw))
+    assert kept.array[2, 2, 2] == 0
+    plain = predict_volume(ckpt, image, device="cpu", keep_largest=False)
+    np.testing.assert_array_equal(plain.array, raw)
+
+
+def ndimage_components(mask: np.ndarray) -> int:
+    from scipy import ndimage
+
+    return ndimage.label(mask)[1]

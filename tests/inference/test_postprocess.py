@@ -1,0 +1,66 @@
+"""keep_largest_component against hand cases and MONAI's KeepLargestConnectedComponent."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from medseg.errors import UsageError
+from medseg.inference.postprocess import keep_largest_component
+
+
+def test_hand_case_keeps_biggest_island_per_label():
+    labels = np.zeros((10, 10, 10), np.uint8)
+    labels[0:2, 0:2, 0:2] = 1  # 8 voxels
+    labels[5:8, 5:8, 5:8] = 1  # 27 voxels: kept
+    labels[0:3, 7:9, 0:1] = 2  # 6 voxels: kept
+    labels[9, 9, 9] = 2  # 1 voxel
+    out = keep_largest_component(labels)
+    expected = labels.copy()
+    expected[0:2, 0:2, 0:2] = 0
+    expected[9, 9, 9] = 0
+    np.testing.assert_array_equal(out, expected)
+    assert out.dtype == labels.dtype and labels[9, 9, 9] == 2  # input untouched
+
+
+def test_connectivity_and_only():
+    labels = np.zeros((4, 4, 4), np.uint8)
+    labels[0, 0, 0] = labels[1, 1, 1] = 3  # corner neighbours: one component only at 26
+    labels[1, 1, 2] = 3
+    assert keep_largest_component(labels, connectivity=3)[0, 0, 0] == 3
+    assert keep_largest_component(labels, connectivity=1)[0, 0, 0] == 0
+    assert keep_largest_component(labels, only=[1, 2])[0, 0, 0] == 3  # label 3 not filtered
+
+
+def _random_islands(rng: np.random.Generator, connectivity: int) -> np.ndarray:
+    """Four labels, each in several islands of random size; seeds are redrawn until every
+    label's largest island is unique (ties are broken differently by MONAI and medseg)."""
+    structure = ndimage.generate_binary_structure(3, connectivity)
+    while True:
+        labels = np.zeros((40, 36, 24), np.uint8)
+        for value in (1, 2, 3, 4):
+            seeds = rng.random(labels.shape) > 0.998
+            labels[ndimage.binary_dilation(seeds, iterations=int(rng.integers(1, 3)))] = value
+        sizes = [np.sort(np.bincount(ndimage.label(labels == v, structure)[0].ravel())[1:])
+                 for v in (1, 2, 3, 4)]
+        if all(len(s) > 1 and s[-1] > s[-2] for s in sizes):
+            return labels
+
+
+@pytest.mark.parametrize("connectivity", [1, 3])
+def test_matches_monai_on_random_multilabel_maps(connectivity):
+    from monai.transforms import KeepLargestConnectedComponent
+
+    labels = _random_islands(np.random.default_rng(connectivity), connectivity)
+    monai = KeepLargestConnectedComponent(applied_labels=[1, 2, 3, 4], is_onehot=False,
+                                          independent=True, connectivity=connectivity)
+    expected = monai(torch.from_numpy(labels[None].astype(np.int64)))[0].numpy()
+    np.testing.assert_array_equal(keep_largest_component(labels, connectivity=connectivity),
+                                  expected)
+
+
+def test_rejects_bad_input():
+    with pytest.raises(UsageError, match="integer"):
+        keep_largest_component(np.zeros((3, 3, 3), np.float32))
+    with pytest.raises(UsageError, match="connectivity"):
+        keep_largest_component(np.zeros((3, 3, 3), np.uint8), connectivity=4)
