@@ -242,10 +242,11 @@ def _log_memory_estimate(image: torch.Tensor, num_classes: int | None, kwargs: d
         tuple(image.shape), num_classes, kwargs["roi_size"], batch_size=kwargs["batch_size"],
         output=output, overlap=kwargs["overlap"], mirror=bool(kwargs["mirror_axes"]),
     )
-    log.info("sliding window on %s, %d classes (%s): about %s at peak, on %s",
-             "x".join(map(str, image.shape[2:])), num_classes,
-             "probabilities" if probabilities else "slab-wise argmax", format_bytes(value),
-             kwargs["device"])
+    level = logging.INFO if value >= 1 << 30 else logging.DEBUG  # only worth a line when large
+    log.log(level, "sliding window on %s, %d classes (%s): about %s at peak, on %s",
+            "x".join(map(str, image.shape[2:])), num_classes,
+            "probabilities" if probabilities else "slab-wise argmax", format_bytes(value),
+            kwargs["device"])
     return value
 
 
