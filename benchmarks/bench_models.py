@@ -66,7 +66,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--patch", type=int, default=96, help="cubic patch side in voxels")
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--iters", type=int, default=2, help="timed steps (after one warm-up)")
+    parser.add_argument("--iters", type=int, default=5, help="timed steps (after one warm-up)")
     parser.add_argument("--width", type=int, default=16, help="unet3d width = peers' first filters")
     args = parser.parse_args()
 
@@ -109,7 +109,7 @@ def main() -> None:
         per_gflop = seconds / args.batch / gflops
         line = (f"{name:<26} {params:>11,} {gflops:>8.1f} {seconds:>8.2f} "
                 f"{seconds / args.batch:>8.2f} {1e3 * per_gflop:>9.2f} "
-                f"{per_gflop / ref_per_gflop:>6.2f}")
+                f"{per_gflop / ref_per_gflop:>6.3f}")
         if cuda:
             line += f"  {fwd_bwd / seconds / 1e12:>7.1f}"
         print(line)
