@@ -44,6 +44,13 @@ __all__ = ["create", "available", "CrossEntropy", "ForegroundWeightedCE", "SoftD
 Weight = Sequence[float] | torch.Tensor | None
 
 
+def _non_negative(value: Any, name: str) -> float:
+    """``value`` as a float if it is a number >= 0 (not a bool), else UsageError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise UsageError(f"{name} must be a number >= 0, got {value!r}")
+    return float(value)
+
+
 def _check_weight(weight: Weight) -> torch.Tensor | None:
     if weight is None:
         return None
@@ -174,10 +181,8 @@ class SoftDice(nn.Module):
         ignore_index: int | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (("smooth_nr", smooth_nr), ("smooth_dr", smooth_dr)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise UsageError(f"{name} must be a number >= 0, got {value!r}")
-        self.smooth_nr, self.smooth_dr = float(smooth_nr), float(smooth_dr)
+        self.smooth_nr = _non_negative(smooth_nr, "smooth_nr")
+        self.smooth_dr = _non_negative(smooth_dr, "smooth_dr")
         self.include_background = bool(include_background)
         self.batch = bool(batch)
         self.register_buffer("weight", _check_weight(weight), persistent=False)
@@ -221,10 +226,8 @@ class DiceCE(nn.Module):
         ignore_index: int | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (("lambda_dice", lambda_dice), ("lambda_ce", lambda_ce)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise UsageError(f"{name} must be a number >= 0, got {value!r}")
-        self.lambda_dice, self.lambda_ce = float(lambda_dice), float(lambda_ce)
+        self.lambda_dice = _non_negative(lambda_dice, "lambda_dice")
+        self.lambda_ce = _non_negative(lambda_ce, "lambda_ce")
         self.dice = SoftDice(smooth_nr, smooth_dr, include_background, batch, weight, ignore_index)
         self.ce = CrossEntropy(weight, ignore_index)
 
