@@ -23,6 +23,7 @@ __all__ = [
     "CheckpointError",
     "closest",
     "check_option",
+    "check_keywords",
 ]
 
 
@@ -105,3 +106,21 @@ def check_option(
         f"unknown {name} {value!r}: expected one of {', '.join(map(repr, options))}{suggestion}",
         path,
     )
+
+
+def check_keywords(keywords: Iterable[str], valid: Iterable[str], owner: str) -> None:
+    """Raise UsageError for the first of ``keywords`` not in ``valid``, naming the closest.
+
+    ``owner`` names what takes the options, e.g. ``"loss 'dice'"``.
+
+    >>> check_keywords(["width"], ["width", "depth"], "model 'unet3d'")
+    """
+    options = list(valid)
+    for key in keywords:
+        if key not in options:
+            hint = closest(key, options)
+            suggestion = f"; did you mean {hint!r}?" if hint else ""
+            raise UsageError(
+                f"unknown option {key!r} for {owner}: expected one of "
+                f"{', '.join(map(repr, options))}{suggestion}"
+            )

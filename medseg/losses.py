@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medseg.errors import UsageError, check_option, closest
+from medseg.errors import UsageError, check_keywords, check_option
 
 __all__ = ["create", "available", "CrossEntropy", "ForegroundWeightedCE", "SoftDice", "DiceCE"]
 
@@ -272,14 +272,7 @@ def create(name: str, **kwargs: Any) -> nn.Module:
     """
     check_option(name, _REGISTRY, "loss")
     factory, options = _REGISTRY[name]
-    for key in kwargs:
-        if key not in options:
-            hint = closest(key, options)
-            suggestion = f"; did you mean {hint!r}?" if hint else ""
-            raise UsageError(
-                f"unknown option {key!r} for loss {name!r}: expected one of "
-                f"{', '.join(map(repr, options))}{suggestion}"
-            )
+    check_keywords(kwargs, options, f"loss {name!r}")
     loss = factory(**kwargs)
     loss.medseg_config = {"name": name, **{k: _jsonable(v) for k, v in kwargs.items()}}
     return loss

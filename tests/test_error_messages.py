@@ -20,3 +20,12 @@ def test_check_option_suggests_closest():
     with pytest.raises(UsageError, match=r"unknown loss 'dcie'.*did you mean 'dice'"):
         check_option("dcie", ["dice", "ce", "dice_ce"], "loss")
     assert closest("zzzz", ["dice", "ce"]) is None
+
+
+def test_check_keywords_names_owner_and_closest():
+    from medseg.errors import check_keywords
+
+    check_keywords(["depth"], ["depth", "width"], "model 'unet3d'")
+    with pytest.raises(UsageError, match=r"unknown option 'widht' for model 'unet3d'.*"
+                                         r"did you mean 'width'"):
+        check_keywords(["depth", "widht"], ["depth", "width"], "model 'unet3d'")

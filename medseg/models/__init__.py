@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from medseg.errors import UsageError, check_option, closest
+from medseg.errors import UsageError, check_keywords, check_option
 
 __all__ = ["create", "available"]
 
@@ -47,14 +47,7 @@ def model_class(name: str) -> type[nn.Module]:
 def _check_kwargs(name: str, cls: type[nn.Module], kwargs: dict[str, Any]) -> None:
     params = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self",)]
     valid = [p for p in params if p not in ("in_channels", "out_channels")] + ["seed"]
-    for key in kwargs:
-        if key not in valid:
-            hint = closest(key, valid)
-            suggestion = f"; did you mean {hint!r}?" if hint else ""
-            raise UsageError(
-                f"unknown option {key!r} for model {name!r}: expected one of "
-                f"{', '.join(map(repr, valid))}{suggestion}"
-            )
+    check_keywords(kwargs, valid, f"model {name!r}")
 
 
 def create(name: str, in_channels: int, out_channels: int, **kwargs: Any) -> nn.Module:
