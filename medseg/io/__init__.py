@@ -25,7 +25,8 @@ import logging
 import os
 from pathlib import Path
 
-from medseg.errors import ImageReadError, ImageWriteError, UsageError
+from medseg.errors import ImageReadError, UsageError
+from medseg.io.atomic import check_writable_dir
 from medseg.io.formats import (
     SUPPORTED_EXTENSIONS,
     check_spatial_ndim,
@@ -120,7 +121,7 @@ def write_volume(volume: Volume, path: str | os.PathLike) -> Path:
     if not isinstance(volume, Volume):
         raise UsageError(f"write_volume needs a medseg Volume, got {type(volume).__name__}", path)
     kind = format_of(path, for_writing=True)
-    _check_output_folder(path)
+    check_writable_dir(path)  # before format-specific work; atomic_path checks again
     if kind == "nifti":
         from medseg.io.nifti import write_nifti
 
@@ -129,10 +130,3 @@ def write_volume(volume: Volume, path: str | os.PathLike) -> Path:
 
     return write_sitk(volume, path)
 
-
-def _check_output_folder(path: str | os.PathLike) -> None:
-    folder = Path(path).resolve().parent
-    if not folder.is_dir():
-        raise ImageWriteError(f"output folder {folder} does not exist", path)
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ImageWriteError(f"output folder {folder} is not writable", path)

@@ -19,12 +19,15 @@ __all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes", "check_writ
 
 
 def check_writable_dir(path: str | os.PathLike) -> Path:
-    """Return the folder that will hold ``path``; raise ImageWriteError if it is not writable."""
+    """Return the folder that will hold ``path``; raise ImageWriteError if it is not writable.
+
+    The error names ``path`` (the file being written) and says which folder is wrong.
+    """
     folder = Path(path).resolve().parent
     if not folder.is_dir():
-        raise ImageWriteError("output folder does not exist", folder)
+        raise ImageWriteError(f"output folder {folder} does not exist", path)
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise ImageWriteError("output folder is not writable", folder)
+        raise ImageWriteError(f"output folder {folder} is not writable", path)
     return folder
 
 
