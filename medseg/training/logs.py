@@ -7,6 +7,7 @@ crash never leaves half a row and a resumed run continues the same file.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import logging
 import math
@@ -40,6 +41,12 @@ def _fmt(value: Any) -> Any:
     return value
 
 
+@functools.lru_cache(maxsize=1)
+def _say_no_matplotlib() -> None:
+    """Say once per process (not every epoch) why there is no curves.png."""
+    log.info("matplotlib is not installed: no curves.png (pip install matplotlib)")
+
+
 def plot_curves(path: Path, history: Sequence[dict[str, Any]]) -> bool:
     """Loss and validation Dice per epoch as a PNG; False (and a log line) without matplotlib."""
     try:
@@ -48,7 +55,7 @@ def plot_curves(path: Path, history: Sequence[dict[str, Any]]) -> bool:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        log.info("matplotlib is not installed: no curves.png (pip install matplotlib)")
+        _say_no_matplotlib()
         return False
     epochs = [r["epoch"] for r in history]
     fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(10, 4))
