@@ -37,6 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-largest", action=argparse.BooleanOptionalAction, default=None,
                         help="keep only the largest connected component of each label "
                              "(default: as the checkpoint says)")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                        help="mixed precision: fp16 on CUDA, bf16 on the CPU (about 2x faster "
+                             "on CPUs with AVX-512 BF16/AMX, slower elsewhere); default: on "
+                             "for CUDA, off (exact fp32) on the CPU")
     parser.add_argument("--series", default=None, metavar="UID",
                         help="Series Instance UID to read when a DICOM folder holds several")
 
@@ -47,5 +51,5 @@ def run(args: argparse.Namespace) -> int:
     predict_cases(args.model, args.input, args.output, device=args.device,
                   overlap=args.overlap, tta=args.tta, batch_size=args.batch_size,
                   save_probabilities=args.save_probabilities, preview=args.preview,
-                  series=args.series, keep_largest=args.keep_largest)
+                  series=args.series, keep_largest=args.keep_largest, amp=args.amp)
     return 0

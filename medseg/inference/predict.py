@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from medseg.errors import CheckpointError, DataError, UsageError
+from medseg.inference.precision import make_predictor
 from medseg.volume import Volume
 
 __all__ = ["Prediction", "ModelSpec", "load_model_spec", "predict_case", "predict_volume",
@@ -206,17 +207,6 @@ def check_image(volume: Volume, spec: ModelSpec) -> None:
 
 
 # -- the network -----------------------------------------------------------------------------
-def _predictor(model: nn.Module, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Window batch (B, C, x, y, z) -> float32 logits (B, K, x, y, z); fp16 autocast on CUDA."""
-    amp = device.type == "cuda"
-
-    def run(batch: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
-            return model(batch).float()
-
-    return run
-
-
 def _window_kwargs(spec: ModelSpec, overlap: float | None, tta: bool, batch_size: int,
                    device: torch.device, progress: bool) -> dict[str, Any]:
     return {
@@ -297,6 +287,7 @@ def predict_volume(
     progress: bool = False,
     checkpoint_meta: Mapping[str, Any] | None = None,
     keep_largest: bool | None = None,
+    amp: bool | None = None,
 ) -> Volume:
     """Segment one image into a Volume on exactly the input's grid (same shape and affine).
 
@@ -312,7 +303,7 @@ def predict_volume(
     result = predict_case(model_or_checkpoint, volume, device=device, overlap=overlap, tta=tta,
                           batch_size=batch_size, save_probabilities=output == "probabilities",
                           progress=progress, checkpoint_meta=checkpoint_meta,
-                          keep_largest=keep_largest)
+                          keep_largest=keep_largest, amp=amp)
     return result.labels if output == "labels" else result.probabilities
 
 
@@ -328,6 +319,7 @@ def predict_case(
     progress: bool = False,
     checkpoint_meta: Mapping[str, Any] | None = None,
     keep_largest: bool | None = None,
+    amp: bool | None = None,
 ) -> Prediction:
     """Segment one image; the label map has exactly the input's shape and affine.
 
@@ -338,7 +330,6 @@ def predict_case(
         ``nn.Module`` together with ``checkpoint_meta``.
     volume : image Volume (x, y, z) or (C, x, y, z), any numeric dtype (CT in HU).
     device : ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or None/"auto" (CUDA when available).
-        On CUDA the network runs under fp16 autocast.
     overlap : window overlap in [0, 1); default: the checkpoint's ``inference.overlap``.
     tta : average the network over mirrorings along all three axes (8 passes).
     batch_size : windows per network call.
@@ -350,6 +341,9 @@ def predict_case(
     keep_largest : keep only the largest connected component of each label in the
         label map (probabilities are left as they are); default: the checkpoint's
         ``inference.keep_largest`` (False when absent).
+    amp : network precision: None (auto: fp16 autocast on CUDA, fp32 on the CPU),
+        True (fp16 on CUDA, bf16 on the CPU) or False (fp32); see
+        :mod:`medseg.inference.precision`.
 
     Returns
     -------
@@ -377,7 +371,7 @@ def predict_case(
     kwargs = _window_kwargs(spec, overlap, tta, batch_size, dev, progress)
     estimate = _log_memory_estimate(batch, spec.out_channels, kwargs, save_probabilities)
     kwargs["out_device"] = _out_device(dev, estimate)
-    predictor = _predictor(spec.model, dev)
+    predictor = make_predictor(spec.model, dev, amp)
     start = time.perf_counter()
     with torch.inference_mode():
         if save_probabilities:

@@ -247,3 +247,18 @@ def test_unknown_series_uid(tmp_path, large_roi_ckpt, ct_dicom, capsys):
     line = error_line(capsys)
     assert line.startswith(f"medseg: error: {ct_dicom}") and "1.2.3.4" in line
     assert files_in(out) == []
+
+
+@pytest.mark.parametrize("flag,amp", [((), None), (("--amp",), True), (("--no-amp",), False)])
+def test_amp_flag_reaches_the_network(tmp_path, threshold_ckpt, nifti_case, monkeypatch,
+                                      flag, amp):
+    """--amp/--no-amp set the precision policy; without either it is auto (None)."""
+    from medseg.inference import precision
+
+    seen = []
+    policy = precision.autocast_dtype
+    monkeypatch.setattr(precision, "autocast_dtype",
+                        lambda dev, value: seen.append(value) or policy(dev, False))
+    src, case = nifti_case("ct", "RAS", 0.0)
+    assert predict("-m", threshold_ckpt, "-i", src, "-o", tmp_path / "p.nii.gz", *flag) == 0
+    assert seen == [amp]

@@ -11,7 +11,7 @@ from medseg.inference.predict import Prediction, predict_case, predict_volume
 from medseg.data.phantom import make_phantom
 from medseg.volume import Volume
 
-from .predict_helpers import checkpoint_meta, threshold_labels, threshold_unet
+from .predict_helpers import HIGH_HU, LOW_HU, checkpoint_meta, threshold_labels, threshold_unet
 
 
 @pytest.mark.parametrize("orientation,oblique", [("RAS", 0.0), ("LPS", 0.0), ("PIR", 0.0),
@@ -151,3 +151,25 @@ def ndimage_components(mask: np.ndarray) -> int:
     from scipy import ndimage
 
     return ndimage.label(mask)[1]
+
+
+def test_predict_case_bf16_on_cpu_matches_the_analytic_thresholds(threshold_ckpt, monkeypatch):
+    """The threshold network under bf16 autocast (``amp=True`` on the CPU): labels equal the
+    analytic thresholds except within a few HU of them (bf16 resolves the window to ~0.8 HU)."""
+    from medseg.inference import precision
+
+    chosen = []
+    policy = precision.autocast_dtype
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(precision, "autocast_dtype",
+                        lambda dev, amp: chosen.append(policy(dev, amp)) or chosen[-1])
+    case = make_phantom((40, 36, 20), (4.0, 4.5, 5.0), seed=3, noise_hu=20.0)
+    hu = case.image.array.astype(np.float64)
+    fp32 = predict_case(threshold_ckpt, case.image, device="cpu").labels.array
+    bf16 = predict_case(threshold_ckpt, case.image, device="cpu", amp=True).labels.array
+    assert chosen == [None, torch.bfloat16]
+    expected = threshold_labels(hu)
+    np.testing.assert_array_equal(fp32, expected)
+    far = (np.abs(hu - LOW_HU) > 4) & (np.abs(hu - HIGH_HU) > 4)
+    np.testing.assert_array_equal(bf16[far], expected[far])
+    assert (bf16 == expected).mean() >= 0.99
