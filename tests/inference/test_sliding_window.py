@@ -45,23 +45,39 @@ def test_argmax_slab_equals_full_argmax_exactly_with_random_net():
         assert torch.equal(slab, full.argmax(1).to(torch.uint8)), kw
 
 
+@pytest.mark.parametrize("size,roi,overlap", [
+    (160, 96, 0.5), (128, 96, 0.5), (100, 32, 0.5), (37, 16, 0.75), (50, 24, 0.7),
+    (61, 20, 0.25), (96, 96, 0.5), (97, 96, 0.0), (20, 16, 0.9),
+])
+def test_window_starts_equal_monai_dense_patch_slices(size, roi, overlap):
+    pytest.importorskip("monai")
+    from monai.data.utils import dense_patch_slices
+    from monai.inferers.utils import _get_scan_interval
+
+    interval = _get_scan_interval((size,), (roi,), 1, (overlap,))
+    theirs = [s[0].start for s in dense_patch_slices((size,), (roi,), interval)]
+    assert window_starts(size, roi, overlap) == theirs
+
+
 def test_agrees_with_monai_sliding_window_inference():
-    monai = pytest.importorskip("monai")
+    """Same random U-Net, sizes where windows do not tile evenly: the blended outputs match
+    MONAI's to float32 rounding, so the argmax agrees wherever the logits are not tied."""
+    pytest.importorskip("monai")
     from monai.inferers import sliding_window_inference
     from monai.networks.nets import UNet
 
     torch.manual_seed(0)
     net = UNet(3, 1, 4, channels=(4, 8), strides=(2,), num_res_units=0).eval()
-    # Sizes where both place windows identically (size - roi a multiple of the stride).
-    for shape, roi in [((64, 64, 48), (32, 32, 32)), ((60, 48, 40), (24, 24, 16))]:
+    for shape, roi, overlap in [((80, 64, 56), (32, 32, 32), 0.5),
+                                ((61, 50, 37), (24, 24, 16), 0.6)]:
         x = torch.randn(1, 1, *shape)
         with torch.inference_mode():
-            ref = sliding_window_inference(x, roi, 4, net, overlap=0.5, mode="gaussian",
+            ref = sliding_window_inference(x, roi, 4, net, overlap=overlap, mode="gaussian",
                                            sigma_scale=0.125)
-        out = sliding_window(net, x, roi, 0.5, "gaussian")
+        out = sliding_window(net, x, roi, overlap, "gaussian")
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
         agree = (out.argmax(1) == ref.argmax(1)).float().mean().item()
         assert agree >= 0.999, (shape, agree)
-    assert monai.__version__
 
 
 def test_volume_smaller_than_roi(pointwise):
@@ -126,6 +142,15 @@ def test_importance_map_is_cached_gaussian():
     ratio = m[3, :, 7].double() / m[3, 5, 7].double()
     expected = (g / g[5]).clamp(min=1e-3 / float(m[3, 5, 7]))
     torch.testing.assert_close(ratio, expected, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("roi", [(96, 96, 96), (32, 32, 32), (24, 24, 16), (7, 64, 33)])
+def test_importance_map_equals_monai(roi):
+    pytest.importorskip("monai")
+    from monai.data.utils import compute_importance_map
+
+    theirs = compute_importance_map(roi, mode="gaussian", sigma_scale=0.125, device="cpu")
+    torch.testing.assert_close(importance_map(roi), theirs, rtol=1e-6, atol=1e-7)
 
 
 def test_window_starts_cover_with_overlap():
