@@ -2,10 +2,19 @@
 
 Prints, for a 160x160x128 phantom, roi 96^3, overlap 0.5, Gaussian blending:
 
-* medseg / MONAI wall time (median of 3 interleaved runs each, same network);
-* the same with ``skip_empty`` (body mask = HU > -500) on the centred phantom
-  and on an off-centre "small patient in a large field of view" phantom;
-* argmax agreement with MONAI;
+* medseg / MONAI wall time (median of 3 interleaved runs each, same network,
+  same windows) in fp32, and the argmax agreement;
+* the stitching alone: both with a free predictor (a cached tensor), i.e. the
+  part of the time that is the sliding window's own and not the network's;
+* AMP: medseg's predictor with ``amp=True`` (fp16 on CUDA, bf16 on the CPU; see
+  ``medseg.inference.precision``) against MONAI in fp32, and MONAI run under the
+  same autocast, so the precision's share and the stitching's share are apart;
+* ``skip_empty`` (body mask = HU > -500) on the centred phantom and on an
+  off-centre "small patient in a large field of view" phantom: medseg lays its
+  windows over the body's bounding box and skips windows without body, MONAI
+  runs every window. Outside the body medseg's output is background by
+  definition, so the agreement there says what the random network predicts in
+  air, not how the two blend;
 * peak RSS (measured in a subprocess) and the pre-flight estimate of the
   slab-wise argmax at 512x512x600 with 15 classes (1x1x1 conv predictor).
 
@@ -71,32 +80,71 @@ def timed(fn) -> tuple[float, torch.Tensor]:
     return time.perf_counter() - t0, out
 
 
-def compare(label: str, net, x: torch.Tensor, mask: torch.Tensor | None, runs: int = 3) -> None:
+def compare(label: str, net, x: torch.Tensor, mask: torch.Tensor | None = None, runs: int = 3,
+            amp: bool = False, monai_autocast: bool = False, reference: torch.Tensor | None = None,
+            agreement: bool = True) -> torch.Tensor:
+    """Time medseg's and MONAI's sliding window on ``x``; print the ratio; return MONAI's output.
+
+    ``amp``: medseg runs ``net`` through ``make_predictor(amp=True)``; ``monai_autocast``:
+    MONAI runs under the same autocast. Agreement is against ``reference`` when given
+    (not printed when ``agreement`` is False: the two do not compute the same thing).
+    One warm-up run of each is not timed.
+    """
     from monai.inferers import sliding_window_inference
 
     from medseg.inference import sliding_window
+    from medseg.inference.precision import autocast_dtype, make_predictor
+
+    device = x.device
+    ours_net = make_predictor(net, device, amp=True) if amp else net
+    dtype = autocast_dtype(device, True) if monai_autocast else None
 
     def ours():
-        return sliding_window(net, x, ROI, OVERLAP, "gaussian", batch_size=4, skip_empty=mask)
+        return sliding_window(ours_net, x, ROI, OVERLAP, "gaussian", batch_size=4,
+                              skip_empty=mask)
 
     def theirs():
-        return sliding_window_inference(x, ROI, 4, net, overlap=OVERLAP, mode="gaussian",
-                                        sigma_scale=0.125)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            return sliding_window_inference(x, ROI, 4, net, overlap=OVERLAP, mode="gaussian",
+                                            sigma_scale=0.125)
 
     t_ours, t_theirs = [], []
     with torch.inference_mode():
+        ours(), theirs()  # warm-up: caches, allocator, oneDNN primitives
         for _ in range(runs):
-            t, out_ours = timed(ours)
+            t, out_ours = timed(lambda: sync(ours(), device))
             t_ours.append(t)
-            t, out_theirs = timed(theirs)
+            t, out_theirs = timed(lambda: sync(theirs(), device))
             t_theirs.append(t)
-    agree = (out_ours.argmax(1) == out_theirs.argmax(1)).float().mean().item()
+    ref = out_theirs if reference is None else reference
+    agree = (out_ours.argmax(1) == ref.argmax(1)).float().mean().item()
     a, b = statistics.median(t_ours), statistics.median(t_theirs)
     body = "" if mask is None else f", body {mask.float().mean().item():.0%} of voxels"
-    print(f"{label}{body}: medseg {a:.2f} s, MONAI {b:.2f} s, ratio {a / b:.2f}x "
+    against = "" if reference is None else " with MONAI fp32"
+    print(f"{label}{body}: medseg {a:.3f} s, MONAI {b:.3f} s, ratio {a / b:.2f}x "
           f"(runs medseg {[round(t, 2) for t in t_ours]}, "
-          f"MONAI {[round(t, 2) for t in t_theirs]}); "
-          f"argmax agreement {agree:.4%}")
+          f"MONAI {[round(t, 2) for t in t_theirs]})"
+          + (f"; argmax agreement {agree:.4%}{against}" if agreement else ""))
+    return out_theirs
+
+
+def sync(out: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return out
+
+
+def free_predictor(x: torch.Tensor, classes: int):
+    """A predictor that costs nothing: the same cached (n, K, *ROI) tensor every call."""
+    cache: dict[int, torch.Tensor] = {}
+
+    def predict(batch: torch.Tensor) -> torch.Tensor:
+        n = batch.shape[0]
+        if n not in cache:
+            cache[n] = torch.randn((n, classes) + ROI, device=x.device)
+        return cache[n]
+
+    return predict
 
 
 def memory_child() -> None:
@@ -132,19 +180,27 @@ def main() -> None:
     from medseg.data.phantom import make_phantom
 
     net, name = build_net(args.model, args.device)
-    print(f"network: {name}; device {args.device}, torch threads {torch.get_num_threads()}; "
+    from medseg.inference.precision import cpu_has_native_bf16
+
+    print(f"network: {name}; device {args.device}, torch threads {torch.get_num_threads()}, "
+          f"native CPU bf16 {cpu_has_native_bf16()}; "
           f"volume {SHAPE}, roi {ROI}, overlap {OVERLAP}, gaussian, batch 4")
     if args.model == "auto" and name.startswith("MONAI"):
         print("(medseg unet3d is used on a GPU; on the CPU it is ~20x slower per window than "
               "this UNet, which would make the benchmark take hours)")
     hu = make_phantom(SHAPE, (2.0, 2.0, 2.5), seed=0).image.array
     x = as_input(hu, args.device)
-    compare("plain", net, x, None)
+    reference = compare("plain fp32", net, x)
+    compare("stitching alone (free predictor)", free_predictor(x, 6), x, runs=5,
+            agreement=False)
+    amp = "fp16" if args.device.startswith("cuda") else "bf16"
+    compare(f"AMP: medseg {amp}, MONAI fp32", net, x, amp=True, reference=reference)
+    compare(f"AMP: both {amp}", net, x, amp=True, monai_autocast=True, reference=reference)
     body = torch.from_numpy(hu > -500).to(args.device)
-    compare("skip_empty, centred phantom", net, x, body)
+    compare("skip_empty, centred phantom", net, x, body, agreement=False)
     hu = off_centre_phantom()
     compare("skip_empty, off-centre phantom", net, as_input(hu, args.device),
-            torch.from_numpy(hu > -500).to(args.device))
+            torch.from_numpy(hu > -500).to(args.device), agreement=False)
 
     proc = subprocess.run([sys.executable, __file__, "--memory-child"], capture_output=True,
                           text=True, check=True)

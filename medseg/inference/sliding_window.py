@@ -16,10 +16,13 @@ in the same order, so the argmax of :func:`sliding_window` equals
 Blending: see :mod:`medseg.inference.windows` (Gaussian, sigma = roi / 8,
 floored at 1e-3 as in MONAI, or constant weights); the output is
 ``sum(weight * pred) / sum(weight)`` over the windows covering a voxel.
-Skipped windows (``skip_empty``) are not run; they count
-as if the predictor had returned one-hot background there: 1 in channel 0 and
-0 in every other channel, blended with the same weights. A voxel covered only
-by skipped windows is therefore exactly ``[1, 0, ..., 0]`` (argmax 0).
+With a ``skip_empty`` mask (say the body), the windows are laid over the mask's
+bounding box only (grown to at least one roi), not over the whole volume, as
+nnU-Net and TotalSegmentator crop to the body before inference; outside the box
+the output is one-hot background (1 in channel 0, 0 elsewhere; label 0). Inside
+it, windows with no mask voxel are not run either and count as if the predictor
+had returned one-hot background there, blended with the same weights. A voxel
+covered only by skipped windows is therefore exactly ``[1, 0, ..., 0]``.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ log = logging.getLogger(__name__)
 BLENDS = ("gaussian", "constant")
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 Window = tuple[int, int, int]
+Box = tuple[slice, slice, slice]
 _OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
@@ -75,7 +79,8 @@ def sliding_window(
         ``"cpu"`` for volumes whose output does not fit the accelerator.
     mirror_axes : spatial axes (0 = x, 1 = y, 2 = z) for mirroring test-time
         augmentation; the outputs of all 2^n flip combinations are averaged.
-    skip_empty : optional bool mask (x, y, z) or (B, x, y, z); windows with no
+    skip_empty : optional bool mask (x, y, z) or (B, x, y, z), e.g. the body: windows
+        cover only its bounding box (the rest is background), and windows with no
         True voxel are not run and count as one-hot background (module docstring).
     progress : show a tqdm progress bar over batches.
     out_dtype : accumulator and output dtype (float32 or float16/bfloat16 to halve memory).
@@ -140,15 +145,17 @@ class _Chunk:
 @dataclass
 class _Run:
     predictor: Predictor
-    image: torch.Tensor  # (B, C, X, Y, Z) padded, on the window device
-    grid: WindowGrid
+    image: torch.Tensor  # (B, C, X, Y, Z) padded, on the window device, cropped to the box
+    grid: WindowGrid  # over the box
+    box: Box  # the region the windows cover, in the padded volume (the mask's box, or all)
+    shape: tuple[int, int, int]  # the padded volume's spatial shape (x, y, z)
     pad: list[tuple[int, int]]  # per spatial axis (before, after)
     batch_size: int
     out_device: torch.device
     out_dtype: torch.dtype
     flips: list[tuple[int, ...]]
     weight: torch.Tensor  # (rx, ry, rz) importance map on out_device, float32
-    mask: torch.Tensor | None  # (B, X, Y, Z) bool, padded
+    mask: torch.Tensor | None  # (B, X, Y, Z) bool, padded, cropped to the box
     progress: bool
 
     @property
@@ -185,13 +192,17 @@ class _Run:
             flat = [v for p in reversed(pad) for v in p]
             image = F.pad(image, flat)
             mask = None if mask is None else F.pad(mask.to(torch.uint8), flat).to(torch.bool)
+        shape = tuple(int(n) for n in image.shape[2:])
+        box = _mask_box(mask, roi, shape)
+        image = image[(slice(None), slice(None)) + box]
+        mask = None if mask is None else mask[(slice(None),) + box]
         grid = WindowGrid.build(image.shape[2:], roi, float(overlap))
         weight = (importance_map(roi, SIGMA_SCALE, out_device, torch.float32)
                   if blend == "gaussian" else constant_map(roi, out_device, torch.float32))
         flips = [c for n in range(len(axes) + 1) for c in itertools.combinations(axes, n)]
         log.debug("sliding window: %d windows of %s over %s, %d flips", len(grid.windows),
                   roi, tuple(image.shape[2:]), len(flips))
-        return cls(predictor, image, grid, pad, batch_size, out_device, out_dtype, flips,
+        return cls(predictor, image, grid, box, shape, pad, batch_size, out_device, out_dtype, flips,
                    weight, mask, progress)
 
     def crop(self, out: torch.Tensor) -> torch.Tensor:
@@ -221,7 +232,7 @@ class _Run:
                 ready = self.predict([self.grid.windows[0]], b)
             else:
                 ready = self.predict(chunks[first].run, b)
-            sink.allocate(ready.shape[1], self.grid.shape, self.out_device, self.out_dtype)
+            sink.allocate(ready.shape[1], self.shape, self.box, self.out_device, self.out_dtype)
             weight = self.weight.to(self.out_dtype)
             n_run = sum(len(c.run) for c in chunks)
             log.debug("image %d: running %d of %d windows", b, n_run, len(self.grid.windows))
@@ -275,14 +286,15 @@ class _FullSink:
         self.batch, self.b = batch, 0
         self.out: torch.Tensor | None = None
 
-    def allocate(self, k, shape, device, dtype) -> None:
+    def allocate(self, k, shape, box: Box, device, dtype) -> None:
         if self.out is None:
             self.out = torch.zeros((self.batch, k) + tuple(shape), dtype=dtype, device=device)
         elif self.out.shape[1] != k:
             raise GeometryError(f"predictor returned {k} channels for image {self.b}, "
                                 f"but {self.out.shape[1]} for image 0")
-        self.acc = self.out[self.b]
-        self.den = torch.zeros(tuple(shape), dtype=torch.float32, device=device)
+        self.box = box
+        self.acc = self.out[self.b][(slice(None),) + box]
+        self.den = torch.zeros(self.acc.shape[1:], dtype=torch.float32, device=device)
 
     def add(self, region, pred: torch.Tensor | None, weight: torch.Tensor, scale: float) -> None:
         """pred None: one-hot background (1 in channel 0)."""
@@ -298,6 +310,7 @@ class _FullSink:
     def finish(self) -> None:
         self.acc.div_(self.den)
         del self.den
+        _fill_outside(self.out[self.b][0], self.box, 1.0)  # one-hot background
 
 
 class _SlabSink:
@@ -312,15 +325,14 @@ class _SlabSink:
         self.batch, self.b, self.span = batch, 0, span
         self.out: torch.Tensor | None = None
 
-    def allocate(self, k, shape, device, dtype) -> None:
-        if self.out is None:
+    def allocate(self, k, shape, box: Box, device, dtype) -> None:
+        if self.out is None:  # zeros: label 0 (background) outside the box
             label_dtype = torch.uint8 if k <= 256 else torch.int16
             self.out = torch.zeros((self.batch,) + tuple(shape), dtype=label_dtype, device=device)
-        self.labels = self.out[self.b]
-        self.buf = torch.zeros((k,) + tuple(shape[:2]) + (self.span,), dtype=dtype,
-                               device=device)
-        self.den = torch.zeros(tuple(shape[:2]) + (self.span,), dtype=torch.float32,
-                               device=device)
+        self.labels = self.out[self.b][box]
+        plane = tuple(self.labels.shape[:2])
+        self.buf = torch.zeros((k,) + plane + (self.span,), dtype=dtype, device=device)
+        self.den = torch.zeros(plane + (self.span,), dtype=torch.float32, device=device)
         self.base = 0
 
     def add(self, region, pred: torch.Tensor | None, weight: torch.Tensor, scale: float) -> None:
@@ -369,6 +381,35 @@ def _argmax_channels(acc: torch.Tensor, den: torch.Tensor, out: torch.Tensor) ->
 
 
 # -- helpers ------------------------------------------------------------------------------
+
+
+def _mask_box(mask: torch.Tensor | None, roi: Window, shape: tuple[int, int, int]) -> Box:
+    """Bounding box (x, y, z slices, voxels) of the mask's True voxels over all images,
+    grown symmetrically to at least ``roi`` within ``shape``; all of ``shape`` when the
+    mask is None or empty (``shape`` is at least ``roi`` on every axis: padded)."""
+    full = tuple(slice(0, n) for n in shape)
+    if mask is None:
+        return full  # type: ignore[return-value]
+    union = mask.any(dim=0)
+    if not bool(union.any()):
+        return full  # type: ignore[return-value]
+    box = []
+    for axis, (n, r) in enumerate(zip(shape, roi)):
+        hit = torch.nonzero(union.any(dim=tuple(a for a in range(3) if a != axis))).flatten()
+        lo, hi = int(hit[0]), int(hit[-1]) + 1
+        if hi - lo < r:
+            lo = max(0, min(lo - (r - (hi - lo)) // 2, n - r))
+            hi = lo + r
+        box.append(slice(lo, hi))
+    return tuple(box)  # type: ignore[return-value]
+
+
+def _fill_outside(t: torch.Tensor, box: Box, value: float) -> None:
+    """Set every voxel of ``t`` (x, y, z) outside ``box`` to ``value``, in place."""
+    for axis, s in enumerate(box):
+        lead = (slice(None),) * axis
+        t[lead + (slice(0, s.start),)] = value
+        t[lead + (slice(s.stop, None),)] = value
 
 
 def _check_roi(roi_size) -> tuple[int, int, int]:

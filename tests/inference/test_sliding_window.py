@@ -109,28 +109,58 @@ def test_mirror_tta_with_flip_equivariant_net():
     assert len(calls) == 4
 
 
-def test_skip_empty_skips_windows_and_gives_background(pointwise):
+def _counting(net, seen: list):
+    def predict(t):
+        seen.append(tuple(t.shape))
+        return net(t)
+    return predict
+
+
+def test_skip_empty_covers_only_the_mask_box(pointwise):
+    """A mask in one corner: its 8 x 8 x 16 box grows to one 16^3 window at the corner; the
+    windows run there equal the network, everything outside the box is one-hot background."""
     x = torch.randn(1, 2, 48, 48, 16)
     mask = torch.zeros(48, 48, 16, dtype=torch.bool)
-    mask[2:10, 2:10, :] = True  # only the windows touching the corner run
-    seen = []
-
-    def counting(t):
-        seen.append(t.shape[0])
-        return pointwise(t)
-
-    out = sliding_window(counting, x, (16, 16, 16), 0.5, batch_size=1, skip_empty=mask)
-    assert window_starts(48, 16, 0.5) == [0, 8, 16, 24, 32]
-    assert sum(seen) == 4  # x start 0 and 8 touch voxels 2..9, same for y: 2 * 2 windows
+    mask[2:10, 2:10, :] = True
+    seen: list = []
+    out = sliding_window(_counting(pointwise, seen), x, (16, 16, 16), 0.5, batch_size=1,
+                         skip_empty=mask)
+    assert seen == [(1, 2, 16, 16, 16)]  # one window instead of 5 x 5 over the volume
     with torch.inference_mode():
         ref = pointwise(x)
-    torch.testing.assert_close(out[..., :8, :8, :], ref[..., :8, :8, :], atol=1e-5, rtol=0)
-    far = out[0, :, 30:, 30:, :]
-    assert torch.all(far[0] == 1) and torch.all(far[1:] == 0)
+    torch.testing.assert_close(out[..., :16, :16, :], ref[..., :16, :16, :], atol=1e-5, rtol=0)
+    for outside in (out[0, :, 16:, :, :], out[0, :, :, 16:, :]):
+        assert torch.all(outside[0] == 1) and torch.all(outside[1:] == 0)
+    labels = sliding_window_argmax(pointwise, x, 16, 0.5, skip_empty=mask)
+    assert torch.equal(labels, out.argmax(1).to(torch.uint8))
+
+
+def test_skip_empty_skips_empty_windows_inside_the_box(pointwise):
+    """Blobs at two corners: box x, y = [2, 44) (42 voxels: window starts 0, 8, 16, 24, 26
+    relative to it). Only (0, 0) and {24, 26} x {24, 26} hold mask voxels: 5 of 25 windows
+    run; voxels covered only by skipped windows are exactly [1, 0, ...]."""
+    x = torch.randn(1, 2, 48, 48, 16)
+    mask = torch.zeros(48, 48, 16, dtype=torch.bool)
+    mask[2:6, 2:6, :] = True
+    mask[40:44, 40:44, :] = True
+    seen: list = []
+    out = sliding_window(_counting(pointwise, seen), x, 16, 0.5, batch_size=1,
+                         skip_empty=mask)
+    assert window_starts(42, 16, 0.5) == [0, 8, 16, 24, 26]
+    assert len(seen) == 5
+    with torch.inference_mode():
+        ref = pointwise(x)
+    torch.testing.assert_close(out[..., 2:6, 2:6, :], ref[..., 2:6, 2:6, :], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[..., 40:44, 40:44, :], ref[..., 40:44, 40:44, :],
+                               atol=1e-5, rtol=0)
+    gap = out[0, :, 20:24, 20:24, :]  # absolute 20..23: only windows at 8 and 16 (skipped)
+    assert torch.all(gap[0] == 1) and torch.all(gap[1:] == 0)
+    assert torch.all(out[0, 0, 44:] == 1) and torch.all(out[0, 1:, 44:] == 0)
     # All windows empty: one probe call to learn K, result all background.
     seen.clear()
-    out = sliding_window(counting, x, 16, 0.5, skip_empty=torch.zeros(48, 48, 16, dtype=bool))
-    assert sum(seen) == 1 and torch.all(out.argmax(1) == 0)
+    out = sliding_window(_counting(pointwise, seen), x, 16, 0.5,
+                         skip_empty=torch.zeros(48, 48, 16, dtype=bool))
+    assert len(seen) == 1 and torch.all(out.argmax(1) == 0)
 
 
 def test_importance_map_is_cached_gaussian():
