@@ -106,7 +106,7 @@ def resample_to_grid(
     affine = np.asarray(affine, dtype=np.float64)
     shape = _triple(shape, "shape", int)
     scale, offset = _index_map(volume.affine, affine)
-    tensor = torch.from_numpy(np.ascontiguousarray(volume.array))
+    tensor = _as_tensor(volume.array)
     if device is not None:
         tensor = tensor.to(device)
     out = resample_tensor(tensor, scale, offset, shape, mode)
@@ -146,6 +146,18 @@ def resample_tensor(
 
 _INDEXABLE = {torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool,
               torch.float16, torch.bfloat16, torch.float32, torch.float64}
+
+
+def _as_tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor sharing ``array``'s memory whatever its layout (NIfTI arrays are Fortran-ordered).
+
+    The 1D passes read strided input and write contiguous output, so no layout copy
+    is needed: for a 512 x 512 x 300 int16 CT, ``np.ascontiguousarray`` alone took
+    1.2 s, twice the whole resampling. Negative strides (flipped views) are copied.
+    """
+    if any(s < 0 for s in array.strides) or not array.flags.aligned:
+        array = np.ascontiguousarray(array)
+    return torch.from_numpy(array)
 
 
 def _index_map(src_affine: np.ndarray, dst_affine: np.ndarray) -> tuple[list[float], list[float]]:

@@ -71,6 +71,23 @@ def test_linear_matches_scipy_map_coordinates():
     np.testing.assert_array_equal(near.array[0].ravel(), ref0)
 
 
+@pytest.mark.parametrize("mode", ["linear", "cubic", "nearest"])
+def test_any_memory_layout_gives_the_same_result(mode):
+    """Fortran-ordered (as nibabel reads NIfTI), C-ordered and flipped views resample alike."""
+    rng = np.random.default_rng(1)
+    c_order = rng.integers(-1000, 1000, size=(23, 19, 11)).astype(np.int16)
+    affine = affine_from((0.8, 0.9, 1.5), "RAS")
+    ref = resample(Volume(c_order, affine), (1.5, 1.4, 3.0), mode).array
+    flipped = np.flip(np.flip(c_order, 0).copy(), 0)  # same values, negative x stride
+    assert flipped.strides[0] < 0
+    for array in (np.asfortranarray(c_order), flipped, c_order[:, ::2][:, ::-1][:, ::-1]):
+        if array.shape != c_order.shape:
+            ref = resample(Volume(np.ascontiguousarray(array), affine), (1.5, 1.4, 3.0),
+                           mode).array
+        np.testing.assert_array_equal(resample(Volume(array, affine), (1.5, 1.4, 3.0),
+                                               mode).array, ref)
+
+
 def test_cubic_reproduces_quadratic_inside():
     affine = np.diag([1.0, 1.0, 1.0, 1.0])
     i = np.arange(16, dtype=np.float64)
