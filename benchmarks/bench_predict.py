@@ -4,11 +4,12 @@ Two runs, each in its own subprocess (so that its peak RSS, read with
 ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` at the end, is the prediction's
 alone and not the phantom generator's):
 
-1. **time split**: a 512 x 512 x 300 CT-like phantom (0.8 x 0.8 x 1.5 mm,
-   ``make_phantom``) written as ``.nii.gz``, predicted with a small ``unet3d``
-   checkpoint (random weights, 6 classes; preprocessing to 1.5 x 1.5 x 3 mm,
-   CT window; roi 96 x 96 x 48, overlap 0.25): seconds for read, preprocess,
-   network, invert, write;
+1. **time split**: a 512 x 512 x 300 CT-like phantom (0.8 x 0.8 x 1.5 mm, LPS
+   as DICOM-derived CT usually is, ``make_phantom``) written as ``.nii.gz``,
+   predicted with a small ``unet3d`` checkpoint (random weights, 6 classes;
+   preprocessing as in ``pipelines/``: reorient to RAS, resample to 1.5 x 1.5 x
+   3 mm, CT window; roi 96 x 96 x 48, overlap 0.25): seconds for read,
+   preprocess, network, invert, write;
 2. **stitching memory**: 512 x 512 x 600 (the 300-slice phantom followed by its
    mirror image along z) with a tiny 15-class ``unet3d`` (same preprocessing,
    roi 128 x 128 x 64): peak RSS, target < 8 GB. The label map is reduced slab
@@ -37,7 +38,8 @@ from pathlib import Path
 import numpy as np
 
 RSS_TARGET_GB = 8.0
-PREPROCESSING = {"spacing_mm": [1.5, 1.5, 3.0], "intensity": {"mode": "ct", "window": [-200, 300]}}
+PREPROCESSING = {"orientation": "RAS", "spacing_mm": [1.5, 1.5, 3.0],
+                 "intensity": {"mode": "ct", "window": [-200, 300]}}
 
 
 def save_model(path: Path, classes: int, roi: list[int], overlap: float, **net) -> Path:
@@ -109,7 +111,7 @@ def main() -> int:
     from medseg.volume import Volume
 
     t0 = time.perf_counter()
-    case = make_phantom(tuple(args.shape), (0.8, 0.8, 1.5))
+    case = make_phantom(tuple(args.shape), (0.8, 0.8, 1.5), orientation="LPS")
     print(f"phantom {case.image.shape} made in {time.perf_counter() - t0:.1f} s; "
           f"device {args.device}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
           f"{os.cpu_count()} cpus, amp {args.amp or 'default'}")

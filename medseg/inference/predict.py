@@ -355,6 +355,7 @@ def predict_case(
     CheckpointError : unreadable or incompatible checkpoint.
     """
     from medseg.transforms.pipeline import Preprocessing
+    from medseg.transforms.resample import as_tensor
 
     dev = resolve_device(device)
     spec = load_model_spec(model_or_checkpoint, dev, checkpoint_meta)
@@ -364,7 +365,7 @@ def predict_case(
     start = time.perf_counter()
     pre = Preprocessing.from_config(spec.preprocessing)
     image_t, _, record = pre.apply(volume, None, device=dev if dev.type == "cuda" else None)
-    batch = torch.from_numpy(np.ascontiguousarray(image_t.array))[None]
+    batch = as_tensor(image_t.array)[None]  # any memory order: windows are gathered
     timings["preprocess"] = time.perf_counter() - start
     log.debug("preprocessed %s -> %s", volume.shape, tuple(batch.shape))
 

@@ -144,7 +144,10 @@ class Preprocessing:
                 f"{image.spatial_shape} (shape and affine must agree)"
             )
         array = image.array if image.has_channels else image.array[None]
-        image_f = Volume(array.astype(np.float32, copy=False), image.affine, image.meta)
+        # The input dtype travels until a step makes it float32 (resampling, intensity):
+        # an up-front float32 copy of a 512 x 512 x 300 int16 CT cost 0.4 s, and doubled
+        # the bytes every later copy moves. The values are the same either way.
+        image_f = Volume(array, image.affine, image.meta)
         record = PreprocessingRecord(
             image.spatial_shape, image.affine.tolist(), image.spatial_shape, []
         )
@@ -152,6 +155,7 @@ class Preprocessing:
             image_f, label, entry = step.apply(image_f, label, device)
             if entry is not None:
                 record.steps.append(entry)
+        image_f = image_f.with_array(image_f.array.astype(np.float32, copy=False))
         record.output_shape = image_f.spatial_shape
         record.output_affine = image_f.affine.tolist()
         return image_f, label, record

@@ -31,7 +31,8 @@ import torch
 from medseg.errors import GeometryError, UsageError, check_option
 from medseg.volume import Volume
 
-__all__ = ["MODES", "grid_for_spacing", "resample", "resample_to_grid", "resample_tensor"]
+__all__ = ["MODES", "as_tensor", "grid_for_spacing", "resample", "resample_to_grid",
+           "resample_tensor"]
 
 MODES = ("linear", "cubic", "nearest")
 _TOL = 1e-6  # relative tolerance under which a scale counts as exactly 1
@@ -106,7 +107,7 @@ def resample_to_grid(
     affine = np.asarray(affine, dtype=np.float64)
     shape = _triple(shape, "shape", int)
     scale, offset = _index_map(volume.affine, affine)
-    tensor = _as_tensor(volume.array)
+    tensor = as_tensor(volume.array)
     if device is not None:
         tensor = tensor.to(device)
     out = resample_tensor(tensor, scale, offset, shape, mode)
@@ -148,7 +149,7 @@ _INDEXABLE = {torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, to
               torch.float16, torch.bfloat16, torch.float32, torch.float64}
 
 
-def _as_tensor(array: np.ndarray) -> torch.Tensor:
+def as_tensor(array: np.ndarray) -> torch.Tensor:
     """A tensor sharing ``array``'s memory whatever its layout (NIfTI arrays are Fortran-ordered).
 
     The 1D passes read strided input and write contiguous output, so no layout copy

@@ -44,6 +44,25 @@ def test_reorient_matches_nibabel_for_channels():
     np.testing.assert_allclose(out.affine, img.affine)
 
 
+@pytest.mark.parametrize("source", ["RAS", "LPS", "PIR"])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_layout_positive_strides_and_no_copy_without_flips(source, order):
+    """Any memory order in, the same values as nibabel's apply_orientation out, positive
+    strides (torch.from_numpy takes them), and a view of the input when nothing flips."""
+    import nibabel.orientations as nio
+    import torch
+
+    case = make_phantom((12, 10, 9), (1.0, 1.5, 2.0), source, seed=1)
+    vol = Volume(np.asarray(case.image.array, order=order), case.image.affine)
+    transform = orientation_transform(vol.affine, "RAS")
+    out = apply_orientation(vol, transform)
+    np.testing.assert_array_equal(out.array, nio.apply_orientation(vol.array, transform))
+    assert all(stride > 0 for stride in out.array.strides)
+    assert torch.from_numpy(out.array).shape == out.array.shape
+    flips = bool((transform[:, 1] == -1).any())
+    assert np.shares_memory(out.array, vol.array) is not flips
+
+
 def test_bad_orientation_is_named():
     vol = Volume(np.zeros((4, 4, 4)), np.eye(4))
     with pytest.raises(GeometryError, match="RAX"):
