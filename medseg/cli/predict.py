@@ -41,6 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="mixed precision: fp16 on CUDA, bf16 on the CPU (about 2x faster "
                              "on CPUs with AVX-512 BF16/AMX, slower elsewhere); default: on "
                              "for CUDA, off (exact fp32) on the CPU")
+    parser.add_argument("--label-interp", choices=["linear", "nearest"], default="linear",
+                        help="when the checkpoint resamples the image: bring the label map "
+                             "back by interpolating class probabilities (linear, default, as "
+                             "nnU-Net) or by nearest neighbour (faster, blocky)")
     parser.add_argument("--series", default=None, metavar="UID",
                         help="Series Instance UID to read when a DICOM folder holds several")
 
@@ -51,5 +55,6 @@ def run(args: argparse.Namespace) -> int:
     predict_cases(args.model, args.input, args.output, device=args.device,
                   overlap=args.overlap, tta=args.tta, batch_size=args.batch_size,
                   save_probabilities=args.save_probabilities, preview=args.preview,
-                  series=args.series, keep_largest=args.keep_largest, amp=args.amp)
+                  series=args.series, keep_largest=args.keep_largest, amp=args.amp,
+                  label_interp=args.label_interp)
     return 0

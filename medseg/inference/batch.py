@@ -299,6 +299,7 @@ def predict_cases(
     series: str | None = None,
     keep_largest: bool | None = None,
     amp: bool | None = None,
+    label_interp: str = "linear",
 ) -> list[CaseOutputs]:
     """Predict every case of ``input_path`` (this rank's share under torchrun) into ``output``.
 
@@ -306,7 +307,8 @@ def predict_cases(
     :func:`medseg.inference.predict.predict_case`; ``preview`` also writes
     ``<case>_preview.png`` overlays, ``series`` picks a DICOM series,
     ``keep_largest`` overrides the checkpoint's post-processing (None: keep it),
-    ``amp`` sets the network's precision (see :mod:`medseg.inference.precision`).
+    ``amp`` sets the network's precision (see :mod:`medseg.inference.precision`),
+    ``label_interp`` how labels return from a resampled network grid (``predict_case``).
 
     Raises
     ------
@@ -336,7 +338,8 @@ def predict_cases(
         image = _read_case(case, series)
         result = predict_case(spec, image, device=dev, overlap=overlap, tta=tta,
                               batch_size=batch_size, save_probabilities=save_probabilities,
-                              progress=show_windows, keep_largest=keep_largest, amp=amp)
+                              progress=show_windows, keep_largest=keep_largest, amp=amp,
+                              label_interp=label_interp)
         outputs = outputs_for(case, output, file_mode)
         _write_case(image, result, outputs, preview, spec.label_names, algorithm)
         log.info("%s -> %s", case.name, outputs.prediction)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medseg.errors import CheckpointError, DataError, UsageError
+from medseg.errors import CheckpointError, DataError, UsageError, check_option
 from medseg.inference.precision import make_predictor
 from medseg.volume import Volume
 
@@ -267,12 +267,40 @@ def _network_probabilities(predictor, image: torch.Tensor, kwargs: dict[str, Any
     """(1, C, x', y', z') -> softmax probabilities (K, x', y', z') float32 on the CPU."""
     from medseg.inference.sliding_window import sliding_window
 
-    logits = sliding_window(predictor, image, **kwargs)[0]
-    return torch.softmax(logits.float(), dim=0).cpu().numpy()
+    logits = sliding_window(predictor, image, **kwargs)[0].float()
+    return _softmax_(logits).cpu().numpy()
+
+
+def _softmax_(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over channels (dim 0) in place: temporaries of one channel, not K."""
+    logits.sub_(logits.max(dim=0, keepdim=True).values).exp_()
+    return logits.div_(logits.sum(dim=0, keepdim=True))
+
+
+#: Largest (K, x', y', z') float32 probability array on the network grid that the label
+#: path keeps in order to interpolate probabilities back to the input grid (nnU-Net's way);
+#: above it labels come back by nearest neighbour from the slab-wise argmax.
+PROBABILITY_BUDGET_BYTES = 4 << 30
+
+
+def _interpolate_labels(record, image: torch.Tensor, num_classes: int | None,
+                        label_interp: str) -> bool:
+    """Whether the label map comes back by interpolating probabilities (see ``predict_case``)."""
+    if label_interp == "nearest" or not any(e["step"] == "resample" for e in record.steps):
+        return False
+    need = None if num_classes is None else num_classes * image[0, 0].numel() * 4
+    if need is not None and need <= PROBABILITY_BUDGET_BYTES:
+        return True
+    log.info("label map back to the input grid by nearest neighbour: interpolating "
+             "probabilities needs %s", "an unknown class count" if need is None
+             else f"{need / 2**30:.1f} GiB of probabilities (budget "
+                  f"{PROBABILITY_BUDGET_BYTES / 2**30:.0f} GiB)")
+    return False
 
 
 # -- the whole thing -------------------------------------------------------------------------
 OUTPUTS = ("labels", "probabilities")
+LABEL_INTERPS = ("linear", "nearest")
 
 
 def predict_volume(
@@ -288,6 +316,7 @@ def predict_volume(
     checkpoint_meta: Mapping[str, Any] | None = None,
     keep_largest: bool | None = None,
     amp: bool | None = None,
+    label_interp: str = "linear",
 ) -> Volume:
     """Segment one image into a Volume on exactly the input's grid (same shape and affine).
 
@@ -297,13 +326,11 @@ def predict_volume(
     The other parameters are those of :func:`predict_case`, which also returns both
     outputs at once and the time of each step.
     """
-    from medseg.errors import check_option
-
     check_option(output, OUTPUTS, "output")
     result = predict_case(model_or_checkpoint, volume, device=device, overlap=overlap, tta=tta,
                           batch_size=batch_size, save_probabilities=output == "probabilities",
                           progress=progress, checkpoint_meta=checkpoint_meta,
-                          keep_largest=keep_largest, amp=amp)
+                          keep_largest=keep_largest, amp=amp, label_interp=label_interp)
     return result.labels if output == "labels" else result.probabilities
 
 
@@ -320,6 +347,7 @@ def predict_case(
     checkpoint_meta: Mapping[str, Any] | None = None,
     keep_largest: bool | None = None,
     amp: bool | None = None,
+    label_interp: str = "linear",
 ) -> Prediction:
     """Segment one image; the label map has exactly the input's shape and affine.
 
@@ -344,6 +372,12 @@ def predict_case(
     amp : network precision: None (auto: fp16 autocast on CUDA, fp32 on the CPU),
         True (fp16 on CUDA, bf16 on the CPU) or False (fp32); see
         :mod:`medseg.inference.precision`.
+    label_interp : how the label map returns from the network's grid when preprocessing
+        resampled the image: ``"linear"`` (default) interpolates the class probabilities
+        and takes their argmax slab by slab, as nnU-Net does (smooth boundaries; needs
+        K x the network grid's voxels x 4 bytes, else falls back to nearest with a log
+        line); ``"nearest"`` maps the network's label map by nearest neighbour (blocky at
+        a coarser network spacing, the least memory and time).
 
     Returns
     -------
@@ -369,13 +403,17 @@ def predict_case(
     timings["preprocess"] = time.perf_counter() - start
     log.debug("preprocessed %s -> %s", volume.shape, tuple(batch.shape))
 
+    check_option(label_interp, LABEL_INTERPS, "label_interp")
+    interp = not save_probabilities and _interpolate_labels(record, batch, spec.out_channels,
+                                                            label_interp)
     kwargs = _window_kwargs(spec, overlap, tta, batch_size, dev, progress)
-    estimate = _log_memory_estimate(batch, spec.out_channels, kwargs, save_probabilities)
+    estimate = _log_memory_estimate(batch, spec.out_channels, kwargs,
+                                    save_probabilities or interp)
     kwargs["out_device"] = _out_device(dev, estimate)
     predictor = make_predictor(spec.model, dev, amp)
     start = time.perf_counter()
     with torch.inference_mode():
-        if save_probabilities:
+        if save_probabilities or interp:
             out = _network_probabilities(predictor, batch, kwargs)
         else:
             out = _network_labels(predictor, batch, kwargs, spec.out_channels)
@@ -384,7 +422,7 @@ def predict_case(
     del batch, image_t
 
     start = time.perf_counter()
-    labels, probabilities = _invert(pre, out, record, volume, dev)
+    labels, probabilities = _invert(pre, out, record, volume, dev, save_probabilities)
     timings["invert"] = time.perf_counter() - start
     if spec.keep_largest if keep_largest is None else keep_largest:
         from medseg.inference.postprocess import keep_largest_component
@@ -395,12 +433,14 @@ def predict_case(
     return Prediction(labels, probabilities, timings)
 
 
-def _invert(pre, out: np.ndarray, record, volume: Volume, dev: torch.device
-            ) -> tuple[Volume, Volume | None]:
-    """Bring labels (x', y', z') or probabilities (K, x', y', z') back onto the input grid."""
+def _invert(pre, out: np.ndarray, record, volume: Volume, dev: torch.device,
+            keep_probabilities: bool) -> tuple[Volume, Volume | None]:
+    """Bring labels (x', y', z') or probabilities (K, x', y', z') back onto the input grid;
+    probabilities not kept become labels slab by slab (``kind="argmax"``)."""
     device = dev if dev.type == "cuda" else None
-    if out.ndim == 3:
-        labels = pre.invert(out, record, kind="label", device=device)
+    if out.ndim == 3 or not keep_probabilities:
+        kind = "label" if out.ndim == 3 else "argmax"
+        labels = pre.invert(out, record, kind=kind, device=device)
         return Volume(labels.array, volume.affine, volume.meta), None
     probs = pre.invert(out, record, kind="prob", device=device)
     argmax = np.argmax(probs.array, axis=0).astype(label_dtype(probs.shape[0]))

@@ -42,7 +42,7 @@ from medseg.transforms.orientation import (
     invert_orientation,
     orientation_transform,
 )
-from medseg.transforms.resample import grid_for_spacing, resample_to_grid
+from medseg.transforms.resample import grid_for_spacing, resample_argmax, resample_to_grid
 from medseg.volume import Volume
 
 __all__ = ["Preprocessing", "PreprocessingRecord"]
@@ -175,18 +175,28 @@ class Preprocessing:
             (K, x', y', z') probabilities (channel 0 = background). A Volume or
             a bare array on the grid ``record.output_shape``.
         record : from :meth:`apply` (or its ``to_dict()``).
-        kind : ``"label"`` (nearest, dtype kept) or ``"prob"`` (linear, float32).
+        kind : ``"label"`` (nearest, dtype kept), ``"prob"`` (linear, float32), or
+            ``"argmax"``: ``volume`` is (K, x', y', z') probabilities and the result
+            the label map of their linear resampling, computed slab by slab
+            (:func:`medseg.transforms.resample.resample_argmax`).
 
         Returns
         -------
         Volume with the input's spatial shape and exactly its affine.
         """
-        kind = check_option(kind, ("label", "prob"), "kind")
+        kind = check_option(kind, INVERT_KINDS, "kind")
         if not isinstance(record, PreprocessingRecord):
             record = PreprocessingRecord.from_dict(record)
-        current = _as_output_volume(volume, record, kind)
+        current = _as_output_volume(volume, record, "prob" if kind == "argmax" else kind)
         for entry in reversed(record.steps):
-            current = _INVERSES[entry["step"]](current, entry, kind, device)
+            if kind == "argmax" and entry["step"] == "resample":
+                current = resample_argmax(current, entry["shape"], np.asarray(entry["affine"]),
+                                          device)
+                kind = "label"
+            else:
+                current = _INVERSES[entry["step"]](current, entry, kind, device)
+        if kind == "argmax":  # no resampling step: argmax on the input grid
+            current = current.with_array(_argmax(current.array))
         return Volume(current.array, np.asarray(record.input_affine), current.meta)
 
 
@@ -272,6 +282,12 @@ def _invert_resample(volume: Volume, entry: dict, kind: str, device: Device) -> 
 
 _INVERSES = {"orientation": _invert_orientation, "crop": _invert_crop,
              "resample": _invert_resample}
+INVERT_KINDS = ("label", "prob", "argmax")
+
+
+def _argmax(probabilities: np.ndarray) -> np.ndarray:
+    labels = np.argmax(probabilities, axis=0)
+    return labels.astype(np.uint8 if probabilities.shape[0] <= 256 else np.int16)
 
 
 def _as_output_volume(volume, record: PreprocessingRecord, kind: str) -> Volume:

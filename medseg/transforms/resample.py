@@ -31,8 +31,8 @@ import torch
 from medseg.errors import GeometryError, UsageError, check_option
 from medseg.volume import Volume
 
-__all__ = ["MODES", "as_tensor", "grid_for_spacing", "resample", "resample_to_grid",
-           "resample_tensor"]
+__all__ = ["MODES", "as_tensor", "grid_for_spacing", "resample", "resample_argmax",
+           "resample_to_grid", "resample_tensor"]
 
 MODES = ("linear", "cubic", "nearest")
 _TOL = 1e-6  # relative tolerance under which a scale counts as exactly 1
@@ -128,21 +128,74 @@ def resample_tensor(
     input's floating dtype); ``"nearest"`` keeps the dtype.
     """
     mode = check_option(mode, MODES, "interpolation mode")
+    sizes = tensor.shape[-3:]
+    positions = [_positions(shape[a], scale[a], offset[a], sizes[a], tensor.device)
+                 for a in range(3)]
+    return _resample_at(tensor, positions, _axis_order(shape, sizes), mode).contiguous()
+
+
+def resample_argmax(
+    volume: Volume,
+    shape: Sequence[int],
+    affine: np.ndarray,
+    device: str | torch.device | None = None,
+    slab: int = 8,
+) -> Volume:
+    """``argmax`` over channels of ``volume`` (K, x, y, z) linearly resampled onto ``(shape,
+    affine)``, computed ``slab`` output z-slices at a time: the (K, x, y, z) float32 array on
+    the target grid is never held, only K x X x Y x ``slab`` of it.
+
+    Equal voxel for voxel to ``resample_to_grid(volume, shape, affine, "linear")`` followed
+    by ``argmax(axis=0)`` (same positions, same axis order, same arithmetic). This is how
+    label maps come back from a coarser network grid as nnU-Net brings them back, by
+    interpolating the class probabilities rather than the labels (nearest neighbour gives
+    blocky boundaries). Labels are uint8, int16 above 256 classes.
+    """
+    shape = _triple(shape, "shape", int)
+    affine = np.asarray(affine, dtype=np.float64)
+    scale, offset = _index_map(volume.affine, affine)
+    source = as_tensor(volume.array)
+    if device is not None:
+        source = source.to(device)
+    k, sizes = source.shape[0], tuple(source.shape[1:])
+    positions = [_positions(shape[a], scale[a], offset[a], sizes[a], source.device)
+                 for a in range(3)]
+    order = _axis_order(shape, sizes)
+    labels = torch.empty(shape, dtype=torch.uint8 if k <= 256 else torch.int16)
+    for z0 in range(0, shape[2], max(int(slab), 1)):
+        z_pos = positions[2][z0:z0 + slab]
+        lo = max(0, min(int(z_pos[0].floor()), sizes[2] - 2))  # >= 2 slices, as globally
+        hi = min(int(z_pos[-1].floor()) + 2, sizes[2])
+        part = _resample_at(source[..., lo:hi], positions[:2] + [z_pos - lo], order, "linear")
+        labels[..., z0:z0 + len(z_pos)] = part.argmax(dim=0).cpu()
+    return Volume(labels.numpy(), affine, volume.meta)
+
+
+def _positions(n_out: int, scale: float, offset: float, n_src: int, device) -> torch.Tensor:
+    """Source indices (float64) sampled by the ``n_out`` output voxels of one axis."""
+    pos = torch.arange(n_out, dtype=torch.float64, device=device)
+    return (pos * scale + offset).clamp_(0, n_src - 1)
+
+
+def _axis_order(shape: Sequence[int], sizes: Sequence[int]) -> list[int]:
+    """Shrinking axes first keeps the intermediate tensors small."""
+    return sorted(range(3), key=lambda a: shape[a] / sizes[a])
+
+
+def _resample_at(tensor: torch.Tensor, positions: list[torch.Tensor], order: list[int],
+                 mode: str) -> torch.Tensor:
+    """One 1D pass per axis in ``order``, sampling the last three axes at ``positions``."""
     if mode != "nearest" and not tensor.is_floating_point():
         tensor = tensor.to(torch.float32)
     elif mode == "nearest" and tensor.dtype not in _INDEXABLE:
         tensor = tensor.to(torch.int64)
     lead = tensor.ndim - 3
-    # Shrinking axes first keeps the intermediate tensors small.
-    order = sorted(range(3), key=lambda a: shape[a] / tensor.shape[lead + a])
     for axis in order:
-        n_src = tensor.shape[lead + axis]
-        if shape[axis] == n_src and scale[axis] == 1.0 and offset[axis] == 0.0:
-            continue
-        pos = torch.arange(shape[axis], dtype=torch.float64, device=tensor.device)
-        pos = (pos * scale[axis] + offset[axis]).clamp_(0, n_src - 1)
+        pos, n_src = positions[axis], tensor.shape[lead + axis]
+        if len(pos) == n_src and bool((pos == torch.arange(n_src, device=pos.device)).all()):
+            continue  # the identity along this axis
         tensor = _AXIS_FN[mode](tensor, lead + axis, pos)
-    return tensor.contiguous()
+    return tensor
 
 
 _INDEXABLE = {torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool,

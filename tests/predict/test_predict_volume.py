@@ -173,3 +173,32 @@ def test_predict_case_bf16_on_cpu_matches_the_analytic_thresholds(threshold_ckpt
     far = (np.abs(hu - LOW_HU) > 4) & (np.abs(hu - HIGH_HU) > 4)
     np.testing.assert_array_equal(bf16[far], expected[far])
     assert (bf16 == expected).mean() >= 0.99
+
+
+def test_labels_from_interpolated_probabilities(resampling_ckpt, caplog):
+    """A checkpoint that resamples to 5 x 5 x 6 mm, a 2 x 2 x 2.5 mm image:
+    * default labels equal the argmax of the (full) inverted probabilities exactly, though
+      they are computed slab by slab without ever holding them on the input grid;
+    * they follow the analytic thresholds more closely than nearest-neighbour labels do;
+    * a probability budget of 0 falls back to nearest, with a log line."""
+    import logging
+
+    from medseg.inference import predict as predict_module
+
+    case = make_phantom((80, 72, 40), (2.0, 2.0, 2.5), orientation="LPS", seed=5, noise_hu=0)
+    linear = predict_case(resampling_ckpt, case.image, device="cpu")
+    full = predict_case(resampling_ckpt, case.image, device="cpu", save_probabilities=True)
+    np.testing.assert_array_equal(linear.labels.array, full.labels.array)
+    nearest = predict_case(resampling_ckpt, case.image, device="cpu", label_interp="nearest")
+    truth = threshold_labels(case.image.array)
+    agree_linear = (linear.labels.array == truth).mean()
+    agree_nearest = (nearest.labels.array == truth).mean()
+    # 99.2 % against 99.0 % here: at least 15 % fewer wrong voxels
+    assert 1 - agree_linear < 0.85 * (1 - agree_nearest), (agree_linear, agree_nearest)
+    with pytest.MonkeyPatch.context() as mp, caplog.at_level(logging.INFO):
+        mp.setattr(predict_module, "PROBABILITY_BUDGET_BYTES", 0)
+        fallback = predict_case(resampling_ckpt, case.image, device="cpu")
+    np.testing.assert_array_equal(fallback.labels.array, nearest.labels.array)
+    assert "by nearest neighbour" in caplog.text
+    with pytest.raises(UsageError, match="label_interp"):
+        predict_case(resampling_ckpt, case.image, device="cpu", label_interp="cubic")

@@ -98,3 +98,22 @@ def test_integer_input_gives_float32_equal_to_float_input(config):
         assert out.array.dtype == np.float32
         np.testing.assert_array_equal(out.array, ref.array)
         np.testing.assert_array_equal(out.affine, ref.affine)
+
+
+def test_invert_argmax_equals_prob_inversion_then_argmax():
+    """kind="argmax" (slab-wise, never the (K, x, y, z) array on the input grid) gives the
+    argmax of kind="prob" through orientation, crop and resampling; without a resampling
+    step it is the plain argmax."""
+    case = make_phantom((40, 34, 18), (1.2, 1.4, 2.0), "LPS", seed=2, oblique_deg=10)
+    for config in ({"orientation": "RAS", "crop_foreground": True, "spacing_mm": [3, 2.5, 4]},
+                   {"orientation": "RAS", "crop_foreground": True}):
+        pre = Preprocessing.from_config(config)
+        image_t, _, record = pre.apply(case.image)
+        rng = np.random.default_rng(3)
+        probs = rng.random((4,) + image_t.spatial_shape).astype(np.float32)
+        probs /= probs.sum(axis=0)
+        expected = pre.invert(probs, record, kind="prob").array.argmax(axis=0)
+        labels = pre.invert(probs, record, kind="argmax")
+        assert labels.array.dtype == np.uint8 and labels.shape == case.image.shape
+        np.testing.assert_array_equal(labels.affine, case.image.affine)
+        np.testing.assert_array_equal(labels.array, expected)

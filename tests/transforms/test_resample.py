@@ -116,3 +116,20 @@ def test_errors():
         resample_to_grid(vol, (4, 4, 4), affine_from((1, 1, 1), "PRS"))
     shape, affine = grid_for_spacing((4, 4, 4), np.eye(4), (2, 2, 2))
     assert shape == (2, 2, 2)
+
+
+@pytest.mark.parametrize("spacing", [(1.1, 0.9, 1.3), (2.0, 2.5, 4.0), (5.0, 4.0, 3.0)])
+@pytest.mark.parametrize("slab", [1, 3, 8, 1000])
+def test_resample_argmax_equals_full_resampling_then_argmax(spacing, slab):
+    """Slab by slab (any slab size) gives exactly the argmax of the full linear resampling."""
+    from medseg.transforms.resample import resample_argmax
+
+    rng = np.random.default_rng(0)
+    probs = Volume(rng.random((5, 17, 13, 11)).astype(np.float32),
+                   affine_from((3.0, 2.5, 4.0), "LPS", (4.0, -2.0, 7.0)))
+    shape, affine = grid_for_spacing(probs.spatial_shape, probs.affine, spacing)
+    full = resample_to_grid(probs, shape, affine, "linear").array
+    out = resample_argmax(probs, shape, affine, slab=slab)
+    assert out.array.dtype == np.uint8 and out.spatial_shape == tuple(shape)
+    np.testing.assert_array_equal(out.affine, affine)
+    np.testing.assert_array_equal(out.array, full.argmax(axis=0))
