@@ -28,6 +28,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from medseg.argmax import argmax_channels
 from medseg.errors import GeometryError, UsageError, check_option
 from medseg.volume import Volume
 
@@ -161,14 +162,15 @@ def resample_argmax(
     positions = [_positions(shape[a], scale[a], offset[a], sizes[a], source.device)
                  for a in range(3)]
     order = _axis_order(shape, sizes)
-    labels = torch.empty(shape, dtype=torch.uint8 if k <= 256 else torch.int16)
+    labels = torch.empty(shape, dtype=torch.uint8 if k <= 256 else torch.int16,
+                         device=source.device)
     for z0 in range(0, shape[2], max(int(slab), 1)):
         z_pos = positions[2][z0:z0 + slab]
         lo = max(0, min(int(z_pos[0].floor()), sizes[2] - 2))  # >= 2 slices, as globally
         hi = min(int(z_pos[-1].floor()) + 2, sizes[2])
         part = _resample_at(source[..., lo:hi], positions[:2] + [z_pos - lo], order, "linear")
-        labels[..., z0:z0 + len(z_pos)] = part.argmax(dim=0).cpu()
-    return Volume(labels.numpy(), affine, volume.meta)
+        argmax_channels(part, labels[..., z0:z0 + len(z_pos)])
+    return Volume(labels.cpu().numpy(), affine, volume.meta)
 
 
 def _positions(n_out: int, scale: float, offset: float, n_src: int, device) -> torch.Tensor:

@@ -220,3 +220,16 @@ def test_memory_estimate_counts_slab_not_full_volume():
     assert slab < 8e9 and slab < full / 2
     # The slab holds 96 + 48 slices of 15 float32 channels.
     assert slab > 15 * 512 * 512 * 144 * 4
+
+
+def test_argmax_channels_equals_torch_argmax_first_on_ties():
+    from medseg.argmax import argmax_channels
+
+    values = torch.randint(0, 3, (5, 7, 6, 4)).float()  # many ties
+    before = values.clone()
+    out = torch.empty(7, 6, 4, dtype=torch.uint8)
+    assert torch.equal(argmax_channels(values, out), values.argmax(0).to(torch.uint8))
+    divisor = torch.rand(7, 6, 4) + 0.5
+    argmax_channels(values, out, divisor)
+    assert torch.equal(out, (values / divisor).argmax(0).to(torch.uint8))
+    assert torch.equal(values, before)  # the input is not written to
