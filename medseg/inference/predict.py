@@ -7,10 +7,18 @@ The steps are those of training, undone at the end::
     labels (x', y', z')  or  probabilities (K, x', y', z')
         --Preprocessing.invert-->  Volume on the input grid (same shape, same affine)
 
-Without ``save_probabilities`` the window outputs are reduced to a label map
-slab by slab (the memory-bounded path: never a full (K, x', y', z') array);
-with it, softmax probabilities are kept, inverted with linear resampling and
-the labels are their argmax on the input grid.
+Labels come back in one of three ways:
+
+* the preprocessing resamples (``label_interp="linear"``, the default): softmax
+  probabilities (K, x', y', z') on the network grid are interpolated back and
+  reduced to labels slab by slab (nnU-Net's way; never (K, x, y, z) on the
+  input grid);
+* no resampling, or ``label_interp="nearest"``, or probabilities over
+  :data:`PROBABILITY_BUDGET_BYTES`: the window outputs are reduced to a label
+  map slab by slab (the memory-bounded path: never a full (K, x', y', z')
+  array), then mapped back by nearest neighbour;
+* ``save_probabilities``: probabilities are inverted in full with linear
+  resampling and the labels are their argmax on the input grid.
 
 Everything the model needs comes from its checkpoint (preprocessing,
 ``inference.roi_size``, ``inference.overlap``, label names, input channels).
@@ -391,6 +399,7 @@ def predict_case(
     from medseg.transforms.pipeline import Preprocessing
     from medseg.transforms.resample import as_tensor
 
+    check_option(label_interp, LABEL_INTERPS, "label_interp")
     dev = resolve_device(device)
     spec = load_model_spec(model_or_checkpoint, dev, checkpoint_meta)
     check_image(volume, spec)
@@ -403,7 +412,6 @@ def predict_case(
     timings["preprocess"] = time.perf_counter() - start
     log.debug("preprocessed %s -> %s", volume.shape, tuple(batch.shape))
 
-    check_option(label_interp, LABEL_INTERPS, "label_interp")
     interp = not save_probabilities and _interpolate_labels(record, batch, spec.out_channels,
                                                             label_interp)
     kwargs = _window_kwargs(spec, overlap, tta, batch_size, dev, progress)

@@ -262,3 +262,23 @@ def test_amp_flag_reaches_the_network(tmp_path, threshold_ckpt, nifti_case, monk
     src, case = nifti_case("ct", "RAS", 0.0)
     assert predict("-m", threshold_ckpt, "-i", src, "-o", tmp_path / "p.nii.gz", *flag) == 0
     assert seen == [amp]
+
+
+@pytest.mark.parametrize("flag,expected", [((), "linear"), (("--label-interp", "nearest"),
+                                                            "nearest")])
+def test_label_interp_flag(tmp_path, monkeypatch, flag, expected):
+    from medseg.inference import batch
+
+    seen = {}
+    monkeypatch.setattr(batch, "predict_cases", lambda *a, **kw: seen.update(kw) or [])
+    assert predict("-m", tmp_path / "m.safetensors", "-i", tmp_path, "-o", tmp_path / "o",
+                   *flag) == 0
+    assert seen["label_interp"] == expected
+
+
+def test_label_interp_flag_rejects_unknown(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        predict("-m", tmp_path / "m.safetensors", "-i", tmp_path, "-o", tmp_path / "o",
+                "--label-interp", "cubic")
+    assert exit_info.value.code == 2
+    assert "--label-interp: invalid choice: 'cubic'" in capsys.readouterr().err
