@@ -6,7 +6,7 @@ with ``preprocessing.spacing_mm`` set to that spacing, a few minutes on 2 cores;
 1.5 x 1.5 x 1.83 mm. Each prediction goes back to 1.5 mm two ways:
 
 * ``linear`` (medseg's default, nnU-Net's way): class probabilities interpolated
-  linearly, argmax slab by slab (``medseg.transforms.resample.resample_argmax``);
+  linearly, argmax slab by slab (``medseg.transforms.resample_argmax``);
 * ``nearest`` (the label map resampled by nearest neighbour, as TotalSegmentator and
   MONAI's ``Invertd`` on labels do): ``label_interp="nearest"``.
 

@@ -42,7 +42,8 @@ from medseg.transforms.orientation import (
     invert_orientation,
     orientation_transform,
 )
-from medseg.transforms.resample import grid_for_spacing, resample_argmax, resample_to_grid
+from medseg.transforms.resample import grid_for_spacing, resample_to_grid
+from medseg.transforms.resample_argmax import resample_argmax
 from medseg.volume import Volume
 
 __all__ = ["Preprocessing", "PreprocessingRecord"]
@@ -178,7 +179,7 @@ class Preprocessing:
         kind : ``"label"`` (nearest, dtype kept), ``"prob"`` (linear, float32), or
             ``"argmax"``: ``volume`` is (K, x', y', z') probabilities and the result
             the label map of their linear resampling, computed slab by slab
-            (:func:`medseg.transforms.resample.resample_argmax`).
+            (:func:`medseg.transforms.resample_argmax.resample_argmax`).
 
         Returns
         -------

@@ -28,12 +28,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from medseg.argmax import argmax_channels
 from medseg.errors import GeometryError, UsageError, check_option
 from medseg.volume import Volume
 
-__all__ = ["MODES", "as_tensor", "grid_for_spacing", "resample", "resample_argmax",
-           "resample_to_grid", "resample_tensor"]
+__all__ = ["MODES", "as_tensor", "grid_for_spacing", "resample", "resample_to_grid",
+           "resample_tensor"]
 
 MODES = ("linear", "cubic", "nearest")
 _TOL = 1e-6  # relative tolerance under which a scale counts as exactly 1
@@ -133,44 +132,6 @@ def resample_tensor(
     positions = [_positions(shape[a], scale[a], offset[a], sizes[a], tensor.device)
                  for a in range(3)]
     return _resample_at(tensor, positions, _axis_order(shape, sizes), mode).contiguous()
-
-
-def resample_argmax(
-    volume: Volume,
-    shape: Sequence[int],
-    affine: np.ndarray,
-    device: str | torch.device | None = None,
-    slab: int = 8,
-) -> Volume:
-    """``argmax`` over channels of ``volume`` (K, x, y, z) linearly resampled onto ``(shape,
-    affine)``, computed ``slab`` output z-slices at a time: the (K, x, y, z) float32 array on
-    the target grid is never held, only K x X x Y x ``slab`` of it.
-
-    Equal voxel for voxel to ``resample_to_grid(volume, shape, affine, "linear")`` followed
-    by ``argmax(axis=0)`` (same positions, same axis order, same arithmetic). This is how
-    label maps come back from a coarser network grid as nnU-Net brings them back, by
-    interpolating the class probabilities rather than the labels (nearest neighbour gives
-    blocky boundaries). Labels are uint8, int16 above 256 classes.
-    """
-    shape = _triple(shape, "shape", int)
-    affine = np.asarray(affine, dtype=np.float64)
-    scale, offset = _index_map(volume.affine, affine)
-    source = as_tensor(volume.array)
-    if device is not None:
-        source = source.to(device)
-    k, sizes = source.shape[0], tuple(source.shape[1:])
-    positions = [_positions(shape[a], scale[a], offset[a], sizes[a], source.device)
-                 for a in range(3)]
-    order = _axis_order(shape, sizes)
-    labels = torch.empty(shape, dtype=torch.uint8 if k <= 256 else torch.int16,
-                         device=source.device)
-    for z0 in range(0, shape[2], max(int(slab), 1)):
-        z_pos = positions[2][z0:z0 + slab]
-        lo = max(0, min(int(z_pos[0].floor()), sizes[2] - 2))  # >= 2 slices, as globally
-        hi = min(int(z_pos[-1].floor()) + 2, sizes[2])
-        part = _resample_at(source[..., lo:hi], positions[:2] + [z_pos - lo], order, "linear")
-        argmax_channels(part, labels[..., z0:z0 + len(z_pos)])
-    return Volume(labels.cpu().numpy(), affine, volume.meta)
 
 
 def _positions(n_out: int, scale: float, offset: float, n_src: int, device) -> torch.Tensor:

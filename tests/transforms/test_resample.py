@@ -122,7 +122,7 @@ def test_errors():
 @pytest.mark.parametrize("slab", [1, 3, 8, 1000])
 def test_resample_argmax_equals_full_resampling_then_argmax(spacing, slab):
     """Slab by slab (any slab size) gives exactly the argmax of the full linear resampling."""
-    from medseg.transforms.resample import resample_argmax
+    from medseg.transforms.resample_argmax import resample_argmax
 
     rng = np.random.default_rng(0)
     probs = Volume(rng.random((5, 17, 13, 11)).astype(np.float32),
@@ -133,3 +133,28 @@ def test_resample_argmax_equals_full_resampling_then_argmax(spacing, slab):
     assert out.array.dtype == np.uint8 and out.spatial_shape == tuple(shape)
     np.testing.assert_array_equal(out.affine, affine)
     np.testing.assert_array_equal(out.array, full.argmax(axis=0))
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.2, 1.5), (3.0, 2.5, 1.0), (2.0, 2.5, 4.0)])
+def test_resample_argmax_interpolates_only_near_boundaries(spacing, monkeypatch):
+    """Smooth class regions (softmax of distances to 4 centres): the labels still equal
+    the full resampling's argmax, and only output voxels of mixed source cells (near the
+    class boundaries) are interpolated; an identity axis (2.5 mm kept) is not either."""
+    from medseg.transforms import resample_argmax as module
+
+    grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in (20, 18, 16)],
+                                indexing="ij"))
+    centres = np.array([[3, 3, 3], [16, 4, 12], [5, 14, 10], [12, 12, 2]], np.float32)
+    logits = -np.stack([np.linalg.norm(grid - c[:, None, None, None], axis=0) for c in centres])
+    probs = np.exp(logits) / np.exp(logits).sum(axis=0)
+    vol = Volume(probs.astype(np.float32), affine_from((3.0, 2.5, 4.0), "RAS"))
+    shape, affine = grid_for_spacing(vol.spatial_shape, vol.affine, spacing)
+    seen = []
+    original = module._interpolate
+    monkeypatch.setattr(module, "_interpolate",
+                        lambda p, axes, order, voxel: seen.append(len(voxel[0]))
+                        or original(p, axes, order, voxel))
+    out = module.resample_argmax(vol, shape, affine, slab=5)
+    full = resample_to_grid(vol, shape, affine, "linear").array.argmax(axis=0)
+    np.testing.assert_array_equal(out.array, full)
+    assert 0 < sum(seen) < 0.3 * np.prod(shape), (sum(seen), np.prod(shape))

@@ -1,0 +1,153 @@
+"""Label maps from linearly resampled class probabilities, without the (K, x, y, z) array.
+
+``resample_argmax(probabilities, shape, affine)`` is ``argmax`` over channels of
+``resample_to_grid(probabilities, shape, affine, "linear")``: how nnU-Net brings a
+segmentation back from a coarser network grid (interpolating the probabilities, not
+the labels; nearest-neighbour labels are blocky). Our own implementation: the
+obvious one interpolates all K channels at every output voxel, which took 7.4 s for
+6 classes on a 512 x 512 x 300 CT on 2 cores, longer than the network.
+
+Linear interpolation is a convex combination of the (up to) 8 source voxels around
+an output voxel, and a convex combination of probability vectors whose argmax is
+the same class k has argmax k too. So only output voxels whose source cell has
+corners of different classes (near boundaries) are interpolated; every other voxel
+takes its cell's class directly. Those that are interpolated use the separable
+passes' arithmetic in the same axis order (``a + (b - a) * w`` in float32), so the
+labels equal the full computation's bit for bit, except where two classes tie to
+within float32 rounding; there the shortcut gives the exact-arithmetic answer.
+
+Work is done ``slab`` output z-slices at a time and in chunks of boundary voxels,
+so memory stays at a few (x, y, slab) arrays plus K x ``CHUNK`` values.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from medseg.argmax import argmax_channels
+from medseg.transforms.resample import (
+    _axis_order,
+    _index_map,
+    _positions,
+    _triple,
+    as_tensor,
+)
+from medseg.volume import Volume
+
+__all__ = ["resample_argmax"]
+
+CHUNK = 1 << 18  # boundary voxels interpolated at once (K x CHUNK x 8 values)
+
+
+@dataclass
+class _Axis:
+    """Per output index along one axis: lower/upper source index and weight (float32).
+
+    ``identity``: output index i samples source index i exactly (the separable
+    resampling skips such an axis); then ``lo == hi`` and the axis is not interpolated.
+    """
+
+    lo: torch.Tensor
+    hi: torch.Tensor
+    w: torch.Tensor
+    identity: bool
+
+    @classmethod
+    def build(cls, pos: torch.Tensor, n_src: int) -> _Axis:
+        if len(pos) == n_src and bool((pos == torch.arange(n_src, device=pos.device)).all()):
+            index = torch.arange(n_src, device=pos.device)
+            return cls(index, index, torch.zeros(n_src, device=pos.device), True)
+        lo = pos.floor().long().clamp_(0, max(n_src - 2, 0))  # as the separable linear pass
+        hi = (lo + 1).clamp_(max=n_src - 1)
+        return cls(lo, hi, (pos - lo).to(torch.float32), False)
+
+    @property
+    def span(self) -> int:
+        """Source voxels a cell covers along this axis."""
+        return 1 if self.identity or bool((self.hi == self.lo).all()) else 2
+
+
+def resample_argmax(
+    volume: Volume,
+    shape: Sequence[int],
+    affine: np.ndarray,
+    device: str | torch.device | None = None,
+    slab: int = 16,
+) -> Volume:
+    """Labels (x, y, z) = argmax over channels of ``volume`` (K, x', y', z') linearly
+    resampled onto ``(shape, affine)`` (module docstring). uint8, int16 above 256 classes."""
+    shape = _triple(shape, "shape", int)
+    affine = np.asarray(affine, dtype=np.float64)
+    scale, offset = _index_map(volume.affine, affine)
+    probs = as_tensor(volume.array)
+    probs = probs.to(device) if device is not None else probs
+    if not probs.is_floating_point():
+        probs = probs.to(torch.float32)
+    k, sizes = probs.shape[0], tuple(probs.shape[1:])
+    axes = [_Axis.build(_positions(shape[a], scale[a], offset[a], sizes[a], probs.device),
+                        sizes[a]) for a in range(3)]
+    order = _axis_order(shape, sizes)
+    dtype = torch.uint8 if k <= 256 else torch.int16
+    coarse = argmax_channels(probs, torch.empty(sizes, dtype=dtype, device=probs.device))
+    uniform = _uniform_cells(coarse, [ax.span for ax in axes])
+    labels = torch.empty(shape, dtype=dtype, device=probs.device)
+    for z0 in range(0, shape[2], max(int(slab), 1)):
+        z = torch.arange(z0, min(z0 + slab, shape[2]), device=probs.device)
+        cells = (axes[0].lo, axes[1].lo, axes[2].lo[z])
+        out = labels[..., z0:z0 + len(z)]
+        out.copy_(_gather3(coarse, cells))
+        todo = (~_gather3(uniform, cells)).nonzero()
+        for start in range(0, len(todo), CHUNK):
+            idx = todo[start:start + CHUNK]
+            voxel = (idx[:, 0], idx[:, 1], z[idx[:, 2]])
+            values = _interpolate(probs, axes, order, voxel)
+            out[idx[:, 0], idx[:, 1], idx[:, 2]] = values.argmax(dim=0).to(dtype)
+    return Volume(labels.cpu().numpy(), affine, volume.meta)
+
+
+def _gather3(t: torch.Tensor, index: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """``t[ix][:, iy][:, :, iz]`` for (x, y, z) ``t``: the grid of the three index lists."""
+    return t.index_select(0, index[0]).index_select(1, index[1]).index_select(2, index[2])
+
+
+def _uniform_cells(labels: torch.Tensor, spans: list[int]) -> torch.Tensor:
+    """Bool (x, y, z) over cells: True where every source voxel of the cell starting there
+    (``spans`` voxels per axis) has the same label; cells that would leave the grid are
+    padded as True (the sampling never starts one there)."""
+    cells = [n - s + 1 for n, s in zip(labels.shape, spans)]
+    ref = labels[: cells[0], : cells[1], : cells[2]]
+    same = torch.ones(labels.shape, dtype=torch.bool, device=labels.device)
+    view = same[: cells[0], : cells[1], : cells[2]]
+    for d in itertools.product(*(range(s) for s in spans)):
+        if any(d):
+            view &= labels[d[0]:d[0] + cells[0], d[1]:d[1] + cells[1], d[2]:d[2] + cells[2]] == ref
+    return same
+
+
+def _interpolate(probs: torch.Tensor, axes: list[_Axis], order: list[int],
+                 voxel: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """(K, n) interpolated values at n output voxels (x, y, z indices), lerping the corners
+    along the axes in ``order`` exactly as the separable passes do."""
+    lo = [ax.lo[v] for ax, v in zip(axes, voxel)]
+    hi = [ax.hi[v] for ax, v in zip(axes, voxel)]
+    corners = {}
+    for c in itertools.product(*((0,) if ax.identity else (0, 1) for ax in axes)):
+        index = tuple(hi[a] if c[a] else lo[a] for a in range(3))
+        corners[c] = probs[:, index[0], index[1], index[2]]
+    for axis in order:
+        if axes[axis].identity:
+            continue
+        w = axes[axis].w[voxel[axis]]
+        merged = {}
+        for c, a in corners.items():
+            if c[axis] == 0:
+                b = corners[c[:axis] + (1,) + c[axis + 1:]]
+                merged[c] = a.add(b.sub(a).mul_(w))
+        corners = merged
+    (values,) = corners.values()
+    return values
