@@ -17,7 +17,9 @@ labels equal the full computation's bit for bit, except where two classes tie to
 within float32 rounding; there the shortcut gives the exact-arithmetic answer.
 
 Work is done ``slab`` output z-slices at a time and in chunks of boundary voxels,
-so memory stays at a few (x, y, slab) arrays plus K x ``CHUNK`` values.
+so memory stays at a few (x, y, slab) arrays plus K x ``CHUNK`` values. A slab that
+is mostly boundary (a noisy or untrained network) is interpolated whole with the
+separable passes instead (K x x x y x ``slab`` values), which is then faster.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from medseg.transforms.resample import (
     _axis_order,
     _index_map,
     _positions,
+    _resample_at,
     _triple,
     as_tensor,
 )
@@ -42,6 +45,10 @@ from medseg.volume import Volume
 __all__ = ["resample_argmax"]
 
 CHUNK = 1 << 18  # boundary voxels interpolated at once (K x CHUNK x 8 values)
+#: Above this share of mixed-cell voxels in a slab, interpolating every voxel with the
+#: separable passes is faster than gathering the corners of each mixed one (measured:
+#: per voxel the gathers cost about 4x a separable pass, on 2 cores).
+MIXED_SHARE = 0.2
 
 
 @dataclass
@@ -89,8 +96,9 @@ def resample_argmax(
     if not probs.is_floating_point():
         probs = probs.to(torch.float32)
     k, sizes = probs.shape[0], tuple(probs.shape[1:])
-    axes = [_Axis.build(_positions(shape[a], scale[a], offset[a], sizes[a], probs.device),
-                        sizes[a]) for a in range(3)]
+    positions = [_positions(shape[a], scale[a], offset[a], sizes[a], probs.device)
+                 for a in range(3)]
+    axes = [_Axis.build(positions[a], sizes[a]) for a in range(3)]
     order = _axis_order(shape, sizes)
     dtype = torch.uint8 if k <= 256 else torch.int16
     coarse = argmax_channels(probs, torch.empty(sizes, dtype=dtype, device=probs.device))
@@ -100,14 +108,29 @@ def resample_argmax(
         z = torch.arange(z0, min(z0 + slab, shape[2]), device=probs.device)
         cells = (axes[0].lo, axes[1].lo, axes[2].lo[z])
         out = labels[..., z0:z0 + len(z)]
-        out.copy_(_gather3(coarse, cells))
         todo = (~_gather3(uniform, cells)).nonzero()
+        if len(todo) > MIXED_SHARE * out.numel():  # mostly boundaries: all voxels, separably
+            _separable_slab(probs, positions, order, z0, out)
+            continue
+        out.copy_(_gather3(coarse, cells))
         for start in range(0, len(todo), CHUNK):
             idx = todo[start:start + CHUNK]
             voxel = (idx[:, 0], idx[:, 1], z[idx[:, 2]])
             values = _interpolate(probs, axes, order, voxel)
             out[idx[:, 0], idx[:, 1], idx[:, 2]] = values.argmax(dim=0).to(dtype)
     return Volume(labels.cpu().numpy(), affine, volume.meta)
+
+
+def _separable_slab(probs: torch.Tensor, positions: list[torch.Tensor], order: list[int],
+                    z0: int, out: torch.Tensor) -> None:
+    """Labels of output slices [z0, z0 + out.shape[2]) by the separable passes over all K
+    channels and voxels: only the source slices they read, at the same positions."""
+    z_pos = positions[2][z0:z0 + out.shape[2]]
+    n = probs.shape[3]
+    lo = max(0, min(int(z_pos[0].floor()), n - 2))  # >= 2 slices, clamped as globally
+    hi = min(int(z_pos[-1].floor()) + 2, n)
+    part = _resample_at(probs[..., lo:hi], positions[:2] + [z_pos - lo], order, "linear")
+    argmax_channels(part, out)
 
 
 def _gather3(t: torch.Tensor, index: tuple[torch.Tensor, ...]) -> torch.Tensor:
