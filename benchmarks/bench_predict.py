@@ -17,7 +17,8 @@ alone and not the phantom generator's):
 
 Run::
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_predict.py [--shape 512 512 300] [--device cpu] [--amp]
+    OMP_NUM_THREADS=1 python benchmarks/bench_predict.py [--shape 512 512 300] [--device cpu]
+        [--amp] [--label-interp linear|nearest]
 
 ``--amp`` runs the network in mixed precision (bf16 on the CPU, fp16 on CUDA; see
 ``medseg.inference.precision``); the default is medseg's (fp32 on the CPU).

@@ -43,7 +43,7 @@ def cpu_has_native_bf16() -> bool:
 
 
 def autocast_dtype(device: torch.device, amp: bool | None) -> torch.dtype | None:
-    """The autocast dtype for ``device`` under the ``amp`` switch (module docstring); None = fp32."""
+    """The autocast dtype for ``device`` under ``amp`` (module docstring); None means fp32."""
     if amp is None:
         return torch.float16 if device.type == "cuda" else None
     if not amp:

@@ -203,8 +203,8 @@ class _Run:
         flips = [c for n in range(len(axes) + 1) for c in itertools.combinations(axes, n)]
         log.debug("sliding window: %d windows of %s over %s, %d flips", len(grid.windows),
                   roi, tuple(image.shape[2:]), len(flips))
-        return cls(predictor, image, grid, box, shape, pad, batch_size, out_device, out_dtype, flips,
-                   weight, mask, progress)
+        return cls(predictor, image, grid, box, shape, pad, batch_size, out_device, out_dtype,
+                   flips, weight, mask, progress)
 
     def crop(self, out: torch.Tensor) -> torch.Tensor:
         if all(p == (0, 0) for p in self.pad):
