@@ -108,10 +108,11 @@ def resample_argmax(
         z = torch.arange(z0, min(z0 + slab, shape[2]), device=probs.device)
         cells = (axes[0].lo, axes[1].lo, axes[2].lo[z])
         out = labels[..., z0:z0 + len(z)]
-        todo = (~_gather3(uniform, cells)).nonzero()
-        if len(todo) > MIXED_SHARE * out.numel():  # mostly boundaries: all voxels, separably
+        mixed = ~_gather3(uniform, cells)
+        if int(mixed.sum()) > MIXED_SHARE * out.numel():  # mostly boundary: all, separably
             _separable_slab(probs, positions, order, z0, out)
             continue
+        todo = mixed.nonzero()
         out.copy_(_gather3(coarse, cells))
         for start in range(0, len(todo), CHUNK):
             idx = todo[start:start + CHUNK]
