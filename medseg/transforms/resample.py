@@ -154,9 +154,9 @@ def _resample_at(tensor: torch.Tensor, positions: list[torch.Tensor], order: lis
         tensor = tensor.to(torch.int64)
     lead = tensor.ndim - 3
     for axis in order:
-        pos, n_src = positions[axis], tensor.shape[lead + axis]
-        if len(pos) == n_src and bool((pos == torch.arange(n_src, device=pos.device)).all()):
-            continue  # the identity along this axis
+        pos = positions[axis]
+        if _is_identity(pos, tensor.shape[lead + axis]):
+            continue
         tensor = _AXIS_FN[mode](tensor, lead + axis, pos)
     return tensor
 
@@ -197,11 +197,22 @@ def _nearest(t: torch.Tensor, dim: int, pos: torch.Tensor) -> torch.Tensor:
     return t.index_select(dim, torch.floor(pos + 0.5).long())
 
 
+def _is_identity(pos: torch.Tensor, n_src: int) -> bool:
+    """True when output index i samples source index i exactly (the pass is skipped)."""
+    return len(pos) == n_src and bool((pos == torch.arange(n_src, device=pos.device)).all())
+
+
+def _linear_taps(pos: torch.Tensor, n_src: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The two source indices (i0, i1) and the float64 weight of i1 for each position of a
+    linear pass over ``n_src`` voxels (i0 <= n_src - 2 so that i1 = i0 + 1 when n_src > 1)."""
+    i0 = pos.floor().long().clamp_(0, max(n_src - 2, 0))
+    i1 = (i0 + 1).clamp_(max=n_src - 1)
+    return i0, i1, pos - i0
+
+
 def _linear(t: torch.Tensor, dim: int, pos: torch.Tensor) -> torch.Tensor:
-    n = t.shape[dim]
-    i0 = pos.floor().long().clamp_(0, max(n - 2, 0))
-    i1 = (i0 + 1).clamp_(max=n - 1)
-    w = (pos - i0).to(t.dtype).view(_bshape(t.ndim, dim))
+    i0, i1, frac = _linear_taps(pos, t.shape[dim])
+    w = frac.to(t.dtype).view(_bshape(t.ndim, dim))
     a = t.index_select(dim, i0)
     b = t.index_select(dim, i1)
     return a.add_(b.sub_(a).mul_(w))

@@ -35,6 +35,8 @@ from medseg.argmax import argmax_channels
 from medseg.transforms.resample import (
     _axis_order,
     _index_map,
+    _is_identity,
+    _linear_taps,
     _positions,
     _resample_at,
     _triple,
@@ -66,12 +68,11 @@ class _Axis:
 
     @classmethod
     def build(cls, pos: torch.Tensor, n_src: int) -> _Axis:
-        if len(pos) == n_src and bool((pos == torch.arange(n_src, device=pos.device)).all()):
+        if _is_identity(pos, n_src):
             index = torch.arange(n_src, device=pos.device)
             return cls(index, index, torch.zeros(n_src, device=pos.device), True)
-        lo = pos.floor().long().clamp_(0, max(n_src - 2, 0))  # as the separable linear pass
-        hi = (lo + 1).clamp_(max=n_src - 1)
-        return cls(lo, hi, (pos - lo).to(torch.float32), False)
+        lo, hi, frac = _linear_taps(pos, n_src)  # the separable linear pass's taps
+        return cls(lo, hi, frac.to(torch.float32), False)
 
     @property
     def span(self) -> int:
