@@ -8,9 +8,21 @@ two (x, y, z) temporaries. Ties go to the first channel, as with ``torch.argmax`
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-__all__ = ["argmax_channels"]
+__all__ = ["argmax_channels", "argmax_labels", "label_dtype"]
+
+
+def label_dtype(num_classes: int) -> np.dtype:
+    """uint8 for K <= 255 classes, uint16 above: the dtype of the label maps medseg returns."""
+    return np.dtype(np.uint8) if num_classes <= 255 else np.dtype(np.uint16)
+
+
+def argmax_labels(probabilities: np.ndarray) -> np.ndarray:
+    """Label map (x, y, z) of ``probabilities`` (K, x, y, z), as :func:`label_dtype`."""
+    labels = np.argmax(probabilities, axis=0)
+    return labels.astype(label_dtype(probabilities.shape[0]), copy=False)
 
 
 def argmax_channels(values: torch.Tensor, out: torch.Tensor,

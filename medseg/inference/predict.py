@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medseg.argmax import argmax_labels, label_dtype
 from medseg.errors import CheckpointError, DataError, UsageError, check_option
 from medseg.inference.precision import make_predictor
 from medseg.volume import Volume
@@ -110,11 +111,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"device {device!r} requested but CUDA is not available; use --device cpu")
     return resolved
-
-
-def label_dtype(num_classes: int) -> np.dtype:
-    """uint8 for K <= 255 classes, uint16 above."""
-    return np.dtype(np.uint8) if num_classes <= 255 else np.dtype(np.uint16)
 
 
 # -- model resolution ------------------------------------------------------------------------
@@ -451,7 +447,7 @@ def _invert(pre, out: np.ndarray, record, volume: Volume, dev: torch.device,
         labels = pre.invert(out, record, kind=kind, device=device)
         return Volume(labels.array, volume.affine, volume.meta), None
     probs = pre.invert(out, record, kind="prob", device=device)
-    argmax = np.argmax(probs.array, axis=0).astype(label_dtype(probs.shape[0]))
+    argmax = argmax_labels(probs.array)
     return (Volume(argmax, volume.affine, volume.meta),
             Volume(probs.array, volume.affine, volume.meta))
 

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medseg.argmax import argmax_labels
 from medseg.errors import ConfigError, GeometryError, UsageError, check_option
 from medseg.transforms.crop import foreground_bbox, uncrop
 from medseg.transforms.intensity import clip_percentiles, ct_window, zscore
@@ -197,7 +198,7 @@ class Preprocessing:
             else:
                 current = _INVERSES[entry["step"]](current, entry, kind, device)
         if kind == "argmax":  # no resampling step: argmax on the input grid
-            current = current.with_array(_argmax(current.array))
+            current = current.with_array(argmax_labels(current.array))
         return Volume(current.array, np.asarray(record.input_affine), current.meta)
 
 
@@ -284,11 +285,6 @@ def _invert_resample(volume: Volume, entry: dict, kind: str, device: Device) -> 
 _INVERSES = {"orientation": _invert_orientation, "crop": _invert_crop,
              "resample": _invert_resample}
 INVERT_KINDS = ("label", "prob", "argmax")
-
-
-def _argmax(probabilities: np.ndarray) -> np.ndarray:
-    labels = np.argmax(probabilities, axis=0)
-    return labels.astype(np.uint8 if probabilities.shape[0] <= 256 else np.int16)
 
 
 def _as_output_volume(volume, record: PreprocessingRecord, kind: str) -> Volume:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from medseg.argmax import argmax_channels
+from medseg.argmax import argmax_channels, label_dtype
 from medseg.transforms.resample import (
     _axis_order,
     _index_map,
@@ -88,7 +88,8 @@ def resample_argmax(
     slab: int = 16,
 ) -> Volume:
     """Labels (x, y, z) = argmax over channels of ``volume`` (K, x', y', z') linearly
-    resampled onto ``(shape, affine)`` (module docstring). uint8, int16 above 256 classes."""
+    resampled onto ``(shape, affine)`` (module docstring), as :func:`medseg.argmax.label_dtype`
+    (uint8, uint16 above 255 classes), like every label map medseg returns."""
     shape = _triple(shape, "shape", int)
     affine = np.asarray(affine, dtype=np.float64)
     scale, offset = _index_map(volume.affine, affine)
@@ -120,7 +121,7 @@ def resample_argmax(
             voxel = (idx[:, 0], idx[:, 1], z[idx[:, 2]])
             values = _interpolate(probs, axes, order, voxel)
             out[idx[:, 0], idx[:, 1], idx[:, 2]] = values.argmax(dim=0).to(dtype)
-    return Volume(labels.cpu().numpy(), affine, volume.meta)
+    return Volume(labels.cpu().numpy().astype(label_dtype(k), copy=False), affine, volume.meta)
 
 
 def _separable_slab(probs: torch.Tensor, positions: list[torch.Tensor], order: list[int],

@@ -158,3 +158,18 @@ def test_resample_argmax_interpolates_only_near_boundaries(spacing, monkeypatch)
     full = resample_to_grid(vol, shape, affine, "linear").array.argmax(axis=0)
     np.testing.assert_array_equal(out.array, full)
     assert 0 < sum(seen) < 0.3 * np.prod(shape), (sum(seen), np.prod(shape))
+
+
+def test_resample_argmax_label_dtype_follows_predict_contract():
+    """uint8 up to 255 classes, uint16 above (medseg.argmax.label_dtype), whichever path."""
+    from medseg.transforms.resample_argmax import resample_argmax
+
+    rng = np.random.default_rng(2)
+    for k, dtype in ((255, np.uint8), (257, np.uint16)):
+        probs = Volume(rng.random((k, 6, 5, 4)).astype(np.float32),
+                       affine_from((2.0, 2.0, 2.0), "RAS"))
+        shape, affine = grid_for_spacing(probs.spatial_shape, probs.affine, (1.0, 1.5, 1.0))
+        out = resample_argmax(probs, shape, affine)
+        full = resample_to_grid(probs, shape, affine, "linear").array.argmax(axis=0)
+        assert out.array.dtype == dtype
+        np.testing.assert_array_equal(out.array, full)
