@@ -92,11 +92,7 @@ def sliding_window(
     """
     run = _Run.prepare(predictor, image, roi_size, overlap, blend, batch_size, device,
                        out_device, mirror_axes, skip_empty, progress, out_dtype)
-    sink = _FullSink(run.batch)
-    for b in range(run.batch):
-        sink.b = b
-        run.drive(b, sink)
-    return run.crop(sink.out)
+    return run.into(_FullSink(run.batch))
 
 
 def sliding_window_argmax(
@@ -124,11 +120,7 @@ def sliding_window_argmax(
     """
     run = _Run.prepare(predictor, image, roi_size, overlap, blend, batch_size, device,
                        out_device, mirror_axes, skip_empty, progress, out_dtype)
-    sink = _SlabSink(run.batch, run.grid.z_span)
-    for b in range(run.batch):
-        sink.b = b
-        run.drive(b, sink)
-    return run.crop(sink.out)
+    return run.into(_SlabSink(run.batch, run.grid.z_span))
 
 
 # -- the driver ---------------------------------------------------------------------------
@@ -205,6 +197,13 @@ class _Run:
                   roi, tuple(image.shape[2:]), len(flips))
         return cls(predictor, image, grid, box, shape, pad, batch_size, out_device, out_dtype,
                    flips, weight, mask, progress)
+
+    def into(self, sink) -> torch.Tensor:
+        """Drive every image of the batch into ``sink``; its output, cropped of the padding."""
+        for b in range(self.batch):
+            sink.b = b
+            self.drive(b, sink)
+        return self.crop(sink.out)
 
     def crop(self, out: torch.Tensor) -> torch.Tensor:
         if all(p == (0, 0) for p in self.pad):
