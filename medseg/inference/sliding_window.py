@@ -4,7 +4,8 @@ Two outputs from one driver:
 
 * :func:`sliding_window` returns the blended predictor output
   (B, K, x, y, z) (logits or probabilities, whatever the predictor returns);
-* :func:`sliding_window_argmax` returns the (B, x, y, z) uint8 argmax and never
+* :func:`sliding_window_argmax` returns the (B, x, y, z) argmax (uint8, or uint16 above
+  256 classes: :func:`medseg.argmax.label_dtype`) and never
   allocates the full (K, x, y, z) accumulator: windows run in z order and only
   a z-slab (window depth + one z step) is accumulated; slices no later window
   touches are finalised (argmax) and dropped as soon as possible.
@@ -35,7 +36,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from medseg.argmax import argmax_channels
+from medseg.argmax import argmax_channels, torch_label_dtype
 from medseg.errors import GeometryError, UsageError, check_option
 from medseg.inference.windows import SIGMA_SCALE, WindowGrid, constant_map, importance_map
 
@@ -116,7 +117,9 @@ def sliding_window_argmax(
 
     Returns
     -------
-    tensor (B, x, y, z), uint8 (int16 when K > 256), on ``out_device``.
+    tensor (B, x, y, z) on ``out_device``, of :func:`medseg.argmax.torch_label_dtype`:
+    uint8 up to K = 256 classes, uint16 above (torch has no uint16 ``masked_fill_`` on the
+    CPU, so each slab's argmax is computed in int32 and copied in).
     """
     run = _Run.prepare(predictor, image, roi_size, overlap, blend, batch_size, device,
                        out_device, mirror_axes, skip_empty, progress, out_dtype)
@@ -316,9 +319,9 @@ class _FullSink:
 class _SlabSink:
     """Accumulates the z-slab [base, base + span) and argmaxes slices below ``advance(z)``.
 
-    Labels go to ``out[b]`` of a (B, X, Y, Z) uint8 tensor. The arithmetic per
-    voxel is the same as :class:`_FullSink` (same adds in the same order, same
-    division), so the labels equal the argmax of its output exactly.
+    Labels go to ``out[b]`` of a (B, X, Y, Z) tensor of :func:`torch_label_dtype`. The
+    arithmetic per voxel is the same as :class:`_FullSink` (same adds in the same order,
+    same division), so the labels equal the argmax of its output exactly.
     """
 
     def __init__(self, batch: int, span: int) -> None:
@@ -327,8 +330,8 @@ class _SlabSink:
 
     def allocate(self, k, shape, box: Box, device, dtype) -> None:
         if self.out is None:  # zeros: label 0 (background) outside the box
-            label_dtype = torch.uint8 if k <= 256 else torch.int16
-            self.out = torch.zeros((self.batch,) + tuple(shape), dtype=label_dtype, device=device)
+            self.out = torch.zeros((self.batch,) + tuple(shape), dtype=torch_label_dtype(k),
+                                   device=device)
         self.labels = self.out[self.b][box]
         plane = tuple(self.labels.shape[:2])
         self.buf = torch.zeros((k,) + plane + (self.span,), dtype=dtype, device=device)
