@@ -9,6 +9,17 @@ Conventions (see DESIGN.md):
 * ``spacing_mm`` is derived from the affine, in the array's axis order.
 
 Geometry-changing helpers return a new Volume; nothing mutates geometry in place.
+
+Two typed Volumes say what a network output is, so that its type, not a string
+argument, decides how it is resampled and padded (TorchIO's ``LabelMap``):
+
+* :class:`LabelMap` -- integer labels (x, y, z), 0 = background; nearest neighbour,
+  padded with 0;
+* :class:`Probabilities` -- float class probabilities (K, x, y, z), channel 0 =
+  background; linear, padded with certain background (1 in channel 0, 0 elsewhere).
+
+Readers return plain Volumes; :meth:`Volume.with_array` and :meth:`Volume.crop` keep
+the type (a LabelMap stays a LabelMap).
 """
 
 from __future__ import annotations
@@ -18,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from medseg.errors import GeometryError
+from medseg.errors import DataError, GeometryError
 
-__all__ = ["Volume", "orientation_of", "affine_from"]
+__all__ = ["LabelMap", "Probabilities", "Volume", "orientation_of", "affine_from"]
 
 _AXIS_CODES = {0: ("L", "R"), 1: ("P", "A"), 2: ("I", "S")}
 
@@ -145,23 +156,24 @@ class Volume:
 
     # -- new volumes --------------------------------------------------------
     def with_array(self, array: Any, meta: dict | None = None) -> Volume:
-        """A new Volume on the same grid holding ``array`` (same spatial shape)."""
+        """A new Volume of this type on the same grid holding ``array`` (same spatial shape)."""
         array = np.asarray(array)
         if tuple(array.shape[-3:]) != self.spatial_shape:
             raise GeometryError(
                 f"array of spatial shape {tuple(array.shape[-3:])} does not fit a grid of "
                 f"shape {self.spatial_shape}"
             )
-        return Volume(array, self.affine, self.meta if meta is None else meta)
+        return type(self)(array, self.affine, self.meta if meta is None else meta)
 
     def crop(self, start: Sequence[int], stop: Sequence[int]) -> Volume:
-        """Sub-volume ``[start, stop)`` in voxels; the affine moves its origin accordingly."""
+        """Sub-volume ``[start, stop)`` in voxels, of this type; the affine moves its origin
+        accordingly."""
         start = [int(s) for s in start]
         stop = [int(s) for s in stop]
         index = (Ellipsis,) + tuple(slice(a, b) for a, b in zip(start, stop))
         affine = self.affine.copy()
         affine[:3, 3] = self.world_coords(start)
-        return Volume(self.array[index], affine, self.meta)
+        return type(self)(self.array[index], affine, self.meta)
 
     def same_grid(self, other: Volume, tol_mm: float = 1e-3) -> bool:
         """True when ``other`` has the same spatial shape and an affine within ``tol_mm``."""
@@ -172,9 +184,93 @@ class Volume:
     def __repr__(self) -> str:
         sp = ", ".join(f"{s:.4g}" for s in self.spacing_mm)
         return (
-            f"Volume(shape={self.shape}, dtype={self.array.dtype}, spacing_mm=({sp}), "
-            f"orientation={self.orientation!r})"
+            f"{type(self).__name__}(shape={self.shape}, dtype={self.array.dtype}, "
+            f"spacing_mm=({sp}), orientation={self.orientation!r})"
         )
 
     def __array__(self, dtype=None, copy=None):  # noqa: D105 - numpy protocol
         return self.array if dtype is None else self.array.astype(dtype)
+
+
+class LabelMap(Volume):
+    """An integer label map (x, y, z), 0 = background: resampled by nearest neighbour and
+    padded with 0 (:attr:`interpolation`, :attr:`background`).
+
+    Parameters
+    ----------
+    array : integer array-like, shape (x, y, z).
+    affine : (4, 4) voxel index -> RAS+ world mm.
+    meta : optional provenance dict, as for :class:`Volume`.
+
+    Raises
+    ------
+    GeometryError : the array is not 3D (e.g. (1, x, y, z) or (K, x, y, z)).
+    DataError : the array is not of an integer dtype (floats, bool).
+    """
+
+    __slots__ = ()
+    interpolation = "nearest"
+
+    def __init__(self, array: Any, affine: Any, meta: dict | None = None) -> None:
+        super().__init__(array, affine, meta)
+        if self.array.ndim != 3:
+            raise GeometryError(
+                f"a LabelMap is one (x, y, z) map, got shape {self.array.shape}; "
+                "use Probabilities for (K, x, y, z) class probabilities"
+            )
+        if self.array.dtype.kind not in "iu":
+            raise DataError(
+                f"a LabelMap needs an integer array (0 = background), got dtype "
+                f"{self.array.dtype}; convert integral values with .astype(np.uint8) or use "
+                "Probabilities for class probabilities"
+            )
+
+    @property
+    def background(self) -> int:
+        """The value outside a crop box: 0."""
+        return 0
+
+
+class Probabilities(Volume):
+    """Class probabilities (K, x, y, z), float, channel 0 = background: resampled linearly
+    and padded with certain background (1 in channel 0, 0 elsewhere).
+
+    Parameters
+    ----------
+    array : floating array-like, shape (K, x, y, z), K >= 1 classes.
+    affine : (4, 4) voxel index -> RAS+ world mm.
+    meta : optional provenance dict, as for :class:`Volume`.
+
+    Raises
+    ------
+    GeometryError : the array is not 4D (K, x, y, z) with K >= 1.
+    DataError : the array is not of a floating dtype.
+    """
+
+    __slots__ = ()
+    interpolation = "linear"
+
+    def __init__(self, array: Any, affine: Any, meta: dict | None = None) -> None:
+        super().__init__(array, affine, meta)
+        if self.array.ndim != 4 or self.array.shape[0] < 1:
+            raise GeometryError(
+                f"Probabilities are (K, x, y, z) with K >= 1 classes, got shape "
+                f"{self.array.shape}; use LabelMap for an (x, y, z) label map"
+            )
+        if self.array.dtype.kind != "f":
+            raise DataError(
+                f"Probabilities need a floating array, got dtype {self.array.dtype}; use "
+                "LabelMap for integer labels"
+            )
+
+    @property
+    def num_classes(self) -> int:
+        """K, the number of channels (classes, background included)."""
+        return int(self.array.shape[0])
+
+    @property
+    def background(self) -> np.ndarray:
+        """The value outside a crop box, per channel: (K,) one-hot background [1, 0, ...]."""
+        fill = np.zeros(self.num_classes, dtype=self.array.dtype)
+        fill[0] = 1
+        return fill

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from medseg.data.phantom import rotation_z
-from medseg.errors import GeometryError
-from medseg.volume import Volume, affine_from
+from medseg.errors import DataError, GeometryError
+from medseg.volume import LabelMap, Probabilities, Volume, affine_from
 
 
 def test_spacing_orientation_origin_from_affine():
@@ -67,3 +67,42 @@ def test_rejects_bad_affine():
 def test_affine_from_rejects_bad_codes():
     with pytest.raises(GeometryError, match="axis codes"):
         affine_from((1, 1, 1), "RRS")
+
+
+def test_label_map_refuses_floats_and_channels():
+    affine = affine_from((1.0, 2.0, 3.0), "LPS")
+    labels = LabelMap(np.arange(24, dtype=np.uint16).reshape(2, 3, 4), affine)
+    assert labels.background == 0 and repr(labels).startswith("LabelMap(shape=(2, 3, 4)")
+    with pytest.raises(DataError, match="integer array .*got dtype float32"):
+        LabelMap(np.zeros((2, 3, 4), np.float32), affine)
+    with pytest.raises(DataError, match="got dtype bool"):
+        LabelMap(np.zeros((2, 3, 4), bool), affine)
+    with pytest.raises(GeometryError, match=r"one \(x, y, z\) map, got shape \(1, 2, 3, 4\)"):
+        LabelMap(np.zeros((1, 2, 3, 4), np.uint8), affine)
+
+
+def test_probabilities_refuse_integers_and_3d():
+    affine = np.eye(4)
+    probs = Probabilities(np.full((3, 2, 2, 2), 1 / 3, np.float32), affine)
+    assert probs.num_classes == 3
+    np.testing.assert_array_equal(probs.background, [1.0, 0.0, 0.0])
+    assert probs.background.dtype == np.float32
+    with pytest.raises(DataError, match="floating array, got dtype uint8"):
+        Probabilities(np.zeros((3, 2, 2, 2), np.uint8), affine)
+    with pytest.raises(GeometryError, match=r"\(K, x, y, z\).*got shape \(2, 2, 2\)"):
+        Probabilities(np.zeros((2, 2, 2), np.float32), affine)
+
+
+def test_with_array_and_crop_keep_the_type():
+    affine = affine_from((2.0, 3.0, 4.0), "LPS", origin_mm=(5.0, 6.0, 7.0))
+    labels = LabelMap(np.arange(6 * 7 * 8, dtype=np.int32).reshape(6, 7, 8), affine)
+    sub = labels.crop((1, 2, 3), (4, 6, 8))
+    assert type(sub) is LabelMap and sub.array[0, 0, 0] == labels.array[1, 2, 3]
+    np.testing.assert_allclose(sub.origin_mm, (3.0, 0.0, 19.0))  # as for a plain Volume
+    assert type(labels.with_array(labels.array.astype(np.uint8))) is LabelMap
+    with pytest.raises(DataError, match="LabelMap needs an integer array"):
+        labels.with_array(labels.array * 0.5)
+    probs = Probabilities(np.zeros((2, 6, 7, 8), np.float32), affine)
+    assert type(probs.crop((0, 0, 0), (2, 2, 2))) is Probabilities
+    assert probs.crop((0, 0, 0), (2, 2, 2)).shape == (2, 2, 2, 2)
+    assert type(Volume(labels.array, affine).with_array(labels.array)) is Volume

@@ -51,7 +51,8 @@ def apply_orientation(volume: Volume, transform: np.ndarray) -> Volume:
     """Permute and flip the spatial axes of ``volume`` as ``transform`` says.
 
     Works for ``(x, y, z)`` and ``(C, x, y, z)`` arrays; the affine maps the new
-    indices to the same world points. The returned array always has positive
+    indices to the same world points, and the result has the input's type (a
+    LabelMap stays a LabelMap). The returned array always has positive
     strides (``torch.from_numpy`` takes it) but keeps the input's memory order: a
     view when no axis is flipped, else a flipped copy in the same order. Forcing C
     order here cost 1.1 s per Fortran-ordered (NIfTI) 512 x 512 x 300 CT; the
@@ -72,7 +73,7 @@ def apply_orientation(volume: Volume, transform: np.ndarray) -> Volume:
         perm[int(new_axis)] = axis
     array = np.transpose(array, list(range(lead)) + [lead + p for p in perm])
     affine = volume.affine @ nio.inv_ornt_aff(transform, volume.spatial_shape)
-    return Volume(array, affine, volume.meta)
+    return type(volume)(array, affine, volume.meta)
 
 
 def reorient(volume: Volume, orientation: str = "RAS") -> Volume:

@@ -19,6 +19,9 @@ Conventions
 * ``"linear"`` is trilinear, ``"cubic"`` is Keys cubic convolution
   (a = -0.5, Catmull-Rom; interpolating, may overshoot), ``"nearest"`` rounds
   half up and keeps the dtype (labels).
+* Without a ``mode`` the volume's type decides (:class:`~medseg.volume.LabelMap`
+  nearest, :class:`~medseg.volume.Probabilities` and plain Volumes linear), and the
+  result keeps the type.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import numpy as np
 import torch
 
 from medseg.errors import GeometryError, UsageError, check_option
-from medseg.volume import Volume
+from medseg.volume import LabelMap, Volume
 
 __all__ = ["MODES", "as_tensor", "grid_for_spacing", "resample", "resample_to_grid",
            "resample_tensor"]
@@ -77,14 +80,15 @@ def grid_for_spacing(
 def resample(
     volume: Volume,
     spacing_mm: Sequence[float],
-    mode: str = "linear",
+    mode: str | None = None,
     device: str | torch.device | None = None,
 ) -> Volume:
     """``volume`` resampled to voxel size ``spacing_mm`` (see :func:`grid_for_spacing`).
 
     ``mode`` is ``"linear"``/``"cubic"`` for images (float32 output) or
-    ``"nearest"`` for label maps (dtype kept). ``device`` is where the work is
-    done (e.g. ``"cuda"``); the result is returned as a NumPy-backed Volume.
+    ``"nearest"`` for label maps (dtype kept); None: the volume's type decides
+    (:func:`resample_to_grid`). ``device`` is where the work is done (e.g.
+    ``"cuda"``); the result is returned as a NumPy-backed Volume of the input's type.
     """
     shape, affine = grid_for_spacing(volume.spatial_shape, volume.affine, spacing_mm)
     return resample_to_grid(volume, shape, affine, mode=mode, device=device)
@@ -94,16 +98,23 @@ def resample_to_grid(
     volume: Volume,
     shape: Sequence[int],
     affine: np.ndarray,
-    mode: str = "linear",
+    mode: str | None = None,
     device: str | torch.device | None = None,
 ) -> Volume:
-    """``volume`` sampled on the grid ``(shape, affine)``; the result has exactly that grid.
+    """``volume`` sampled on the grid ``(shape, affine)``; the result has exactly that grid
+    and the input's type.
 
+    ``mode`` None lets the type decide: a :class:`~medseg.volume.LabelMap` is resampled
+    by nearest neighbour, :class:`~medseg.volume.Probabilities` and plain Volumes linearly.
     The target grid must have the source's axis directions (any spacing and
-    origin): rotations are not resampled here. Raises :class:`GeometryError`
-    otherwise.
+    origin): rotations are not resampled here.
+
+    Raises
+    ------
+    GeometryError : the target grid is rotated or permuted relative to the source.
+    UsageError : an unknown ``mode``, or one other than ``"nearest"`` for a LabelMap.
     """
-    mode = check_option(mode, MODES, "interpolation mode")
+    mode = _mode_for(volume, mode)
     affine = np.asarray(affine, dtype=np.float64)
     shape = _triple(shape, "shape", int)
     scale, offset = _index_map(volume.affine, affine)
@@ -111,7 +122,20 @@ def resample_to_grid(
     if device is not None:
         tensor = tensor.to(device)
     out = resample_tensor(tensor, scale, offset, shape, mode)
-    return Volume(out.cpu().numpy(), affine, volume.meta)
+    return type(volume)(out.cpu().numpy(), affine, volume.meta)
+
+
+def _mode_for(volume: Volume, mode: str | None) -> str:
+    """``mode``, or the volume type's own interpolation when None (plain Volume: linear)."""
+    if mode is None:
+        return getattr(volume, "interpolation", "linear")
+    mode = check_option(mode, MODES, "interpolation mode")
+    if isinstance(volume, LabelMap) and mode != "nearest":
+        raise UsageError(
+            f"a LabelMap is resampled by nearest neighbour, got mode {mode!r}; to interpolate "
+            "its values, resample Volume(labels.array, labels.affine)"
+        )
+    return mode
 
 
 def resample_tensor(
