@@ -3,7 +3,8 @@
 For each case the cache folder ``<cache_dir>/<case_id>-<key>/`` holds
 
 * ``image.npy`` -- float32 (C, x, y, z), after ``Preprocessing.apply``;
-* ``label.npy`` -- uint8 or int16 (x, y, z) on the same grid (absent for test cases);
+* ``label.npy`` -- uint8, or uint16 above label 255 (:func:`medseg.argmax.label_dtype`),
+  (x, y, z) on the same grid (absent for test cases);
 * ``fg_indices.npy`` -- flat voxel indices (C order into (x, y, z)) of every
   foreground label, grouped by label value, at most ``max_per_class`` per label
   (a seeded subsample beyond that, as nnU-Net keeps 10 000 per class);
@@ -31,9 +32,11 @@ from typing import Any
 
 import numpy as np
 
+from medseg.argmax import label_dtype
 from medseg.data.manifest import Case, read_case
 from medseg.errors import DataError
 from medseg.io.atomic import atomic_path, atomic_write_text
+from medseg.volume import LabelMap, Volume
 
 __all__ = ["CachedCase", "cache_key", "cache_case", "build_cache", "foreground_indices"]
 
@@ -170,15 +173,16 @@ def cache_case(case: Case, preprocessing: Any, cache_dir: str | os.PathLike,
         return CachedCase.open(folder)
     folder.mkdir(exist_ok=True)
     image, label = read_case(case)
-    image_t, label_t, _record = preprocessing.apply(image, label)
+    label = None if label is None else _label_map(label, case.label)
+    prepared = preprocessing.apply(image, label)
+    image_t, label_t = prepared.image, prepared.label
     arr = np.asarray(image_t.array, dtype=np.float32)
     if arr.ndim == 3:
         arr = arr[None]
     _save_npy(folder / "image.npy", arr)
     classes: dict[int, tuple[int, int]] = {}
     if label_t is not None:
-        lab = np.asarray(label_t.array)
-        lab = lab.astype(np.uint8 if lab.max(initial=0) < 256 else np.int16)
+        lab = label_t.array
         _save_npy(folder / "label.npy", lab)
         indices, classes = foreground_indices(lab, max_per_class, seed=int(key[:8], 16))
         _save_npy(folder / "fg_indices.npy", indices)
@@ -194,6 +198,20 @@ def cache_case(case: Case, preprocessing: Any, cache_dir: str | os.PathLike,
     }
     atomic_write_text(folder / "meta.json", json.dumps(meta, indent=1))
     return CachedCase.open(folder)
+
+
+def _label_map(label: Volume, path: Any) -> LabelMap:
+    """``label`` as a LabelMap of :func:`label_dtype` (label files are often stored as floats).
+
+    Raises DataError naming ``path`` for negative or non-integer values.
+    """
+    array = np.asarray(label.array)
+    low, high = (array.min(), array.max()) if array.size else (0, 0)
+    if low < 0 or (array.dtype.kind == "f" and not np.all(np.mod(array, 1) == 0)):
+        raise DataError(f"label values must be integers >= 0 (0 = background), got "
+                        f"{array.dtype} values in [{low}, {high}]", path)
+    return LabelMap(array.astype(label_dtype(int(high) + 1), copy=False), label.affine,
+                    label.meta)
 
 
 def _safe(name: str) -> str:

@@ -5,7 +5,7 @@ The steps are those of training, undone at the end::
     Volume (x, y, z) | (C, x, y, z)  --Preprocessing.apply-->  (C, x', y', z') float32
         --sliding window (roi_size voxels, overlap, Gaussian blend, optional mirror TTA)-->
     labels (x', y', z')  or  probabilities (K, x', y', z')
-        --Preprocessing.invert-->  Volume on the input grid (same shape, same affine)
+        --history.restore_labels / history.invert-->  on the input grid (same shape, affine)
 
 Labels come back in one of three ways:
 
@@ -42,7 +42,7 @@ from torch import nn
 from medseg.argmax import argmax_labels, label_dtype
 from medseg.errors import CheckpointError, DataError, UsageError, check_option
 from medseg.inference.precision import make_predictor
-from medseg.volume import Volume
+from medseg.volume import LabelMap, Probabilities, Volume
 
 __all__ = ["Prediction", "ModelSpec", "load_model_spec", "predict_case", "predict_volume",
            "resolve_device",
@@ -59,9 +59,9 @@ class Prediction:
 
     Attributes
     ----------
-    labels : Volume (x, y, z), uint8 when K <= 255 (else uint16), on exactly the
+    labels : LabelMap (x, y, z), uint8 when K <= 256 (else uint16), on exactly the
         input grid (same spatial shape and affine); ``meta`` is the input's.
-    probabilities : Volume (K, x, y, z) float32 softmax probabilities on the
+    probabilities : Probabilities (K, x, y, z) float32 softmax probabilities on the
         input grid (channel 0 = background), or None unless requested.
     timings_s : wall seconds of ``preprocess``, ``network`` and ``invert``.
     """
@@ -256,23 +256,25 @@ def _out_device(device: torch.device, estimate: int | None) -> torch.device:
     return torch.device("cpu")
 
 
-def _network_labels(predictor, image: torch.Tensor, kwargs: dict[str, Any], k: int | None
-                    ) -> np.ndarray:
-    """Memory-bounded path: (1, C, x', y', z') -> label map (x', y', z') via slab-wise argmax."""
+def _network_labels(predictor, image: torch.Tensor, kwargs: dict[str, Any], affine: Any
+                    ) -> LabelMap:
+    """Memory-bounded path: (1, C, x', y', z') -> LabelMap (x', y', z') via slab-wise argmax,
+    on the network grid ``affine`` (dtype: :func:`medseg.argmax.label_dtype`)."""
     from medseg.inference.sliding_window import sliding_window_argmax
 
     labels = sliding_window_argmax(predictor, image, **kwargs)
     labels = labels[0] if labels.ndim == 4 else labels
-    classes = k if k is not None else int(labels.max()) + 1
-    return labels.cpu().numpy().astype(label_dtype(classes), copy=False)
+    return LabelMap(labels.cpu().numpy(), affine)
 
 
-def _network_probabilities(predictor, image: torch.Tensor, kwargs: dict[str, Any]) -> np.ndarray:
-    """(1, C, x', y', z') -> softmax probabilities (K, x', y', z') float32 on the CPU."""
+def _network_probabilities(predictor, image: torch.Tensor, kwargs: dict[str, Any], affine: Any
+                           ) -> Probabilities:
+    """(1, C, x', y', z') -> softmax Probabilities (K, x', y', z') float32 on the CPU, on the
+    network grid ``affine``."""
     from medseg.inference.sliding_window import sliding_window
 
     logits = sliding_window(predictor, image, **kwargs)[0].float()
-    return _softmax_(logits).cpu().numpy()
+    return Probabilities(_softmax_(logits).cpu().numpy(), affine)
 
 
 def _softmax_(logits: torch.Tensor) -> torch.Tensor:
@@ -287,10 +289,10 @@ def _softmax_(logits: torch.Tensor) -> torch.Tensor:
 PROBABILITY_BUDGET_BYTES = 4 << 30
 
 
-def _interpolate_labels(record, image: torch.Tensor, num_classes: int | None,
+def _interpolate_labels(history, image: torch.Tensor, num_classes: int | None,
                         label_interp: str) -> bool:
     """Whether the label map comes back by interpolating probabilities (see ``predict_case``)."""
-    if label_interp == "nearest" or not any(e["step"] == "resample" for e in record.steps):
+    if label_interp == "nearest" or not history.resamples:
         return False
     need = None if num_classes is None else num_classes * image[0, 0].numel() * 4
     if need is not None and need <= PROBABILITY_BUDGET_BYTES:
@@ -324,7 +326,7 @@ def predict_volume(
 ) -> Volume:
     """Segment one image into a Volume on exactly the input's grid (same shape and affine).
 
-    ``output="labels"`` (default) gives the label map (x, y, z), uint8 when K <= 255,
+    ``output="labels"`` (default) gives the label map (x, y, z), uint8 when K <= 256,
     computed on the memory-bounded slab-wise path; ``output="probabilities"`` gives the
     per-class softmax probabilities (K, x, y, z) float32 (channel 0 = background).
     The other parameters are those of :func:`predict_case`, which also returns both
@@ -403,12 +405,13 @@ def predict_case(
 
     start = time.perf_counter()
     pre = Preprocessing.from_config(spec.preprocessing)
-    image_t, _, record = pre.apply(volume, None, device=dev if dev.type == "cuda" else None)
+    prepared = pre.apply(volume, None, device=dev if dev.type == "cuda" else None)
+    image_t, history = prepared.image, prepared.history
     batch = as_tensor(image_t.array)[None]  # any memory order: windows are gathered
     timings["preprocess"] = time.perf_counter() - start
     log.debug("preprocessed %s -> %s", volume.shape, tuple(batch.shape))
 
-    interp = not save_probabilities and _interpolate_labels(record, batch, spec.out_channels,
+    interp = not save_probabilities and _interpolate_labels(history, batch, spec.out_channels,
                                                             label_interp)
     kwargs = _window_kwargs(spec, overlap, tta, batch_size, dev, progress)
     estimate = _log_memory_estimate(batch, spec.out_channels, kwargs,
@@ -418,15 +421,15 @@ def predict_case(
     start = time.perf_counter()
     with torch.inference_mode():
         if save_probabilities or interp:
-            out = _network_probabilities(predictor, batch, kwargs)
+            out = _network_probabilities(predictor, batch, kwargs, image_t.affine)
         else:
-            out = _network_labels(predictor, batch, kwargs, spec.out_channels)
+            out = _network_labels(predictor, batch, kwargs, image_t.affine)
     _sync(dev)
     timings["network"] = time.perf_counter() - start
-    del batch, image_t
+    del batch, image_t, prepared
 
     start = time.perf_counter()
-    labels, probabilities = _invert(pre, out, record, volume, dev, save_probabilities)
+    labels, probabilities = _invert(history, out, volume, dev, save_probabilities)
     timings["invert"] = time.perf_counter() - start
     if spec.keep_largest if keep_largest is None else keep_largest:
         from medseg.inference.postprocess import keep_largest_component
@@ -437,19 +440,18 @@ def predict_case(
     return Prediction(labels, probabilities, timings)
 
 
-def _invert(pre, out: np.ndarray, record, volume: Volume, dev: torch.device,
-            keep_probabilities: bool) -> tuple[Volume, Volume | None]:
-    """Bring labels (x', y', z') or probabilities (K, x', y', z') back onto the input grid;
-    probabilities not kept become labels slab by slab (``kind="argmax"``)."""
+def _invert(history, out: LabelMap | Probabilities, volume: Volume, dev: torch.device,
+            keep_probabilities: bool) -> tuple[LabelMap, Probabilities | None]:
+    """Bring the network output back onto the input grid: labels by ``history.restore_labels``
+    (probabilities not kept become labels slab by slab); kept probabilities by
+    ``history.invert``, the labels being their argmax."""
     device = dev if dev.type == "cuda" else None
-    if out.ndim == 3 or not keep_probabilities:
-        kind = "label" if out.ndim == 3 else "argmax"
-        labels = pre.invert(out, record, kind=kind, device=device)
-        return Volume(labels.array, volume.affine, volume.meta), None
-    probs = pre.invert(out, record, kind="prob", device=device)
-    argmax = argmax_labels(probs.array)
-    return (Volume(argmax, volume.affine, volume.meta),
-            Volume(probs.array, volume.affine, volume.meta))
+    if isinstance(out, LabelMap) or not keep_probabilities:
+        labels = history.restore_labels(out, device)
+        return LabelMap(labels.array, volume.affine, volume.meta), None
+    probs = history.invert(out, device)
+    return (LabelMap(argmax_labels(probs.array), volume.affine, volume.meta),
+            Probabilities(probs.array, volume.affine, volume.meta))
 
 
 def _sync(device: torch.device) -> None:

@@ -5,10 +5,14 @@
 * :mod:`~medseg.transforms.intensity` -- CT window, MR z-score, percentile clip;
 * :mod:`~medseg.transforms.crop` -- crop to the foreground box and pad back;
 * :mod:`~medseg.transforms.pipeline` -- :class:`Preprocessing`, the ordered,
-  serialisable combination, with :class:`PreprocessingRecord` for inversion.
+  serialisable combination; ``apply`` returns :class:`Preprocessed` with its
+  :class:`History`;
+* :mod:`~medseg.transforms.history` -- :class:`History`, the applied steps, each
+  inverting itself as the volume's type says (LabelMap nearest, Probabilities linear).
 """
 
 from medseg.transforms.crop import foreground_bbox, uncrop
+from medseg.transforms.history import History
 from medseg.transforms.intensity import clip_percentiles, ct_window, zscore
 from medseg.transforms.orientation import (
     apply_orientation,
@@ -16,12 +20,13 @@ from medseg.transforms.orientation import (
     orientation_transform,
     reorient,
 )
-from medseg.transforms.pipeline import Preprocessing, PreprocessingRecord
+from medseg.transforms.pipeline import Preprocessed, Preprocessing
 from medseg.transforms.resample import grid_for_spacing, resample, resample_to_grid
 
 __all__ = [
+    "History",
+    "Preprocessed",
     "Preprocessing",
-    "PreprocessingRecord",
     "apply_orientation",
     "clip_percentiles",
     "ct_window",

@@ -1,7 +1,8 @@
 """Label maps from linearly resampled class probabilities, without the (K, x, y, z) array.
 
 ``resample_argmax(probabilities, shape, affine)`` is ``argmax`` over channels of
-``resample_to_grid(probabilities, shape, affine, "linear")``: how nnU-Net brings a
+``resample_to_grid(probabilities, shape, affine)`` (linear: they are
+:class:`~medseg.volume.Probabilities`): how nnU-Net brings a
 segmentation back from a coarser network grid (interpolating the probabilities, not
 the labels; nearest-neighbour labels are blocky). Our own implementation: the
 obvious one interpolates all K channels at every output voxel, which took 7.4 s for
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 
 from medseg.argmax import argmax_channels, label_dtype
+from medseg.errors import UsageError
 from medseg.transforms.resample import (
     _axis_order,
     _index_map,
@@ -42,7 +44,7 @@ from medseg.transforms.resample import (
     _triple,
     as_tensor,
 )
-from medseg.volume import Volume
+from medseg.volume import LabelMap, Probabilities
 
 __all__ = ["resample_argmax"]
 
@@ -81,19 +83,40 @@ class _Axis:
 
 
 def resample_argmax(
-    volume: Volume,
+    probabilities: Probabilities,
     shape: Sequence[int],
     affine: np.ndarray,
     device: str | torch.device | None = None,
     slab: int = 16,
-) -> Volume:
-    """Labels (x, y, z) = argmax over channels of ``volume`` (K, x', y', z') linearly
-    resampled onto ``(shape, affine)`` (module docstring), as :func:`medseg.argmax.label_dtype`
-    (uint8, uint16 above 255 classes), like every label map medseg returns."""
+) -> LabelMap:
+    """Labels = argmax over channels of ``probabilities`` linearly resampled onto a grid.
+
+    Parameters
+    ----------
+    probabilities : (K, x', y', z') class probabilities.
+    shape : (x, y, z) voxels of the target grid.
+    affine : (4, 4) target voxel -> RAS+ mm, with the source's axis directions.
+    device : where the work runs (e.g. ``"cuda"``); the result comes back as NumPy.
+    slab : output z-slices done at a time (module docstring).
+
+    Returns
+    -------
+    LabelMap (x, y, z) on exactly ``(shape, affine)``, of :func:`medseg.argmax.label_dtype`
+    (uint8 up to 256 classes, uint16 above), like every label map medseg returns; computed
+    in int32 above 256 classes (torch has no uint16 indexed writes on the CPU).
+
+    Raises
+    ------
+    UsageError : ``probabilities`` is not a :class:`~medseg.volume.Probabilities`.
+    """
+    if not isinstance(probabilities, Probabilities):
+        raise UsageError(
+            f"resample_argmax needs Probabilities (K, x, y, z), got {type(probabilities).__name__}"
+        )
     shape = _triple(shape, "shape", int)
     affine = np.asarray(affine, dtype=np.float64)
-    scale, offset = _index_map(volume.affine, affine)
-    probs = as_tensor(volume.array)
+    scale, offset = _index_map(probabilities.affine, affine)
+    probs = as_tensor(probabilities.array)
     probs = probs.to(device) if device is not None else probs
     if not probs.is_floating_point():
         probs = probs.to(torch.float32)
@@ -102,7 +125,7 @@ def resample_argmax(
                  for a in range(3)]
     axes = [_Axis.build(positions[a], sizes[a]) for a in range(3)]
     order = _axis_order(shape, sizes)
-    dtype = torch.uint8 if k <= 256 else torch.int16
+    dtype = torch.uint8 if label_dtype(k) == np.uint8 else torch.int32  # work dtype
     coarse = argmax_channels(probs, torch.empty(sizes, dtype=dtype, device=probs.device))
     uniform = _uniform_cells(coarse, [ax.span for ax in axes])
     labels = torch.empty(shape, dtype=dtype, device=probs.device)
@@ -121,7 +144,8 @@ def resample_argmax(
             voxel = (idx[:, 0], idx[:, 1], z[idx[:, 2]])
             values = _interpolate(probs, axes, order, voxel)
             out[idx[:, 0], idx[:, 1], idx[:, 2]] = values.argmax(dim=0).to(dtype)
-    return Volume(labels.cpu().numpy().astype(label_dtype(k), copy=False), affine, volume.meta)
+    array = labels.cpu().numpy().astype(label_dtype(k), copy=False)
+    return LabelMap(array, affine, probabilities.meta)
 
 
 def _separable_slab(probs: torch.Tensor, positions: list[torch.Tensor], order: list[int],

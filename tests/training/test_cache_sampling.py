@@ -37,7 +37,8 @@ def test_cache_matches_preprocessing_and_is_reused(msd_dataset, tmp_path):
     pre = Preprocessing.from_config(PRE)
     cached = cache_case(case, pre, tmp_path / "cache")
     image, label = read_case(case)
-    image_t, label_t, _ = pre.apply(image, label)
+    out = pre.apply(image, label)
+    image_t, label_t = out.image, out.label
     assert isinstance(cached.image, np.memmap) and cached.image.dtype == np.float32
     np.testing.assert_array_equal(np.asarray(cached.image), image_t.array)
     np.testing.assert_array_equal(np.asarray(cached.label), label_t.array)
@@ -60,6 +61,25 @@ def test_cache_matches_preprocessing_and_is_reused(msd_dataset, tmp_path):
     # no temporary files left behind, and entries reopen from meta.json alone
     assert not [p for p in (tmp_path / "cache").rglob("*") if ".tmp" in p.name]
     assert CachedCase.open(cached.folder).classes == cached.classes
+
+
+def test_cache_stores_float_label_files_as_integer_labels(msd_dataset, tmp_path):
+    """Label files stored as floats (common) are cached as uint8 (medseg.argmax.label_dtype)
+    with the same values; non-integer values are refused, naming the file."""
+    from medseg.errors import DataError
+    from medseg.io import read_volume, write_volume
+
+    case = load_manifest(msd_dataset).cases[0]
+    original = read_volume(case.label)
+    write_volume(original.with_array(original.array.astype(np.float32)), case.label)
+    assert read_volume(case.label).array.dtype == np.float32
+    cached = cache_case(case, Preprocessing.from_config(PRE), tmp_path / "cache")
+    assert cached.label.dtype == np.uint8
+    np.testing.assert_array_equal(np.asarray(cached.label), original.array)  # RAS, no resampling
+    write_volume(original.with_array(original.array * np.float32(1.5)), case.label)
+    with pytest.raises(DataError, match=r"integers >= 0 .*float32 values in \[0\.0, ") as err:
+        cache_case(case, Preprocessing.from_config(PRE), tmp_path / "cache")
+    assert err.value.path == str(case.label)
 
 
 def test_crop_padded_by_hand():

@@ -5,7 +5,7 @@ import scipy.ndimage as ndi
 from medseg.data.phantom import make_phantom
 from medseg.errors import GeometryError, UsageError
 from medseg.transforms import grid_for_spacing, resample, resample_to_grid
-from medseg.volume import Volume, affine_from
+from medseg.volume import LabelMap, Probabilities, Volume, affine_from
 
 
 @pytest.mark.parametrize("orientation,oblique", [("RAS", 0.0), ("LPS", 0.0), ("LPS", 30.0)])
@@ -125,11 +125,12 @@ def test_resample_argmax_equals_full_resampling_then_argmax(spacing, slab):
     from medseg.transforms.resample_argmax import resample_argmax
 
     rng = np.random.default_rng(0)
-    probs = Volume(rng.random((5, 17, 13, 11)).astype(np.float32),
+    probs = Probabilities(rng.random((5, 17, 13, 11)).astype(np.float32),
                    affine_from((3.0, 2.5, 4.0), "LPS", (4.0, -2.0, 7.0)))
     shape, affine = grid_for_spacing(probs.spatial_shape, probs.affine, spacing)
     full = resample_to_grid(probs, shape, affine, "linear").array
     out = resample_argmax(probs, shape, affine, slab=slab)
+    assert isinstance(out, LabelMap)
     assert out.array.dtype == np.uint8 and out.spatial_shape == tuple(shape)
     np.testing.assert_array_equal(out.affine, affine)
     np.testing.assert_array_equal(out.array, full.argmax(axis=0))
@@ -147,7 +148,7 @@ def test_resample_argmax_interpolates_only_near_boundaries(spacing, monkeypatch)
     centres = np.array([[3, 3, 3], [16, 4, 12], [5, 14, 10], [12, 12, 2]], np.float32)
     logits = -np.stack([np.linalg.norm(grid - c[:, None, None, None], axis=0) for c in centres])
     probs = np.exp(logits) / np.exp(logits).sum(axis=0)
-    vol = Volume(probs.astype(np.float32), affine_from((3.0, 2.5, 4.0), "RAS"))
+    vol = Probabilities(probs.astype(np.float32), affine_from((3.0, 2.5, 4.0), "RAS"))
     shape, affine = grid_for_spacing(vol.spatial_shape, vol.affine, spacing)
     seen = []
     original = module._interpolate
@@ -161,15 +162,42 @@ def test_resample_argmax_interpolates_only_near_boundaries(spacing, monkeypatch)
 
 
 def test_resample_argmax_label_dtype_follows_predict_contract():
-    """uint8 up to 255 classes, uint16 above (medseg.argmax.label_dtype), whichever path."""
+    """uint8 up to 256 classes (labels 0..255), uint16 above (medseg.argmax.label_dtype),
+    whichever path; the top label survives (no wrap to 0)."""
     from medseg.transforms.resample_argmax import resample_argmax
 
     rng = np.random.default_rng(2)
-    for k, dtype in ((255, np.uint8), (257, np.uint16)):
-        probs = Volume(rng.random((k, 6, 5, 4)).astype(np.float32),
-                       affine_from((2.0, 2.0, 2.0), "RAS"))
+    for k, dtype in ((255, np.uint8), (256, np.uint8), (257, np.uint16)):
+        array = rng.random((k, 6, 5, 4)).astype(np.float32)
+        array[k - 1, 2:, :, :] = 2.0  # class k - 1 wins over half the volume
+        probs = Probabilities(array, affine_from((2.0, 2.0, 2.0), "RAS"))
         shape, affine = grid_for_spacing(probs.spatial_shape, probs.affine, (1.0, 1.5, 1.0))
         out = resample_argmax(probs, shape, affine)
         full = resample_to_grid(probs, shape, affine, "linear").array.argmax(axis=0)
-        assert out.array.dtype == dtype
+        assert out.array.dtype == dtype and out.array.max() == k - 1
         np.testing.assert_array_equal(out.array, full)
+    with pytest.raises(UsageError, match="needs Probabilities"):
+        resample_argmax(Volume(array, probs.affine), shape, affine)
+
+
+def test_type_decides_the_mode_and_is_kept():
+    """No mode: a LabelMap is resampled nearest, Probabilities (and plain Volumes) linearly;
+    the result keeps the type; a LabelMap refuses an interpolating mode."""
+    case = make_phantom((20, 18, 12), (2.0, 2.0, 3.0), "LPS", seed=3)
+    shape, affine = grid_for_spacing(case.label.spatial_shape, case.label.affine, (1.3, 1.7, 2.2))
+    labels = LabelMap(case.label.array, case.label.affine)
+    out = resample_to_grid(labels, shape, affine)
+    assert type(out) is LabelMap
+    np.testing.assert_array_equal(
+        out.array, resample_to_grid(case.label, shape, affine, "nearest").array)
+    probs = Probabilities(case.label.array[None].astype(np.float32), case.label.affine)
+    linear = resample_to_grid(probs, shape, affine)
+    assert type(linear) is Probabilities
+    np.testing.assert_array_equal(
+        linear.array, resample_to_grid(Volume(probs.array, probs.affine), shape, affine,
+                                       "linear").array)
+    assert not np.array_equal(linear.array[0], out.array)
+    assert type(resample(labels, (3.0, 3.0, 3.0))) is LabelMap
+    with pytest.raises(UsageError, match="LabelMap is resampled by nearest neighbour, got mode "
+                                         "'linear'"):
+        resample_to_grid(labels, shape, affine, "linear")
