@@ -85,23 +85,26 @@ def compare(label: str, net, x: torch.Tensor, mask: torch.Tensor | None = None, 
             agreement: bool = True) -> torch.Tensor:
     """Time medseg's and MONAI's sliding window on ``x``; print the ratio; return MONAI's output.
 
-    ``amp``: medseg runs ``net`` through ``make_predictor(amp=True)``; ``monai_autocast``:
+    ``amp``: medseg runs ``net`` under ``Runtime.resolve(device, amp=True)``; ``monai_autocast``:
     MONAI runs under the same autocast. Agreement is against ``reference`` when given
     (not printed when ``agreement`` is False: the two do not compute the same thing).
     One warm-up run of each is not timed.
     """
     from monai.inferers import sliding_window_inference
 
+    from medseg.card import WindowSettings
     from medseg.inference import sliding_window
-    from medseg.inference.precision import autocast_dtype, make_predictor
+    from medseg.inference.precision import make_predictor
+    from medseg.runtime import Runtime
 
     device = x.device
-    ours_net = make_predictor(net, device, amp=True) if amp else net
-    dtype = autocast_dtype(device, True) if monai_autocast else None
+    runtime = Runtime.resolve(device, amp=True)
+    ours_net = make_predictor(net, runtime) if amp else net
+    dtype = runtime.autocast_dtype if monai_autocast else None
+    window = WindowSettings(ROI, OVERLAP, "gaussian", batch_size=4)
 
     def ours():
-        return sliding_window(ours_net, x, ROI, OVERLAP, "gaussian", batch_size=4,
-                              skip_empty=mask)
+        return sliding_window(ours_net, x, window, skip_empty=mask)
 
     def theirs():
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
@@ -149,6 +152,7 @@ def free_predictor(x: torch.Tensor, classes: int):
 
 def memory_child() -> None:
     """Slab-wise argmax at 512x512x600, 15 classes; prints JSON with peak RSS and estimate."""
+    from medseg.card import WindowSettings
     from medseg.inference import estimate_peak_memory, sliding_window_argmax
 
     shape = (1, 1, 512, 512, 600)
@@ -161,7 +165,7 @@ def memory_child() -> None:
     x = torch.linspace(-1, 1, 600).expand(shape).contiguous()
     estimate = estimate_peak_memory(shape, 15, ROI, 4, torch.float32, "labels")
     t0 = time.perf_counter()
-    labels = sliding_window_argmax(net, x, ROI, OVERLAP, batch_size=4)
+    labels = sliding_window_argmax(net, x, WindowSettings(ROI, OVERLAP, batch_size=4))
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"peak_rss": peak, "estimate": estimate, "seconds": seconds,
@@ -180,7 +184,7 @@ def main() -> None:
     from medseg.data.phantom import make_phantom
 
     net, name = build_net(args.model, args.device)
-    from medseg.inference.precision import cpu_has_native_bf16
+    from medseg.runtime import Runtime, cpu_has_native_bf16
 
     print(f"network: {name}; device {args.device}, torch threads {torch.get_num_threads()}, "
           f"native CPU bf16 {cpu_has_native_bf16()}; "
@@ -193,7 +197,7 @@ def main() -> None:
     reference = compare("plain fp32", net, x)
     compare("stitching alone (free predictor)", free_predictor(x, 6), x, runs=5,
             agreement=False)
-    amp = "fp16" if args.device.startswith("cuda") else "bf16"
+    amp = Runtime.resolve(args.device, amp=True).precision
     compare(f"AMP: medseg {amp}, MONAI fp32", net, x, amp=True, reference=reference)
     compare(f"AMP: both {amp}", net, x, amp=True, monai_autocast=True, reference=reference)
     body = torch.from_numpy(hu > -500).to(args.device)

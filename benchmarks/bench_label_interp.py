@@ -34,12 +34,14 @@ SHAPE = (192, 192, 144)  # the training phantoms' 64 x 64 x 48 field of view at 
 
 def train_checkpoint(run_dir: Path, minutes: float) -> Path:
     from medseg.config import load_config
+    from medseg.runtime import Runtime
     from medseg.training.loop import TrainOptions, train
 
     cfg = load_config(REPO / "pipelines" / "phantom_quick.yaml",
                       [f"preprocessing.spacing_mm={NETWORK_SPACING}"])
     t0 = time.perf_counter()
-    result = train(cfg, run_dir, TrainOptions(device="cpu", progress=False, max_minutes=minutes))
+    result = train(cfg, run_dir, TrainOptions(progress=False, max_minutes=minutes),
+                   Runtime.resolve("cpu", cfg.train.amp))
     print(f"trained {run_dir} in {time.perf_counter() - t0:.0f} s")
     return Path(result.run_dir) / "best.safetensors"
 
@@ -47,15 +49,16 @@ def train_checkpoint(run_dir: Path, minutes: float) -> Path:
 def score(checkpoint: Path, label_interp: str) -> tuple[np.ndarray, float]:
     """(metric, label) means over the four cases (rows dice, hd95, assd), and the seconds."""
     from medseg.data.phantom import make_phantom
-    from medseg.inference.predict import predict_case
+    from medseg.inference.predict import PredictOptions, predict_case
     from medseg.metrics import evaluate_arrays
+    from medseg.runtime import Runtime
 
     rows, seconds = [], 0.0
     for seed in range(100, 104):
         case = make_phantom(SHAPE, FINE, seed=seed, noise_hu=20)
         t0 = time.perf_counter()
-        labels = predict_case(checkpoint, case.image, device="cpu",
-                              label_interp=label_interp).labels.array
+        labels = predict_case(checkpoint, case.image, PredictOptions(label_interp=label_interp),
+                              Runtime.resolve("cpu")).labels.array
         seconds += time.perf_counter() - t0
         result = evaluate_arrays(labels, case.label.array, FINE)
         rows.append([[result[k][m] for k in sorted(result)]

@@ -20,8 +20,8 @@ Run::
     OMP_NUM_THREADS=1 python benchmarks/bench_predict.py [--shape 512 512 300] [--device cpu]
         [--amp] [--label-interp linear|nearest]
 
-``--amp`` runs the network in mixed precision (bf16 on the CPU, fp16 on CUDA; see
-``medseg.inference.precision``); the default is medseg's (fp32 on the CPU).
+``--amp`` runs the network in mixed precision (bf16 on the CPU, bf16/fp16 on CUDA; see
+``medseg.runtime``); the default is medseg's (fp32 on the CPU).
 ``--label-interp nearest`` brings labels back by nearest neighbour instead of
 interpolating probabilities (``medseg.transforms.resample_argmax``). With these random
 weights the predicted classes change from voxel to voxel, so every cell is a boundary:
@@ -53,23 +53,27 @@ def save_model(path: Path, classes: int, roi: list[int], overlap: float, **net) 
     from medseg import models
     from medseg.checkpoint import save_checkpoint
 
+    from medseg.card import ModelCard, NetworkSpec, WindowSettings
+
     model = models.create("unet3d", 1, classes, seed=0, **net)
-    meta = {"label_names": {str(k): f"class_{k}" for k in range(1, classes)},
-            "preprocessing": PREPROCESSING, "inference": {"roi_size": roi, "overlap": overlap}}
-    return save_checkpoint(path, model, meta)
+    card = ModelCard(NetworkSpec.of(model), PREPROCESSING,
+                     {k: f"class_{k}" for k in range(1, classes)},
+                     WindowSettings(tuple(roi), overlap))
+    return save_checkpoint(path, model, card)
 
 
 def child(image: str, checkpoint: str, out: str, device: str, amp: bool | None,
           label_interp: str) -> None:
     """Read -> predict -> write one case; print the stage times and peak RSS as JSON."""
-    from medseg.inference.predict import predict_case
+    from medseg.inference.predict import PredictOptions, predict_case
     from medseg.io import read_volume, write_volume
+    from medseg.runtime import Runtime
 
     t0 = time.perf_counter()
     volume = read_volume(image)
     read_s = time.perf_counter() - t0
-    result = predict_case(checkpoint, volume, device=device, amp=amp,
-                          label_interp=label_interp)
+    result = predict_case(checkpoint, volume, PredictOptions(label_interp=label_interp),
+                          Runtime.resolve(device, amp))
     t0 = time.perf_counter()
     write_volume(result.labels, out)
     write_s = time.perf_counter() - t0

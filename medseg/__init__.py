@@ -4,7 +4,9 @@ Public API (imported lazily so ``import medseg`` stays cheap)::
 
     medseg.Volume, medseg.read_volume, medseg.write_volume
     medseg.MedsegError
-    medseg.predict_volume            (inference)
+    medseg.predict_volume, medseg.PredictOptions   (inference)
+    medseg.ModelCard, medseg.WindowSettings        (what a trained model needs)
+    medseg.Runtime                                 (device, precision, torchrun rank)
     medseg.metrics.evaluate_arrays   (evaluation)
 
 Arrays are indexed (x, y, z), channel first when present; affines map voxel
@@ -24,10 +26,15 @@ _LAZY = {
     "write_volume": "medseg.io",
     "MedsegError": "medseg.errors",
     "predict_volume": "medseg.inference",
+    "PredictOptions": "medseg.inference.predict",
+    "ModelCard": "medseg.card",
+    "WindowSettings": "medseg.card",
+    "Runtime": "medseg.runtime",
 }
 _SUBMODULES = {
     "io", "metrics", "models", "losses", "transforms", "data", "inference",
     "evaluation", "training", "checkpoint", "config", "report", "errors", "volume",
+    "card", "runtime",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

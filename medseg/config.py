@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-from medseg.errors import ConfigError, check_option, closest
+from medseg.card import ModelCard, NetworkSpec, Postprocess, WindowSettings
+from medseg.errors import ConfigError, UsageError, check_option, closest
 
 __all__ = [
     "DataConfig",
@@ -120,8 +121,9 @@ class TrainConfig:
     ``foreground_ratio`` (nnU-Net oversampling: that share of patches is centred
     on a random foreground voxel, the rest anywhere). ``lr`` is the peak learning
     rate; ``schedule`` decays it per iteration (``poly``: (1 - t)^0.9, ``cosine``).
-    ``amp`` uses bf16 autocast where the GPU supports it, else fp16 with a grad
-    scaler; it is ignored on the CPU. ``val_every`` in epochs.
+    ``amp``: mixed precision, the policy of :mod:`medseg.runtime` (null = auto: bf16 or
+    fp16 on GPUs, fp32 on the CPU; true also runs bf16 on the CPU; false fp32);
+    ``medseg train --amp/--no-amp`` overrides it. ``val_every`` in epochs.
     """
 
     epochs: int = 100
@@ -136,7 +138,7 @@ class TrainConfig:
     poly_exponent: float = 0.9
     warmup_iterations: int = 0
     grad_clip: float | None = 12.0
-    amp: bool = True
+    amp: bool | None = None
     val_every: int = 1
     foreground_ratio: float = 0.33
     class_probabilities: list[float] | None = None
@@ -149,16 +151,22 @@ class TrainConfig:
 
 @dataclass
 class InferenceConfig:
-    """Sliding window: ``roi_size`` in voxels (x, y, z), ``overlap`` in [0, 1).
+    """How the trained model predicts: the card's window and post-processing settings.
 
-    ``keep_largest``: predictions keep only the largest connected component of each
-    label (for organs that are one piece); stored in the checkpoint for ``predict``.
+    Every key here is stored in the checkpoint's :class:`~medseg.card.ModelCard` and used
+    by validation and ``medseg predict``: ``roi_size`` in voxels (x, y, z; default the
+    training patch size), ``overlap`` in [0, 1), ``batch_size`` windows per network call,
+    ``blend`` (gaussian or constant), ``mirror_axes`` mirrored for test-time
+    augmentation by default (``[]``: none; ``medseg predict --tta/--no-tta`` overrides),
+    and ``keep_largest``: keep only the largest connected component of each label (for
+    organs that are one piece).
     """
 
     roi_size: list[int] | None = None
     overlap: float = 0.5
     batch_size: int = 4
     blend: str = "gaussian"
+    mirror_axes: list[int] = field(default_factory=list)
     keep_largest: bool = False
 
 
@@ -187,17 +195,23 @@ class PipelineConfig:
         out.pop("source", None)
         return out
 
-    @property
-    def roi_size(self) -> list[int]:
-        """Inference window in voxels: ``inference.roi_size`` or the training patch size."""
-        return list(self.inference.roi_size or self.train.patch_size)
+    def window(self) -> WindowSettings:
+        """The sliding-window settings of ``inference`` (roi: the patch size by default)."""
+        i = self.inference
+        return WindowSettings(tuple(i.roi_size or self.train.patch_size), i.overlap, i.blend,
+                              i.batch_size, tuple(i.mirror_axes))
+
+    def model_card(self, network: NetworkSpec, labels: Mapping[int, str]) -> ModelCard:
+        """The card of a model trained with this config: ``network`` (the built model's
+        spec) and ``labels`` (value -> name) come from the data; the rest from here."""
+        return ModelCard(network, dict(self.preprocessing), dict(labels), self.window(),
+                         Postprocess(self.inference.keep_largest))
 
 
 # -- validation --------------------------------------------------------------------------------
 _CHOICES = {
     ("train", "optimizer"): ("adamw", "sgd"),
     ("train", "schedule"): ("poly", "cosine", "constant"),
-    ("inference", "blend"): ("gaussian", "constant"),
 }
 
 
@@ -305,11 +319,10 @@ def _check_values(cfg: PipelineConfig, source: str | None) -> None:
         _require(min(probs) >= 0 and abs(sum(probs) - 1.0) < 1e-6, "train.class_probabilities",
                  probs, "non-negative numbers summing to 1", source)
     _require(t.num_workers >= 0, "train.num_workers", t.num_workers, ">= 0", source)
-    overlap = cfg.inference.overlap
-    _require(0.0 <= overlap < 1.0, "inference.overlap", overlap, "a value in [0, 1)", source)
-    if cfg.inference.roi_size is not None:
-        _require(len(cfg.inference.roi_size) == 3 and min(cfg.inference.roi_size) > 0,
-                 "inference.roi_size", cfg.inference.roi_size, "three positive voxel counts", source)
+    try:
+        cfg.window()
+    except UsageError as exc:
+        raise ConfigError(f"inference: {exc.message}", source) from None
     d = cfg.data
     if (d.manifest is None) == (d.phantom is None):
         raise ConfigError("data needs exactly one of 'data.manifest' (a dataset.json or CSV "

@@ -197,8 +197,9 @@ def _remove_stale(folder: Path, keep: Sequence[str]) -> None:
 
 
 # -- time budget -------------------------------------------------------------------------------
-def measure_step_seconds(cfg, device: str, steps: int = 3, warmup: int = 2) -> float:
-    """Median wall seconds of one optimiser step of ``cfg``'s network on ``device``.
+def measure_step_seconds(cfg, runtime, steps: int = 3, warmup: int = 2) -> float:
+    """Median wall seconds of one optimiser step of ``cfg``'s network under ``runtime``
+    (:class:`medseg.runtime.Runtime`: its device and precision, as training will run).
 
     Random patches of ``train.patch_size`` and ``train.batch_size``; the first
     ``warmup`` steps (kernel selection, allocations) are left out, and they warm
@@ -211,7 +212,7 @@ def measure_step_seconds(cfg, device: str, steps: int = 3, warmup: int = 2) -> f
     from medseg.data.phantom import LABEL_NAMES
     from medseg.training.optim import make_optimizer
 
-    dev = torch.device(device)
+    dev = runtime.device
     rng_state = torch.get_rng_state()
     model = models.create(cfg.model.name, in_channels=1, out_channels=len(LABEL_NAMES) + 1,
                           **cfg.model.kwargs).to(dev)
@@ -220,12 +221,11 @@ def measure_step_seconds(cfg, device: str, steps: int = 3, warmup: int = 2) -> f
     t = cfg.train
     image = torch.randn(t.batch_size, 1, *t.patch_size, device=dev)
     label = torch.randint(0, len(LABEL_NAMES) + 1, (t.batch_size, *t.patch_size), device=dev)
-    amp = dev.type == "cuda" and t.amp
     times = []
     for _ in range(warmup + steps):
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+        with runtime.autocast():
             loss = loss_fn(model(image).float(), label)
         loss.backward()
         optimizer.step()
@@ -258,10 +258,10 @@ def plan_training(step_s: float, budget_s: float, epochs: int, iterations_per_ep
     return n_epochs, total // n_epochs
 
 
-def _budget_config(cfg, manifest: Path, device: str, minutes: float) -> tuple[Any, float]:
+def _budget_config(cfg, manifest: Path, runtime, minutes: float) -> tuple[Any, float]:
     """A copy of ``cfg`` reading ``manifest``, with epochs fitted to ``minutes`` of training."""
     start = time.perf_counter()
-    step_s = measure_step_seconds(cfg, device)
+    step_s = measure_step_seconds(cfg, runtime)
     budget_s = minutes * 60.0 - (time.perf_counter() - start)
     t = cfg.train
     epochs, per_epoch = plan_training(step_s, max(budget_s, 1e-3), t.epochs,
@@ -270,17 +270,17 @@ def _budget_config(cfg, manifest: Path, device: str, minutes: float) -> tuple[An
                                 val_every=max(1, math.ceil(epochs / 4)))
     data = dataclasses.replace(cfg.data, manifest=str(manifest), phantom=None)
     log.info("training budget %.1f min: %.2f s per step on %s -> %d epochs x %d steps "
-             "(config: %d x %d)", minutes, step_s, device, epochs, per_epoch, t.epochs,
+             "(config: %d x %d)", minutes, step_s, runtime, epochs, per_epoch, t.epochs,
              t.iterations_per_epoch)
     return dataclasses.replace(cfg, data=data, train=train), step_s
 
 
 # -- stages ------------------------------------------------------------------------------------
-def _train(cfg, run_dir: Path, device: str, progress: bool, max_minutes: float) -> Path:
+def _train(cfg, run_dir: Path, runtime, progress: bool, max_minutes: float) -> Path:
     from medseg.training import TrainOptions, train
 
-    result = train(cfg, run_dir, TrainOptions(device=device, progress=progress,
-                                              max_minutes=max_minutes))
+    result = train(cfg, run_dir, TrainOptions(progress=progress, max_minutes=max_minutes),
+                   runtime)
     best = run_dir / "best.safetensors"
     checkpoint = best if best.is_file() else run_dir / "last.safetensors"
     log.info("trained %d epochs; checkpoint %s (epoch %d, validation Dice %.4f)", result.epoch,
@@ -288,22 +288,15 @@ def _train(cfg, run_dir: Path, device: str, progress: bool, max_minutes: float) 
     return checkpoint
 
 
-def _predict(checkpoint: Path, images: Path, out: Path, device: str, progress: bool) -> Path:
-    """Segment every image of ``images`` into ``out/<case>.nii.gz``."""
-    import torch
-    from tqdm.auto import tqdm
+def _predict(checkpoint: Path, images: Path, out: Path, runtime) -> Path:
+    """Segment every image of ``images`` into ``out/<case>.nii.gz`` (``medseg predict``'s way)."""
+    from medseg.inference.batch import predict_cases
+    from medseg.inference.predict import PredictOptions
 
-    from medseg.inference.predict import load_model_spec, predict_case
-    from medseg.io import read_volume, write_volume
-
-    spec = load_model_spec(checkpoint, torch.device(device))
-    files = sorted(images.glob("*.nii.gz"))
     out.mkdir(parents=True, exist_ok=True)
-    _remove_stale(out, [p.name[: -len(".nii.gz")] for p in files])
-    for path in tqdm(files, desc="predict", unit="case", disable=not progress, leave=False):
-        result = predict_case(spec, read_volume(path), device=device)
-        write_volume(result.labels, out / path.name)
-    log.info("predicted %d test cases into %s", len(files), out)
+    _remove_stale(out, [p.name[: -len(".nii.gz")] for p in images.glob("*.nii.gz")])
+    written = predict_cases(checkpoint, images, out, PredictOptions(), runtime)
+    log.info("predicted %d test cases into %s", len(written), out)
     return out
 
 
@@ -314,14 +307,6 @@ def _scores(summary: dict[str, Any]) -> tuple[list[LabelScore], float | None]:
         for key, group in summary["labels"].items()
     ]
     return scores, summary["overall"]["metrics"]["dice"]["mean"]
-
-
-def _resolve_device(device: str) -> str:
-    from medseg.inference.predict import resolve_device
-
-    if str(device) not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
-        raise UsageError(f"device {device!r}: expected auto, cpu, cuda or cuda:N")
-    return str(resolve_device(device))
 
 
 def run_demo(
@@ -361,17 +346,18 @@ def run_demo(
         raise UsageError(f"n_test must be an integer >= 1, got {n_test!r}")
     progress = sys.stderr.isatty() if progress is None else bool(progress)
     out = Path(out_dir)
-    device = _resolve_device(device)
+    from medseg.runtime import Runtime
+
     cfg = _load_config(config, overrides)
+    runtime = Runtime.resolve(device, cfg.train.amp)
     clock = _Clock()
 
     manifest = write_cohort(cfg.data.phantom, n_test, out / "data", progress)
     clock.lap("data")
-    train_cfg, _ = _budget_config(cfg, manifest, device, float(minutes))
-    checkpoint = _train(train_cfg, out / "run", device, progress, float(minutes))
+    train_cfg, _ = _budget_config(cfg, manifest, runtime, float(minutes))
+    checkpoint = _train(train_cfg, out / "run", runtime, progress, float(minutes))
     clock.lap("training")
-    predictions = _predict(checkpoint, out / "data" / "imagesTs", out / "predictions", device,
-                           progress)
+    predictions = _predict(checkpoint, out / "data" / "imagesTs", out / "predictions", runtime)
     clock.lap("prediction")
     result = _evaluate_and_report(out, manifest, predictions)
     clock.lap("evaluation and report")
@@ -381,7 +367,7 @@ def run_demo(
         predictions=predictions, results_csv=result["results"],
         summary_csv=result["results"].with_name("summary.csv"),
         summary_json=result["results"].with_name("summary.json"), report=result["report"],
-        device=device, epochs=train_cfg.train.epochs,
+        device=str(runtime.device), epochs=train_cfg.train.epochs,
         iterations=train_cfg.train.epochs * train_cfg.train.iterations_per_epoch,
         scores=scores, mean_dice=mean_dice, seconds=clock.total(),
     )

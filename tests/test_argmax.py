@@ -6,6 +6,7 @@ import torch
 
 from medseg.argmax import argmax_channels, argmax_labels, label_dtype, torch_label_dtype
 from medseg.errors import UsageError
+from medseg.card import WindowSettings
 from medseg.inference import sliding_window_argmax
 
 
@@ -32,7 +33,7 @@ def test_numpy_and_torch_paths_agree_at_the_threshold(k, dtype):
     scores[0, k - 1, :4] += 2.0  # the top class wins in part of the volume
     scores[0, 1, 6:] += 2.0
     image = torch.from_numpy(scores)
-    labels_t = sliding_window_argmax(lambda x: x, image, (9, 7, 6), overlap=0.0)[0]
+    labels_t = sliding_window_argmax(lambda x: x, image, WindowSettings((9, 7, 6), 0.0))[0]
     labels_np = argmax_labels(scores[0])
     assert labels_t.dtype == torch_label_dtype(k) and labels_np.dtype == dtype
     assert labels_t.numpy().dtype == dtype

@@ -28,19 +28,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument("--overlap", type=float, default=None,
                         help="sliding-window overlap in [0, 1) (default: the checkpoint's)")
-    parser.add_argument("--tta", action="store_true", help="mirror test-time augmentation (8x)")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="mirroring test-time augmentation (up to 8x the time); default: "
+                             "as the checkpoint's inference.mirror_axes say (none unless "
+                             "trained with them)")
     parser.add_argument("--save-probabilities", action="store_true",
                         help="also write <case>_probabilities.nii.gz (K channels, float32)")
-    parser.add_argument("--batch-size", type=int, default=4, help="windows per network call")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="windows per network call (default: the checkpoint's)")
     parser.add_argument("--preview", action="store_true",
                         help="also write <case>_preview.png (needs matplotlib)")
     parser.add_argument("--keep-largest", action=argparse.BooleanOptionalAction, default=None,
                         help="keep only the largest connected component of each label "
                              "(default: as the checkpoint says)")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                        help="mixed precision: fp16 on CUDA, bf16 on the CPU (about 2x faster "
-                             "on CPUs with AVX-512 BF16/AMX, slower elsewhere); default: on "
-                             "for CUDA, off (exact fp32) on the CPU")
+                        help="mixed precision (medseg.runtime's table): bf16/fp16 on CUDA, "
+                             "bf16 on the CPU (about 2x faster on CPUs with AVX-512 BF16/AMX, "
+                             "slower elsewhere); default: on for CUDA, off (exact fp32) on "
+                             "the CPU")
     parser.add_argument("--label-interp", choices=["linear", "nearest"], default="linear",
                         help="when the checkpoint resamples the image: bring the label map "
                              "back by interpolating class probabilities (linear, default, as "
@@ -50,11 +55,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medseg.inference.batch import predict_cases
+    import sys
 
-    predict_cases(args.model, args.input, args.output, device=args.device,
-                  overlap=args.overlap, tta=args.tta, batch_size=args.batch_size,
-                  save_probabilities=args.save_probabilities, preview=args.preview,
-                  series=args.series, keep_largest=args.keep_largest, amp=args.amp,
-                  label_interp=args.label_interp)
+    from medseg.inference.batch import predict_cases
+    from medseg.inference.predict import PredictOptions
+    from medseg.runtime import Runtime
+
+    runtime = Runtime.resolve(args.device, args.amp)
+    options = PredictOptions(
+        overlap=args.overlap, batch_size=args.batch_size, tta=args.tta,
+        keep_largest=args.keep_largest, save_probabilities=args.save_probabilities,
+        label_interp=args.label_interp, progress=sys.stderr.isatty() and not args.quiet,
+    )
+    predict_cases(args.model, args.input, args.output, options, runtime, preview=args.preview,
+                  series=args.series)
     return 0

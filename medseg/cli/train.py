@@ -21,8 +21,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="SECTION.KEY=VALUE",
                         help="override a config value (YAML-parsed), e.g. --set train.lr=3e-4; "
                              "repeatable")
-    parser.add_argument("--device", default=None,
-                        help="cpu, cuda or cuda:N (default: the GPU when present)")
+    parser.add_argument("--device", default="auto",
+                        help="auto (default: CUDA when available), cpu, cuda or cuda:N")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                        help="mixed precision (medseg.runtime's table; default: train.amp of "
+                             "the config, auto = bf16/fp16 on CUDA, fp32 on the CPU)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--max-minutes", type=float, default=None, metavar="MIN",
                         help="wall-clock budget: stop (validate and save) after the last epoch "
@@ -33,18 +36,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from medseg.config import load_config
+    from medseg.runtime import Runtime
     from medseg.training import TrainOptions, train
 
     cfg = load_config(args.config, args.overrides)
+    runtime = Runtime.resolve(args.device, cfg.train.amp if args.amp is None else args.amp)
     options = TrainOptions(
         resume=args.resume,
-        device=args.device,
         progress=False if (args.no_progress or args.quiet) else None,
         debug_param_hashes=args.debug_param_hashes,
         debug_kill_after_epoch=args.debug_kill_after_epoch,
         max_minutes=args.max_minutes,
     )
-    result = train(cfg, args.output, options)
+    result = train(cfg, args.output, options, runtime)
     if result.best_epoch:
         log.info("done: %d epochs; best checkpoint %s (epoch %d, score %.4f)", result.epoch,
                  args.output / "best.safetensors", result.best_epoch, result.best_score)

@@ -2,8 +2,8 @@
 
 Public API::
 
-    sliding_window(predictor, image, roi_size, ...)          -> (B, K, x, y, z)
-    sliding_window_argmax(predictor, image, roi_size, ...)   -> (B, x, y, z) uint8
+    sliding_window(predictor, image, window, ...)            -> (B, K, x, y, z)
+    sliding_window_argmax(predictor, image, window, ...)     -> (B, x, y, z) uint8
     estimate_peak_memory(image_shape, num_classes, roi_size, ...) -> bytes
     importance_map(roi_size), window_starts(size, roi, overlap)
     predict_volume(model_or_checkpoint, volume, output="labels") -> Volume on the input grid
@@ -17,11 +17,10 @@ import importlib
 from typing import Any
 
 from medseg.inference.memory import estimate_peak_memory, format_bytes
-from medseg.inference.sliding_window import BLENDS, sliding_window, sliding_window_argmax
+from medseg.inference.sliding_window import sliding_window, sliding_window_argmax
 from medseg.inference.windows import importance_map, window_starts
 
 __all__ = [
-    "BLENDS",
     "estimate_peak_memory",
     "format_bytes",
     "importance_map",

@@ -6,8 +6,9 @@ of DICOM series folders), or a manifest (MSD ``dataset.json``: its ``test``
 cases, else its training cases; ``.csv`` with an ``image`` column). ``output``
 is a file for a single case (``.nii.gz`` ..., or ``.dcm`` for a DICOM-SEG of a
 DICOM input) or a folder (``<case>.nii.gz`` per case). Under ``torchrun`` the
-cases are shared out by rank: case ``i`` goes to rank ``i % WORLD_SIZE``, and
-each rank uses ``cuda:LOCAL_RANK`` on GPUs; no process group is needed.
+cases are shared out by rank (:class:`medseg.runtime.Runtime` reads the
+environment): case ``i`` goes to rank ``i % WORLD_SIZE``, and each rank uses
+``cuda:LOCAL_RANK`` on GPUs; no process group is needed.
 """
 
 from __future__ import annotations
@@ -22,12 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    import torch
-
-    from medseg.inference.predict import Prediction
+    from medseg.inference.predict import PredictOptions, Prediction
+    from medseg.runtime import Runtime
     from medseg.volume import Volume
 
-__all__ = ["PredictCase", "CaseOutputs", "case_name", "list_cases", "dist_env", "shard_cases",
+__all__ = ["PredictCase", "CaseOutputs", "case_name", "list_cases", "shard_cases",
            "outputs_for", "predict_cases"]
 
 log = logging.getLogger(__name__)
@@ -133,23 +133,6 @@ def list_cases(input_path: str | os.PathLike) -> list[PredictCase]:
         raise DataError(f"several inputs share the case name {duplicates[0]!r} (outputs would "
                         "overwrite each other)", path)
     return cases
-
-
-def dist_env(environ: Mapping[str, str] | None = None) -> tuple[int, int, int]:
-    """(rank, world_size, local_rank) from torchrun's environment; (0, 1, 0) outside it."""
-    from medseg.errors import UsageError
-
-    env = os.environ if environ is None else environ
-    try:
-        rank = int(env.get("RANK", 0))
-        world = int(env.get("WORLD_SIZE", 1))
-        local = int(env.get("LOCAL_RANK", rank))
-    except ValueError as exc:
-        raise UsageError(f"RANK/WORLD_SIZE/LOCAL_RANK must be integers: {exc}") from exc
-    if world < 1 or not 0 <= rank < world or local < 0:
-        raise UsageError(f"inconsistent torchrun environment: RANK={rank} WORLD_SIZE={world} "
-                         f"LOCAL_RANK={local}")
-    return rank, world, local
 
 
 def shard_cases(cases: Sequence[PredictCase], rank: int, world_size: int) -> list[PredictCase]:
@@ -275,73 +258,50 @@ def _cases_progress(cases: Sequence[PredictCase], rank: int):  # -> tqdm
                 disable=None if len(cases) > 1 else True, file=sys.stderr)
 
 
-def _device_for_rank(device: str, world: int, local_rank: int) -> torch.device:
-    """The device of this rank: ``cuda:LOCAL_RANK`` under torchrun on GPUs."""
-    from medseg.inference.predict import resolve_device
-
-    resolved = resolve_device(device)
-    if resolved.type == "cuda" and world > 1 and resolved.index is None:
-        return resolve_device(f"cuda:{local_rank}")
-    return resolved
-
-
 def predict_cases(
-    checkpoint_path: str | os.PathLike,
+    model: str | os.PathLike,
     input_path: str | os.PathLike,
     output: str | os.PathLike,
+    options: PredictOptions | None = None,
+    runtime: Runtime | None = None,
     *,
-    device: str = "auto",
-    overlap: float | None = None,
-    tta: bool = False,
-    batch_size: int = 4,
-    save_probabilities: bool = False,
     preview: bool = False,
     series: str | None = None,
-    keep_largest: bool | None = None,
-    amp: bool | None = None,
-    label_interp: str = "linear",
 ) -> list[CaseOutputs]:
     """Predict every case of ``input_path`` (this rank's share under torchrun) into ``output``.
 
-    Returns the outputs this rank wrote. Other parameters as
-    :func:`medseg.inference.predict.predict_case`; ``preview`` also writes
-    ``<case>_preview.png`` overlays, ``series`` picks a DICOM series,
-    ``keep_largest`` overrides the checkpoint's post-processing (None: keep it),
-    ``amp`` sets the network's precision (see :mod:`medseg.inference.precision`),
-    ``label_interp`` how labels return from a resampled network grid (``predict_case``).
+    Parameters
+    ----------
+    model : a checkpoint path (or anything :func:`medseg.inference.loaded.load_model` takes).
+    input_path, output : see the module docstring.
+    options : :class:`~medseg.inference.predict.PredictOptions` of every case.
+    runtime : device, precision and torchrun rank (default ``Runtime.resolve("auto")``);
+        under torchrun each rank predicts cases ``rank::world_size`` on its own GPU.
+    preview : also write ``<case>_preview.png`` overlays.
+    series : SeriesInstanceUID to read when a DICOM folder holds several series.
 
-    Raises
-    ------
-    UsageError : ``overlap`` outside [0, 1) or ``batch_size`` < 1.
+    Returns the outputs this rank wrote.
     """
-    from medseg.checkpoint import load_checkpoint
-    from medseg.errors import UsageError
-    from medseg.inference.predict import load_model_spec, predict_case
+    from medseg.inference.loaded import load_model
+    from medseg.inference.predict import PredictOptions, predict_case
+    from medseg.runtime import Runtime
 
-    if overlap is not None and not 0.0 <= overlap < 1.0:
-        raise UsageError(f"--overlap must be in [0, 1), got {overlap}")
-    if batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
+    runtime = runtime or Runtime.resolve("auto")
+    options = options or PredictOptions(progress=sys.stderr.isatty())
     output = Path(output)
     cases = list_cases(input_path)
-    rank, world, local_rank = dist_env()
-    mine = shard_cases(cases, rank, world)
-    dev = _device_for_rank(device, world, local_rank)
-    checkpoint = load_checkpoint(checkpoint_path)
-    spec = load_model_spec(checkpoint, dev)
-    algorithm = f"medseg {checkpoint.model.get('name', 'model')}"
+    mine = shard_cases(cases, runtime.rank, runtime.world_size)
+    loaded = load_model(model, runtime)
+    algorithm = f"medseg {loaded.card.model.name}"
     file_mode = _prepare_output(output, cases)
-    log.info("rank %d/%d: %d of %d cases on %s", rank, world, len(mine), len(cases), dev)
-    show_windows = sys.stderr.isatty()
+    log.info("rank %d/%d: %d of %d cases on %s", runtime.rank, runtime.world_size, len(mine),
+             len(cases), runtime)
     written = []
-    for case in _cases_progress(mine, rank):
+    for case in _cases_progress(mine, runtime.rank):
         image = _read_case(case, series)
-        result = predict_case(spec, image, device=dev, overlap=overlap, tta=tta,
-                              batch_size=batch_size, save_probabilities=save_probabilities,
-                              progress=show_windows, keep_largest=keep_largest, amp=amp,
-                              label_interp=label_interp)
+        result = predict_case(loaded, image, options, runtime)
         outputs = outputs_for(case, output, file_mode)
-        _write_case(image, result, outputs, preview, spec.label_names, algorithm)
+        _write_case(image, result, outputs, preview, loaded.card.labels, algorithm)
         log.info("%s -> %s", case.name, outputs.prediction)
         written.append(outputs)
     return written

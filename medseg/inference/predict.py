@@ -1,56 +1,109 @@
-"""``predict_volume`` / ``predict_case``: one image in, its label map out, on exactly its grid.
+"""``predict_case`` / ``predict_volume``: one image in, its label map out, on exactly its grid.
 
-The steps are those of training, undone at the end::
+``predict_case`` reads as its steps: check -> preprocess -> window -> restore ->
+postprocess. Everything the model needs comes from its
+:class:`~medseg.card.ModelCard` (preprocessing, window settings, labels,
+post-processing); :class:`PredictOptions` holds the choices of one run and
+may override the card's window and post-processing; the
+:class:`~medseg.runtime.Runtime` says where and in which precision the
+network runs::
 
-    Volume (x, y, z) | (C, x, y, z)  --Preprocessing.apply-->  (C, x', y', z') float32
-        --sliding window (roi_size voxels, overlap, Gaussian blend, optional mirror TTA)-->
-    labels (x', y', z')  or  probabilities (K, x', y', z')
-        --history.restore_labels / history.invert-->  on the input grid (same shape, affine)
+    Volume (x, y, z) | (C, x, y, z)  --Preprocessing.apply-->  (C, x', y', z') float32 + history
+        --sliding window (card.window)-->  LabelMap (x', y', z') | Probabilities (K, x', y', z')
+        --history.restore_labels / history.invert-->  on the input grid (same shape and affine)
+        --card.postprocess-->  labels
 
-Labels come back in one of three ways:
+The network's output type decides how it returns to the input grid:
 
-* the preprocessing resamples (``label_interp="linear"``, the default): softmax
-  probabilities (K, x', y', z') on the network grid are interpolated back and
-  reduced to labels slab by slab (nnU-Net's way; never (K, x, y, z) on the
-  input grid);
-* no resampling, or ``label_interp="nearest"``, or probabilities over
-  :data:`PROBABILITY_BUDGET_BYTES`: the window outputs are reduced to a label
-  map slab by slab (the memory-bounded path: never a full (K, x', y', z')
-  array), then mapped back by nearest neighbour;
-* ``save_probabilities``: probabilities are inverted in full with linear
-  resampling and the labels are their argmax on the input grid.
-
-Everything the model needs comes from its checkpoint (preprocessing,
-``inference.roi_size``, ``inference.overlap``, label names, input channels).
-A bare ``nn.Module`` needs the same description passed as ``checkpoint_meta``.
+* when the preprocessing resamples (``label_interp="linear"``, the default), the
+  network gives Probabilities, interpolated back and reduced to labels slab by
+  slab (nnU-Net's way; never (K, x, y, z) on the input grid);
+* no resampling, ``label_interp="nearest"``, or probabilities over
+  :data:`PROBABILITY_BUDGET_BYTES`: the window outputs are reduced to a LabelMap
+  slab by slab (never a full (K, x', y', z') array) and mapped back by nearest
+  neighbour;
+* ``save_probabilities``: the Probabilities are inverted in full (linear) and
+  the labels are their argmax on the input grid.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
-import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from medseg.argmax import argmax_labels, label_dtype
-from medseg.errors import CheckpointError, DataError, UsageError, check_option
+from medseg.card import ModelCard, Postprocess, WindowSettings
+from medseg.errors import check_option
+from medseg.inference.loaded import LoadedModel, check_image, load_model
 from medseg.inference.precision import make_predictor
+from medseg.runtime import Runtime
 from medseg.volume import LabelMap, Probabilities, Volume
 
-__all__ = ["Prediction", "ModelSpec", "load_model_spec", "predict_case", "predict_volume",
-           "resolve_device",
-           "label_dtype"]
+__all__ = ["PROBABILITY_BUDGET_BYTES", "LoadedModel", "PredictOptions", "Prediction",
+           "predict_case", "predict_volume"]
 
 log = logging.getLogger(__name__)
 
 ALL_AXES = (0, 1, 2)
+OUTPUTS = ("labels", "probabilities")
+LABEL_INTERPS = ("linear", "nearest")
+
+#: Largest (K, x', y', z') float32 probability array on the network grid that the label
+#: path keeps in order to interpolate probabilities back to the input grid (nnU-Net's way);
+#: above it labels come back by nearest neighbour from the slab-wise argmax.
+PROBABILITY_BUDGET_BYTES = 4 << 30
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """The choices of one prediction run; None keeps the model card's setting.
+
+    Attributes
+    ----------
+    overlap : window overlap in [0, 1) (default: the card's).
+    batch_size : windows per network call (default: the card's).
+    tta : mirroring test-time augmentation: True mirrors the card's ``mirror_axes``
+        (all three axes when the card has none), False none; None as the card says.
+    keep_largest : keep only the largest connected component of each label.
+    save_probabilities : also return the (K, x, y, z) softmax probabilities on the
+        input grid (K x the image's voxels x 4 bytes; labels are then their argmax).
+    label_interp : ``"linear"`` (default: interpolate class probabilities when the
+        preprocessing resampled, as nnU-Net does) or ``"nearest"`` (map the network's
+        label map back by nearest neighbour: least memory and time, blocky at a coarser
+        network spacing).
+    progress : tqdm bar over windows.
+    """
+
+    overlap: float | None = None
+    batch_size: int | None = None
+    tta: bool | None = None
+    keep_largest: bool | None = None
+    save_probabilities: bool = False
+    label_interp: str = "linear"
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        check_option(self.label_interp, LABEL_INTERPS, "label_interp")
+        WindowSettings(1).replace(overlap=self.overlap, batch_size=self.batch_size)  # checks
+
+    def apply(self, card: ModelCard) -> ModelCard:
+        """The card as this run uses it: window and post-processing overridden."""
+        window = card.window.replace(overlap=self.overlap, batch_size=self.batch_size)
+        if self.tta is not None:
+            axes = (card.window.mirror_axes or ALL_AXES) if self.tta else ()
+            window = dataclasses.replace(window, mirror_axes=axes)
+        post = card.postprocess
+        if self.keep_largest is not None:
+            post = Postprocess(keep_largest=bool(self.keep_largest))
+        return card.replace(window=window, postprocess=post)
 
 
 @dataclass
@@ -59,222 +112,178 @@ class Prediction:
 
     Attributes
     ----------
-    labels : LabelMap (x, y, z), uint8 when K <= 256 (else uint16), on exactly the
-        input grid (same spatial shape and affine); ``meta`` is the input's.
-    probabilities : Probabilities (K, x, y, z) float32 softmax probabilities on the
-        input grid (channel 0 = background), or None unless requested.
-    timings_s : wall seconds of ``preprocess``, ``network`` and ``invert``.
+    labels : LabelMap (x, y, z) on exactly the input grid (same spatial shape and
+        affine), in :func:`medseg.argmax.label_dtype`; ``meta`` is the input's.
+    probabilities : Probabilities (K, x, y, z) float32 on the input grid (channel 0 =
+        background), or None unless requested.
+    timings_s : wall seconds of ``preprocess``, ``network``, ``invert`` (and
+        ``postprocess`` when there is any).
     """
 
-    labels: Volume
-    probabilities: Volume | None = None
+    labels: LabelMap
+    probabilities: Probabilities | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass
-class ModelSpec:
-    """A network ready to predict and the description it was trained with.
+def predict_volume(model: Any, volume: Volume, output: str = "labels",
+                   options: PredictOptions | None = None,
+                   runtime: Runtime | None = None) -> Volume:
+    """Segment one image into a Volume on exactly the input's grid (same shape and affine).
 
-    Attributes
+    ``output="labels"`` (default) gives the LabelMap (x, y, z) computed on the
+    memory-bounded path; ``output="probabilities"`` the softmax Probabilities
+    (K, x, y, z) float32 (channel 0 = background). The other parameters are those of
+    :func:`predict_case`, which also returns both outputs at once and the step timings.
+    """
+    check_option(output, OUTPUTS, "output")
+    if output == "probabilities":
+        options = dataclasses.replace(options or PredictOptions(), save_probabilities=True)
+    result = predict_case(model, volume, options, runtime)
+    return result.labels if output == "labels" else result.probabilities
+
+
+def predict_case(model: Any, volume: Volume, options: PredictOptions | None = None,
+                 runtime: Runtime | None = None) -> Prediction:
+    """Segment one image; the label map has exactly the input's shape and affine.
+
+    Parameters
     ----------
-    model : the network in eval mode on ``device``.
-    preprocessing : ``Preprocessing.to_config()`` dict.
-    roi_size : sliding-window size (x, y, z) in voxels of the preprocessed grid.
-    overlap : window overlap fraction in [0, 1).
-    in_channels : image channels the network expects (None: not checked).
-    out_channels : classes K, background included (None: from the output).
-    label_names : label value -> name (0 = background not required).
-    keep_largest : keep only the largest connected component of each label
-        (``inference.keep_largest`` of the checkpoint).
-    source : the checkpoint file, or ``"model"`` for a bare module (for messages).
-    """
+    model : a checkpoint path (``.safetensors``), a loaded
+        :class:`medseg.checkpoint.Checkpoint`, or a
+        :class:`medseg.inference.loaded.LoadedModel` (a module and its card).
+    volume : image Volume (x, y, z) or (C, x, y, z), any numeric dtype (CT in HU).
+    options : :class:`PredictOptions` (default: as the card says).
+    runtime : device and precision (default ``Runtime.resolve("auto")``: CUDA when
+        available, fp32 on the CPU; see :mod:`medseg.runtime`).
 
-    model: nn.Module
-    preprocessing: dict[str, Any]
-    roi_size: tuple[int, int, int]
-    overlap: float = 0.5
-    in_channels: int | None = None
-    out_channels: int | None = None
-    label_names: dict[int, str] = field(default_factory=dict)
-    keep_largest: bool = False
-    source: str = "model"
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/``"auto"`` -> CUDA when available else CPU; refuse CUDA without a GPU."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise UsageError(f"unknown device {device!r}: expected cpu, cuda, cuda:N or auto") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"device {device!r} requested but CUDA is not available; use --device cpu")
-    return resolved
-
-
-# -- model resolution ------------------------------------------------------------------------
-def _roi_and_overlap(
-    inference: Mapping[str, Any], source: str
-) -> tuple[tuple[int, int, int], float]:
-    roi = inference.get("roi_size")
-    if roi is None or len(list(roi)) != 3 or min(int(r) for r in roi) < 1:
-        raise CheckpointError(
-            f"inference.roi_size must be three positive voxel counts (x, y, z), got {roi!r}",
-            None if source == "model" else source,
-        )
-    x, y, z = (int(r) for r in roi)
-    return (x, y, z), float(inference.get("overlap", 0.5))
-
-
-def load_model_spec(
-    model_or_checkpoint: Any,
-    device: torch.device,
-    checkpoint_meta: Mapping[str, Any] | None = None,
-) -> ModelSpec:
-    """A ModelSpec from a checkpoint path, a loaded ``Checkpoint``, a ``ModelSpec`` or a module.
-
-    For a bare ``nn.Module``, ``checkpoint_meta`` gives ``preprocessing`` (dict),
-    ``inference`` ({"roi_size": [x, y, z], "overlap": f}) and optionally
-    ``in_channels`` and ``label_names``, as in a checkpoint.
-    """
-    from medseg.checkpoint import Checkpoint, load_checkpoint
-
-    if isinstance(model_or_checkpoint, ModelSpec):
-        model_or_checkpoint.model.to(device).eval()
-        return model_or_checkpoint
-    if isinstance(model_or_checkpoint, (str, os.PathLike)):
-        model_or_checkpoint = load_checkpoint(model_or_checkpoint, device="cpu")
-    if isinstance(model_or_checkpoint, Checkpoint):
-        ckpt = model_or_checkpoint
-        roi, overlap = _roi_and_overlap(ckpt.inference, str(ckpt.path))
-        return ModelSpec(
-            model=ckpt.build_model(device), preprocessing=dict(ckpt.preprocessing),
-            roi_size=roi, overlap=overlap, in_channels=ckpt.in_channels,
-            out_channels=ckpt.out_channels,
-            label_names={int(k): v for k, v in ckpt.label_names.items()},
-            keep_largest=bool(ckpt.inference.get("keep_largest", False)), source=str(ckpt.path),
-        )
-    if isinstance(model_or_checkpoint, nn.Module):
-        meta = dict(checkpoint_meta or {})
-        if "inference" not in meta:
-            raise UsageError("a bare nn.Module needs checkpoint_meta={'preprocessing': {...}, "
-                             "'inference': {'roi_size': [x, y, z]}}")
-        roi, overlap = _roi_and_overlap(meta["inference"], "model")
-        in_ch = meta.get("in_channels")
-        return ModelSpec(
-            model=model_or_checkpoint.to(device).eval(),
-            preprocessing=dict(meta.get("preprocessing") or {}), roi_size=roi, overlap=overlap,
-            in_channels=None if in_ch is None else int(in_ch),
-            out_channels=meta.get("out_channels"),
-            keep_largest=bool(meta["inference"].get("keep_largest", False)),
-            label_names={int(k): v for k, v in dict(meta.get("label_names") or {}).items()},
-        )
-    raise UsageError(
-        "model_or_checkpoint must be a checkpoint path, a medseg Checkpoint or an nn.Module, "
-        f"got {type(model_or_checkpoint).__name__}"
-    )
-
-
-# -- checks ----------------------------------------------------------------------------------
-def _image_source(volume: Volume) -> str | None:
-    """The file or DICOM folder a volume was read from (for error messages), if known."""
-    if volume.meta.get("source"):
-        return str(volume.meta["source"])
-    files = volume.meta.get("dicom_files")
-    return str(Path(files[0]).parent) if files else None
-
-
-def check_image(volume: Volume, spec: ModelSpec) -> None:
-    """Refuse an image the network cannot take: wrong channel count, NaN or inf voxels.
+    Returns
+    -------
+    :class:`Prediction` with ``labels`` (and ``probabilities`` when requested).
 
     Raises
     ------
-    DataError naming the image file (and the checkpoint in the message).
+    DataError : the image's channel count differs from the card's, or it holds NaN/inf.
+    CheckpointError : unreadable or incompatible checkpoint.
     """
-    source = _image_source(volume)
-    channels = volume.shape[0] if volume.has_channels else 1
-    if spec.in_channels is not None and channels != spec.in_channels:
-        raise DataError(
-            f"checkpoint {spec.source} expects {spec.in_channels} input channels, image has "
-            f"{channels}",
-            source,
-        )
-    array = volume.array
-    if array.dtype.kind in "fc":
-        bad = int(np.count_nonzero(~np.isfinite(array)))
-        if bad:
-            raise DataError(
-                f"image holds {bad} NaN/infinite voxels; fill or mask them before predicting",
-                source,
-            )
+    options = options or PredictOptions()
+    runtime = runtime or Runtime.resolve("auto")
+    loaded = load_model(model, runtime)
+    check_image(volume, loaded)
+    card = options.apply(loaded.card)
+    timer = _Timer()
+    with timer("preprocess"):
+        prepared = _preprocess(volume, card, runtime)
+    with timer("network"):
+        output = _window(loaded, prepared, card, options, runtime)
+    with timer("invert"):
+        labels, probabilities = _restore(output, prepared.history, volume, options, runtime)
+    if card.postprocess.keep_largest:
+        with timer("postprocess"):
+            labels = _postprocess(labels, card.postprocess)
+    return Prediction(labels, probabilities, timer.seconds)
 
 
-# -- the network -----------------------------------------------------------------------------
-def _window_kwargs(spec: ModelSpec, overlap: float | None, tta: bool, batch_size: int,
-                   device: torch.device, progress: bool) -> dict[str, Any]:
-    return {
-        "roi_size": spec.roi_size,
-        "overlap": spec.overlap if overlap is None else float(overlap),
-        "blend": "gaussian",
-        "batch_size": int(batch_size),
-        "device": device,
-        "mirror_axes": ALL_AXES if tta else (),
-        "progress": progress,
-    }
+# -- the steps -------------------------------------------------------------------------------
+def _preprocess(volume: Volume, card: ModelCard, runtime: Runtime):  # -> Preprocessed
+    from medseg.transforms.pipeline import Preprocessing
+
+    device = runtime.device if runtime.device.type == "cuda" else None
+    prepared = Preprocessing.from_config(card.preprocessing).apply(volume, None, device=device)
+    log.debug("preprocessed %s -> %s", volume.shape, prepared.image.shape)
+    return prepared
 
 
-def _log_memory_estimate(image: torch.Tensor, num_classes: int | None, kwargs: dict[str, Any],
-                         probabilities: bool) -> int | None:
+def _window(loaded: LoadedModel, prepared, card: ModelCard, options: PredictOptions,
+            runtime: Runtime) -> LabelMap | Probabilities:
+    """The network over the preprocessed image: Probabilities when they are needed (saved,
+    or interpolated back), else the slab-wise LabelMap; both on the network grid."""
+    from medseg.inference.sliding_window import sliding_window, sliding_window_argmax
+    from medseg.transforms.resample import as_tensor
+
+    image = as_tensor(prepared.image.array)[None]  # any memory order: windows are gathered
+    k = card.num_classes
+    probabilities = options.save_probabilities or _interpolate(prepared.history, image, k,
+                                                               options)
+    estimate = _log_memory_estimate(image, k, card.window, probabilities, runtime)
+    kwargs = {"device": runtime.device, "out_device": _out_device(runtime.device, estimate),
+              "progress": options.progress}
+    predictor = make_predictor(loaded.network, runtime)
+    affine = prepared.image.affine
+    with torch.inference_mode():
+        if probabilities:
+            logits = sliding_window(predictor, image, card.window, **kwargs)[0].float()
+            out: LabelMap | Probabilities = Probabilities(_softmax_(logits).cpu().numpy(),
+                                                          affine)
+        else:
+            labels = sliding_window_argmax(predictor, image, card.window, **kwargs)[0]
+            out = LabelMap(labels.cpu().numpy().astype(label_dtype(k), copy=False), affine)
+    _sync(runtime.device)
+    return out
+
+
+def _restore(output: LabelMap | Probabilities, history, volume: Volume,
+             options: PredictOptions, runtime: Runtime
+             ) -> tuple[LabelMap, Probabilities | None]:
+    """Labels (and kept probabilities) on exactly the input grid, with the input's meta."""
+    device = runtime.device if runtime.device.type == "cuda" else None
+    if options.save_probabilities:
+        probs = history.invert(output, device)
+        labels = argmax_labels(probs.array)
+        return (LabelMap(labels, volume.affine, volume.meta),
+                Probabilities(probs.array, volume.affine, volume.meta))
+    labels = history.restore_labels(output, device)
+    return LabelMap(labels.array, volume.affine, volume.meta), None
+
+
+def _postprocess(labels: LabelMap, post: Postprocess) -> LabelMap:
+    from medseg.inference.postprocess import keep_largest_component
+
+    return labels.with_array(keep_largest_component(labels.array))
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def _interpolate(history, image: torch.Tensor, num_classes: int, options: PredictOptions
+                 ) -> bool:
+    """Whether labels come back by interpolating probabilities (module docstring)."""
+    if options.label_interp == "nearest" or not history.resamples:
+        return False
+    need = num_classes * image[0, 0].numel() * 4
+    if need <= PROBABILITY_BUDGET_BYTES:
+        return True
+    log.info("label map back to the input grid by nearest neighbour: interpolating "
+             "probabilities needs %.1f GiB (budget %.0f GiB)", need / 2**30,
+             PROBABILITY_BUDGET_BYTES / 2**30)
+    return False
+
+
+def _log_memory_estimate(image: torch.Tensor, num_classes: int, window: WindowSettings,
+                         probabilities: bool, runtime: Runtime) -> int:
     """Log (and return) the sliding window's pre-flight peak-memory estimate in bytes."""
     from medseg.inference.memory import estimate_peak_memory, format_bytes
 
-    if num_classes is None:
-        return None
-    output = "probabilities" if probabilities else "labels"
     value = estimate_peak_memory(
-        tuple(image.shape), num_classes, kwargs["roi_size"], batch_size=kwargs["batch_size"],
-        output=output, overlap=kwargs["overlap"], mirror=bool(kwargs["mirror_axes"]),
+        tuple(image.shape), num_classes, window.roi_size, batch_size=window.batch_size,
+        output="probabilities" if probabilities else "labels", overlap=window.overlap,
+        mirror=bool(window.mirror_axes),
     )
     level = logging.INFO if value >= 1 << 30 else logging.DEBUG  # only worth a line when large
     log.log(level, "sliding window on %s, %d classes (%s): about %s at peak, on %s",
             "x".join(map(str, image.shape[2:])), num_classes,
             "probabilities" if probabilities else "slab-wise argmax", format_bytes(value),
-            kwargs["device"])
+            runtime)
     return value
 
 
-def _out_device(device: torch.device, estimate: int | None) -> torch.device:
+def _out_device(device: torch.device, estimate: int) -> torch.device:
     """Stitch on the GPU when the estimate fits in half its free memory, else on the CPU."""
     if device.type != "cuda":
         return device
     free, _ = torch.cuda.mem_get_info(device)
-    if estimate is not None and estimate < free // 2:
+    if estimate < free // 2:
         return device
     log.info("stitching on the CPU: estimate does not fit half the free GPU memory (%d MiB)",
              free // 2**20)
     return torch.device("cpu")
-
-
-def _network_labels(predictor, image: torch.Tensor, kwargs: dict[str, Any], affine: Any
-                    ) -> LabelMap:
-    """Memory-bounded path: (1, C, x', y', z') -> LabelMap (x', y', z') via slab-wise argmax,
-    on the network grid ``affine`` (dtype: :func:`medseg.argmax.label_dtype`)."""
-    from medseg.inference.sliding_window import sliding_window_argmax
-
-    labels = sliding_window_argmax(predictor, image, **kwargs)
-    labels = labels[0] if labels.ndim == 4 else labels
-    return LabelMap(labels.cpu().numpy(), affine)
-
-
-def _network_probabilities(predictor, image: torch.Tensor, kwargs: dict[str, Any], affine: Any
-                           ) -> Probabilities:
-    """(1, C, x', y', z') -> softmax Probabilities (K, x', y', z') float32 on the CPU, on the
-    network grid ``affine``."""
-    from medseg.inference.sliding_window import sliding_window
-
-    logits = sliding_window(predictor, image, **kwargs)[0].float()
-    return Probabilities(_softmax_(logits).cpu().numpy(), affine)
 
 
 def _softmax_(logits: torch.Tensor) -> torch.Tensor:
@@ -283,177 +292,22 @@ def _softmax_(logits: torch.Tensor) -> torch.Tensor:
     return logits.div_(logits.sum(dim=0, keepdim=True))
 
 
-#: Largest (K, x', y', z') float32 probability array on the network grid that the label
-#: path keeps in order to interpolate probabilities back to the input grid (nnU-Net's way);
-#: above it labels come back by nearest neighbour from the slab-wise argmax.
-PROBABILITY_BUDGET_BYTES = 4 << 30
-
-
-def _interpolate_labels(history, image: torch.Tensor, num_classes: int | None,
-                        label_interp: str) -> bool:
-    """Whether the label map comes back by interpolating probabilities (see ``predict_case``)."""
-    if label_interp == "nearest" or not history.resamples:
-        return False
-    need = None if num_classes is None else num_classes * image[0, 0].numel() * 4
-    if need is not None and need <= PROBABILITY_BUDGET_BYTES:
-        return True
-    log.info("label map back to the input grid by nearest neighbour: interpolating "
-             "probabilities needs %s", "an unknown class count" if need is None
-             else f"{need / 2**30:.1f} GiB of probabilities (budget "
-                  f"{PROBABILITY_BUDGET_BYTES / 2**30:.0f} GiB)")
-    return False
-
-
-# -- the whole thing -------------------------------------------------------------------------
-OUTPUTS = ("labels", "probabilities")
-LABEL_INTERPS = ("linear", "nearest")
-
-
-def predict_volume(
-    model_or_checkpoint: Any,
-    volume: Volume,
-    *,
-    output: str = "labels",
-    device: str | torch.device | None = None,
-    overlap: float | None = None,
-    tta: bool = False,
-    batch_size: int = 4,
-    progress: bool = False,
-    checkpoint_meta: Mapping[str, Any] | None = None,
-    keep_largest: bool | None = None,
-    amp: bool | None = None,
-    label_interp: str = "linear",
-) -> Volume:
-    """Segment one image into a Volume on exactly the input's grid (same shape and affine).
-
-    ``output="labels"`` (default) gives the label map (x, y, z), uint8 when K <= 256,
-    computed on the memory-bounded slab-wise path; ``output="probabilities"`` gives the
-    per-class softmax probabilities (K, x, y, z) float32 (channel 0 = background).
-    The other parameters are those of :func:`predict_case`, which also returns both
-    outputs at once and the time of each step.
-    """
-    check_option(output, OUTPUTS, "output")
-    result = predict_case(model_or_checkpoint, volume, device=device, overlap=overlap, tta=tta,
-                          batch_size=batch_size, save_probabilities=output == "probabilities",
-                          progress=progress, checkpoint_meta=checkpoint_meta,
-                          keep_largest=keep_largest, amp=amp, label_interp=label_interp)
-    return result.labels if output == "labels" else result.probabilities
-
-
-def predict_case(
-    model_or_checkpoint: Any,
-    volume: Volume,
-    *,
-    device: str | torch.device | None = None,
-    overlap: float | None = None,
-    tta: bool = False,
-    batch_size: int = 4,
-    save_probabilities: bool = False,
-    progress: bool = False,
-    checkpoint_meta: Mapping[str, Any] | None = None,
-    keep_largest: bool | None = None,
-    amp: bool | None = None,
-    label_interp: str = "linear",
-) -> Prediction:
-    """Segment one image; the label map has exactly the input's shape and affine.
-
-    Parameters
-    ----------
-    model_or_checkpoint : a checkpoint path (``.safetensors``), a loaded
-        :class:`medseg.checkpoint.Checkpoint`, a :class:`ModelSpec`, or a bare
-        ``nn.Module`` together with ``checkpoint_meta``.
-    volume : image Volume (x, y, z) or (C, x, y, z), any numeric dtype (CT in HU).
-    device : ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or None/"auto" (CUDA when available).
-    overlap : window overlap in [0, 1); default: the checkpoint's ``inference.overlap``.
-    tta : average the network over mirrorings along all three axes (8 passes).
-    batch_size : windows per network call.
-    save_probabilities : also return the (K, x, y, z) softmax probabilities on the
-        input grid (needs K x the image's voxels x 4 bytes; labels are then their argmax).
-    progress : tqdm bar over windows.
-    checkpoint_meta : for a bare module: ``preprocessing``, ``inference``
-        ({"roi_size": [x, y, z] voxels, "overlap": f}), ``in_channels``, ``label_names``.
-    keep_largest : keep only the largest connected component of each label in the
-        label map (probabilities are left as they are); default: the checkpoint's
-        ``inference.keep_largest`` (False when absent).
-    amp : network precision: None (auto: fp16 autocast on CUDA, fp32 on the CPU),
-        True (fp16 on CUDA, bf16 on the CPU) or False (fp32); see
-        :mod:`medseg.inference.precision`.
-    label_interp : how the label map returns from the network's grid when preprocessing
-        resampled the image: ``"linear"`` (default) interpolates the class probabilities
-        and takes their argmax slab by slab, as nnU-Net does (smooth boundaries; needs
-        K x the network grid's voxels x 4 bytes, else falls back to nearest with a log
-        line); ``"nearest"`` maps the network's label map by nearest neighbour (blocky at
-        a coarser network spacing, the least memory and time).
-
-    Returns
-    -------
-    :class:`Prediction` with ``labels`` (and ``probabilities`` when requested).
-
-    Raises
-    ------
-    DataError : the image's channel count differs from the checkpoint's, or it holds NaN/inf.
-    CheckpointError : unreadable or incompatible checkpoint.
-    """
-    from medseg.transforms.pipeline import Preprocessing
-    from medseg.transforms.resample import as_tensor
-
-    check_option(label_interp, LABEL_INTERPS, "label_interp")
-    dev = resolve_device(device)
-    spec = load_model_spec(model_or_checkpoint, dev, checkpoint_meta)
-    check_image(volume, spec)
-    timings: dict[str, float] = {}
-
-    start = time.perf_counter()
-    pre = Preprocessing.from_config(spec.preprocessing)
-    prepared = pre.apply(volume, None, device=dev if dev.type == "cuda" else None)
-    image_t, history = prepared.image, prepared.history
-    batch = as_tensor(image_t.array)[None]  # any memory order: windows are gathered
-    timings["preprocess"] = time.perf_counter() - start
-    log.debug("preprocessed %s -> %s", volume.shape, tuple(batch.shape))
-
-    interp = not save_probabilities and _interpolate_labels(history, batch, spec.out_channels,
-                                                            label_interp)
-    kwargs = _window_kwargs(spec, overlap, tta, batch_size, dev, progress)
-    estimate = _log_memory_estimate(batch, spec.out_channels, kwargs,
-                                    save_probabilities or interp)
-    kwargs["out_device"] = _out_device(dev, estimate)
-    predictor = make_predictor(spec.model, dev, amp)
-    start = time.perf_counter()
-    with torch.inference_mode():
-        if save_probabilities or interp:
-            out = _network_probabilities(predictor, batch, kwargs, image_t.affine)
-        else:
-            out = _network_labels(predictor, batch, kwargs, image_t.affine)
-    _sync(dev)
-    timings["network"] = time.perf_counter() - start
-    del batch, image_t, prepared
-
-    start = time.perf_counter()
-    labels, probabilities = _invert(history, out, volume, dev, save_probabilities)
-    timings["invert"] = time.perf_counter() - start
-    if spec.keep_largest if keep_largest is None else keep_largest:
-        from medseg.inference.postprocess import keep_largest_component
-
-        start = time.perf_counter()
-        labels = labels.with_array(keep_largest_component(labels.array))
-        timings["postprocess"] = time.perf_counter() - start
-    return Prediction(labels, probabilities, timings)
-
-
-def _invert(history, out: LabelMap | Probabilities, volume: Volume, dev: torch.device,
-            keep_probabilities: bool) -> tuple[LabelMap, Probabilities | None]:
-    """Bring the network output back onto the input grid: labels by ``history.restore_labels``
-    (probabilities not kept become labels slab by slab); kept probabilities by
-    ``history.invert``, the labels being their argmax."""
-    device = dev if dev.type == "cuda" else None
-    if isinstance(out, LabelMap) or not keep_probabilities:
-        labels = history.restore_labels(out, device)
-        return LabelMap(labels.array, volume.affine, volume.meta), None
-    probs = history.invert(out, device)
-    return (LabelMap(argmax_labels(probs.array), volume.affine, volume.meta),
-            Probabilities(probs.array, volume.affine, volume.meta))
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+class _Timer:
+    """Wall seconds of named steps: ``with timer("network"): ...``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = time.perf_counter() - start
+

@@ -37,14 +37,14 @@ import torch
 import torch.nn.functional as F
 
 from medseg.argmax import argmax_channels, torch_label_dtype
-from medseg.errors import GeometryError, UsageError, check_option
+from medseg.card import WindowSettings
+from medseg.errors import GeometryError, UsageError
 from medseg.inference.windows import SIGMA_SCALE, WindowGrid, constant_map, importance_map
 
-__all__ = ["BLENDS", "sliding_window", "sliding_window_argmax"]
+__all__ = ["sliding_window", "sliding_window_argmax"]
 
 log = logging.getLogger(__name__)
 
-BLENDS = ("gaussian", "constant")
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 Window = tuple[int, int, int]
 Box = tuple[slice, slice, slice]
@@ -54,13 +54,10 @@ _OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 def sliding_window(
     predictor: Predictor,
     image: torch.Tensor,
-    roi_size: int | Sequence[int],
-    overlap: float = 0.5,
-    blend: str = "gaussian",
-    batch_size: int = 4,
+    window: WindowSettings | int | Sequence[int],
+    *,
     device: str | torch.device | None = None,
     out_device: str | torch.device | None = None,
-    mirror_axes: Sequence[int] = (),
     skip_empty: torch.Tensor | None = None,
     progress: bool = False,
     out_dtype: torch.dtype = torch.float32,
@@ -72,15 +69,14 @@ def sliding_window(
     predictor : callable (n, C, rx, ry, rz) -> (n, K, rx, ry, rz), e.g. a network in eval mode.
     image : tensor (B, C, x, y, z). A volume smaller than ``roi_size`` along an
         axis is zero-padded (symmetrically) and the result cropped back.
-    roi_size : window size (x, y, z) in voxels, or one int for a cube.
-    overlap : fraction in [0, 1); neighbouring windows overlap by at least this.
-    blend : ``"gaussian"`` (sigma = roi / 8 per axis) or ``"constant"``.
-    batch_size : windows per predictor call.
+    window : :class:`~medseg.card.WindowSettings` (``roi_size`` in voxels, ``overlap``,
+        ``blend``, ``batch_size`` windows per predictor call, ``mirror_axes`` for
+        mirroring test-time augmentation: the outputs of all 2^n flip combinations are
+        averaged), or a bare ``roi_size`` (one int for a cube, or (x, y, z)) with the
+        default settings.
     device : where windows are run (default: ``image.device``).
     out_device : where the output is accumulated (default: ``device``); use
         ``"cpu"`` for volumes whose output does not fit the accelerator.
-    mirror_axes : spatial axes (0 = x, 1 = y, 2 = z) for mirroring test-time
-        augmentation; the outputs of all 2^n flip combinations are averaged.
     skip_empty : optional bool mask (x, y, z) or (B, x, y, z), e.g. the body: windows
         cover only its bounding box (the rest is background), and windows with no
         True voxel are not run and count as one-hot background (module docstring).
@@ -91,21 +87,18 @@ def sliding_window(
     -------
     tensor (B, K, x, y, z) of ``out_dtype`` on ``out_device``.
     """
-    run = _Run.prepare(predictor, image, roi_size, overlap, blend, batch_size, device,
-                       out_device, mirror_axes, skip_empty, progress, out_dtype)
+    run = _Run.prepare(predictor, image, WindowSettings.of(window), device, out_device,
+                       skip_empty, progress, out_dtype)
     return run.into(_FullSink(run.batch))
 
 
 def sliding_window_argmax(
     predictor: Predictor,
     image: torch.Tensor,
-    roi_size: int | Sequence[int],
-    overlap: float = 0.5,
-    blend: str = "gaussian",
-    batch_size: int = 4,
+    window: WindowSettings | int | Sequence[int],
+    *,
     device: str | torch.device | None = None,
     out_device: str | torch.device | None = None,
-    mirror_axes: Sequence[int] = (),
     skip_empty: torch.Tensor | None = None,
     progress: bool = False,
     out_dtype: torch.dtype = torch.float32,
@@ -121,8 +114,8 @@ def sliding_window_argmax(
     uint8 up to K = 256 classes, uint16 above (torch has no uint16 ``masked_fill_`` on the
     CPU, so each slab's argmax is computed in int32 and copied in).
     """
-    run = _Run.prepare(predictor, image, roi_size, overlap, blend, batch_size, device,
-                       out_device, mirror_axes, skip_empty, progress, out_dtype)
+    run = _Run.prepare(predictor, image, WindowSettings.of(window), device, out_device,
+                       skip_empty, progress, out_dtype)
     return run.into(_SlabSink(run.batch, run.grid.z_span))
 
 
@@ -159,25 +152,16 @@ class _Run:
         return self.image.shape[0]
 
     @classmethod
-    def prepare(cls, predictor, image, roi_size, overlap, blend, batch_size, device,
-                out_device, mirror_axes, skip_empty, progress, out_dtype) -> _Run:
+    def prepare(cls, predictor, image, window: WindowSettings, device, out_device, skip_empty,
+                progress, out_dtype) -> _Run:
         if not callable(predictor):
             raise UsageError(f"predictor must be callable, got {type(predictor).__name__}")
         if not isinstance(image, torch.Tensor) or image.ndim != 5:
             got = tuple(image.shape) if hasattr(image, "shape") else type(image).__name__
             raise UsageError(f"image must be a torch tensor (B, C, x, y, z), got {got}")
-        roi = _check_roi(roi_size)
-        if not isinstance(overlap, (int, float)) or not 0 <= overlap < 1:
-            raise UsageError(f"overlap must be a number in [0, 1), got {overlap!r}")
-        blend = check_option(blend, BLENDS, "blend")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise UsageError(f"batch_size must be a positive int, got {batch_size!r}")
         if out_dtype not in _OUT_DTYPES:
             raise UsageError(f"out_dtype must be a floating dtype, got {out_dtype}")
-        axes = tuple(mirror_axes)
-        if any(a not in (0, 1, 2) for a in axes) or len(set(axes)) != len(axes):
-            raise UsageError(f"mirror_axes must be distinct spatial axes 0, 1, 2 (x, y, z), "
-                             f"got {list(mirror_axes)}")
+        roi, axes = window.roi_size, window.mirror_axes
         device = image.device if device is None else torch.device(device)
         out_device = device if out_device is None else torch.device(out_device)
         image = image.to(device)
@@ -192,14 +176,14 @@ class _Run:
         box = _mask_box(mask, roi, shape)
         image = image[(slice(None), slice(None)) + box]
         mask = None if mask is None else mask[(slice(None),) + box]
-        grid = WindowGrid.build(image.shape[2:], roi, float(overlap))
+        grid = WindowGrid.build(image.shape[2:], roi, window.overlap)
         weight = (importance_map(roi, SIGMA_SCALE, out_device, torch.float32)
-                  if blend == "gaussian" else constant_map(roi, out_device, torch.float32))
+                  if window.blend == "gaussian" else constant_map(roi, out_device, torch.float32))
         flips = [c for n in range(len(axes) + 1) for c in itertools.combinations(axes, n)]
         log.debug("sliding window: %d windows of %s over %s, %d flips", len(grid.windows),
                   roi, tuple(image.shape[2:]), len(flips))
-        return cls(predictor, image, grid, box, shape, pad, batch_size, out_device, out_dtype,
-                   flips, weight, mask, progress)
+        return cls(predictor, image, grid, box, shape, pad, window.batch_size, out_device,
+                   out_dtype, flips, weight, mask, progress)
 
     def into(self, sink) -> torch.Tensor:
         """Drive every image of the batch into ``sink``; its output, cropped of the padding."""
@@ -397,15 +381,6 @@ def _fill_outside(t: torch.Tensor, box: Box, value: float) -> None:
         lead = (slice(None),) * axis
         t[lead + (slice(0, s.start),)] = value
         t[lead + (slice(s.stop, None),)] = value
-
-
-def _check_roi(roi_size) -> tuple[int, int, int]:
-    roi = (roi_size,) * 3 if isinstance(roi_size, int) else tuple(roi_size)
-    if len(roi) != 3 or not all(isinstance(r, int) and not isinstance(r, bool) and r > 0
-                                for r in roi):
-        raise UsageError(f"roi_size must be three positive ints (x, y, z) in voxels, "
-                         f"got {roi_size!r}")
-    return roi  # type: ignore[return-value]
 
 
 def _check_mask(mask, image: torch.Tensor) -> torch.Tensor | None:

@@ -18,7 +18,8 @@ from medseg.data.cache import CachedCase, build_cache
 from medseg.data.manifest import load_manifest, split_train_val
 from medseg.errors import ConfigError, MedsegError
 from medseg.io.atomic import atomic_write_text
-from medseg.training.distributed import DistInfo, barrier
+from medseg.runtime import Runtime
+from medseg.training.distributed import barrier
 
 __all__ = ["TrainingData", "prepare_data", "write_phantom_dataset"]
 
@@ -77,7 +78,7 @@ def _phantom_folder(cfg: PhantomConfig, cache_dir: Path) -> Path:
     return cache_dir / f"phantoms-{key}"
 
 
-def prepare_data(cfg: PipelineConfig, preprocessing, cache_dir: Path, info: DistInfo,
+def prepare_data(cfg: PipelineConfig, preprocessing, cache_dir: Path, info: Runtime,
                  progress: bool = False) -> TrainingData:
     """Cases ready for sampling and validation, cached under ``cache_dir``."""
     cache_dir.mkdir(parents=True, exist_ok=True)

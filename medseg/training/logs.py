@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import io
 import logging
 import math
@@ -17,7 +18,7 @@ from typing import Any
 
 from medseg.io.atomic import atomic_path, atomic_write_text
 
-__all__ = ["write_csv", "plot_curves", "TensorBoard"]
+__all__ = ["write_csv", "plot_curves", "TensorBoard", "append_param_hash"]
 
 log = logging.getLogger(__name__)
 
@@ -100,3 +101,13 @@ class TensorBoard:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def append_param_hash(path: Path, model: Any, epoch: int, step: int) -> None:
+    """Append ``epoch step sha256(parameters)`` to ``path`` (checks that DDP ranks agree)."""
+    digest = hashlib.sha256()
+    for p in model.parameters():
+        digest.update(p.detach().cpu().contiguous().numpy().tobytes())
+    path.parent.mkdir(exist_ok=True)
+    with open(path, "a") as handle:
+        handle.write(f"{epoch} {step} {digest.hexdigest()}\n")

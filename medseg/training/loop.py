@@ -23,7 +23,6 @@ an uninterrupted run does.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -37,24 +36,26 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from medseg.checkpoint import load_resume_state, save_checkpoint, save_resume_state
+from medseg.card import ModelCard, NetworkSpec
+from medseg.checkpoint import save_checkpoint
 from medseg.config import PipelineConfig
 from medseg.data.augment import Augmenter
 from medseg.data.sampling import PatchDataset, PatchSampler, collate_batch
 from medseg.errors import CheckpointError, ConfigError, MedsegError, UsageError
 from medseg.io.atomic import atomic_write_text
+from medseg.runtime import Runtime
 from medseg.training.data import TrainingData, prepare_data
-from medseg.training.distributed import (
-    DistInfo,
-    all_reduce_sum,
-    barrier,
-    init_distributed,
-    shutdown,
-)
-from medseg.training.logs import TensorBoard, plot_curves, write_csv
+from medseg.training.distributed import all_reduce_sum, barrier, init_distributed, shutdown
+from medseg.training.logs import TensorBoard, append_param_hash, plot_curves, write_csv
 from medseg.training.optim import lr_at, make_optimizer, set_lr
+from medseg.training.resume import (
+    load_resume_state,
+    restore_rng_states,
+    rng_states,
+    save_resume_state,
+)
+from medseg.training.supervision import deep_supervision_loss
 from medseg.training.validation import validate
 
 __all__ = ["TrainOptions", "TrainResult", "train"]
@@ -67,7 +68,6 @@ RESUME_FILE = "last.resume.safetensors"
 class TrainOptions:
     """Run options that are not part of the pipeline config.
 
-    ``device``: ``"cpu"``, ``"cuda"``, ``"cuda:1"``... (default: the GPU when present).
     ``progress``: tqdm bars (default: when stderr is a terminal).
     ``debug_param_hashes``: each rank appends ``epoch step sha256(parameters)`` per
     step to ``RUN_DIR/debug/params.rank<r>.txt`` (checks that DDP ranks agree).
@@ -78,7 +78,6 @@ class TrainOptions:
     """
 
     resume: bool = False
-    device: str | None = None
     progress: bool | None = None
     debug_param_hashes: bool = False
     debug_kill_after_epoch: int | None = None
@@ -101,41 +100,31 @@ def _derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
 
-def _pick_device(name: str | None) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise UsageError(f"--device {name!r}: expected cpu, cuda or cuda:N") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name!r}: no CUDA GPU is available (use --device cpu)")
-    return device
-
-
 def train(cfg: PipelineConfig, run_dir: str | os.PathLike,
-          options: TrainOptions | None = None) -> TrainResult:
-    """Train the pipeline ``cfg`` into ``run_dir`` (created); see the module docstring."""
+          options: TrainOptions | None = None, runtime: Runtime | None = None) -> TrainResult:
+    """Train the pipeline ``cfg`` into ``run_dir`` (created); see the module docstring.
+
+    ``runtime``: device, precision and torchrun place (:class:`medseg.runtime.Runtime`);
+    default ``Runtime.resolve("auto", cfg.train.amp)``.
+    """
     options = options or TrainOptions()
-    device = _pick_device(options.device)
-    info = init_distributed(device)
-    if info.enabled and device.type == "cuda":
-        device = torch.device("cuda", info.local_rank)
-        torch.cuda.set_device(device)
+    runtime = runtime or Runtime.resolve("auto", cfg.train.amp)
+    init_distributed(runtime)
     try:
-        return _Trainer(cfg, Path(run_dir), options, device, info).run()
+        return _Trainer(cfg, Path(run_dir), options, runtime).run()
     finally:
-        shutdown(info)
+        shutdown(runtime)
 
 
 class _Trainer:
     """State of one training run (one instance per process)."""
 
     def __init__(self, cfg: PipelineConfig, run_dir: Path, options: TrainOptions,
-                 device: torch.device, info: DistInfo) -> None:
+                 runtime: Runtime) -> None:
         from medseg.transforms import Preprocessing
 
-        self.cfg, self.run_dir, self.options, self.device, self.info = cfg, run_dir, options, device, info
+        self.cfg, self.run_dir, self.options = cfg, run_dir, options
+        self.runtime, self.device = runtime, runtime.device
         self._prepare_run_dir()
         self._set_determinism()
         try:
@@ -143,12 +132,14 @@ class _Trainer:
         except MedsegError as exc:
             raise ConfigError(f"preprocessing: {exc.message}", cfg.source) from exc
         cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else run_dir / "cache"
-        self.data: TrainingData = prepare_data(cfg, self.preprocessing, cache_dir, info,
+        self.data: TrainingData = prepare_data(cfg, self.preprocessing, cache_dir, runtime,
                                                progress=self._show_progress)
-        self.model = self._build_model().to(device)
+        self.model = self._build_model().to(self.device)
+        self.card: ModelCard = cfg.model_card(NetworkSpec.of(self.model),
+                                              self.data.label_names)
         self.loss_fn = self._build_loss()
         self.optimizer = make_optimizer(self.model.parameters(), cfg.train)
-        self.amp_dtype, self.scaler = self._amp()
+        self.scaler = self._scaler()
         self.dataset = self._build_dataset()
         self.augment = Augmenter(cfg.train.augment)
         self.epoch, self.step = 0, 0
@@ -157,26 +148,26 @@ class _Trainer:
         if options.resume:
             self._load_resume()
         self.net = self._wrap_ddp()
-        self.tensorboard = TensorBoard(run_dir / "tensorboard", enabled=info.is_main)
+        self.tensorboard = TensorBoard(run_dir / "tensorboard", enabled=runtime.is_main)
 
     # -- set-up ----------------------------------------------------------------------------------
     @property
     def _show_progress(self) -> bool:
-        if not self.info.is_main:
+        if not self.runtime.is_main:
             return False
         return sys.stderr.isatty() if self.options.progress is None else self.options.progress
 
     def _prepare_run_dir(self) -> None:
         import yaml
 
-        if self.info.is_main:
+        if self.runtime.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if not self.options.resume and (self.run_dir / RESUME_FILE).exists():
                 log.warning("%s already holds a run: starting afresh (use --resume to continue)",
                             self.run_dir)
             atomic_write_text(self.run_dir / "config.yaml",
                               yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
-        barrier(self.info)
+        barrier(self.runtime)
 
     def _set_determinism(self) -> None:
         torch.manual_seed(self.cfg.train.seed)
@@ -208,21 +199,20 @@ class _Trainer:
             message = exc.message if isinstance(exc, MedsegError) else str(exc)
             raise ConfigError(f"loss: {message}", self.cfg.source) from exc
 
-    def _amp(self) -> tuple[torch.dtype | None, Any]:
-        if not (self.cfg.train.amp and self.device.type == "cuda"):
-            return None, None
-        if torch.cuda.is_bf16_supported():
-            return torch.bfloat16, None
-        return torch.float16, torch.amp.GradScaler("cuda")
+    def _scaler(self) -> Any:
+        """A gradient scaler for fp16 training (bf16 and fp32 need none)."""
+        if self.runtime.precision != "fp16":
+            return None
+        return torch.amp.GradScaler(self.device.type)
 
     def _build_dataset(self) -> PatchDataset:
-        t, info = self.cfg.train, self.info
-        shard = self.data.train[info.rank :: info.world_size] or self.data.train
+        t, rt = self.cfg.train, self.runtime
+        shard = self.data.train[rt.rank :: rt.world_size] or self.data.train
         sampler = PatchSampler(t.patch_size, t.foreground_ratio, t.class_probabilities)
-        return PatchDataset(shard, sampler, t.iterations_per_epoch * t.batch_size, t.seed, info.rank)
+        return PatchDataset(shard, sampler, t.iterations_per_epoch * t.batch_size, t.seed, rt.rank)
 
     def _wrap_ddp(self) -> torch.nn.Module:
-        if not self.info.enabled:
+        if not self.runtime.distributed:
             return self.model
         from torch.nn.parallel import DistributedDataParallel
 
@@ -235,8 +225,7 @@ class _Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else {},
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                    "python": random.getstate()},
+            "rng": rng_states(),
             "sampler": self.dataset.state_dict(),
             "epoch": self.epoch,
             "step": self.step,
@@ -260,9 +249,7 @@ class _Trainer:
                                   path) from exc
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
+        restore_rng_states(state["rng"])
         self.dataset.load_state_dict(state["sampler"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.best_score, self.best_epoch = float(state["best_score"]), int(state["best_epoch"])
@@ -271,7 +258,7 @@ class _Trainer:
 
     # -- one epoch -------------------------------------------------------------------------------
     def _seed_epoch(self, epoch: int) -> None:
-        seed = _derive_seed(self.cfg.train.seed, epoch, self.info.rank)
+        seed = _derive_seed(self.cfg.train.seed, epoch, self.runtime.rank)
         torch.manual_seed(seed)
         np.random.seed(seed)
         random.seed(seed)
@@ -285,19 +272,6 @@ class _Trainer:
             generator=torch.Generator().manual_seed(_derive_seed(t.seed, epoch, 7)),
         )
 
-    def _loss(self, output: torch.Tensor | list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
-        """Loss of the main output, plus deep-supervision outputs weighted 1/2, 1/4... (normalised)."""
-        outputs = output if isinstance(output, (list, tuple)) else [output]
-        weights = [0.5**i for i in range(len(outputs))]
-        total = 0.0
-        for weight, out in zip(weights, outputs):
-            tgt = target
-            if out.shape[2:] != target.shape[1:]:
-                tgt = F.interpolate(target[:, None].float(), size=out.shape[2:], mode="nearest")
-                tgt = tgt[:, 0].long()
-            total = total + weight * self.loss_fn(out.float(), tgt)
-        return total / sum(weights)
-
     def _train_step(self, image: torch.Tensor, label: torch.Tensor, epoch: int) -> float:
         t = self.cfg.train
         set_lr(self.optimizer, lr_at(self.step, t))
@@ -305,11 +279,10 @@ class _Trainer:
         label = label.to(self.device, non_blocking=True).long()
         if self.augment.enabled:
             image, label = self.augment(image, label,
-                                        _derive_seed(t.seed, epoch, self.info.rank, self.step))
+                                        _derive_seed(t.seed, epoch, self.runtime.rank, self.step))
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype,
-                            enabled=self.amp_dtype is not None):
-            loss = self._loss(self.net(image), label)
+        with self.runtime.autocast():
+            loss = deep_supervision_loss(self.loss_fn, self.net(image), label)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
@@ -338,50 +311,28 @@ class _Trainer:
             count += 1
             bar.set_postfix(loss=f"{total / count:.4f}", lr=f"{lr_at(self.step, self.cfg.train):.2e}")
             if self.options.debug_param_hashes:
-                self._write_param_hash(epoch)
+                append_param_hash(self.run_dir / "debug" / f"params.rank{self.runtime.rank}.txt",
+                                  self.model, epoch, self.step)
         bar.close()
         sums = all_reduce_sum(torch.tensor([total, count], dtype=torch.float64,
-                                           device=self._reduce_device), self.info)
+                                           device=self._reduce_device), self.runtime)
         return float(sums[0] / max(sums[1], 1))
 
     @property
     def _reduce_device(self) -> torch.device:
-        return self.device if self.info.enabled and self.device.type == "cuda" else torch.device("cpu")
-
-    def _write_param_hash(self, epoch: int) -> None:
-        digest = hashlib.sha256()
-        for p in self.model.parameters():
-            digest.update(p.detach().cpu().contiguous().numpy().tobytes())
-        folder = self.run_dir / "debug"
-        folder.mkdir(exist_ok=True)
-        with open(folder / f"params.rank{self.info.rank}.txt", "a") as handle:
-            handle.write(f"{epoch} {self.step} {digest.hexdigest()}\n")
+        return self.device if self.runtime.distributed and self.device.type == "cuda" else torch.device("cpu")
 
     # -- validation and checkpoints ----------------------------------------------------------------
     def _validate(self, epoch: int, final: bool = False) -> dict[str, float]:
         due = final or epoch % self.cfg.train.val_every == 0 or epoch == self.cfg.train.epochs
         if not (due and self.data.val):
             return {}
-        infer = _InferenceSettings(self.cfg)
-        dice = validate(self.model, self.data.val, infer, self.data.num_classes, self.device,
-                        self.info, self.amp_dtype)
+        dice = validate(self.model, self.data.val, self.card.window, self.data.num_classes,
+                        self.runtime)
         row = {"val_mean_dice": float(np.nanmean(dice)) if np.isfinite(dice).any() else math.nan}
         for value, score in zip(range(1, self.data.num_classes), dice):
             row[f"dice_{self.data.label_names.get(value, value)}"] = float(score)
         return row
-
-    def _checkpoint_meta(self, row: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "label_names": {k: v for k, v in self.data.label_names.items()},
-            "preprocessing": self.preprocessing.to_config(),
-            "inference": {"roi_size": self.cfg.roi_size, "overlap": self.cfg.inference.overlap,
-                          "blend": self.cfg.inference.blend,
-                          "batch_size": self.cfg.inference.batch_size,
-                          "keep_largest": self.cfg.inference.keep_largest},
-            "train_config": self.cfg.to_dict(),
-            "epoch": self.epoch,
-            "metrics": {k: v for k, v in row.items() if isinstance(v, float)},
-        }
 
     def _save(self, row: dict[str, Any]) -> None:
         score = row.get("val_mean_dice")
@@ -391,10 +342,11 @@ class _Trainer:
         if improved:
             self.best_score, self.best_epoch = float(score), self.epoch
         save_resume_state(self.run_dir / RESUME_FILE, self._resume_state())
-        meta = self._checkpoint_meta(row)
-        save_checkpoint(self.run_dir / "last.safetensors", self.model, meta)
+        record = {"train_config": self.cfg.to_dict(), "epoch": self.epoch,
+                  "metrics": {k: v for k, v in row.items() if isinstance(v, float)}}
+        save_checkpoint(self.run_dir / "last.safetensors", self.model, self.card, **record)
         if improved:
-            save_checkpoint(self.run_dir / "best.safetensors", self.model, meta)
+            save_checkpoint(self.run_dir / "best.safetensors", self.model, self.card, **record)
         write_csv(self.run_dir / "log.csv", self.history)
         plot_curves(self.run_dir / "curves.png", self.history)
         self.tensorboard.scalars(row, self.epoch)
@@ -417,9 +369,9 @@ class _Trainer:
             row["seconds"] = round(time.monotonic() - began, 2)
             self.epoch = epoch
             self.history.append(row)
-            if self.info.is_main:
+            if self.runtime.is_main:
                 self._save(row)
-            barrier(self.info)
+            barrier(self.runtime)
             self._log_epoch(row, start, epoch - first + 1)
             if self.options.debug_kill_after_epoch == epoch:
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -440,13 +392,13 @@ class _Trainer:
             return False
         now = time.monotonic()
         over = (now - start) + (now - began) > 60.0 * self.options.max_minutes
-        if self.info.enabled:
+        if self.runtime.distributed:
             flag = torch.tensor([1.0 if over else 0.0], device=self.device)
-            over = bool(all_reduce_sum(flag, self.info).item() > 0)
+            over = bool(all_reduce_sum(flag, self.runtime).item() > 0)
         return over
 
     def _log_epoch(self, row: dict[str, Any], start: float, done: int) -> None:
-        if not self.info.is_main:
+        if not self.runtime.is_main:
             return
         remaining = self.cfg.train.epochs - row["epoch"]
         eta = (time.monotonic() - start) / done * remaining
@@ -454,17 +406,3 @@ class _Trainer:
         val = f", val mean Dice {dice:.4f}" if isinstance(dice, float) else ""
         log.info("epoch %d/%d: loss %.4f%s (%.1f s, ETA %.0f s)", row["epoch"],
                  self.cfg.train.epochs, row["train_loss"], val, row["seconds"], eta)
-
-
-@dataclass
-class _InferenceSettings:
-    roi_size: list[int]
-    overlap: float
-    blend: str
-    batch_size: int
-
-    def __init__(self, cfg: PipelineConfig) -> None:
-        self.roi_size = cfg.roi_size
-        self.overlap = cfg.inference.overlap
-        self.blend = cfg.inference.blend
-        self.batch_size = cfg.inference.batch_size

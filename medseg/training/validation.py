@@ -10,13 +10,13 @@ preprocessed grid (the grid the network sees).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
-
 import numpy as np
 import torch
 
+from medseg.card import WindowSettings
 from medseg.data.cache import CachedCase
-from medseg.training.distributed import DistInfo, all_reduce_sum
+from medseg.runtime import Runtime
+from medseg.training.distributed import all_reduce_sum
 
 __all__ = ["dice_per_label", "validate"]
 
@@ -35,37 +35,36 @@ def dice_per_label(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -
     return torch.where(total > 0, dice, torch.full_like(dice, float("nan")))
 
 
-def _predict(model: torch.nn.Module, case: CachedCase, infer: Any, device: torch.device,
-             amp_dtype: torch.dtype | None) -> torch.Tensor:
+def _predict(model: torch.nn.Module, case: CachedCase, window: WindowSettings,
+             runtime: Runtime) -> torch.Tensor:
     from medseg.inference import sliding_window
+    from medseg.inference.precision import make_predictor
 
     image = torch.from_numpy(np.array(case.image, dtype=np.float32))[None]  # a writable copy
-    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        logits = sliding_window(model, image, roi_size=list(infer.roi_size),
-                                overlap=infer.overlap, blend=infer.blend,
-                                batch_size=infer.batch_size, device=device, out_device="cpu")
+    logits = sliding_window(make_predictor(model, runtime), image, window,
+                            device=runtime.device, out_device="cpu")
     return logits[0].argmax(dim=0)
 
 
 @torch.no_grad()
-def validate(model: torch.nn.Module, cases: Sequence[CachedCase], infer: Any, num_classes: int,
-             device: torch.device, info: DistInfo, amp_dtype: torch.dtype | None = None
-             ) -> np.ndarray:
+def validate(model: torch.nn.Module, cases: Sequence[CachedCase], window: WindowSettings,
+             num_classes: int, runtime: Runtime) -> np.ndarray:
     """Mean Dice per label (K - 1,) over ``cases``, the cases shared out over the ranks.
 
-    ``infer`` carries ``roi_size`` (voxels), ``overlap``, ``blend``, ``batch_size``.
+    The sliding window runs with ``window``, the model card's settings (the same
+    ``medseg predict`` uses), in ``runtime``'s precision.
     """
     was_training = model.training
     model.eval()
     sums = torch.zeros(2, num_classes - 1, dtype=torch.float64)  # [sum of Dice, count]
-    for case in list(cases)[info.rank :: info.world_size]:
-        pred = _predict(model, case, infer, device, amp_dtype)
+    for case in list(cases)[runtime.rank :: runtime.world_size]:
+        pred = _predict(model, case, window, runtime)
         dice = dice_per_label(pred, torch.from_numpy(np.array(case.label)), num_classes)
         valid = ~torch.isnan(dice)
         sums[0] += torch.where(valid, dice, torch.zeros_like(dice))
         sums[1] += valid.double()
     model.train(was_training)
-    if info.enabled:
-        sums = all_reduce_sum(sums.to(device), info).cpu()
+    if runtime.distributed:
+        sums = all_reduce_sum(sums.to(runtime.device), runtime).cpu()
     with np.errstate(invalid="ignore", divide="ignore"):
         return (sums[0] / sums[1]).numpy()

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from medseg.card import WindowSettings as W
 from medseg.errors import GeometryError, UsageError
 from medseg.inference import (
     estimate_peak_memory,
@@ -24,10 +25,10 @@ def test_pointwise_net_equals_full_forward(pointwise, roi, overlap, blend):
     x = torch.randn(2, 2, 37, 30, 26, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         ref = pointwise(x)
-    out = sliding_window(pointwise, x, roi, overlap, blend, batch_size=3)
+    out = sliding_window(pointwise, x, W(roi, overlap, blend, batch_size=3))
     assert out.shape == ref.shape and out.dtype == torch.float32
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
-    labels = sliding_window_argmax(pointwise, x, roi, overlap, blend, batch_size=3)
+    labels = sliding_window_argmax(pointwise, x, W(roi, overlap, blend, batch_size=3))
     assert labels.dtype == torch.uint8 and labels.shape == (2, 37, 30, 26)
     assert torch.equal(labels, out.argmax(1).to(torch.uint8))
 
@@ -39,10 +40,12 @@ def test_argmax_slab_equals_full_argmax_exactly_with_random_net():
     x = torch.randn(1, 1, 40, 33, 47)
     mask = torch.zeros(40, 33, 47, dtype=torch.bool)
     mask[5:20, 5:30, 3:25] = True
-    for kw in ({}, {"skip_empty": mask}, {"mirror_axes": (2,)}, {"out_dtype": torch.float16}):
-        full = sliding_window(net, x, (16, 16, 12), 0.5, batch_size=3, **kw)
-        slab = sliding_window_argmax(net, x, (16, 16, 12), 0.5, batch_size=3, **kw)
-        assert torch.equal(slab, full.argmax(1).to(torch.uint8)), kw
+    window = W((16, 16, 12), 0.5, batch_size=3)
+    for axes, kw in (((), {}), ((), {"skip_empty": mask}), ((2,), {}),
+                     ((), {"out_dtype": torch.float16})):
+        full = sliding_window(net, x, window.replace(mirror_axes=axes), **kw)
+        slab = sliding_window_argmax(net, x, window.replace(mirror_axes=axes), **kw)
+        assert torch.equal(slab, full.argmax(1).to(torch.uint8)), (axes, kw)
 
 
 @pytest.mark.parametrize("size,roi,overlap", [
@@ -74,7 +77,7 @@ def test_agrees_with_monai_sliding_window_inference():
         with torch.inference_mode():
             ref = sliding_window_inference(x, roi, 4, net, overlap=overlap, mode="gaussian",
                                            sigma_scale=0.125)
-        out = sliding_window(net, x, roi, overlap, "gaussian")
+        out = sliding_window(net, x, W(roi, overlap, "gaussian"))
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
         agree = (out.argmax(1) == ref.argmax(1)).float().mean().item()
         assert agree >= 0.999, (shape, agree)
@@ -84,10 +87,10 @@ def test_volume_smaller_than_roi(pointwise):
     x = torch.randn(1, 2, 9, 20, 5)
     with torch.inference_mode():
         ref = pointwise(x)
-    out = sliding_window(pointwise, x, 16, 0.5)
+    out = sliding_window(pointwise, x, W(16, 0.5))
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
     calls = []
-    sliding_window(lambda t: calls.append(t.shape) or pointwise(t), x, 16, 0.5)
+    sliding_window(lambda t: calls.append(t.shape) or pointwise(t), x, W(16, 0.5))
     assert all(tuple(s[2:]) == (16, 16, 16) for s in calls)
 
 
@@ -100,12 +103,12 @@ def test_mirror_tta_with_flip_equivariant_net():
                  + w.flip(3, 4) + w.flip(2, 3, 4)) / 8)
     conv.eval()
     x = torch.randn(1, 1, 30, 26, 22)
-    plain = sliding_window(conv, x, 16, 0.5)
-    tta = sliding_window(conv, x, 16, 0.5, mirror_axes=(0, 1, 2))
+    plain = sliding_window(conv, x, W(16, 0.5))
+    tta = sliding_window(conv, x, W(16, 0.5, mirror_axes=(0, 1, 2)))
     torch.testing.assert_close(tta, plain, atol=1e-5, rtol=0)
     calls = []
-    sliding_window(lambda t: calls.append(1) or conv(t), x, 16, 0.5, batch_size=100,
-                   mirror_axes=(0, 2))
+    sliding_window(lambda t: calls.append(1) or conv(t), x,
+                   W(16, 0.5, batch_size=100, mirror_axes=(0, 2)))
     assert len(calls) == 4
 
 
@@ -123,7 +126,7 @@ def test_skip_empty_covers_only_the_mask_box(pointwise):
     mask = torch.zeros(48, 48, 16, dtype=torch.bool)
     mask[2:10, 2:10, :] = True
     seen: list = []
-    out = sliding_window(_counting(pointwise, seen), x, (16, 16, 16), 0.5, batch_size=1,
+    out = sliding_window(_counting(pointwise, seen), x, W((16, 16, 16), 0.5, batch_size=1),
                          skip_empty=mask)
     assert seen == [(1, 2, 16, 16, 16)]  # one window instead of 5 x 5 over the volume
     with torch.inference_mode():
@@ -131,7 +134,7 @@ def test_skip_empty_covers_only_the_mask_box(pointwise):
     torch.testing.assert_close(out[..., :16, :16, :], ref[..., :16, :16, :], atol=1e-5, rtol=0)
     for outside in (out[0, :, 16:, :, :], out[0, :, :, 16:, :]):
         assert torch.all(outside[0] == 1) and torch.all(outside[1:] == 0)
-    labels = sliding_window_argmax(pointwise, x, 16, 0.5, skip_empty=mask)
+    labels = sliding_window_argmax(pointwise, x, W(16, 0.5), skip_empty=mask)
     assert torch.equal(labels, out.argmax(1).to(torch.uint8))
 
 
@@ -144,7 +147,7 @@ def test_skip_empty_skips_empty_windows_inside_the_box(pointwise):
     mask[2:6, 2:6, :] = True
     mask[40:44, 40:44, :] = True
     seen: list = []
-    out = sliding_window(_counting(pointwise, seen), x, 16, 0.5, batch_size=1,
+    out = sliding_window(_counting(pointwise, seen), x, W(16, 0.5, batch_size=1),
                          skip_empty=mask)
     assert window_starts(42, 16, 0.5) == [0, 8, 16, 24, 26]
     assert len(seen) == 5
@@ -158,7 +161,7 @@ def test_skip_empty_skips_empty_windows_inside_the_box(pointwise):
     assert torch.all(out[0, 0, 44:] == 1) and torch.all(out[0, 1:, 44:] == 0)
     # All windows empty: one probe call to learn K, result all background.
     seen.clear()
-    out = sliding_window(_counting(pointwise, seen), x, 16, 0.5,
+    out = sliding_window(_counting(pointwise, seen), x, W(16, 0.5),
                          skip_empty=torch.zeros(48, 48, 16, dtype=bool))
     assert len(seen) == 1 and torch.all(out.argmax(1) == 0)
 
@@ -200,9 +203,10 @@ def test_window_starts_cover_with_overlap():
     ({"skip_empty": torch.ones(3, 3, 3, dtype=torch.bool)}, "skip_empty"),
 ])
 def test_argument_errors(pointwise, kwargs, match):
-    args = {"roi_size": 16, **kwargs}
+    settings = {"roi_size": 16, **kwargs}
+    mask = settings.pop("skip_empty", None)
     with pytest.raises(UsageError, match=match):
-        sliding_window(pointwise, torch.zeros(1, 2, 20, 20, 20), **args)
+        sliding_window(pointwise, torch.zeros(1, 2, 20, 20, 20), W(**settings), skip_empty=mask)
 
 
 def test_predictor_output_checked():

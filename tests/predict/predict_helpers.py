@@ -58,20 +58,33 @@ def threshold_unet(in_channels: int = 1) -> torch.nn.Module:
     return model.eval()
 
 
-def checkpoint_meta(roi=(32, 32, 16), overlap=0.25, spacing_mm=None, orientation=None) -> dict:
+def threshold_card(model: torch.nn.Module, roi=(32, 32, 16), overlap=0.25, spacing_mm=None,
+                   orientation=None, **window):
+    """The model card of the threshold network (``window``: more WindowSettings fields)."""
+    from medseg.card import ModelCard, NetworkSpec, WindowSettings
+
     pre: dict = {"intensity": {"mode": "ct", "window": list(WINDOW)}}
     if spacing_mm is not None:
         pre["spacing_mm"] = list(spacing_mm)
     if orientation is not None:
         pre["orientation"] = orientation
-    return {"label_names": LABEL_NAMES, "preprocessing": pre,
-            "inference": {"roi_size": list(roi), "overlap": overlap}}
+    return ModelCard(NetworkSpec.of(model), pre, LABEL_NAMES,
+                     WindowSettings(tuple(roi), overlap, **window))
 
 
-def save_threshold_checkpoint(path: Path, in_channels: int = 1, **meta_kwargs) -> Path:
+def threshold_model(in_channels: int = 1, **card_kwargs):
+    """The threshold network wrapped with its card, ready for ``predict_case``."""
+    from medseg.inference.loaded import LoadedModel
+
+    model = threshold_unet(in_channels)
+    return LoadedModel(model, threshold_card(model, **card_kwargs))
+
+
+def save_threshold_checkpoint(path: Path, in_channels: int = 1, **card_kwargs) -> Path:
     from medseg.checkpoint import save_checkpoint
 
-    save_checkpoint(path, threshold_unet(in_channels), checkpoint_meta(**meta_kwargs))
+    model = threshold_unet(in_channels)
+    save_checkpoint(path, model, threshold_card(model, **card_kwargs))
     return path
 
 

@@ -197,7 +197,7 @@ def test_incompatible_checkpoint_version(tmp_path, threshold_ckpt, nifti_case, c
     out = tmp_path / "o"
     assert predict("-m", future, "-i", src, "-o", out) == 1
     line = error_line(capsys)
-    assert line.startswith(f"medseg: error: {future}: checkpoint format_version 2 is not supported")
+    assert line.startswith(f"medseg: error: {future}: checkpoint format_version 3 is not supported")
     assert files_in(out) == []
 
 
@@ -237,7 +237,7 @@ def test_usage_errors(tmp_path, threshold_ckpt, nifti_case, capsys):
     assert predict("-m", threshold_ckpt, "-i", src, "-o", tmp_path / "x.dcm") == 2
     assert "needs a DICOM series as input" in error_line(capsys)
     assert predict("-m", threshold_ckpt, "-i", src, "-o", tmp_path / "o", "--overlap", "1.5") == 2
-    assert "--overlap must be in [0, 1)" in error_line(capsys)
+    assert "overlap must be a number in [0, 1), got 1.5" in error_line(capsys)
     assert not (tmp_path / "o").exists() and not (tmp_path / "x.nii.gz").exists()
 
 
@@ -252,16 +252,23 @@ def test_unknown_series_uid(tmp_path, large_roi_ckpt, ct_dicom, capsys):
 @pytest.mark.parametrize("flag,amp", [((), None), (("--amp",), True), (("--no-amp",), False)])
 def test_amp_flag_reaches_the_network(tmp_path, threshold_ckpt, nifti_case, monkeypatch,
                                       flag, amp):
-    """--amp/--no-amp set the precision policy; without either it is auto (None)."""
-    from medseg.inference import precision
+    """--amp/--no-amp set the precision policy; without either it is auto (None). The
+    runtime resolved from them is the one the network runs under."""
+    from medseg.inference import predict as predict_module
+    from medseg.runtime import Runtime
 
-    seen = []
-    policy = precision.autocast_dtype
-    monkeypatch.setattr(precision, "autocast_dtype",
-                        lambda dev, value: seen.append(value) or policy(dev, False))
+    seen, used = [], []
+    resolve = Runtime.resolve.__func__
+    monkeypatch.setattr(Runtime, "resolve", classmethod(
+        lambda cls, device="auto", value=None, environ=None:
+        seen.append(value) or resolve(cls, device, False, environ)))
+    make = predict_module.make_predictor
+    monkeypatch.setattr(predict_module, "make_predictor",
+                        lambda model, runtime: used.append(runtime) or make(model, runtime))
     src, case = nifti_case("ct", "RAS", 0.0)
     assert predict("-m", threshold_ckpt, "-i", src, "-o", tmp_path / "p.nii.gz", *flag) == 0
     assert seen == [amp]
+    assert len(used) == 1 and used[0].precision == "fp32"
 
 
 @pytest.mark.parametrize("flag,expected", [((), "linear"), (("--label-interp", "nearest"),
@@ -270,10 +277,11 @@ def test_label_interp_flag(tmp_path, monkeypatch, flag, expected):
     from medseg.inference import batch
 
     seen = {}
-    monkeypatch.setattr(batch, "predict_cases", lambda *a, **kw: seen.update(kw) or [])
+    monkeypatch.setattr(batch, "predict_cases",
+                        lambda *a, **kw: seen.update(options=a[3]) or [])
     assert predict("-m", tmp_path / "m.safetensors", "-i", tmp_path, "-o", tmp_path / "o",
                    *flag) == 0
-    assert seen["label_interp"] == expected
+    assert seen["options"].label_interp == expected
 
 
 def test_label_interp_flag_rejects_unknown(tmp_path, capsys):

@@ -82,12 +82,13 @@ def test_seg_frames_match_source_pixels(tmp_path, threshold_ckpt, geometry):
     """Predict on a written series; each SEG frame equals the thresholded source slice."""
     from medseg.io import read_volume
     from medseg.inference.predict import predict_case
+    from medseg.runtime import Runtime
 
     iop, ipp0, spacing, step = GEOMETRIES[geometry]
     hu = blobs((7, 12, 10))
     files = write_series(tmp_path / "series", hu, iop, ipp0, spacing, step)
     image = read_volume(tmp_path / "series")
-    labels = predict_case(threshold_ckpt, image, device="cpu").labels
+    labels = predict_case(threshold_ckpt, image, runtime=Runtime.cpu()).labels
     out = write_dicom_seg(labels, image.meta["dicom_files"], tmp_path / "seg.dcm", LABEL_NAMES)
 
     seg = pydicom.dcmread(out)

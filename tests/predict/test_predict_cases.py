@@ -11,7 +11,6 @@ import pytest
 from medseg.inference.batch import (
     PredictCase,
     case_name,
-    dist_env,
     list_cases,
     outputs_for,
     shard_cases,
@@ -39,15 +38,6 @@ def test_shard_every_case_exactly_once(world_size):
     assert len(flat) == len(set(flat)) == 7
     for rank, shard in enumerate(shards):  # case i -> rank i % world_size
         assert [int(c.name[1:]) % world_size for c in shard] == [rank] * len(shard)
-
-
-def test_dist_env():
-    assert dist_env({}) == (0, 1, 0)
-    assert dist_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == (3, 4, 1)
-    with pytest.raises(UsageError, match="RANK=4 WORLD_SIZE=4"):
-        dist_env({"RANK": "4", "WORLD_SIZE": "4"})
-    with pytest.raises(UsageError, match="integers"):
-        dist_env({"RANK": "x", "WORLD_SIZE": "2"})
 
 
 def test_case_name():

@@ -7,18 +7,28 @@ import pytest
 import torch
 
 from medseg.errors import CheckpointError, DataError, UsageError
-from medseg.inference.predict import Prediction, predict_case, predict_volume
+from medseg.inference.predict import Prediction, PredictOptions, predict_case, predict_volume
+from medseg.runtime import Runtime
 from medseg.data.phantom import make_phantom
 from medseg.volume import Volume
 
-from .predict_helpers import HIGH_HU, LOW_HU, checkpoint_meta, threshold_labels, threshold_unet
+from .predict_helpers import (
+    HIGH_HU,
+    LOW_HU,
+    threshold_card,
+    threshold_labels,
+    threshold_model,
+    threshold_unet,
+)
+
+CPU = Runtime.cpu()
 
 
 @pytest.mark.parametrize("orientation,oblique", [("RAS", 0.0), ("LPS", 0.0), ("PIR", 0.0),
                                                   ("LPS", 25.0)])
 def test_labels_equal_thresholding_on_input_grid(threshold_ckpt, phantom, orientation, oblique):
     case = phantom(orientation, oblique)
-    result = predict_case(threshold_ckpt, case.image, device="cpu")
+    result = predict_case(threshold_ckpt, case.image, runtime=CPU)
     assert isinstance(result, Prediction) and result.probabilities is None
     labels = result.labels
     assert labels.array.dtype == np.uint8
@@ -35,7 +45,7 @@ def test_resampling_checkpoint_keeps_input_grid_and_is_not_mirrored(resampling_c
                                                                     orientation, oblique):
     """Reorient to RAS + resample to 5x5x6 mm and back: same grid, labels where the input says."""
     case = phantom(orientation, oblique)
-    labels = predict_case(resampling_ckpt, case.image, device="cpu").labels
+    labels = predict_case(resampling_ckpt, case.image, runtime=CPU).labels
     assert labels.shape == case.image.shape
     np.testing.assert_array_equal(labels.affine, case.image.affine)
     expected = threshold_labels(case.image.array)
@@ -51,9 +61,9 @@ def test_resampling_checkpoint_keeps_input_grid_and_is_not_mirrored(resampling_c
 
 def test_tta_and_probabilities(threshold_ckpt, phantom):
     case = phantom("LPS")
-    plain = predict_case(threshold_ckpt, case.image, device="cpu").labels
-    result = predict_case(threshold_ckpt, case.image, device="cpu", tta=True,
-                            save_probabilities=True, overlap=0.5, batch_size=2)
+    plain = predict_case(threshold_ckpt, case.image, runtime=CPU).labels
+    options = PredictOptions(tta=True, save_probabilities=True, overlap=0.5, batch_size=2)
+    result = predict_case(threshold_ckpt, case.image, options, CPU)
     np.testing.assert_array_equal(result.labels.array, plain.array)
     probs = result.probabilities
     assert probs.shape == (3,) + case.image.shape and probs.array.dtype == np.float32
@@ -62,26 +72,25 @@ def test_tta_and_probabilities(threshold_ckpt, phantom):
     np.testing.assert_array_equal(np.argmax(probs.array, axis=0), plain.array)
 
 
-def test_bare_module_with_meta(phantom):
+def test_bare_module_with_its_card(phantom):
     case = phantom("RAS")
-    meta = checkpoint_meta(roi=(16, 16, 16))
-    result = predict_case(threshold_unet(), case.image, device="cpu", checkpoint_meta=meta)
+    result = predict_case(threshold_model(roi=(16, 16, 16)), case.image, runtime=CPU)
     np.testing.assert_array_equal(result.labels.array, threshold_labels(case.image.array))
     assert result.labels.array.dtype == np.uint8
-    with pytest.raises(UsageError, match="checkpoint_meta"):
-        predict_case(threshold_unet(), case.image, device="cpu")
+    with pytest.raises(UsageError, match=r"LoadedModel\(module, card\)"):
+        predict_case(threshold_unet(), case.image, runtime=CPU)
 
 
 def test_channel_mismatch_names_image_and_checkpoint(two_channel_ckpt, phantom):
     case = phantom("RAS")
     image = Volume(case.image.array, case.image.affine, {"source": "/data/ct_1.nii.gz"})
     with pytest.raises(DataError) as err:
-        predict_case(two_channel_ckpt, image, device="cpu")
+        predict_case(two_channel_ckpt, image, runtime=CPU)
     assert str(err.value).startswith("/data/ct_1.nii.gz: checkpoint ")
     assert "expects 2 input channels, image has 1" in str(err.value)
     assert str(two_channel_ckpt) in str(err.value)
     two = Volume(np.stack([case.image.array] * 2), case.image.affine)
-    labels = predict_case(two_channel_ckpt, two, device="cpu").labels  # channel 0 thresholds
+    labels = predict_case(two_channel_ckpt, two, runtime=CPU).labels  # channel 0 thresholds
     np.testing.assert_array_equal(labels.array, threshold_labels(case.image.array))
 
 
@@ -91,7 +100,7 @@ def test_nan_is_refused(threshold_ckpt, phantom):
     array[3, 4, 5] = np.nan
     image = Volume(array, case.image.affine, {"source": "/data/nan.nii.gz"})
     with pytest.raises(DataError, match=r"^/data/nan.nii.gz: image holds 1 NaN"):
-        predict_case(threshold_ckpt, image, device="cpu")
+        predict_case(threshold_ckpt, image, runtime=CPU)
 
 
 def test_bad_checkpoint_and_device(tmp_path, phantom):
@@ -99,27 +108,27 @@ def test_bad_checkpoint_and_device(tmp_path, phantom):
     bad = tmp_path / "model.pt"
     torch.save({"w": torch.zeros(1)}, bad)
     with pytest.raises(CheckpointError, match="model.pt: not a medseg safetensors checkpoint"):
-        predict_case(bad, case.image, device="cpu")
+        predict_case(bad, case.image, runtime=CPU)
     if not torch.cuda.is_available():
         with pytest.raises(UsageError, match="CUDA is not available"):
-            predict_case(bad, case.image, device="cuda")
+            predict_case(bad, case.image, runtime=Runtime.resolve("cuda"))
 
 
 def test_predict_volume_returns_volumes_on_the_input_grid(threshold_ckpt):
     """predict_volume -> Volume: labels equal predict_case's; probabilities are (K, x, y, z)
     on the same grid, sum to 1 per voxel, and their argmax is the label map."""
     case = make_phantom((40, 36, 20), (4.0, 4.0, 5.0), orientation="LPS", seed=2, noise_hu=5)
-    labels = predict_volume(threshold_ckpt, case.image, device="cpu")
+    labels = predict_volume(threshold_ckpt, case.image, runtime=CPU)
     assert isinstance(labels, Volume) and labels.same_grid(case.image, tol_mm=0)
-    expected = predict_case(threshold_ckpt, case.image, device="cpu").labels.array
+    expected = predict_case(threshold_ckpt, case.image, runtime=CPU).labels.array
     np.testing.assert_array_equal(labels.array, expected)
-    probs = predict_volume(threshold_ckpt, case.image, device="cpu", output="probabilities")
+    probs = predict_volume(threshold_ckpt, case.image, output="probabilities", runtime=CPU)
     assert probs.shape[1:] == case.image.shape and probs.array.shape[0] >= 2
     np.testing.assert_allclose(probs.array.sum(axis=0), 1.0, atol=1e-5)
     agree = (probs.array.argmax(axis=0) == labels.array).mean()
     assert agree >= 0.999
     with pytest.raises(UsageError, match="did you mean 'labels'"):
-        predict_volume(threshold_ckpt, case.image, device="cpu", output="label")
+        predict_volume(threshold_ckpt, case.image, output="label", runtime=CPU)
 
 
 def test_keep_largest_from_checkpoint_and_override(tmp_path):
@@ -130,20 +139,22 @@ def test_keep_largest_from_checkpoint_and_override(tmp_path):
 
     from .predict_helpers import threshold_labels
 
-    meta = checkpoint_meta()
-    meta["inference"]["keep_largest"] = True
+    from medseg.card import Postprocess
+
+    model = threshold_unet()
+    card = threshold_card(model).replace(postprocess=Postprocess(keep_largest=True))
     ckpt = tmp_path / "keep.safetensors"
-    save_checkpoint(ckpt, threshold_unet(), meta)
+    save_checkpoint(ckpt, model, card)
     case = make_phantom((40, 36, 20), (4.0, 4.0, 5.0), seed=3, noise_hu=0)
     hu = case.image.array.copy()
     hu[2:4, 2:4, 2:4] = 400  # an isolated "dense" island far from the body's dense parts
     image = case.image.with_array(hu)
     raw = threshold_labels(hu)
     assert ndimage_components(raw == 2) > 1
-    kept = predict_volume(ckpt, image, device="cpu")
+    kept = predict_volume(ckpt, image, runtime=CPU)
     np.testing.assert_array_equal(kept.array, keep_largest_component(raw))
     assert kept.array[2, 2, 2] == 0
-    plain = predict_volume(ckpt, image, device="cpu", keep_largest=False)
+    plain = predict_volume(ckpt, image, options=PredictOptions(keep_largest=False), runtime=CPU)
     np.testing.assert_array_equal(plain.array, raw)
 
 
@@ -156,18 +167,16 @@ def ndimage_components(mask: np.ndarray) -> int:
 def test_predict_case_bf16_on_cpu_matches_the_analytic_thresholds(threshold_ckpt, monkeypatch):
     """The threshold network under bf16 autocast (``amp=True`` on the CPU): labels equal the
     analytic thresholds except within a few HU of them (bf16 resolves the window to ~0.8 HU)."""
-    from medseg.inference import precision
+    from medseg import runtime as runtime_module
 
-    chosen = []
-    policy = precision.autocast_dtype
-    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
-    monkeypatch.setattr(precision, "autocast_dtype",
-                        lambda dev, amp: chosen.append(policy(dev, amp)) or chosen[-1])
+    monkeypatch.setattr(runtime_module, "cpu_has_native_bf16", lambda: True)
+    bf16_runtime = Runtime.resolve("cpu", amp=True)
+    assert bf16_runtime.precision == "bf16"
     case = make_phantom((40, 36, 20), (4.0, 4.5, 5.0), seed=3, noise_hu=20.0)
     hu = case.image.array.astype(np.float64)
-    fp32 = predict_case(threshold_ckpt, case.image, device="cpu").labels.array
-    bf16 = predict_case(threshold_ckpt, case.image, device="cpu", amp=True).labels.array
-    assert chosen == [None, torch.bfloat16]
+    fp32 = predict_case(threshold_ckpt, case.image, runtime=CPU).labels.array
+    bf16 = predict_case(threshold_ckpt, case.image, runtime=bf16_runtime).labels.array
+    assert (fp32 != bf16).any()  # the precision was really used
     expected = threshold_labels(hu)
     np.testing.assert_array_equal(fp32, expected)
     far = (np.abs(hu - LOW_HU) > 4) & (np.abs(hu - HIGH_HU) > 4)
@@ -186,10 +195,11 @@ def test_labels_from_interpolated_probabilities(resampling_ckpt, caplog):
     from medseg.inference import predict as predict_module
 
     case = make_phantom((80, 72, 40), (2.0, 2.0, 2.5), orientation="LPS", seed=5, noise_hu=0)
-    linear = predict_case(resampling_ckpt, case.image, device="cpu")
-    full = predict_case(resampling_ckpt, case.image, device="cpu", save_probabilities=True)
+    linear = predict_case(resampling_ckpt, case.image, runtime=CPU)
+    full = predict_case(resampling_ckpt, case.image, PredictOptions(save_probabilities=True), CPU)
     np.testing.assert_array_equal(linear.labels.array, full.labels.array)
-    nearest = predict_case(resampling_ckpt, case.image, device="cpu", label_interp="nearest")
+    nearest = predict_case(resampling_ckpt, case.image, PredictOptions(label_interp="nearest"),
+                           CPU)
     truth = threshold_labels(case.image.array)
     agree_linear = (linear.labels.array == truth).mean()
     agree_nearest = (nearest.labels.array == truth).mean()
@@ -197,8 +207,54 @@ def test_labels_from_interpolated_probabilities(resampling_ckpt, caplog):
     assert 1 - agree_linear < 0.85 * (1 - agree_nearest), (agree_linear, agree_nearest)
     with pytest.MonkeyPatch.context() as mp, caplog.at_level(logging.INFO):
         mp.setattr(predict_module, "PROBABILITY_BUDGET_BYTES", 0)
-        fallback = predict_case(resampling_ckpt, case.image, device="cpu")
+        fallback = predict_case(resampling_ckpt, case.image, runtime=CPU)
     np.testing.assert_array_equal(fallback.labels.array, nearest.labels.array)
     assert "by nearest neighbour" in caplog.text
     with pytest.raises(UsageError, match="label_interp"):
-        predict_case(resampling_ckpt, case.image, device="cpu", label_interp="cubic")
+        PredictOptions(label_interp="cubic")
+
+
+def test_window_settings_of_the_card_are_the_ones_used(monkeypatch, phantom, tmp_path):
+    """A checkpoint whose card says blend constant and batch_size 3 is served with both
+    (before the card, predict hard-coded a Gaussian blend and its own batch size). The
+    reference is medseg's own sliding window run directly with those settings, on a random
+    (not pointwise) U-Net, whose windows disagree near their borders so the blend matters."""
+    from medseg import models
+    from medseg.card import WindowSettings
+    from medseg.checkpoint import save_checkpoint
+    import importlib
+
+    sw = importlib.import_module("medseg.inference.sliding_window")
+    from medseg.inference.precision import make_predictor
+    from medseg.transforms.resample import as_tensor
+
+    model = models.create("unet3d", 1, 3, depth=2, width=4, seed=0).eval()
+    path = tmp_path / "constant.safetensors"
+    save_checkpoint(path, model, threshold_card(model, roi=(16, 16, 8), overlap=0.5,
+                                                blend="constant", batch_size=3))
+    case = phantom("RAS")
+    seen: list[WindowSettings] = []
+    calls: list[int] = []
+    real = sw._Run.prepare
+
+    def spy(cls, predictor, image, window, *args):
+        seen.append(window)
+        return real(predictor_counting(predictor), image, window, *args)
+
+    def predictor_counting(predictor):
+        return lambda batch: calls.append(batch.shape[0]) or predictor(batch)
+
+    monkeypatch.setattr(sw._Run, "prepare", classmethod(spy))
+    result = predict_case(path, case.image, PredictOptions(save_probabilities=True), CPU)
+    assert seen == [WindowSettings((16, 16, 8), 0.5, "constant", 3)]
+    assert max(calls) == 3 and calls.count(3) >= len(calls) - 3
+    monkeypatch.setattr(sw._Run, "prepare", real)
+    image = as_tensor(((case.image.array + 100.0) / 400.0).clip(0, 1).astype(np.float32))
+    logits = sw.sliding_window(make_predictor(model, CPU), image[None, None],
+                               WindowSettings((16, 16, 8), 0.5, "constant", 3))[0]
+    expected = torch.softmax(logits, dim=0).numpy()
+    np.testing.assert_allclose(result.probabilities.array, expected, atol=1e-5)
+    gaussian = sw.sliding_window(make_predictor(model, CPU), image[None, None],
+                                 WindowSettings((16, 16, 8), 0.5, "gaussian", 3))[0]
+    assert not torch.allclose(torch.softmax(gaussian, dim=0), torch.from_numpy(expected),
+                              atol=1e-5)

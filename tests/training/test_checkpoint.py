@@ -13,7 +13,9 @@ import torch
 
 from medseg import __version__
 from medseg import checkpoint as ckpt
+from medseg.card import ModelCard, NetworkSpec, Postprocess, WindowSettings
 from medseg.errors import CheckpointError
+from medseg.training import resume
 
 
 class TinyNet(torch.nn.Module):
@@ -27,38 +29,86 @@ class TinyNet(torch.nn.Module):
         return self.norm(self.conv(x))
 
 
-META = {
-    "label_names": {1: "liver", 2: "spleen"},
-    "preprocessing": {"orientation": "RAS", "spacing_mm": [1.5, 1.5, 2.0]},
-    "inference": {"roi_size": [32, 32, 32], "overlap": 0.5},
-    "train_config": {"train": {"epochs": 3}},
-    "epoch": 7,
-    "metrics": {"val_mean_dice": 0.875},
-}
+CARD = ModelCard(
+    NetworkSpec("tiny", 1, 3),
+    {"orientation": "RAS", "spacing_mm": [1.5, 1.5, 2.0]},
+    {1: "liver", 2: "spleen"},
+    WindowSettings((32, 32, 32), 0.5),
+)
+RECORD = {"train_config": {"train": {"epochs": 3}}, "epoch": 7,
+          "metrics": {"val_mean_dice": 0.875}}
 
 
 def test_round_trip_weights_and_description(tmp_path):
     torch.manual_seed(0)
     net = TinyNet()
     net.norm.running_mean += torch.arange(3.0)
-    path = ckpt.save_checkpoint(tmp_path / "best.safetensors", net, META)
+    path = ckpt.save_checkpoint(tmp_path / "best.safetensors", net, CARD, **RECORD)
     loaded = ckpt.load_checkpoint(path)
     assert set(loaded.state_dict) == set(net.state_dict())
     for name, value in net.state_dict().items():
         assert torch.equal(loaded.state_dict[name], value), name
-    assert loaded.model == {"name": "tiny", "in_channels": 1, "out_channels": 3}
-    assert (loaded.in_channels, loaded.out_channels) == (1, 3)
-    assert loaded.label_names == {"1": "liver", "2": "spleen"}
-    assert loaded.preprocessing["spacing_mm"] == [1.5, 1.5, 2.0]
-    assert loaded.inference == {"roi_size": [32, 32, 32], "overlap": 0.5}
+    assert loaded.card == CARD
+    assert loaded.card.model.to_dict() == {"name": "tiny", "in_channels": 1, "out_channels": 3}
+    assert loaded.card.labels == {0: "background", 1: "liver", 2: "spleen"}
+    assert loaded.card.window == WindowSettings((32, 32, 32), 0.5, "gaussian", 4, ())
     assert loaded.epoch == 7 and loaded.metrics["val_mean_dice"] == 0.875
-    assert loaded.medseg_version == __version__ and loaded.format_version == 1
+    assert loaded.medseg_version == __version__ and loaded.format_version == 2
     # The description is plain JSON in the safetensors header, readable by any tool.
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as handle:
         doc = json.loads(handle.metadata()["medseg"])
-    assert doc["model"]["name"] == "tiny" and doc["train_config"] == {"train": {"epochs": 3}}
+    assert doc["card"]["model"]["name"] == "tiny"
+    assert doc["card"]["window"] == {"roi_size": [32, 32, 32], "overlap": 0.5,
+                                     "blend": "gaussian", "batch_size": 4, "mirror_axes": []}
+    assert doc["train_config"] == {"train": {"epochs": 3}}
+
+
+def test_card_json_round_trip_is_exact():
+    card = CARD.replace(window=WindowSettings((16, 24, 8), 0.25, "constant", 3, (2, 0)),
+                        postprocess=Postprocess(keep_largest=True))
+    text = json.dumps(card.to_dict())
+    assert ModelCard.from_dict(json.loads(text)) == card
+    assert ModelCard.from_dict(json.loads(text)).window.mirror_axes == (0, 2)
+
+
+def _write_v1(path, net, inference):
+    """A checkpoint as medseg wrote it before the model card (format_version 1)."""
+    from safetensors.torch import save_file
+
+    doc = {"format_version": 1, "medseg_version": "0.1.0",
+           "model": {"name": "tiny"}, "in_channels": 1, "out_channels": 3,
+           "label_names": {"1": "liver", "2": "spleen"},
+           "preprocessing": {"orientation": "RAS"}, "inference": inference,
+           "train_config": {}, "epoch": 5, "metrics": {}}
+    state = {k: v.contiguous() for k, v in net.state_dict().items()}
+    save_file(state, str(path), metadata={"medseg": json.dumps(doc)})
+    return path
+
+
+@pytest.mark.parametrize("inference,window,keep", [
+    ({"roi_size": [32, 32, 16], "overlap": 0.25},
+     WindowSettings((32, 32, 16), 0.25, "gaussian", 4), False),
+    ({"roi_size": [16, 16, 16], "overlap": 0.5, "blend": "constant", "batch_size": 3,
+      "keep_largest": True}, WindowSettings((16, 16, 16), 0.5, "constant", 3), True),
+])
+def test_format_1_checkpoints_still_load(tmp_path, inference, window, keep):
+    net = TinyNet()
+    path = _write_v1(tmp_path / "v1.safetensors", net, inference)
+    loaded = ckpt.load_checkpoint(path)
+    assert loaded.format_version == 1 and loaded.epoch == 5
+    assert loaded.card.window == window and loaded.card.postprocess.keep_largest is keep
+    assert loaded.card.labels == {0: "background", 1: "liver", 2: "spleen"}
+    assert loaded.card.model == NetworkSpec("tiny", 1, 3)
+    for name, value in net.state_dict().items():
+        assert torch.equal(loaded.state_dict[name], value), name
+
+
+def test_card_that_does_not_describe_the_model_is_refused(tmp_path):
+    wrong = CARD.replace(model=NetworkSpec("tiny", 2, 3))
+    with pytest.raises(CheckpointError, match="describes network"):
+        ckpt.save_checkpoint(tmp_path / "x.safetensors", TinyNet(), wrong)
 
 
 def test_build_model_with_registry(tmp_path):
@@ -67,7 +117,8 @@ def test_build_model_with_registry(tmp_path):
         net = models.create("unet3d", in_channels=1, out_channels=3, depth=3, width=4)
     except Exception as exc:  # noqa: BLE001 - registry still being written
         pytest.skip(f"medseg.models.create not usable yet: {exc}")
-    path = ckpt.save_checkpoint(tmp_path / "m.safetensors", net, META)
+    card = CARD.replace(model=NetworkSpec.of(net))
+    path = ckpt.save_checkpoint(tmp_path / "m.safetensors", net, card)
     rebuilt = ckpt.load_checkpoint(path).build_model()
     x = torch.randn(1, 1, 16, 16, 16)
     net.eval()
@@ -98,7 +149,7 @@ def test_pickle_payload_is_refused_without_unpickling(tmp_path, payload, monkeyp
 
 
 def test_corrupt_and_foreign_files_are_refused(tmp_path):
-    good = ckpt.save_checkpoint(tmp_path / "good.safetensors", TinyNet(), META)
+    good = ckpt.save_checkpoint(tmp_path / "good.safetensors", TinyNet(), CARD)
     data = good.read_bytes()
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(data[: len(data) - 40])
@@ -139,11 +190,21 @@ def _rewrite_description(path, out, **changes):
 
 
 def test_incompatible_version_and_missing_keys(tmp_path):
-    good = ckpt.save_checkpoint(tmp_path / "good.safetensors", TinyNet(), META)
-    future = _rewrite_description(good, tmp_path / "future.safetensors", format_version=2)
-    with pytest.raises(CheckpointError, match=r"future.safetensors.*format_version 2"):
+    good = ckpt.save_checkpoint(tmp_path / "good.safetensors", TinyNet(), CARD)
+    future = _rewrite_description(good, tmp_path / "future.safetensors", format_version=3)
+    with pytest.raises(CheckpointError, match=r"future.safetensors.*format_version 3"):
         ckpt.load_checkpoint(future)
-    nomodel = _rewrite_description(good, tmp_path / "nomodel.safetensors", model=None, inference=None)
+    nocard = _rewrite_description(good, tmp_path / "nocard.safetensors", card=None)
+    with pytest.raises(CheckpointError, match="nocard.safetensors: .*lacks its 'card'"):
+        ckpt.load_checkpoint(nocard)
+    card = CARD.to_dict()
+    card.pop("window")
+    nowindow = _rewrite_description(good, tmp_path / "nowindow.safetensors", card=card)
+    with pytest.raises(CheckpointError, match="nowindow.safetensors: model card lacks 'window'"):
+        ckpt.load_checkpoint(nowindow)
+    v1 = _write_v1(tmp_path / "v1.safetensors", TinyNet(), {"roi_size": [8, 8, 8]})
+    nomodel = _rewrite_description(v1, tmp_path / "nomodel.safetensors", model=None,
+                                   inference=None)
     with pytest.raises(CheckpointError, match="lacks model, inference"):
         ckpt.load_checkpoint(nomodel)
 
@@ -151,7 +212,7 @@ def test_incompatible_version_and_missing_keys(tmp_path):
 def test_failed_write_leaves_previous_last_intact(tmp_path, monkeypatch):
     path = tmp_path / "last.safetensors"
     first = TinyNet()
-    ckpt.save_checkpoint(path, first, META)
+    ckpt.save_checkpoint(path, first, CARD, **RECORD)
     before = path.read_bytes()
 
     def crash_midway(tensors, metadata, tmp):
@@ -163,7 +224,7 @@ def test_failed_write_leaves_previous_last_intact(tmp_path, monkeypatch):
     with torch.no_grad():
         second.conv.weight.fill_(3.0)
     with pytest.raises(OSError, match="disk full"):
-        ckpt.save_checkpoint(path, second, {**META, "epoch": 8})
+        ckpt.save_checkpoint(path, second, CARD, **{**RECORD, "epoch": 8})
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["last.safetensors"]  # no temp file left
     assert ckpt.load_checkpoint(path).epoch == 7
@@ -171,7 +232,7 @@ def test_failed_write_leaves_previous_last_intact(tmp_path, monkeypatch):
 
 def test_model_without_config_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="medseg_config"):
-        ckpt.save_checkpoint(tmp_path / "x.safetensors", torch.nn.Linear(2, 2), META)
+        ckpt.save_checkpoint(tmp_path / "x.safetensors", torch.nn.Linear(2, 2), CARD)
 
 
 def test_resume_state_round_trip_exact(tmp_path):
@@ -196,8 +257,8 @@ def test_resume_state_round_trip_exact(tmp_path):
         "epoch": 4,
         "sampler": {"epoch": 4, "seed": 0},
     }
-    path = ckpt.save_resume_state(tmp_path / "last.resume.safetensors", state)
-    back = ckpt.load_resume_state(path)
+    path = resume.save_resume_state(tmp_path / "last.resume.safetensors", state)
+    back = resume.load_resume_state(path)
     assert back["epoch"] == 4 and back["sampler"] == {"epoch": 4, "seed": 0}
     assert torch.equal(back["rng"]["torch"], torch.get_rng_state())
     assert back["rng"]["python"] == random.getstate()
@@ -222,8 +283,8 @@ def test_resume_state_round_trip_exact(tmp_path):
 
 
 def test_resume_state_refuses_checkpoint_and_unstorable(tmp_path):
-    good = ckpt.save_checkpoint(tmp_path / "good.safetensors", TinyNet(), META)
+    good = ckpt.save_checkpoint(tmp_path / "good.safetensors", TinyNet(), CARD)
     with pytest.raises(CheckpointError, match="medseg_resume"):
-        ckpt.load_resume_state(good)
+        resume.load_resume_state(good)
     with pytest.raises(CheckpointError, match="cannot be stored without pickle"):
-        ckpt.save_resume_state(tmp_path / "r.safetensors", {"fn": object()})
+        resume.save_resume_state(tmp_path / "r.safetensors", {"fn": object()})

@@ -20,7 +20,7 @@ def test_valid_config_types_and_defaults(tmp_path):
     assert cfg.data.phantom.n_train == 2 and cfg.data.phantom.spacing_mm == [12.0, 12.0, 16.0]
     assert cfg.train.augment.affine_prob == 0.5 and cfg.train.augment.gamma_prob == 0.15
     assert cfg.train.optimizer == "adamw" and cfg.train.grad_clip == 12.0
-    assert cfg.roi_size == [16, 16, 16] and cfg.source.endswith("p.yaml")
+    assert cfg.window().roi_size == (16, 16, 16) and cfg.source.endswith("p.yaml")
     # round trip through to_dict
     assert parse_config(cfg.to_dict()) == cfg
 
@@ -40,7 +40,7 @@ def test_valid_config_types_and_defaults(tmp_path):
         (lambda c: c["train"].update(schedule="cosin"), r"did you mean 'cosine'"),
         (lambda c: c["train"].update(patch_size=[16, 16]), r"train.patch_size = \[16, 16\]: expected three"),
         (lambda c: c["train"].update(class_probabilities=[0.5, 0.6]), r"summing to 1"),
-        (lambda c: c["inference"].update(overlap=1.0), r"inference.overlap = 1.0"),
+        (lambda c: c["inference"].update(overlap=1.0), r"inference: overlap must be a number in \[0, 1\), got 1.0"),
         (lambda c: c["data"].update(manifest="x.json"), r"exactly one of 'data.manifest'"),
     ],
 )

@@ -11,7 +11,9 @@ import sys
 import numpy as np
 import pytest
 
-from medseg.checkpoint import load_checkpoint, load_resume_state
+from medseg.card import WindowSettings
+from medseg.checkpoint import load_checkpoint
+from medseg.training.resume import load_resume_state
 from medseg.cli import main
 
 from .training_helpers import REPO, tiny_config, weights_of, write_config
@@ -61,9 +63,10 @@ def test_killed_run_resumes_to_identical_weights(shared):
     assert [r["train_loss"] for r in _rows(full)] == [r["train_loss"] for r in _rows(killed)]
     # outputs of a finished run
     ckpt = load_checkpoint(full / "best.safetensors")
-    assert ckpt.label_names == {"0": "background", "1": "liver", "2": "spleen",
-                                "3": "kidney_left", "4": "kidney_right", "5": "aorta"}
-    assert ckpt.inference["roi_size"] == [16, 16, 16] and ckpt.preprocessing["orientation"] == "RAS"
+    assert ckpt.card.labels == {0: "background", 1: "liver", 2: "spleen",
+                                3: "kidney_left", 4: "kidney_right", 5: "aorta"}
+    assert ckpt.card.window == WindowSettings((16, 16, 16), 0.25, "gaussian", 2)
+    assert ckpt.card.preprocessing["orientation"] == "RAS"
     assert ckpt.train_config["train"]["epochs"] == 2 and "val_mean_dice" in ckpt.metrics
     rows = _rows(full)
     assert [r["epoch"] for r in rows] == ["1", "2"] and "dice_liver" in rows[0]
@@ -97,9 +100,7 @@ def test_ddp_two_ranks_keep_identical_parameters(shared):
     state = weights_of(run / "last.safetensors")
     import hashlib
 
-    from medseg.models import create
-
-    net = create(**load_checkpoint(run / "last.safetensors").model)
+    net = load_checkpoint(run / "last.safetensors").card.model.build()
     digest = hashlib.sha256()
     for name, _ in net.named_parameters():
         digest.update(np.ascontiguousarray(state[name]).tobytes())
@@ -120,12 +121,14 @@ def test_cli_config_typo_is_one_line(tmp_path, capsys):
 
 def test_time_budget_stops_after_an_epoch_and_still_validates(tmp_path, capsys):
     """--max-minutes: with a budget no epoch fits in, the run ends after epoch 1 of 4,
-    validates it although val_every (3) is not due, and writes best + last checkpoints."""
+    validates it although val_every (3) is not due, and writes best + last checkpoints.
+    ``--device auto`` is accepted as by predict and demo (it was refused before the one
+    Runtime)."""
     raw = tiny_config(epochs=4, val_every=3)
     raw["data"]["cache_dir"] = str(tmp_path / "cache")
     config = write_config(tmp_path / "tiny.yaml", raw)
     run = tmp_path / "run"
-    code = main(["train", str(config), "-o", str(run), "--no-progress",
+    code = main(["train", str(config), "-o", str(run), "--no-progress", "--device", "auto",
                  "--max-minutes", "0.00001"])
     assert code == 0
     rows = _rows(run)

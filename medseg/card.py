@@ -1,0 +1,245 @@
+"""The model card: everything a trained model needs to be used, in one typed, frozen shape.
+
+A :class:`ModelCard` is produced once from the training config
+(:meth:`medseg.config.PipelineConfig.model_card`), stored as JSON in the
+checkpoint (:mod:`medseg.checkpoint`) and read back by ``medseg predict``; every
+setting it holds is used at prediction time, and nothing else is needed::
+
+    ModelCard(
+        model=NetworkSpec("unet3d", in_channels=1, out_channels=6, options={...}),
+        preprocessing={...},                 # medseg.transforms.Preprocessing config
+        labels={0: "background", 1: "liver", ...},
+        window=WindowSettings(roi_size=(96, 96, 96), overlap=0.5, blend="gaussian",
+                              batch_size=4, mirror_axes=()),
+        postprocess=Postprocess(keep_largest=False),
+    )
+
+JSON form (``to_dict`` / ``from_dict``, exact round trip)::
+
+    {"model": {"name": "unet3d", "in_channels": 1, "out_channels": 6, ...options},
+     "preprocessing": {...}, "labels": {"0": "background", "1": "liver"},
+     "window": {"roi_size": [96, 96, 96], "overlap": 0.5, "blend": "gaussian",
+                "batch_size": 4, "mirror_axes": []},
+     "postprocess": {"keep_largest": false}}
+
+This module imports nothing heavy (no torch); any stage may use it, as it may
+:mod:`medseg.volume` and :mod:`medseg.errors`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from medseg.errors import CheckpointError, UsageError, check_keywords, check_option
+
+__all__ = ["BLENDS", "ModelCard", "NetworkSpec", "Postprocess", "WindowSettings"]
+
+#: Weighting of overlapping windows: Gaussian (sigma = roi / 8) or constant.
+BLENDS = ("gaussian", "constant")
+
+Roi = tuple[int, int, int]
+
+
+def _roi(value: int | Sequence[int]) -> Roi:
+    """(x, y, z) window size in voxels from one int (a cube) or three."""
+    values = [value] * 3 if isinstance(value, numbers.Integral) else value
+    try:
+        x, y, z = (int(v) for v in values)  # type: ignore[union-attr]
+        ok = (not any(isinstance(v, bool) for v in values)  # type: ignore[union-attr]
+              and all(float(v) == int(v) for v in values)  # type: ignore[union-attr]
+              and min(x, y, z) >= 1)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise UsageError(f"roi_size must be one or three positive voxel counts (x, y, z), "
+                         f"got {value!r}")
+    return x, y, z
+
+
+@dataclass(frozen=True)
+class WindowSettings:
+    """How the sliding window runs over a preprocessed image.
+
+    Attributes
+    ----------
+    roi_size : window size (x, y, z) in voxels of the preprocessed grid (one int = a cube).
+    overlap : fraction in [0, 1) by which neighbouring windows overlap at least.
+    blend : ``"gaussian"`` (sigma = roi / 8 per axis, MONAI's map) or ``"constant"``.
+    batch_size : windows per network call (>= 1).
+    mirror_axes : spatial axes (0 = x, 1 = y, 2 = z) mirrored for test-time
+        augmentation; the outputs of all 2^n flip combinations are averaged. ``()``
+        (the default) runs no augmentation.
+    """
+
+    roi_size: Roi
+    overlap: float = 0.5
+    blend: str = "gaussian"
+    batch_size: int = 4
+    mirror_axes: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "roi_size", _roi(self.roi_size))
+        overlap = self.overlap
+        if isinstance(overlap, bool) or not isinstance(overlap, (int, float)) \
+                or not 0.0 <= overlap < 1.0:
+            raise UsageError(f"overlap must be a number in [0, 1), got {overlap!r}")
+        object.__setattr__(self, "overlap", float(overlap))
+        check_option(self.blend, BLENDS, "blend")
+        size = self.batch_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise UsageError(f"batch_size must be a positive int, got {size!r}")
+        axes = tuple(self.mirror_axes)
+        if any(a not in (0, 1, 2) for a in axes) or len(set(axes)) != len(axes):
+            raise UsageError(f"mirror_axes must be distinct spatial axes 0, 1, 2 (x, y, z), "
+                             f"got {list(self.mirror_axes)}")
+        object.__setattr__(self, "mirror_axes", tuple(sorted(int(a) for a in axes)))
+
+    @classmethod
+    def of(cls, window: WindowSettings | int | Sequence[int]) -> WindowSettings:
+        """``window`` itself, or the default settings for a bare ``roi_size``."""
+        return window if isinstance(window, WindowSettings) else cls(_roi(window))
+
+    def replace(self, **changes: Any) -> WindowSettings:
+        """A copy with ``changes`` applied (None values leave a setting as it is)."""
+        check_keywords(changes, [f.name for f in dataclasses.fields(self)], "WindowSettings")
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"roi_size": list(self.roi_size), "overlap": self.overlap, "blend": self.blend,
+                "batch_size": self.batch_size, "mirror_axes": list(self.mirror_axes)}
+
+
+@dataclass(frozen=True)
+class Postprocess:
+    """What is done to the label map after it is back on the input grid.
+
+    ``keep_largest``: keep only the largest connected component of each label
+    (for structures that are one piece).
+    """
+
+    keep_largest: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.keep_largest, bool):
+            raise UsageError(f"keep_largest must be true or false, got {self.keep_largest!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"keep_largest": self.keep_largest}
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """A network of the registry :mod:`medseg.models` and its constructor arguments.
+
+    ``options`` holds every other constructor argument at its value (and ``seed``),
+    as ``model.medseg_config`` records them; :meth:`build` calls
+    ``medseg.models.create(name, in_channels, out_channels, **options)``.
+    """
+
+    name: str
+    in_channels: int
+    out_channels: int
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, model: Any) -> NetworkSpec:
+        """The spec of a network built by ``medseg.models.create`` (its ``medseg_config``)."""
+        config = getattr(model, "medseg_config", None)
+        if not isinstance(config, Mapping) or "name" not in config:
+            raise UsageError("the model has no medseg_config: build it with "
+                             "medseg.models.create")
+        return cls.from_dict(config)
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any]) -> NetworkSpec:
+        """From ``model.medseg_config`` (``name``, ``in_channels``, ``out_channels``, options)."""
+        rest = {k: v for k, v in config.items() if k not in ("name", "in_channels",
+                                                              "out_channels")}
+        return cls(str(config["name"]), int(config["in_channels"]),
+                   int(config["out_channels"]), rest)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "in_channels": self.in_channels,
+                "out_channels": self.out_channels, **self.options}
+
+    def build(self):  # -> torch.nn.Module
+        """A new network of this architecture (weights initialised, not loaded)."""
+        from medseg import models
+
+        return models.create(self.name, self.in_channels, self.out_channels,
+                             **dict(self.options))
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Everything a trained model needs to be used (see the module docstring).
+
+    Attributes
+    ----------
+    model : the network.
+    preprocessing : config of :class:`medseg.transforms.Preprocessing` (JSON).
+    labels : label value -> name; 0 (background) always present.
+    window : sliding-window settings.
+    postprocess : what is done to the label map on the input grid.
+    """
+
+    model: NetworkSpec
+    preprocessing: Mapping[str, Any]
+    labels: Mapping[int, str]
+    window: WindowSettings
+    postprocess: Postprocess = Postprocess()
+
+    def __post_init__(self) -> None:
+        labels = {int(k): str(v) for k, v in dict(self.labels).items()}
+        labels.setdefault(0, "background")
+        object.__setattr__(self, "labels", dict(sorted(labels.items())))
+        object.__setattr__(self, "preprocessing", dict(self.preprocessing))
+
+    @property
+    def in_channels(self) -> int:
+        """Image channels the network takes."""
+        return self.model.in_channels
+
+    @property
+    def num_classes(self) -> int:
+        """Classes K of the network output, background included."""
+        return self.model.out_channels
+
+    def replace(self, **changes: Any) -> ModelCard:
+        """A copy with whole fields replaced (``window=...``, ``postprocess=...``)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (module docstring); :meth:`from_dict` gives back an equal card."""
+        return {"model": self.model.to_dict(), "preprocessing": dict(self.preprocessing),
+                "labels": {str(k): v for k, v in self.labels.items()},
+                "window": self.window.to_dict(), "postprocess": self.postprocess.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any],
+                  source: str | os.PathLike | None = None) -> ModelCard:
+        """Read the JSON form; a missing or malformed entry raises CheckpointError naming
+        ``source`` (the checkpoint file) and the entry."""
+        try:
+            check_keywords(data, ["model", "preprocessing", "labels", "window", "postprocess"],
+                           "model card")
+            return cls(NetworkSpec.from_dict(data["model"]), dict(data["preprocessing"]),
+                       {int(k): str(v) for k, v in dict(data["labels"]).items()},
+                       _window(data["window"]),
+                       Postprocess(**dict(data.get("postprocess") or {})))
+        except KeyError as exc:
+            raise CheckpointError(f"model card lacks {exc}", source) from None
+        except (UsageError, TypeError, ValueError) as exc:
+            text = exc.message if isinstance(exc, UsageError) else str(exc)
+            raise CheckpointError(f"model card: {text}", source) from None
+
+
+def _window(data: Mapping[str, Any]) -> WindowSettings:
+    data = dict(data)
+    data["mirror_axes"] = tuple(data.get("mirror_axes", ()))
+    return WindowSettings(**data)
