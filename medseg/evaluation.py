@@ -101,8 +101,7 @@ def evaluate_case(
     convention: str = "medseg",
     nsd_tolerance_mm: float = 1.0,
 ) -> list[ResultRow]:
-    """Rows (one per label, ``label_name`` empty) of one case; ``pred_path=None``: empty prediction.
-    """
+    """Rows (one per label, no label name yet) of one case; ``pred_path=None``: empty prediction."""
     from medseg.io import read_volume
 
     gt_vol = read_volume(gt_path, channels=False)

@@ -301,10 +301,12 @@ def _label_entry(key: Any, value: Any, path: str | os.PathLike | None) -> tuple[
         raise ConfigError(f"labels entry {key!r}: {value} is a region (a list of label values); "
                           "regions are not supported here: give each label value its own name",
                           path)
-    if _integer(key) is not None and isinstance(value, str) and _integer(value) is None:
-        label, name = _integer(key), value
-    elif _integer(value) is not None:
-        label, name = _integer(value), str(key)
+    key_int, value_int = _integer(key), _integer(value)
+    msd = isinstance(value, str) and key_int is not None
+    if msd and (value_int is None or isinstance(key, int)):  # {1: "2"} in Python is MSD
+        label, name = key_int, value
+    elif value_int is not None:
+        label, name = value_int, str(key)
     else:
         raise ConfigError(f"labels entry {key!r}: {value!r} is neither 'value': 'name' (MSD) "
                           "nor 'name': value (nnU-Net v2) with an integer label value", path)

@@ -212,3 +212,4 @@ def test_missing_label_file_is_a_read_error(tmp_path):
 
 def test_mapping_with_int_keys():
     assert label_names_from_mapping({2: "spleen", 1: "liver"}) == BACKGROUND
+    assert label_names_from_mapping({1: "7"}) == {0: "background", 1: "7"}  # int key: the label
