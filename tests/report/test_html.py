@@ -161,3 +161,10 @@ def test_report_numbers_are_summary_json_numbers(phantom_dataset, tmp_path):
     text = out.read_text()
     positions = [text.index(f"{i}. {case} &mdash;") for i, case in enumerate(worst, 1)]
     assert positions == sorted(positions)
+
+
+def test_cli_report_into_a_new_folder(phantom_dataset, tmp_path):
+    out = tmp_path / "new" / "dir" / "report.html"
+    assert main(["report", "--results", str(phantom_dataset["results"]), "--worst", "0",
+                 "-o", str(out)]) == 0
+    assert len(parse_report(out).tables["summary"]["rows"]) == 5
