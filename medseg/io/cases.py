@@ -205,9 +205,9 @@ def read_case_image(case: Case, series: str | None = None) -> Volume:
     """The image of ``case`` as one channel-first (C, x, y, z) Volume.
 
     One file gives its own channels (C = 1 for a 3D file); one DICOM folder
-    is read with ``series`` (a SeriesInstanceUID, when it holds several); one
-    file per channel are concatenated in order. The affine and ``meta`` are
-    those of the first file.
+    is read with ``series`` (a SeriesInstanceUID, when it holds several; a
+    single file refuses it); one file per channel are concatenated in order.
+    The affine and ``meta`` are those of the first file.
 
     Raises
     ------
@@ -220,15 +220,19 @@ def read_case_image(case: Case, series: str | None = None) -> Volume:
 
     from medseg.io import read_volume
 
-    vols = [read_volume(p, series=series if case.is_dicom else None) for p in case.images]
+    if len(case.images) == 1:  # a file refuses series= (UsageError), a DICOM folder uses it
+        return _channel_first(read_volume(case.images[0], series=series))
+    vols = [read_volume(p) for p in case.images]
     arrays = []
     for path, vol in zip(case.images, vols):
         if not vol.same_grid(vols[0]):
             raise GeometryError(f"channel file is not on the grid of {case.images[0].name}", path)
-        arrays.append(vol.array if vol.has_channels else vol.array[None])
-    if len(arrays) == 1:
-        return vols[0].with_array(arrays[0])
+        arrays.append(_channel_first(vol).array)
     return Volume(np.concatenate(arrays, axis=0), vols[0].affine, vols[0].meta)
+
+
+def _channel_first(volume: Volume) -> Volume:
+    return volume if volume.has_channels else volume.with_array(volume.array[None])
 
 
 # -- label names ------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medseg.errors import ConfigError, DataError, GeometryError, ImageReadError
+from medseg.errors import ConfigError, DataError, GeometryError, ImageReadError, UsageError
 from medseg.io import SUPPORTED_EXTENSIONS, write_volume
 from medseg.io.cases import (
     Case,
@@ -151,6 +151,8 @@ def test_read_case_image_concatenates_channels_and_checks_grids(tmp_path):
     single = read_case_image(Case("c", (tmp_path / "c_0000.nii.gz",)))
     assert single.shape == (1, 2, 3, 4)  # always channel first
     np.testing.assert_array_equal(single.array[0], a)
+    with pytest.raises(UsageError, match="series= selects a DICOM series"):
+        read_case_image(Case("c", (tmp_path / "c_0000.nii.gz",)), series="1.2.3")
     shifted = affine.copy()
     shifted[0, 3] = 5.0
     nib.save(nib.Nifti1Image(a, shifted), tmp_path / "c_0001.nii.gz")
