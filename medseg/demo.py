@@ -29,7 +29,6 @@ without that folder needs ``config=`` (``--config``) to point at a copy.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -129,73 +128,6 @@ def _load_config(config: str | os.PathLike | None, overrides: Sequence[str]):
     return cfg
 
 
-# -- data --------------------------------------------------------------------------------------
-def _case_names(n: int, start: int = 0) -> list[str]:
-    return [f"phantom_{i:03d}" for i in range(start, start + n)]
-
-
-def write_cohort(phantom, n_test: int, folder: Path, progress: bool = False) -> Path:
-    """Generate train / validation / test phantoms and their MSD ``dataset.json`` in ``folder``.
-
-    Case ``i`` uses seed ``phantom.seed + i``: the first ``n_train`` are
-    training cases, the next ``n_val`` validation and the last ``n_test`` test
-    cases (images in ``imagesTs``, ground truth in ``labelsTs``). A folder whose
-    ``dataset.json`` records the same settings is reused as is.
-    """
-    from tqdm.auto import tqdm
-
-    from medseg.data.phantom import LABEL_NAMES, make_phantom
-    from medseg.io import write_volume
-    from medseg.io.atomic import atomic_write_text
-
-    settings = {**dataclasses.asdict(phantom), "n_test": int(n_test)}
-    manifest = folder / "dataset.json"
-    if _same_settings(manifest, settings):
-        log.info("reusing the phantoms in %s", folder)
-        return manifest
-    n_fit = phantom.n_train + phantom.n_val
-    splits = {"training": ("Tr", _case_names(phantom.n_train)),
-              "validation": ("Tr", _case_names(phantom.n_val, phantom.n_train)),
-              "test": ("Ts", _case_names(n_test, n_fit))}
-    for part in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
-        (folder / part).mkdir(parents=True, exist_ok=True)
-    _remove_stale(folder / "imagesTs", splits["test"][1])
-    _remove_stale(folder / "labelsTs", splits["test"][1])
-    jobs = [(suffix, name) for suffix, names in splits.values() for name in names]
-    for i, (suffix, name) in enumerate(tqdm(jobs, desc="phantoms", unit="case",
-                                            disable=not progress, leave=False)):
-        case = make_phantom(phantom.shape, phantom.spacing_mm, seed=phantom.seed + i,
-                            noise_hu=phantom.noise_hu)
-        write_volume(case.image, folder / f"images{suffix}" / f"{name}.nii.gz")
-        write_volume(case.label, folder / f"labels{suffix}" / f"{name}.nii.gz")
-    doc: dict[str, Any] = {
-        "name": "medseg demo phantoms", "modality": {"0": "CT"},
-        "labels": {"0": "background", **{str(k): v for k, v in LABEL_NAMES.items()}},
-        **{key: [{"image": f"./images{sfx}/{n}.nii.gz", "label": f"./labels{sfx}/{n}.nii.gz"}
-                 for n in names] for key, (sfx, names) in splits.items()},
-        "demo_settings": settings,
-    }
-    atomic_write_text(manifest, json.dumps(doc, indent=1))
-    log.info("wrote %d training, %d validation and %d test phantoms to %s",
-             phantom.n_train, phantom.n_val, n_test, folder)
-    return manifest
-
-
-def _same_settings(manifest: Path, settings: dict[str, Any]) -> bool:
-    try:
-        return json.loads(manifest.read_text(encoding="utf-8")).get("demo_settings") == settings
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def _remove_stale(folder: Path, keep: Sequence[str]) -> None:
-    """Delete ``phantom_*.nii.gz`` files of an earlier demo that are not in ``keep``."""
-    wanted = {f"{name}.nii.gz" for name in keep}
-    for path in folder.glob("phantom_*.nii.gz"):
-        if path.name not in wanted:
-            path.unlink()
-
-
 # -- time budget -------------------------------------------------------------------------------
 def measure_step_seconds(cfg, runtime, steps: int = 3, warmup: int = 2) -> float:
     """Median wall seconds of one optimiser step of ``cfg``'s network under ``runtime``
@@ -293,8 +225,10 @@ def _predict(checkpoint: Path, images: Path, out: Path, runtime) -> Path:
     from medseg.inference.batch import predict_cases
     from medseg.inference.predict import PredictOptions
 
+    from medseg.data.phantom_dataset import remove_stale_phantoms
+
     out.mkdir(parents=True, exist_ok=True)
-    _remove_stale(out, [p.name[: -len(".nii.gz")] for p in images.glob("*.nii.gz")])
+    remove_stale_phantoms(out, [p.name[: -len(".nii.gz")] for p in images.glob("*.nii.gz")])
     written = predict_cases(checkpoint, images, out, PredictOptions(), runtime)
     log.info("predicted %d test cases into %s", len(written), out)
     return out
@@ -352,7 +286,9 @@ def run_demo(
     runtime = Runtime.resolve(device, cfg.train.amp)
     clock = _Clock()
 
-    manifest = write_cohort(cfg.data.phantom, n_test, out / "data", progress)
+    from medseg.data.phantom_dataset import write_phantom_dataset
+
+    manifest = write_phantom_dataset(cfg.data.phantom, out / "data", n_test, progress)
     clock.lap("data")
     train_cfg, _ = _budget_config(cfg, manifest, runtime, float(minutes))
     checkpoint = _train(train_cfg, out / "run", runtime, progress, float(minutes))
@@ -380,7 +316,6 @@ def _evaluate_and_report(out: Path, manifest: Path, predictions: Path) -> dict[s
 
     data = manifest.parent
     results = out / "evaluation" / "results.csv"
-    results.parent.mkdir(parents=True, exist_ok=True)
     _, summary = evaluate_folders(predictions, data / "labelsTs", results, labels=LABEL_NAMES)
     n_cases = int(summary["n_cases"])
     report = write_report(results, out / "report.html", images_dir=data / "imagesTs",

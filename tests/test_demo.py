@@ -1,4 +1,7 @@
-"""``medseg demo`` and :mod:`medseg.demo`: cohort, time budget, the whole run on tiny phantoms."""
+"""``medseg demo`` and :mod:`medseg.demo`: time budget, the whole run on tiny phantoms.
+
+The demo's phantom cohort is written by medseg.data.phantom_dataset (tests/data/).
+"""
 
 from __future__ import annotations
 
@@ -12,8 +15,7 @@ import pytest
 import torch
 
 from medseg.cli import main
-from medseg.config import PhantomConfig
-from medseg.demo import default_config_path, plan_training, run_demo, write_cohort
+from medseg.demo import default_config_path, plan_training, run_demo
 from medseg.errors import ConfigError, UsageError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -90,38 +92,6 @@ def test_cuda_without_gpu_is_a_usage_error(tmp_path, capsys):
     assert "CUDA is not available" in capsys.readouterr().err
 
 
-# -- cohort ------------------------------------------------------------------------------------
-def _phantoms(**kw) -> PhantomConfig:
-    return PhantomConfig(**{"n_train": 2, "n_val": 1, "shape": [16, 16, 12],
-                            "spacing_mm": [9.0, 9.0, 11.0], **kw})
-
-
-def test_cohort_splits_and_distinct_test_cases(tmp_path):
-    manifest = write_cohort(_phantoms(), 2, tmp_path)
-    doc = json.loads(manifest.read_text())
-    assert [e["image"] for e in doc["training"]] == [
-        "./imagesTr/phantom_000.nii.gz", "./imagesTr/phantom_001.nii.gz"]
-    assert [e["label"] for e in doc["validation"]] == ["./labelsTr/phantom_002.nii.gz"]
-    assert [e["label"] for e in doc["test"]] == [
-        "./labelsTs/phantom_003.nii.gz", "./labelsTs/phantom_004.nii.gz"]
-    assert doc["labels"]["5"] == "aorta"
-    train0 = nib.load(tmp_path / "imagesTr" / "phantom_000.nii.gz").get_fdata()
-    test0 = nib.load(tmp_path / "imagesTs" / "phantom_003.nii.gz").get_fdata()
-    assert train0.shape == test0.shape == (16, 16, 12)
-    assert not np.array_equal(train0, test0)  # test phantoms use their own seeds
-    labels = nib.load(tmp_path / "labelsTs" / "phantom_003.nii.gz").get_fdata()
-    assert set(np.unique(labels).astype(int)) <= {0, 1, 2, 3, 4, 5} and labels.max() > 0
-
-
-def test_cohort_is_reused_or_replaced(tmp_path):
-    manifest = write_cohort(_phantoms(), 2, tmp_path)
-    stamp = manifest.stat().st_mtime_ns
-    assert write_cohort(_phantoms(), 2, tmp_path).stat().st_mtime_ns == stamp
-    write_cohort(_phantoms(), 1, tmp_path)  # fewer test cases: the stale one is removed
-    assert sorted(p.name for p in (tmp_path / "imagesTs").iterdir()) == ["phantom_003.nii.gz"]
-    assert sorted(p.name for p in (tmp_path / "labelsTs").iterdir()) == ["phantom_003.nii.gz"]
-
-
 # -- the whole demo ----------------------------------------------------------------------------
 def _table_rows(stdout: str) -> dict[str, tuple[str, str]]:
     rows = {}
@@ -164,5 +134,7 @@ def test_demo_smoke_on_tiny_phantoms(tmp_path, capsys):
     assert re.search(r"^mean\s+\d\.\d{4}$", stdout, flags=re.M)
     html = (out / "report.html").read_text(encoding="utf-8")
     assert html.count('<img id="overlay-') == 2
+    settings = json.loads((out / "data" / "dataset.json").read_text())["phantom_settings"]
+    assert settings["n_test"] == 2 and settings["shape"] == [32, 32, 24]
     config = (out / "run" / "config.yaml").read_text()
     assert str(out / "data" / "dataset.json") in config  # trained on the demo's own cohort

@@ -119,9 +119,40 @@ def test_missing_images_folder_is_named(folders, capsys):
     assert not (tmp / "r.csv").exists()
 
 
-def test_report_folder_must_exist(folders, capsys):
+def test_report_folder_is_created(folders):
     dirs, tmp = folders
-    code = _evaluate(dirs, tmp / "r.csv", "--report", str(tmp / "nowhere" / "r.html"))
+    report = tmp / "new" / "dir" / "r.html"
+    assert _evaluate(dirs, tmp / "r.csv", "--report", str(report)) == 0
+    assert len(re.findall(r'<img id="overlay-\d"', report.read_text(encoding="utf-8"))) == 2
+
+
+def test_report_folder_that_cannot_be_created_fails_before_evaluating(folders, capsys):
+    dirs, tmp = folders
+    (tmp / "a_file").write_text("x")
+    code = _evaluate(dirs, tmp / "r.csv", "--report", str(tmp / "a_file" / "r.html"))
     err = capsys.readouterr().err
-    assert code == 1 and "nowhere" in err and "does not exist" in err
+    assert code == 1 and "a_file/r.html: cannot create the output folder" in err
     assert not (tmp / "r.csv").exists()
+
+
+def test_report_finds_nhdr_and_mhd_cases(folders):
+    """Cases stored as NRRD with a detached header and MetaImage .mhd get their overlays."""
+    from medseg.io import read_volume, write_volume
+
+    dirs, tmp = folders
+    new = {k: tmp / f"{k}_itk" for k in dirs}
+    for folder in [*new.values(), tmp / "itk"]:
+        folder.mkdir()
+    for i in range(2):
+        for kind, ext in (("images", ".mhd"), ("gt", ".nhdr"), ("pred", ".mhd")):
+            volume = read_volume(dirs[kind] / f"case_{i}.nii.gz")
+            write_volume(volume, new[kind] / f"case_{i}{ext}")
+    out = tmp / "itk" / "results.csv"
+    assert _evaluate(new, out) == 0
+    assert _dice(out, "case_1", 2) == 0.0
+    report = tmp / "itk" / "report.html"
+    assert main(["report", "--results", str(out), "--images", str(new["images"]),
+                 "--pred", str(new["pred"]), "--gt", str(new["gt"]), "-o", str(report)]) == 0
+    overlays = re.findall(r'<img id="overlay-(\d)" alt="overlay of case (case_\d)"',
+                          report.read_text(encoding="utf-8"))
+    assert overlays == [("1", "case_1"), ("2", "case_0")]

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from medseg.cli import main
-from medseg.evaluation import RESULT_COLUMNS, evaluate_folders, load_label_names
+from medseg.evaluation import RESULT_COLUMNS, evaluate_folders
+from medseg.io.cases import read_label_names
 from medseg.metrics import evaluate_arrays
 
 SPACING = (0.8, 0.8, 2.5)
@@ -86,6 +87,26 @@ def test_cli_two_files_monai_convention(folders, capsys):
     assert (tmp / "summary.csv").exists() and (tmp / "summary.json").exists()
 
 
+def test_evaluate_into_a_new_folder(folders):
+    pred, gt, tmp = folders
+    out = tmp / "new" / "dir" / "results.csv"
+    assert _run_cli(pred, gt, out) == 0
+    assert [r["case"] for r in _read(out)] == ["case_0", "case_0", "case_1", "case_1"]
+    summary = json.loads((out.parent / "summary.json").read_text())
+    assert summary["n_cases"] == 2 and (out.parent / "summary.csv").is_file()
+    dices = {r["case"]: [float(x["dice"]) for x in _read(out) if x["case"] == r["case"]]
+             for r in _read(out)}
+    assert summary["cases"] == pytest.approx({c: float(np.mean(d)) for c, d in dices.items()})
+
+
+def test_evaluate_output_folder_that_cannot_be_created(folders, capsys):
+    pred, gt, tmp = folders
+    (tmp / "a_file").write_text("x")
+    assert _run_cli(pred, gt, tmp / "a_file" / "results.csv") == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "a_file/results.csv: cannot create the output folder" in err
+
+
 def test_label_file_formats(tmp_path):
     ts = tmp_path / "a.json"
     ts.write_text('{"1": "spleen", "2": "kidney_right"}')
@@ -93,9 +114,9 @@ def test_label_file_formats(tmp_path):
     msd1.write_text('{"name": "x", "labels": {"0": "background", "1": "liver"}}')
     msd2 = tmp_path / "c.json"
     msd2.write_text('{"labels": {"background": 0, "liver": 1, "tumour": 2}}')
-    assert load_label_names(ts) == {1: "spleen", 2: "kidney_right"}
-    assert load_label_names(msd1) == {0: "background", 1: "liver"}
-    assert load_label_names(msd2) == {0: "background", 1: "liver", 2: "tumour"}
+    assert read_label_names(ts) == {0: "background", 1: "spleen", 2: "kidney_right"}
+    assert read_label_names(msd1) == {0: "background", 1: "liver"}
+    assert read_label_names(msd2) == {0: "background", 1: "liver", 2: "tumour"}
 
 
 def test_real_labels_json_format():
@@ -104,7 +125,7 @@ def test_real_labels_json_format():
     path = Path(__file__).resolve().parents[1] / ".." / "shared/data/totalsegmentator/labels.json"
     if not path.exists():
         pytest.skip("real data not found at ../shared/data/totalsegmentator")
-    names = load_label_names(path)
+    names = read_label_names(path)
     assert names[1] == "spleen" and len(names) > 41
 
 

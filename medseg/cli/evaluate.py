@@ -9,7 +9,8 @@ HELP = "score predicted label maps against ground truth (Dice, HD95, NSD...) int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--pred", required=True, help="prediction file, or folder paired by file name")
+    parser.add_argument("--pred", required=True,
+                        help="prediction file, or folder paired by file name")
     parser.add_argument("--gt", required=True, help="ground-truth file, or folder")
     parser.add_argument("-o", "--output", required=True, metavar="results.csv",
                         help="per case x label CSV; summary.csv/.json go beside it")
@@ -68,7 +69,7 @@ def _check_report_args(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from medseg.errors import ImageReadError, UsageError
-    from medseg.io.atomic import check_writable_dir
+    from medseg.io.atomic import ensure_parent
 
     folders = Path(args.pred).is_dir() and Path(args.gt).is_dir()
     if args.images is not None and not folders:
@@ -76,7 +77,7 @@ def _check_report_args(args: argparse.Namespace) -> None:
                          f"per case), got {args.pred} and {args.gt}")
     if args.images is not None and not Path(args.images).is_dir():
         raise ImageReadError("--images: folder does not exist", args.images)
-    check_writable_dir(_report_path(args))
+    ensure_parent(_report_path(args))
 
 
 def _write_report(args: argparse.Namespace) -> None:

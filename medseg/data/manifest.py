@@ -25,7 +25,6 @@ import csv
 import json
 import logging
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,8 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import ConfigError, MedsegError, check_option, closest
+from medseg.io.cases import Case, case_name, label_names_from_mapping, read_case_image
+from medseg.io.cases import read_label_names
 from medseg.volume import Volume
 
 __all__ = [
@@ -48,17 +49,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
-_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
-
-
-@dataclass(frozen=True)
-class Case:
-    """One case: its image file(s) (one per channel, or one multi-channel file) and label."""
-
-    case_id: str
-    images: tuple[Path, ...]
-    label: Path | None
-    split: str = "train"
 
 
 @dataclass
@@ -118,37 +108,6 @@ def _resolve(base: Path, value: Any, path: Path, where: str) -> Path:
     return p if p.is_absolute() else (base / p).resolve()
 
 
-def _case_id(image: Path) -> str:
-    name = image.name
-    for suffix in _IMAGE_SUFFIXES:
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return re.sub(r"_\d{4}$", "", name)  # nnU-Net channel suffix
-
-
-def _parse_labels(raw: Any, path: Path) -> dict[int, str]:
-    if not isinstance(raw, dict) or not raw:
-        raise ConfigError("'labels' must be a mapping such as {\"0\": \"background\", "
-                          "\"1\": \"liver\"} or {\"background\": 0, \"liver\": 1}", path)
-    out: dict[int, str] = {}
-    for key, value in raw.items():
-        if isinstance(value, int) and not isinstance(value, bool):  # nnU-Net v2
-            out[value] = str(key)
-        elif str(key).lstrip("-").isdigit() and isinstance(value, str):  # MSD
-            out[int(key)] = value
-        elif isinstance(value, list):
-            raise ConfigError(f"label {key!r} is a region (list of values {value}); regions are "
-                              "not supported: give each label value its own name", path)
-        else:
-            raise ConfigError(f"labels entry {key!r}: {value!r} is neither 'value: name' (MSD) "
-                              "nor 'name: value' (nnU-Net v2)", path)
-    if any(v < 0 for v in out):
-        raise ConfigError(f"label values must be >= 0, got {sorted(out)}", path)
-    out.setdefault(0, "background")
-    return dict(sorted(out.items()))
-
-
 def _channel_names(doc: dict[str, Any]) -> list[str]:
     raw = doc.get("channel_names", doc.get("modality"))
     if isinstance(raw, dict) and raw:
@@ -180,8 +139,8 @@ def _entries(doc: dict[str, Any], key: str, split: str, base: Path, path: Path) 
         label_path = None if label is None else _resolve(base, label, path, f"{where}.label")
         if split != "test" and label_path is None:
             raise ConfigError(f"{where}: a {split} case needs a 'label'", path)
-        cases.append(Case(str(item.get("case_id") or _case_id(images[0])), images, label_path,
-                          split))
+        case_id = str(item.get("case_id") or case_name(images[0], strip_channel=True))
+        cases.append(Case(case_id, images, label_path, split))
     return cases
 
 
@@ -209,7 +168,7 @@ def _load_json(path: Path) -> Manifest:
     if "labels" not in doc:
         raise ConfigError("dataset.json lacks 'labels' (value -> name of every label)", path)
     base = path.resolve().parent
-    labels = _parse_labels(doc["labels"], path)
+    labels = label_names_from_mapping(doc["labels"], path)
     channels = _channel_names(doc)
     if "training" in doc:
         cases = (_entries(doc, "training", "train", base, path)
@@ -247,15 +206,16 @@ def _load_csv(path: Path) -> Manifest:
             check_option(split, SPLITS, f"split in {where}", ConfigError, path)
             images = tuple(_resolve(base, v, path, f"{where} image")
                            for v in row["image"].split(";"))
-            label = _resolve(base, row["label"], path, f"{where} label") if row.get("label") else None
+            label = (_resolve(base, row["label"], path, f"{where} label") if row.get("label")
+                     else None)
             if split != "test" and label is None:
                 raise ConfigError(f"{where}: a {split} case needs a label", path)
-            cases.append(Case(row.get("case_id") or _case_id(images[0]), images, label, split))
+            case_id = row.get("case_id") or case_name(images[0], strip_channel=True)
+            cases.append(Case(case_id, images, label, split))
     if not cases:
         raise ConfigError("manifest lists no cases", path)
     labels_file = path.with_suffix(".labels.json")
-    labels = (_parse_labels(json.loads(labels_file.read_text()), labels_file)
-              if labels_file.is_file() else {})
+    labels = read_label_names(labels_file) if labels_file.is_file() else {}
     return Manifest(path, cases, labels, ["image"])
 
 
@@ -280,20 +240,13 @@ def split_train_val(cases: Sequence[Case], val_fraction: float, seed: int = 0
 def read_case(case: Case) -> tuple[Volume, Volume | None]:
     """Read a case: image as (C, x, y, z) channel-first Volume, label (x, y, z) or None.
 
-    Several channel files must share one grid (else GeometryError naming the file).
+    The image is read by :func:`medseg.io.cases.read_case_image` (several
+    channel files must share one grid, else GeometryError naming the file).
     """
-    from medseg.errors import GeometryError
     from medseg.io import read_volume
 
-    vols = [read_volume(p) for p in case.images]
-    arrays = []
-    for path, vol in zip(case.images, vols):
-        if not vol.same_grid(vols[0]):
-            raise GeometryError(f"channel file is not on the grid of {case.images[0].name}", path)
-        arrays.append(vol.array if vol.has_channels else vol.array[None])
-    image = Volume(np.concatenate(arrays, axis=0), vols[0].affine, vols[0].meta)
-    label = None if case.label is None else read_volume(case.label)
-    return image, label
+    image = read_case_image(case)
+    return image, None if case.label is None else read_volume(case.label)
 
 
 def validate_manifest(manifest: Manifest) -> list[Problem]:

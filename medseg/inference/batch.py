@@ -1,9 +1,10 @@
-"""Predicting many cases: case discovery, torchrun sharding, all-or-nothing outputs.
+"""Predicting many cases: torchrun sharding, all-or-nothing outputs.
 
 ``predict_cases(checkpoint, input, output)`` is what ``medseg predict`` runs.
 ``input`` is an image file, a DICOM series folder, a folder of image files (or
 of DICOM series folders), or a manifest (MSD ``dataset.json``: its ``test``
-cases, else its training cases; ``.csv`` with an ``image`` column). ``output``
+cases, else its training cases; ``.csv`` with an ``image`` column), listed and
+read by :mod:`medseg.io.cases`. ``output``
 is a file for a single case (``.nii.gz`` ..., or ``.dcm`` for a DICOM-SEG of a
 DICOM input) or a folder (``<case>.nii.gz`` per case). Under ``torchrun`` the
 cases are shared out by rank (:class:`medseg.runtime.Runtime` reads the
@@ -22,120 +23,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from medseg.io.cases import Case, case_name, list_cases, read_case_image
+
 if TYPE_CHECKING:
     from medseg.inference.predict import PredictOptions, Prediction
     from medseg.runtime import Runtime
     from medseg.volume import Volume
 
-__all__ = ["PredictCase", "CaseOutputs", "case_name", "list_cases", "shard_cases",
-           "outputs_for", "predict_cases"]
+__all__ = ["CaseOutputs", "shard_cases", "outputs_for", "predict_cases"]
 
 log = logging.getLogger(__name__)
 
-_MANIFEST_SUFFIXES = (".json", ".csv")
 
-
-# -- cases -----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class PredictCase:
-    """One image to segment: a name (for output files) and its file(s) or DICOM folder.
-
-    ``images`` holds one path (a file or a DICOM folder) or one file per channel.
-    """
-
-    name: str
-    images: tuple[Path, ...]
-
-    @property
-    def is_dicom(self) -> bool:
-        return len(self.images) == 1 and self.images[0].is_dir()
-
-
-def case_name(path: Path) -> str:
-    """File name without its image extension (``ct_001.nii.gz`` -> ``ct_001``).
-
-    Folders (DICOM series) keep their whole name.
-    """
-    from medseg.io.formats import extension_of
-
-    ext = extension_of(path)
-    return path.name[: -len(ext)] if ext else path.name
-
-
-def _looks_like_dicom(path: Path) -> bool:
-    if path.suffix.lower() == ".dcm":
-        return True
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(132)[128:] == b"DICM"
-    except OSError:
-        return False
-
-
-def _is_dicom_folder(folder: Path) -> bool:
-    return any(f.is_file() and _looks_like_dicom(f) for f in sorted(folder.iterdir())[:50])
-
-
-def _cases_in_folder(folder: Path) -> list[PredictCase]:
-    from medseg.errors import DataError
-    from medseg.io import is_image_path
-
-    images = sorted(p for p in folder.iterdir() if p.is_file() and is_image_path(p))
-    if images:
-        return [PredictCase(case_name(p), (p,)) for p in images]
-    if _is_dicom_folder(folder):
-        return [PredictCase(folder.name, (folder,))]
-    series = sorted(p for p in folder.iterdir() if p.is_dir() and _is_dicom_folder(p))
-    if series:
-        return [PredictCase(p.name, (p,)) for p in series]
-    raise DataError("folder holds no image files and no DICOM series", folder)
-
-
-def _cases_in_manifest(path: Path) -> list[PredictCase]:
-    from medseg.data.manifest import load_manifest
-    from medseg.errors import DataError
-
-    manifest = load_manifest(path)
-    chosen = manifest.split("test") or manifest.cases
-    cases = [PredictCase(c.case_id, tuple(c.images)) for c in chosen]
-    for case in cases:
-        for image in case.images:
-            if not image.exists():
-                raise DataError(f"case {case.name!r}: image {image} does not exist", path)
-    return cases
-
-
-def list_cases(input_path: str | os.PathLike) -> list[PredictCase]:
-    """Every case ``IN`` describes, in a fixed order (see the module docstring).
-
-    Raises
-    ------
-    DataError / ImageReadError naming ``input_path`` when it is missing, holds no
-    image, or two cases would write the same output name.
-    """
-    from medseg.errors import DataError, ImageReadError
-    from medseg.io import is_image_path
-
-    path = Path(input_path)
-    if not path.exists():
-        raise ImageReadError("input does not exist", path)
-    if path.is_dir():
-        cases = _cases_in_folder(path)
-    elif path.suffix.lower() in _MANIFEST_SUFFIXES:
-        cases = _cases_in_manifest(path)
-    elif is_image_path(path):
-        cases = [PredictCase(case_name(path), (path,))]
-    else:
-        raise DataError("not an image, a DICOM folder or a manifest (.json/.csv)", path)
-    names = [c.name for c in cases]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise DataError(f"several inputs share the case name {duplicates[0]!r} (outputs would "
-                        "overwrite each other)", path)
-    return cases
-
-
-def shard_cases(cases: Sequence[PredictCase], rank: int, world_size: int) -> list[PredictCase]:
+# -- sharding (cases are listed and read by medseg.io.cases) ---------------------------------
+def shard_cases(cases: Sequence[Case], rank: int, world_size: int) -> list[Case]:
     """The cases of rank ``rank`` out of ``world_size``: case ``i`` goes to rank ``i % world_size``.
 
     Every case is predicted by exactly one rank; no process group is needed.
@@ -159,19 +60,19 @@ def _output_is_file(out: Path) -> bool:
     return not out.is_dir() and (extension_of(out) is not None or out.suffix.lower() == ".dcm")
 
 
-def outputs_for(case: PredictCase, out: Path, file_mode: bool) -> CaseOutputs:
+def outputs_for(case: Case, out: Path, file_mode: bool) -> CaseOutputs:
     """Output paths of ``case``: ``OUT`` itself in file mode, else ``OUT/<case>.nii.gz``."""
     if file_mode:
         stem = case_name(out) if out.suffix.lower() != ".dcm" else out.name[:-4]
         folder, prediction = out.parent, out
     else:
-        stem, folder = case.name, out
-        prediction = out / f"{case.name}.nii.gz"
+        stem, folder = case.case_id, out
+        prediction = out / f"{case.case_id}.nii.gz"
     return CaseOutputs(prediction, folder / f"{stem}_probabilities.nii.gz",
                        folder / f"{stem}_preview.png")
 
 
-def _prepare_output(out: Path, cases: Sequence[PredictCase]) -> bool:
+def _prepare_output(out: Path, cases: Sequence[Case]) -> bool:
     """Check OUT against the cases and create its folder; return True for a single output file."""
     from medseg.errors import ImageWriteError, UsageError
 
@@ -207,17 +108,6 @@ def _all_or_nothing() -> Iterator[list[Path]]:
 
 
 # -- running ---------------------------------------------------------------------------------
-def _read_case(case: PredictCase, series: str | None) -> Volume:
-    from medseg.io import read_volume
-
-    if len(case.images) == 1:
-        return read_volume(case.images[0], series=series)
-    from medseg.data.manifest import Case, read_case
-
-    image, _ = read_case(Case(case.name, case.images, None, "test"))
-    return image
-
-
 def _write_case(image: Volume, result: Prediction, outputs: CaseOutputs, preview: bool,
                 label_names: Mapping[int, str], algorithm: str) -> None:
     """Write one case's outputs; on any failure none of them is left behind."""
@@ -250,7 +140,7 @@ def _write_preview(image: Volume, labels: Volume, png: Path, label_names: Mappin
     render_overlay_png(image, labels, png, label_names=dict(label_names))
 
 
-def _cases_progress(cases: Sequence[PredictCase], rank: int):  # -> tqdm
+def _cases_progress(cases: Sequence[Case], rank: int):  # -> tqdm
     """A tqdm bar over cases, on a terminal only (and not for a single case)."""
     from tqdm.auto import tqdm
 
@@ -298,10 +188,10 @@ def predict_cases(
              len(cases), runtime)
     written = []
     for case in _cases_progress(mine, runtime.rank):
-        image = _read_case(case, series)
+        image = read_case_image(case, series)
         result = predict_case(loaded, image, options, runtime)
         outputs = outputs_for(case, output, file_mode)
         _write_case(image, result, outputs, preview, loaded.card.labels, algorithm)
-        log.info("%s -> %s", case.name, outputs.prediction)
+        log.info("%s -> %s", case.case_id, outputs.prediction)
         written.append(outputs)
     return written

@@ -2,7 +2,8 @@
 
 A crash, a full disk or an exception while writing never leaves a partial file
 under the final name, and an existing file stays intact until the new one is
-complete. Used by every writer in medseg (images, CSV, JSON, checkpoints, HTML).
+complete. The destination folder is created when missing (:func:`ensure_parent`).
+Used by every writer in medseg (images, CSV, JSON, checkpoints, HTML).
 """
 
 from __future__ import annotations
@@ -15,20 +16,35 @@ from pathlib import Path
 
 from medseg.errors import ImageWriteError
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes", "check_writable_dir"]
+__all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes", "ensure_parent",
+           "check_writable_dir"]
 
 
-def check_writable_dir(path: str | os.PathLike) -> Path:
-    """Return the folder that will hold ``path``; raise ImageWriteError if it is not writable.
+def ensure_parent(path: str | os.PathLike) -> Path:
+    """Create the folder that will hold ``path`` (with its parents) and return it.
 
-    The error names ``path`` (the file being written) and says which folder is wrong.
+    Every writer calls this, so each command writes into a new folder as
+    readily as into an existing one.
+
+    Raises
+    ------
+    ImageWriteError
+        Naming ``path`` (the file being written): the folder cannot be created
+        (e.g. one of its parents is a file) or is not writable.
     """
     folder = Path(path).resolve().parent
-    if not folder.is_dir():
-        raise ImageWriteError(f"output folder {folder} does not exist", path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ImageWriteError(f"cannot create the output folder {folder}: "
+                              f"{exc.strerror or exc}", path) from exc
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ImageWriteError(f"output folder {folder} is not writable", path)
     return folder
+
+
+#: The former name of :func:`ensure_parent` (io.sitk and io.write_volume still use it).
+check_writable_dir = ensure_parent
 
 
 @contextlib.contextmanager
@@ -41,7 +57,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     propagates; ``path`` is untouched.
     """
     target = Path(path)
-    folder = check_writable_dir(target)
+    folder = ensure_parent(target)
     if suffix is None:
         suffix = "".join(target.suffixes) if target.suffixes else ""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=folder)

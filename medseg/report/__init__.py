@@ -5,7 +5,7 @@ Public API::
     write_report(results_csv, out_html, images_dir=None, pred_dir=None, gt_dir=None,
                  labels=None, worst_n=5, window=None) -> Path
     render_overlay_png(image, label, out_png, pred=None)   # used by predict --preview
-    read_label_names(path) -> {value: name}
+    read_label_names(path) -> {value: name}             # = medseg.io.cases.read_label_names
 
 Conventions
 -----------
@@ -21,6 +21,8 @@ Conventions
 * Display window: W400/L40 when the image looks like CT (minimum below -500
   HU), else the 1st-99th percentile.
 * Summary statistics are over finite values; status counts explain the rest.
+  They are read from the evaluation's ``summary.json`` (:class:`medseg.results.Results`),
+  never recomputed.
 
 matplotlib (the ``report`` extra, ``pip install medseg[report]``) is imported
 only when a plot is drawn, on an Agg canvas.
@@ -28,8 +30,8 @@ only when a plot is drawn, on an Agg canvas.
 
 from __future__ import annotations
 
+from medseg.io.cases import read_label_names  # re-exported: public since the report had it
 from medseg.report.html import write_report
 from medseg.report.overlays import render_overlay_png
-from medseg.report.results import read_label_names
 
 __all__ = ["write_report", "render_overlay_png", "read_label_names"]

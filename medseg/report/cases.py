@@ -1,7 +1,7 @@
-"""Find a case's image, prediction and ground truth files by the case name.
+"""The folders of a report's overlays, and reading a case's volume from them.
 
-A case ``abc`` is ``abc`` + one of :data:`EXTENSIONS` in its folder. Image
-folders laid out for nnU-Net (``abc_0000.nii.gz``) are found as well.
+A case's files are found by :func:`medseg.io.cases.find_case_file`, over the one
+extension table of :mod:`medseg.io.formats` (``.nhdr`` and ``.mhd`` included).
 """
 
 from __future__ import annotations
@@ -12,22 +12,7 @@ from pathlib import Path
 from medseg.errors import ImageReadError, UsageError
 from medseg.volume import Volume
 
-__all__ = ["EXTENSIONS", "find_case_file", "check_dirs", "read_case_volume"]
-
-EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha")
-
-
-def find_case_file(folder: str | os.PathLike, case: str, allow_channel: bool = False) -> Path:
-    """The file of ``case`` in ``folder``; raise :class:`ImageReadError` listing what was tried."""
-    folder = Path(folder)
-    stems = [case, f"{case}_0000"] if allow_channel else [case]
-    for stem in stems:
-        for ext in EXTENSIONS:
-            candidate = folder / f"{stem}{ext}"
-            if candidate.is_file():
-                return candidate
-    tried = ", ".join(f"{stems[0]}{ext}" for ext in EXTENSIONS)
-    raise ImageReadError(f"no file for case {case!r} (tried {tried})", folder)
+__all__ = ["check_dirs", "read_case_volume"]
 
 
 def check_dirs(

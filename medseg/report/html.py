@@ -2,7 +2,9 @@
 
 Sections: summary per label, box/strip plots of Dice and HD95 per label, the
 worst cases by mean Dice with overlay images and volumes per label, and the
-sortable per-case table. See :mod:`medseg.report` for the conventions.
+sortable per-case table. The rows and their statistics come from
+:class:`medseg.results.Results` (what ``medseg evaluate`` wrote); nothing is
+recomputed here. See :mod:`medseg.report` for the conventions.
 """
 
 from __future__ import annotations
@@ -19,24 +21,26 @@ import numpy as np
 
 from medseg import __version__
 from medseg.errors import UsageError
-from medseg.io.atomic import atomic_write_text, check_writable_dir
-from medseg.report.cases import check_dirs, find_case_file, read_case_volume
+from medseg.io.atomic import atomic_write_text, ensure_parent
+from medseg.io.cases import find_case_file, label_names_from_mapping, read_label_names
+from medseg.metrics import STATUSES
+from medseg.report.cases import check_dirs, read_case_volume
 from medseg.report.overlays import Window, choose_window, overlay_png
 from medseg.report.plots import metric_plot_png
-from medseg.report.results import (
-    METRIC_COLUMNS,
-    STATUSES,
-    ResultRow,
-    read_results,
-    resolve_label_names,
-)
-from medseg.report.summary import SUMMARY_METRICS, LabelSummary, summarize, worst_cases
 from medseg.report.template import page
+from medseg.results import ResultRow, Results
 
 __all__ = ["write_report"]
 
 log = logging.getLogger(__name__)
 
+#: Table titles of the metrics (keys of :data:`medseg.metrics.METRIC_KEYS`), in display order.
+TITLES: dict[str, str] = {
+    "dice": "Dice", "iou": "IoU", "accuracy": "Accuracy", "hd_mm": "HD (mm)",
+    "hd95_mm": "HD95 (mm)", "avd_mm": "AVD (mm)", "assd_mm": "ASSD (mm)", "nsd": "NSD",
+    "vol_gt_ml": "Vol GT (mL)", "vol_pred_ml": "Vol pred (mL)",
+}
+SUMMARY_METRICS = ("dice", "iou", "hd95_mm", "assd_mm", "nsd")
 _DIGITS = {"dice": 3, "iou": 3, "accuracy": 4, "nsd": 3}  # others: 2 (mm, mL)
 _SUMMARY_STATS = {"dice": ("mean", "median", "std"), "hd95_mm": ("mean", "median", "std")}
 _PLOTS = (("dice", "Dice per label", True), ("hd95_mm", "HD95 per label (mm)", False))
@@ -56,13 +60,17 @@ def write_report(
 
     Parameters
     ----------
-    results_csv : per-case results of ``medseg evaluate`` (one row per case and label).
-    out_html : output file, written atomically (nothing is written on error).
-    images_dir, pred_dir, gt_dir : folders holding ``<case>.nii.gz`` (or .nii,
-        .nrrd, .mha); with ``pred_dir`` and ``gt_dir`` the worst cases get overlay
-        images, over the image when ``images_dir`` is given.
-    labels : label names: a JSON file (``{"1": "liver"}``, ``{"liver": 1}`` or an
-        MSD dataset.json) or a mapping; default: the ``label_name`` column.
+    results_csv : the results.csv of ``medseg evaluate`` (or its folder), loaded
+        with its summary.json by :meth:`medseg.results.Results.load`.
+    out_html : output file, written atomically (nothing is written on error);
+        its folder is created when missing.
+    images_dir, pred_dir, gt_dir : folders holding ``<case>.<ext>`` (any image
+        extension: .nii.gz, .nii, .nrrd, .nhdr, .mha, .mhd); with ``pred_dir`` and
+        ``gt_dir`` the worst cases get overlay images, over the image when
+        ``images_dir`` is given (``<case>_0000.<ext>`` there too).
+    labels : label names: a label-name file
+        (:func:`medseg.io.cases.read_label_names`) or a mapping; default: the
+        ``label_name`` column.
     worst_n : number of worst cases (lowest mean Dice) shown with overlays.
     window : display window of the overlays: None (auto), ``"ct"``, ``"mr"`` or (low, high).
 
@@ -79,23 +87,39 @@ def write_report(
         raise UsageError(f"worst_n must be an integer >= 0, got {worst_n!r}")
     if window is not None:
         choose_window(np.zeros(2), window)  # validate before any work
-    check_writable_dir(out_html)
+    ensure_parent(out_html)
     overlays = check_dirs(images_dir, pred_dir, gt_dir)
-    rows = read_results(results_csv)
-    names = resolve_label_names(rows, labels)
-    columns = [c for c in METRIC_COLUMNS if any(c in r.metrics for r in rows)]
+    results = Results.load(results_csv)
+    rows = results.rows
+    names = _label_names(rows, labels)
+    columns = [c for c in TITLES if any(c in r.metrics for r in rows)]
     dirs = (images_dir, pred_dir, gt_dir) if overlays else None
     body = "\n".join([
         _header(Path(results_csv), rows, names),
-        _summary_section(summarize(rows, names), columns),
+        _summary_section(results.summary, names, columns),
         _plots_section(rows, names, columns),
-        _worst_section(rows, names, worst_n, dirs, window),
+        _worst_section(results, names, worst_n, dirs, window),
         _cases_section(rows, names, columns),
     ])
     atomic_write_text(out_html, page("medseg QC report", body))
     log.info("wrote report %s (%d cases, %d labels)", out_html,
              len({r.case for r in rows}), len(names))
     return Path(out_html)
+
+
+def _label_names(rows: list[ResultRow], labels: str | os.PathLike | Mapping[int, str] | None
+                 ) -> dict[int, str]:
+    """Names of the labels in ``rows``: from ``labels`` first, then the label_name column."""
+    given: Mapping[int, str] = {}
+    if isinstance(labels, Mapping):
+        given = label_names_from_mapping(labels)
+    elif labels is not None:
+        given = read_label_names(labels)
+    names: dict[int, str] = {}
+    for row in rows:
+        if not names.get(row.label):
+            names[row.label] = given.get(row.label) or row.label_name
+    return {k: (v or f"label {k}") for k, v in sorted(names.items())}
 
 
 # -- sections ---------------------------------------------------------------
@@ -111,18 +135,21 @@ def _header(results_csv: Path, rows: list[ResultRow], names: dict[int, str]) -> 
     )
 
 
-def _summary_section(summaries: list[LabelSummary], columns: list[str]) -> str:
+def _summary_section(summary: dict, names: dict[int, str], columns: list[str]) -> str:
     metrics = [m for m in SUMMARY_METRICS if m in columns]
     head = [("Label", True), ("Name", False), ("n", True)]
     head += [(s.replace("_", " "), True) for s in STATUSES]
     for m in metrics:
-        head += [(f"{METRIC_COLUMNS[m]} {stat}", True) for stat in _stats_of(m)]
+        head += [(f"{TITLES[m]} {stat}", True) for stat in _stats_of(m)]
     body = []
-    for s in summaries:
-        cells = [_num_cell(s.label, 0), _text_cell(s.name), _num_cell(s.n, 0)]
-        cells += [_num_cell(s.status_counts[st], 0) for st in STATUSES]
+    for key, group in summary["labels"].items():
+        label = int(key)
+        cells = [_num_cell(label, 0), _text_cell(names.get(label, f"label {label}")),
+                 _num_cell(group["n_rows"], 0)]
+        cells += [_num_cell(group["status"][st], 0) for st in STATUSES]
         for m in metrics:
-            cells += [_num_cell(getattr(s.stats[m], stat), _DIGITS.get(m, 2))
+            stats = group["metrics"][m]
+            cells += [_num_cell(_nan_if_none(stats[stat]), _DIGITS.get(m, 2))
                       for stat in _stats_of(m)]
         body.append(f"<tr>{''.join(cells)}</tr>")
     return (
@@ -151,8 +178,9 @@ def _plots_section(rows: list[ResultRow], names: dict[int, str], columns: list[s
     return f"<h2 id=\"plots\">Distributions</h2>\n{note}\n{plots}"
 
 
-def _worst_section(rows, names, worst_n, dirs, window) -> str:
-    worst = worst_cases(rows, worst_n)
+def _worst_section(results: Results, names, worst_n, dirs, window) -> str:
+    rows = results.rows
+    worst = results.worst_cases(worst_n)
     parts = [f"<h2 id=\"worst\">Worst {len(worst)} cases by mean Dice</h2>"]
     if dirs is None:
         parts.append("<p class=\"note\">No overlays: give the prediction and ground-truth "
@@ -177,7 +205,7 @@ def _worst_case(rank, case, mean_dice, case_rows, names, dirs, window) -> str:
         gt = read_case_volume(find_case_file(gt_dir, case))
         pred = read_case_volume(find_case_file(pred_dir, case))
         if images_dir is not None:
-            image = read_case_volume(find_case_file(images_dir, case, allow_channel=True))
+            image = read_case_volume(find_case_file(images_dir, case))
         title = f"{case}: mean Dice {_fmt(mean_dice, 3)}"
         png = overlay_png(image, gt, pred, label_names=names, window=window, title=title)
         overlay = _img(png, f"overlay of case {case}", f"overlay-{rank}")
@@ -212,13 +240,17 @@ def _count_ml(volume) -> dict[int, float]:
     return {int(v): float(c) * volume.voxel_volume_ml for v, c in zip(values, counts, strict=True)}
 
 
+def _nan_if_none(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
 def _first_finite(*values: float) -> float:
     return next((v for v in values if math.isfinite(v)), math.nan)
 
 
 def _cases_section(rows: list[ResultRow], names: dict[int, str], columns: list[str]) -> str:
     head = [("Case", False), ("Label", True), ("Name", False), ("Status", False)]
-    head += [(METRIC_COLUMNS[c], True) for c in columns]
+    head += [(TITLES[c], True) for c in columns]
     body = []
     for r in rows:
         cells = [_text_cell(r.case), _num_cell(r.label, 0), _text_cell(names.get(r.label, "")),

@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from medseg.report._figure import figure_png, new_figure
-from medseg.report.results import ResultRow
+from medseg.results import ResultRow
 
 __all__ = ["metric_plot_png"]
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from medseg.config import PhantomConfig, PipelineConfig
 from medseg.data.cache import CachedCase, build_cache
 from medseg.data.manifest import load_manifest, split_train_val
+from medseg.data.phantom_dataset import write_phantom_dataset
 from medseg.errors import ConfigError, MedsegError
-from medseg.io.atomic import atomic_write_text
 from medseg.runtime import Runtime
 from medseg.training.distributed import barrier
 
@@ -38,39 +38,6 @@ class TrainingData:
     @property
     def num_classes(self) -> int:
         return max(self.label_names) + 1
-
-
-def write_phantom_dataset(cfg: PhantomConfig, folder: Path) -> Path:
-    """Generate ``n_train + n_val`` phantoms (NIfTI) and their MSD ``dataset.json`` in ``folder``.
-
-    Case ``i`` uses seed ``cfg.seed + i``; the first ``n_train`` are ``training``,
-    the rest ``validation``. Reuses a complete folder (its dataset.json is written last).
-    """
-    from medseg.data.phantom import LABEL_NAMES, make_phantom
-    from medseg.io import write_volume
-
-    manifest = folder / "dataset.json"
-    if manifest.is_file():
-        return manifest
-    (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
-    (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
-    entries = []
-    for i in range(cfg.n_train + cfg.n_val):
-        case = make_phantom(cfg.shape, cfg.spacing_mm, seed=cfg.seed + i, noise_hu=cfg.noise_hu)
-        name = f"phantom_{i:03d}.nii.gz"
-        write_volume(case.image, folder / "imagesTr" / name)
-        write_volume(case.label, folder / "labelsTr" / name)
-        entries.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
-    doc = {
-        "name": "medseg phantoms",
-        "modality": {"0": "CT"},
-        "labels": {"0": "background", **{str(k): v for k, v in LABEL_NAMES.items()}},
-        "training": entries[: cfg.n_train],
-        "validation": entries[cfg.n_train :],
-        "phantom_config": asdict(cfg),
-    }
-    atomic_write_text(manifest, json.dumps(doc, indent=1))
-    return manifest
 
 
 def _phantom_folder(cfg: PhantomConfig, cache_dir: Path) -> Path:

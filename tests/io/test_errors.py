@@ -124,12 +124,19 @@ def test_5d_image(capsys, tmp_path, out_dir):
     assert "is 5D" in line
 
 
-def test_missing_output_folder(capsys, small_nifti, tmp_path):
+@pytest.mark.parametrize("ext", [".nii.gz", ".mhd"])
+def test_convert_creates_the_output_folder(small_nifti, tmp_path, ext):
+    out = tmp_path / "new" / "dir" / f"out{ext}"
+    assert main(["convert", str(small_nifti), str(out)]) == 0
+    np.testing.assert_array_equal(read_volume(out).array, read_volume(small_nifti).array)
+
+
+def test_output_folder_that_cannot_be_created(capsys, small_nifti, tmp_path):
+    (tmp_path / "no").write_text("a file where a folder should be")
     out = tmp_path / "no" / "such" / "out.nii.gz"
     assert main(["convert", str(small_nifti), str(out)]) != 0
     line = _one_error_line(capsys, "out.nii.gz")
-    assert "does not exist" in line
-    assert not (tmp_path / "no").exists()
+    assert "cannot create the output folder" in line and str(tmp_path / "no") in line
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,

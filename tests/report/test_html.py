@@ -131,3 +131,40 @@ def test_cli_error_is_one_line(tmp_path, capsys):
     assert code == 1
     assert err.count("\n") == 1 and "results.csv" in err and "dice" in err
     assert not (tmp_path / "r.html").exists()
+
+
+def test_report_numbers_are_summary_json_numbers(phantom_dataset, tmp_path):
+    from medseg.evaluation import evaluate_folders
+
+    ds = phantom_dataset
+    results = tmp_path / "eval" / "results.csv"
+    evaluate_folders(ds["pred"], ds["gt"], results)
+    summary_path = results.with_name("summary.json")
+    summary = json.loads(summary_path.read_text())
+    summary["labels"]["1"]["metrics"]["dice"]["mean"] = 0.5  # the report must show this one
+    summary_path.write_text(json.dumps(summary))
+    out = tmp_path / "new" / "report.html"  # the report's folder is created
+    write_report(results, out, pred_dir=ds["pred"], gt_dir=ds["gt"], worst_n=4)
+    table = parse_report(out).tables["summary"]
+    head = table["head"]
+    for row in table["rows"]:
+        group = summary["labels"][row[0][0]]
+        assert row[head.index("n")][0] == str(group["n_rows"])
+        assert row[head.index("empty pred")][0] == str(group["status"]["empty_pred"])
+        for title, metric in (("Dice", "dice"), ("HD95 (mm)", "hd95_mm")):
+            for stat in ("mean", "median", "std"):
+                value = group["metrics"][metric][stat]
+                cell = row[head.index(f"{title} {stat}")][1]
+                assert (cell == "nan") if value is None else float(cell) == value
+    assert table["rows"][0][head.index("Dice mean")] == ("0.500", "0.5")
+    worst = sorted(summary["cases"], key=lambda c: summary["cases"][c])
+    text = out.read_text()
+    positions = [text.index(f"{i}. {case} &mdash;") for i, case in enumerate(worst, 1)]
+    assert positions == sorted(positions)
+
+
+def test_cli_report_into_a_new_folder(phantom_dataset, tmp_path):
+    out = tmp_path / "new" / "dir" / "report.html"
+    assert main(["report", "--results", str(phantom_dataset["results"]), "--worst", "0",
+                 "-o", str(out)]) == 0
+    assert len(parse_report(out).tables["summary"]["rows"]) == 5

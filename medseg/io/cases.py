@@ -1,0 +1,336 @@
+"""Cases: naming, finding and reading the image files of a case, and label-name files.
+
+One home for what manifests, prediction, evaluation, the report and the demo
+share:
+
+* :class:`Case`: a case name, its image file(s) (one per channel, one
+  multi-channel file, or one DICOM series folder), its label map and split;
+* :func:`case_name`: the name of a case from its file, over the one extension
+  table :data:`medseg.io.formats.SUPPORTED_EXTENSIONS` (``.nii.gz``, ``.nii``,
+  ``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``);
+* :func:`images_by_case`, :func:`find_case_file`, :func:`list_cases`: the
+  image files of a folder (or input path) by case name;
+* :func:`read_case_image`: a case's image as one (C, x, y, z) volume;
+* :func:`read_label_names` / :func:`label_names_from_mapping`: the one parser
+  of label names, ``{"1": "liver"}`` (MSD) or ``{"liver": 1}`` (nnU-Net v2).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medseg.errors import ConfigError, DataError, GeometryError, ImageReadError
+from medseg.io.formats import SUPPORTED_EXTENSIONS, extension_of, is_image_path
+from medseg.volume import Volume
+
+__all__ = [
+    "Case",
+    "case_name",
+    "images_by_case",
+    "find_case_file",
+    "list_cases",
+    "read_case_image",
+    "read_label_names",
+    "label_names_from_mapping",
+]
+
+_CHANNEL_SUFFIX = re.compile(r"_\d{4}$")  # nnU-Net: case_0000.nii.gz is channel 0 of "case"
+_MANIFEST_SUFFIXES = (".json", ".csv")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One case: its name, image(s), label map and split.
+
+    ``images`` holds one path (a file, possibly multi-channel, or a DICOM
+    series folder) or one file per channel, all on one grid. ``label`` is the
+    (x, y, z) label map, None for cases to predict. ``split``: ``train``,
+    ``val`` or ``test``.
+    """
+
+    case_id: str
+    images: tuple[Path, ...]
+    label: Path | None = None
+    split: str = "train"
+
+    @property
+    def is_dicom(self) -> bool:
+        """True when the image is one DICOM series folder."""
+        return len(self.images) == 1 and self.images[0].is_dir()
+
+
+# -- naming -----------------------------------------------------------------------------------
+def case_name(path: str | os.PathLike, strip_channel: bool = False) -> str:
+    """File name without its image extension: ``ct_001.nii.gz`` -> ``ct_001``.
+
+    A folder (DICOM series) or a name without a supported extension keeps its
+    whole name. ``strip_channel`` also drops an nnU-Net channel suffix
+    (``ct_001_0000.nii.gz`` -> ``ct_001``).
+
+    >>> case_name("a/ct_001.nii.gz"), case_name("b_0001.mhd", strip_channel=True)
+    ('ct_001', 'b')
+    """
+    name = Path(path).name
+    ext = extension_of(name)
+    stem = name[: -len(ext)] if ext else name
+    return _CHANNEL_SUFFIX.sub("", stem) if strip_channel and ext else stem
+
+
+def images_by_case(folder: str | os.PathLike, strip_channel: bool = False) -> dict[str, Path]:
+    """The image files of ``folder`` keyed by :func:`case_name`, in sorted name order.
+
+    Hidden files and files without a supported extension are skipped.
+
+    Raises
+    ------
+    DataError
+        Two files give one case name (e.g. ``a.nii`` and ``a.nii.gz``); names both.
+    """
+    found: dict[str, Path] = {}
+    for path in sorted(Path(folder).iterdir()):
+        if not (path.is_file() and is_image_path(path)):
+            continue
+        case = case_name(path, strip_channel)
+        if case in found:
+            raise DataError(f"two images for case {case!r}: {found[case].name} and {path.name}",
+                            folder)
+        found[case] = path
+    return found
+
+
+def find_case_file(folder: str | os.PathLike, case: str) -> Path:
+    """The image file of ``case`` in ``folder``: ``<case>.<ext>``, else ``<case>_0000.<ext>``.
+
+    Files are matched as :func:`images_by_case` lists them (any extension of
+    the one table, in any letter case), so every case evaluation paired is found.
+
+    Raises
+    ------
+    ImageReadError
+        No such file; the message lists the names tried.
+    DataError
+        As :func:`images_by_case`.
+    """
+    images = images_by_case(folder)
+    for name in (case, f"{case}_0000"):
+        if name in images:
+            return images[name]
+    tried = ", ".join(f"{case}{ext}" for ext in SUPPORTED_EXTENSIONS)
+    raise ImageReadError(f"no file for case {case!r} (tried {tried}, and {case}_0000 with each "
+                         "extension)", folder)
+
+
+# -- listing the cases of an input --------------------------------------------------------------
+def _looks_like_dicom(path: Path) -> bool:
+    if path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
+def _is_dicom_folder(folder: Path) -> bool:
+    return any(f.is_file() and _looks_like_dicom(f) for f in sorted(folder.iterdir())[:50])
+
+
+def _cases_in_folder(folder: Path) -> list[Case]:
+    images = images_by_case(folder)
+    if images:
+        return [Case(name, (path,), split="test") for name, path in images.items()]
+    if _is_dicom_folder(folder):
+        return [Case(folder.name, (folder,), split="test")]
+    series = sorted(p for p in folder.iterdir() if p.is_dir() and _is_dicom_folder(p))
+    if series:
+        return [Case(p.name, (p,), split="test") for p in series]
+    raise DataError("folder holds no image files and no DICOM series", folder)
+
+
+def _cases_in_manifest(path: Path) -> list[Case]:
+    # Manifests are parsed in medseg.data (which imports this module); imported here on use.
+    from medseg.data.manifest import load_manifest
+
+    manifest = load_manifest(path)
+    cases = manifest.split("test") or manifest.cases
+    for case in cases:
+        for image in case.images:
+            if not image.exists():
+                raise DataError(f"case {case.case_id!r}: image {image} does not exist", path)
+    return cases
+
+
+def list_cases(input_path: str | os.PathLike) -> list[Case]:
+    """Every case ``input_path`` describes, in a fixed order.
+
+    ``input_path`` is an image file, a DICOM series folder, a folder of image
+    files (or of DICOM series folders), or a manifest (MSD ``dataset.json``:
+    its ``test`` cases, else all its cases; ``.csv`` with an ``image`` column).
+    Cases found from files have split ``test`` and no label.
+
+    Raises
+    ------
+    ImageReadError
+        ``input_path`` does not exist.
+    DataError
+        It holds no image, is of an unknown kind, or two inputs share a case
+        name (their outputs would overwrite each other).
+    """
+    path = Path(input_path)
+    if not path.exists():
+        raise ImageReadError("input does not exist", path)
+    if path.is_dir():
+        cases = _cases_in_folder(path)
+    elif path.suffix.lower() in _MANIFEST_SUFFIXES:
+        cases = _cases_in_manifest(path)
+    elif is_image_path(path):
+        cases = [Case(case_name(path), (path,), split="test")]
+    else:
+        raise DataError("not an image, a DICOM folder or a manifest (.json/.csv)", path)
+    names = [c.case_id for c in cases]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise DataError(f"several inputs share the case name {duplicates[0]!r} (outputs would "
+                        "overwrite each other)", path)
+    return cases
+
+
+# -- reading ----------------------------------------------------------------------------------
+def read_case_image(case: Case, series: str | None = None) -> Volume:
+    """The image of ``case`` as one channel-first (C, x, y, z) Volume.
+
+    One file gives its own channels (C = 1 for a 3D file); one DICOM folder
+    is read with ``series`` (a SeriesInstanceUID, when it holds several; a
+    single file refuses it); one file per channel are concatenated in order.
+    The affine and ``meta`` are those of the first file.
+
+    Raises
+    ------
+    GeometryError
+        A channel file is not on the grid of the first one (names the file).
+    ImageReadError, UsageError
+        As :func:`medseg.io.read_volume`.
+    """
+    import numpy as np
+
+    from medseg.io import read_volume
+
+    if len(case.images) == 1:  # a file refuses series= (UsageError), a DICOM folder uses it
+        return _channel_first(read_volume(case.images[0], series=series))
+    vols = [read_volume(p) for p in case.images]
+    arrays = []
+    for path, vol in zip(case.images, vols):
+        if not vol.same_grid(vols[0]):
+            raise GeometryError(f"channel file is not on the grid of {case.images[0].name}", path)
+        arrays.append(_channel_first(vol).array)
+    return Volume(np.concatenate(arrays, axis=0), vols[0].affine, vols[0].meta)
+
+
+def _channel_first(volume: Volume) -> Volume:
+    return volume if volume.has_channels else volume.with_array(volume.array[None])
+
+
+# -- label names ------------------------------------------------------------------------------
+def read_label_names(path: str | os.PathLike) -> dict[int, str]:
+    """``{label value: name}`` from a JSON label-name file.
+
+    Accepted: ``{"1": "liver"}`` (MSD), ``{"liver": 1}`` or ``{"liver": "1"}``
+    (nnU-Net v2), or a JSON object whose ``"labels"`` holds either form (an
+    MSD or nnU-Net ``dataset.json``).
+
+    **Background rule**: the result always contains label 0, named as the
+    file names 0 when it does, else ``"background"``. Callers that want the
+    foreground labels skip 0.
+
+    Raises
+    ------
+    ImageReadError
+        The file does not exist (names it).
+    ConfigError
+        Not JSON, not an object, region labels (nnU-Net lists of values), or a
+        negative / non-integer label value (names the file and the entry).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError("labels file does not exist (expected a JSON file such as "
+                             '{"1": "liver"} or a dataset.json)', path)
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"labels file is not valid JSON: {exc}", path) from None
+    if isinstance(data, dict) and isinstance(data.get("labels"), dict):
+        data = data["labels"]
+    return label_names_from_mapping(data, path)
+
+
+def label_names_from_mapping(raw: Any, path: str | os.PathLike | None = None) -> dict[int, str]:
+    """Parse ``{"1": "liver"}`` or ``{"liver": 1}`` into ``{1: "liver"}`` (0 always present).
+
+    ``raw`` is the decoded JSON object (or a Python mapping with int keys);
+    ``path`` is the file named in errors. The background rule is that of
+    :func:`read_label_names`. Returns the names sorted by label value.
+
+    Raises
+    ------
+    ConfigError
+        ``raw`` is not a non-empty mapping, an entry is a region (a list of
+        values), a label value is negative or not an integer, or one value has
+        two names.
+    """
+    if not isinstance(raw, Mapping) or not raw:
+        raise ConfigError('label names: expected a JSON object such as {"1": "liver"} or '
+                          '{"liver": 1}, or a dataset.json with a "labels" object, got '
+                          f"{_short(raw)}", path)
+    names: dict[int, str] = {}
+    for key, value in raw.items():
+        label, name = _label_entry(key, value, path)
+        if names.get(label, name) != name:
+            raise ConfigError(f"labels entry {key!r}: label {label} is already named "
+                              f"{names[label]!r}", path)
+        names[label] = name
+    names.setdefault(0, "background")
+    return dict(sorted(names.items()))
+
+
+def _label_entry(key: Any, value: Any, path: str | os.PathLike | None) -> tuple[int, str]:
+    """(value, name) of one entry, ``"1": "liver"`` or ``"liver": 1``."""
+    if isinstance(value, list):
+        raise ConfigError(f"labels entry {key!r}: {value} is a region (a list of label values); "
+                          "regions are not supported here: give each label value its own name",
+                          path)
+    key_int, value_int = _integer(key), _integer(value)
+    msd = isinstance(value, str) and key_int is not None
+    if msd and (value_int is None or isinstance(key, int)):  # {1: "2"} in Python is MSD
+        label, name = key_int, value
+    elif value_int is not None:
+        label, name = value_int, str(key)
+    else:
+        raise ConfigError(f"labels entry {key!r}: {value!r} is neither 'value': 'name' (MSD) "
+                          "nor 'name': value (nnU-Net v2) with an integer label value", path)
+    if label < 0:
+        raise ConfigError(f"labels entry {key!r}: label value {label} is negative; label values "
+                          "are integers >= 0 (0 = background)", path)
+    return label, name
+
+
+def _integer(value: Any) -> int | None:
+    """``value`` as an int when it is an int or an integer string ("-2" too), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
+        return int(value)
+    return None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
