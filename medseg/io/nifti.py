@@ -25,7 +25,6 @@ from typing import Any, BinaryIO
 import isal.isal_zlib
 import nibabel as nib
 import numpy as np
-from nibabel.filebasedimages import ImageFileError
 from nibabel.nifti1 import data_type_codes, xform_codes
 from nibabel.spatialimages import HeaderDataError
 
@@ -40,16 +39,14 @@ __all__ = ["read_nifti", "write_nifti", "READ_ERRORS"]
 
 log = logging.getLogger(__name__)
 
-#: What nibabel and the (ISA-L) gzip layer raise for a corrupt, truncated or non-NIfTI
-#: file once the header has passed :func:`_check_header`; :func:`medseg.io.read_volume`
-#: turns them into one ImageReadError naming the file. Reproduced in tests/io:
-#: EOFError (truncated .nii.gz), zlib / isal errors (damaged deflate stream), OSError
-#: (gzip stream that is not gzip), ImageFileError (no NIfTI header), ValueError
-#: (nibabel: voxel data shorter than the header promises in a .nii.gz; an invalid
-#: quaternion), HeaderDataError (nibabel's remaining header checks).
+#: What nibabel and the (ISA-L) gzip layer raise for a corrupt or truncated file once
+#: the header has passed :func:`_check_header`; :func:`medseg.io.read_volume` turns
+#: them into one ImageReadError naming the file. Reproduced in tests/io: EOFError
+#: (truncated .nii.gz), zlib / isal errors (damaged deflate stream), OSError
+#: (gzip.BadGzipFile: a .gz that is not gzip), ValueError (nibabel: voxel data shorter
+#: than the header says in a .nii.gz, a quaternion with b^2 + c^2 + d^2 > 1).
 READ_ERRORS: tuple[type[BaseException], ...] = (
-    OSError, EOFError, ValueError, HeaderDataError, ImageFileError, zlib.error,
-    isal.isal_zlib.error,
+    OSError, EOFError, ValueError, zlib.error, isal.isal_zlib.error,
 )
 _NIFTI1_MAX_DIM = 32767
 
@@ -105,30 +102,32 @@ class _FileLog(logging.LoggerAdapter):
 def _read_header(
     stream: BinaryIO, path: str | os.PathLike
 ) -> tuple[type[nib.Nifti1Image], nib.Nifti1Header]:
-    """The image class and the checked header (extensions included) at the start of ``stream``."""
-    klass, endianness = _nifti_class(stream.read(4))
+    """The image class and the checked header at the start of ``stream``.
+
+    Header extensions are not read (medseg keeps none of them), so a malformed
+    extension cannot stop a read: the voxels start at ``vox_offset`` regardless.
+    """
+    klass, endianness = _nifti_class(stream.read(4), path)
     size = klass.header_class.template_dtype.itemsize
     stream.seek(0)
     block = stream.read(size)
     if len(block) < size:
         raise ImageReadError(f"truncated file: the header has {len(block)} of {size} bytes", path)
-    raw_size = None if is_gzip_file(path) else os.path.getsize(path)
-    _check_header(klass.header_class(block, endianness, check=False), path, raw_size)
-    stream.seek(0)
-    header = klass.header_class.from_fileobj(stream, endianness, check=False)
+    header = klass.header_class(block, endianness, check=False)
+    _check_header(header, path, None if is_gzip_file(path) else os.path.getsize(path))
     header.check_fix(logger=_FileLog(log, {"path": os.fspath(path)}))
     return klass, header
 
 
-def _nifti_class(first4: bytes) -> tuple[type[nib.Nifti1Image], str]:
+def _nifti_class(first4: bytes, path: str | os.PathLike) -> tuple[type[nib.Nifti1Image], str]:
     """Nifti1Image or Nifti2Image and the byte order, from the header size (348 or 540)."""
     if len(first4) < 4:
-        raise ImageFileError("file too short for a NIfTI header")
+        raise ImageReadError(f"not NIfTI: {len(first4)} bytes, too short for a header", path)
     for order, code in (("little", "<"), ("big", ">")):
         size = int.from_bytes(first4, order)
         if size in (348, 540):
             return (nib.Nifti1Image if size == 348 else nib.Nifti2Image), code
-    raise ImageFileError("no NIfTI header (sizeof_hdr is neither 348 nor 540)")
+    raise ImageReadError("not NIfTI: no header (sizeof_hdr is neither 348 nor 540)", path)
 
 
 def _check_header(

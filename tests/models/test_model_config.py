@@ -76,16 +76,9 @@ def test_config_holds_bound_values_with_defaults_applied():
 class ScaledFCN(FCN3d):
     """FCN-32s plus two options FCN3d lacks: ``extra_convs`` 1x1x1 logit convs, ``scale``."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        width: int = 2,
-        convs_per_stage: int = 1,
-        extra_convs: int = 0,
-        scale: float = 1.0,
-    ) -> None:
-        super().__init__(in_channels, out_channels, "32s", width, convs_per_stage)
+    def __init__(self, in_channels: int, out_channels: int, width: int = 2,
+                 extra_convs: int = 0, scale: float = 1.0) -> None:
+        super().__init__(in_channels, out_channels, "32s", width, convs_per_stage=1)
         self.extra = nn.Sequential(
             *(nn.Conv3d(out_channels, out_channels, 1) for _ in range(extra_convs))
         )
@@ -106,7 +99,7 @@ def test_new_constructor_argument_round_trips_through_a_checkpoint(scaled_fcn, t
     net = models.create(scaled_fcn, 1, 3, seed=3, extra_convs=2, scale=0.25)
     assert net.medseg_config == {
         "name": "scaled_fcn", "in_channels": 1, "out_channels": 3, "width": 2,
-        "convs_per_stage": 1, "extra_convs": 2, "scale": 0.25, "seed": 3,
+        "extra_convs": 2, "scale": 0.25, "seed": 3,
     }
     path = save_checkpoint(tmp_path / "scaled.safetensors", net, META)
     rebuilt = load_checkpoint(path).build_model()
