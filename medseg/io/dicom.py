@@ -273,7 +273,9 @@ def _check_gaps(folder: str | os.PathLike, along: np.ndarray) -> None:
         )
 
 
-def _check_not_sheared(folder: str | os.PathLike, positions: np.ndarray, normal: np.ndarray) -> None:
+def _check_not_sheared(
+    folder: str | os.PathLike, positions: np.ndarray, normal: np.ndarray
+) -> None:
     steps = np.diff(positions, axis=0)
     in_plane = steps - np.outer(steps @ normal, normal)
     worst = float(np.sqrt((in_plane**2).sum(axis=1)).max())

@@ -106,7 +106,7 @@ def test_header_errors_come_before_any_voxel_is_read(tmp_path, nifti_bytes):
 def test_negative_pixdim_is_harmless_when_the_sform_places_the_voxels(
     caplog, tmp_path, nifti_bytes
 ):
-    """nibabel takes |pixdim| and the sform gives the affine: read, with a warning naming the file."""
+    """nibabel takes |pixdim|, the sform gives the affine: read, with a warning naming the file."""
     path = _patched(nifti_bytes, tmp_path, "flipped_pixdim.nii", {80: ("f", -1.0)})
     volume = read_volume(path)
     assert np.array_equal(volume.affine, np.diag([1.0, 1.0, 2.0, 1.0]))
@@ -141,7 +141,8 @@ def _rt_dose(path: Path, pixels: bool) -> None:
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     ds.Modality, ds.PatientID = "RTDOSE", "phantom"
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
     if pixels:
