@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
-from medseg.errors import ImageReadError, UsageError
+from medseg.errors import ImageReadError, MedsegError, UsageError
 from medseg.io.atomic import check_writable_dir
 from medseg.io.formats import (
     SUPPORTED_EXTENSIONS,
     check_spatial_ndim,
+    error_reason,
     format_of,
     is_image_path,
 )
@@ -68,12 +70,19 @@ def read_volume(
     Raises
     ------
     ImageReadError
-        missing path, unsupported extension, corrupt/truncated/non-image file,
-        a folder without DICOM files or with several series.
+        missing path, unsupported extension, corrupt/truncated/non-image file, a
+        header field out of range, a folder without DICOM image files or with
+        several series or a non-image object (RT Dose).
     GeometryError
-        a 2D or 5D image, or a DICOM series with missing slices or uneven spacing.
+        a 2D or 5D image, an affine with NaN or inf, or a DICOM series with
+        missing slices or uneven spacing.
     UsageError
         ``ndim`` other than 3, or ``series`` given for a file / not in the folder.
+
+    Every error names ``path`` (or, inside a DICOM folder, the file concerned):
+    the exceptions the reading libraries raise for a bad file (each reader's
+    ``READ_ERRORS``) become ImageReadError here, and an error raised without a
+    path gets ``path``.
     """
     if ndim != 3:
         raise UsageError(f"ndim={ndim} is not supported: medseg reads 3D volumes (ndim=3)")
@@ -82,21 +91,38 @@ def read_volume(
     kind = format_of(path)
     if series is not None and kind != "dicom":
         raise UsageError("series= selects a DICOM series and needs a folder", path)
-    if kind == "nifti":
-        from medseg.io.nifti import read_nifti
-
-        volume = read_nifti(path)
-    elif kind == "sitk":
-        from medseg.io.sitk import read_sitk
-
-        volume = read_sitk(path)
-    else:
-        from medseg.io.dicom import read_dicom_series
-
-        volume = read_dicom_series(path, series)
-    check_spatial_ndim(volume.array, path, channels)
+    reader, library_errors, what = _reader(kind)
+    try:
+        volume = reader(path, series) if kind == "dicom" else reader(path)
+        check_spatial_ndim(volume.array, path, channels)
+    except MedsegError as exc:
+        if exc.path is None:  # e.g. Volume(...) rejecting the geometry a file gave
+            exc.path = os.fspath(path)
+            exc.args = (str(exc),)
+        raise
+    except library_errors as exc:
+        raise ImageReadError(f"cannot read {what} ({error_reason(exc)})", path) from exc
     log.debug("read %s: %r", path, volume)
     return volume
+
+
+def _reader(kind: str) -> tuple[Callable[..., Volume], tuple[type[BaseException], ...], str]:
+    """The reader of format ``kind``, its ``READ_ERRORS`` and what a message calls the input.
+
+    ``READ_ERRORS`` are the library exceptions a bad file makes the reader raise;
+    each reader module lists those it reproduced.
+    """
+    if kind == "nifti":
+        from medseg.io import nifti
+
+        return nifti.read_nifti, nifti.READ_ERRORS, "as NIfTI"
+    if kind == "sitk":
+        from medseg.io import sitk
+
+        return sitk.read_sitk, sitk.READ_ERRORS, "image"
+    from medseg.io import dicom
+
+    return dicom.read_dicom_series, dicom.READ_ERRORS, "the DICOM series"
 
 
 def write_volume(volume: Volume, path: str | os.PathLike) -> Path:

@@ -20,12 +20,16 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
 
 from medseg.errors import GeometryError, ImageReadError, UsageError
 from medseg.io.sitk import sitk_to_volume
 from medseg.volume import Volume
 
-__all__ = ["read_dicom_series", "list_series", "SeriesInfo", "SPACING_RTOL", "SPACING_ATOL_MM"]
+__all__ = [
+    "read_dicom_series", "list_series", "SeriesInfo", "SPACING_RTOL", "SPACING_ATOL_MM",
+    "NOT_IMAGES", "READ_ERRORS",
+]
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +39,15 @@ SPACING_RTOL = 0.01
 SPACING_ATOL_MM = 0.01
 _TAGS = [
     "ImagePositionPatient", "ImageOrientationPatient", "SeriesInstanceUID",
-    "StudyInstanceUID", "SeriesDescription",
+    "StudyInstanceUID", "SeriesDescription", "SOPClassUID", "Modality",
 ]
+#: SOP classes GDCM groups into a series but that are not images medseg reads
+#: (an RT Dose grid would come back as raw dose units in a 1-channel 4D array).
+NOT_IMAGES = {"1.2.840.10008.5.1.4.1.1.481.2": "RT Dose"}
+#: GDCM (through SimpleITK) raises RuntimeError for a series it cannot decode;
+#: :func:`medseg.io.read_volume` turns it into an ImageReadError naming the folder.
+#: pydicom errors on a single file are turned into one naming that file (:func:`_tags`).
+READ_ERRORS: tuple[type[BaseException], ...] = (RuntimeError,)
 
 
 @dataclass(frozen=True)
@@ -60,9 +71,15 @@ def list_series(folder: str | os.PathLike) -> list[SeriesInfo]:
         the folder holds no readable DICOM image files.
     """
     folder = os.fspath(folder)
-    uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)
+    warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK prints "No Series were found"
+    try:
+        uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings)
     if not uids:
-        raise ImageReadError("no DICOM image files found in this folder", folder)
+        raise ImageReadError(f"no DICOM image files found in this folder{_contents(folder)}",
+                             folder)
     series = []
     for uid in uids:
         files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, uid))
@@ -89,22 +106,34 @@ def read_dicom_series(folder: str | os.PathLike, series: str | None = None) -> V
     Raises
     ------
     ImageReadError
-        no DICOM files; several series and no ``series``; ``series`` not found;
-        unreadable files.
+        no DICOM image files; several series and no ``series``; unreadable
+        headers; a series of non-image objects (:data:`NOT_IMAGES`).
+    UsageError
+        ``series`` not found.
+    READ_ERRORS
+        GDCM cannot decode the series (:func:`medseg.io.read_volume` names the folder).
     GeometryError
         missing slices, duplicated positions, uneven spacing, mixed orientations,
         a sheared stack, or no position tags.
     """
-    chosen = _choose(folder, list_series(folder), series)
+    found = list_series(folder)
+    chosen = _choose(folder, found, series)
     headers = [_tags(f) for f in chosen.files]
-    files = _ordered_files(folder, chosen.files, headers)
+    _check_is_image(chosen.files[0], headers[0])
+    try:
+        files = _ordered_files(folder, chosen.files, headers)
+    except GeometryError as exc:
+        unread = _in_no_series(folder, found)
+        if not unread:
+            raise
+        raise GeometryError(
+            f"{exc.message}; {len(unread)} file(s) here are in no series (unreadable slices?): "
+            f"{', '.join(unread[:3])}",
+            folder,
+        ) from exc
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
-    try:
-        image = reader.Execute()
-    except RuntimeError as exc:
-        reason = " ".join(str(exc).split()[-12:])
-        raise ImageReadError(f"cannot read the DICOM series ({reason})", folder) from exc
+    image = reader.Execute()
     meta = {
         "format": "dicom",
         "dicom_files": list(files),
@@ -131,6 +160,49 @@ def _choose(folder: str | os.PathLike, series: list[SeriesInfo], uid: str | None
             folder,
         )
     return series[0]
+
+
+def _in_no_series(folder: str | os.PathLike, found: list[SeriesInfo]) -> list[str]:
+    """Names of the files in ``folder`` that GDCM put in no series (sorted)."""
+    listed = {Path(f).name for info in found for f in info.files}
+    return sorted(p.name for p in Path(folder).iterdir() if p.is_file() and p.name not in listed)
+
+
+def _check_is_image(path: str, header: pydicom.Dataset) -> None:
+    """Refuse a series of objects that are not images (:data:`NOT_IMAGES`), naming the file."""
+    sop_class = _sop_class(header)
+    if sop_class in NOT_IMAGES:
+        raise ImageReadError(
+            f"is an {NOT_IMAGES[sop_class]} object (Modality {header.get('Modality', '?')}, "
+            f"SOPClassUID {sop_class}), not an image series medseg reads",
+            path,
+        )
+
+
+def _contents(folder: str, shown: int = 3) -> str:
+    """What a folder without image series holds, for the error message: ' (a.dcm: RTDOSE; ...)'."""
+    files = sorted(p for p in Path(folder).iterdir() if p.is_file())
+    notes = [f"{path.name}: {_what_is(path)}" for path in files[:shown]]
+    more = f"; {len(files) - shown} more files" if len(files) > shown else ""
+    return f" ({'; '.join(notes)}{more})" if notes else ""
+
+
+def _what_is(path: Path) -> str:
+    """'not DICOM', or the SOP class and modality of a DICOM object GDCM found no image in."""
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_TAGS)
+    except (InvalidDicomError, OSError, ValueError):
+        return "not DICOM"
+    sop = _sop_class(header)
+    if not sop:
+        return "not a readable DICOM object (no SOPClassUID)"
+    return f"{sop.name or sop} ({header.get('Modality', 'no Modality')}), not an image GDCM reads"
+
+
+def _sop_class(header: pydicom.Dataset) -> UID:
+    """SOPClassUID, or the file meta's MediaStorageSOPClassUID where the former is empty."""
+    meta = getattr(header, "file_meta", None) or {}
+    return UID(str(header.get("SOPClassUID", "") or meta.get("MediaStorageSOPClassUID", "")))
 
 
 def _tags(path: str) -> pydicom.Dataset:
@@ -162,7 +234,8 @@ def _geometry(folder, files, headers) -> tuple[np.ndarray, np.ndarray]:
         positions = np.array([[float(v) for v in h.ImagePositionPatient] for h in headers])
     except (AttributeError, TypeError, ValueError) as exc:
         raise GeometryError(
-            "slices lack ImagePositionPatient / ImageOrientationPatient, cannot place them",
+            "slices lack ImagePositionPatient / ImageOrientationPatient (or hold malformed "
+            "values), cannot place them",
             folder,
         ) from exc
     if orientation.shape[1] != 6 or positions.shape[1] != 3:
@@ -200,7 +273,9 @@ def _check_gaps(folder: str | os.PathLike, along: np.ndarray) -> None:
         )
 
 
-def _check_not_sheared(folder: str | os.PathLike, positions: np.ndarray, normal: np.ndarray) -> None:
+def _check_not_sheared(
+    folder: str | os.PathLike, positions: np.ndarray, normal: np.ndarray
+) -> None:
     steps = np.diff(positions, axis=0)
     in_plane = steps - np.outer(steps @ normal, normal)
     worst = float(np.sqrt((in_plane**2).sum(axis=1)).max())

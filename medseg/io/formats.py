@@ -4,12 +4,14 @@ Pure helpers (no disk access beyond ``Path.is_dir``): the extension table,
 :func:`is_image_path` for listing image files in a folder, :func:`format_of`
 for dispatching a path to a reader or writer, and :func:`check_spatial_ndim`
 which every reader uses to turn a raw array into the (x, y, z) /
-(C, x, y, z) layout of :class:`~medseg.volume.Volume`.
+(C, x, y, z) layout of :class:`~medseg.volume.Volume`, and :func:`error_reason`,
+which says in one line what a reading or writing library complained about.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,7 @@ __all__ = [
     "format_of",
     "extension_of",
     "check_spatial_ndim",
+    "error_reason",
 ]
 
 #: NIfTI-1/2, read and written through nibabel (``.nii.gz`` through isal).
@@ -113,3 +116,35 @@ def check_spatial_ndim(
     expected = "a 3D volume" + (" (or 4D with channels)" if channels else "")
     shape = " x ".join(str(s) for s in array.shape)
     raise GeometryError(f"is {array.ndim}D (shape {shape}), expected {expected}", path)
+
+
+def error_reason(exc: BaseException) -> str:
+    """What a library exception says, on one line, for a message naming the file.
+
+    SimpleITK's ``RuntimeError`` is cut down to ITK's own words: the
+    "Exception thrown in SimpleITK ...: <source file>:<line>:" line and the
+    "ITK ERROR: Class(0x...):" prefixes go; of a teem (NRRD) trace only its last,
+    most specific ``[nrrd]`` line stays. Other messages keep all their lines.
+    An early end of a (compressed) stream is called a truncated file.
+
+    >>> error_reason(EOFError("Compressed file ended before the end-of-stream marker"))
+    'truncated file: Compressed file ended before the end-of-stream marker'
+    """
+    lines = [" ".join(line.split()) for line in str(exc).splitlines() if line.strip()]
+    if isinstance(exc, RuntimeError):
+        lines = _itk_lines(lines)
+    text = " ".join(lines) or type(exc).__name__
+    if isinstance(exc, EOFError) or "ended before" in text:
+        return f"truncated file: {text}"
+    return text
+
+
+_ITK_PREFIX = re.compile(r"^(?:s?itk::)?(?:ITK )?ERROR: (?:\w+\(0x[0-9a-fA-F]+\): )?")
+
+
+def _itk_lines(lines: list[str]) -> list[str]:
+    if lines and lines[0].startswith("Exception thrown in SimpleITK"):
+        lines = lines[1:]
+    if lines and lines[-1].startswith("[nrrd]"):
+        return lines[-1:]
+    return [_ITK_PREFIX.sub("", line) for line in lines]

@@ -16,36 +16,48 @@ about 1e-7 relative (1e-5 mm at 100 mm from the origin).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import zlib
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import isal.isal_zlib
 import nibabel as nib
 import numpy as np
-from nibabel.filebasedimages import ImageFileError
+from nibabel.nifti1 import data_type_codes, xform_codes
 from nibabel.spatialimages import HeaderDataError
 
-from medseg.errors import DataError, ImageReadError, ImageWriteError
+from medseg.errors import DataError, GeometryError, ImageReadError, ImageWriteError
 from medseg.io.atomic import atomic_path
-from medseg.io.formats import check_spatial_ndim
-from medseg.io.gz import gzip_writer, open_maybe_gzip
+from medseg.io.formats import check_spatial_ndim, error_reason
+from medseg.io.gz import gzip_writer, is_gzip_file, open_maybe_gzip
 from medseg.io.layout import as_fortran
 from medseg.volume import Volume
 
-__all__ = ["read_nifti", "write_nifti"]
+__all__ = ["read_nifti", "write_nifti", "READ_ERRORS"]
 
 log = logging.getLogger(__name__)
 
-_READ_ERRORS = (
-    OSError, EOFError, ValueError, HeaderDataError, ImageFileError, zlib.error,
-    isal.isal_zlib.error,
+#: What nibabel and the (ISA-L) gzip layer raise for a corrupt or truncated file once
+#: the header has passed :func:`_check_header`; :func:`medseg.io.read_volume` turns
+#: them into one ImageReadError naming the file. Reproduced in tests/io: EOFError
+#: (truncated .nii.gz), zlib / isal errors (damaged deflate stream), OSError
+#: (gzip.BadGzipFile: a .gz that is not gzip), ValueError (nibabel: voxel data shorter
+#: than the header says in a .nii.gz, a quaternion with b^2 + c^2 + d^2 > 1).
+READ_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, EOFError, ValueError, zlib.error, isal.isal_zlib.error,
 )
 _NIFTI1_MAX_DIM = 32767
 
 
 def read_nifti(path: str | os.PathLike) -> Volume:
     """Read a ``.nii`` or ``.nii.gz`` file.
+
+    The header is checked before any voxel is read (see :func:`_check_header`);
+    nibabel's own repairs of harmless oddities (``qfac`` 0, a ``vox_offset`` that
+    is not a multiple of 16, pixdim signs when the sform gives the geometry) are
+    logged, naming the file.
 
     Parameters
     ----------
@@ -55,46 +67,159 @@ def read_nifti(path: str | os.PathLike) -> Volume:
     -------
     Volume with the array as nibabel's ``np.asanyarray(img.dataobj)`` gives it,
     (x, y, z) or, for 4D (x, y, z, C), channel first (C, x, y, z); affine
-    ``img.affine`` (voxel -> RAS+ mm). ``meta`` holds ``source`` and ``format``.
+    ``img.affine`` (nibabel's ``header.get_best_affine()``, voxel -> RAS+ mm).
+    ``meta`` holds ``source`` and ``format``.
 
     Raises
     ------
     ImageReadError
-        the file is truncated, corrupt or not NIfTI.
+        a header field out of range (named with its value), or the file is not NIfTI.
     GeometryError
-        the image is 2D, or 5D or more (other than (x, y, z, 1, C)).
+        the image is 2D, or 5D or more (other than (x, y, z, 1, C)), or the
+        sform / qform / pixdim that place it hold NaN or inf.
+    READ_ERRORS
+        a truncated or corrupt file (:func:`medseg.io.read_volume` names the file).
     """
-    try:
-        with open_maybe_gzip(path) as stream:
-            klass = _nifti_class(stream.read(4))
-            stream.seek(0)
-            file_map = klass.make_file_map({"image": stream})
-            img = klass.from_file_map(file_map, mmap=False)
-            array = np.asanyarray(img.dataobj)
-            affine = img.affine
-    except _READ_ERRORS as exc:
-        raise ImageReadError(f"cannot read as NIfTI ({_reason(exc)})", path) from exc
+    with open_maybe_gzip(path) as stream:
+        klass, header = _read_header(stream, path)
+        array = np.asanyarray(klass.ImageArrayProxy(stream, header, mmap=False))
+    affine = header.get_best_affine()
+    if not np.isfinite(affine).all():
+        raise GeometryError(
+            f"the {_affine_source(header)} holds NaN or inf: no voxel-to-world affine", path
+        )
     array = check_spatial_ndim(_channels_first(array), path)
     return Volume(array, affine, {"source": str(path), "format": "nifti"})
 
 
-def _nifti_class(first4: bytes) -> type[nib.Nifti1Image]:
-    """Nifti1Image or Nifti2Image from the header size (348 or 540, either byte order)."""
+class _FileLog(logging.LoggerAdapter):
+    """Prefixes nibabel's header repair messages with the file they are about."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return f"{self.extra['path']}: {msg}", kwargs
+
+
+def _read_header(
+    stream: BinaryIO, path: str | os.PathLike
+) -> tuple[type[nib.Nifti1Image], nib.Nifti1Header]:
+    """The image class and the checked header at the start of ``stream``.
+
+    Header extensions are not read (medseg keeps none of them), so a malformed
+    extension cannot stop a read: the voxels start at ``vox_offset`` regardless.
+    """
+    klass, endianness = _nifti_class(stream.read(4), path)
+    size = klass.header_class.template_dtype.itemsize
+    stream.seek(0)
+    block = stream.read(size)
+    if len(block) < size:
+        raise ImageReadError(f"truncated file: the header has {len(block)} of {size} bytes", path)
+    header = klass.header_class(block, endianness, check=False)
+    _check_header(header, path, None if is_gzip_file(path) else os.path.getsize(path))
+    header.check_fix(logger=_FileLog(log, {"path": os.fspath(path)}))
+    return klass, header
+
+
+def _nifti_class(first4: bytes, path: str | os.PathLike) -> tuple[type[nib.Nifti1Image], str]:
+    """Nifti1Image or Nifti2Image and the byte order, from the header size (348 or 540)."""
     if len(first4) < 4:
-        raise ImageFileError("file too short for a NIfTI header")
-    sizes = {int.from_bytes(first4, "little"), int.from_bytes(first4, "big")}
-    if 348 in sizes:
-        return nib.Nifti1Image
-    if 540 in sizes:
-        return nib.Nifti2Image
-    raise ImageFileError("no NIfTI header (sizeof_hdr is neither 348 nor 540)")
+        raise ImageReadError(f"not NIfTI: {len(first4)} bytes, too short for a header", path)
+    for order, code in (("little", "<"), ("big", ">")):
+        size = int.from_bytes(first4, order)
+        if size in (348, 540):
+            return (nib.Nifti1Image if size == 348 else nib.Nifti2Image), code
+    raise ImageReadError("not NIfTI: no header (sizeof_hdr is neither 348 nor 540)", path)
 
 
-def _reason(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    if isinstance(exc, EOFError) or "ended before" in text:
-        return f"truncated file: {text}"
-    return text
+def _check_header(
+    header: nib.Nifti1Header, path: str | os.PathLike, file_size: int | None
+) -> None:
+    """Raise ImageReadError naming the first header field that cannot describe this file.
+
+    Checked: magic (single-file NIfTI), ``dim`` (1..7 axes, each >= 1 voxel),
+    ``datatype`` (a NIfTI code with a voxel type) and ``bitpix`` (its size),
+    ``vox_offset`` (finite, past the header, and with its voxels inside an
+    uncompressed file of ``file_size`` bytes), the xform codes, and ``pixdim``
+    when no sform overrides it.
+    """
+    problem = (
+        _magic_problem(header) or _dim_problem(header) or _datatype_problem(header)
+        or _offset_problem(header, file_size) or _xform_problem(header)
+    )
+    if problem:
+        raise ImageReadError(problem, path)
+
+
+def _magic_problem(header: nib.Nifti1Header) -> str | None:
+    magic = header["magic"].item()
+    if magic == header.single_magic:
+        return None
+    if magic == header.pair_magic:
+        return f"magic {magic!r} marks a .hdr/.img pair header; medseg reads single-file .nii"
+    return f"magic {magic!r} is not {header.single_magic!r} (a single-file NIfTI)"
+
+
+def _dim_problem(header: nib.Nifti1Header) -> str | None:
+    dim = [int(d) for d in header["dim"]]
+    if not 1 <= dim[0] <= 7:
+        return f"dim[0] = {dim[0]} is outside 1..7 (the number of dimensions)"
+    for axis in range(1, dim[0] + 1):
+        if dim[axis] < 1:
+            return f"dim[{axis}] = {dim[axis]}: every axis needs at least one voxel"
+    return None
+
+
+def _datatype_problem(header: nib.Nifti1Header) -> str | None:
+    code = int(header["datatype"])
+    if code not in data_type_codes.value_set():
+        return f"datatype {code} is not a NIfTI data type code"
+    label, bits = data_type_codes.label[code], 8 * data_type_codes.dtype[code].itemsize
+    if bits == 0:
+        return f"datatype {code} ({label}) has no voxel type"
+    if int(header["bitpix"]) != bits:
+        return (f"bitpix {int(header['bitpix'])} does not match datatype {code} "
+                f"({label}, {bits} bits per voxel)")
+    return None
+
+
+def _offset_problem(header: nib.Nifti1Header, file_size: int | None) -> str | None:
+    offset, first = float(header["vox_offset"]), header.single_vox_offset
+    if not math.isfinite(offset):
+        return f"vox_offset {offset} is not a byte offset"
+    if offset < first:
+        return f"vox_offset {offset:g} lies inside the header (voxels start at {first} or later)"
+    if file_size is None:
+        return None
+    dim = [int(d) for d in header["dim"]]
+    need = int(offset) + math.prod(dim[1 : dim[0] + 1]) * int(header["bitpix"]) // 8
+    if need > file_size:
+        return (f"truncated file: {file_size} bytes, but vox_offset {offset:g} plus the "
+                f"voxels the header describes need {need}")
+    return None
+
+
+def _xform_problem(header: nib.Nifti1Header) -> str | None:
+    for name in ("sform_code", "qform_code"):
+        code = int(header[name])
+        if code not in xform_codes.value_set():
+            valid = ", ".join(map(str, sorted(xform_codes.value_set())))
+            return f"{name} {code} is not a NIfTI xform code ({valid})"
+    if int(header["sform_code"]) > 0:
+        return None  # the sform places the voxels; pixdim is not used
+    sizes = [float(p) for p in header["pixdim"][1:4]]
+    if not all(math.isfinite(p) and p > 0 for p in sizes):
+        shown = ", ".join(f"{p:g}" for p in sizes)
+        return (f"pixdim[1:4] = ({shown}) must be positive voxel sizes in mm "
+                f"(the {_affine_source(header)} uses them)")
+    return None
+
+
+def _affine_source(header: nib.Nifti1Header) -> str:
+    """Which header fields give the affine, as nibabel's ``get_best_affine`` chooses."""
+    if int(header["sform_code"]) > 0:
+        return f"sform (sform_code {int(header['sform_code'])})"
+    if int(header["qform_code"]) > 0:
+        return f"qform (qform_code {int(header['qform_code'])}) with pixdim"
+    return "pixdim fallback affine (sform_code and qform_code 0)"
 
 
 def _channels_first(array: np.ndarray) -> np.ndarray:
@@ -145,7 +270,7 @@ def write_nifti(volume: Volume, path: str | os.PathLike) -> Path:
     except (OSError, ValueError, HeaderDataError) as exc:
         if isinstance(exc, ImageWriteError):
             raise
-        raise ImageWriteError(f"cannot write NIfTI ({_reason(exc)})", path) from exc
+        raise ImageWriteError(f"cannot write NIfTI ({error_reason(exc)})", path) from exc
     log.debug("wrote %s", target)
     return target
 

@@ -24,18 +24,25 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from medseg.errors import GeometryError, ImageReadError, ImageWriteError
+from medseg.errors import GeometryError, ImageWriteError
 from medseg.io.atomic import atomic_path, check_writable_dir
+from medseg.io.formats import error_reason
 from medseg.io.layout import as_fortran
 from medseg.volume import Volume
 
-__all__ = ["LPS_TO_RAS", "sitk_to_volume", "volume_to_sitk", "read_sitk", "write_sitk"]
+__all__ = [
+    "LPS_TO_RAS", "READ_ERRORS", "sitk_to_volume", "volume_to_sitk", "read_sitk", "write_sitk",
+]
 
 log = logging.getLogger(__name__)
 
 #: Flips x and y: maps LPS world coordinates to RAS and back (its own inverse).
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _DETACHED = (".nhdr", ".mhd")
+#: SimpleITK raises RuntimeError for every file it cannot read (reproduced in tests/io:
+#: not an image, an NRRD or MetaImage header field it rejects, data shorter than the
+#: header says); :func:`medseg.io.read_volume` turns it into an ImageReadError.
+READ_ERRORS: tuple[type[BaseException], ...] = (RuntimeError,)
 
 
 def sitk_to_volume(
@@ -108,15 +115,13 @@ def read_sitk(path: str | os.PathLike) -> Volume:
 
     Raises
     ------
-    ImageReadError
-        SimpleITK cannot read the file (corrupt, truncated, not an image).
     GeometryError
         the image is 2D or has more than 4 dimensions including components.
+    READ_ERRORS
+        SimpleITK cannot read the file (corrupt, truncated, not an image, a header
+        field out of range); :func:`medseg.io.read_volume` names the file.
     """
-    try:
-        image = sitk.ReadImage(os.fspath(path))
-    except RuntimeError as exc:
-        raise ImageReadError(f"cannot read image ({_itk_reason(exc)})", path) from exc
+    image = sitk.ReadImage(os.fspath(path))
     return sitk_to_volume(image, path, {"format": "sitk"})
 
 
@@ -144,7 +149,7 @@ def write_sitk(volume: Volume, path: str | os.PathLike, compress: bool = True) -
             with atomic_path(target) as tmp:
                 _itk_write(image, tmp, compress)
     except RuntimeError as exc:
-        raise ImageWriteError(f"cannot write image ({_itk_reason(exc)})", path) from exc
+        raise ImageWriteError(f"cannot write image ({error_reason(exc)})", path) from exc
     log.debug("wrote %s", target)
     return target
 
@@ -172,9 +177,3 @@ def _write_detached(image: sitk.Image, target: Path, compress: bool) -> None:
             os.replace(item, folder / item.name)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
-
-
-def _itk_reason(exc: BaseException) -> str:
-    """The useful last line of an ITK exception message."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[-1] if lines else type(exc).__name__

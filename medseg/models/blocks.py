@@ -32,6 +32,7 @@ __all__ = [
     "Triple",
     "as_triple",
     "check_positive_int",
+    "check_network_args",
     "make_norm",
     "make_act",
     "make_conv",
@@ -76,6 +77,22 @@ def check_positive_int(value: object, name: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise UsageError(f"{name} must be an int >= {minimum}, got {value!r}")
     return value
+
+
+def check_network_args(norm: str, act: str, **counts: object) -> None:
+    """Check the arguments every network constructor shares, in order; UsageError on the first bad.
+
+    Parameters
+    ----------
+    norm : one of :data:`NORMS`.
+    act : one of :data:`ACTIVATIONS`.
+    **counts : channel, width and layer counts by parameter name, each an int >= 1
+        (checked before ``norm`` and ``act``, in the order given).
+    """
+    for name, value in counts.items():
+        check_positive_int(value, name)
+    check_option(norm, NORMS, "norm")
+    check_option(act, ACTIVATIONS, "act")
 
 
 def make_norm(norm: str, channels: int) -> nn.Module:

@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medseg.errors import UsageError, check_option
+from medseg.errors import UsageError
 from medseg.models.blocks import (
-    ACTIVATIONS,
-    NORMS,
     ASPP3d,
     ConvNormAct,
     ResidualBlock,
+    check_network_args,
     check_positive_int,
 )
 
@@ -83,12 +81,10 @@ class DeepLab3d(nn.Module):
         act: str = "relu",
     ) -> None:
         super().__init__()
-        check_positive_int(in_channels, "in_channels")
-        check_positive_int(out_channels, "out_channels")
-        check_positive_int(width, "width")
-        check_positive_int(blocks_per_stage, "blocks_per_stage")
-        check_option(norm, NORMS, "norm")
-        check_option(act, ACTIVATIONS, "act")
+        check_network_args(
+            norm, act, in_channels=in_channels, out_channels=out_channels, width=width,
+            blocks_per_stage=blocks_per_stage,
+        )
         if output_stride not in DEFAULT_RATES:
             raise UsageError(f"output_stride must be 8 or 16, got {output_stride!r}")
         rates = tuple(DEFAULT_RATES[output_stride] if rates is None else rates)
@@ -98,12 +94,6 @@ class DeepLab3d(nn.Module):
         low_level_channels = check_positive_int(
             width if low_level_channels is None else low_level_channels, "low_level_channels"
         )
-        self.hparams: dict[str, Any] = {
-            "width": width, "output_stride": output_stride, "rates": list(rates),
-            "aspp_channels": aspp_channels, "low_level_channels": low_level_channels,
-            "blocks_per_stage": blocks_per_stage, "separable": bool(separable),
-            "decoder": bool(decoder), "norm": norm, "act": act,
-        }
         w, n, sep = width, blocks_per_stage, bool(separable)
         strides = (2, 2, 2, 2, 1) if output_stride == 16 else (2, 2, 2, 1, 1)
         dilations = (1, 1, 1, 1, 2) if output_stride == 16 else (1, 1, 1, 2, 4)

@@ -8,14 +8,13 @@ multiple of 32 and the logits are cropped back, so (B, C, x, y, z) gives
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from medseg.errors import check_option
-from medseg.models.blocks import ACTIVATIONS, NORMS, ConvNormAct, check_positive_int, make_act
+from medseg.models.blocks import ConvNormAct, check_network_args, make_act
 
 __all__ = ["FCN3d", "VARIANTS", "FCN_UPSAMPLE_MODES"]
 
@@ -86,18 +85,12 @@ class FCN3d(nn.Module):
         act: str = "relu",
     ) -> None:
         super().__init__()
-        check_positive_int(in_channels, "in_channels")
-        check_positive_int(out_channels, "out_channels")
-        check_positive_int(width, "width")
-        check_positive_int(convs_per_stage, "convs_per_stage")
+        check_network_args(
+            norm, act, in_channels=in_channels, out_channels=out_channels, width=width,
+            convs_per_stage=convs_per_stage,
+        )
         check_option(variant, VARIANTS, "variant")
         check_option(upsample, FCN_UPSAMPLE_MODES, "upsample")
-        check_option(norm, NORMS, "norm")
-        check_option(act, ACTIVATIONS, "act")
-        self.hparams: dict[str, Any] = {
-            "variant": variant, "width": width, "convs_per_stage": convs_per_stage,
-            "upsample": upsample, "norm": norm, "act": act,
-        }
         self.variant = variant
         chans = (width, 2 * width, 4 * width, 8 * width, 8 * width)
         self.stages = nn.ModuleList()

@@ -18,13 +18,12 @@ from torch import nn
 
 from medseg.errors import UsageError, check_option
 from medseg.models.blocks import (
-    ACTIVATIONS,
-    NORMS,
     UPSAMPLE_MODES,
     ConvNormAct,
     Triple,
     UpSample,
     as_triple,
+    check_network_args,
     check_positive_int,
 )
 
@@ -90,15 +89,11 @@ class UNet3d(nn.Module):
         ds_levels: int = 2,
     ) -> None:
         super().__init__()
-        check_positive_int(in_channels, "in_channels")
-        check_positive_int(out_channels, "out_channels")
         check_positive_int(depth, "depth", 2)
-        check_positive_int(width, "width")
-        check_positive_int(max_width, "max_width")
-        check_positive_int(convs_per_stage, "convs_per_stage")
-        check_positive_int(ds_levels, "ds_levels")
-        check_option(norm, NORMS, "norm")
-        check_option(act, ACTIVATIONS, "act")
+        check_network_args(
+            norm, act, in_channels=in_channels, out_channels=out_channels, width=width,
+            max_width=max_width, convs_per_stage=convs_per_stage, ds_levels=ds_levels,
+        )
         check_option(upsample, UPSAMPLE_MODES, "upsample")
         if downsample is None:
             downsample = "maxpool" if upsample == "unpool" else "conv"
@@ -109,12 +104,6 @@ class UNet3d(nn.Module):
             )
         pools = _resolve_pool(pool, depth)
         ds_levels = min(ds_levels, depth - 2) if deep_supervision else ds_levels
-        self.hparams: dict[str, Any] = {
-            "depth": depth, "width": width, "max_width": max_width, "norm": norm, "act": act,
-            "upsample": upsample, "downsample": downsample, "pool": [list(p) for p in pools],
-            "convs_per_stage": convs_per_stage, "deep_supervision": bool(deep_supervision),
-            "ds_levels": ds_levels,
-        }
         self.pools = pools
         # cumulative pooling factor of each level, per axis: level 0 is (1, 1, 1)
         self.factors = [

@@ -71,15 +71,22 @@ def test_same_seed_same_weights_and_config_rebuilds(name):
     assert all(torch.equal(rebuilt.state_dict()[k], sa[k]) for k in sa)  # seed is in the config
 
 
-def test_resolved_defaults_in_config():
-    config = models.create("unet3d", 1, 2).medseg_config
+def test_defaults_in_config_and_resolved_by_the_model():
+    """The config holds the bound defaults; the model resolves the derived ones (None)."""
+    unet = models.create("unet3d", 1, 2)
+    config = unet.medseg_config
     assert config["depth"] == 5 and config["width"] == 32 and config["norm"] == "instance"
-    assert config["upsample"] == "transposed" and config["downsample"] == "conv"
-    assert config["pool"] == [[2, 2, 2]] * 4
-    assert models.create("unet3d", 1, 2, upsample="unpool").medseg_config["downsample"] == "maxpool"
-    dl = models.create("deeplab3d", 1, 2).medseg_config
-    assert dl["output_stride"] == 8 and dl["rates"] == [2, 4, 6] and dl["decoder"] is True
-    assert models.create("deeplab3d", 1, 2, output_stride=16).medseg_config["rates"] == [1, 2, 3]
+    assert config["upsample"] == "transposed" and config["downsample"] is None
+    assert config["pool"] == 2 and unet.pools == [(2, 2, 2)] * 4
+    assert len(unet.pooling) == 0  # downsample None -> "conv": strided convolutions
+    unpool = models.create("unet3d", 1, 2, depth=3, width=2, upsample="unpool")
+    assert unpool.medseg_config["downsample"] is None and len(unpool.pooling) == 2  # maxpool
+    dl = models.create("deeplab3d", 1, 2, width=2)
+    assert dl.medseg_config["output_stride"] == 8 and dl.medseg_config["rates"] is None
+    assert dl.medseg_config["decoder"] is True
+    assert [b.conv.dilation for b in dl.aspp.branches[1:]] == [(2,) * 3, (4,) * 3, (6,) * 3]
+    dl16 = models.create("deeplab3d", 1, 2, width=2, output_stride=16)
+    assert [b.conv.dilation for b in dl16.aspp.branches[1:]] == [(1,) * 3, (2,) * 3, (3,) * 3]
     assert models.create("fcn3d", 1, 2).medseg_config["variant"] == "8s"
 
 
