@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from medseg import models
+from medseg.card import ModelCard, NetworkSpec, WindowSettings
 from medseg.checkpoint import load_checkpoint, save_checkpoint
 from medseg.errors import UsageError
 from medseg.models.fcn3d import FCN3d
@@ -40,11 +41,10 @@ OLD_CONFIGS = [
       "convs_per_stage": 1, "upsample": "transposed", "norm": "instance", "act": "relu"}),
 ]
 
-META = {
-    "label_names": {1: "liver", 2: "spleen"},
-    "preprocessing": {},
-    "inference": {"roi_size": [16, 16, 16], "overlap": 0.5},
-}
+def card_of(net) -> ModelCard:
+    """A card for ``net``: its network spec plus minimal preprocessing and window."""
+    return ModelCard(NetworkSpec.of(net), {}, {1: "liver", 2: "spleen"},
+                     WindowSettings((16, 16, 16), 0.5))
 
 
 @pytest.mark.parametrize(("name", "kwargs", "old"), OLD_CONFIGS, ids=lambda v: str(v)[:40])
@@ -101,7 +101,7 @@ def test_new_constructor_argument_round_trips_through_a_checkpoint(scaled_fcn, t
         "name": "scaled_fcn", "in_channels": 1, "out_channels": 3, "width": 2,
         "extra_convs": 2, "scale": 0.25, "seed": 3,
     }
-    path = save_checkpoint(tmp_path / "scaled.safetensors", net, META)
+    path = save_checkpoint(tmp_path / "scaled.safetensors", net, card_of(net))
     rebuilt = load_checkpoint(path).build_model()
     assert isinstance(rebuilt, ScaledFCN)
     assert rebuilt.medseg_config == net.medseg_config
