@@ -108,8 +108,13 @@ class Volume:
         affine = np.array(affine, dtype=np.float64)
         if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
             raise GeometryError(f"affine must be a finite 4x4 matrix, got shape {affine.shape}")
-        if abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        with np.errstate(over="ignore", invalid="ignore"):
+            det = abs(np.linalg.det(affine[:3, :3]))
+        if det < 1e-12:
             raise GeometryError("affine is singular (zero spacing or collinear axes)")
+        if not np.isfinite(det):
+            raise GeometryError("affine spacing is too large: the voxel volume overflows "
+                                f"(axis columns {np.abs(affine[:3, :3]).max(axis=0)} mm)")
         self.array = array
         self.affine = affine
         self.meta = dict(meta or {})

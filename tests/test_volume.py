@@ -62,6 +62,9 @@ def test_rejects_bad_affine():
     singular[2, 2] = 0
     with pytest.raises(GeometryError, match="singular"):
         Volume(np.zeros((2, 2, 2)), singular)
+    huge = np.diag([1e308, 1e308, 1.0, 1.0])  # finite entries, infinite voxel volume
+    with pytest.raises(GeometryError, match="spacing is too large"):
+        Volume(np.zeros((2, 2, 2)), huge)
 
 
 def test_affine_from_rejects_bad_codes():

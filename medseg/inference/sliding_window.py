@@ -32,6 +32,7 @@ import itertools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -87,8 +88,9 @@ def sliding_window(
     -------
     tensor (B, K, x, y, z) of ``out_dtype`` on ``out_device``.
     """
-    run = _Run.prepare(predictor, image, WindowSettings.of(window), device, out_device,
-                       skip_empty, progress, out_dtype)
+    run = _Run.prepare(predictor, image, WindowSettings.of(window), device=device,
+                       out_device=out_device, skip_empty=skip_empty, progress=progress,
+                       out_dtype=out_dtype)
     return run.into(_FullSink(run.batch))
 
 
@@ -96,15 +98,12 @@ def sliding_window_argmax(
     predictor: Predictor,
     image: torch.Tensor,
     window: WindowSettings | int | Sequence[int],
-    *,
-    device: str | torch.device | None = None,
-    out_device: str | torch.device | None = None,
-    skip_empty: torch.Tensor | None = None,
-    progress: bool = False,
-    out_dtype: torch.dtype = torch.float32,
+    **options: Any,
 ) -> torch.Tensor:
     """Like :func:`sliding_window` but returns the argmax label map, accumulating in z-slabs.
 
+    ``options`` are :func:`sliding_window`'s keyword options (``device``,
+    ``out_device``, ``skip_empty``, ``progress``, ``out_dtype``), with the same meaning.
     Peak accumulator memory is K * x * y * (rz + z step) values instead of
     K * x * y * z (see :func:`medseg.inference.estimate_peak_memory`).
 
@@ -114,8 +113,7 @@ def sliding_window_argmax(
     uint8 up to K = 256 classes, uint16 above (torch has no uint16 ``masked_fill_`` on the
     CPU, so each slab's argmax is computed in int32 and copied in).
     """
-    run = _Run.prepare(predictor, image, WindowSettings.of(window), device, out_device,
-                       skip_empty, progress, out_dtype)
+    run = _Run.prepare(predictor, image, WindowSettings.of(window), **options)
     return run.into(_SlabSink(run.batch, run.grid.z_span))
 
 
@@ -152,8 +150,8 @@ class _Run:
         return self.image.shape[0]
 
     @classmethod
-    def prepare(cls, predictor, image, window: WindowSettings, device, out_device, skip_empty,
-                progress, out_dtype) -> _Run:
+    def prepare(cls, predictor, image, window: WindowSettings, *, device=None, out_device=None,
+                skip_empty=None, progress=False, out_dtype=torch.float32) -> _Run:
         if not callable(predictor):
             raise UsageError(f"predictor must be callable, got {type(predictor).__name__}")
         if not isinstance(image, torch.Tensor) or image.ndim != 5:
@@ -284,12 +282,7 @@ class _FullSink:
         self.den = torch.zeros(self.acc.shape[1:], dtype=torch.float32, device=device)
 
     def add(self, region, pred: torch.Tensor | None, weight: torch.Tensor, scale: float) -> None:
-        """pred None: one-hot background (1 in channel 0)."""
-        if pred is None:
-            self.acc[(0,) + region].add_(weight)
-        else:
-            self.acc[(slice(None),) + region].addcmul_(pred, weight, value=scale)
-        self.den[region].add_(weight)
+        _accumulate(self.acc, self.den, region, pred, weight, scale)
 
     def advance(self, z: int) -> None:
         pass
@@ -298,6 +291,17 @@ class _FullSink:
         self.acc.div_(self.den)
         del self.den
         _fill_outside(self.out[self.b][0], self.box, 1.0)  # one-hot background
+
+
+def _accumulate(acc: torch.Tensor, den: torch.Tensor, region, pred: torch.Tensor | None,
+                weight: torch.Tensor, scale: float) -> None:
+    """acc[:, region] += scale * weight * pred, den[region] += weight (both sinks' one rule);
+    ``pred`` None is a skipped window: one-hot background (1 in channel 0)."""
+    if pred is None:
+        acc[(0,) + region].add_(weight)
+    else:
+        acc[(slice(None),) + region].addcmul_(pred, weight, value=scale)
+    den[region].add_(weight)
 
 
 class _SlabSink:
@@ -325,11 +329,7 @@ class _SlabSink:
     def add(self, region, pred: torch.Tensor | None, weight: torch.Tensor, scale: float) -> None:
         sx, sy, sz = region
         region = (sx, sy, slice(sz.start - self.base, sz.stop - self.base))
-        if pred is None:
-            self.buf[(0,) + region].add_(weight)
-        else:
-            self.buf[(slice(None),) + region].addcmul_(pred, weight, value=scale)
-        self.den[region].add_(weight)
+        _accumulate(self.buf, self.den, region, pred, weight, scale)
 
     def advance(self, z: int) -> None:
         """Finalise slices [base, z): no window still to come touches them."""

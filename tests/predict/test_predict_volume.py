@@ -237,9 +237,9 @@ def test_window_settings_of_the_card_are_the_ones_used(monkeypatch, phantom, tmp
     calls: list[int] = []
     real = sw._Run.prepare
 
-    def spy(cls, predictor, image, window, *args):
+    def spy(cls, predictor, image, window, **options):
         seen.append(window)
-        return real(predictor_counting(predictor), image, window, *args)
+        return real(predictor_counting(predictor), image, window, **options)
 
     def predictor_counting(predictor):
         return lambda batch: calls.append(batch.shape[0]) or predictor(batch)
