@@ -212,29 +212,34 @@ class SoftDice(nn.Module):
 
 
 class DiceCE(nn.Module):
-    """``lambda_dice * SoftDice + lambda_ce * CrossEntropy`` (same weight and ignore_index)."""
+    """``lambda_dice * dice + lambda_ce * CrossEntropy``, the cross-entropy with Dice's options.
+
+    Parameters
+    ----------
+    dice : the soft Dice term (default ``SoftDice()``); its class ``weight`` and
+        ``ignore_index`` are also those of the cross-entropy.
+    lambda_dice, lambda_ce : multipliers (>= 0) of the Dice and cross-entropy terms.
+
+    ``create("dice_ce", **options)`` takes the Dice options by name (:class:`SoftDice`).
+    """
 
     def __init__(
-        self,
-        lambda_dice: float = 1.0,
-        lambda_ce: float = 1.0,
-        smooth_nr: float = 1.0,
-        smooth_dr: float = 1.0,
-        include_background: bool = True,
-        batch: bool = False,
-        weight: Weight = None,
-        ignore_index: int | None = None,
+        self, dice: SoftDice | None = None, lambda_dice: float = 1.0, lambda_ce: float = 1.0
     ) -> None:
         super().__init__()
         self.lambda_dice = _non_negative(lambda_dice, "lambda_dice")
         self.lambda_ce = _non_negative(lambda_ce, "lambda_ce")
-        self.dice = SoftDice(smooth_nr, smooth_dr, include_background, batch, weight, ignore_index)
-        self.ce = CrossEntropy(weight, ignore_index)
+        self.dice = SoftDice() if dice is None else dice
+        self.ce = CrossEntropy(self.dice.weight, self.dice.ignore_index)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """logits (B, K, x, y, z), target (B, x, y, z) int -> scalar."""
         dice = self.dice(logits, target)
         return self.lambda_dice * dice + self.lambda_ce * self.ce(logits, target)
+
+
+def _dice_ce(lambda_dice: float = 1.0, lambda_ce: float = 1.0, **dice_options: Any) -> nn.Module:
+    return DiceCE(SoftDice(**dice_options), lambda_dice, lambda_ce)
 
 
 def _wce(**kwargs: Any) -> nn.Module:
@@ -246,14 +251,14 @@ def _bce(**kwargs: Any) -> nn.Module:
     return ForegroundWeightedCE(balanced=True, **kwargs)
 
 
+#: Options of :class:`SoftDice`, by name (also those of ``dice_ce`` besides the lambdas).
+_DICE_OPTIONS = ("smooth_nr", "smooth_dr", "include_background", "batch", "weight", "ignore_index")
 _REGISTRY = {
     "ce": (CrossEntropy, ("weight", "ignore_index")),
     "wce": (_wce, ("beta", "weight", "ignore_index")),
     "bce": (_bce, ("beta", "weight", "ignore_index")),
-    "dice": (SoftDice, ("smooth_nr", "smooth_dr", "include_background", "batch", "weight",
-                        "ignore_index")),
-    "dice_ce": (DiceCE, ("lambda_dice", "lambda_ce", "smooth_nr", "smooth_dr",
-                         "include_background", "batch", "weight", "ignore_index")),
+    "dice": (SoftDice, _DICE_OPTIONS),
+    "dice_ce": (_dice_ce, ("lambda_dice", "lambda_ce", *_DICE_OPTIONS)),
 }
 
 

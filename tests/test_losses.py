@@ -174,3 +174,43 @@ def test_bad_inputs_name_what_arrived():
         losses.create("ce")(logits, target.double())
     with pytest.raises(UsageError, match="weight has 2 values"):
         losses.create("dice_ce", weight=[1.0, 2.0])(logits, target)
+
+
+def test_dice_ce_passes_dice_options_to_both_terms_as_monai():
+    logits, target = _random(2)
+    target[0, 0] = 255  # ignored voxels
+    options = dict(smooth_nr=0.0, smooth_dr=1e-5, include_background=False, batch=True)
+    ours = losses.create("dice_ce", lambda_dice=0.5, lambda_ce=1.5, ignore_index=255, **options)
+    assert ours.medseg_config == {"name": "dice_ce", "lambda_dice": 0.5, "lambda_ce": 1.5,
+                                  "ignore_index": 255, **options}
+    # the same loss built from its two terms by hand
+    dice = losses.create("dice", ignore_index=255, **options)(logits, target)
+    ce = torch.nn.CrossEntropyLoss(ignore_index=255)(logits, target)
+    expected = 0.5 * dice.item() + 1.5 * ce.item()
+    assert ours(logits, target).item() == pytest.approx(expected, abs=1e-12)
+    # without ignored voxels: MONAI DiceCELoss with the same Dice options
+    logits, target = _random(3)
+    ref = monai_losses.DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=0.5, lambda_ce=1.5,
+                                  **options)
+    ours = losses.create("dice_ce", lambda_dice=0.5, lambda_ce=1.5, **options)(logits, target)
+    assert ours.item() == pytest.approx(ref(logits, target.unsqueeze(1)).item(), abs=1e-6)
+
+
+def test_dice_ce_takes_a_soft_dice_and_weights_ce_like_it():
+    logits, target = _random(5)
+    weight = [0.5, 1.0, 2.0, 1.5]
+    loss = losses.DiceCE(losses.SoftDice(weight=weight, smooth_nr=0.0), lambda_dice=2.0)
+    dice = losses.SoftDice(weight=weight, smooth_nr=0.0)(logits, target)
+    ce = torch.nn.CrossEntropyLoss(weight=torch.tensor(weight, dtype=torch.float64))(logits, target)
+    assert loss(logits, target).item() == pytest.approx(2.0 * dice.item() + ce.item(), abs=1e-12)
+    default = losses.DiceCE()(logits, target).item()
+    assert default == pytest.approx(losses.create("dice_ce")(logits, target).item(), abs=1e-12)
+
+
+def test_dice_ce_refuses_typos_of_dice_options():
+    with pytest.raises(UsageError, match="did you mean 'smooth_nr'"):
+        losses.create("dice_ce", smooth_n=0.0)
+    with pytest.raises(UsageError, match="did you mean 'include_background'"):
+        losses.create("dice_ce", include_backgroud=False)
+    with pytest.raises(UsageError, match="lambda_ce must be a number >= 0, got -1"):
+        losses.create("dice_ce", lambda_ce=-1)

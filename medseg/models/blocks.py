@@ -4,6 +4,8 @@ All blocks take and return tensors shaped (B, C, x, y, z). Kernel sizes,
 strides, dilations and scale factors are in voxels, either one int for all
 three axes or an (x, y, z) triple.
 
+* :class:`LayerStyle` -- normalisation, activation and separable convolutions: the one
+  value a network passes to all of its blocks (:func:`network_style` checks and builds it);
 * :class:`ConvNormAct` -- convolution -> normalisation -> activation;
 * :class:`SeparableConv3d` -- depthwise (one filter per channel) then pointwise 1x1x1;
 * :class:`ResidualBlock` -- two convolutions with an identity (or projected) shortcut,
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Union
 
 import torch
@@ -32,10 +35,11 @@ __all__ = [
     "Triple",
     "as_triple",
     "check_positive_int",
-    "check_network_args",
+    "LayerStyle",
+    "network_style",
+    "stage_channels",
     "make_norm",
     "make_act",
-    "make_conv",
     "ConvNormAct",
     "SeparableConv3d",
     "ResidualBlock",
@@ -79,20 +83,76 @@ def check_positive_int(value: object, name: str, minimum: int = 1) -> int:
     return value
 
 
-def check_network_args(norm: str, act: str, **counts: object) -> None:
-    """Check the arguments every network constructor shares, in order; UsageError on the first bad.
+@dataclass(frozen=True)
+class LayerStyle:
+    """How a network builds its convolution blocks: one value, shared by every block.
 
     Parameters
     ----------
-    norm : one of :data:`NORMS`.
-    act : one of :data:`ACTIVATIONS`.
+    norm : one of :data:`NORMS` (see :func:`make_norm`).
+    act : one of :data:`ACTIVATIONS` (see :func:`make_act`).
+    separable : depthwise-separable convolutions (:class:`SeparableConv3d`) for every
+        kernel larger than 1x1x1.
+
+    Raises
+    ------
+    UsageError
+        ``norm`` or ``act`` is not a known option (the message names the closest).
+    """
+
+    norm: str = "instance"
+    act: str = "leakyrelu"
+    separable: bool = False
+
+    def __post_init__(self) -> None:
+        check_option(self.norm, NORMS, "norm")
+        check_option(self.act, ACTIVATIONS, "act")
+
+    def conv(
+        self, in_channels: int, out_channels: int, kernel_size: IntOrTriple = 3,
+        stride: IntOrTriple = 1, dilation: IntOrTriple = 1,
+    ) -> nn.Module:
+        """A "same"-padded bias-free 3D convolution, separable if the style says so.
+
+        Kernel size, stride and dilation in voxels (one int or an (x, y, z) triple);
+        1x1x1 kernels are never split.
+        """
+        kernel = as_triple(kernel_size, "kernel_size")
+        if self.separable and kernel != (1, 1, 1):
+            return SeparableConv3d(in_channels, out_channels, kernel, stride, dilation)
+        return _same_conv(in_channels, out_channels, kernel, stride, dilation)
+
+    def norm_layer(self, channels: int) -> nn.Module:
+        """The normalisation layer for ``channels`` feature maps."""
+        return make_norm(self.norm, channels)
+
+    def act_layer(self) -> nn.Module:
+        """The activation layer."""
+        return make_act(self.act)
+
+
+def network_style(norm: str, act: str, separable: bool = False, **counts: object) -> LayerStyle:
+    """Check the arguments every network constructor shares, in order; return their LayerStyle.
+
+    Parameters
+    ----------
+    norm, act, separable : as in :class:`LayerStyle`.
     **counts : channel, width and layer counts by parameter name, each an int >= 1
         (checked before ``norm`` and ``act``, in the order given).
+
+    Raises
+    ------
+    UsageError
+        On the first bad argument, naming it.
     """
     for name, value in counts.items():
         check_positive_int(value, name)
-    check_option(norm, NORMS, "norm")
-    check_option(act, ACTIVATIONS, "act")
+    return LayerStyle(norm, act, bool(separable))
+
+
+def stage_channels(width: int) -> tuple[int, int, int, int, int]:
+    """Channels of the five encoder stages of DeepLab3d and FCN3d: ``width`` x (1, 2, 4, 8, 8)."""
+    return (width, 2 * width, 4 * width, 8 * width, 8 * width)
 
 
 def make_norm(norm: str, channels: int) -> nn.Module:
@@ -127,75 +187,55 @@ class SeparableConv3d(nn.Module):
     """Depthwise-separable 3D convolution: depthwise ``kernel`` conv, then pointwise 1x1x1.
 
     Input (B, C_in, x, y, z) -> (B, C_out, x', y', z') with x' = ceil(x / stride)
-    for odd kernels ("same" padding scaled by the dilation).
+    for odd kernels ("same" padding scaled by the dilation). No bias (a norm follows).
     """
 
     def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: IntOrTriple = 3,
-        stride: IntOrTriple = 1,
-        dilation: IntOrTriple = 1,
-        bias: bool = False,
+        self, in_channels: int, out_channels: int, kernel_size: IntOrTriple = 3,
+        stride: IntOrTriple = 1, dilation: IntOrTriple = 1,
     ) -> None:
         super().__init__()
         kernel = as_triple(kernel_size, "kernel_size")
-        dil = as_triple(dilation, "dilation")
-        self.depthwise = nn.Conv3d(
-            in_channels, in_channels, kernel, as_triple(stride, "stride"),
-            _padding(kernel, dil), dil, groups=in_channels, bias=False,
+        self.depthwise = _same_conv(
+            in_channels, in_channels, kernel, stride, dilation, groups=in_channels
         )
-        self.pointwise = nn.Conv3d(in_channels, out_channels, 1, bias=bias)
+        self.pointwise = nn.Conv3d(in_channels, out_channels, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pointwise(self.depthwise(x))
 
 
-def make_conv(
-    in_channels: int,
-    out_channels: int,
-    kernel_size: IntOrTriple = 3,
-    stride: IntOrTriple = 1,
-    dilation: IntOrTriple = 1,
-    separable: bool = False,
-    bias: bool = False,
-) -> nn.Module:
-    """A "same"-padded 3D convolution, plain or depthwise-separable (1x1x1 kernels never split)."""
-    kernel = as_triple(kernel_size, "kernel_size")
-    if separable and kernel != (1, 1, 1):
-        return SeparableConv3d(in_channels, out_channels, kernel, stride, dilation, bias)
+def _same_conv(
+    in_channels: int, out_channels: int, kernel: Triple, stride: IntOrTriple,
+    dilation: IntOrTriple, groups: int = 1,
+) -> nn.Conv3d:
+    """A bias-free 3D convolution with "same" padding (scaled by the dilation)."""
     dil = as_triple(dilation, "dilation")
     return nn.Conv3d(
         in_channels, out_channels, kernel, as_triple(stride, "stride"),
-        _padding(kernel, dil), dil, bias=bias,
+        _padding(kernel, dil), dil, groups=groups, bias=False,
     )
 
 
 class ConvNormAct(nn.Sequential):
-    """Convolution -> normalisation -> activation (the convolution has no bias: the norm has one).
+    """Convolution -> normalisation -> activation, as ``style`` says (the conv has no bias).
 
-    ``act=None`` leaves the activation out (for the last conv of a residual block).
-    Input (B, C_in, x, y, z) -> (B, C_out, ceil(x / stride), ...).
+    ``activate=False`` leaves the activation out (for the last conv of a residual block).
+    Input (B, C_in, x, y, z) -> (B, C_out, ceil(x / stride), ...); kernel size, stride
+    and dilation in voxels.
     """
 
     def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: IntOrTriple = 3,
-        stride: IntOrTriple = 1,
-        dilation: IntOrTriple = 1,
-        norm: str = "instance",
-        act: str | None = "leakyrelu",
-        separable: bool = False,
+        self, in_channels: int, out_channels: int, style: LayerStyle,
+        kernel_size: IntOrTriple = 3, stride: IntOrTriple = 1, dilation: IntOrTriple = 1,
+        activate: bool = True,
     ) -> None:
         layers = [
-            make_conv(in_channels, out_channels, kernel_size, stride, dilation, separable),
-            make_norm(norm, out_channels),
+            style.conv(in_channels, out_channels, kernel_size, stride, dilation),
+            style.norm_layer(out_channels),
         ]
-        if act is not None:
-            layers.append(make_act(act))
+        if activate:
+            layers.append(style.act_layer())
         super().__init__(*layers)
 
     @property
@@ -213,25 +253,17 @@ class ResidualBlock(nn.Module):
     """
 
     def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        stride: IntOrTriple = 1,
+        self, in_channels: int, out_channels: int, style: LayerStyle, stride: IntOrTriple = 1,
         dilation: IntOrTriple = 1,
-        norm: str = "instance",
-        act: str = "leakyrelu",
-        separable: bool = False,
     ) -> None:
         super().__init__()
-        self.conv1 = ConvNormAct(
-            in_channels, out_channels, 3, stride, dilation, norm, act, separable
-        )
-        self.conv2 = ConvNormAct(out_channels, out_channels, 3, 1, dilation, norm, None, separable)
+        self.conv1 = ConvNormAct(in_channels, out_channels, style, 3, stride, dilation)
+        self.conv2 = ConvNormAct(out_channels, out_channels, style, 3, 1, dilation, activate=False)
         if in_channels == out_channels and as_triple(stride, "stride") == (1, 1, 1):
             self.shortcut: nn.Module = nn.Identity()
         else:
-            self.shortcut = ConvNormAct(in_channels, out_channels, 1, stride, 1, norm, None)
-        self.act = make_act(act)
+            self.shortcut = ConvNormAct(in_channels, out_channels, style, 1, stride, activate=False)
+        self.act = style.act_layer()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.conv2(self.conv1(x)) + self.shortcut(x))
@@ -243,10 +275,10 @@ class _PoolingBranch(nn.Module):
     No normalisation: a single voxel per channel has no spatial statistics.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, act: str) -> None:
+    def __init__(self, in_channels: int, out_channels: int, style: LayerStyle) -> None:
         super().__init__()
         self.conv = nn.Conv3d(in_channels, out_channels, 1, bias=True)
-        self.act = make_act(act)
+        self.act = style.act_layer()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = self.act(self.conv(F.adaptive_avg_pool3d(x, 1)))
@@ -259,19 +291,14 @@ class ASPP3d(nn.Module):
     Five parallel branches on the same input -- a 1x1x1 conv, three 3x3x3 convs
     dilated by ``rates`` (voxels; a branch with rate r sees a (2r + 1)^3 window)
     and a global-average-pooling branch -- are concatenated and projected by a
-    1x1x1 conv to ``out_channels``. ``separable=True`` makes the dilated branches
-    depthwise-separable. Input (B, C_in, x, y, z) -> (B, out_channels, x, y, z).
+    1x1x1 conv to ``out_channels``; ``style.separable`` makes the dilated branches
+    depthwise-separable. ``dropout`` is the Dropout3d probability after the projection.
+    Input (B, C_in, x, y, z) -> (B, out_channels, x, y, z).
     """
 
     def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        rates: Sequence[int] = (2, 4, 6),
-        norm: str = "instance",
-        act: str = "relu",
-        separable: bool = False,
-        dropout: float = 0.0,
+        self, in_channels: int, out_channels: int, style: LayerStyle,
+        rates: Sequence[int] = (2, 4, 6), dropout: float = 0.0,
     ) -> None:
         super().__init__()
         rates = tuple(rates)
@@ -279,13 +306,11 @@ class ASPP3d(nn.Module):
             isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in rates
         ):
             raise UsageError(f"ASPP rates must be three ints >= 1, got {rates!r}")
-        branches = [ConvNormAct(in_channels, out_channels, 1, 1, 1, norm, act)]
-        branches += [
-            ConvNormAct(in_channels, out_channels, 3, 1, r, norm, act, separable) for r in rates
-        ]
+        branches = [ConvNormAct(in_channels, out_channels, style, 1)]
+        branches += [ConvNormAct(in_channels, out_channels, style, 3, 1, r) for r in rates]
         self.branches = nn.ModuleList(branches)
-        self.pooling = _PoolingBranch(in_channels, out_channels, act)
-        self.project = ConvNormAct(5 * out_channels, out_channels, 1, 1, 1, norm, act)
+        self.pooling = _PoolingBranch(in_channels, out_channels, style)
+        self.project = ConvNormAct(5 * out_channels, out_channels, style, 1)
         self.dropout = nn.Dropout3d(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -19,9 +21,11 @@ from medseg.errors import UsageError
 from medseg.models.blocks import (
     ASPP3d,
     ConvNormAct,
+    LayerStyle,
     ResidualBlock,
-    check_network_args,
     check_positive_int,
+    network_style,
+    stage_channels,
 )
 
 __all__ = ["DeepLab3d", "DEFAULT_RATES"]
@@ -31,13 +35,10 @@ DEFAULT_RATES = {8: (2, 4, 6), 16: (1, 2, 3)}
 
 
 def _stage(
-    in_ch: int, out_ch: int, blocks: int, stride: int, dilation: int, norm: str, act: str,
-    separable: bool,
+    in_ch: int, out_ch: int, blocks: int, stride: int, dilation: int, style: LayerStyle
 ) -> nn.Sequential:
-    layers = [ResidualBlock(in_ch, out_ch, stride, dilation, norm, act, separable)]
-    layers += [
-        ResidualBlock(out_ch, out_ch, 1, dilation, norm, act, separable) for _ in range(blocks - 1)
-    ]
+    layers = [ResidualBlock(in_ch, out_ch, style, stride, dilation)]
+    layers += [ResidualBlock(out_ch, out_ch, style, 1, dilation) for _ in range(blocks - 1)]
     return nn.Sequential(*layers)
 
 
@@ -62,7 +63,7 @@ class DeepLab3d(nn.Module):
     blocks_per_stage : residual blocks per stage (default 2).
     separable : depthwise-separable 3x3x3 convs throughout (except the stem).
     decoder : True for v3+, False for plain v3 (classify at the output stride).
-    norm, act : as in :class:`~medseg.models.blocks.ConvNormAct` (default instance, relu).
+    norm, act : as in :class:`~medseg.models.blocks.LayerStyle` (default instance, relu).
     """
 
     def __init__(
@@ -70,7 +71,7 @@ class DeepLab3d(nn.Module):
         in_channels: int,
         out_channels: int,
         width: int = 24,
-        output_stride: int = 8,
+        output_stride: Literal[8, 16] = 8,
         rates: Sequence[int] | None = None,
         aspp_channels: int | None = None,
         low_level_channels: int | None = None,
@@ -81,8 +82,8 @@ class DeepLab3d(nn.Module):
         act: str = "relu",
     ) -> None:
         super().__init__()
-        check_network_args(
-            norm, act, in_channels=in_channels, out_channels=out_channels, width=width,
+        style = network_style(
+            norm, act, separable, in_channels=in_channels, out_channels=out_channels, width=width,
             blocks_per_stage=blocks_per_stage,
         )
         if output_stride not in DEFAULT_RATES:
@@ -94,24 +95,22 @@ class DeepLab3d(nn.Module):
         low_level_channels = check_positive_int(
             width if low_level_channels is None else low_level_channels, "low_level_channels"
         )
-        w, n, sep = width, blocks_per_stage, bool(separable)
         strides = (2, 2, 2, 2, 1) if output_stride == 16 else (2, 2, 2, 1, 1)
         dilations = (1, 1, 1, 1, 2) if output_stride == 16 else (1, 1, 1, 2, 4)
-        chans = (w, 2 * w, 4 * w, 8 * w, 8 * w)
-        self.stem = ConvNormAct(in_channels, w, 3, 1, 1, norm, act)
+        chans = stage_channels(width)
+        self.stem = ConvNormAct(in_channels, width, replace(style, separable=False))
         self.stages = nn.ModuleList()
-        ch_in = w
+        ch_in = width
         for i, (ch, s, d) in enumerate(zip(chans, strides, dilations)):
-            self.stages.append(_stage(ch_in, ch, 1 if i == 0 else n, s, d, norm, act, sep))
+            self.stages.append(_stage(ch_in, ch, 1 if i == 0 else blocks_per_stage, s, d, style))
             ch_in = ch
-        self.aspp = ASPP3d(ch_in, aspp_channels, rates, norm, act, sep)
+        self.aspp = ASPP3d(ch_in, aspp_channels, style, rates)
         self.use_decoder = bool(decoder)
         if self.use_decoder:
-            self.reduce = ConvNormAct(chans[1], low_level_channels, 1, 1, 1, norm, act)
+            self.reduce = ConvNormAct(chans[1], low_level_channels, style, 1)
             self.refine = nn.Sequential(
-                ConvNormAct(aspp_channels + low_level_channels, aspp_channels, 3, 1, 1, norm, act,
-                            sep),
-                ConvNormAct(aspp_channels, aspp_channels, 3, 1, 1, norm, act, sep),
+                ConvNormAct(aspp_channels + low_level_channels, aspp_channels, style),
+                ConvNormAct(aspp_channels, aspp_channels, style),
             )
         self.classifier = nn.Conv3d(aspp_channels, out_channels, 1)
 

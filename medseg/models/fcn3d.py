@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medseg.errors import check_option
-from medseg.models.blocks import ConvNormAct, check_network_args, make_act
+from medseg.models.blocks import ConvNormAct, network_style, stage_channels
 
 __all__ = ["FCN3d", "VARIANTS", "FCN_UPSAMPLE_MODES"]
 
@@ -85,28 +85,28 @@ class FCN3d(nn.Module):
         act: str = "relu",
     ) -> None:
         super().__init__()
-        check_network_args(
+        style = network_style(
             norm, act, in_channels=in_channels, out_channels=out_channels, width=width,
             convs_per_stage=convs_per_stage,
         )
         check_option(variant, VARIANTS, "variant")
         check_option(upsample, FCN_UPSAMPLE_MODES, "upsample")
         self.variant = variant
-        chans = (width, 2 * width, 4 * width, 8 * width, 8 * width)
+        chans = stage_channels(width)
         self.stages = nn.ModuleList()
         ch_in = in_channels
         for ch in chans:
-            layers = [ConvNormAct(ch_in, ch, 3, 1, 1, norm, act)]
-            layers += [ConvNormAct(ch, ch, 3, 1, 1, norm, act) for _ in range(convs_per_stage - 1)]
+            layers = [ConvNormAct(ch_in, ch, style)]
+            layers += [ConvNormAct(ch, ch, style) for _ in range(convs_per_stage - 1)]
             layers.append(nn.MaxPool3d(2, 2))
             self.stages.append(nn.Sequential(*layers))
             ch_in = ch
         # No normalisation here: at stride 32 a patch may be a single voxel (as in FCN).
         self.fc = nn.Sequential(
             nn.Conv3d(chans[-1], 16 * width, 3, padding=1),
-            make_act(act),
+            style.act_layer(),
             nn.Conv3d(16 * width, 16 * width, 1),
-            make_act(act),
+            style.act_layer(),
         )
         self.score_fr = nn.Conv3d(16 * width, out_channels, 1)
         self.score_pool4 = nn.Conv3d(chans[3], out_channels, 1) if variant != "32s" else None

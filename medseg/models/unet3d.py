@@ -23,7 +23,7 @@ from medseg.models.blocks import (
     Triple,
     UpSample,
     as_triple,
-    check_network_args,
+    network_style,
     check_positive_int,
 )
 
@@ -90,7 +90,7 @@ class UNet3d(nn.Module):
     ) -> None:
         super().__init__()
         check_positive_int(depth, "depth", 2)
-        check_network_args(
+        style = network_style(
             norm, act, in_channels=in_channels, out_channels=out_channels, width=width,
             max_width=max_width, convs_per_stage=convs_per_stage, ds_levels=ds_levels,
         )
@@ -122,13 +122,13 @@ class UNet3d(nn.Module):
             layers = []
             ch_in = in_channels if level == 0 else channels[level - 1]
             if level > 0 and downsample == "conv":
-                layers.append(ConvNormAct(ch_in, ch, 3, pools[level - 1], 1, norm, act))
+                layers.append(ConvNormAct(ch_in, ch, style, 3, pools[level - 1]))
             else:
-                layers.append(ConvNormAct(ch_in, ch, 3, 1, 1, norm, act))
+                layers.append(ConvNormAct(ch_in, ch, style))
             if level > 0 and downsample == "maxpool":
                 pool_layer = nn.MaxPool3d(pools[level - 1], pools[level - 1], return_indices=True)
                 self.pooling.append(pool_layer)
-            layers += [ConvNormAct(ch, ch, 3, 1, 1, norm, act) for _ in range(convs_per_stage - 1)]
+            layers += [ConvNormAct(ch, ch, style) for _ in range(convs_per_stage - 1)]
             self.encoder.append(nn.Sequential(*layers))
 
         self.upsamplers = nn.ModuleList()
@@ -136,8 +136,8 @@ class UNet3d(nn.Module):
         for level in range(depth - 2, -1, -1):
             ch = channels[level]
             self.upsamplers.append(UpSample(channels[level + 1], ch, pools[level], upsample))
-            layers = [ConvNormAct(2 * ch, ch, 3, 1, 1, norm, act)]
-            layers += [ConvNormAct(ch, ch, 3, 1, 1, norm, act) for _ in range(convs_per_stage - 1)]
+            layers = [ConvNormAct(2 * ch, ch, style)]
+            layers += [ConvNormAct(ch, ch, style) for _ in range(convs_per_stage - 1)]
             self.decoder.append(nn.Sequential(*layers))
         self.head = nn.Conv3d(channels[0], out_channels, 1)
         self.aux_heads = nn.ModuleList(
