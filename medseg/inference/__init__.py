@@ -7,8 +7,10 @@ Public API::
     estimate_peak_memory(image_shape, num_classes, roi_size, ...) -> bytes
     importance_map(roi_size), window_starts(size, roi, overlap)
     predict_volume(model_or_checkpoint, volume, output="labels") -> Volume on the input grid
-    predict_case(...) -> Prediction (labels, optional probabilities, step timings)
-    (both from medseg.inference.predict, imported lazily)
+    predict_case(model, volume, PredictOptions(...), Runtime) -> Prediction (labels,
+        optional probabilities, step timings)
+    LoadedModel(module, card)  -- a network of your own with its model card
+    (from medseg.inference.predict / .loaded, imported lazily)
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from medseg.inference.sliding_window import sliding_window, sliding_window_argma
 from medseg.inference.windows import importance_map, window_starts
 
 __all__ = [
+    "LoadedModel",
+    "PredictOptions",
     "estimate_peak_memory",
     "format_bytes",
     "importance_map",
@@ -31,7 +35,8 @@ __all__ = [
     "window_starts",
 ]
 
-_LAZY = {"predict_volume": "medseg.inference.predict", "predict_case": "medseg.inference.predict"}
+_LAZY = {"predict_volume": "medseg.inference.predict", "predict_case": "medseg.inference.predict",
+         "PredictOptions": "medseg.inference.predict", "LoadedModel": "medseg.inference.loaded"}
 
 
 def __getattr__(name: str) -> Any:
