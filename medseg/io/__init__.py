@@ -10,6 +10,9 @@ path                            through
 ``.mha``, ``.mhd``              SimpleITK
 a folder                        a DICOM series, SimpleITK + GDCM
                                 (:mod:`medseg.io.dicom`), read only
+a DICOM file (``.dcm``, or      its series (the files of its folder with its
+the DICM preamble)              SeriesInstanceUID), or the enhanced multi-frame
+                                object it is; read only
 ==============================  ==================================================
 
 Every Volume comes back indexed (x, y, z), or (C, x, y, z) with channels, with
@@ -48,17 +51,21 @@ def read_volume(
     *,
     ndim: int = 3,
     channels: bool = True,
+    tilt: bool = True,
 ) -> Volume:
-    """Read an image file or a DICOM series folder.
+    """Read an image file, a DICOM file or a DICOM series folder.
 
     Parameters
     ----------
     path : a ``.nii``, ``.nii.gz``, ``.nrrd``, ``.nhdr``, ``.mha`` or ``.mhd`` file,
-        or a folder holding a DICOM series.
+        a folder holding a DICOM series, or one DICOM file (its series, or the
+        multi-frame object it is).
     series : SeriesInstanceUID to read when a DICOM folder holds several series.
     ndim : spatial dimensions required; medseg handles 3 only (2D images are errors).
     channels : accept a 4D image as channel-first (C, x, y, z); if False only
         (x, y, z) is accepted.
+    tilt : DICOM only: resample a gantry-tilted series onto an orthogonal grid with
+        a warning (True) or refuse it with a GeometryError (False).
 
     Returns
     -------
@@ -72,10 +79,12 @@ def read_volume(
     ImageReadError
         missing path, unsupported extension, corrupt/truncated/non-image file, a
         header field out of range, a folder without DICOM image files or with
-        several series or a non-image object (RT Dose).
+        several series, a DICOM folder or file holding only non-image objects
+        (DICOM-SEG, RTSTRUCT, RT Dose, ...), compressed pixel data no installed
+        decoder handles (names the codec and the package that adds it).
     GeometryError
         a 2D or 5D image, an affine with NaN or inf, or a DICOM series with
-        missing slices or uneven spacing.
+        missing slices or uneven spacing, or gantry-tilted with ``tilt=False``.
     UsageError
         ``ndim`` other than 3, or ``series`` given for a file / not in the folder.
 
@@ -93,7 +102,7 @@ def read_volume(
         raise UsageError("series= selects a DICOM series and needs a folder", path)
     reader, library_errors, what = _reader(kind)
     try:
-        volume = reader(path, series) if kind == "dicom" else reader(path)
+        volume = reader(path, series, tilt=tilt) if kind == "dicom" else reader(path)
         check_spatial_ndim(volume.array, path, channels)
     except MedsegError as exc:
         if exc.path is None:  # e.g. Volume(...) rejecting the geometry a file gave
@@ -122,7 +131,7 @@ def _reader(kind: str) -> tuple[Callable[..., Volume], tuple[type[BaseException]
         return sitk.read_sitk, sitk.READ_ERRORS, "image"
     from medseg.io import dicom
 
-    return dicom.read_dicom_series, dicom.READ_ERRORS, "the DICOM series"
+    return dicom.read_dicom, dicom.READ_ERRORS, "the DICOM series"
 
 
 def write_volume(volume: Volume, path: str | os.PathLike) -> Path:

@@ -1,65 +1,109 @@
-"""DICOM image series (one folder) through SimpleITK's ``ImageSeriesReader``.
+"""DICOM images as users have them: a series folder, one file of a series, a multi-frame object.
 
-GDCM (inside SimpleITK) groups the folder's files by SeriesInstanceUID and
-decodes the pixels, applying RescaleSlope/RescaleIntercept. Before reading,
-medseg checks the geometry itself from each file's ImagePositionPatient and
-ImageOrientationPatient (read with pydicom, pixels skipped): slices are
-ordered by their position along the slice normal, and a missing slice,
-duplicated positions, uneven spacing or a sheared stack (gantry tilt) is an
-error instead of a silently stretched volume.
+:func:`read_dicom` takes
+
+* a folder: its image series (:func:`read_dicom_series`);
+* one single-frame file (a ``.dcm`` or any file with the DICM preamble): the
+  series it belongs to, from the other files of its folder with its
+  SeriesInstanceUID;
+* one enhanced multi-frame file: that object
+  (:func:`medseg.io.dicom_multiframe.read_multiframe`).
+
+medseg reads the headers itself (pydicom, pixels skipped, :mod:`medseg.io.dicom_files`):
+non-image objects (RTSTRUCT, RT Dose, RT Plan, SR, DICOM-SEG, presentation
+states, ...) are skipped with a note in the log, or refused in one line when a
+folder holds nothing else; localizers and slices of another orientation or size
+are left out with a note. Slices are ordered and checked by their
+ImagePositionPatient (:mod:`medseg.io.dicom_stack`): a missing slice, duplicated
+positions or uneven spacing is an error, and a gantry-tilted stack is resampled
+onto an orthogonal grid with a warning (or refused with ``tilt=False``).
+
+GDCM (inside SimpleITK) decodes the pixels of a series, compressed transfer
+syntaxes included (JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000, RLE),
+and applies RescaleSlope/RescaleIntercept; slices it cannot decode are decoded
+by pydicom's plugins instead. Integer images wider than 16 bits become int16
+when their values fit (CT in HU).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import SimpleITK as sitk
-from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID
 
 from medseg.errors import GeometryError, ImageReadError, UsageError
+from medseg.io.dicom_files import (
+    Scan,
+    SeriesInfo,
+    drop_localizers,
+    group_series,
+    is_multiframe,
+    non_image_kind,
+    read_header,
+    refuse_non_images,
+    scan_folder,
+    sop_class,
+)
+from medseg.io.dicom_multiframe import narrow_integers, read_multiframe, read_slices
+from medseg.io.dicom_stack import SPACING_ATOL_MM, SPACING_RTOL, Stack, plan_stack, untilt
 from medseg.io.sitk import sitk_to_volume
 from medseg.volume import Volume
 
 __all__ = [
-    "read_dicom_series", "list_series", "SeriesInfo", "SPACING_RTOL", "SPACING_ATOL_MM",
-    "NOT_IMAGES", "READ_ERRORS",
+    "read_dicom", "read_dicom_series", "list_series", "SeriesInfo", "SPACING_RTOL",
+    "SPACING_ATOL_MM", "READ_ERRORS",
 ]
 
 log = logging.getLogger(__name__)
 
-#: A gap between neighbouring slices may differ from the median gap by this
-#: fraction of it, plus :data:`SPACING_ATOL_MM`, before the series is rejected.
-SPACING_RTOL = 0.01
-SPACING_ATOL_MM = 0.01
-_TAGS = [
-    "ImagePositionPatient", "ImageOrientationPatient", "SeriesInstanceUID",
-    "StudyInstanceUID", "SeriesDescription", "SOPClassUID", "Modality",
-]
-#: SOP classes GDCM groups into a series but that are not images medseg reads
-#: (an RT Dose grid would come back as raw dose units in a 1-channel 4D array).
-NOT_IMAGES = {"1.2.840.10008.5.1.4.1.1.481.2": "RT Dose"}
-#: GDCM (through SimpleITK) raises RuntimeError for a series it cannot decode;
-#: :func:`medseg.io.read_volume` turns it into an ImageReadError naming the folder.
-#: pydicom errors on a single file are turned into one naming that file (:func:`_tags`).
+#: GDCM (through SimpleITK) raises RuntimeError for a series it cannot read;
+#: :func:`medseg.io.read_volume` turns it into an ImageReadError naming the path.
 READ_ERRORS: tuple[type[BaseException], ...] = (RuntimeError,)
 
 
-@dataclass(frozen=True)
-class SeriesInfo:
-    """One series of a folder: UID, description and its files (GDCM's order)."""
+def read_dicom(
+    path: str | os.PathLike, series: str | None = None, *, tilt: bool = True
+) -> Volume:
+    """Read a DICOM series folder, the series of one file, or a multi-frame object.
 
-    uid: str
-    description: str
-    files: tuple[str, ...]
+    Parameters
+    ----------
+    path : a folder, or one DICOM file (see the module notes).
+    series : SeriesInstanceUID to read when a folder holds several series; with a
+        file it must be the file's own.
+    tilt : resample a gantry-tilted stack onto an orthogonal grid with a warning
+        (True) or refuse it with a GeometryError (False).
 
-    def __str__(self) -> str:
-        return f"{self.uid or '<empty UID>'} {self.description!r} ({len(self.files)} slices)"
+    Returns
+    -------
+    As :func:`read_dicom_series`: an (x, y, z) Volume, RAS+ mm affine.
+
+    Raises
+    ------
+    ImageReadError
+        as :func:`read_dicom_series`; a file that is a non-image object.
+    UsageError
+        ``series`` is not the file's series, or not in the folder.
+    GeometryError
+        as :func:`read_dicom_series`.
+    """
+    if Path(path).is_dir():
+        return read_dicom_series(path, series, tilt=tilt)
+    header = read_header(path)
+    kind = non_image_kind(header)
+    if kind is not None:
+        refuse_non_images(path, [(Path(path).name, kind, str(sop_class(header)))])
+    uid = str(header.get("SeriesInstanceUID", ""))
+    if series is not None and series != uid:
+        raise UsageError(f"series={series!r} but this file belongs to series {uid!r}; give "
+                         "its folder to choose another series", path)
+    if is_multiframe(header):
+        return read_multiframe(path, tilt=tilt)
+    return read_dicom_series(Path(path).parent, uid, tilt=tilt)
 
 
 def list_series(folder: str | os.PathLike) -> list[SeriesInfo]:
@@ -68,33 +112,21 @@ def list_series(folder: str | os.PathLike) -> list[SeriesInfo]:
     Raises
     ------
     ImageReadError
-        the folder holds no readable DICOM image files.
+        the folder holds no DICOM image files (the message says what it holds).
     """
-    folder = os.fspath(folder)
-    warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK prints "No Series were found"
-    try:
-        uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(warnings)
-    if not uids:
-        raise ImageReadError(f"no DICOM image files found in this folder{_contents(folder)}",
-                             folder)
-    series = []
-    for uid in uids:
-        files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, uid))
-        first = _tags(files[0])
-        series.append(SeriesInfo(uid, str(first.get("SeriesDescription", "")), files))
-    return series
+    return _series_of(folder, scan_folder(folder))
 
 
-def read_dicom_series(folder: str | os.PathLike, series: str | None = None) -> Volume:
+def read_dicom_series(
+    folder: str | os.PathLike, series: str | None = None, *, tilt: bool = True
+) -> Volume:
     """Read the DICOM series in ``folder`` as a 3D Volume (RAS+, (x, y, z)).
 
     Parameters
     ----------
     folder : folder holding the series' files.
     series : SeriesInstanceUID to read when the folder holds several series.
+    tilt : resample a gantry-tilted series (True, with a warning) or refuse it.
 
     Returns
     -------
@@ -106,129 +138,85 @@ def read_dicom_series(folder: str | os.PathLike, series: str | None = None) -> V
     Raises
     ------
     ImageReadError
-        no DICOM image files; several series and no ``series``; unreadable
-        headers; a series of non-image objects (:data:`NOT_IMAGES`).
+        no DICOM image files (or only non-image objects: names them); several
+        series and no ``series``; pixel data no installed decoder handles.
     UsageError
         ``series`` not found.
     READ_ERRORS
-        GDCM cannot decode the series (:func:`medseg.io.read_volume` names the folder).
+        GDCM cannot read the series (:func:`medseg.io.read_volume` names the folder).
     GeometryError
-        missing slices, duplicated positions, uneven spacing, mixed orientations,
-        a sheared stack, or no position tags.
+        missing slices, duplicated positions, uneven spacing, an irregular
+        in-plane drift, a tilt with ``tilt=False``, or no position tags.
     """
-    found = list_series(folder)
-    chosen = _choose(folder, found, series)
-    headers = [_tags(f) for f in chosen.files]
-    _check_is_image(chosen.files[0], headers[0])
-    try:
-        files = _ordered_files(folder, chosen.files, headers)
-    except GeometryError as exc:
-        unread = _in_no_series(folder, found)
-        if not unread:
-            raise
-        raise GeometryError(
-            f"{exc.message}; {len(unread)} file(s) here are in no series (unreadable slices?): "
-            f"{', '.join(unread[:3])}",
-            folder,
-        ) from exc
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
-    image = reader.Execute()
+    scan = scan_folder(folder)
+    chosen = _choose(folder, _series_of(folder, scan), series)
+    if scan.non_images:
+        log.info("%s: skipped %d non-image object(s): %s", folder, len(scan.non_images),
+                 ", ".join(f"{name} ({kind})" for name, kind, _ in scan.non_images[:5]))
+    if chosen.multiframe:
+        return read_multiframe(chosen.files[0], tilt=tilt)
+    headers = drop_localizers(folder, [h for h in scan.images if h.filename in chosen.files])
+    stack = _plan(folder, headers, scan, tilt)
+    files = [str(headers[i].filename) for i in stack.order]
     meta = {
         "format": "dicom",
-        "dicom_files": list(files),
+        "dicom_files": files,
         "series_uid": chosen.uid,
         "study_uid": str(headers[0].get("StudyInstanceUID", "")),
     }
-    volume = sitk_to_volume(image, folder, meta)
+    volume = _volume(folder, files, stack, meta)
     log.debug("read %d DICOM slices from %s", len(files), folder)
     return volume
+
+
+def _series_of(folder: str | os.PathLike, scan: Scan) -> list[SeriesInfo]:
+    if scan.images:
+        return group_series(scan.images)
+    if scan.non_images:
+        refuse_non_images(folder, scan.non_images)
+    shown = "; ".join(f"{name}: not a readable DICOM image" for name in scan.unreadable[:3])
+    more = f"; {len(scan.unreadable) - 3} more files" if len(scan.unreadable) > 3 else ""
+    raise ImageReadError(f"no DICOM image files found in this folder"
+                         f"{f' ({shown}{more})' if shown else ''}", folder)
 
 
 def _choose(folder: str | os.PathLike, series: list[SeriesInfo], uid: str | None) -> SeriesInfo:
     listing = "; ".join(str(s) for s in series)
     if uid is not None:
-        for info in series:
-            if info.uid == uid:
-                return info
-        raise UsageError(f"no DICOM series with SeriesInstanceUID {uid!r}; found: {listing}",
-                         folder)
+        matches = [info for info in series if info.uid == uid]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise UsageError(f"no DICOM series with SeriesInstanceUID {uid!r}; found: {listing}",
+                             folder)
+        series = matches
+        listing = "; ".join(f"{s} {Path(s.files[0]).name}" for s in series)
     if len(series) > 1:
         raise ImageReadError(
             f"holds {len(series)} DICOM series, pick one with series=<SeriesInstanceUID> "
-            f"(medseg --series UID): {listing}",
+            f"(medseg --series UID), or give a multi-frame object's file: {listing}",
             folder,
         )
     return series[0]
 
 
-def _in_no_series(folder: str | os.PathLike, found: list[SeriesInfo]) -> list[str]:
-    """Names of the files in ``folder`` that GDCM put in no series (sorted)."""
-    listed = {Path(f).name for info in found for f in info.files}
-    return sorted(p.name for p in Path(folder).iterdir() if p.is_file() and p.name not in listed)
-
-
-def _check_is_image(path: str, header: pydicom.Dataset) -> None:
-    """Refuse a series of objects that are not images (:data:`NOT_IMAGES`), naming the file."""
-    sop_class = _sop_class(header)
-    if sop_class in NOT_IMAGES:
-        raise ImageReadError(
-            f"is an {NOT_IMAGES[sop_class]} object (Modality {header.get('Modality', '?')}, "
-            f"SOPClassUID {sop_class}), not an image series medseg reads",
-            path,
-        )
-
-
-def _contents(folder: str, shown: int = 3) -> str:
-    """What a folder without image series holds, for the error message: ' (a.dcm: RTDOSE; ...)'."""
-    files = sorted(p for p in Path(folder).iterdir() if p.is_file())
-    notes = [f"{path.name}: {_what_is(path)}" for path in files[:shown]]
-    more = f"; {len(files) - shown} more files" if len(files) > shown else ""
-    return f" ({'; '.join(notes)}{more})" if notes else ""
-
-
-def _what_is(path: Path) -> str:
-    """'not DICOM', or the SOP class and modality of a DICOM object GDCM found no image in."""
+def _plan(folder, headers: list[pydicom.Dataset], scan: Scan, tilt: bool) -> Stack:
+    """:func:`plan_stack` of the slices; a geometry error also names unreadable files."""
     try:
-        header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_TAGS)
-    except (InvalidDicomError, OSError, ValueError):
-        return "not DICOM"
-    sop = _sop_class(header)
-    if not sop:
-        return "not a readable DICOM object (no SOPClassUID)"
-    return f"{sop.name or sop} ({header.get('Modality', 'no Modality')}), not an image GDCM reads"
+        orientations, positions = _positions(folder, headers)
+        spacing = [float(v) for v in headers[0].get("PixelSpacing", [1.0, 1.0])]
+        return plan_stack(folder, orientations, positions, (spacing[0], spacing[1]), tilt=tilt)
+    except GeometryError as exc:
+        if not scan.unreadable:
+            raise
+        raise GeometryError(
+            f"{exc.message}; {len(scan.unreadable)} file(s) here are in no series (unreadable "
+            f"slices?): {', '.join(scan.unreadable[:3])}",
+            folder,
+        ) from exc
 
 
-def _sop_class(header: pydicom.Dataset) -> UID:
-    """SOPClassUID, or the file meta's MediaStorageSOPClassUID where the former is empty."""
-    meta = getattr(header, "file_meta", None) or {}
-    return UID(str(header.get("SOPClassUID", "") or meta.get("MediaStorageSOPClassUID", "")))
-
-
-def _tags(path: str) -> pydicom.Dataset:
-    try:
-        return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_TAGS)
-    except (InvalidDicomError, OSError, ValueError) as exc:
-        raise ImageReadError(f"cannot read DICOM header ({exc})", path) from exc
-
-
-def _ordered_files(
-    folder: str | os.PathLike, files: tuple[str, ...], headers: list[pydicom.Dataset]
-) -> list[str]:
-    """``files`` sorted by position along the slice normal, after the geometry checks."""
-    if len(files) == 1:
-        return list(files)
-    orientation, positions = _geometry(folder, files, headers)
-    normal = np.cross(orientation[0, :3], orientation[0, 3:])
-    along = positions @ normal
-    order = np.argsort(along, kind="stable")
-    along, positions = along[order], positions[order]
-    _check_gaps(folder, along)
-    _check_not_sheared(folder, positions, normal)
-    return [files[i] for i in order]
-
-
-def _geometry(folder, files, headers) -> tuple[np.ndarray, np.ndarray]:
+def _positions(folder, headers: list[pydicom.Dataset]) -> tuple[np.ndarray, np.ndarray]:
     try:
         orientation = np.array([[float(v) for v in h.ImageOrientationPatient] for h in headers])
         positions = np.array([[float(v) for v in h.ImagePositionPatient] for h in headers])
@@ -240,53 +228,26 @@ def _geometry(folder, files, headers) -> tuple[np.ndarray, np.ndarray]:
         ) from exc
     if orientation.shape[1] != 6 or positions.shape[1] != 3:
         raise GeometryError("malformed ImagePositionPatient / ImageOrientationPatient", folder)
-    bad = np.flatnonzero(np.abs(orientation - orientation[0]).max(axis=1) > 1e-4)
-    if bad.size:
-        raise GeometryError(
-            f"slices have different ImageOrientationPatient (e.g. {Path(files[bad[0]]).name}); "
-            "the folder mixes stacks",
-            folder,
-        )
     return orientation, positions
 
 
-def _check_gaps(folder: str | os.PathLike, along: np.ndarray) -> None:
-    """Raise if the sorted slice positions ``along`` (mm) are not evenly spaced."""
-    gaps = np.diff(along)
-    median = float(np.median(gaps))
-    if median <= SPACING_ATOL_MM or np.min(gaps) <= SPACING_ATOL_MM:
-        raise GeometryError(
-            f"slices share a position (duplicated slices or several stacks; positions "
-            f"{_fmt(along)} mm along the normal)",
-            folder,
-        )
-    off = np.flatnonzero(np.abs(gaps - median) > SPACING_RTOL * median + SPACING_ATOL_MM)
-    if off.size:
-        k = int(off[0])
-        missing = round(gaps[k] / median) - 1
-        hint = f" ({missing} slice(s) missing?)" if missing >= 1 else ""
-        raise GeometryError(
-            f"uneven slice spacing: gap of {gaps[k]:.4g} mm between slice positions "
-            f"{along[k]:.4g} and {along[k + 1]:.4g} mm, median gap {median:.4g} mm{hint}; "
-            f"{off.size} of {gaps.size} gaps differ",
-            folder,
-        )
-
-
-def _check_not_sheared(
-    folder: str | os.PathLike, positions: np.ndarray, normal: np.ndarray
-) -> None:
-    steps = np.diff(positions, axis=0)
-    in_plane = steps - np.outer(steps @ normal, normal)
-    worst = float(np.sqrt((in_plane**2).sum(axis=1)).max())
-    if worst > SPACING_ATOL_MM * 10:
-        raise GeometryError(
-            f"slice positions drift {worst:.3g} mm within the slice plane (gantry tilt or "
-            "sheared stack); not supported",
-            folder,
-        )
-
-
-def _fmt(values: np.ndarray, n: int = 6) -> str:
-    shown = ", ".join(f"{v:.4g}" for v in values[:n])
-    return f"[{shown}{', ...' if len(values) > n else ''}]"
+def _volume(folder, files: list[str], stack: Stack, meta: dict) -> Volume:
+    """Decode the ordered slices; ITK's grid for a straight stack, the untilted one otherwise."""
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK prints about non-uniform sampling
+    try:
+        volume = sitk_to_volume(reader.Execute(), folder, meta)
+    except RuntimeError as exc:
+        if not pydicom.dcmread(files[0], stop_before_pixels=True).file_meta.get(
+                "TransferSyntaxUID", pydicom.uid.ExplicitVRLittleEndian).is_compressed:
+            raise
+        log.info("%s: GDCM cannot decode the slices (%s); decoding with pydicom", folder, exc)
+        array = read_slices(files).transpose(2, 1, 0)
+        volume = Volume(array, stack.affine, {"source": os.fspath(folder), **meta})
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings)
+    if stack.tilted:
+        volume = Volume(untilt(volume.array, stack), stack.affine, volume.meta)
+    return volume.with_array(narrow_integers(volume.array))

@@ -1,8 +1,9 @@
 """File formats medseg reads and writes, recognised by file-name extension.
 
-Pure helpers (no disk access beyond ``Path.is_dir``): the extension table,
-:func:`is_image_path` for listing image files in a folder, :func:`format_of`
-for dispatching a path to a reader or writer, and :func:`check_spatial_ndim`
+Helpers that touch the disk at most to tell a folder and to sniff a DICOM file's
+preamble: the extension table, :func:`is_image_path` for listing image files in a
+folder, :func:`is_dicom_file` (a ``.dcm`` name or the DICM preamble),
+:func:`format_of` for dispatching a path to a reader or writer, and :func:`check_spatial_ndim`
 which every reader uses to turn a raw array into the (x, y, z) /
 (C, x, y, z) layout of :class:`~medseg.volume.Volume`, and :func:`error_reason`,
 which says in one line what a reading or writing library complained about.
@@ -24,6 +25,7 @@ __all__ = [
     "SITK_EXTENSIONS",
     "is_image_path",
     "format_of",
+    "is_dicom_file",
     "extension_of",
     "check_spatial_ndim",
     "error_reason",
@@ -36,6 +38,10 @@ SITK_EXTENSIONS: tuple[str, ...] = (".nrrd", ".nhdr", ".mha", ".mhd")
 #: Every image file extension medseg reads and writes (lower case). A DICOM
 #: series is read from its folder instead (see :func:`medseg.io.read_volume`).
 SUPPORTED_EXTENSIONS: tuple[str, ...] = NIFTI_EXTENSIONS + SITK_EXTENSIONS
+#: A DICOM file is read as its series (or as the multi-frame object it is);
+#: files without this extension are recognised by their preamble.
+DICOM_EXTENSION = ".dcm"
+_DICM_OFFSET = 128
 
 
 def extension_of(path: str | os.PathLike) -> str | None:
@@ -62,13 +68,34 @@ def is_image_path(path: str | os.PathLike) -> bool:
     return not name.startswith(".") and extension_of(name) is not None
 
 
+def is_dicom_file(path: str | os.PathLike) -> bool:
+    """True for an existing file named ``*.dcm`` or starting with the DICOM preamble.
+
+    The preamble is 128 bytes followed by ``DICM`` (PS3.10); only those 132 bytes
+    are read. Hidden files are not DICOM files here.
+    """
+    path = Path(path)
+    if path.name.startswith(".") or not path.is_file():
+        return False
+    if path.suffix.lower() == DICOM_EXTENSION:
+        return True
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(_DICM_OFFSET + 4)[_DICM_OFFSET:] == b"DICM"
+    except OSError:
+        return False
+
+
 def format_of(path: str | os.PathLike, for_writing: bool = False) -> str:
-    """``"nifti"``, ``"sitk"`` or ``"dicom"`` (an existing folder, reading only).
+    """``"nifti"``, ``"sitk"`` or ``"dicom"`` (reading only: an existing folder or DICOM file).
+
+    A file without a supported extension is ``"dicom"`` when :func:`is_dicom_file`
+    says so (``.dcm``, or the DICM preamble).
 
     Raises
     ------
     ImageReadError
-        (``for_writing=False``) the path has no supported extension.
+        (``for_writing=False``) the path has no supported extension and is no DICOM file.
     medseg.errors.ImageWriteError
         (``for_writing=True``) the path is a folder or has no supported extension.
     """
@@ -84,11 +111,14 @@ def format_of(path: str | os.PathLike, for_writing: bool = False) -> str:
             )
         return "dicom"
     ext = extension_of(path)
+    if ext is None and not for_writing and is_dicom_file(path):
+        return "dicom"
     if ext is None:
         suffix = "".join(Path(path).suffixes) or "no extension"
         raise error(
             f"unsupported image file type ({suffix}): expected one of "
-            f"{', '.join(SUPPORTED_EXTENSIONS)}" + ("" if for_writing else " or a DICOM folder"),
+            f"{', '.join(SUPPORTED_EXTENSIONS)}"
+            + ("" if for_writing else ", a DICOM file or a DICOM folder"),
             path,
         )
     return "nifti" if ext in NIFTI_EXTENSIONS else "sitk"

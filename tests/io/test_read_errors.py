@@ -161,8 +161,8 @@ def test_folder_with_only_an_rt_dose_with_pixels(capsys, tmp_path):
     folder = tmp_path / "dose"
     folder.mkdir()
     _rt_dose(folder / "RD.dcm", pixels=True)
-    line = _cli_error(capsys, ["info", str(folder)], str(folder / "RD.dcm"))
-    assert "is an RT Dose object (Modality RTDOSE" in line and "not an image series" in line
+    line = _cli_error(capsys, ["info", str(folder)], str(folder))
+    assert "holds only an RT Dose (1.2.840.10008.5.1.4.1.1.481.2: RD.dcm), no image series" in line
 
 
 def test_folder_with_only_an_rt_dose_without_pixels(capsys, tmp_path):
@@ -170,7 +170,7 @@ def test_folder_with_only_an_rt_dose_without_pixels(capsys, tmp_path):
     folder.mkdir()
     _rt_dose(folder / "RD.dcm", pixels=False)
     line = _cli_error(capsys, ["info", str(folder)], str(folder))
-    assert "no DICOM image files found in this folder (RD.dcm: RT Dose Storage (RTDOSE)" in line
+    assert "holds only an RT Dose (1.2.840.10008.5.1.4.1.1.481.2: RD.dcm), no image series" in line
 
 
 def test_folder_with_a_malformed_dcm(capsys, tmp_path):

@@ -1,0 +1,246 @@
+"""The DICOM files of a folder: headers, what each object is, series, localizers.
+
+Everything here reads headers only (pydicom, pixels skipped):
+
+* :func:`read_header`: the tags medseg needs of one file, or an ImageReadError naming it;
+* :func:`non_image_kind`: "DICOM-SEG", "RT Dose", ... for objects that are not images
+  (by SOP class, then Modality), None for images;
+* :func:`scan_folder`: every file of a folder sorted into image objects, non-image
+  objects and files that are not readable DICOM;
+* :func:`group_series`: image objects by SeriesInstanceUID (an enhanced multi-frame
+  object is a series of its own);
+* :func:`drop_localizers`: the slices of one series that belong to its main stack
+  (localizers/scouts and other geometries are left out with a note in the log);
+* :func:`refuse_non_images`: the one-line error for a folder (or file) holding no images.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+
+from medseg.errors import GeometryError, ImageReadError
+
+__all__ = [
+    "HEADER_TAGS", "NON_IMAGE_CLASSES", "Scan", "SeriesInfo", "read_header", "sop_class",
+    "non_image_kind", "scan_folder", "group_series", "drop_localizers", "refuse_non_images",
+]
+
+log = logging.getLogger(__name__)
+
+HEADER_TAGS = [
+    "ImagePositionPatient", "ImageOrientationPatient", "SeriesInstanceUID", "StudyInstanceUID",
+    "SeriesDescription", "SOPClassUID", "Modality", "ImageType", "PixelSpacing", "Rows",
+    "Columns", "NumberOfFrames",
+]
+#: SOP classes of objects that are not images medseg reads as volumes.
+NON_IMAGE_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.66.4": "DICOM-SEG",
+    "1.2.840.10008.5.1.4.1.1.66.5": "Surface Segmentation",
+    "1.2.840.10008.5.1.4.1.1.481.1": "RT Image (a projection)",
+    "1.2.840.10008.5.1.4.1.1.481.2": "RT Dose",
+    "1.2.840.10008.5.1.4.1.1.481.3": "RTSTRUCT",
+    "1.2.840.10008.5.1.4.1.1.481.5": "RT Plan",
+    "1.2.840.10008.5.1.4.1.1.481.8": "RT Ion Plan",
+    "1.2.840.10008.5.1.4.1.1.66": "Raw Data",
+    "1.2.840.10008.5.1.4.1.1.66.1": "Spatial Registration",
+    "1.2.840.10008.5.1.4.1.1.66.3": "Deformable Spatial Registration",
+    "1.2.840.10008.5.1.4.1.1.67": "Real World Value Mapping",
+    "1.2.840.10008.5.1.4.1.1.104.1": "Encapsulated PDF",
+    "1.2.840.10008.1.3.10": "DICOMDIR",
+}
+_NON_IMAGE_PREFIXES = {
+    "1.2.840.10008.5.1.4.1.1.88.": "Structured Report (SR)",
+    "1.2.840.10008.5.1.4.1.1.11.": "Presentation State",
+    "1.2.840.10008.5.1.4.1.1.481.": "RT treatment object",
+    "1.2.840.10008.5.1.4.1.1.9.": "Waveform",
+}
+_NON_IMAGE_MODALITIES = {
+    "SEG": "DICOM-SEG", "RTSTRUCT": "RTSTRUCT", "RTDOSE": "RT Dose", "RTPLAN": "RT Plan",
+    "RTRECORD": "RT Record", "SR": "Structured Report (SR)", "PR": "Presentation State",
+    "KO": "Key Object Selection", "REG": "Registration", "DOC": "Document",
+}
+#: Objects that are labels: the refusal says how to read them.
+_LABEL_KINDS = ("DICOM-SEG", "RTSTRUCT")
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    """One image series of a folder: UID, description and its files (header order)."""
+
+    uid: str
+    description: str
+    files: tuple[str, ...]
+    multiframe: bool = False
+
+    def __str__(self) -> str:
+        count = "multi-frame object" if self.multiframe else f"{len(self.files)} slices"
+        return f"{self.uid or '<empty UID>'} {self.description!r} ({count})"
+
+
+@dataclass
+class Scan:
+    """The files of a folder: image headers, non-image objects and unreadable names."""
+
+    images: list[pydicom.Dataset] = field(default_factory=list)
+    non_images: list[tuple[str, str, str]] = field(default_factory=list)  # (name, kind, UID)
+    unreadable: list[str] = field(default_factory=list)
+
+
+def read_header(path: str | os.PathLike) -> pydicom.Dataset:
+    """The :data:`HEADER_TAGS` of one file (``filename`` set), pixels skipped.
+
+    Raises
+    ------
+    ImageReadError
+        not a DICOM file pydicom can parse (names the file).
+    """
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS)
+    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+        raise ImageReadError(f"cannot read DICOM header ({exc})", path) from exc
+
+
+def sop_class(header: pydicom.Dataset) -> UID:
+    """SOPClassUID, or the file meta's MediaStorageSOPClassUID where the former is empty."""
+    meta = getattr(header, "file_meta", None) or {}
+    return UID(str(header.get("SOPClassUID", "") or meta.get("MediaStorageSOPClassUID", "")))
+
+
+def non_image_kind(header: pydicom.Dataset) -> str | None:
+    """What a non-image object is ("DICOM-SEG", "RT Dose", ...), None for an image."""
+    uid = str(sop_class(header))
+    if uid in NON_IMAGE_CLASSES:
+        return NON_IMAGE_CLASSES[uid]
+    for prefix, kind in _NON_IMAGE_PREFIXES.items():
+        if uid.startswith(prefix):
+            return kind
+    return _NON_IMAGE_MODALITIES.get(str(header.get("Modality", "")).upper())
+
+
+def is_multiframe(header: pydicom.Dataset) -> bool:
+    """True for an image object holding several frames (enhanced CT/MR/PET, ...)."""
+    return int(header.get("NumberOfFrames", 1) or 1) > 1
+
+
+def scan_folder(folder: str | os.PathLike) -> Scan:
+    """Sort the (non-hidden) files of ``folder`` into images, non-images and unreadable ones.
+
+    An image header must hold SeriesInstanceUID, Rows and Columns; a file
+    missing them (a truncated slice) or that is not DICOM counts as unreadable.
+    """
+    scan = Scan()
+    for path in sorted(Path(folder).iterdir()):
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        try:
+            header = read_header(path)
+        except ImageReadError:
+            scan.unreadable.append(path.name)
+            continue
+        kind = non_image_kind(header)
+        if kind is not None:
+            scan.non_images.append((path.name, kind, str(sop_class(header))))
+        elif all(tag in header for tag in ("SeriesInstanceUID", "Rows", "Columns")):
+            header.filename = os.fspath(path)
+            scan.images.append(header)
+        else:
+            scan.unreadable.append(path.name)
+    return scan
+
+
+def group_series(images: list[pydicom.Dataset]) -> list[SeriesInfo]:
+    """Image headers by SeriesInstanceUID (first-seen order); a multi-frame object alone."""
+    groups: dict[str, list[pydicom.Dataset]] = {}
+    series = []
+    for header in images:
+        uid = str(header.SeriesInstanceUID)
+        if is_multiframe(header):
+            series.append(_info(uid, [header], multiframe=True))
+        else:
+            groups.setdefault(uid, []).append(header)
+    return [_info(uid, headers) for uid, headers in groups.items()] + series
+
+
+def _info(uid: str, headers: list[pydicom.Dataset], multiframe: bool = False) -> SeriesInfo:
+    files = tuple(str(h.filename) for h in headers)
+    return SeriesInfo(uid, str(headers[0].get("SeriesDescription", "")), files, multiframe)
+
+
+def drop_localizers(
+    folder: str | os.PathLike, headers: list[pydicom.Dataset]
+) -> list[pydicom.Dataset]:
+    """The slices of the series' main stack: localizers and other geometries left out.
+
+    A slice is left out (noted in the log) when its ImageType says LOCALIZER,
+    or when its orientation or matrix size differs from those of most slices.
+
+    Raises
+    ------
+    GeometryError
+        no slice remains, or two stacks of different geometry hold equally many slices.
+    """
+    kept = [h for h in headers if "LOCALIZER" not in _image_type(h)]
+    _note(folder, [h for h in headers if "LOCALIZER" in _image_type(h)], "localizer/scout")
+    if not kept:
+        raise GeometryError("holds only localizer (scout) images, no volume", folder)
+    counts = Counter(_stack_key(h) for h in kept)
+    (main, n), *others = counts.most_common()
+    if others and others[0][1] == n:
+        raise GeometryError(
+            f"slices have different ImageOrientationPatient or sizes, {n} slices each "
+            f"(e.g. {Path(str(kept[0].filename)).name}); the folder mixes stacks",
+            folder,
+        )
+    _note(folder, [h for h in kept if _stack_key(h) != main], "other orientation or size")
+    return [h for h in kept if _stack_key(h) == main]
+
+
+def _image_type(header: pydicom.Dataset) -> list[str]:
+    value = header.get("ImageType", [])
+    return [str(v).upper() for v in ([value] if isinstance(value, str) else value)]
+
+
+def _stack_key(header: pydicom.Dataset) -> tuple:
+    orientation = header.get("ImageOrientationPatient")
+    rounded = tuple(round(float(v), 3) for v in orientation) if orientation else None
+    return rounded, int(header.Rows), int(header.Columns)
+
+
+def _note(folder: str | os.PathLike, left_out: list[pydicom.Dataset], why: str) -> None:
+    if left_out:
+        names = ", ".join(Path(str(h.filename)).name for h in left_out[:5])
+        more = ", ..." if len(left_out) > 5 else ""
+        log.info("%s: left out %d slice(s) of the series (%s): %s%s", folder, len(left_out), why,
+                 names, more)
+
+
+def refuse_non_images(path: str | os.PathLike, non_images: list[tuple[str, str, str]]) -> None:
+    """Raise the one-line error for ``path`` holding only non-image objects.
+
+    ``non_images`` holds (file name, kind, SOP class UID) per object, as
+    :attr:`Scan.non_images`.
+
+    Raises
+    ------
+    ImageReadError
+        always: "holds only a DICOM-SEG (<UID>): read it as labels with ...".
+    """
+    kinds = Counter((kind, uid) for _, kind, uid in non_images)
+    parts = []
+    for (kind, uid), n in kinds.items():
+        names = [name for name, k, u in non_images if (k, u) == (kind, uid)]
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        article = "an" if kind.startswith(("RT", "A", "E", "I", "O", "U")) else "a"
+        parts.append(f"{article if n == 1 else n} {kind} ({uid}: {shown})")
+    hint = "medseg reads image series (CT, MR, PET, ...)"
+    if all(kind in _LABEL_KINDS for kind, _ in kinds):
+        hint = "read it as labels with read_labels(..., reference=SERIES)"
+    raise ImageReadError(f"holds only {', '.join(parts)}, no image series: {hint}", path)
