@@ -19,12 +19,14 @@ MAX_LABELS = 256
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", help="image file (.nii.gz, .nrrd, .mha, ...) or DICOM folder")
     parser.add_argument("--series", metavar="UID", help="SeriesInstanceUID in a DICOM folder")
+    parser.add_argument("--no-tilt", dest="tilt", action="store_false",
+                        help="refuse a gantry-tilted DICOM series instead of resampling it")
 
 
 def run(args: argparse.Namespace) -> int:
     from medseg.io import read_volume
 
-    print(describe(read_volume(args.path, series=args.series), args.path))
+    print(describe(read_volume(args.path, series=args.series, tilt=args.tilt), args.path))
     return 0
 
 

@@ -52,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "nnU-Net) or by nearest neighbour (faster, blocky)")
     parser.add_argument("--series", default=None, metavar="UID",
                         help="Series Instance UID to read when a DICOM folder holds several")
+    parser.add_argument("--no-tilt", dest="tilt", action="store_false",
+                        help="refuse a gantry-tilted DICOM series instead of resampling it")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,5 +70,5 @@ def run(args: argparse.Namespace) -> int:
         label_interp=args.label_interp, progress=sys.stderr.isatty() and not args.quiet,
     )
     predict_cases(args.model, args.input, args.output, options, runtime, preview=args.preview,
-                  series=args.series)
+                  series=args.series, tilt=args.tilt)
     return 0

@@ -157,6 +157,7 @@ def predict_cases(
     *,
     preview: bool = False,
     series: str | None = None,
+    tilt: bool = True,
 ) -> list[CaseOutputs]:
     """Predict every case of ``input_path`` (this rank's share under torchrun) into ``output``.
 
@@ -169,6 +170,7 @@ def predict_cases(
         under torchrun each rank predicts cases ``rank::world_size`` on its own GPU.
     preview : also write ``<case>_preview.png`` overlays.
     series : SeriesInstanceUID to read when a DICOM folder holds several series.
+    tilt : resample a gantry-tilted DICOM series (True, with a warning) or refuse it.
 
     Returns the outputs this rank wrote.
     """
@@ -188,7 +190,7 @@ def predict_cases(
              len(cases), runtime)
     written = []
     for case in _cases_progress(mine, runtime.rank):
-        image = read_case_image(case, series)
+        image = read_case_image(case, series, tilt=tilt)
         result = predict_case(loaded, image, options, runtime)
         outputs = outputs_for(case, output, file_mode)
         _write_case(image, result, outputs, preview, loaded.card.labels, algorithm)

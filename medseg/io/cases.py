@@ -25,7 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from medseg.errors import ConfigError, DataError, GeometryError, ImageReadError
-from medseg.io.formats import SUPPORTED_EXTENSIONS, extension_of, is_image_path
+from medseg.io.formats import (
+    DICOM_EXTENSION,
+    SUPPORTED_EXTENSIONS,
+    extension_of,
+    is_dicom_file,
+    is_image_path,
+)
 from medseg.volume import Volume
 
 __all__ = [
@@ -47,8 +53,8 @@ _MANIFEST_SUFFIXES = (".json", ".csv")
 class Case:
     """One case: its name, image(s), label map and split.
 
-    ``images`` holds one path (a file, possibly multi-channel, or a DICOM
-    series folder) or one file per channel, all on one grid. ``label`` is the
+    ``images`` holds one path (a file, possibly multi-channel, a DICOM series
+    folder, or one DICOM file standing for its series) or one file per channel, all on one grid. ``label`` is the
     (x, y, z) label map, None for cases to predict. ``split``: ``train``,
     ``val`` or ``test``.
     """
@@ -60,8 +66,9 @@ class Case:
 
     @property
     def is_dicom(self) -> bool:
-        """True when the image is one DICOM series folder."""
-        return len(self.images) == 1 and self.images[0].is_dir()
+        """True when the image is one DICOM series folder or one DICOM file."""
+        return len(self.images) == 1 and (self.images[0].is_dir() or
+                                          is_dicom_file(self.images[0]))
 
 
 # -- naming -----------------------------------------------------------------------------------
@@ -126,18 +133,8 @@ def find_case_file(folder: str | os.PathLike, case: str) -> Path:
 
 
 # -- listing the cases of an input --------------------------------------------------------------
-def _looks_like_dicom(path: Path) -> bool:
-    if path.suffix.lower() == ".dcm":
-        return True
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(132)[128:] == b"DICM"
-    except OSError:
-        return False
-
-
 def _is_dicom_folder(folder: Path) -> bool:
-    return any(f.is_file() and _looks_like_dicom(f) for f in sorted(folder.iterdir())[:50])
+    return any(is_dicom_file(f) for f in sorted(folder.iterdir())[:50])
 
 
 def _cases_in_folder(folder: Path) -> list[Case]:
@@ -168,8 +165,9 @@ def _cases_in_manifest(path: Path) -> list[Case]:
 def list_cases(input_path: str | os.PathLike) -> list[Case]:
     """Every case ``input_path`` describes, in a fixed order.
 
-    ``input_path`` is an image file, a DICOM series folder, a folder of image
-    files (or of DICOM series folders), or a manifest (MSD ``dataset.json``:
+    ``input_path`` is an image file, a DICOM file (one case named after the file
+    without ``.dcm``: its series, or the multi-frame object it is), a DICOM series
+    folder, a folder of image files (or of DICOM series folders), or a manifest (MSD ``dataset.json``:
     its ``test`` cases, else all its cases; ``.csv`` with an ``image`` column).
     Cases found from files have split ``test`` and no label.
 
@@ -190,6 +188,9 @@ def list_cases(input_path: str | os.PathLike) -> list[Case]:
         cases = _cases_in_manifest(path)
     elif is_image_path(path):
         cases = [Case(case_name(path), (path,), split="test")]
+    elif is_dicom_file(path):
+        name = path.stem if path.suffix.lower() == DICOM_EXTENSION else path.name
+        cases = [Case(name, (path,), split="test")]
     else:
         raise DataError("not an image, a DICOM folder or a manifest (.json/.csv)", path)
     names = [c.case_id for c in cases]
@@ -201,12 +202,13 @@ def list_cases(input_path: str | os.PathLike) -> list[Case]:
 
 
 # -- reading ----------------------------------------------------------------------------------
-def read_case_image(case: Case, series: str | None = None) -> Volume:
+def read_case_image(case: Case, series: str | None = None, *, tilt: bool = True) -> Volume:
     """The image of ``case`` as one channel-first (C, x, y, z) Volume.
 
     One file gives its own channels (C = 1 for a 3D file); one DICOM folder
     is read with ``series`` (a SeriesInstanceUID, when it holds several; a
     single file refuses it); one file per channel are concatenated in order.
+    ``tilt``: resample a gantry-tilted DICOM series (True) or refuse it.
     The affine and ``meta`` are those of the first file.
 
     Raises
@@ -221,7 +223,7 @@ def read_case_image(case: Case, series: str | None = None) -> Volume:
     from medseg.io import read_volume
 
     if len(case.images) == 1:  # a file refuses series= (UsageError), a DICOM folder uses it
-        return _channel_first(read_volume(case.images[0], series=series))
+        return _channel_first(read_volume(case.images[0], series=series, tilt=tilt))
     vols = [read_volume(p) for p in case.images]
     arrays = []
     for path, vol in zip(case.images, vols):

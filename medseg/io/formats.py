@@ -26,6 +26,7 @@ __all__ = [
     "is_image_path",
     "format_of",
     "is_dicom_file",
+    "DICOM_EXTENSION",
     "extension_of",
     "check_spatial_ndim",
     "error_reason",
