@@ -95,17 +95,25 @@ class Scan:
 
 
 def read_header(path: str | os.PathLike) -> pydicom.Dataset:
-    """The :data:`HEADER_TAGS` of one file (``filename`` set), pixels skipped.
+    """The :data:`HEADER_TAGS` of one file, pixels skipped.
+
+    A ``.dcm`` file without the preamble and file meta (an old-style raw
+    dataset) is read all the same.
 
     Raises
     ------
     ImageReadError
         not a DICOM file pydicom can parse (names the file).
     """
+    force = Path(path).suffix.lower() == ".dcm"
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS)
+        header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS,
+                                 force=force)
     except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
         raise ImageReadError(f"cannot read DICOM header ({exc})", path) from exc
+    if force and not (sop_class(header) or "SeriesInstanceUID" in header):
+        raise ImageReadError("cannot read DICOM header (no preamble, no SOPClassUID)", path)
+    return header
 
 
 def sop_class(header: pydicom.Dataset) -> UID:
