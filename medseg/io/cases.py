@@ -54,9 +54,9 @@ class Case:
     """One case: its name, image(s), label map and split.
 
     ``images`` holds one path (a file, possibly multi-channel, a DICOM series
-    folder, or one DICOM file standing for its series) or one file per channel, all on one grid. ``label`` is the
-    (x, y, z) label map, None for cases to predict. ``split``: ``train``,
-    ``val`` or ``test``.
+    folder, or one DICOM file standing for its series) or one file per channel,
+    all on one grid. ``label`` is the (x, y, z) label map, None for cases to
+    predict. ``split``: ``train``, ``val`` or ``test``.
     """
 
     case_id: str
@@ -167,8 +167,9 @@ def list_cases(input_path: str | os.PathLike) -> list[Case]:
 
     ``input_path`` is an image file, a DICOM file (one case named after the file
     without ``.dcm``: its series, or the multi-frame object it is), a DICOM series
-    folder, a folder of image files (or of DICOM series folders), or a manifest (MSD ``dataset.json``:
-    its ``test`` cases, else all its cases; ``.csv`` with an ``image`` column).
+    folder, a folder of image files (or of DICOM series folders), or a manifest
+    (MSD ``dataset.json``: its ``test`` cases, else all its cases; ``.csv`` with
+    an ``image`` column).
     Cases found from files have split ``test`` and no label.
 
     Raises

@@ -30,7 +30,8 @@ from medseg.errors import GeometryError, ImageReadError
 
 __all__ = [
     "HEADER_TAGS", "NON_IMAGE_CLASSES", "Scan", "SeriesInfo", "read_header", "sop_class",
-    "non_image_kind", "scan_folder", "group_series", "drop_localizers", "refuse_non_images",
+    "non_image_kind", "is_multiframe", "scan_folder", "group_series", "drop_localizers",
+    "refuse_non_images",
 ]
 
 log = logging.getLogger(__name__)

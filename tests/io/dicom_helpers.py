@@ -19,9 +19,9 @@ SAMPLES = Path(__file__).resolve().parents[2] / "../shared/data/dicom_samples"
 def sample(name: str) -> Path:
     """A path inside the shared dicom_samples; skips the test when they are absent."""
     path = (SAMPLES / name).resolve()
-    if not path.exists():
-        pytest.skip(f"DICOM samples {name} not found in {SAMPLES.resolve()} (../shared is absent)")
-    return path
+    if path.exists():
+        return path
+    pytest.skip(f"DICOM samples {name} not found in {SAMPLES.resolve()} (../shared is absent)")
 
 
 def copy_files(files: Sequence[Path], folder: Path) -> Path:

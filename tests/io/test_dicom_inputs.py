@@ -98,7 +98,8 @@ def test_multiframe_rescale_per_frame_gives_int16(tmp_path):
     stored = ds.pixel_array.astype(np.int64)
     for item, intercept in zip(ds.PerFrameFunctionalGroupsSequence, (-1024, -1000, 0)):
         transform = pydicom.Dataset()
-        transform.RescaleSlope, transform.RescaleIntercept, transform.RescaleType = 1, intercept, "HU"
+        transform.RescaleSlope, transform.RescaleIntercept = 1, intercept
+        transform.RescaleType = "HU"
         item.PixelValueTransformationSequence = [transform]
     save(ds, tmp_path / "hu.dcm")
     volume = read_volume(tmp_path / "hu.dcm")
@@ -111,8 +112,9 @@ def test_multiframe_rescale_per_frame_gives_int16(tmp_path):
 def test_folder_with_only_a_seg_is_refused(tmp_path, capsys):
     folder = copy_files([sample("dcmqi/liver.dcm")], tmp_path / "seg")
     line = _one_error(capsys, ["info", str(folder)])
-    assert line == (f"medseg: error: {folder}: holds only a DICOM-SEG (1.2.840.10008.5.1.4.1.1.66.4: "
-                    "liver.dcm), no image series: read it as labels with "
+    assert line == (f"medseg: error: {folder}: holds only a DICOM-SEG "
+                    "(1.2.840.10008.5.1.4.1.1.66.4: liver.dcm), no image series: read it as "
+                    "labels with "
                     "read_labels(..., reference=SERIES)")
     with pytest.raises(ImageReadError, match=r"liver.dcm: holds only a DICOM-SEG"):
         read_volume(folder / "liver.dcm")
