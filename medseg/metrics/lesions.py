@@ -142,7 +142,7 @@ class LesionOptions:
         UsageError
             An entry that is neither a positive integer nor one of the names.
         """
-        by_name = {str(n): k for k, n in (names or {}).items() if n}
+        by_name = {str(n): k for k, n in (names or {}).items() if n and k > 0}
         values = [_label_value(item, by_name) for item in self.labels]
         return tuple(sorted(set(values)))
 
