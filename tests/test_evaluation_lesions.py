@@ -145,3 +145,16 @@ def test_bad_instance_input_one_line(folders, capsys, extra, pattern):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert re.search(pattern, err), err
     assert not out.exists() and not (tmp / "lesions.csv").exists()
+
+
+def test_evaluate_case_lesions_and_missing_prediction(folders):
+    from medseg.evaluation import evaluate_case_lesions
+
+    pred, gt, _, _ = folders
+    options = LesionOptions((2,), connectivity=6)
+    found = evaluate_case_lesions(pred / "case_a.nii.gz", gt / "case_a.nii.gz", [2], options)[2]
+    assert [(r.kind, r.lesion_id) for r in found.lesions] == [("tp", 1), ("fn", 2), ("fp", 2)]
+    assert found.counts.dice_sum == pytest.approx(2 / 3)
+    missing = evaluate_case_lesions(None, gt / "case_a.nii.gz", [2], options)[2]
+    assert [r.kind for r in missing.lesions] == ["fn", "fn"]
+    assert missing.counts.metrics()["recall"] == 0.0

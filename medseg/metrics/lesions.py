@@ -149,7 +149,8 @@ class LesionOptions:
 
 def _label_value(item: int | str, by_name: Mapping[str, int]) -> int:
     text = str(item).strip()
-    if isinstance(item, (int, np.integer)) and not isinstance(item, bool) or text.isdigit():
+    is_int = isinstance(item, (int, np.integer)) and not isinstance(item, bool)
+    if is_int or text.isdigit():
         value = int(text)
         if value > 0:
             return value
@@ -269,14 +270,15 @@ def label_lesions(
     """Lesions of two (x, y, z) boolean masks (one label); see :func:`lesion_metrics`."""
     from scipy import ndimage
 
-    box = ndimage.find_objects((pred_mask | gt_mask).view(np.uint8))
+    union = pred_mask | gt_mask
+    box = ndimage.find_objects(union.view(np.uint8))
     if not box:
         return LabelLesions()
     box = box[0]
     structure = ndimage.generate_binary_structure(3, {6: 1, 18: 2, 26: 3}[connectivity])
     gt_cc, n_gt = ndimage.label(gt_mask[box], structure)
     pred_cc, n_pred = ndimage.label(pred_mask[box], structure)
-    fg = np.nonzero(gt_cc | pred_cc)
+    fg = np.nonzero(union[box])
     g, p, counts = _pair_counts(gt_cc[fg], pred_cc[fg], n_gt, n_pred)
     size_g = np.bincount(g, counts, minlength=n_gt + 1)
     size_p = np.bincount(p, counts, minlength=n_pred + 1)
