@@ -7,6 +7,11 @@ once every case has succeeded, writes the :class:`medseg.results.Results`:
 ``results.csv`` (the ``out_csv`` path), ``summary.csv`` and ``summary.json``
 beside it (columns and statistics: :mod:`medseg.results`). The output folder
 is created when missing.
+
+With ``lesions=LesionOptions(...)`` the listed labels are also scored lesion
+by lesion (:mod:`medseg.metrics.lesions`): ``lesions.csv`` beside the results
+(:data:`LESION_COLUMNS`, one row per true lesion and per unmatched predicted
+lesion) and ``summary["lesions"]`` (:func:`summarize_lesions`).
 """
 
 from __future__ import annotations
@@ -24,9 +29,12 @@ import numpy as np
 from medseg.errors import GeometryError, ImageReadError, UsageError
 from medseg.io.cases import case_name, images_by_case, label_names_from_mapping, read_label_names
 from medseg.metrics import METRIC_KEYS, check_label_array, evaluate_arrays
+from medseg.metrics.lesions import LabelLesions, LesionCounts, LesionOptions
 from medseg.results import RESULT_COLUMNS, SUMMARY_COLUMNS, ResultRow, Results, summarize
 
-__all__ = ["RESULT_COLUMNS", "SUMMARY_COLUMNS", "evaluate_folders", "evaluate_case", "pair_cases"]
+__all__ = ["RESULT_COLUMNS", "SUMMARY_COLUMNS", "LESION_COLUMNS", "LesionOptions",
+           "evaluate_folders", "evaluate_case", "evaluate_case_lesions", "pair_cases",
+           "summarize_lesions"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +50,8 @@ def evaluate_folders(
     nsd_tolerance_mm: float = 1.0,
     workers: int = 1,
     missing_as_empty: bool = False,
+    *,
+    lesions: LesionOptions | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Score prediction files against ground-truth files and write CSV + summary.
 
@@ -59,6 +69,8 @@ def evaluate_folders(
     workers : parallel processes (1 = in this process).
     missing_as_empty : score a ground truth without a prediction as an empty
         prediction instead of failing.
+    lesions : also score these labels lesion-wise (``lesions.csv`` and
+        ``summary["lesions"]``); default None (no lesion-wise scoring).
 
     Returns
     -------
@@ -68,7 +80,8 @@ def evaluate_folders(
     Raises
     ------
     UsageError, ImageReadError
-        Unpaired cases (all listed), missing paths, bad options.
+        Unpaired cases (all listed), missing paths, bad options (an instance
+        label that is neither a positive integer nor a known name).
     GeometryError, DataError
         A pair with different shape or affine, or non-integer / negative / NaN labels.
     """
@@ -79,16 +92,22 @@ def evaluate_folders(
         raise UsageError(f"workers must be >= 1, got {workers!r}")
     names = _label_names(labels)
     wanted = None if names is None else [k for k in sorted(names) if k != 0]
+    lesion_job = None if lesions is None else (lesions.resolve(names), lesions)
     pairs = pair_cases(pred, gt, missing_as_empty)
     from medseg.io.atomic import ensure_parent
 
     ensure_parent(out_csv)  # fail before scoring when the output cannot be written
-    jobs = [(case, p, g, wanted, convention, nsd_tolerance_mm) for case, p, g in pairs]
+    jobs = [(case, p, g, wanted, convention, nsd_tolerance_mm, lesion_job)
+            for case, p, g in pairs]
+    done = _run(jobs, int(workers))
     rows = [dataclasses.replace(r, label_name=(names or {}).get(r.label, ""))
-            for case_rows in _run(jobs, int(workers)) for r in case_rows]
+            for case_rows, _ in done for r in case_rows]
     summary = summarize(rows, names)
     summary.update(convention=convention, nsd_tolerance_mm=float(nsd_tolerance_mm),
                    n_cases=len(pairs))
+    if lesions is not None:
+        by_case = {case: found for (case, _, _), (_, found) in zip(pairs, done)}
+        summary["lesions"] = _write_lesions(out_csv, by_case, names, lesions)
     Results(rows, summary).write(out_csv)
     return [r.as_dict() for r in rows], summary
 
@@ -102,21 +121,46 @@ def evaluate_case(
     nsd_tolerance_mm: float = 1.0,
 ) -> list[ResultRow]:
     """Rows (one per label, no label name yet) of one case; ``pred_path=None``: empty prediction."""
+    pred, gt, gt_vol = _read_case(pred_path, gt_path)
+    return _score_case(case, pred, gt, gt_vol, labels, convention, nsd_tolerance_mm)
+
+
+def evaluate_case_lesions(
+    pred_path: str | os.PathLike | None,
+    gt_path: str | os.PathLike,
+    labels: Sequence[int],
+    options: LesionOptions,
+) -> dict[int, LabelLesions]:
+    """Lesions of each of ``labels`` in one case (``options``: connectivity and match rule)."""
+    pred, gt, gt_vol = _read_case(pred_path, gt_path)
+    return _case_lesions(pred, gt, gt_vol, labels, options)
+
+
+def _read_case(pred_path, gt_path) -> tuple[np.ndarray, np.ndarray, Any]:
+    """``(pred, gt, gt volume)`` checked integer label maps on one grid; no pred: zeros."""
     from medseg.io import read_volume
 
     gt_vol = read_volume(gt_path, channels=False)
     gt = check_label_array(gt_vol.array, "ground truth", gt_path)
     if pred_path is None:
-        pred = np.zeros_like(gt)
-    else:
-        pred_vol = read_volume(pred_path, channels=False)
-        _check_same_grid(pred_vol, gt_vol, pred_path, gt_path)
-        pred = check_label_array(pred_vol.array, "prediction", pred_path)
+        return np.zeros_like(gt), gt, gt_vol
+    pred_vol = read_volume(pred_path, channels=False)
+    _check_same_grid(pred_vol, gt_vol, pred_path, gt_path)
+    return check_label_array(pred_vol.array, "prediction", pred_path), gt, gt_vol
+
+
+def _score_case(case, pred, gt, gt_vol, labels, convention, nsd_tolerance_mm) -> list[ResultRow]:
     if labels is not None:
         _warn_unlisted(case, pred, gt, labels)
     scores = evaluate_arrays(pred, gt, gt_vol.spacing_mm, labels, convention, nsd_tolerance_mm)
     return [ResultRow(case, label, "", m["status"], {k: m[k] for k in METRIC_KEYS})
             for label, m in scores.items()]
+
+
+def _case_lesions(pred, gt, gt_vol, labels, options: LesionOptions) -> dict[int, LabelLesions]:
+    from medseg.metrics.lesions import lesion_metrics
+
+    return lesion_metrics(pred, gt, gt_vol.affine, labels, options.connectivity, options.match)
 
 
 def _check_same_grid(pred_vol, gt_vol, pred_path, gt_path) -> None:
@@ -143,11 +187,18 @@ def _warn_unlisted(case: str, pred: np.ndarray, gt: np.ndarray, labels: Sequence
         log.warning("%s: labels %s are not in the label list and are not scored", case, extra)
 
 
-def _run_job(job: tuple) -> list[ResultRow]:
-    return evaluate_case(*job)
+def _run_job(job: tuple) -> tuple[list[ResultRow], dict[int, LabelLesions]]:
+    """Rows of one case and, with a lesion job ``(labels, options)``, its lesions (one read)."""
+    *case_job, lesion_job = job
+    case, pred_path, gt_path = case_job[:3]
+    pred, gt, gt_vol = _read_case(pred_path, gt_path)
+    rows = _score_case(case, pred, gt, gt_vol, *case_job[3:])
+    if lesion_job is None:
+        return rows, {}
+    return rows, _case_lesions(pred, gt, gt_vol, *lesion_job)
 
 
-def _run(jobs: list[tuple], workers: int) -> list[list[ResultRow]]:
+def _run(jobs: list[tuple], workers: int) -> list[tuple[list[ResultRow], dict]]:
     """Run the cases, in processes when ``workers > 1``, with a progress bar on a terminal."""
     from tqdm import tqdm
 
@@ -199,3 +250,87 @@ def _label_names(labels: Labels) -> dict[int, str] | None:
     if isinstance(labels, Mapping):
         return label_names_from_mapping(labels)
     return {int(k): "" for k in labels}
+
+
+# -- lesion-wise outputs ----------------------------------------------------------------
+#: Columns of ``lesions.csv`` (see :class:`medseg.metrics.lesions.Lesion`).
+LESION_COLUMNS = ("case", "label", "label_name", "lesion_id", "kind", "volume_ml", "partner_id",
+                  "partner_volume_ml", "dice", "iou", "distance_mm")
+_CASE_MEAN_KEYS = ("lesion_dice", "f1", "pq")
+_LESION_POLICY = ("per label: tp, fp, fn and the ratios from them pooled over all cases "
+                  "(matching is per case); case_mean: mean of each case's value over the cases "
+                  "with a lesion in either map (cases without any are counted, not scored)")
+
+
+def summarize_lesions(
+    by_case: Mapping[str, Mapping[int, LabelLesions]],
+    names: Mapping[int, str] | None = None,
+    options: LesionOptions | None = None,
+) -> dict[str, Any]:
+    """``summary["lesions"]``: per label the pooled counts and metrics, and the mean over cases.
+
+    Parameters
+    ----------
+    by_case : ``{case: {label: LabelLesions}}`` (:func:`evaluate_case_lesions`).
+    names : label -> name.
+    options : recorded (connectivity, match rule) when given.
+
+    Returns
+    -------
+    ``{"policy", "connectivity", "match", "labels": {"<label>": {"label_name", "n_cases",
+    "n_cases_without_lesions", "tp", "fp", "fn", "precision", "recall", "f1",
+    "lesion_dice", "sq", "rq", "pq", "case_mean": {"lesion_dice", "f1", "pq", "n"}}}}``;
+    undefined values (NaN) are None.
+    """
+    per_label: dict[int, list[LesionCounts]] = {}
+    for found in by_case.values():
+        for label, lesions in found.items():
+            per_label.setdefault(label, []).append(lesions.counts)
+    labels = {str(k): _label_summary(v, (names or {}).get(k, "")) for k, v in
+              sorted(per_label.items())}
+    out: dict[str, Any] = {"policy": _LESION_POLICY}
+    if options is not None:
+        out.update(connectivity=options.connectivity, match=str(options.rule))
+    return {**out, "labels": labels}
+
+
+def _label_summary(cases: list[LesionCounts], name: str) -> dict[str, Any]:
+    pooled = sum(cases, LesionCounts())
+    scored = [c.metrics() for c in cases if c.tp + c.fp + c.fn]
+    case_mean = {k: _mean([m[k] for m in scored]) for k in _CASE_MEAN_KEYS}
+    return {"label_name": name, "n_cases": len(cases),
+            "n_cases_without_lesions": len(cases) - len(scored),
+            "tp": pooled.tp, "fp": pooled.fp, "fn": pooled.fn,
+            **{k: _json_number(v) for k, v in pooled.metrics().items()},
+            "case_mean": {**case_mean, "n": len(scored)}}
+
+
+def _mean(values: list[float]) -> float | None:
+    finite = [v for v in values if np.isfinite(v)]
+    return _json_number(float(np.mean(finite))) if finite else None
+
+
+def _json_number(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
+def _lesion_rows(by_case: Mapping[str, Mapping[int, LabelLesions]],
+                 names: Mapping[int, str] | None) -> list[dict[str, Any]]:
+    """The rows of ``lesions.csv``: cases in order, labels ascending, lesions in their order."""
+    return [{"case": case, "label": label, "label_name": (names or {}).get(label, ""),
+             **dataclasses.asdict(lesion)}
+            for case, found in by_case.items() for label, lesions in sorted(found.items())
+            for lesion in lesions.lesions]
+
+
+def _write_lesions(out_csv: str | os.PathLike, by_case: Mapping[str, Mapping[int, LabelLesions]],
+                   names: Mapping[int, str] | None, options: LesionOptions) -> dict[str, Any]:
+    """Write ``lesions.csv`` beside ``out_csv`` (atomically); return ``summary["lesions"]``."""
+    from medseg.io.atomic import atomic_write_text
+    from medseg.results import _csv_text
+
+    rows = _lesion_rows(by_case, names)
+    path = Path(out_csv).with_name("lesions.csv")
+    atomic_write_text(path, _csv_text(LESION_COLUMNS, rows))
+    log.info("wrote %s (%d lesions)", path, len(rows))
+    return summarize_lesions(by_case, names, options)

@@ -24,6 +24,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="parallel processes (default min(4, CPUs))")
     parser.add_argument("--missing-as-empty", action="store_true",
                         help="score a ground truth without prediction as an empty prediction")
+    parser.add_argument("--instances", metavar="LABELS",
+                        help="comma-separated label values or names to score lesion-wise "
+                             "(connected components): lesions.csv beside the results")
+    parser.add_argument("--connectivity", type=int, choices=(6, 18, 26), default=None,
+                        help="with --instances: voxel neighbourhood of a lesion (default 26)")
+    parser.add_argument("--match", default=None, metavar="RULE",
+                        help="with --instances: pairs that may match, iou>0 (default) or "
+                             "iou>=T (one-to-one, maximising IoU)")
     parser.add_argument("--report", nargs="?", const="", default=None, metavar="PATH",
                         help="also write a self-contained HTML report (default PATH: report.html "
                              "beside the results CSV); folders --pred/--gt add worst-case overlays")
@@ -42,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     rows, summary = evaluate_folders(
         args.pred, args.gt, args.output, labels=args.labels, convention=args.convention,
         nsd_tolerance_mm=args.nsd_tolerance, workers=args.workers,
-        missing_as_empty=args.missing_as_empty,
+        missing_as_empty=args.missing_as_empty, lesions=_lesion_options(args),
     )
     overall = summary["overall"]
     dice = overall["metrics"]["dice"]["mean"]
@@ -55,6 +63,21 @@ def run(args: argparse.Namespace) -> int:
     elif args.images is not None:
         logging.getLogger("medseg").warning("--images is only used with --report: ignored")
     return 0
+
+
+def _lesion_options(args: argparse.Namespace):
+    """``LesionOptions`` from --instances/--connectivity/--match; None without --instances."""
+    import logging
+
+    from medseg.metrics.lesions import LesionOptions
+
+    if args.instances is None:
+        if args.connectivity is not None or args.match is not None:
+            logging.getLogger("medseg").warning("--connectivity/--match are only used with "
+                                                "--instances: ignored")
+        return None
+    return LesionOptions(tuple(s.strip() for s in args.instances.split(",") if s.strip()),
+                         args.connectivity or 26, args.match or "iou>0")
 
 
 def _report_path(args: argparse.Namespace):

@@ -37,10 +37,23 @@ convention   surface                                HD95                        
 The pixel accuracy and the volumes are the same under every convention. IoU
 follows Dice's empty-mask rule. Labels and statuses make every row count: a
 missed structure is a row with ``status = "empty_pred"``, never a dropped NaN.
+
+Lesion-wise metrics (connected components matched one to one on IoU: TP/FP/FN,
+detection precision/recall/F1, BraTS 2023 lesion-wise Dice, SQ, RQ, PQ) are
+:func:`lesion_metrics`; definitions in :mod:`medseg.metrics.lesions`.
 """
 
 from medseg.metrics.conventions import CONVENTIONS, STATUSES, Convention, get_convention
 from medseg.metrics.evaluate import METRIC_KEYS, check_label_array, evaluate_arrays
+from medseg.metrics.lesions import (
+    LabelLesions,
+    Lesion,
+    LesionCounts,
+    LesionOptions,
+    MatchRule,
+    label_lesions,
+    lesion_metrics,
+)
 from medseg.metrics.overlap import OverlapCounts, count_overlap, overlap_metrics
 from medseg.metrics.surface import SurfaceDistances, surface_distances, surface_metrics
 
@@ -49,12 +62,19 @@ __all__ = [
     "STATUSES",
     "METRIC_KEYS",
     "Convention",
+    "LabelLesions",
+    "Lesion",
+    "LesionCounts",
+    "LesionOptions",
+    "MatchRule",
     "OverlapCounts",
     "SurfaceDistances",
     "check_label_array",
     "count_overlap",
     "evaluate_arrays",
     "get_convention",
+    "label_lesions",
+    "lesion_metrics",
     "overlap_metrics",
     "surface_distances",
     "surface_metrics",
