@@ -31,7 +31,7 @@ convention   surface                                HD95                        
              (surface-distance), each weighted by   sorted distance whose cumulative area        over both surfaces                                 both: dice nan, hd/hd95 inf, AVD/ASSD nan, nsd nan
              its marching-cubes area (mm^2)         reaches 95 %; the max of both; HD = 100 %
 ``medpy``    same as ``medseg`` (medpy.metric.      95th percentile of both directions'          AVD = max(asd(P, G), asd(G, P)); ASSD =            MedPy's distances raise on empty masks: medseg's values
-             binary, connectivity 1)                distances pooled (``numpy.percentile``)      ``assd``; NSD (not in MedPy): as ``medseg``        stand in; both empty: dice nan (MedPy ``dc``), iou 1 (``jc``)
+             binary, connectivity 1)                distances pooled (``numpy.percentile``)      ``assd``; NSD (not in MedPy): as ``medseg``        stand in; both empty: dice 1 (MedPy ``dc``'s code), iou 1 (``jc``)
 ============ ====================================== ============================================ ================================================== ==========================================================
 
 The pixel accuracy and the volumes are the same under every convention. IoU

@@ -88,13 +88,10 @@ CONVENTIONS: dict[str, Convention] = {
         },
     ),
     # MedPy raises on an empty mask for every distance: medseg's values stand in.
-    # Its dc() gives nan when both are empty (NumPy division), its jc() 1.0.
-    "medpy": Convention(
-        "medpy",
-        "voxels",
-        "pooled",
-        empty={**_MEDSEG_EMPTY, "both_empty": {**_MEDSEG_EMPTY["both_empty"], "dice": NAN}},
-    ),
+    # Both empty: its dc() returns 1.0 (``except ZeroDivisionError: dc = 1.0``) and its
+    # jc() 1.0. (On NumPy >= 2.3 count_nonzero returns a NumPy integer, the division gives
+    # nan instead of raising and dc() returns nan by accident; medseg follows the code.)
+    "medpy": Convention("medpy", "voxels", "pooled", empty=_MEDSEG_EMPTY),
 }
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import warnings
 
+from unittest import mock
+
 import numpy as np
 import pytest
 
@@ -58,7 +60,12 @@ def deepmind_values(pred: np.ndarray, gt: np.ndarray, spacing, tol: float, monke
 def medpy_values(pred: np.ndarray, gt: np.ndarray, spacing, tol: float) -> dict[str, float]:
     b = pytest.importorskip("medpy.metric.binary")
     p, g = pred.astype(bool), gt.astype(bool)
-    out = {"dice": b.dc(p, g), "iou": b.jc(p, g)}
+    # MedPy's dc() as its code means it on every NumPy: from NumPy 2.3 count_nonzero returns
+    # a NumPy integer, so the ``except ZeroDivisionError: dc = 1.0`` branch for two empty
+    # masks never fires (nan instead); Python ints, as older NumPy gave, restore it.
+    count = np.count_nonzero
+    with mock.patch.object(b.numpy, "count_nonzero", lambda a: int(count(a))):
+        out = {"dice": b.dc(p, g), "iou": b.jc(p, g)}
     if p.any() and g.any():
         out.update(
             hd_mm=b.hd(p, g, spacing),
