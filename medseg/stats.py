@@ -87,8 +87,10 @@ def structure_stats(image: Volume, seg: Volume, labels: Labels = None, case: str
     >>> seg = Volume(np.array([[[0, 1], [1, 2]]], np.uint8), np.diag([2.0, 2.0, 2.0, 1.0]))
     >>> image = seg.with_array(np.array([[[5.0, 10.0], [20.0, 7.0]]]))
     >>> row = structure_stats(image, seg)[0]
-    >>> row["voxels"], round(row["volume_ml"], 6), row["mean"], row["centroid_a_mm"], row["extent_a_mm"]
-    (2, 0.016, 15.0, 1.0, 4.0)
+    >>> row["voxels"], round(row["volume_ml"], 6), row["mean"]
+    (2, 0.016, 15.0)
+    >>> row["centroid_a_mm"], row["extent_a_mm"]
+    (1.0, 4.0)
     """
     from medseg.metrics import check_label_array
 
