@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from medseg.errors import GeometryError, ImageReadError, UsageError
+from medseg.errors import GeometryError, UsageError
 from medseg.volume import Volume
 
 __all__ = ["STATS_COLUMNS", "structure_stats", "stats_of_files", "stats_csv_text", "write_stats"]
@@ -201,7 +201,8 @@ def stats_of_files(image: str | os.PathLike, seg: str | os.PathLike,
     Parameters
     ----------
     image, seg : two image files (the case is the segmentation's file name
-        without extension), or two folders whose files are paired by case name
+        without extension; the image may be a DICOM series folder), or two
+        folders whose files are paired by case name
         (:func:`medseg.io.cases.images_by_case`; an image may carry nnU-Net's
         ``_0000`` channel suffix). One table, cases in name order.
     labels : a label-name file (:func:`medseg.io.cases.read_label_names`), a
@@ -210,7 +211,7 @@ def stats_of_files(image: str | os.PathLike, seg: str | os.PathLike,
     Raises
     ------
     ImageReadError, UsageError
-        Missing paths, a file with a folder, unpaired cases (all listed).
+        Missing or unreadable paths, unpaired cases (all listed).
     GeometryError, DataError
         As :func:`structure_stats`, naming the files.
     """
@@ -225,15 +226,11 @@ def stats_of_files(image: str | os.PathLike, seg: str | os.PathLike,
 
 
 def _pairs(image: Path, seg: Path) -> list[tuple[str, Path, Path]]:
+    """``(case, image, seg)``: one pair of files (or a DICOM image folder), or two folders' cases."""
     from medseg.io.cases import case_name, images_by_case
 
-    for path, what in ((image, "image"), (seg, "segmentation")):
-        if not path.exists():
-            raise ImageReadError(f"{what} path does not exist", path)
-    if image.is_file() and seg.is_file():
+    if not (image.is_dir() and seg.is_dir()):  # read_volume names a missing or unreadable path
         return [(case_name(seg), image, seg)]
-    if not (image.is_dir() and seg.is_dir()):
-        raise UsageError(f"IMAGE {image} and SEG {seg} must be two files or two folders")
     images, segs = images_by_case(image, strip_channel=True), images_by_case(seg)
     unpaired = sorted(set(images) ^ set(segs))
     if unpaired or not segs:

@@ -15,7 +15,7 @@ import pytest
 from nibabel.affines import apply_affine
 
 from medseg.cli import main
-from medseg.errors import GeometryError, UsageError
+from medseg.errors import GeometryError, ImageReadError, UsageError
 from medseg.stats import STATS_COLUMNS, stats_of_files, structure_stats
 from medseg.volume import Volume
 
@@ -138,8 +138,12 @@ def test_unpaired_folders_list_the_cases(two_cases):
     (two_cases / "segs" / "b.nii.gz").rename(two_cases / "segs" / "c.nii.gz")
     with pytest.raises(UsageError, match="do not pair: b, c"):
         stats_of_files(two_cases / "images", two_cases / "segs")
-    with pytest.raises(UsageError, match="two files or two folders"):
+    with pytest.raises(ImageReadError, match="images") as info:  # read as a DICOM folder
         stats_of_files(two_cases / "images", two_cases / "segs" / "a.nii.gz")
+    assert info.value.path == str(two_cases / "images")
+    with pytest.raises(ImageReadError, match="no such file") as info:
+        stats_of_files(two_cases / "images" / "a_0000.nii.gz", two_cases / "nope.nii.gz")
+    assert info.value.path == str(two_cases / "nope.nii.gz")
 
 
 def test_different_grids_one_line_naming_both_files(two_cases, capsys):

@@ -8,13 +8,12 @@ HELP = "per-structure volume (mL), intensity (HU for CT), centroid and extent (m
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("image", metavar="IMAGE", help="image file, or folder of images")
+    parser.add_argument("image", metavar="IMAGE",
+                        help="image file (or DICOM series folder), or a folder of images")
     parser.add_argument("seg", metavar="SEG",
-                        help="segmentation file, or folder paired with IMAGE by case name")
-    parser.add_argument("--labels", metavar="JSON",
-                        help='labels.json ({"1": "liver"}) or MSD dataset.json: the labels listed '
-                             "(absent ones get 0 voxels) and their names; default every label "
-                             "found")
+                        help="its segmentation, or a folder paired with IMAGE by case name")
+    parser.add_argument("--labels", metavar="JSON", help="label names file: the labels listed "
+                        "(absent ones get 0 voxels) and their names; default every label found")
     parser.add_argument("-o", "--output", metavar="stats.csv",
                         help="CSV file to write (default: the table on stdout)")
 
