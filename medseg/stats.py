@@ -141,14 +141,15 @@ def _group_voxels(label_map: np.ndarray, values: np.ndarray
     flat_labels = label_map.ravel(order=order)
     foreground = np.flatnonzero(flat_labels)
     fg_labels = flat_labels[foreground]
-    foreground = foreground[np.argsort(fg_labels, kind="stable")]  # radix sort for 8/16 bits
+    by_label = np.argsort(fg_labels, kind="stable")  # a radix sort for 8- and 16-bit labels
+    foreground, fg_labels = foreground[by_label], fg_labels[by_label]
     fg_values = values.ravel(order=order)[foreground]
-    counts = np.bincount(fg_labels)
-    present = np.flatnonzero(counts)
-    ends = np.cumsum(counts[present])
-    starts = ends - counts[present]
-    return order, {int(k): (foreground[a:b], fg_values[a:b])
-                   for k, a, b in zip(present, starts, ends, strict=True)}
+    if not fg_labels.size:
+        return order, {}
+    bounds = np.concatenate([[0], np.flatnonzero(fg_labels[1:] != fg_labels[:-1]) + 1,
+                             [fg_labels.size]])
+    return order, {int(fg_labels[a]): (foreground[a:b], fg_values[a:b])
+                   for a, b in zip(bounds[:-1], bounds[1:], strict=True)}
 
 
 @dataclass(frozen=True)
@@ -170,9 +171,10 @@ def _label_row(group: tuple[np.ndarray, np.ndarray] | None, grid: _Grid, voxel_m
 
 
 def _intensity(values: np.ndarray) -> dict[str, float]:
-    values = values.astype(np.float64, copy=False)
+    """Intensity statistics in float64, computed on the image's own dtype (no copy)."""
     p5, median, p95 = np.percentile(values, (5, 50, 95))
-    return {"mean": float(values.mean()), "std": float(values.std()), "median": float(median),
+    return {"mean": float(values.mean(dtype=np.float64)),
+            "std": float(values.std(dtype=np.float64)), "median": float(median),
             "p5": float(p5), "p95": float(p95), "min": float(values.min()),
             "max": float(values.max())}
 

@@ -157,6 +157,14 @@ def test_different_grids_one_line_naming_both_files(two_cases, capsys):
     assert "different grids" in err
 
 
+def test_empty_segmentation():
+    seg = Volume(np.zeros((3, 3, 3), np.uint8), np.eye(4))
+    image = seg.with_array(np.ones((1, 3, 3, 3)))  # one channel is accepted
+    assert structure_stats(image, seg) == []
+    (row,) = structure_stats(image, seg, [4])
+    assert row["voxels"] == 0 and math.isnan(row["centroid_r_mm"])
+
+
 def test_multichannel_image_is_refused():
     seg = Volume(np.ones((3, 3, 3), np.uint8), np.eye(4))
     with pytest.raises(GeometryError, match="image has 2 channels"):
