@@ -228,7 +228,7 @@ def stats_of_files(image: str | os.PathLike, seg: str | os.PathLike,
 
 
 def _pairs(image: Path, seg: Path) -> list[tuple[str, Path, Path]]:
-    """``(case, image, seg)``: one pair of files (or a DICOM image folder), or two folders' cases."""
+    """``(case, image, seg)``: two files (or a DICOM image folder), or two folders' cases."""
     from medseg.io.cases import case_name, images_by_case
 
     if not (image.is_dir() and seg.is_dir()):  # read_volume names a missing or unreadable path
