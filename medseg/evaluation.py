@@ -21,24 +21,65 @@ import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medseg.errors import GeometryError, ImageReadError, UsageError
+from medseg.errors import GeometryError, ImageReadError, UsageError, check_keywords
 from medseg.io.cases import case_name, images_by_case, label_names_from_mapping, read_label_names
 from medseg.metrics import METRIC_KEYS, check_label_array, evaluate_arrays
 from medseg.metrics.lesions import LabelLesions, LesionCounts, LesionOptions
 from medseg.results import RESULT_COLUMNS, SUMMARY_COLUMNS, ResultRow, Results, summarize
 
-__all__ = ["RESULT_COLUMNS", "SUMMARY_COLUMNS", "LESION_COLUMNS", "LesionOptions",
-           "evaluate_folders", "evaluate_case", "evaluate_case_lesions", "pair_cases",
-           "summarize_lesions"]
+__all__ = [
+    "RESULT_COLUMNS", "SUMMARY_COLUMNS", "LESION_COLUMNS", "EvaluateOptions", "LesionOptions",
+    "evaluate_folders", "evaluate_case", "evaluate_case_lesions", "pair_cases",
+    "summarize_lesions",
+]
 
 log = logging.getLogger(__name__)
 
 Labels = str | os.PathLike | Mapping[int, str] | Sequence[int] | None
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """How :func:`evaluate_folders` scores the cases and summarizes the rows.
+
+    Attributes
+    ----------
+    convention, nsd_tolerance_mm : see :func:`medseg.metrics.evaluate_arrays`
+        (``nsd_tolerance_mm`` in mm).
+    workers : parallel processes (1 = in this process).
+    missing_as_empty : score a ground truth without a prediction as an empty
+        prediction instead of failing.
+    include_both_empty : count ``both_empty`` rows (label in neither mask) in the
+        summary statistics with the convention's values, as medseg did before;
+        default False: left out and counted (:func:`medseg.results.summarize`).
+    lesions : also score these labels lesion-wise (``lesions.csv`` beside the results
+        and ``summary["lesions"]``); default None (no lesion-wise scoring).
+    """
+
+    convention: str = "medseg"
+    nsd_tolerance_mm: float = 1.0
+    workers: int = 1
+    missing_as_empty: bool = False
+    include_both_empty: bool = False
+    lesions: LesionOptions | None = None
+
+    def __post_init__(self) -> None:
+        from medseg.metrics import get_convention
+
+        get_convention(self.convention)
+        if int(self.workers) < 1:
+            raise UsageError(f"workers must be >= 1, got {self.workers!r}")
+
+    def replace(self, **changes: Any) -> EvaluateOptions:
+        """A copy with ``changes`` (field names of this class) applied."""
+        check_keywords(changes, [f.name for f in dataclasses.fields(self)], "evaluate_folders")
+        return dataclasses.replace(self, **changes)
 
 
 def evaluate_folders(
@@ -46,12 +87,8 @@ def evaluate_folders(
     gt: str | os.PathLike,
     out_csv: str | os.PathLike,
     labels: Labels = None,
-    convention: str = "medseg",
-    nsd_tolerance_mm: float = 1.0,
-    workers: int = 1,
-    missing_as_empty: bool = False,
-    *,
-    lesions: LesionOptions | None = None,
+    options: EvaluateOptions | None = None,
+    **settings: Any,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Score prediction files against ground-truth files and write CSV + summary.
 
@@ -65,12 +102,11 @@ def evaluate_folders(
     labels : a label-name file (:func:`medseg.io.cases.read_label_names`), a
         ``{label: name}`` mapping or a list of labels; the non-zero ones are
         scored. Default: every non-zero label found in each case.
-    convention, nsd_tolerance_mm : see :func:`medseg.metrics.evaluate_arrays`.
-    workers : parallel processes (1 = in this process).
-    missing_as_empty : score a ground truth without a prediction as an empty
-        prediction instead of failing.
-    lesions : also score these labels lesion-wise (``lesions.csv`` and
-        ``summary["lesions"]``); default None (no lesion-wise scoring).
+    options : :class:`EvaluateOptions` (default: its defaults).
+    **settings : fields of :class:`EvaluateOptions` as keywords, applied over
+        ``options`` (``convention=``, ``nsd_tolerance_mm=``, ``workers=``,
+        ``missing_as_empty=``, ``include_both_empty=``, ``lesions=``); any other name is a
+        UsageError.
 
     Returns
     -------
@@ -85,31 +121,37 @@ def evaluate_folders(
     GeometryError, DataError
         A pair with different shape or affine, or non-integer / negative / NaN labels.
     """
-    from medseg.metrics import get_convention
-
-    get_convention(convention)
-    if int(workers) < 1:
-        raise UsageError(f"workers must be >= 1, got {workers!r}")
+    opts = _options(options).replace(**settings)
     names = _label_names(labels)
     wanted = None if names is None else [k for k in sorted(names) if k != 0]
+    lesions = opts.lesions
     lesion_job = None if lesions is None else (lesions.resolve(names), lesions)
-    pairs = pair_cases(pred, gt, missing_as_empty)
+    pairs = pair_cases(pred, gt, opts.missing_as_empty)
     from medseg.io.atomic import ensure_parent
 
     ensure_parent(out_csv)  # fail before scoring when the output cannot be written
-    jobs = [(case, p, g, wanted, convention, nsd_tolerance_mm, lesion_job)
+    jobs = [(case, p, g, wanted, opts.convention, opts.nsd_tolerance_mm, lesion_job)
             for case, p, g in pairs]
-    done = _run(jobs, int(workers))
+    done = _run(jobs, int(opts.workers))
     rows = [dataclasses.replace(r, label_name=(names or {}).get(r.label, ""))
             for case_rows, _ in done for r in case_rows]
-    summary = summarize(rows, names)
-    summary.update(convention=convention, nsd_tolerance_mm=float(nsd_tolerance_mm),
+    summary = summarize(rows, names, include_both_empty=opts.include_both_empty)
+    summary.update(convention=opts.convention, nsd_tolerance_mm=float(opts.nsd_tolerance_mm),
                    n_cases=len(pairs))
     if lesions is not None:
         by_case = {case: found for (case, _, _), (_, found) in zip(pairs, done)}
         summary["lesions"] = _write_lesions(out_csv, by_case, names, lesions)
     Results(rows, summary).write(out_csv)
     return [r.as_dict() for r in rows], summary
+
+
+def _options(options: EvaluateOptions | None) -> EvaluateOptions:
+    if options is None:
+        return EvaluateOptions()
+    if not isinstance(options, EvaluateOptions):
+        raise UsageError(f"options must be an EvaluateOptions, got {type(options).__name__} "
+                         f"{options!r} (give convention= etc. as keywords)")
+    return options
 
 
 def evaluate_case(

@@ -9,17 +9,39 @@ files in one folder, written atomically by :meth:`Results.write`:
   and ``inf``;
 * ``summary.json``: the output of :func:`summarize` plus what the evaluation
   records (``convention``, ``nsd_tolerance_mm``, ``n_cases``);
-* ``summary.csv``: the per-label statistics of ``summary.json`` as a table,
-  columns :data:`SUMMARY_COLUMNS`.
+* ``summary.csv``: the statistics of ``summary.json`` as a table, columns
+  :data:`SUMMARY_COLUMNS`: one row per label and metric, then ``all`` (over the
+  counted rows) and ``all_cases`` (over the per-case means; ``n`` counts cases).
 
 Statistics: per label and overall, for each metric the mean, std
 (population, ddof=0), median, min and max **over the finite values only**,
 ``n`` (how many finite values), ``n_nan`` and ``n_inf`` (how many were left
 out, so nothing vanishes silently), and the number of rows of each status
 (:data:`medseg.metrics.STATUSES`). Statistics of a metric without any finite
-value are ``null`` in the JSON and empty in the CSV. ``summary["cases"]``
-holds each case's mean finite Dice (``null`` when it has none), which ranks
-the worst cases.
+value are ``null`` in the JSON and empty in the CSV.
+
+Which rows count (``summary["both_empty_policy"]`` states it in one line):
+
+* ``both_empty`` rows (the label is in neither mask) are left out of every
+  statistic by default: they stay in ``results.csv``, in ``n_rows`` and in
+  the ``both_empty`` status count, but reward nothing (nnU-Net and MONAI leave
+  them out as NaN too). ``include_both_empty=True`` counts them with their
+  convention's values (medseg: Dice 1), as medseg did before;
+* ``empty_pred`` and ``empty_gt`` rows always count with their convention's
+  values: a missed structure is Dice 0 (``medseg``), never hidden.
+
+Each group also has ``n_counted``, the rows its statistics are over. The
+overall figure is given two ways: ``summary["overall"]["metrics"]`` over the
+counted (case, label) rows, and ``summary["overall"]["case_mean"]`` over the
+cases, each case weighing one (its mean over its counted rows' finite values;
+``n`` counts the cases that have one). ``summary["cases"]`` holds each case's
+mean finite Dice (``null`` when it has none), which ranks the worst cases.
+
+Volume agreement (``summary["labels"][k]["volume_agreement"]``, see
+:func:`medseg.agreement.volume_agreement`): Bland-Altman bias and 95 % limits of agreement of
+the predicted minus the true volume (mL) and Pearson's r, over the rows where
+the label is in either mask (status ``ok``, ``empty_pred`` or ``empty_gt``)
+whatever the both-empty policy.
 """
 
 from __future__ import annotations
@@ -37,6 +59,7 @@ from typing import Any
 
 import numpy as np
 
+from medseg.agreement import volume_agreement
 from medseg.errors import DataError
 from medseg.metrics import METRIC_KEYS, STATUSES
 
@@ -52,6 +75,17 @@ _STATS = ("mean", "std", "median", "min", "max")
 _REQUIRED = ("case", "label", "status", "dice")
 _POLICY = ("mean, std (ddof=0), median, min and max use finite values only; n counts them; "
            "n_nan and n_inf count the values left out; status counts say why")
+_BOTH_EMPTY_LEFT_OUT = (
+    "both_empty rows (label in neither mask) are left out of every statistic and counted in "
+    "status.both_empty; empty_pred/empty_gt rows count with the convention's values "
+    "(medseg: Dice 0)")
+_BOTH_EMPTY_INCLUDED = (
+    "both_empty rows (label in neither mask) count with the convention's values (medseg: "
+    "Dice 1, distances 0) (include_both_empty); empty_pred/empty_gt rows count with the "
+    "convention's values (medseg: Dice 0)")
+_AGREEMENT_ROWS = (
+    "volume_agreement uses the rows where the label is in either mask (status ok, empty_pred, "
+    "empty_gt); bias = mean(pred - true) mL, limits = bias -/+ 1.96 SD (ddof=1), Pearson r")
 
 
 @dataclass(frozen=True)
@@ -75,22 +109,51 @@ class ResultRow:
 
 
 # -- statistics -------------------------------------------------------------------------------
-def summarize(rows: Iterable[ResultRow], names: Mapping[int, str] | None = None
-              ) -> dict[str, Any]:
+def summarize(rows: Iterable[ResultRow], names: Mapping[int, str] | None = None, *,
+              include_both_empty: bool = False) -> dict[str, Any]:
     """Per-label, overall and per-case statistics of ``rows`` (see the module docstring).
 
-    ``names`` (label -> name) names the labels; default the rows' ``label_name``.
+    Parameters
+    ----------
+    rows : the (case, label) rows.
+    names : label -> name; default the rows' ``label_name``.
+    include_both_empty : count ``both_empty`` rows in the statistics with their
+        convention's values (default False: left out, and counted by status).
+
+    Returns
+    -------
+    dict
+        ``both_empty_policy``, ``inf_nan_policy``, ``volume_agreement_rows`` (one
+        line each), ``labels`` (label -> group), ``overall`` (a group plus
+        ``case_mean``) and ``cases`` (case -> mean Dice or None).
     """
     rows = list(rows)
     groups: dict[int, list[ResultRow]] = {}
     for row in rows:
         groups.setdefault(row.label, []).append(row)
     per_label = {
-        str(label): _group_summary(group, (names or {}).get(label, group[0].label_name))
+        str(label): {
+            **_group_summary(group, (names or {}).get(label, group[0].label_name),
+                             include_both_empty),
+            "volume_agreement": _label_volume_agreement(group),
+        }
         for label, group in sorted(groups.items())
     }
-    return {"inf_nan_policy": _POLICY, "labels": per_label,
-            "overall": _group_summary(rows, "all"), "cases": _case_mean_dice(rows)}
+    case_means = _case_means(rows, include_both_empty)
+    overall = {**_group_summary(rows, "all", include_both_empty),
+               "case_mean": {key: _finite_stats(np.array(list(means.values())))
+                             for key, means in case_means.items()}}
+    return {
+        "both_empty_policy": _BOTH_EMPTY_INCLUDED if include_both_empty else _BOTH_EMPTY_LEFT_OUT,
+        "inf_nan_policy": _POLICY, "volume_agreement_rows": _AGREEMENT_ROWS,
+        "labels": per_label, "overall": overall,
+        "cases": {case: _none_if_nan(mean) for case, mean in case_means["dice"].items()},
+    }
+
+
+def _counted(rows: list[ResultRow], include_both_empty: bool) -> list[ResultRow]:
+    """The rows that enter the statistics under the both-empty policy."""
+    return rows if include_both_empty else [r for r in rows if r.status != "both_empty"]
 
 
 def _finite_stats(values: np.ndarray) -> dict[str, Any]:
@@ -104,20 +167,41 @@ def _finite_stats(values: np.ndarray) -> dict[str, Any]:
     return stats
 
 
-def _group_summary(rows: list[ResultRow], name: str) -> dict[str, Any]:
+def _group_summary(rows: list[ResultRow], name: str, include_both_empty: bool
+                   ) -> dict[str, Any]:
     status = {s: sum(1 for r in rows if r.status == s) for s in STATUSES}
-    metrics = {key: _finite_stats(np.array([r.get(key) for r in rows], dtype=np.float64))
+    counted = _counted(rows, include_both_empty)
+    metrics = {key: _finite_stats(np.array([r.get(key) for r in counted], dtype=np.float64))
                for key in METRIC_KEYS}
-    return {"label_name": name, "n_rows": len(rows), "status": status, "metrics": metrics}
+    return {"label_name": name, "n_rows": len(rows), "n_counted": len(counted), "status": status,
+            "metrics": metrics}
 
 
-def _case_mean_dice(rows: list[ResultRow]) -> dict[str, float | None]:
-    """Mean of each case's finite Dice values (None when it has none), in first-seen order."""
-    dice: dict[str, list[float]] = {}
-    for row in rows:
-        dice.setdefault(row.case, []).append(row.get("dice"))
-    return {case: _finite_stats(np.array(values, dtype=np.float64))["mean"]
-            for case, values in dice.items()}
+def _case_means(rows: list[ResultRow], include_both_empty: bool) -> dict[str, dict[str, float]]:
+    """``{metric: {case: mean}}``: each case's mean of the finite values of its counted rows.
+
+    Every case of ``rows`` is there, in first-seen order; NaN when it has no finite value.
+    """
+    by_case: dict[str, list[ResultRow]] = {row.case: [] for row in rows}
+    for row in _counted(rows, include_both_empty):
+        by_case[row.case].append(row)
+    return {key: {case: _finite_mean([r.get(key) for r in group])
+                  for case, group in by_case.items()} for key in METRIC_KEYS}
+
+
+def _finite_mean(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def _none_if_nan(value: float) -> float | None:
+    return None if math.isnan(value) else float(value)
+
+
+def _label_volume_agreement(rows: list[ResultRow]) -> dict[str, Any]:
+    present = [r for r in rows if r.status != "both_empty"]
+    return volume_agreement([r.get("vol_pred_ml") for r in present],
+                            [r.get("vol_gt_ml") for r in present])
 
 
 # -- the results object ------------------------------------------------------------------------
@@ -132,8 +216,9 @@ class Results:
     def load(cls, path: str | os.PathLike) -> Results:
         """Read ``results.csv`` (or the folder holding it) and the ``summary.json`` beside it.
 
-        Without a ``summary.json`` (or with one of other rows) the summary is
-        computed by :func:`summarize`.
+        Without a ``summary.json`` (or with one of other rows, or one written
+        before the both-empty policy) the summary is computed by :func:`summarize`
+        with its default policy.
 
         Raises
         ------
@@ -231,7 +316,8 @@ def _load_summary(csv_path: Path, rows: list[ResultRow]) -> dict[str, Any]:
         raise DataError(f"summary file is not valid JSON: {exc}", path) from None
     cases = list(dict.fromkeys(r.case for r in rows))
     if (not isinstance(loaded, dict) or list(loaded.get("cases") or {}) != cases
-            or loaded.get("overall", {}).get("n_rows") != len(rows)):
+            or loaded.get("overall", {}).get("n_rows") != len(rows)
+            or "both_empty_policy" not in loaded):
         log.warning("%s does not describe the rows of %s (another evaluation's, or an older "
                     "medseg's): summarizing the rows instead", path, csv_path.name)
         return summarize(rows)
@@ -259,8 +345,10 @@ def _csv_text(columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> str:
 
 
 def _summary_rows(summary: dict[str, Any]) -> Iterable[dict[str, Any]]:
-    groups = [*summary["labels"].items(), ("all", summary["overall"])]
-    for label, group in groups:
-        for metric, stats in group["metrics"].items():
+    overall = summary["overall"]
+    groups = [*((label, g, g["metrics"]) for label, g in summary["labels"].items()),
+              ("all", overall, overall["metrics"]), ("all_cases", overall, overall["case_mean"])]
+    for label, group, metrics in groups:
+        for metric, stats in metrics.items():
             yield {"label": label, "label_name": group["label_name"], "metric": metric, **stats,
                    **{f"n_{s}": n for s, n in group["status"].items()}}

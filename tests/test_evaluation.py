@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -70,10 +71,12 @@ def test_folders_rows_and_summary(folders):
     assert tumour["status"] == {"ok": 1, "empty_pred": 1, "empty_gt": 0, "both_empty": 0}
     assert tumour["metrics"]["hd_mm"]["n_inf"] == 1 and tumour["metrics"]["hd_mm"]["n"] == 1
     assert tumour["metrics"]["dice"]["mean"] == pytest.approx((ref[2]["dice"] + 1.0) / 2)
-    dices = [float(r["dice"]) for r in table if math.isfinite(float(r["dice"]))]
+    # both_empty rows (label 3, Dice 1 by the medseg convention) are left out of the means
+    dices = [float(r["dice"]) for r in table if r["status"] != "both_empty"]
     assert summary["overall"]["metrics"]["dice"]["mean"] == pytest.approx(np.mean(dices))
+    assert summary["overall"]["status"]["both_empty"] == 2
     srows = _read(tmp / "summary.csv")
-    assert {r["label"] for r in srows} == {"1", "2", "3", "all"}
+    assert {r["label"] for r in srows} == {"1", "2", "3", "all", "all_cases"}
 
 
 def test_cli_two_files_monai_convention(folders, capsys):
@@ -189,3 +192,96 @@ def test_unpaired_prediction_is_listed(folders):
 
     with pytest.raises(UsageError, match="1 without a ground truth .*: extra"):
         evaluate_folders(pred, gt, tmp / "r.csv")
+
+
+# -- the both-empty policy -------------------------------------------------------------------------
+def test_include_both_empty_keyword_and_options(folders):
+    from medseg.evaluation import EvaluateOptions
+
+    pred, gt, tmp = folders
+    labels = {1: "liver", 2: "tumour", 3: "spleen"}
+    _, new = evaluate_folders(pred, gt, tmp / "a.csv", labels=labels)
+    _, old = evaluate_folders(pred, gt, tmp / "b.csv", labels=labels, include_both_empty=True)
+    _, same = evaluate_folders(pred, gt, tmp / "c.csv", labels,
+                               EvaluateOptions(include_both_empty=True))
+    table = _read(tmp / "b.csv")
+    assert old["overall"]["metrics"]["dice"]["mean"] == pytest.approx(
+        np.mean([float(r["dice"]) for r in table]))  # the two both_empty rows count as 1
+    present = [float(r["dice"]) for r in table if r["status"] != "both_empty"]
+    assert new["overall"]["metrics"]["dice"]["mean"] == pytest.approx(np.mean(present))
+    assert same["overall"] == old["overall"] and same["both_empty_policy"] == old[
+        "both_empty_policy"] != new["both_empty_policy"]
+    case_means = [np.mean([float(r["dice"]) for r in table
+                           if r["case"] == c and r["status"] != "both_empty"])
+                  for c in ("case_0", "case_1")]
+    assert new["overall"]["case_mean"]["dice"]["mean"] == pytest.approx(np.mean(case_means))
+    written = json.loads((tmp / "summary.json").read_text())
+    assert written["both_empty_policy"] == old["both_empty_policy"]  # c.csv was written last
+
+
+def test_unknown_option_keyword_names_the_closest(folders):
+    from medseg.errors import UsageError
+
+    pred, gt, tmp = folders
+    with pytest.raises(UsageError, match="unknown option 'include_both_empties'.*did you mean "
+                                         "'include_both_empty'"):
+        evaluate_folders(pred, gt, tmp / "r.csv", include_both_empties=True)
+    with pytest.raises(UsageError, match="options must be an EvaluateOptions, got str"):
+        evaluate_folders(pred, gt, tmp / "r.csv", None, "monai")
+    with pytest.raises(UsageError, match="workers must be >= 1, got 0"):
+        evaluate_folders(pred, gt, tmp / "r.csv", workers=0)
+    assert not (tmp / "r.csv").exists()
+
+
+TOTALSEG = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "totalsegmentator"
+
+
+def _fast_vs_full(tmp):
+    """A 'full' model (seg.nii.gz) and a 'fast'-like one: labels dilated, eroded, one missed."""
+    from scipy import ndimage
+
+    image = nib.load(TOTALSEG / "seg.nii.gz")
+    full = np.asarray(image.dataobj).astype(np.uint8)
+    fast = full.copy()
+    for i, value in enumerate(v for v in np.unique(full) if v):
+        mask = full == value
+        if i % 2 == 0:
+            fast[ndimage.binary_dilation(mask) & (full == 0)] = value
+        elif mask.sum() > 500:
+            fast[mask & ~ndimage.binary_erosion(mask)] = 0
+    fast[full == 4] = 0  # the gallbladder, missed entirely
+    for folder, array in (("full", full), ("fast", fast)):
+        (tmp / folder).mkdir()
+        _save(array, tmp / folder / "s0011.nii.gz", affine=image.affine)
+    return tmp / "fast", tmp / "full"
+
+
+@pytest.mark.skipif(not (TOTALSEG / "seg.nii.gz").is_file(),
+                    reason=f"real TotalSegmentator data absent at {TOTALSEG}")
+def test_totalsegmentator_fast_vs_full_mean_over_present_structures(tmp_path, capsys):
+    fast, full = _fast_vs_full(tmp_path)
+    labels = str(TOTALSEG / "labels.json")  # 117 names, 41 present
+    assert _run_cli(fast, full, tmp_path / "new" / "results.csv", "--labels", labels) == 0
+    printed = capsys.readouterr().err
+    table = _read(tmp_path / "new" / "results.csv")
+    statuses = [r["status"] for r in table]
+    assert len(table) == 117 and statuses.count("both_empty") == 117 - 41
+    missed = [r for r in table if r["status"] == "empty_pred"]
+    assert [(r["label_name"], float(r["dice"])) for r in missed] == [("gallbladder", 0.0)]
+    present = [float(r["dice"]) for r in table if r["status"] != "both_empty"]
+    hits = [float(r["dice"]) for r in table if r["status"] == "ok"]
+    summary = json.loads((tmp_path / "new" / "summary.json").read_text())
+    mean = summary["overall"]["metrics"]["dice"]["mean"]
+    assert len(present) == 41 and mean == pytest.approx(sum(present) / 41)
+    assert mean < np.mean(hits)  # the missed structure lowers it
+    assert summary["overall"]["case_mean"]["dice"]["mean"] == pytest.approx(mean)  # one case
+    assert f"mean Dice {mean:.4f} over 41 (case, label) rows" in printed
+    assert f"policy: {summary['both_empty_policy']}" in printed
+
+    assert _run_cli(fast, full, tmp_path / "old" / "results.csv", "--labels", labels,
+                    "--include-both-empty") == 0
+    old = json.loads((tmp_path / "old" / "summary.json").read_text())
+    old_mean = old["overall"]["metrics"]["dice"]["mean"]
+    assert old_mean == pytest.approx((sum(present) + 76 * 1.0) / 117)  # both_empty: Dice 1
+    assert old_mean > mean + 0.05
+    assert f"mean Dice {old_mean:.4f} over 117 (case, label) rows" in capsys.readouterr().err

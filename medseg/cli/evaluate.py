@@ -32,6 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--match", default=None, metavar="RULE",
                         help="with --instances: pairs that may match, iou>0 (default) or "
                              "iou>=T (one-to-one, maximising IoU)")
+    parser.add_argument("--include-both-empty", action="store_true",
+                        help="count labels absent from both masks in the summary statistics "
+                             "(Dice 1 under medseg's convention), as medseg did before; default: "
+                             "left out and counted")
     parser.add_argument("--report", nargs="?", const="", default=None, metavar="PATH",
                         help="also write a self-contained HTML report (default PATH: report.html "
                              "beside the results CSV); folders --pred/--gt add worst-case overlays")
@@ -50,14 +54,11 @@ def run(args: argparse.Namespace) -> int:
     rows, summary = evaluate_folders(
         args.pred, args.gt, args.output, labels=args.labels, convention=args.convention,
         nsd_tolerance_mm=args.nsd_tolerance, workers=args.workers,
-        missing_as_empty=args.missing_as_empty, lesions=_lesion_options(args),
+        missing_as_empty=args.missing_as_empty, include_both_empty=args.include_both_empty,
+        lesions=_lesion_options(args),
     )
-    overall = summary["overall"]
-    dice = overall["metrics"]["dice"]["mean"]
-    logging.getLogger("medseg").info(
-        "%d cases, %d rows, mean Dice %s, status %s", summary["n_cases"], len(rows),
-        "n/a" if dice is None else f"{dice:.4f}", overall["status"],
-    )
+    for line in _summary_lines(summary, len(rows)):
+        logging.getLogger("medseg").info("%s", line)
     if args.report is not None:
         _write_report(args)
     elif args.images is not None:
@@ -78,6 +79,22 @@ def _lesion_options(args: argparse.Namespace):
         return None
     return LesionOptions(tuple(s.strip() for s in args.instances.split(",") if s.strip()),
                          args.connectivity or 26, args.match or "iou>0")
+
+
+def _summary_lines(summary: dict, n_rows: int) -> list[str]:
+    """The printed summary: counts, mean Dice over rows and over cases, the both-empty policy."""
+    overall = summary["overall"]
+    row_dice, case_dice = overall["metrics"]["dice"], overall["case_mean"]["dice"]
+    return [
+        f"{summary['n_cases']} cases, {n_rows} rows, status {overall['status']}",
+        f"mean Dice {_fmt(row_dice['mean'])} over {overall['n_counted']} (case, label) rows; "
+        f"{_fmt(case_dice['mean'])} as the mean of {case_dice['n']} per-case means",
+        f"policy: {summary['both_empty_policy']}",
+    ]
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def _report_path(args: argparse.Namespace):

@@ -1,7 +1,9 @@
 """``write_report``: the self-contained HTML quality-control report of an evaluation.
 
-Sections: summary per label, box/strip plots of Dice and HD95 per label, the
-worst cases by mean Dice with overlay images and volumes per label, and the
+Sections: summary per label (with the overall means over rows and over
+cases, and the both-empty policy), box/strip plots of Dice and HD95 per label,
+the volume agreement per label (Bland-Altman table and plots), the worst
+cases by mean Dice with overlay images and volumes per label, and the
 sortable per-case table. The rows and their statistics come from
 :class:`medseg.results.Results` (what ``medseg evaluate`` wrote); nothing is
 recomputed here. See :mod:`medseg.report` for the conventions.
@@ -24,6 +26,7 @@ from medseg.errors import UsageError
 from medseg.io.atomic import atomic_write_text, ensure_parent
 from medseg.io.cases import find_case_file, label_names_from_mapping, read_label_names
 from medseg.metrics import STATUSES
+from medseg.report.agreement import bland_altman_png
 from medseg.report.cases import check_dirs, read_case_volume
 from medseg.report.overlays import Window, choose_window, overlay_png
 from medseg.report.plots import metric_plot_png
@@ -98,6 +101,7 @@ def write_report(
         _header(Path(results_csv), rows, names),
         _summary_section(results.summary, names, columns),
         _plots_section(rows, names, columns),
+        _volumes_section(rows, results.summary, names),
         _worst_section(results, names, worst_n, dirs, window),
         _cases_section(rows, names, columns),
     ])
@@ -131,13 +135,14 @@ def _header(results_csv: Path, rows: list[ResultRow], names: dict[int, str]) -> 
         f"<p class=\"meta\">{escape(results_csv.name)}: {n_cases} cases, {len(names)} labels, "
         f"{len(rows)} rows &middot; medseg {escape(__version__)}</p>\n"
         "<nav><a href=\"#summary-section\">Summary</a><a href=\"#plots\">Plots</a>"
+        "<a href=\"#volumes\">Volume agreement</a>"
         "<a href=\"#worst\">Worst cases</a><a href=\"#per-case\">Per-case table</a></nav>"
     )
 
 
 def _summary_section(summary: dict, names: dict[int, str], columns: list[str]) -> str:
     metrics = [m for m in SUMMARY_METRICS if m in columns]
-    head = [("Label", True), ("Name", False), ("n", True)]
+    head = [("Label", True), ("Name", False), ("n", True), ("n counted", True)]
     head += [(s.replace("_", " "), True) for s in STATUSES]
     for m in metrics:
         head += [(f"{TITLES[m]} {stat}", True) for stat in _stats_of(m)]
@@ -145,7 +150,7 @@ def _summary_section(summary: dict, names: dict[int, str], columns: list[str]) -
     for key, group in summary["labels"].items():
         label = int(key)
         cells = [_num_cell(label, 0), _text_cell(names.get(label, f"label {label}")),
-                 _num_cell(group["n_rows"], 0)]
+                 _num_cell(group["n_rows"], 0), _num_cell(group["n_counted"], 0)]
         cells += [_num_cell(group["status"][st], 0) for st in STATUSES]
         for m in metrics:
             stats = group["metrics"][m]
@@ -154,11 +159,29 @@ def _summary_section(summary: dict, names: dict[int, str], columns: list[str]) -
         body.append(f"<tr>{''.join(cells)}</tr>")
     return (
         "<h2 id=\"summary-section\">Summary per label</h2>\n"
-        "<p class=\"note\">Mean, median and standard deviation over the finite values only "
-        "(NaN and inf, e.g. for empty masks, are left out; the status columns count them). "
-        "Click a header to sort.</p>\n"
-        f"<div class=\"scroll\">{_table('summary', head, body)}</div>"
+        f"<p class=\"note\">Rows counted: {escape(summary['both_empty_policy'])}.</p>\n"
+        "<p class=\"note\">Mean, median and standard deviation over the finite values of the "
+        "counted rows (NaN and inf, e.g. distances to an empty mask, are left out; the status "
+        "columns count them). Click a header to sort.</p>\n"
+        f"<div class=\"scroll\">{_table('summary', head, body)}</div>\n"
+        f"{_overall_table(summary['overall'], metrics)}"
     )
+
+
+def _overall_table(overall: dict, metrics: list[str]) -> str:
+    """Each metric's mean over the counted (case, label) rows and over the per-case means."""
+    head = [("Metric", False), ("mean over rows", True), ("n rows", True),
+            ("mean over cases", True), ("n cases", True)]
+    body = []
+    for m in metrics:
+        by_row, by_case = overall["metrics"][m], overall["case_mean"][m]
+        body.append("<tr>" + "".join([
+            _text_cell(TITLES[m]), _num_cell(_nan_if_none(by_row["mean"]), _DIGITS.get(m, 2)),
+            _num_cell(by_row["n"], 0), _num_cell(_nan_if_none(by_case["mean"]), _DIGITS.get(m, 2)),
+            _num_cell(by_case["n"], 0)]) + "</tr>")
+    return ("<h3>Overall</h3>\n<p class=\"note\">Mean over the counted (case, label) rows, and "
+            "mean over the cases of each case's mean (every case weighs one).</p>\n"
+            f"{_table('overall', head, body)}")
 
 
 def _stats_of(metric: str) -> tuple[str, ...]:
@@ -176,6 +199,32 @@ def _plots_section(rows: list[ResultRow], names: dict[int, str], columns: list[s
             "Infinite values are red crosses at the right edge; NaN values are not drawn.</p>")
     plots = f"<div class=\"plots\">{''.join(images)}</div>"
     return f"<h2 id=\"plots\">Distributions</h2>\n{note}\n{plots}"
+
+
+def _volumes_section(rows: list[ResultRow], summary: dict, names: dict[int, str]) -> str:
+    """Bland-Altman table and plot of predicted against true volume, per label."""
+    agreement = {int(k): g["volume_agreement"] for k, g in summary["labels"].items()}
+    head = [("Label", True), ("Name", False), ("n", True), ("bias (mL)", True),
+            ("SD (mL)", True), ("LoA low (mL)", True), ("LoA high (mL)", True),
+            ("Pearson r", True)]
+    body = []
+    for label, a in agreement.items():
+        cells = [_num_cell(label, 0), _text_cell(names.get(label, f"label {label}")),
+                 _num_cell(a["n"], 0)]
+        cells += [_num_cell(_nan_if_none(a[k]), 2)
+                  for k in ("bias_ml", "sd_ml", "loa_low_ml", "loa_high_ml")]
+        body.append("<tr>" + "".join(cells + [_num_cell(_nan_if_none(a["pearson_r"]), 3)])
+                    + "</tr>")
+    png = bland_altman_png(rows, names, agreement)
+    plot = "" if png is None else _img(png, "Bland-Altman plots of the volumes", "plot-volumes")
+    return (
+        "<h2 id=\"volumes\">Volume agreement</h2>\n"
+        f"<p class=\"note\">{escape(summary['volume_agreement_rows'])}. Plots: x = mean of "
+        "predicted and true volume, y = predicted - true; solid line bias, dashed lines the "
+        "95 % limits of agreement.</p>\n"
+        f"<div class=\"scroll\">{_table('agreement', head, body)}</div>\n"
+        f"<div class=\"plots\">{plot}</div>"
+    )
 
 
 def _worst_section(results: Results, names, worst_n, dirs, window) -> str:

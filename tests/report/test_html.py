@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import json
 import math
 
@@ -55,7 +56,7 @@ def test_case_table_lists_every_row_with_status(report, phantom_dataset):
 
 def test_images_are_embedded_pngs_and_nothing_is_fetched(report):
     path, parsed = report
-    assert len(parsed.images) == 2 + 2  # Dice and HD95 plots, 2 worst-case overlays
+    assert len(parsed.images) == 3 + 2  # Dice, HD95 and Bland-Altman plots, 2 overlays
     for img in parsed.images:
         prefix = "data:image/png;base64,"
         assert img["src"].startswith(prefix)
@@ -119,7 +120,7 @@ def test_cli_writes_the_report(phantom_dataset, tmp_path):
                  "--window=-200,300", "-o", str(out)])
     assert code == 0
     parsed = parse_report(out)
-    assert len(parsed.images) == 3
+    assert len(parsed.images) == 4  # 3 plots, 1 overlay
     assert len(parsed.tables["summary"]["rows"]) == 5
 
 
@@ -168,3 +169,51 @@ def test_cli_report_into_a_new_folder(phantom_dataset, tmp_path):
     assert main(["report", "--results", str(phantom_dataset["results"]), "--worst", "0",
                  "-o", str(out)]) == 0
     assert len(parse_report(out).tables["summary"]["rows"]) == 5
+
+
+def test_policy_overall_and_volume_agreement_are_summary_json_numbers(phantom_dataset, tmp_path):
+    from medseg.evaluation import evaluate_folders
+
+    ds = phantom_dataset
+    results = tmp_path / "results.csv"
+    evaluate_folders(ds["pred"], ds["gt"], results, labels=[1, 2, 3, 4, 5])
+    summary_path = results.with_name("summary.json")
+    summary = json.loads(summary_path.read_text())
+    summary["labels"]["2"]["volume_agreement"]["bias_ml"] = 12.5  # the report must show these
+    summary["overall"]["case_mean"]["dice"]["mean"] = 0.25
+    summary_path.write_text(json.dumps(summary))
+    out = tmp_path / "report.html"
+    write_report(results, out, worst_n=0)
+    parsed = parse_report(out)
+    assert f"Rows counted: {summary['both_empty_policy']}." in html.unescape(out.read_text())
+    overall = {r[0][0]: r for r in parsed.tables["overall"]["rows"]}
+    head = parsed.tables["overall"]["head"]
+    dice = summary["overall"]["metrics"]["dice"]
+    assert float(overall["Dice"][head.index("mean over rows")][1]) == dice["mean"]
+    assert overall["Dice"][head.index("n rows")][0] == str(dice["n"])
+    assert overall["Dice"][head.index("mean over cases")] == ("0.250", "0.25")
+    table = parsed.tables["agreement"]
+    head = table["head"]
+    assert [r[0][0] for r in table["rows"]] == ["1", "2", "3", "4", "5"]
+    for row in table["rows"]:
+        agreement = summary["labels"][row[0][0]]["volume_agreement"]
+        assert row[head.index("n")][0] == str(agreement["n"])
+        for title, key in (("bias (mL)", "bias_ml"), ("LoA low (mL)", "loa_low_ml"),
+                           ("LoA high (mL)", "loa_high_ml"), ("Pearson r", "pearson_r")):
+            assert float(row[head.index(title)][1]) == agreement[key]
+    assert table["rows"][1][head.index("bias (mL)")] == ("12.50", "12.5")
+    aorta = summary["labels"]["5"]["volume_agreement"]
+    assert aorta["n"] == 3  # case 3 has no aorta in either mask: left out
+    assert any(img["id"] == "plot-volumes" for img in parsed.images)
+
+
+def test_bland_altman_png_only_for_labels_with_cases(phantom_dataset):
+    from medseg.report.agreement import bland_altman_png
+    from medseg.results import Results
+
+    results = Results.load(phantom_dataset["results"])
+    agreement = {int(k): g["volume_agreement"] for k, g in results.summary["labels"].items()}
+    png = bland_altman_png(results.rows, {}, agreement)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    none = {label: {**a, "n": 0} for label, a in agreement.items()}
+    assert bland_altman_png(results.rows, {}, none) is None

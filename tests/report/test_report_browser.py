@@ -61,7 +61,7 @@ def test_every_image_loaded_and_screenshot(loaded_report, tmp_path):
     sizes = driver.execute_script(
         "return [...document.images].map(i => [i.id, i.complete, i.naturalWidth, i.naturalHeight]);"
     )
-    assert len(sizes) == 2 + 3  # two plots, three worst-case overlays
+    assert len(sizes) == 3 + 3  # three plots (Dice, HD95, Bland-Altman), three overlays
     for ident, complete, width, height in sizes:
         assert complete and width > 0 and height > 0, ident
     shot = full_page_screenshot(driver, tmp_path / "report.png")

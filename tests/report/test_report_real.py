@@ -77,7 +77,7 @@ def test_summary_names_all_41_labels(real_report):
     statuses = {r["status"] for r in rows}
     assert "empty_pred" in statuses and "ok" in statuses
     assert len(parsed.tables["cases"]["rows"]) == 41
-    assert len(parsed.images) == 3  # Dice plot, HD95 plot, one overlay
+    assert len(parsed.images) == 4  # Dice, HD95 and Bland-Altman plots, one overlay
     text = out.read_text()
     assert all(name in text for name in names.values())
 
