@@ -34,7 +34,7 @@ _LAZY = {
 _SUBMODULES = {
     "io", "metrics", "models", "losses", "transforms", "data", "inference",
     "evaluation", "training", "checkpoint", "config", "report", "errors", "volume",
-    "card", "runtime",
+    "card", "runtime", "results", "stats", "agreement",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
