@@ -5,8 +5,8 @@
 of DICOM series folders), or a manifest (MSD ``dataset.json``: its ``test``
 cases, else its training cases; ``.csv`` with an ``image`` column), listed and
 read by :mod:`medseg.io.cases`. ``output``
-is a file for a single case (``.nii.gz`` ..., or ``.dcm`` for a DICOM-SEG of a
-DICOM input) or a folder (``<case>.nii.gz`` per case). Under ``torchrun`` the
+is a file for a single case (``.nii.gz`` ..., or ``.dcm`` for a DICOM-SEG or,
+with ``dicom_format="rtstruct"``, an RTSTRUCT of a DICOM input) or a folder (``<case>.nii.gz`` per case). Under ``torchrun`` the
 cases are shared out by rank (:class:`medseg.runtime.Runtime` reads the
 environment): case ``i`` goes to rank ``i % WORLD_SIZE``, and each rank uses
 ``cuda:LOCAL_RANK`` on GPUs; no process group is needed.
@@ -81,8 +81,8 @@ def _prepare_output(out: Path, cases: Sequence[Case]) -> bool:
         raise UsageError(f"{out}: output is a file but the input holds {len(cases)} cases; "
                          "give an output folder")
     if out.suffix.lower() == ".dcm" and not cases[0].is_dicom:
-        raise UsageError(f"{out}: a DICOM-SEG (.dcm) output needs a DICOM series as input, got "
-                         f"{cases[0].images[0]}")
+        raise UsageError(f"{out}: a DICOM-SEG / RTSTRUCT (.dcm) output needs a DICOM series as "
+                         f"input, got {cases[0].images[0]}")
     folder = out.parent if file_mode else out
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -109,9 +109,14 @@ def _all_or_nothing() -> Iterator[list[Path]]:
 
 # -- running ---------------------------------------------------------------------------------
 def _write_case(image: Volume, result: Prediction, outputs: CaseOutputs, preview: bool,
-                label_names: Mapping[int, str], algorithm: str) -> None:
-    """Write one case's outputs; on any failure none of them is left behind."""
+                label_names: Mapping[int, str], algorithm: str, dicom_format: str) -> None:
+    """Write one case's outputs; on any failure none of them is left behind.
+
+    The label map goes through :func:`medseg.io.labels.write_labels`: an image file, or
+    for ``.dcm`` a DICOM-SEG / RTSTRUCT (``dicom_format``) referencing the input series.
+    """
     from medseg.io import write_volume
+    from medseg.io.labels import write_labels
 
     with _all_or_nothing() as written:
         if result.probabilities is not None:
@@ -120,13 +125,9 @@ def _write_case(image: Volume, result: Prediction, outputs: CaseOutputs, preview
         if preview:
             _write_preview(image, result.labels, outputs.preview, label_names)
             written.append(outputs.preview)
-        if outputs.prediction.suffix.lower() == ".dcm":
-            from medseg.io.dicom_seg import write_dicom_seg
-
-            write_dicom_seg(result.labels, image.meta["dicom_files"], outputs.prediction,
-                            label_names, algorithm_name=algorithm)
-        else:
-            write_volume(result.labels, outputs.prediction)
+        write_labels(result.labels, outputs.prediction, label_names,
+                     reference_files=image.meta.get("dicom_files"), dicom_format=dicom_format,
+                     algorithm_name=algorithm)
         written.append(outputs.prediction)
 
 
@@ -157,6 +158,7 @@ def predict_cases(
     *,
     preview: bool = False,
     series: str | None = None,
+    dicom_format: str = "seg",
 ) -> list[CaseOutputs]:
     """Predict every case of ``input_path`` (this rank's share under torchrun) into ``output``.
 
@@ -169,13 +171,17 @@ def predict_cases(
         under torchrun each rank predicts cases ``rank::world_size`` on its own GPU.
     preview : also write ``<case>_preview.png`` overlays.
     series : SeriesInstanceUID to read when a DICOM folder holds several series.
+    dicom_format : what a ``.dcm`` output is: ``"seg"`` (DICOM-SEG) or ``"rtstruct"``.
 
     Returns the outputs this rank wrote.
     """
+    from medseg.errors import check_option
     from medseg.inference.loaded import load_model
     from medseg.inference.predict import PredictOptions, predict_case
+    from medseg.io.labels import DICOM_FORMATS
     from medseg.runtime import Runtime
 
+    check_option(dicom_format, DICOM_FORMATS, "DICOM format")
     runtime = runtime or Runtime.resolve("auto")
     options = options or PredictOptions(progress=sys.stderr.isatty())
     output = Path(output)
@@ -191,7 +197,7 @@ def predict_cases(
         image = read_case_image(case, series)
         result = predict_case(loaded, image, options, runtime)
         outputs = outputs_for(case, output, file_mode)
-        _write_case(image, result, outputs, preview, loaded.card.labels, algorithm)
+        _write_case(image, result, outputs, preview, loaded.card.labels, algorithm, dicom_format)
         log.info("%s -> %s", case.case_id, outputs.prediction)
         written.append(outputs)
     return written

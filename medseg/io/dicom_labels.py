@@ -234,17 +234,32 @@ def seg_masks(dataset, reference: Reference, path: str | os.PathLike) -> Iterato
 
 # -- RTSTRUCT -----------------------------------------------------------------------------------
 def _rt_instances(dataset) -> set[str]:
-    uids = set()
-    for frame in dataset.get("ReferencedFrameOfReferenceSequence", []):
-        for study in frame.get("RTReferencedStudySequence", []):
-            for series in study.get("RTReferencedSeriesSequence", []):
-                uids |= {str(i.ReferencedSOPInstanceUID)
-                         for i in series.get("ContourImageSequence", [])}
-    for roi in dataset.get("ROIContourSequence", []):
-        for contour in roi.get("ContourSequence", []):
-            uids |= {str(i.ReferencedSOPInstanceUID)
-                     for i in contour.get("ContourImageSequence", [])}
-    return uids
+    """The images an RTSTRUCT references: its Contour Image Sequence under the referenced
+    series, else (where that is missing) the images its contours name."""
+    uids = {str(i.ReferencedSOPInstanceUID)
+            for frame in dataset.get("ReferencedFrameOfReferenceSequence", [])
+            for study in frame.get("RTReferencedStudySequence", [])
+            for series in study.get("RTReferencedSeriesSequence", [])
+            for i in series.get("ContourImageSequence", [])}
+    if uids:
+        return uids
+    return {str(i.ReferencedSOPInstanceUID)
+            for roi in dataset.get("ROIContourSequence", [])
+            for contour in roi.get("ContourSequence", [])
+            for i in contour.get("ContourImageSequence", [])}
+
+
+def _contour_points(item) -> np.ndarray:
+    """(n, 3) LPS mm of a contour, parsed from the raw DS bytes where pydicom has not yet
+    (one DSfloat per value would take minutes on a noisy structure set)."""
+    element = item.get_item(0x30060050)
+    if element is None:
+        return np.zeros((0, 3))
+    value = element.value
+    if isinstance(value, bytes):
+        text = value.decode("ascii").strip(" \x00")
+        return np.array(text.split("\\") if text else [], dtype=np.float64).reshape(-1, 3)
+    return np.asarray(value, dtype=np.float64).reshape(-1, 3)
 
 
 def _polygon(points_lps: np.ndarray, plane) -> np.ndarray:
@@ -300,7 +315,9 @@ def rtstruct_masks(dataset, reference: Reference, path: str | os.PathLike) -> It
         for item in contours.get(int(roi.ROINumber), []):
             if str(item.get("ContourGeometricType", "")) != "CLOSED_PLANAR":
                 continue
-            points = np.asarray(item.ContourData, dtype=np.float64).reshape(-1, 3)
+            points = _contour_points(item)
+            if len(points) < 3:
+                continue
             k = slices.index(points, name, path)
             inside = _polygon(points, reference.slices[k])
             frames[k] = frames[k] ^ inside if k in frames else inside

@@ -15,8 +15,8 @@ level 0.5) on the zero-padded binary slice: a light pure-wheel dependency that
 returns closed, sub-pixel outlines which pass midway between inside and
 outside pixel centres, so rasterising them again (pixel centres, even-odd)
 gives back the very same pixels. rt-utils would pull OpenCV (a large binary)
-for the same job. Collinear points along pixel edges are dropped
-(``measure.approximate_polygon`` at 0.01 pixel), which keeps the outline.
+for the same job. Collinear points along straight runs are dropped, which
+keeps the outline exactly.
 
 The dataset is built with pydicom (highdicom has no RT support) following the
 RT Structure Set IOD (PS3.3 A.19) and written atomically.
@@ -76,12 +76,17 @@ def slice_contours(mask: np.ndarray) -> list[np.ndarray]:
     from skimage import measure
 
     padded = np.pad(mask.astype(np.float32), 1)
-    outlines = []
-    for contour in measure.find_contours(padded, 0.5):
-        simplified = measure.approximate_polygon(contour, tolerance=0.01) - 1.0
-        if len(simplified) > 3:  # closed: first point repeated at the end
-            outlines.append(simplified[:-1])
-    return outlines
+    return [_drop_collinear(contour[:-1] - 1.0)  # closed: the first point is repeated last
+            for contour in measure.find_contours(padded, 0.5) if len(contour) > 3]
+
+
+def _drop_collinear(points: np.ndarray) -> np.ndarray:
+    """The corners of a closed outline: points where the direction changes (same outline)."""
+    incoming = points - np.roll(points, 1, axis=0)
+    outgoing = np.roll(points, -1, axis=0) - points
+    cross = incoming[:, 0] * outgoing[:, 1] - incoming[:, 1] * outgoing[:, 0]
+    straight = (np.abs(cross) < 1e-9) & ((incoming * outgoing).sum(axis=1) > 0)
+    return points[~straight]
 
 
 def write_rtstruct(
@@ -228,6 +233,19 @@ def _add_rois(ds, sources: list, frames: np.ndarray, names: Mapping[int, str],
         ds.RTROIObservationsSequence.append(observation)
 
 
+_CONTOUR_DATA = 0x30060050
+
+
+def _raw_ds(tag: int, values: np.ndarray):
+    """A DS element as its encoded bytes (0.1 um steps); pydicom would build one DSfloat per
+    value, which takes minutes for the ~10^6 points of a noisy prediction."""
+    from pydicom.dataelem import RawDataElement
+
+    text = "\\".join(f"{v:.4f}".rstrip("0").rstrip(".") for v in values).encode("ascii")
+    text += b" " * (len(text) % 2)
+    return RawDataElement(tag, "DS", len(text), text, 0, False, True)
+
+
 def _contours(sources: list, masks: np.ndarray) -> list:
     """Contour items of one ROI: every outline on every slice, in LPS mm."""
     from pydicom.dataset import Dataset
@@ -243,7 +261,6 @@ def _contours(sources: list, masks: np.ndarray) -> list:
             item.ContourImageSequence = [_image_ref(source)]
             item.ContourGeometricType = "CLOSED_PLANAR"
             item.NumberOfContourPoints = len(points)
-            item.ContourNumber = len(items) + 1
-            item.ContourData = [f"{v:.4f}".rstrip("0").rstrip(".") for v in points.ravel()]
+            item[_CONTOUR_DATA] = _raw_ds(_CONTOUR_DATA, points.ravel())
             items.append(item)
     return items
