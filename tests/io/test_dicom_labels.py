@@ -183,3 +183,57 @@ def test_write_labels_dispatches_on_format(tmp_path):
         write_labels(labels, tmp_path / "x.dcm", {1: "box"})
     with pytest.raises(UsageError, match="did you mean 'rtstruct'"):
         write_labels(labels, tmp_path / "x.dcm", reference_files=files, dicom_format="rtstuct")
+
+
+# -- CLI and manifests --------------------------------------------------------------------------
+def test_cli_convert_labels_to_rtstruct_and_back(tmp_path):
+    from medseg.cli import main
+
+    series = read_volume(shared(MOCK))
+    array = np.zeros(series.spatial_shape, dtype=np.uint8)
+    array[300:340, 250:300, 1] = 2
+    write_volume(LabelMap(array, series.affine), tmp_path / "lab.nii.gz")
+    (tmp_path / "names.json").write_text(json.dumps({"2": "tumour"}))
+    rt_path, back = tmp_path / "lab.dcm", tmp_path / "back.nii.gz"
+    assert main(["convert", str(tmp_path / "lab.nii.gz"), "--reference", str(MOCK), str(rt_path),
+                 "--dicom-format", "rtstruct", "--label-names", str(tmp_path / "names.json")]) == 0
+    ds = pydicom.dcmread(rt_path)
+    assert ds.Modality == "RTSTRUCT" and ds.StructureSetROISequence[0].ROIName == "tumour"
+    assert main(["convert", str(rt_path), "--reference", str(MOCK), str(back)]) == 0
+    assert np.array_equal(read_volume(back).array, (array > 0).astype(np.uint8))
+
+
+def test_cli_convert_without_reference_is_a_usage_error(tmp_path, capsys):
+    from medseg.cli import main
+
+    assert main(["convert", str(shared(DCMQI / "liver.dcm")), str(tmp_path / "l.nii.gz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--reference SERIES_DIR" in err and len(err.splitlines()) == 1
+
+
+def test_cli_info_lists_segments_and_rois(capsys):
+    from medseg.cli import main
+
+    assert main(["info", str(shared(DCMQI / "partial_overlaps.dcm"))]) == 0
+    out = capsys.readouterr().out
+    for segment, name in ((1, "GREEN"), (2, "ORANGE"), (3, "PURPLE"), (4, "LIGHT_BLUE"),
+                          (5, "DARK_BLUE")):  # voxel counts from dcmqi's own NRRD exports
+        nrrd = {1: 1, 2: 2, 3: 3, 4: 1, 5: 1}[segment]
+        count = int((read_volume(DCMQI / f"partial_overlaps-{nrrd}.nrrd").array == segment).sum())
+        assert f"{segment:>3}  {name}" in out and f" {count}\n" in out
+    series = pydicom.dcmread(DCMQI / "partial_overlaps.dcm").ReferencedSeriesSequence[0]
+    assert str(series.SeriesInstanceUID) in out
+    assert main(["info", str(MOCK / "invalid_reference_rt.dcm")]) == 0
+    out = capsys.readouterr().out
+    assert "RTSTRUCT, 4 ROIs" in out and out.count("ROI-") == 4
+
+
+def test_manifest_case_with_an_rtstruct_label(tmp_path):
+    from medseg.data.manifest import load_manifest, read_case, validate_manifest
+
+    (tmp_path / "cases.csv").write_text(f"image,label\n{shared(MOCK)},{MOCK / 'rt.dcm'}\n")
+    manifest = load_manifest(tmp_path / "cases.csv")
+    image, label = read_case(manifest.cases[0])
+    assert label.same_grid(image) and label.meta["label_names"] == {1: "ROI-1"}
+    assert np.array_equal(label.array, read_labels(MOCK / "rt.dcm", reference=MOCK).array)
+    assert validate_manifest(manifest) == []
