@@ -4,10 +4,10 @@
 ``input`` is an image file, a DICOM series folder, a folder of image files (or
 of DICOM series folders), or a manifest (MSD ``dataset.json``: its ``test``
 cases, else its training cases; ``.csv`` with an ``image`` column), listed and
-read by :mod:`medseg.io.cases`. ``output``
-is a file for a single case (``.nii.gz`` ..., or ``.dcm`` for a DICOM-SEG or,
-with ``dicom_format="rtstruct"``, an RTSTRUCT of a DICOM input) or a folder (``<case>.nii.gz`` per case). Under ``torchrun`` the
-cases are shared out by rank (:class:`medseg.runtime.Runtime` reads the
+read by :mod:`medseg.io.cases`. ``output`` is a file for a single case
+(``.nii.gz`` ..., or ``.dcm`` for a DICOM-SEG or, with ``dicom_format="rtstruct"``,
+an RTSTRUCT of a DICOM input) or a folder (``<case>.nii.gz`` per case). Under
+``torchrun`` the cases are shared out by rank (:class:`medseg.runtime.Runtime` reads the
 environment): case ``i`` goes to rank ``i % WORLD_SIZE``, and each rank uses
 ``cuda:LOCAL_RANK`` on GPUs; no process group is needed.
 """

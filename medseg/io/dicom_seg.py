@@ -31,7 +31,8 @@ from medseg.io.atomic import atomic_path
 from medseg.volume import Volume
 
 __all__ = [
-    "write_dicom_seg", "frames_for_sources", "frame_indices", "frame_steps", "slice_pixel_to_lps", "read_sources",
+    "write_dicom_seg", "frames_for_sources", "frame_indices", "frame_steps", "label_frames",
+    "slice_pixel_to_lps", "read_sources",
 ]
 
 log = logging.getLogger(__name__)
@@ -145,6 +146,27 @@ def frames_for_sources(
     names = list(paths) if paths is not None else [""] * len(sources)
     frames = [labels.array[frame_indices(labels, ds, name)] for ds, name in zip(sources, names)]
     return np.stack(frames)
+
+
+def label_frames(labels: Volume, source_files: Sequence[str | os.PathLike],
+                 out_path: str | os.PathLike, what: str) -> tuple[list, np.ndarray, list[int]]:
+    """What a derived object (``what``: DICOM-SEG, RTSTRUCT) of ``labels`` is made of.
+
+    Returns the source slice headers (:func:`read_sources`), the label frames
+    aligned with them (:func:`frames_for_sources`) and the non-zero label values
+    present, ascending. DataError naming ``out_path`` for a non-integer map or one
+    without foreground.
+    """
+    array = np.asarray(labels.array)
+    if not np.issubdtype(array.dtype, np.integer):
+        raise DataError(f"label map must hold integers, got dtype {array.dtype}", out_path)
+    sources, paths = read_sources(source_files, what)
+    frames = frames_for_sources(labels, sources, paths)
+    values = [int(v) for v in np.unique(frames) if v > 0]
+    if not values:
+        raise DataError(f"the prediction has no foreground label: a {what} needs at least one "
+                        "labelled voxel", out_path)
+    return sources, frames, values
 
 
 def _derived_uid(kind: str, seeds: Sequence[str]) -> str:
@@ -266,15 +288,7 @@ def write_dicom_seg(
     """
     from medseg import __version__
 
-    array = np.asarray(labels.array)
-    if not np.issubdtype(array.dtype, np.integer):
-        raise DataError(f"label map must hold integers, got dtype {array.dtype}", out_path)
-    sources, paths = read_sources(source_files)
-    frames = frames_for_sources(labels, sources, paths)
-    values = [int(v) for v in np.unique(frames) if v > 0]
-    if not values:
-        raise DataError("the prediction has no foreground label: a DICOM-SEG needs at least "
-                        "one segment", out_path)
+    sources, frames, values = label_frames(labels, source_files, out_path, "DICOM-SEG")
     lut = np.zeros(int(frames.max()) + 1, dtype=np.uint16 if len(values) > 255 else np.uint8)
     lut[values] = np.arange(1, len(values) + 1)
     with _quiet("highdicom"):

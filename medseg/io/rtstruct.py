@@ -33,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.errors import DataError, ImageWriteError
+from medseg.errors import ImageWriteError
 from medseg.io.atomic import atomic_path
-from medseg.io.dicom_seg import frames_for_sources, read_sources, slice_pixel_to_lps
+from medseg.io.dicom_seg import label_frames, slice_pixel_to_lps
 from medseg.volume import Volume
 
 __all__ = ["write_rtstruct", "slice_contours", "roi_colour", "RTSTRUCT_SOP_CLASS"]
@@ -101,37 +101,18 @@ def write_rtstruct(
 ) -> Path:
     """Write ``labels`` as an RT Structure Set referencing the source series.
 
-    Parameters
-    ----------
-    labels : integer label map, Volume (x, y, z) with RAS+ mm affine, on the grid of
-        the DICOM series (as ``predict`` returns for ``read_volume(folder)``).
-    source_files : the series' single-frame slice files (any order).
-    out_path : destination ``.dcm``; written atomically.
-    label_names : label value -> ROI Name; missing names become ``label_<v>``. Named
-        labels without voxels are left out with a warning.
-    algorithm_name : ROI Generation Description and Manufacturer Model Name.
-    series_description, series_number : of the new RTSTRUCT series.
-
-    Returns
-    -------
-    The written path. ROI ``n`` holds the ``n``-th smallest non-zero label value present.
-
-    Raises
-    ------
-    GeometryError if the label grid is not the series' grid; DataError if the map has
-    no foreground, is not integer, or a slice lacks geometry/UIDs; ImageWriteError if
-    the file cannot be written.
+    ``labels``, ``source_files`` and ``out_path`` are as for
+    :func:`medseg.io.dicom_seg.write_dicom_seg` (a label map on the series' grid, the
+    series' slice files, a ``.dcm`` written atomically), and so are the errors
+    (GeometryError off the grid; DataError without foreground, for a non-integer map
+    or a slice without geometry/UIDs; ImageWriteError). ``label_names`` gives each ROI
+    Name (``label_<v>`` where missing; named labels without voxels are left out with a
+    warning); ``algorithm_name`` the ROI Generation Description; ``series_description``
+    and ``series_number`` describe the new series. ROI ``n`` holds the ``n``-th
+    smallest non-zero label value present. Returns the written path.
     """
-    array = np.asarray(labels.array)
-    if not np.issubdtype(array.dtype, np.integer):
-        raise DataError(f"label map must hold integers, got dtype {array.dtype}", out_path)
-    sources, paths = read_sources(source_files, "RTSTRUCT")
-    frames = frames_for_sources(labels, sources, paths)
-    values = [int(v) for v in np.unique(frames) if v > 0]
+    sources, frames, values = label_frames(labels, source_files, out_path, "RTSTRUCT")
     _warn_empty(label_names, values, out_path)
-    if not values:
-        raise DataError("the label map has no foreground label: an RTSTRUCT needs at least "
-                        "one ROI", out_path)
     names = {v: str(label_names.get(v, f"label_{v}"))[:64] for v in values}
     dataset = _structure_set(sources, series_description, series_number, algorithm_name)
     _add_rois(dataset, sources, frames, names, algorithm_name)
@@ -165,7 +146,8 @@ def _structure_set(sources: list, description: str, number: int, algorithm: str)
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 192"
     ds.SOPClassUID, ds.SOPInstanceUID = RTSTRUCT_SOP_CLASS, generate_uid()
-    ds.InstanceCreationDate, ds.InstanceCreationTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    ds.InstanceCreationDate = now.strftime("%Y%m%d")
+    ds.InstanceCreationTime = now.strftime("%H%M%S")
     for keyword in _COPIED:
         setattr(ds, keyword, first.get(keyword, ""))
     ds.Modality, ds.SeriesInstanceUID = "RTSTRUCT", generate_uid()

@@ -161,7 +161,8 @@ def test_image_label_files_are_checked_integers(tmp_path):
     affine = np.diag([2.0, 2.0, 3.0, 1.0])
     write_volume(Volume(np.full((4, 4, 3), 2.0, np.float32), affine), tmp_path / "f.nii.gz")
     labels = read_labels(tmp_path / "f.nii.gz")
-    assert isinstance(labels, LabelMap) and labels.array.dtype == np.uint8 and labels.array.max() == 2
+    assert isinstance(labels, LabelMap) and labels.array.dtype == np.uint8
+    assert labels.array.max() == 2
     write_volume(Volume(np.full((4, 4, 3), 0.5, np.float32), affine), tmp_path / "h.nii.gz")
     with pytest.raises(DataError, match=r"h\.nii\.gz: a label map holds integers"):
         read_labels(tmp_path / "h.nii.gz")
