@@ -17,7 +17,8 @@ MAX_LABELS = 256
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", help="image file (.nii.gz, .nrrd, .mha, ...) or DICOM folder")
+    parser.add_argument("path", help="image file (.nii.gz, .nrrd, .mha, ...), DICOM folder, or "
+                                     "a DICOM-SEG / RTSTRUCT file")
     parser.add_argument("--series", metavar="UID", help="SeriesInstanceUID in a DICOM folder")
     parser.add_argument("--no-tilt", dest="tilt", action="store_false",
                         help="refuse a gantry-tilted DICOM series instead of resampling it")
@@ -25,9 +26,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from medseg.io import read_volume
+    from medseg.io.dicom_labels import dicom_label_kind
 
+    kind = dicom_label_kind(args.path)
+    if kind is not None:
+        print(describe_dicom_labels(args.path, kind))
+        return 0
     print(describe(read_volume(args.path, series=args.series, tilt=args.tilt), args.path))
     return 0
+
+
+def describe_dicom_labels(path: str | os.PathLike, kind: str) -> str:
+    """Segments of a DICOM-SEG (``kind="seg"``) or ROIs of an RTSTRUCT, one line each.
+
+    Columns: the label value :func:`medseg.io.labels.read_labels` gives it, the
+    name, and the foreground pixels over all frames (SEG) or the contours (RTSTRUCT);
+    then the referenced series.
+    """
+    from medseg.io.dicom_labels import read_dicom, summarise
+
+    entries, series = summarise(read_dicom(path), kind)
+    what, count = ("DICOM-SEG", "voxels") if kind == "seg" else ("RTSTRUCT", "contours")
+    lines = [f"{os.fspath(path)}", f"  type         {what}, {len(entries)} "
+             f"{'segments' if kind == 'seg' else 'ROIs'}: label, name, {count}"]
+    width = max((len(e.name) for e in entries), default=4)
+    lines += [f"    {e.label:>3}  {e.name:<{width}}  {e.count:>10d}" for e in entries]
+    lines += [f"  series UID   {uid} (referenced)" for uid in series or ["<none referenced>"]]
+    return "\n".join(lines)
 
 
 def describe(volume: Volume, path: str | os.PathLike) -> str:

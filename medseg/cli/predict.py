@@ -3,9 +3,10 @@
 ``IN`` is an image file, a DICOM series folder, a folder of image files (or of
 DICOM series folders), or a manifest (MSD ``dataset.json``: its ``test`` cases,
 else its training cases; ``.csv`` with an ``image`` column). ``OUT`` is a file
-for a single case (``.nii.gz`` ..., or ``.dcm`` for a DICOM-SEG of a DICOM
-input) or a folder (``<case>.nii.gz`` per case). Under ``torchrun`` the cases
-are shared out by rank: case ``i`` goes to rank ``i % WORLD_SIZE``.
+for a single case (``.nii.gz`` ..., or ``.dcm`` for a DICOM-SEG, or an RTSTRUCT
+with ``--dicom-format rtstruct``, of a DICOM input) or a folder
+(``<case>.nii.gz`` per case). Under ``torchrun`` the cases are shared out by
+rank: case ``i`` goes to rank ``i % WORLD_SIZE``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-i", "--input", required=True, type=Path, metavar="IN",
                         help="image file, DICOM folder, folder of images, or manifest (.json/.csv)")
     parser.add_argument("-o", "--output", required=True, type=Path, metavar="OUT",
-                        help="output file (one case; .dcm = DICOM-SEG for DICOM input) or folder")
+                        help="output file (one case; .dcm = DICOM-SEG / RTSTRUCT for DICOM input) "
+                             "or folder")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument("--overlap", type=float, default=None,
                         help="sliding-window overlap in [0, 1) (default: the checkpoint's)")
@@ -50,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="when the checkpoint resamples the image: bring the label map "
                              "back by interpolating class probabilities (linear, default, as "
                              "nnU-Net) or by nearest neighbour (faster, blocky)")
+    parser.add_argument("--dicom-format", choices=["seg", "rtstruct"], default="seg",
+                        help="what a .dcm output is: DICOM-SEG (default) or RTSTRUCT")
     parser.add_argument("--series", default=None, metavar="UID",
                         help="Series Instance UID to read when a DICOM folder holds several")
     parser.add_argument("--no-tilt", dest="tilt", action="store_false",
@@ -59,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from medseg.inference.batch import predict_cases
+    from medseg.inference.batch import CaseFiles, predict_cases
     from medseg.inference.predict import PredictOptions
     from medseg.runtime import Runtime
 
@@ -69,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         keep_largest=args.keep_largest, save_probabilities=args.save_probabilities,
         label_interp=args.label_interp, progress=sys.stderr.isatty() and not args.quiet,
     )
-    predict_cases(args.model, args.input, args.output, options, runtime, preview=args.preview,
-                  series=args.series, tilt=args.tilt)
+    files = CaseFiles(series=args.series, tilt=args.tilt, preview=args.preview,
+                      dicom_format=args.dicom_format)
+    predict_cases(args.model, args.input, args.output, options, runtime, files)
     return 0

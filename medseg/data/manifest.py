@@ -43,6 +43,7 @@ __all__ = [
     "Problem",
     "load_manifest",
     "read_case",
+    "read_case_label",
     "split_train_val",
     "validate_manifest",
 ]
@@ -243,10 +244,19 @@ def read_case(case: Case) -> tuple[Volume, Volume | None]:
     The image is read by :func:`medseg.io.cases.read_case_image` (several
     channel files must share one grid, else GeometryError naming the file).
     """
-    from medseg.io import read_volume
-
     image = read_case_image(case)
-    return image, None if case.label is None else read_volume(case.label)
+    return image, None if case.label is None else read_case_label(case)
+
+
+def read_case_label(case: Case) -> Volume:
+    """The label map of ``case``: its label file, or a DICOM-SEG / RTSTRUCT read onto the
+    case's image (a DICOM series folder) as reference (:func:`medseg.io.labels.read_labels`)."""
+    from medseg.io import read_volume
+    from medseg.io.labels import is_dicom_labels, read_labels
+
+    if case.label is not None and is_dicom_labels(case.label):
+        return read_labels(case.label, reference=case.images[0])
+    return read_volume(case.label)
 
 
 def validate_manifest(manifest: Manifest) -> list[Problem]:
@@ -268,7 +278,7 @@ def _check_case(case: Case, manifest: Manifest) -> list[Problem]:
     folder = manifest.path.parent
     found = []
     for path in [*case.images, *([case.label] if case.label else [])]:
-        if not path.is_file():
+        if not path.exists():
             found.append(Problem(case.case_id, path, "file does not exist",
                                  f"correct the path in {manifest.path.name} (relative paths are "
                                  f"resolved against {folder}) or add the file"))
@@ -277,7 +287,7 @@ def _check_case(case: Case, manifest: Manifest) -> list[Problem]:
     vols: dict[Path, Volume] = {}
     for path in [*case.images, *([case.label] if case.label else [])]:
         try:
-            vols[path] = read_volume(path)
+            vols[path] = read_case_label(case) if path == case.label else read_volume(path)
         except MedsegError as exc:
             found.append(Problem(case.case_id, path, f"cannot be read: {exc.message}",
                                  "re-export it as NIfTI (.nii.gz), NRRD or MHA, or replace it"))

@@ -4,10 +4,10 @@
 ``input`` is an image file, a DICOM series folder, a folder of image files (or
 of DICOM series folders), or a manifest (MSD ``dataset.json``: its ``test``
 cases, else its training cases; ``.csv`` with an ``image`` column), listed and
-read by :mod:`medseg.io.cases`. ``output``
-is a file for a single case (``.nii.gz`` ..., or ``.dcm`` for a DICOM-SEG of a
-DICOM input) or a folder (``<case>.nii.gz`` per case). Under ``torchrun`` the
-cases are shared out by rank (:class:`medseg.runtime.Runtime` reads the
+read by :mod:`medseg.io.cases`. ``output`` is a file for a single case
+(``.nii.gz`` ..., or ``.dcm`` for a DICOM-SEG or, with ``dicom_format="rtstruct"``,
+an RTSTRUCT of a DICOM input) or a folder (``<case>.nii.gz`` per case). Under
+``torchrun`` the cases are shared out by rank (:class:`medseg.runtime.Runtime` reads the
 environment): case ``i`` goes to rank ``i % WORLD_SIZE``, and each rank uses
 ``cuda:LOCAL_RANK`` on GPUs; no process group is needed.
 """
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from medseg.runtime import Runtime
     from medseg.volume import Volume
 
-__all__ = ["CaseOutputs", "shard_cases", "outputs_for", "predict_cases"]
+__all__ = ["CaseFiles", "CaseOutputs", "shard_cases", "outputs_for", "predict_cases"]
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,8 @@ def _prepare_output(out: Path, cases: Sequence[Case]) -> bool:
         raise UsageError(f"{out}: output is a file but the input holds {len(cases)} cases; "
                          "give an output folder")
     if out.suffix.lower() == ".dcm" and not cases[0].is_dicom:
-        raise UsageError(f"{out}: a DICOM-SEG (.dcm) output needs a DICOM series as input, got "
-                         f"{cases[0].images[0]}")
+        raise UsageError(f"{out}: a DICOM-SEG / RTSTRUCT (.dcm) output needs a DICOM series as "
+                         f"input, got {cases[0].images[0]}")
     folder = out.parent if file_mode else out
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -108,25 +108,51 @@ def _all_or_nothing() -> Iterator[list[Path]]:
 
 
 # -- running ---------------------------------------------------------------------------------
-def _write_case(image: Volume, result: Prediction, outputs: CaseOutputs, preview: bool,
+@dataclass(frozen=True)
+class CaseFiles:
+    """How :func:`predict_cases` reads the cases and what it writes beside the labels.
+
+    Attributes
+    ----------
+    series : SeriesInstanceUID to read when a DICOM folder holds several series.
+    tilt : resample a gantry-tilted DICOM series onto an orthogonal grid (True, with a
+        warning) or refuse it (False, ``--no-tilt``).
+    preview : also write ``<case>_preview.png`` overlays.
+    dicom_format : what a ``.dcm`` output is: ``"seg"`` (DICOM-SEG) or ``"rtstruct"``.
+    """
+
+    series: str | None = None
+    tilt: bool = True
+    preview: bool = False
+    dicom_format: str = "seg"
+
+    def __post_init__(self) -> None:
+        from medseg.errors import check_option
+        from medseg.io.labels import DICOM_FORMATS
+
+        check_option(self.dicom_format, DICOM_FORMATS, "DICOM format")
+
+
+def _write_case(image: Volume, result: Prediction, outputs: CaseOutputs, files: CaseFiles,
                 label_names: Mapping[int, str], algorithm: str) -> None:
-    """Write one case's outputs; on any failure none of them is left behind."""
+    """Write one case's outputs; on any failure none of them is left behind.
+
+    The label map goes through :func:`medseg.io.labels.write_labels`: an image file, or
+    for ``.dcm`` a DICOM-SEG / RTSTRUCT (``files.dicom_format``) referencing the input series.
+    """
     from medseg.io import write_volume
+    from medseg.io.labels import write_labels
 
     with _all_or_nothing() as written:
         if result.probabilities is not None:
             write_volume(result.probabilities, outputs.probabilities)
             written.append(outputs.probabilities)
-        if preview:
+        if files.preview:
             _write_preview(image, result.labels, outputs.preview, label_names)
             written.append(outputs.preview)
-        if outputs.prediction.suffix.lower() == ".dcm":
-            from medseg.io.dicom_seg import write_dicom_seg
-
-            write_dicom_seg(result.labels, image.meta["dicom_files"], outputs.prediction,
-                            label_names, algorithm_name=algorithm)
-        else:
-            write_volume(result.labels, outputs.prediction)
+        write_labels(result.labels, outputs.prediction, label_names,
+                     reference_files=image.meta.get("dicom_files"),
+                     dicom_format=files.dicom_format, algorithm_name=algorithm)
         written.append(outputs.prediction)
 
 
@@ -154,10 +180,7 @@ def predict_cases(
     output: str | os.PathLike,
     options: PredictOptions | None = None,
     runtime: Runtime | None = None,
-    *,
-    preview: bool = False,
-    series: str | None = None,
-    tilt: bool = True,
+    files: CaseFiles | None = None,
 ) -> list[CaseOutputs]:
     """Predict every case of ``input_path`` (this rank's share under torchrun) into ``output``.
 
@@ -168,9 +191,7 @@ def predict_cases(
     options : :class:`~medseg.inference.predict.PredictOptions` of every case.
     runtime : device, precision and torchrun rank (default ``Runtime.resolve("auto")``);
         under torchrun each rank predicts cases ``rank::world_size`` on its own GPU.
-    preview : also write ``<case>_preview.png`` overlays.
-    series : SeriesInstanceUID to read when a DICOM folder holds several series.
-    tilt : resample a gantry-tilted DICOM series (True, with a warning) or refuse it.
+    files : :class:`CaseFiles` (DICOM series and tilt, preview, DICOM output format).
 
     Returns the outputs this rank wrote.
     """
@@ -178,6 +199,7 @@ def predict_cases(
     from medseg.inference.predict import PredictOptions, predict_case
     from medseg.runtime import Runtime
 
+    files = files or CaseFiles()
     runtime = runtime or Runtime.resolve("auto")
     options = options or PredictOptions(progress=sys.stderr.isatty())
     output = Path(output)
@@ -190,10 +212,10 @@ def predict_cases(
              len(cases), runtime)
     written = []
     for case in _cases_progress(mine, runtime.rank):
-        image = read_case_image(case, series, tilt=tilt)
+        image = read_case_image(case, files.series, tilt=files.tilt)
         result = predict_case(loaded, image, options, runtime)
         outputs = outputs_for(case, output, file_mode)
-        _write_case(image, result, outputs, preview, loaded.card.labels, algorithm)
+        _write_case(image, result, outputs, files, loaded.card.labels, algorithm)
         log.info("%s -> %s", case.case_id, outputs.prediction)
         written.append(outputs)
     return written

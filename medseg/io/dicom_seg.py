@@ -30,7 +30,10 @@ from medseg.errors import DataError, GeometryError, ImageReadError, ImageWriteEr
 from medseg.io.atomic import atomic_path
 from medseg.volume import Volume
 
-__all__ = ["write_dicom_seg", "frames_for_sources", "slice_pixel_to_lps"]
+__all__ = [
+    "write_dicom_seg", "frames_for_sources", "frame_indices", "frame_steps", "label_frames",
+    "slice_pixel_to_lps", "read_sources",
+]
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +81,15 @@ def _unit_step(step: np.ndarray, what: str, path: str) -> np.ndarray:
     return rounded.astype(np.int64)
 
 
-def _frame_indices(labels: Volume, dataset, path: str) -> tuple[np.ndarray, ...]:
-    """(rows, cols) index arrays into ``labels.array`` (x, y, z) for one source slice."""
+def frame_steps(labels: Volume, dataset, path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where one image plane lies in ``labels``: voxel of pixel (0, 0), voxel step per row and
+    per column (each +-1 along one axis), all (3,) int in (x, y, z).
+
+    ``dataset`` is anything with the tags of one image plane (Rows, Columns,
+    PixelSpacing, Image Position / Orientation (Patient)): a source slice, or a
+    DICOM-SEG frame's plane. GeometryError if the plane is not on the grid of
+    ``labels`` or reaches outside it.
+    """
     rows, cols = int(dataset.Rows), int(dataset.Columns)
     origin, step_row, step_col = slice_pixel_to_lps(dataset)
     start = _lps_to_voxel(labels.affine, origin)
@@ -92,17 +102,26 @@ def _frame_indices(labels: Volume, dataset, path: str) -> tuple[np.ndarray, ...]
         )
     d_row = _unit_step(_lps_to_voxel(labels.affine, step_row, vectors=True), "row", path)
     d_col = _unit_step(_lps_to_voxel(labels.affine, step_col, vectors=True), "column", path)
-    r = np.arange(rows)[:, None, None]
-    c = np.arange(cols)[None, :, None]
-    index = start_int.astype(np.int64)[None, None, :] + r * d_row + c * d_col  # (rows, cols, 3)
+    first = start_int.astype(np.int64)
+    corners = np.stack([first + r * d_row + c * d_col
+                        for r in (0, rows - 1) for c in (0, cols - 1)])
     shape = np.asarray(labels.spatial_shape)
-    corners = index[[0, 0, -1, -1], [0, -1, 0, -1]]
     if (corners < 0).any() or (corners >= shape).any():
         raise GeometryError(
             f"slice of {rows}x{cols} pixels reaches label voxels {corners.tolist()} outside the "
             f"label grid of shape {tuple(shape)}",
             path,
         )
+    return first, d_row, d_col
+
+
+def frame_indices(labels: Volume, dataset, path: str) -> tuple[np.ndarray, ...]:
+    """(rows, cols) index arrays into ``labels.array`` (x, y, z) for one image plane
+    (see :func:`frame_steps`)."""
+    first, d_row, d_col = frame_steps(labels, dataset, path)
+    r = np.arange(int(dataset.Rows))[:, None, None]
+    c = np.arange(int(dataset.Columns))[None, :, None]
+    index = first[None, None, :] + r * d_row + c * d_col  # (rows, cols, 3)
     return index[..., 0], index[..., 1], index[..., 2]
 
 
@@ -125,8 +144,29 @@ def frames_for_sources(
     if labels.has_channels:
         raise GeometryError(f"a label map is (x, y, z), got shape {labels.shape}")
     names = list(paths) if paths is not None else [""] * len(sources)
-    frames = [labels.array[_frame_indices(labels, ds, name)] for ds, name in zip(sources, names)]
+    frames = [labels.array[frame_indices(labels, ds, name)] for ds, name in zip(sources, names)]
     return np.stack(frames)
+
+
+def label_frames(labels: Volume, source_files: Sequence[str | os.PathLike],
+                 out_path: str | os.PathLike, what: str) -> tuple[list, np.ndarray, list[int]]:
+    """What a derived object (``what``: DICOM-SEG, RTSTRUCT) of ``labels`` is made of.
+
+    Returns the source slice headers (:func:`read_sources`), the label frames
+    aligned with them (:func:`frames_for_sources`) and the non-zero label values
+    present, ascending. DataError naming ``out_path`` for a non-integer map or one
+    without foreground.
+    """
+    array = np.asarray(labels.array)
+    if not np.issubdtype(array.dtype, np.integer):
+        raise DataError(f"label map must hold integers, got dtype {array.dtype}", out_path)
+    sources, paths = read_sources(source_files, what)
+    frames = frames_for_sources(labels, sources, paths)
+    values = [int(v) for v in np.unique(frames) if v > 0]
+    if not values:
+        raise DataError(f"the prediction has no foreground label: a {what} needs at least one "
+                        "labelled voxel", out_path)
+    return sources, frames, values
 
 
 def _derived_uid(kind: str, seeds: Sequence[str]) -> str:
@@ -136,7 +176,7 @@ def _derived_uid(kind: str, seeds: Sequence[str]) -> str:
     return str(generate_uid(entropy_srcs=[kind, *seeds]))
 
 
-def _fill_missing_uids(sources: list, paths: Sequence[str]) -> None:
+def _fill_missing_uids(sources: list, paths: Sequence[str], what: str) -> None:
     """Give anonymised sources (blank UIDs) the UIDs highdicom needs, in memory only.
 
     SOP Class / Instance UIDs come from each file's meta header; blank Study /
@@ -158,19 +198,25 @@ def _fill_missing_uids(sources: list, paths: Sequence[str]) -> None:
         values = {str(ds.get(keyword, "")) for ds in sources}
         if values == {""}:
             uid = _derived_uid(keyword, sorted(instance_uids))
-            log.warning("%s: source series has a blank %s (anonymised?); the DICOM-SEG "
-                        "references the derived UID %s", Path(paths[0]).parent, keyword, uid)
+            log.warning("%s: source series has a blank %s (anonymised?); the %s "
+                        "references the derived UID %s", Path(paths[0]).parent, keyword, what, uid)
             for ds in sources:
                 setattr(ds, keyword, uid)
 
 
-def _read_sources(source_files: Sequence[str | os.PathLike]) -> tuple[list, list[str]]:
+def read_sources(source_files: Sequence[str | os.PathLike], what: str = "DICOM-SEG"
+                 ) -> tuple[list, list[str]]:
+    """Headers (pixels skipped) of the source slices a derived object (``what``) references.
+
+    Blank UIDs are filled in memory (:func:`_fill_missing_uids`); returns the
+    datasets and their paths. ImageReadError / DataError name the bad file.
+    """
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     paths = [os.fspath(p) for p in source_files]
     if not paths:
-        raise DataError("no source DICOM files given for the DICOM-SEG")
+        raise DataError(f"no source DICOM files given for the {what}")
     sources = []
     for path in paths:
         try:
@@ -180,7 +226,7 @@ def _read_sources(source_files: Sequence[str | os.PathLike]) -> tuple[list, list
         geometry_tags = ("ImagePositionPatient", "ImageOrientationPatient")
         if any(tag not in sources[-1] for tag in geometry_tags):
             raise DataError("DICOM slice lacks Image Position/Orientation (Patient)", path)
-    _fill_missing_uids(sources, paths)
+    _fill_missing_uids(sources, paths, what)
     return sources, paths
 
 
@@ -242,15 +288,7 @@ def write_dicom_seg(
     """
     from medseg import __version__
 
-    array = np.asarray(labels.array)
-    if not np.issubdtype(array.dtype, np.integer):
-        raise DataError(f"label map must hold integers, got dtype {array.dtype}", out_path)
-    sources, paths = _read_sources(source_files)
-    frames = frames_for_sources(labels, sources, paths)
-    values = [int(v) for v in np.unique(frames) if v > 0]
-    if not values:
-        raise DataError("the prediction has no foreground label: a DICOM-SEG needs at least "
-                        "one segment", out_path)
+    sources, frames, values = label_frames(labels, source_files, out_path, "DICOM-SEG")
     lut = np.zeros(int(frames.max()) + 1, dtype=np.uint16 if len(values) > 255 else np.uint8)
     lut[values] = np.arange(1, len(values) + 1)
     with _quiet("highdicom"):

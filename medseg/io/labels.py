@@ -1,0 +1,188 @@
+"""Label maps in and out, whatever the format: NIfTI / NRRD / MHA, DICOM-SEG, RTSTRUCT.
+
+* :func:`read_labels` gives a :class:`~medseg.volume.LabelMap` (x, y, z) with
+  ``meta["label_names"]`` (value -> name). An image file is read as it is
+  (integer values required); a DICOM-SEG or RTSTRUCT is turned into a label map
+  on the grid of its ``reference`` series (:mod:`medseg.io.dicom_labels`), label
+  value = Segment Number / position in the ROI list, names from the Segment
+  Labels / ROI Names.
+* :func:`write_labels` writes a label map to an image file, or to a ``.dcm``
+  DICOM-SEG / RTSTRUCT referencing the series it was predicted on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from medseg.errors import DataError, UsageError, check_option
+from medseg.volume import LabelMap, Volume
+
+__all__ = ["read_labels", "write_labels", "as_label_map", "merge_masks", "is_dicom_labels",
+           "OVERLAP_POLICIES", "DICOM_FORMATS"]
+
+log = logging.getLogger(__name__)
+
+#: What :func:`read_labels` does where segments / ROIs overlap: refuse, or keep the
+#: first (earlier segment / ROI) or the last one.
+OVERLAP_POLICIES = ("error", "first", "last")
+#: The DICOM objects :func:`write_labels` writes for a ``.dcm`` path.
+DICOM_FORMATS = ("seg", "rtstruct")
+_WHAT = {"seg": "segments", "rtstruct": "ROIs"}
+
+
+def is_dicom_labels(path: str | os.PathLike) -> bool:
+    """True for a DICOM-SEG or RTSTRUCT file (read from its header, not its name)."""
+    from medseg.io.dicom_labels import dicom_label_kind
+
+    return dicom_label_kind(path) is not None
+
+
+def read_labels(
+    path: str | os.PathLike,
+    reference: str | os.PathLike | None = None,
+    overlap: str = "error",
+) -> LabelMap:
+    """Read a label map from an image file, a DICOM-SEG or an RTSTRUCT.
+
+    Parameters
+    ----------
+    path : ``.nii.gz`` / ``.nrrd`` / ``.mha`` ... label file, or a DICOM-SEG / RTSTRUCT file.
+    reference : the DICOM series folder a SEG / RTSTRUCT was drawn on (required for
+        those, ignored for image files); the result is on its grid.
+    overlap : where segments / ROIs overlap: ``"error"`` (default) refuses, naming
+        them; ``"first"`` keeps the earlier segment / ROI; ``"last"`` the later one.
+
+    Returns
+    -------
+    LabelMap (x, y, z), RAS+ mm affine (for a SEG / RTSTRUCT: the reference's shape and
+    affine), uint8 (uint16 above 255 labels); ``meta["label_names"]`` is value -> name
+    (empty for image files), ``meta["source"]`` the path.
+
+    Raises
+    ------
+    UsageError : a SEG / RTSTRUCT without ``reference``; an unknown ``overlap``.
+    DataError : non-integer or negative values; overlapping segments / ROIs with
+        ``overlap="error"``; a reference that does not match (another frame of
+        reference, referenced images missing, contours or frames on no slice).
+    ImageReadError, GeometryError : as :func:`medseg.io.read_volume` for unreadable files.
+    """
+    from medseg.io import dicom_labels
+
+    check_option(overlap, OVERLAP_POLICIES, "overlap policy")
+    kind = dicom_labels.dicom_label_kind(path)
+    if kind is None:
+        from medseg.io import read_volume
+
+        labels = as_label_map(read_volume(path, channels=False), path)
+        labels.meta["label_names"] = {}
+        return labels
+    what = "a DICOM-SEG" if kind == "seg" else "an RTSTRUCT"
+    if reference is None:
+        raise UsageError(f"is {what}: reading it as labels needs the image series it was "
+                         "drawn on, give --reference SERIES_DIR (reference= in Python)", path)
+    ref = dicom_labels.Reference.load(reference)
+    dataset = dicom_labels.read_dicom(path)
+    reader = dicom_labels.seg_masks if kind == "seg" else dicom_labels.rtstruct_masks
+    array, names = merge_masks(reader(dataset, ref, path), ref.volume.spatial_shape, overlap,
+                               path, _WHAT[kind])
+    meta = {"source": os.fspath(path), "format": kind, "label_names": names,
+            "reference": os.fspath(reference), "series_uid": ref.volume.meta.get("series_uid")}
+    return LabelMap(array, ref.volume.affine, meta)
+
+
+def merge_masks(
+    masks: Iterable[tuple[int, str, np.ndarray]],
+    shape: Sequence[int],
+    overlap: str,
+    path: str | os.PathLike,
+    what: str = "segments",
+) -> tuple[np.ndarray, dict[int, str]]:
+    """One label map from ``(value, name, mask)`` triples, in their order.
+
+    Parameters
+    ----------
+    masks : label value (> 0), name and (x, y, z) bool mask of each segment / ROI.
+    shape : (x, y, z) voxels of the result.
+    overlap : ``"error"``, ``"first"`` (earlier masks win) or ``"last"`` (later masks win).
+    path, what : the file and what its masks are called, for the overlap error.
+
+    Returns
+    -------
+    (x, y, z) integer array (:func:`medseg.argmax.label_dtype`) and value -> name.
+    """
+    from medseg.argmax import label_dtype
+
+    labels = np.zeros(tuple(shape), dtype=np.uint16)
+    names: dict[int, str] = {}
+    for value, name, mask in masks:
+        taken = mask & (labels != 0)
+        if taken.any() and overlap == "error":
+            other = int(np.bincount(labels[taken]).argmax())
+            raise DataError(f"{what} {names[other]!r} ({other}) and {name!r} ({value}) overlap in "
+                            f"{int(taken.sum())} voxels: a label map holds one label per voxel, "
+                            "choose which wins with --overlap first|last (overlap= in Python)",
+                            path)
+        labels[mask & ~taken if overlap == "first" else mask] = value
+        names[value] = name
+    top = max(names, default=0)
+    return labels.astype(label_dtype(top + 1), copy=False), names
+
+
+def as_label_map(volume: Volume, path: str | os.PathLike) -> LabelMap:
+    """``volume`` as a LabelMap of :func:`medseg.argmax.label_dtype` (label files are often
+    stored as floats); DataError naming ``path`` for negative or non-integer values."""
+    from medseg.argmax import label_dtype
+
+    array = np.asarray(volume.array)
+    low, high = (array.min(), array.max()) if array.size else (0, 0)
+    if array.dtype.kind not in "iuf" or low < 0 or (
+            array.dtype.kind == "f" and not np.all(np.mod(array, 1) == 0)):
+        raise DataError(f"a label map holds integers >= 0 (0 = background), got {array.dtype} "
+                        f"values in [{low}, {high}]", path)
+    return LabelMap(array.astype(label_dtype(int(high) + 1), copy=False), volume.affine,
+                    dict(volume.meta))
+
+
+def write_labels(
+    labels: Volume,
+    out: str | os.PathLike,
+    label_names: Mapping[int, str] | None = None,
+    *,
+    reference_files: Sequence[str | os.PathLike] | None = None,
+    dicom_format: str = "seg",
+    algorithm_name: str = "medseg",
+) -> Path:
+    """Write a label map: an image file, or (``.dcm``) a DICOM-SEG or RTSTRUCT.
+
+    Parameters
+    ----------
+    labels : integer label map (x, y, z), RAS+ mm affine; for ``.dcm`` on the series' grid.
+    out : ``.nii.gz`` / ``.nrrd`` / ``.mha`` ... or ``.dcm``; written atomically.
+    label_names : value -> segment label / ROI name (``.dcm`` only).
+    reference_files : the series' slice files the DICOM object references (``.dcm`` only).
+    dicom_format : ``"seg"`` (DICOM-SEG, :func:`~medseg.io.dicom_seg.write_dicom_seg`) or
+        ``"rtstruct"`` (:func:`~medseg.io.rtstruct.write_rtstruct`).
+    algorithm_name : the algorithm the DICOM object names.
+
+    Raises
+    ------
+    UsageError : ``.dcm`` without ``reference_files``; an unknown ``dicom_format``.
+    """
+    if Path(out).suffix.lower() != ".dcm":
+        from medseg.io import write_volume
+
+        return write_volume(labels, out)
+    check_option(dicom_format, DICOM_FORMATS, "DICOM format")
+    if not reference_files:
+        raise UsageError("a DICOM-SEG / RTSTRUCT output references the DICOM series the labels "
+                         "are on: give --reference SERIES_DIR (a DICOM input)", out)
+    if dicom_format == "seg":
+        from medseg.io.dicom_seg import write_dicom_seg as writer
+    else:
+        from medseg.io.rtstruct import write_rtstruct as writer
+    return writer(labels, reference_files, out, dict(label_names or {}), algorithm_name)

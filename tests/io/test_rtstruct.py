@@ -1,0 +1,210 @@
+"""RTSTRUCT writing: contours on the right slices, in LPS, read back to the same labels.
+
+References are independent of medseg's geometry: slice positions and normals
+come from the source slices' DICOM tags read with pydicom, centroids from the
+label map's affine (RAS -> LPS by negating x and y), and the validator is
+dicom3tools' ``dciodvfy``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pydicom
+import pytest
+from dicom_label_helpers import SAMPLES, TOTALSEG, dciodvfy_errors, labels_on_series, shared
+
+import medseg.io.rtstruct as rtstruct
+from medseg.errors import DataError
+from medseg.io import read_volume
+from medseg.io.labels import read_labels
+from medseg.io.rtstruct import roi_colour, write_rtstruct
+from medseg.volume import LabelMap
+
+
+@pytest.fixture(scope="module")
+def series():
+    return read_volume(shared(TOTALSEG / "ct_dicom"))
+
+
+@pytest.fixture(scope="module")
+def labels(series):
+    return labels_on_series(read_volume(shared(TOTALSEG / "seg.nii.gz")), series)
+
+
+@pytest.fixture(scope="module")
+def names():
+    raw = json.loads(shared(TOTALSEG / "labels.json").read_text())
+    return {int(k): v for k, v in raw.items()}
+
+
+@pytest.fixture(scope="module")
+def rt_file(tmp_path_factory, series, labels, names):
+    out = tmp_path_factory.mktemp("rt") / "rt.dcm"
+    return write_rtstruct(labels, series.meta["dicom_files"], out, names)
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+
+def test_round_trip_dice_per_structure(rt_file, series, labels, names):
+    back = read_labels(rt_file, reference=TOTALSEG / "ct_dicom")
+    assert back.shape == series.shape and np.allclose(back.affine, series.affine)
+    value_of = {name: value for value, name in back.meta["label_names"].items()}
+    big = [int(v) for v, n in zip(*np.unique(labels.array, return_counts=True))
+           if v > 0 and n * series.voxel_volume_ml >= 1.0]
+    assert len(big) >= 10
+    for value in big:
+        dice = _dice(labels.array == value, back.array == value_of[names[value]])
+        assert dice >= 0.97, (names[value], dice)
+
+
+def _sop_uid(ds) -> str:
+    """SOP Instance UID, from the file meta where the (anonymised) dataset has it blank."""
+    return str(ds.get("SOPInstanceUID", "") or ds.file_meta.MediaStorageSOPInstanceUID)
+
+
+def _slice_geometry(path):
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    iop = np.asarray(ds.ImageOrientationPatient, dtype=float)
+    return np.asarray(ds.ImagePositionPatient, dtype=float), np.cross(iop[:3], iop[3:])
+
+
+def test_contours_lie_on_their_slices(rt_file, series):
+    geometry = {_sop_uid(pydicom.dcmread(f, stop_before_pixels=True)): _slice_geometry(f)
+                for f in series.meta["dicom_files"]}
+    ds = pydicom.dcmread(rt_file)
+    count = 0
+    for roi in ds.ROIContourSequence:
+        for contour in roi.ContourSequence:
+            ipp, normal = geometry[str(contour.ContourImageSequence[0].ReferencedSOPInstanceUID)]
+            points = np.asarray(contour.ContourData, dtype=float).reshape(-1, 3)
+            assert np.abs((points - ipp) @ normal).max() < 1e-3
+            count += 1
+    assert count > 100
+
+
+def _roi_centroids_lps(ds) -> dict[str, np.ndarray]:
+    """Area centroid of each ROI's contours (axial slices: shoelace in x, y; holes subtract)."""
+    out = {}
+    for item, roi in zip(ds.StructureSetROISequence, ds.ROIContourSequence):
+        moments, area = np.zeros(3), 0.0
+        for contour in roi.ContourSequence:
+            p = np.asarray(contour.ContourData, dtype=float).reshape(-1, 3)
+            x, y, xn, yn = p[:, 0], p[:, 1], np.roll(p[:, 0], -1), np.roll(p[:, 1], -1)
+            cross = x * yn - xn * y
+            a = cross.sum() / 2
+            moments += [((x + xn) * cross).sum() / 6, ((y + yn) * cross).sum() / 6, a * p[0, 2]]
+            area += a
+        out[str(item.ROIName)] = moments / area
+    return out
+
+
+def centroid_mismatches(rt_path, labels: LabelMap, names) -> tuple[int, list[str]]:
+    """(structures compared, names whose contour centroid is over 1 mm from the label
+    centroid converted RAS -> LPS); only structures 10+ mm away from the image's middle
+    lines and diagonals are compared, where a mirror or transpose moves them."""
+    contours = _roi_centroids_lps(pydicom.dcmread(rt_path))
+    middle = labels.affine[:3, :3] @ ((np.asarray(labels.spatial_shape) - 1) / 2)
+    middle = (middle + labels.affine[:3, 3]) * [-1, -1, 1]
+    compared, wrong = 0, []
+    for value in np.unique(labels.array)[1:]:
+        ijk = np.argwhere(labels.array == value).mean(axis=0)
+        lps = (labels.affine[:3, :3] @ ijk + labels.affine[:3, 3]) * [-1, -1, 1]
+        dx, dy = lps[:2] - middle[:2]
+        if min(abs(dx), abs(dy), abs(abs(dx) - abs(dy)) / np.sqrt(2)) < 10:
+            continue
+        compared += 1
+        if np.abs(contours[names[int(value)]] - lps).max() > 1.0:
+            wrong.append(names[int(value)])
+    return compared, wrong
+
+
+def test_contours_are_in_lps(rt_file, labels, names):
+    compared, wrong = centroid_mismatches(rt_file, labels, names)
+    assert compared >= 5 and wrong == []
+
+
+@pytest.mark.parametrize("fault", ["transposed", "mirrored"])
+def test_centroid_check_catches_a_wrong_writer(tmp_path, monkeypatch, series, labels, names,
+                                               fault):
+    real = rtstruct.slice_contours
+
+    def broken(mask):
+        outlines = real(mask)
+        if fault == "transposed":
+            return [o[:, ::-1] for o in outlines]
+        return [np.column_stack([o[:, 0], mask.shape[1] - 1 - o[:, 1]]) for o in outlines]
+
+    monkeypatch.setattr(rtstruct, "slice_contours", broken)
+    out = write_rtstruct(labels, series.meta["dicom_files"], tmp_path / "bad.dcm", names)
+    compared, wrong = centroid_mismatches(out, labels, names)
+    assert len(wrong) >= compared // 2 > 0
+
+
+def test_references_and_validator(rt_file, series, labels, names):
+    ds = pydicom.dcmread(rt_file)
+    sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in series.meta["dicom_files"]]
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.481.3" and ds.Modality == "RTSTRUCT"
+    frame = ds.ReferencedFrameOfReferenceSequence[0]
+    assert frame.FrameOfReferenceUID == sources[0].FrameOfReferenceUID
+    referenced = frame.RTReferencedStudySequence[0].RTReferencedSeriesSequence[0]
+    assert {str(i.ReferencedSOPInstanceUID) for i in referenced.ContourImageSequence} == {
+        _sop_uid(s) for s in sources}
+    present = [int(v) for v in np.unique(labels.array) if v > 0]
+    assert [r.ROIName for r in ds.StructureSetROISequence] == [names[v] for v in present]
+    colours = {tuple(r.ROIDisplayColor) for r in ds.ROIContourSequence}
+    assert len(colours) == len(present)
+    assert dciodvfy_errors(rt_file) == []
+
+
+def test_holes_are_inner_contours_and_empty_labels_warn(tmp_path, caplog):
+    folder = shared(SAMPLES / "rt_utils" / "mock_data")
+    series = read_volume(folder)
+    array = np.zeros(series.spatial_shape, dtype=np.uint8)
+    array[100:160, 200:260, 1] = 3
+    array[120:140, 220:240, 1] = 0  # a hole
+    labels = LabelMap(array, series.affine)
+    with caplog.at_level(logging.WARNING):
+        out = write_rtstruct(labels, series.meta["dicom_files"], tmp_path / "ring.dcm",
+                             {3: "ring", 5: "absent"})
+    assert "5 (absent)" in caplog.text
+    ds = pydicom.dcmread(out)
+    assert [r.ROIName for r in ds.StructureSetROISequence] == ["ring"]
+    assert len(ds.ROIContourSequence[0].ContourSequence) == 2  # outer outline + hole
+    back = read_labels(out, reference=folder)
+    assert np.array_equal(back.array, (array > 0).astype(np.uint8))
+    assert dciodvfy_errors(out) == []
+
+
+def test_oblique_series_keeps_its_geometry(tmp_path):
+    folder = shared(SAMPLES / "rt_utils" / "oriented_data")
+    series = read_volume(folder)
+    array = np.zeros(series.spatial_shape, dtype=np.uint8)
+    array[30:70, 10:35, :] = 1
+    array[40:50, 15:20, 1] = 2
+    labels = LabelMap(array, series.affine)
+    out = write_rtstruct(labels, series.meta["dicom_files"], tmp_path / "oblique.dcm",
+                         {1: "box", 2: "core"})
+    back = read_labels(out, reference=folder)
+    assert np.allclose(back.affine, series.affine) and back.orientation == series.orientation
+    assert np.array_equal(back.array, array)
+    assert back.meta["label_names"] == {1: "box", 2: "core"}
+
+
+def test_roi_colours_are_distinct():
+    colours = [tuple(roi_colour(i)) for i in range(64)]
+    assert len(set(colours)) == 64
+    assert all(0 <= c <= 255 for rgb in colours for c in rgb)
+
+
+def test_refuses_a_map_without_foreground(tmp_path):
+    folder = shared(SAMPLES / "rt_utils" / "mock_data")
+    series = read_volume(folder)
+    empty = LabelMap(np.zeros(series.spatial_shape, dtype=np.uint8), series.affine)
+    with pytest.raises(DataError, match="no foreground"):
+        write_rtstruct(empty, series.meta["dicom_files"], tmp_path / "e.dcm", {})
+    assert not (tmp_path / "e.dcm").exists()
