@@ -22,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="overlay display window, e.g. --window=-160,240 (default auto: "
                              "CT W400/L40 when the image minimum is below -500, else the "
                              "1st-99th percentile)")
+    parser.add_argument("--compare", type=Path, metavar="compare.json",
+                        help="add the paired comparison written by 'medseg compare'")
     parser.add_argument("-o", "--out", type=Path, required=True, help="output report.html")
 
 
@@ -45,6 +47,6 @@ def run(args: argparse.Namespace) -> int:
     from medseg.report import write_report
 
     write_report(args.results, args.out, images_dir=args.images, pred_dir=args.pred,
-                        gt_dir=args.gt, labels=args.labels, worst_n=args.worst,
-                        window=parse_window(args.window))
+                 gt_dir=args.gt, labels=args.labels, worst_n=args.worst,
+                 window=parse_window(args.window), compare=args.compare)
     return 0

@@ -55,6 +55,8 @@ def write_report(
     labels: str | os.PathLike | Mapping[int, str] | None = None,
     worst_n: int = 5,
     window: Window = None,
+    *,
+    compare: str | os.PathLike | None = None,
 ) -> Path:
     """Write a self-contained HTML report of ``results_csv`` to ``out_html``.
 
@@ -73,6 +75,8 @@ def write_report(
         ``label_name`` column.
     worst_n : number of worst cases (lowest mean Dice) shown with overlays.
     window : display window of the overlays: None (auto), ``"ct"``, ``"mr"`` or (low, high).
+    compare : a ``compare.json`` of ``medseg compare``: adds its section
+        (:mod:`medseg.report.compare`) at the end.
 
     Returns
     -------
@@ -89,6 +93,7 @@ def write_report(
         choose_window(np.zeros(2), window)  # validate before any work
     ensure_parent(out_html)
     overlays = check_dirs(images_dir, pred_dir, gt_dir)
+    extra = _compare_section(compare)
     results = Results.load(results_csv)
     rows = results.rows
     names = _label_names(rows, labels)
@@ -100,6 +105,7 @@ def write_report(
         _plots_section(rows, names, columns),
         _worst_section(results, names, worst_n, dirs, window),
         _cases_section(rows, names, columns),
+        *extra,
     ])
     atomic_write_text(out_html, page("medseg QC report", body))
     log.info("wrote report %s (%d cases, %d labels)", out_html,
@@ -123,6 +129,15 @@ def _label_names(rows: list[ResultRow], labels: str | os.PathLike | Mapping[int,
 
 
 # -- sections ---------------------------------------------------------------
+
+def _compare_section(compare: str | os.PathLike | None) -> list[str]:
+    """The comparison section of ``compare`` (a compare.json), or nothing."""
+    if compare is None:
+        return []
+    from medseg.report.compare import compare_section, load_comparison
+
+    return [compare_section(load_comparison(compare))]
+
 
 def _header(results_csv: Path, rows: list[ResultRow], names: dict[int, str]) -> str:
     n_cases = len({r.case for r in rows})
