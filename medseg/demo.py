@@ -312,15 +312,15 @@ def run_demo(
 def _evaluate_and_report(out: Path, manifest: Path, predictions: Path) -> dict[str, Any]:
     from medseg.data.phantom import LABEL_NAMES
     from medseg.evaluation import evaluate_folders
-    from medseg.report import write_report
+    from medseg.report import WorstCases, write_report
 
     data = manifest.parent
     results = out / "evaluation" / "results.csv"
     _, summary = evaluate_folders(predictions, data / "labelsTs", results, labels=LABEL_NAMES)
     n_cases = int(summary["n_cases"])
-    report = write_report(results, out / "report.html", images_dir=data / "imagesTs",
-                          pred_dir=predictions, gt_dir=data / "labelsTs", labels=LABEL_NAMES,
-                          worst_n=min(n_cases, 5), window="ct")
+    worst = WorstCases(n=min(n_cases, 5), images_dir=data / "imagesTs", pred_dir=predictions,
+                       gt_dir=data / "labelsTs", window="ct")
+    report = write_report(results, out / "report.html", labels=LABEL_NAMES, worst=worst)
     return {"results": results, "summary": summary, "report": Path(report)}
 
 

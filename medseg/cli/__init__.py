@@ -26,7 +26,7 @@ from medseg.errors import MedsegError
 
 COMMANDS = (
     "info", "convert", "evaluate", "models", "predict", "train", "validate", "report", "demo",
-    "stats",
+    "stats", "compare",
 )
 
 log = logging.getLogger("medseg")

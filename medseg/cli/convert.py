@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from medseg.cli._options import add_labels
+
 HELP = "convert images and label maps between NIfTI, NRRD, MetaImage, DICOM-SEG and RTSTRUCT"
 log = logging.getLogger(__name__)
 
@@ -32,9 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overlap", choices=["error", "first", "last"], default="error",
                         help="overlapping segments / ROIs of a DICOM input: an error (default), "
                              "or the first / last of them wins")
-    parser.add_argument("--label-names", metavar="JSON",
-                        help="label names for a .dcm output ({\"1\": \"liver\"} or a "
-                             "dataset.json)")
+    add_labels(parser, "the names of a .dcm output's segments / ROIs")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 def _names(args: argparse.Namespace, meta: dict) -> dict[int, str]:
     from medseg.io.cases import read_label_names
 
-    return read_label_names(args.label_names) if args.label_names else meta["label_names"]
+    return read_label_names(args.labels) if args.labels else meta["label_names"]
 
 
 def _reference_files(reference: str | None, needed: bool) -> list[str] | None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from medseg.cli._options import add_labels
+
 HELP = "score predicted label maps against ground truth (Dice, HD95, NSD...) into CSV"
 
 
@@ -14,8 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gt", required=True, help="ground-truth file, or folder")
     parser.add_argument("-o", "--output", required=True, metavar="results.csv",
                         help="per case x label CSV; summary.csv/.json go beside it")
-    parser.add_argument("--labels", metavar="JSON",
-                        help='labels.json ({"1": "liver"}) or MSD dataset.json: labels to score')
+    add_labels(parser, "the labels to score and their names")
     parser.add_argument("--convention", default="medseg",
                         help="medseg (default), monai, deepmind or medpy")
     parser.add_argument("--nsd-tolerance", type=float, default=1.0, metavar="MM",
@@ -125,14 +126,12 @@ def _write_report(args: argparse.Namespace) -> None:
     import logging
     from pathlib import Path
 
-    from medseg.report import write_report
+    from medseg.report import WorstCases, write_report
 
     folders = Path(args.pred).is_dir() and Path(args.gt).is_dir()
     if not folders:
         logging.getLogger("medseg").info("--pred/--gt are files: report without overlays")
-    path = write_report(
-        args.output, _report_path(args), images_dir=args.images,
-        pred_dir=args.pred if folders else None, gt_dir=args.gt if folders else None,
-        labels=args.labels,
-    )
+    worst = WorstCases(images_dir=args.images, pred_dir=args.pred if folders else None,
+                       gt_dir=args.gt if folders else None)
+    path = write_report(args.output, _report_path(args), labels=args.labels, worst=worst)
     logging.getLogger("medseg").info("report: %s", path)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from medseg.cli._options import add_labels
+
 HELP = "write an HTML quality-control report (summary, plots, worst-case overlays)"
 
 
@@ -14,14 +16,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=Path, help="folder of images (<case>.nii.gz ...)")
     parser.add_argument("--pred", type=Path, help="folder of predictions (with --gt: overlays)")
     parser.add_argument("--gt", type=Path, help="folder of ground-truth label maps")
-    parser.add_argument("--labels", type=Path,
-                        help='label names: JSON {"1": "liver"} or an MSD dataset.json')
+    add_labels(parser, "the names shown (default: the label_name column)")
     parser.add_argument("--worst", type=int, default=5, metavar="N",
                         help="show overlays of the N cases with the lowest mean Dice (default 5)")
     parser.add_argument("--window", default="auto", metavar="auto|ct|mr|LOW,HIGH",
                         help="overlay display window, e.g. --window=-160,240 (default auto: "
                              "CT W400/L40 when the image minimum is below -500, else the "
                              "1st-99th percentile)")
+    parser.add_argument("--compare", type=Path, metavar="compare.json",
+                        help="add the paired comparison written by 'medseg compare'")
     parser.add_argument("-o", "--out", type=Path, required=True, help="output report.html")
 
 
@@ -42,9 +45,9 @@ def parse_window(text: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from medseg.report import write_report
+    from medseg.report import WorstCases, write_report
 
-    write_report(args.results, args.out, images_dir=args.images, pred_dir=args.pred,
-                        gt_dir=args.gt, labels=args.labels, worst_n=args.worst,
-                        window=parse_window(args.window))
+    worst = WorstCases(n=args.worst, images_dir=args.images, pred_dir=args.pred, gt_dir=args.gt,
+                       window=parse_window(args.window))
+    write_report(args.results, args.out, labels=args.labels, worst=worst, compare=args.compare)
     return 0

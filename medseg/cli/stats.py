@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from medseg.cli._options import add_labels
+
 HELP = "per-structure volume (mL), intensity (HU for CT), centroid and extent (mm) into CSV"
 
 
@@ -12,8 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="image file (or DICOM series folder), or a folder of images")
     parser.add_argument("seg", metavar="SEG",
                         help="its segmentation, or a folder paired with IMAGE by case name")
-    parser.add_argument("--labels", metavar="JSON", help="label names file: the labels listed "
-                        "(absent ones get 0 voxels) and their names; default every label found")
+    add_labels(parser, "the labels listed (absent ones get 0 voxels) and their names; "
+                       "default every label found")
     parser.add_argument("-o", "--output", metavar="stats.csv",
                         help="CSV file to write (default: the table on stdout)")
 

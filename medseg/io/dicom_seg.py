@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ from medseg.io.atomic import atomic_path
 from medseg.volume import Volume
 
 __all__ = [
+    "DerivedSeries",
     "write_dicom_seg", "frames_for_sources", "frame_indices", "frame_steps", "label_frames",
     "slice_pixel_to_lps", "read_sources",
 ]
@@ -254,27 +256,40 @@ def _segment_descriptions(values: Sequence[int], label_names: Mapping[int, str],
     ]
 
 
-def write_dicom_seg(
-    labels: Volume,
-    source_files: Sequence[str | os.PathLike],
-    out_path: str | os.PathLike,
-    label_names: Mapping[int, str],
-    algorithm_name: str = "medseg",
-    *,
-    algorithm_version: str | None = None,
-    series_description: str = "medseg segmentation",
-    series_number: int = 300,
-) -> Path:
+@dataclass(frozen=True)
+class DerivedSeries:
+    """What a DICOM labels object (DICOM-SEG or RTSTRUCT) refers to and says about itself.
+
+    Attributes
+    ----------
+    source_files : the referenced series' single-frame slice files (any order).
+    label_names : label value -> name (Segment Label / ROI Name); missing names become
+        ``label_<v>``.
+    algorithm_name, algorithm_version : the algorithm the object names (version:
+        medseg's by default).
+    description, number : Series Description and Series Number of the new series
+        (None: each writer's default).
+    """
+
+    source_files: Sequence[str | os.PathLike]
+    label_names: Mapping[int, str]
+    algorithm_name: str = "medseg"
+    algorithm_version: str | None = None
+    description: str | None = None
+    number: int | None = None
+
+
+def write_dicom_seg(labels: Volume, out_path: str | os.PathLike, series: DerivedSeries) -> Path:
     """Write ``labels`` as a BINARY DICOM-SEG referencing the source series.
 
     Parameters
     ----------
     labels : integer label map, Volume (x, y, z) with RAS+ mm affine, on the grid
         of the DICOM series (as returned by ``predict`` on ``read_volume(folder)``).
-    source_files : the series' single-frame slice files (any order).
     out_path : destination ``.dcm``; written atomically.
-    label_names : label value -> name (Segment Label); missing names become ``label_<v>``.
-    algorithm_name, algorithm_version : Algorithm Identification of every segment.
+    series : :class:`DerivedSeries`: the source slice files, the label names (Segment
+        Label), the algorithm (Algorithm Identification of every segment) and the new
+        series' description ("medseg segmentation") and number (300).
 
     Returns
     -------
@@ -288,13 +303,14 @@ def write_dicom_seg(
     """
     from medseg import __version__
 
-    sources, frames, values = label_frames(labels, source_files, out_path, "DICOM-SEG")
+    sources, frames, values = label_frames(labels, series.source_files, out_path, "DICOM-SEG")
     lut = np.zeros(int(frames.max()) + 1, dtype=np.uint16 if len(values) > 255 else np.uint8)
     lut[values] = np.arange(1, len(values) + 1)
     with _quiet("highdicom"):
-        seg = _build_segmentation(sources, lut[frames], values, label_names, algorithm_name,
-                                  algorithm_version or __version__, series_description,
-                                  series_number)
+        seg = _build_segmentation(sources, lut[frames], values, series.label_names,
+                                  series.algorithm_name, series.algorithm_version or __version__,
+                                  series.description or "medseg segmentation",
+                                  300 if series.number is None else series.number)
     out = Path(out_path)
     try:
         with atomic_path(out) as tmp:

@@ -185,4 +185,7 @@ def write_labels(
         from medseg.io.dicom_seg import write_dicom_seg as writer
     else:
         from medseg.io.rtstruct import write_rtstruct as writer
-    return writer(labels, reference_files, out, dict(label_names or {}), algorithm_name)
+    from medseg.io.dicom_seg import DerivedSeries
+
+    return writer(labels, out, DerivedSeries(reference_files, dict(label_names or {}),
+                                             algorithm_name))

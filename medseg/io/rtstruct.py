@@ -35,7 +35,7 @@ import numpy as np
 
 from medseg.errors import ImageWriteError
 from medseg.io.atomic import atomic_path
-from medseg.io.dicom_seg import label_frames, slice_pixel_to_lps
+from medseg.io.dicom_seg import DerivedSeries, label_frames, slice_pixel_to_lps
 from medseg.volume import Volume
 
 __all__ = ["write_rtstruct", "slice_contours", "roi_colour", "RTSTRUCT_SOP_CLASS"]
@@ -89,33 +89,28 @@ def _drop_collinear(points: np.ndarray) -> np.ndarray:
     return points[~straight]
 
 
-def write_rtstruct(
-    labels: Volume,
-    source_files: Sequence[str | os.PathLike],
-    out_path: str | os.PathLike,
-    label_names: Mapping[int, str],
-    algorithm_name: str = "medseg",
-    *,
-    series_description: str = "medseg structures",
-    series_number: int = 301,
-) -> Path:
+def write_rtstruct(labels: Volume, out_path: str | os.PathLike, series: DerivedSeries) -> Path:
     """Write ``labels`` as an RT Structure Set referencing the source series.
 
-    ``labels``, ``source_files`` and ``out_path`` are as for
-    :func:`medseg.io.dicom_seg.write_dicom_seg` (a label map on the series' grid, the
-    series' slice files, a ``.dcm`` written atomically), and so are the errors
-    (GeometryError off the grid; DataError without foreground, for a non-integer map
-    or a slice without geometry/UIDs; ImageWriteError). ``label_names`` gives each ROI
-    Name (``label_<v>`` where missing; named labels without voxels are left out with a
-    warning); ``algorithm_name`` the ROI Generation Description; ``series_description``
-    and ``series_number`` describe the new series. ROI ``n`` holds the ``n``-th
-    smallest non-zero label value present. Returns the written path.
+    ``labels``, ``out_path`` and ``series`` (:class:`~medseg.io.dicom_seg.DerivedSeries`)
+    are as for :func:`medseg.io.dicom_seg.write_dicom_seg` (a label map on the series'
+    grid, a ``.dcm`` written atomically, the source slice files and names), and so are the
+    errors (GeometryError off the grid; DataError without foreground, for a non-integer
+    map or a slice without geometry/UIDs; ImageWriteError). ``series.label_names`` gives
+    each ROI Name (``label_<v>`` where missing; named labels without voxels are left out
+    with a warning); ``series.algorithm_name`` the ROI Generation Description;
+    ``series.description`` ("medseg structures") and ``series.number`` (301) describe
+    the new series. ROI ``n`` holds the ``n``-th smallest non-zero label value present.
+    Returns the written path.
     """
-    sources, frames, values = label_frames(labels, source_files, out_path, "RTSTRUCT")
+    sources, frames, values = label_frames(labels, series.source_files, out_path, "RTSTRUCT")
+    label_names = series.label_names
     _warn_empty(label_names, values, out_path)
     names = {v: str(label_names.get(v, f"label_{v}"))[:64] for v in values}
-    dataset = _structure_set(sources, series_description, series_number, algorithm_name)
-    _add_rois(dataset, sources, frames, names, algorithm_name)
+    dataset = _structure_set(sources, series.description or "medseg structures",
+                             301 if series.number is None else series.number,
+                             series.algorithm_name)
+    _add_rois(dataset, sources, frames, names, series.algorithm_name)
     out = Path(out_path)
     try:
         with atomic_path(out) as tmp:

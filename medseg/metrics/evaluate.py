@@ -93,12 +93,14 @@ def evaluate_arrays(
     wanted = _labels_to_score(labels, boxes)
     voxel_mm3 = float(np.prod(spacing))
 
-    def score(label: int) -> dict[str, float | str]:
-        return _evaluate_label(pred_r, gt_r, pred.size, label, boxes, spacing, voxel_mm3, conv,
-                               tolerance)
+    cpus = _thread_count(workers, len(wanted) * 2)
+    threads = max(1, min(cpus, len(wanted)))
+    per_label = (conv, tolerance, cpus // threads)  # spare threads search both directions
 
-    wanted = list(wanted)
-    threads = _thread_count(workers, len(wanted))
+    def score(label: int) -> dict[str, float | str]:
+        return _evaluate_label(pred_r, gt_r, pred.size, label, boxes, spacing, voxel_mm3,
+                               per_label)
+
     if threads == 1:
         return {label: score(label) for label in wanted}
     from concurrent.futures import ThreadPoolExecutor
@@ -138,7 +140,7 @@ def check_label_array(array: np.ndarray, what: str, path: str | os.PathLike | No
         array = rounded
     elif array.dtype.kind not in "iu":
         raise DataError(f"{what} has dtype {array.dtype}; labels must be integers", path)
-    if array.size and array.min() < 0:
+    if array.dtype.kind in "if" and array.size and array.min() < 0:  # unsigned: never
         raise DataError(
             f"{what} holds negative label {array.min().item()!r}; labels must be non-negative", path
         )
@@ -172,20 +174,39 @@ def present_labels(array: np.ndarray) -> list[int]:
 
 
 def _nonzero_region(*arrays: np.ndarray) -> tuple[slice, ...]:
-    """Smallest box (slices) holding every non-zero voxel of ``arrays``, from max projections."""
+    """Smallest box (slices) holding every non-zero voxel of ``arrays``.
+
+    One pass over each array gives its (x, y) footprint; the z extent is then
+    read inside that footprint only.
+    """
     lo, hi = [np.inf] * 3, [-1] * 3
     for array in arrays:
-        if not array.size:
+        plane = _footprint(array)
+        xs, ys = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
+        if not xs.size:
             continue
-        plane = array.max(axis=2)  # (x, y); the cheapest pass over a C-ordered array
-        axes = (plane.max(axis=1), plane.max(axis=0), array.max(axis=(0, 1)))
-        for a, proj in enumerate(axes):
-            nz = np.flatnonzero(proj)
-            if nz.size:
-                lo[a], hi[a] = min(lo[a], nz[0]), max(hi[a], nz[-1])
+        column = array[xs[0] : xs[-1] + 1, ys[0] : ys[-1] + 1].max(axis=(0, 1))
+        for a, nz in enumerate((xs, ys, np.flatnonzero(column))):
+            lo[a], hi[a] = min(lo[a], nz[0]), max(hi[a], nz[-1])
     if hi[0] < 0:
         return (slice(0, 0),) * 3
     return tuple(slice(int(a), int(b) + 1) for a, b in zip(lo, hi))
+
+
+def _footprint(array: np.ndarray) -> np.ndarray:
+    """(x, y) bool: True where the column ``array[x, y, :]`` holds a non-zero value.
+
+    The contiguous last axis of an integer array is read as 8-, 4- or 2-byte words
+    (a word is non-zero exactly when one of its values is), which roughly
+    halves the cost of this full-volume pass.
+    """
+    if not array.size:
+        return np.zeros(array.shape[:2], dtype=bool)
+    row_bytes = array.shape[2] * array.itemsize
+    if array.dtype.kind in "biu" and array.flags.c_contiguous:
+        word = next(w for w in (8, 4, 2, 1) if row_bytes % w == 0)
+        return array.view(f"u{word}").max(axis=2) != 0
+    return array.max(axis=2) != 0
 
 
 def _labels_to_score(labels: Iterable[int] | None, boxes: tuple) -> list[int]:
@@ -238,9 +259,9 @@ def _evaluate_label(
     boxes: tuple,
     spacing: tuple[float, float, float],
     voxel_mm3: float,
-    conv: Convention,
-    tolerance: float,
+    per_label: tuple[Convention, float, int],
 ) -> dict[str, float | str]:
+    conv, tolerance, workers = per_label
     if not any(label <= len(b) and b[label - 1] is not None for b in boxes):
         counts = OverlapCounts(0, 0, 0, n_total)
         pred_mask = gt_mask = None
@@ -250,7 +271,8 @@ def _evaluate_label(
         counts = count_overlap(pred_mask, gt_mask, n_total=n_total)
     row: dict[str, float | str] = dict(overlap_metrics(counts, voxel_mm3, conv))
     if counts.status == "ok":
-        row.update(surface_metrics(surface_distances(pred_mask, gt_mask, spacing, conv), conv, tolerance))
+        distances = surface_distances(pred_mask, gt_mask, spacing, conv, workers=workers)
+        row.update(surface_metrics(distances, conv, tolerance))
     else:
         row.update({k: conv.empty[counts.status][k] for k in _SURFACE_KEYS})
     out: dict[str, float | str] = {k: float(row[k]) for k in METRIC_KEYS}

@@ -2,8 +2,9 @@
 
 Public API::
 
-    write_report(results_csv, out_html, images_dir=None, pred_dir=None, gt_dir=None,
-                 labels=None, worst_n=5, window=None) -> Path
+    write_report(results_csv, out_html, labels=None,
+                 worst=WorstCases(n=5, images_dir=None, pred_dir=None, gt_dir=None,
+                                  window=None), compare=None) -> Path
     render_overlay_png(image, label, out_png, pred=None)   # used by predict --preview
     read_label_names(path) -> {value: name}             # = medseg.io.cases.read_label_names
 
@@ -31,7 +32,7 @@ only when a plot is drawn, on an Agg canvas.
 from __future__ import annotations
 
 from medseg.io.cases import read_label_names  # re-exported: public since the report had it
-from medseg.report.html import write_report
+from medseg.report.html import WorstCases, write_report
 from medseg.report.overlays import render_overlay_png
 
-__all__ = ["write_report", "render_overlay_png", "read_label_names"]
+__all__ = ["WorstCases", "write_report", "render_overlay_png", "read_label_names"]

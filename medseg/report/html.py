@@ -16,6 +16,7 @@ import logging
 import math
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from medseg.report.plots import metric_plot_png
 from medseg.report.template import page
 from medseg.results import ResultRow, Results
 
-__all__ = ["write_report"]
+__all__ = ["WorstCases", "write_report"]
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +50,40 @@ _SUMMARY_STATS = {"dice": ("mean", "median", "std"), "hd95_mm": ("mean", "median
 _PLOTS = (("dice", "Dice per label", True), ("hd95_mm", "HD95 per label (mm)", False))
 
 
+@dataclass(frozen=True)
+class WorstCases:
+    """The report's worst-cases section: how many, and where their overlay images come from.
+
+    Attributes
+    ----------
+    n : number of worst cases (lowest mean Dice) shown (>= 0).
+    images_dir, pred_dir, gt_dir : folders holding ``<case>.<ext>`` (any image
+        extension: .nii.gz, .nii, .nrrd, .nhdr, .mha, .mhd); with ``pred_dir`` and
+        ``gt_dir`` the worst cases get overlay images, over the image when
+        ``images_dir`` is given (``<case>_0000.<ext>`` there too).
+    window : display window of the overlays: None (auto), ``"ct"``, ``"mr"`` or (low, high).
+    """
+
+    n: int = 5
+    images_dir: str | os.PathLike | None = None
+    pred_dir: str | os.PathLike | None = None
+    gt_dir: str | os.PathLike | None = None
+    window: Window = None
+
+    def __post_init__(self) -> None:
+        n = self.n
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise UsageError(f"worst_n must be an integer >= 0, got {n!r}")
+        if self.window is not None:
+            choose_window(np.zeros(2), self.window)  # validate before any work
+
+
 def write_report(
     results_csv: str | os.PathLike,
     out_html: str | os.PathLike,
-    images_dir: str | os.PathLike | None = None,
-    pred_dir: str | os.PathLike | None = None,
-    gt_dir: str | os.PathLike | None = None,
     labels: str | os.PathLike | Mapping[int, str] | None = None,
-    worst_n: int = 5,
-    window: Window = None,
+    worst: WorstCases | None = None,
+    compare: str | os.PathLike | None = None,
 ) -> Path:
     """Write a self-contained HTML report of ``results_csv`` to ``out_html``.
 
@@ -67,15 +93,12 @@ def write_report(
         with its summary.json by :meth:`medseg.results.Results.load`.
     out_html : output file, written atomically (nothing is written on error);
         its folder is created when missing.
-    images_dir, pred_dir, gt_dir : folders holding ``<case>.<ext>`` (any image
-        extension: .nii.gz, .nii, .nrrd, .nhdr, .mha, .mhd); with ``pred_dir`` and
-        ``gt_dir`` the worst cases get overlay images, over the image when
-        ``images_dir`` is given (``<case>_0000.<ext>`` there too).
     labels : label names: a label-name file
         (:func:`medseg.io.cases.read_label_names`) or a mapping; default: the
         ``label_name`` column.
-    worst_n : number of worst cases (lowest mean Dice) shown with overlays.
-    window : display window of the overlays: None (auto), ``"ct"``, ``"mr"`` or (low, high).
+    worst : :class:`WorstCases` (default: 5 cases, no overlays).
+    compare : a ``compare.json`` of ``medseg compare``: adds its section
+        (:mod:`medseg.report.compare`) at the end.
 
     Returns
     -------
@@ -86,12 +109,12 @@ def write_report(
     DataError, ConfigError, ImageReadError, UsageError, GeometryError
         Bad results, labels, folders or case files (message names the file).
     """
-    if isinstance(worst_n, bool) or not isinstance(worst_n, (int, np.integer)) or worst_n < 0:
-        raise UsageError(f"worst_n must be an integer >= 0, got {worst_n!r}")
-    if window is not None:
-        choose_window(np.zeros(2), window)  # validate before any work
+    worst = worst or WorstCases()
+    images_dir, pred_dir, gt_dir = worst.images_dir, worst.pred_dir, worst.gt_dir
+    worst_n, window = worst.n, worst.window
     ensure_parent(out_html)
     overlays = check_dirs(images_dir, pred_dir, gt_dir)
+    extra = _compare_section(compare)
     results = Results.load(results_csv)
     rows = results.rows
     names = _label_names(rows, labels)
@@ -104,6 +127,7 @@ def write_report(
         _volumes_section(rows, results.summary, names),
         _worst_section(results, names, worst_n, dirs, window),
         _cases_section(rows, names, columns),
+        *extra,
     ])
     atomic_write_text(out_html, page("medseg QC report", body))
     log.info("wrote report %s (%d cases, %d labels)", out_html,
@@ -127,6 +151,15 @@ def _label_names(rows: list[ResultRow], labels: str | os.PathLike | Mapping[int,
 
 
 # -- sections ---------------------------------------------------------------
+
+def _compare_section(compare: str | os.PathLike | None) -> list[str]:
+    """The comparison section of ``compare`` (a compare.json), or nothing."""
+    if compare is None:
+        return []
+    from medseg.report.compare import compare_section, load_comparison
+
+    return [compare_section(load_comparison(compare))]
+
 
 def _header(results_csv: Path, rows: list[ResultRow], names: dict[int, str]) -> str:
     n_cases = len({r.case for r in rows})

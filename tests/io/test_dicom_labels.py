@@ -17,7 +17,7 @@ from dicom_label_helpers import SAMPLES, TOTALSEG, dciodvfy_errors, labels_on_se
 
 from medseg.errors import DataError, UsageError
 from medseg.io import read_volume, write_volume
-from medseg.io.dicom_seg import write_dicom_seg
+from medseg.io.dicom_seg import DerivedSeries, write_dicom_seg
 from medseg.io.labels import read_labels, write_labels
 from medseg.volume import LabelMap, Volume
 
@@ -146,7 +146,8 @@ def test_seg_round_trip_on_real_ct_is_identical(tmp_path):
     series = read_volume(shared(TOTALSEG / "ct_dicom"))
     labels = labels_on_series(read_volume(TOTALSEG / "seg.nii.gz"), series)
     names = {int(k): v for k, v in json.loads((TOTALSEG / "labels.json").read_text()).items()}
-    out = write_dicom_seg(labels, series.meta["dicom_files"], tmp_path / "seg.dcm", names)
+    out = write_dicom_seg(labels, tmp_path / "seg.dcm",
+                          DerivedSeries(series.meta["dicom_files"], names))
     back = read_labels(out, reference=TOTALSEG / "ct_dicom")
     present = [int(v) for v in np.unique(labels.array) if v > 0]
     ordinal = np.zeros(max(present) + 1, dtype=np.uint8)
@@ -197,7 +198,7 @@ def test_cli_convert_labels_to_rtstruct_and_back(tmp_path):
     (tmp_path / "names.json").write_text(json.dumps({"2": "tumour"}))
     rt_path, back = tmp_path / "lab.dcm", tmp_path / "back.nii.gz"
     assert main(["convert", str(tmp_path / "lab.nii.gz"), "--reference", str(MOCK), str(rt_path),
-                 "--dicom-format", "rtstruct", "--label-names", str(tmp_path / "names.json")]) == 0
+                 "--dicom-format", "rtstruct", "--labels", str(tmp_path / "names.json")]) == 0
     ds = pydicom.dcmread(rt_path)
     assert ds.Modality == "RTSTRUCT" and ds.StructureSetROISequence[0].ROIName == "tumour"
     assert main(["convert", str(rt_path), "--reference", str(MOCK), str(back)]) == 0

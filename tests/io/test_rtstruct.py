@@ -20,6 +20,7 @@ import medseg.io.rtstruct as rtstruct
 from medseg.errors import DataError
 from medseg.io import read_volume
 from medseg.io.labels import read_labels
+from medseg.io.dicom_seg import DerivedSeries
 from medseg.io.rtstruct import roi_colour, write_rtstruct
 from medseg.volume import LabelMap
 
@@ -43,7 +44,7 @@ def names():
 @pytest.fixture(scope="module")
 def rt_file(tmp_path_factory, series, labels, names):
     out = tmp_path_factory.mktemp("rt") / "rt.dcm"
-    return write_rtstruct(labels, series.meta["dicom_files"], out, names)
+    return write_rtstruct(labels, out, DerivedSeries(series.meta["dicom_files"], names))
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -140,7 +141,8 @@ def test_centroid_check_catches_a_wrong_writer(tmp_path, monkeypatch, series, la
         return [np.column_stack([o[:, 0], mask.shape[1] - 1 - o[:, 1]]) for o in outlines]
 
     monkeypatch.setattr(rtstruct, "slice_contours", broken)
-    out = write_rtstruct(labels, series.meta["dicom_files"], tmp_path / "bad.dcm", names)
+    out = write_rtstruct(labels, tmp_path / "bad.dcm",
+                         DerivedSeries(series.meta["dicom_files"], names))
     compared, wrong = centroid_mismatches(out, labels, names)
     assert len(wrong) >= compared // 2 > 0
 
@@ -169,8 +171,8 @@ def test_holes_are_inner_contours_and_empty_labels_warn(tmp_path, caplog):
     array[120:140, 220:240, 1] = 0  # a hole
     labels = LabelMap(array, series.affine)
     with caplog.at_level(logging.WARNING):
-        out = write_rtstruct(labels, series.meta["dicom_files"], tmp_path / "ring.dcm",
-                             {3: "ring", 5: "absent"})
+        out = write_rtstruct(labels, tmp_path / "ring.dcm",
+                             DerivedSeries(series.meta["dicom_files"], {3: "ring", 5: "absent"}))
     assert "5 (absent)" in caplog.text
     ds = pydicom.dcmread(out)
     assert [r.ROIName for r in ds.StructureSetROISequence] == ["ring"]
@@ -187,8 +189,8 @@ def test_oblique_series_keeps_its_geometry(tmp_path):
     array[30:70, 10:35, :] = 1
     array[40:50, 15:20, 1] = 2
     labels = LabelMap(array, series.affine)
-    out = write_rtstruct(labels, series.meta["dicom_files"], tmp_path / "oblique.dcm",
-                         {1: "box", 2: "core"})
+    out = write_rtstruct(labels, tmp_path / "oblique.dcm",
+                         DerivedSeries(series.meta["dicom_files"], {1: "box", 2: "core"}))
     back = read_labels(out, reference=folder)
     assert np.allclose(back.affine, series.affine) and back.orientation == series.orientation
     assert np.array_equal(back.array, array)
@@ -206,5 +208,5 @@ def test_refuses_a_map_without_foreground(tmp_path):
     series = read_volume(folder)
     empty = LabelMap(np.zeros(series.spatial_shape, dtype=np.uint8), series.affine)
     with pytest.raises(DataError, match="no foreground"):
-        write_rtstruct(empty, series.meta["dicom_files"], tmp_path / "e.dcm", {})
+        write_rtstruct(empty, tmp_path / "e.dcm", DerivedSeries(series.meta["dicom_files"], {}))
     assert not (tmp_path / "e.dcm").exists()

@@ -17,7 +17,7 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from medseg.errors import DataError, GeometryError
-from medseg.io.dicom_seg import write_dicom_seg
+from medseg.io.dicom_seg import DerivedSeries, write_dicom_seg
 from medseg.volume import Volume
 
 from .predict_helpers import (
@@ -89,7 +89,8 @@ def test_seg_frames_match_source_pixels(tmp_path, threshold_ckpt, geometry):
     files = write_series(tmp_path / "series", hu, iop, ipp0, spacing, step)
     image = read_volume(tmp_path / "series")
     labels = predict_case(threshold_ckpt, image, runtime=Runtime.cpu()).labels
-    out = write_dicom_seg(labels, image.meta["dicom_files"], tmp_path / "seg.dcm", LABEL_NAMES)
+    out = write_dicom_seg(labels, tmp_path / "seg.dcm",
+                          DerivedSeries(image.meta["dicom_files"], LABEL_NAMES))
 
     seg = pydicom.dcmread(out)
     assert seg.Modality == "SEG" and seg.SegmentationType == "BINARY"
@@ -129,12 +130,13 @@ def test_seg_refuses_foreign_grid_and_empty(tmp_path):
     labels = threshold_labels(image.array)
     flipped = image.affine @ np.diag([-1.0, 1.0, 1.0, 1.0])  # x mirrored: not the series' grid
     with pytest.raises(GeometryError, match="not on the series' grid|outside the label grid"):
-        write_dicom_seg(Volume(labels, flipped), files, tmp_path / "x.dcm", LABEL_NAMES)
+        write_dicom_seg(Volume(labels, flipped), tmp_path / "x.dcm",
+                        DerivedSeries(files, LABEL_NAMES))
     half = image.affine.copy()
     half[:3, 3] += image.affine[:3, 0] * 0.5
     with pytest.raises(GeometryError, match="between voxel centres"):
-        write_dicom_seg(Volume(labels, half), files, tmp_path / "x.dcm", LABEL_NAMES)
+        write_dicom_seg(Volume(labels, half), tmp_path / "x.dcm", DerivedSeries(files, LABEL_NAMES))
     with pytest.raises(DataError, match="x.dcm: the prediction has no foreground"):
-        write_dicom_seg(Volume(np.zeros_like(labels), image.affine), files, tmp_path / "x.dcm",
-                        LABEL_NAMES)
+        write_dicom_seg(Volume(np.zeros_like(labels), image.affine), tmp_path / "x.dcm",
+                        DerivedSeries(files, LABEL_NAMES))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]

@@ -11,7 +11,7 @@ import pytest
 
 from medseg.cli import main
 from medseg.errors import DataError, ImageReadError, UsageError
-from medseg.report import write_report
+from medseg.report import WorstCases, write_report
 from report_html import parse_report
 
 
@@ -19,8 +19,7 @@ from report_html import parse_report
 def report(phantom_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("report") / "report.html"
     ds = phantom_dataset
-    write_report(ds["results"], out, images_dir=ds["images"], pred_dir=ds["pred"],
-                 gt_dir=ds["gt"], worst_n=2)
+    write_report(ds["results"], out, worst=WorstCases(2, ds["images"], ds["pred"], ds["gt"]))
     return out, parse_report(out)
 
 
@@ -84,7 +83,7 @@ def test_label_names_file_overrides_the_csv(phantom_dataset, tmp_path):
     labels.write_text(json.dumps({"labels": {"background": 0, "Liver": 1, "Spleen": 2,
                                              "Kidney L": 3, "Kidney R": 4, "Aorta": 5}}))
     out = tmp_path / "r.html"
-    write_report(phantom_dataset["results"], out, labels=labels, worst_n=0)
+    write_report(phantom_dataset["results"], out, labels=labels, worst=WorstCases(n=0))
     names = [r[1][0] for r in parse_report(out).tables["summary"]["rows"]]
     assert names == ["Liver", "Spleen", "Kidney L", "Kidney R", "Aorta"]
 
@@ -94,19 +93,20 @@ def test_missing_case_file_raises_and_writes_nothing(phantom_dataset, tmp_path):
     pred.mkdir()  # empty: no predictions
     out = tmp_path / "r.html"
     with pytest.raises(ImageReadError, match="case_00"):
-        write_report(phantom_dataset["results"], out, pred_dir=pred,
-                     gt_dir=phantom_dataset["gt"], worst_n=1)
+        write_report(phantom_dataset["results"], out,
+                     worst=WorstCases(1, pred_dir=pred, gt_dir=phantom_dataset["gt"]))
     assert list(tmp_path.iterdir()) == [pred]
 
 
 def test_bad_arguments(phantom_dataset, tmp_path):
     out = tmp_path / "r.html"
     with pytest.raises(UsageError, match="both pred_dir and gt_dir"):
-        write_report(phantom_dataset["results"], out, pred_dir=phantom_dataset["pred"])
+        write_report(phantom_dataset["results"], out,
+                     worst=WorstCases(pred_dir=phantom_dataset["pred"]))
     with pytest.raises(UsageError, match="worst_n"):
-        write_report(phantom_dataset["results"], out, worst_n=-1)
+        write_report(phantom_dataset["results"], out, worst=WorstCases(n=-1))
     with pytest.raises(UsageError, match="window"):
-        write_report(phantom_dataset["results"], out, window="lung")
+        write_report(phantom_dataset["results"], out, worst=WorstCases(window="lung"))
     with pytest.raises(DataError, match="does not exist"):
         write_report(tmp_path / "nope.csv", out)
     assert not out.exists()
@@ -145,7 +145,7 @@ def test_report_numbers_are_summary_json_numbers(phantom_dataset, tmp_path):
     summary["labels"]["1"]["metrics"]["dice"]["mean"] = 0.5  # the report must show this one
     summary_path.write_text(json.dumps(summary))
     out = tmp_path / "new" / "report.html"  # the report's folder is created
-    write_report(results, out, pred_dir=ds["pred"], gt_dir=ds["gt"], worst_n=4)
+    write_report(results, out, worst=WorstCases(pred_dir=ds["pred"], gt_dir=ds["gt"], n=4))
     table = parse_report(out).tables["summary"]
     head = table["head"]
     for row in table["rows"]:
@@ -183,7 +183,7 @@ def test_policy_overall_and_volume_agreement_are_summary_json_numbers(phantom_da
     summary["overall"]["case_mean"]["dice"]["mean"] = 0.25
     summary_path.write_text(json.dumps(summary))
     out = tmp_path / "report.html"
-    write_report(results, out, worst_n=0)
+    write_report(results, out, worst=WorstCases(n=0))
     parsed = parse_report(out)
     assert f"Rows counted: {summary['both_empty_policy']}." in html.unescape(out.read_text())
     overall = {r[0][0]: r for r in parsed.tables["overall"]["rows"]}

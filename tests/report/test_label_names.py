@@ -11,7 +11,7 @@ import pytest
 from medseg.data.manifest import load_manifest
 from medseg.evaluation import evaluate_folders
 from medseg.io.cases import read_label_names
-from medseg.report import write_report
+from medseg.report import WorstCases, write_report
 from report_html import parse_report
 
 
@@ -48,7 +48,7 @@ def test_same_names_in_manifest_evaluation_and_report(dataset, tmp_path, labels,
     assert [(r["label"], r["label_name"]) for r in rows] == [(1, "liver"), (2, "tumour")]
     assert [g["label_name"] for g in summary["labels"].values()] == ["liver", "tumour"]
     out = tmp_path / "report.html"
-    write_report(tmp_path / "results.csv", out, labels=path, worst_n=0)
+    write_report(tmp_path / "results.csv", out, labels=path, worst=WorstCases(n=0))
     tables = parse_report(out).tables
     assert [r[1][0] for r in tables["summary"]["rows"]] == ["liver", "tumour"]
     assert [r[2][0] for r in tables["cases"]["rows"]] == ["liver", "tumour"]

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from medseg.report import write_report
+from medseg.report import WorstCases, write_report
 from report_testdata import copy_for_lead, full_page_screenshot
 
 SCREENSHOT_COPY = "/tmp/medseg_report_screenshot.png"
@@ -16,8 +16,7 @@ SCREENSHOT_COPY = "/tmp/medseg_report_screenshot.png"
 def report_html(phantom_dataset, tmp_path_factory):
     ds = phantom_dataset
     out = tmp_path_factory.mktemp("browser") / "report.html"
-    write_report(ds["results"], out, images_dir=ds["images"], pred_dir=ds["pred"],
-                 gt_dir=ds["gt"], worst_n=3)
+    write_report(ds["results"], out, worst=WorstCases(3, ds["images"], ds["pred"], ds["gt"]))
     return out
 
 

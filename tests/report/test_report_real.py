@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from medseg.report import write_report
+from medseg.report import WorstCases, write_report
 from report_html import parse_report
 from report_testdata import copy_for_lead, full_page_screenshot, results_rows, save_nifti
 from report_testdata import write_results_csv
@@ -61,8 +61,8 @@ def real_report(tmp_path_factory):
     images = root / "images"
     images.mkdir()
     (images / "s0011.nii.gz").symlink_to(DATA / "ct.nii.gz")
-    write_report(results, out, images_dir=images, pred_dir=root / "pred", gt_dir=root / "gt",
-                 labels=DATA / "labels.json", worst_n=1)
+    write_report(results, out, labels=DATA / "labels.json",
+                 worst=WorstCases(1, images, root / "pred", root / "gt"))
     names = json.loads((DATA / "labels.json").read_text())
     return out, rows, {v: names[str(v)] for v in present}
 
