@@ -60,6 +60,8 @@ class EvaluateOptions:
         default False: left out and counted (:func:`medseg.results.summarize`).
     lesions : also score these labels lesion-wise (``lesions.csv`` beside the results
         and ``summary["lesions"]``); default None (no lesion-wise scoring).
+    reference : the DICOM series a DICOM-SEG / RTSTRUCT prediction or ground truth was
+        drawn on (:func:`medseg.io.labels.read_labels`); not needed for image files.
     """
 
     convention: str = "medseg"
@@ -68,6 +70,7 @@ class EvaluateOptions:
     missing_as_empty: bool = False
     include_both_empty: bool = False
     lesions: LesionOptions | None = None
+    reference: str | os.PathLike | None = None
 
     def __post_init__(self) -> None:
         from medseg.metrics import get_convention
@@ -130,8 +133,8 @@ def evaluate_folders(
     from medseg.io.atomic import ensure_parent
 
     ensure_parent(out_csv)  # fail before scoring when the output cannot be written
-    jobs = [(case, p, g, wanted, opts.convention, opts.nsd_tolerance_mm, lesion_job)
-            for case, p, g in pairs]
+    jobs = [(case, p, g, wanted, opts.convention, opts.nsd_tolerance_mm, opts.reference,
+             lesion_job) for case, p, g in pairs]
     done = _run(jobs, int(opts.workers))
     rows = [dataclasses.replace(r, label_name=(names or {}).get(r.label, ""))
             for case_rows, _ in done for r in case_rows]
@@ -178,17 +181,28 @@ def evaluate_case_lesions(
     return _case_lesions(pred, gt, gt_vol, labels, options)
 
 
-def _read_case(pred_path, gt_path) -> tuple[np.ndarray, np.ndarray, Any]:
-    """``(pred, gt, gt volume)`` checked integer label maps on one grid; no pred: zeros."""
-    from medseg.io import read_volume
+def _read_case(pred_path, gt_path, reference=None) -> tuple[np.ndarray, np.ndarray, Any]:
+    """``(pred, gt, gt volume)`` checked integer label maps on one grid; no pred: zeros.
 
-    gt_vol = read_volume(gt_path, channels=False)
+    A DICOM-SEG / RTSTRUCT is placed on the ``reference`` series' grid
+    (:func:`medseg.io.labels.read_labels`); image files are read as they are.
+    """
+    gt_vol = _read_label_file(gt_path, reference)
     gt = check_label_array(gt_vol.array, "ground truth", gt_path)
     if pred_path is None:
         return np.zeros_like(gt), gt, gt_vol
-    pred_vol = read_volume(pred_path, channels=False)
+    pred_vol = _read_label_file(pred_path, reference)
     _check_same_grid(pred_vol, gt_vol, pred_path, gt_path)
     return check_label_array(pred_vol.array, "prediction", pred_path), gt, gt_vol
+
+
+def _read_label_file(path, reference):
+    from medseg.io import read_volume
+    from medseg.io.labels import is_dicom_labels, read_labels
+
+    if is_dicom_labels(path):
+        return read_labels(path, reference)
+    return read_volume(path, channels=False)
 
 
 def _score_case(case, pred, gt, gt_vol, labels, convention, nsd_tolerance_mm) -> list[ResultRow]:
@@ -231,9 +245,9 @@ def _warn_unlisted(case: str, pred: np.ndarray, gt: np.ndarray, labels: Sequence
 
 def _run_job(job: tuple) -> tuple[list[ResultRow], dict[int, LabelLesions]]:
     """Rows of one case and, with a lesion job ``(labels, options)``, its lesions (one read)."""
-    *case_job, lesion_job = job
+    *case_job, reference, lesion_job = job
     case, pred_path, gt_path = case_job[:3]
-    pred, gt, gt_vol = _read_case(pred_path, gt_path)
+    pred, gt, gt_vol = _read_case(pred_path, gt_path, reference)
     rows = _score_case(case, pred, gt, gt_vol, *case_job[3:])
     if lesion_job is None:
         return rows, {}

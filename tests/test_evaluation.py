@@ -285,3 +285,29 @@ def test_totalsegmentator_fast_vs_full_mean_over_present_structures(tmp_path, ca
     assert old_mean == pytest.approx((sum(present) + 76 * 1.0) / 117)  # both_empty: Dice 1
     assert old_mean > mean + 0.05
     assert f"mean Dice {old_mean:.4f} over 117 (case, label) rows" in capsys.readouterr().err
+
+
+def test_dicom_seg_ground_truth_with_reference(tmp_path):
+    """A DICOM-SEG ground truth is read onto its --reference series' grid: dcmqi's liver SEG
+    against its own NRRD export scores Dice 1 (the same voxels), and without --reference the
+    one-line error says what is needed."""
+    import pytest as _pytest
+
+    from medseg.cli import main
+
+    data = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dicom_samples"
+    seg, series = data / "dcmqi" / "liver.dcm", data / "dcmqi" / "ct-3slice"
+    if not seg.is_file():
+        _pytest.skip(f"dcmqi samples not available at {data}")
+    from medseg.io import read_volume, write_volume
+    from medseg.io.labels import read_labels
+
+    labels = read_labels(seg, reference=series)
+    pred = write_volume(read_volume(series).with_array(labels.array), tmp_path / "pred.nii.gz")
+    out = tmp_path / "eval" / "results.csv"
+    assert main(["evaluate", "--pred", str(pred), "--gt", str(seg), "--reference", str(series),
+                 "-o", str(out), "--workers", "1"]) == 0
+    rows = [r for r in csv.DictReader(out.open()) if r["status"] != "both_empty"]
+    assert rows and all(float(r["dice"]) == 1.0 for r in rows)
+    assert main(["evaluate", "--pred", str(pred), "--gt", str(seg), "-o",
+                 str(tmp_path / "e2" / "results.csv")]) == 2

@@ -17,6 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, metavar="results.csv",
                         help="per case x label CSV; summary.csv/.json go beside it")
     add_labels(parser, "the labels to score and their names")
+    parser.add_argument("--reference", metavar="SERIES_DIR",
+                        help="the DICOM series a DICOM-SEG / RTSTRUCT --pred or --gt is on")
     parser.add_argument("--convention", default="medseg",
                         help="medseg (default), monai, deepmind or medpy")
     parser.add_argument("--nsd-tolerance", type=float, default=1.0, metavar="MM",
@@ -56,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         args.pred, args.gt, args.output, labels=args.labels, convention=args.convention,
         nsd_tolerance_mm=args.nsd_tolerance, workers=args.workers,
         missing_as_empty=args.missing_as_empty, include_both_empty=args.include_both_empty,
-        lesions=_lesion_options(args),
+        lesions=_lesion_options(args), reference=args.reference,
     )
     for line in _summary_lines(summary, len(rows)):
         logging.getLogger("medseg").info("%s", line)
