@@ -124,11 +124,11 @@ class Comparison:
         import json
 
         from medseg.io.atomic import atomic_write_text
-        from medseg.results import _csv_text
+        from medseg.results import csv_text
 
         out = Path(out_dir)
         csv_path, json_path = out / "compare.csv", out / "compare.json"
-        atomic_write_text(csv_path, _csv_text(COMPARE_COLUMNS, self.rows))
+        atomic_write_text(csv_path, csv_text(COMPARE_COLUMNS, self.rows))
         text = json.dumps(self.to_json(), indent=1, allow_nan=False)
         atomic_write_text(json_path, text + "\n")
         log.info("wrote %s and %s (%d pairs)", csv_path, json_path.name, len(self.pairs))

@@ -383,10 +383,10 @@ def _write_lesions(out_csv: str | os.PathLike, by_case: Mapping[str, Mapping[int
                    names: Mapping[int, str] | None, options: LesionOptions) -> dict[str, Any]:
     """Write ``lesions.csv`` beside ``out_csv`` (atomically); return ``summary["lesions"]``."""
     from medseg.io.atomic import atomic_write_text
-    from medseg.results import _csv_text
+    from medseg.results import csv_text
 
     rows = _lesion_rows(by_case, names)
     path = Path(out_csv).with_name("lesions.csv")
-    atomic_write_text(path, _csv_text(LESION_COLUMNS, rows))
+    atomic_write_text(path, csv_text(LESION_COLUMNS, rows))
     log.info("wrote %s (%d lesions)", path, len(rows))
     return summarize_lesions(by_case, names, options)

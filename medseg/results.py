@@ -63,7 +63,7 @@ from medseg.agreement import volume_agreement
 from medseg.errors import DataError
 from medseg.metrics import METRIC_KEYS, STATUSES
 
-__all__ = ["RESULT_COLUMNS", "SUMMARY_COLUMNS", "ResultRow", "Results", "summarize"]
+__all__ = ["RESULT_COLUMNS", "SUMMARY_COLUMNS", "ResultRow", "Results", "csv_text", "summarize"]
 
 log = logging.getLogger(__name__)
 
@@ -241,8 +241,8 @@ class Results:
         out_csv = Path(out_csv)
         folder = ensure_parent(out_csv)
         texts = {
-            out_csv: _csv_text(RESULT_COLUMNS, (r.as_dict() for r in self.rows)),
-            folder / "summary.csv": _csv_text(SUMMARY_COLUMNS, _summary_rows(self.summary)),
+            out_csv: csv_text(RESULT_COLUMNS, (r.as_dict() for r in self.rows)),
+            folder / "summary.csv": csv_text(SUMMARY_COLUMNS, _summary_rows(self.summary)),
             folder / "summary.json": json.dumps(self.summary, indent=2, allow_nan=False) + "\n",
         }
         for target, text in texts.items():
@@ -335,7 +335,10 @@ def _format(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def _csv_text(columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> str:
+def csv_text(columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> str:
+    """CSV text of ``rows`` in ``columns`` order: floats exact (``repr``), NaN and infinity
+    written ``nan``/``inf``/``-inf``, None as empty; the one CSV writer of results, lesions,
+    comparisons and statistics."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)

@@ -26,8 +26,6 @@ labels, and each label's statistics are then taken on its contiguous group.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 import os
@@ -252,11 +250,9 @@ def _label_names(labels: str | os.PathLike | Labels) -> Labels:
 
 def stats_csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
     """The rows as CSV text with the columns :data:`STATS_COLUMNS` (NaN written ``nan``)."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, STATS_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
+    from medseg.results import csv_text
+
+    return csv_text(STATS_COLUMNS, rows)
 
 
 def write_stats(rows: Sequence[Mapping[str, Any]], out_csv: str | os.PathLike) -> Path:

@@ -32,11 +32,11 @@ from typing import Any
 
 import numpy as np
 
-from medseg.argmax import label_dtype
 from medseg.data.manifest import Case, read_case
 from medseg.errors import DataError
 from medseg.io.atomic import atomic_path, atomic_write_text
-from medseg.volume import LabelMap, Volume
+from medseg.io.labels import as_label_map
+from medseg.volume import Volume
 
 __all__ = ["CachedCase", "cache_key", "cache_case", "build_cache", "foreground_indices"]
 
@@ -173,7 +173,7 @@ def cache_case(case: Case, preprocessing: Any, cache_dir: str | os.PathLike,
         return CachedCase.open(folder)
     folder.mkdir(exist_ok=True)
     image, label = read_case(case)
-    label = None if label is None else _label_map(label, case.label)
+    label = None if label is None else as_label_map(label, case.label)
     prepared = preprocessing.apply(image, label)
     image_t, label_t = prepared.image, prepared.label
     arr = np.asarray(image_t.array, dtype=np.float32)
@@ -198,20 +198,6 @@ def cache_case(case: Case, preprocessing: Any, cache_dir: str | os.PathLike,
     }
     atomic_write_text(folder / "meta.json", json.dumps(meta, indent=1))
     return CachedCase.open(folder)
-
-
-def _label_map(label: Volume, path: Any) -> LabelMap:
-    """``label`` as a LabelMap of :func:`label_dtype` (label files are often stored as floats).
-
-    Raises DataError naming ``path`` for negative or non-integer values.
-    """
-    array = np.asarray(label.array)
-    low, high = (array.min(), array.max()) if array.size else (0, 0)
-    if low < 0 or (array.dtype.kind == "f" and not np.all(np.mod(array, 1) == 0)):
-        raise DataError(f"label values must be integers >= 0 (0 = background), got "
-                        f"{array.dtype} values in [{low}, {high}]", path)
-    return LabelMap(array.astype(label_dtype(int(high) + 1), copy=False), label.affine,
-                    label.meta)
 
 
 def _safe(name: str) -> str:
