@@ -1,14 +1,20 @@
-"""A network ready to predict, with its model card: from a checkpoint, or a module and a card.
+"""Networks ready to predict, with their model card: one checkpoint, a fold ensemble, or a module.
 
-:func:`load_model` accepts what users hold: a checkpoint path, a loaded
-:class:`~medseg.checkpoint.Checkpoint`, or a :class:`LoadedModel` (a bare
-``nn.Module`` wrapped with the card that says how to use it).
-:func:`check_image` refuses an image the network cannot take before any work.
+:func:`load_model` accepts what users hold: a checkpoint path, a cross-validation run
+folder (every ``fold_*/best.safetensors``, else that fold's ``last.safetensors``), a list
+of checkpoints, a loaded :class:`~medseg.checkpoint.Checkpoint`, or a
+:class:`LoadedModel` (a bare ``nn.Module`` wrapped with the card that says how to use it).
+Several members make an ensemble: the mean of their softmax is what the sliding window
+blends (:mod:`medseg.inference.predict`). :func:`check_image` refuses an image the
+network cannot take before any work.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,53 +23,187 @@ import numpy as np
 from torch import nn
 
 from medseg.card import ModelCard
-from medseg.errors import DataError, UsageError
+from medseg.errors import CheckpointError, DataError, UsageError
 from medseg.runtime import Runtime
 from medseg.volume import Volume
 
-__all__ = ["LoadedModel", "load_model", "check_image"]
+__all__ = ["LoadedModel", "load_model", "check_image", "run_checkpoints"]
+
+log = logging.getLogger(__name__)
+
+#: Checkpoint of each fold of a run folder, in order of preference.
+FOLD_CHECKPOINTS = ("best.safetensors", "last.safetensors")
 
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A network and its model card.
+    """One network, or the members of an ensemble, and the model card they share.
+
+    ``LoadedModel(module, card)`` wraps one network; ``LoadedModel((a, b, c), card)``
+    an ensemble whose members all take ``card``'s preprocessing, labels and window.
 
     Attributes
     ----------
-    network : maps (B, C, x, y, z) to logits (B, K, x, y, z); put in eval mode on the
-        runtime's device by :func:`load_model`.
-    card : how to use it (preprocessing, window, labels, post-processing).
-    source : where it came from (the checkpoint file), for messages.
+    networks : the members, each mapping (B, C, x, y, z) to logits (B, K, x, y, z); put in
+        eval mode on the runtime's device by :func:`load_model`. A single ``nn.Module`` is
+        stored as a one-member tuple.
+    card : how to use them (preprocessing, window, labels, post-processing).
+    source : where they came from (the checkpoint file or files), for messages.
     """
 
-    network: nn.Module
+    networks: tuple[nn.Module, ...]
     card: ModelCard
     source: str = "model"
 
+    def __post_init__(self) -> None:
+        nets = (self.networks,) if isinstance(self.networks, nn.Module) else self.networks
+        nets = tuple(nets)
+        if not nets or not all(isinstance(n, nn.Module) for n in nets):
+            raise UsageError("LoadedModel needs an nn.Module or a non-empty sequence of them, "
+                             f"got {type(self.networks).__name__}")
+        object.__setattr__(self, "networks", nets)
+
+    @property
+    def network(self) -> nn.Module:
+        """The network of a single model (UsageError for an ensemble: use ``networks``)."""
+        if len(self.networks) != 1:
+            raise UsageError(f"{self.source} is an ensemble of {len(self.networks)} networks: "
+                             "use LoadedModel.networks")
+        return self.networks[0]
+
+    @property
+    def is_ensemble(self) -> bool:
+        """More than one member: the window blends their mean softmax, not logits."""
+        return len(self.networks) > 1
+
 
 def load_model(model: Any, runtime: Runtime) -> LoadedModel:
-    """A :class:`LoadedModel` on ``runtime.device`` from a checkpoint path, a
-    :class:`~medseg.checkpoint.Checkpoint` or a :class:`LoadedModel`.
+    """A :class:`LoadedModel` on ``runtime.device``.
+
+    Parameters
+    ----------
+    model : a checkpoint path (``.safetensors``); a run folder holding
+        ``fold_*/best.safetensors`` (else each fold's ``last.safetensors``): the fold
+        ensemble; a list or tuple of any of these: their ensemble; a
+        :class:`~medseg.checkpoint.Checkpoint`; or a :class:`LoadedModel`.
+    runtime : the device the networks are moved to.
+
+    Ensemble members must agree on input channels, classes, labels, preprocessing and
+    window settings; post-processing is the first member's (members written by one
+    cross-validation run share it).
 
     Raises
     ------
-    CheckpointError : unreadable or incompatible checkpoint (naming the file).
+    CheckpointError : unreadable or incompatible checkpoint (naming the file); ensemble
+        members whose cards differ (naming both files and the first setting that differs);
+        a run folder with no fold checkpoint.
     UsageError : anything else (a bare ``nn.Module`` needs its card: wrap it as
         ``LoadedModel(module, card)``).
     """
+    if isinstance(model, (list, tuple)) or _is_run_folder(model):
+        items = run_checkpoints(model) if _is_run_folder(model) else list(model)
+        if not items:
+            raise UsageError("an ensemble needs at least one checkpoint, got an empty list")
+        return _ensemble([_load_one(item, runtime) for item in items])
+    return _load_one(model, runtime)
+
+
+def _load_one(model: Any, runtime: Runtime) -> LoadedModel:
     from medseg.checkpoint import Checkpoint, load_checkpoint
 
     if isinstance(model, LoadedModel):
-        model.network.to(runtime.device).eval()
+        for network in model.networks:
+            network.to(runtime.device).eval()
         return model
+    if isinstance(model, (list, tuple)) or _is_run_folder(model):
+        return load_model(model, runtime)
     if isinstance(model, (str, os.PathLike)):
         model = load_checkpoint(model, device="cpu")
     if isinstance(model, Checkpoint):
         return LoadedModel(model.build_model(runtime.device), model.card, str(model.path))
     hint = (": wrap it with its card, LoadedModel(module, card)"
             if isinstance(model, nn.Module) else "")
-    raise UsageError("the model must be a checkpoint path, a medseg Checkpoint or a "
-                     f"LoadedModel, got {type(model).__name__}{hint}")
+    raise UsageError("the model must be a checkpoint path, a run folder, a list of "
+                     f"checkpoints, a medseg Checkpoint or a LoadedModel, got "
+                     f"{type(model).__name__}{hint}")
+
+
+# -- ensembles -------------------------------------------------------------------------------
+def _is_run_folder(model: Any) -> bool:
+    return isinstance(model, (str, os.PathLike)) and Path(model).is_dir()
+
+
+def run_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """The checkpoint of every ``fold_*`` folder of a cross-validation run, in fold order:
+    its ``best.safetensors``, else its ``last.safetensors``.
+
+    Raises
+    ------
+    CheckpointError naming the folder: no ``fold_*`` folder, or a fold with neither file.
+    """
+    run = Path(run_dir)
+    folds = sorted((p for p in run.glob("fold_*") if p.is_dir()), key=_fold_order)
+    if not folds:
+        raise CheckpointError("not a checkpoint: a folder must be a cross-validation run "
+                              "holding fold_*/best.safetensors or fold_*/last.safetensors",
+                              run)
+    found = []
+    for fold in folds:
+        path = next((fold / name for name in FOLD_CHECKPOINTS if (fold / name).is_file()), None)
+        if path is None:
+            raise CheckpointError(f"fold {fold.name} holds neither {' nor '.join(FOLD_CHECKPOINTS)}"
+                                  " (still training? give the checkpoints with -m instead)", run)
+        found.append(path)
+    log.info("ensemble of %d folds: %s", len(found), ", ".join(str(p) for p in found))
+    return found
+
+
+def _fold_order(path: Path) -> tuple[int, str]:
+    """fold_2 before fold_10: by the number after ``fold_``, then by name."""
+    match = re.fullmatch(r"fold_(\d+)", path.name)
+    return (int(match.group(1)) if match else 1 << 30, path.name)
+
+
+def _ensemble(members: Sequence[LoadedModel]) -> LoadedModel:
+    """One LoadedModel of every member's networks, under the first member's card."""
+    first = members[0]
+    for other in members[1:]:
+        _check_same_settings(first, other)
+        if other.card.postprocess != first.card.postprocess:
+            log.warning("ensemble: %s and %s differ in post-processing; using %s's",
+                        first.source, other.source, first.source)
+    networks = tuple(n for member in members for n in member.networks)
+    source = first.source if len(members) == 1 else ", ".join(m.source for m in members)
+    return LoadedModel(networks, first.card, source)
+
+
+def _check_same_settings(a: LoadedModel, b: LoadedModel) -> None:
+    """Refuse members that would not predict on the same grid, window and classes."""
+    left, right = _settings(a.card), _settings(b.card)
+    for name in list(left) + [k for k in right if k not in left]:
+        if left.get(name, "<unset>") != right.get(name, "<unset>"):
+            raise CheckpointError(
+                f"ensemble members differ in {name}: {left.get(name, '<unset>')!r} in "
+                f"{a.source}, {right.get(name, '<unset>')!r} in {b.source}; members must share "
+                "input channels, labels, preprocessing and window settings")
+
+
+def _settings(card: ModelCard) -> dict[str, Any]:
+    """The card's settings that ensemble members must share, as ``name -> value``."""
+    settings: dict[str, Any] = {"input channels": card.in_channels,
+                                "classes": card.num_classes, "labels": dict(card.labels)}
+    settings.update(_flatten("preprocessing", card.preprocessing))
+    settings.update(_flatten("window", card.window.to_dict()))
+    return settings
+
+
+def _flatten(prefix: str, value: Any) -> Iterator[tuple[str, Any]]:
+    """(dotted name, leaf value) pairs of a nested mapping, keys in sorted order."""
+    if not isinstance(value, Mapping) or not value:
+        yield prefix, value
+        return
+    for key in sorted(value, key=str):
+        yield from _flatten(f"{prefix}.{key}", value[key])
 
 
 def image_source(volume: Volume) -> str | None:

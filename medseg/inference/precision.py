@@ -3,19 +3,22 @@
 The precision policy itself (which autocast dtype for which device and ``amp``
 switch) is :mod:`medseg.runtime`'s one table. Logits always leave the predictor
 as float32, so stitching and softmax are fp32 whatever the network ran in.
+
+An ensemble's predictor returns probabilities instead: per window batch, the mean over
+its members of softmax(logits), in float32 (:func:`make_ensemble_predictor`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
 from medseg.runtime import Runtime
 
-__all__ = ["Predictor", "make_predictor"]
+__all__ = ["Predictor", "make_ensemble_predictor", "make_predictor"]
 
 log = logging.getLogger(__name__)
 
@@ -29,5 +32,24 @@ def make_predictor(model: nn.Module, runtime: Runtime) -> Predictor:
     def run(batch: torch.Tensor) -> torch.Tensor:
         with runtime.autocast():
             return model(batch).float()
+
+    return run
+
+
+def make_ensemble_predictor(models: Sequence[nn.Module], runtime: Runtime) -> Predictor:
+    """Window batch (B, C, x, y, z) -> float32 probabilities (B, K, x, y, z): the mean over
+    ``models`` of softmax(logits) over channels, each member in ``runtime.precision``.
+
+    Peak memory beyond one member's forward pass: two (B, K, x, y, z) float32 arrays
+    (the running sum and one member's softmax), whatever the number of members.
+    """
+    members = [make_predictor(model, runtime) for model in models]
+    log.debug("ensemble of %d networks: mean softmax per window batch", len(members))
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        total = torch.softmax(members[0](batch), dim=1)
+        for member in members[1:]:
+            total += torch.softmax(member(batch), dim=1)
+        return total.div_(len(members))
 
     return run

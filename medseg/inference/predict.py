@@ -24,6 +24,11 @@ The network's output type decides how it returns to the input grid:
   neighbour;
 * ``save_probabilities``: the Probabilities are inverted in full (linear) and
   the labels are their argmax on the input grid.
+
+An ensemble (several networks sharing one card: the folds of a cross-validation run)
+takes the same path: per window batch its predictor returns the mean over members of
+softmax(logits), so the window blends probabilities and no softmax follows; one network's
+logits are blended and then softmaxed, as they always were.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from medseg.argmax import argmax_labels, label_dtype
 from medseg.card import ModelCard, Postprocess, WindowSettings
 from medseg.errors import check_option
 from medseg.inference.loaded import LoadedModel, check_image, load_model
-from medseg.inference.precision import make_predictor
+from medseg.inference.precision import Predictor, make_ensemble_predictor, make_predictor
 from medseg.runtime import Runtime
 from medseg.volume import LabelMap, Probabilities, Volume
 
@@ -149,8 +154,10 @@ def predict_case(model: Any, volume: Volume, options: PredictOptions | None = No
     Parameters
     ----------
     model : a checkpoint path (``.safetensors``), a loaded
-        :class:`medseg.checkpoint.Checkpoint`, or a
-        :class:`medseg.inference.loaded.LoadedModel` (a module and its card).
+        :class:`medseg.checkpoint.Checkpoint`, a
+        :class:`medseg.inference.loaded.LoadedModel` (a module and its card), or an
+        ensemble: a cross-validation run folder or a list of checkpoints (anything
+        :func:`medseg.inference.loaded.load_model` takes).
     volume : image Volume (x, y, z) or (C, x, y, z), any numeric dtype (CT in HU).
     options : :class:`PredictOptions` (default: as the card says).
     runtime : device and precision (default ``Runtime.resolve("auto")``: CUDA when
@@ -207,18 +214,31 @@ def _window(loaded: LoadedModel, prepared, card: ModelCard, options: PredictOpti
     estimate = _log_memory_estimate(image, k, card.window, probabilities, runtime)
     kwargs = {"device": runtime.device, "out_device": _out_device(runtime.device, estimate),
               "progress": options.progress}
-    predictor = make_predictor(loaded.network, runtime)
+    predictor, gives_probabilities = _predictor(loaded, runtime)
     affine = prepared.image.affine
     with torch.inference_mode():
         if probabilities:
-            logits = sliding_window(predictor, image, card.window, **kwargs)[0].float()
-            out: LabelMap | Probabilities = Probabilities(_softmax_(logits).cpu().numpy(),
-                                                          affine)
+            blended = sliding_window(predictor, image, card.window, **kwargs)[0].float()
+            if not gives_probabilities:
+                blended = _softmax_(blended)
+            out: LabelMap | Probabilities = Probabilities(blended.cpu().numpy(), affine)
         else:
             labels = sliding_window_argmax(predictor, image, card.window, **kwargs)[0]
             out = LabelMap(labels.cpu().numpy().astype(label_dtype(k), copy=False), affine)
     _sync(runtime.device)
     return out
+
+
+def _predictor(loaded: LoadedModel, runtime: Runtime) -> tuple[Predictor, bool]:
+    """The sliding window's predictor, and whether it returns probabilities.
+
+    One network: its logits (blended, then softmax: single-model outputs as they always
+    were). An ensemble: the mean of its members' softmax per window batch, so what is
+    blended are probabilities and no softmax follows.
+    """
+    if loaded.is_ensemble:
+        return make_ensemble_predictor(loaded.networks, runtime), True
+    return make_predictor(loaded.network, runtime), False
 
 
 def _restore(output: LabelMap | Probabilities, history, volume: Volume,
