@@ -6,7 +6,9 @@ else its training cases; ``.csv`` with an ``image`` column). ``OUT`` is a file
 for a single case (``.nii.gz`` ..., or ``.dcm`` for a DICOM-SEG, or an RTSTRUCT
 with ``--dicom-format rtstruct``, of a DICOM input) or a folder
 (``<case>.nii.gz`` per case). Under ``torchrun`` the cases are shared out by
-rank: case ``i`` goes to rank ``i % WORLD_SIZE``.
+rank: case ``i`` goes to rank ``i % WORLD_SIZE``. ``-m`` takes a checkpoint, a
+cross-validation run folder (the ensemble of its folds), or several checkpoints
+(``-m a -m b`` or ``-m a,b``): an ensemble averages its members' softmax.
 """
 
 from __future__ import annotations
@@ -15,13 +17,17 @@ import argparse
 import logging
 from pathlib import Path
 
-HELP = "segment images (files, DICOM series, folders, manifests) with a checkpoint"
+HELP = ("segment images (files, DICOM series, folders, manifests) with a checkpoint or an "
+        "ensemble of them")
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-m", "--model", required=True, type=Path, metavar="CHECKPOINT",
-                        help="medseg checkpoint (.safetensors)")
+    parser.add_argument("-m", "--model", required=True, action="append", metavar="CHECKPOINT",
+                        help="medseg checkpoint (.safetensors), or a cross-validation run "
+                             "folder (its fold_*/best.safetensors, else last): the fold "
+                             "ensemble; repeat -m or give a comma list to ensemble checkpoints "
+                             "(their softmax is averaged)")
     parser.add_argument("-i", "--input", required=True, type=Path, metavar="IN",
                         help="image file, DICOM folder, folder of images, or manifest (.json/.csv)")
     parser.add_argument("-o", "--output", required=True, type=Path, metavar="OUT",
@@ -75,5 +81,11 @@ def run(args: argparse.Namespace) -> int:
     )
     files = CaseFiles(series=args.series, tilt=args.tilt, preview=args.preview,
                       dicom_format=args.dicom_format)
-    predict_cases(args.model, args.input, args.output, options, runtime, files)
+    predict_cases(model_argument(args.model), args.input, args.output, options, runtime, files)
     return 0
+
+
+def model_argument(values: list[str]) -> Path | list[Path]:
+    """The ``-m`` values (repeated, or comma lists) as one path, or a list for an ensemble."""
+    paths = [Path(part.strip()) for value in values for part in value.split(",") if part.strip()]
+    return paths[0] if len(paths) == 1 else paths

@@ -175,7 +175,7 @@ def _cases_progress(cases: Sequence[Case], rank: int):  # -> tqdm
 
 
 def predict_cases(
-    model: str | os.PathLike,
+    model: str | os.PathLike | Sequence[str | os.PathLike],
     input_path: str | os.PathLike,
     output: str | os.PathLike,
     options: PredictOptions | None = None,
@@ -186,7 +186,8 @@ def predict_cases(
 
     Parameters
     ----------
-    model : a checkpoint path (or anything :func:`medseg.inference.loaded.load_model` takes).
+    model : a checkpoint path, a cross-validation run folder or a list of checkpoints (an
+        ensemble), or anything else :func:`medseg.inference.loaded.load_model` takes.
     input_path, output : see the module docstring.
     options : :class:`~medseg.inference.predict.PredictOptions` of every case.
     runtime : device, precision and torchrun rank (default ``Runtime.resolve("auto")``);
@@ -207,6 +208,8 @@ def predict_cases(
     mine = shard_cases(cases, runtime.rank, runtime.world_size)
     loaded = load_model(model, runtime)
     algorithm = f"medseg {loaded.card.model.name}"
+    if loaded.is_ensemble:
+        algorithm += f" ensemble of {len(loaded.networks)}"
     file_mode = _prepare_output(output, cases)
     log.info("rank %d/%d: %d of %d cases on %s", runtime.rank, runtime.world_size, len(mine),
              len(cases), runtime)
