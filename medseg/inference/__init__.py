@@ -10,6 +10,8 @@ Public API::
     predict_case(model, volume, PredictOptions(...), Runtime) -> Prediction (labels,
         optional probabilities, step timings)
     LoadedModel(module, card)  -- a network of your own with its model card
+    LoadedModel((net_a, net_b), card), predict_case(run_dir | [ckpt, ...], ...)  -- ensembles
+        (the mean of the members' softmax is blended)
     (from medseg.inference.predict / .loaded, imported lazily)
 """
 

@@ -65,7 +65,8 @@ def windowed(image) -> torch.Tensor:
 # -- loading -------------------------------------------------------------------------------------
 def test_run_folder_takes_best_else_last_in_fold_order(tmp_path, threshold_ckpt):
     run = tmp_path / "run"
-    for fold, names in {"fold_10": ["best"], "fold_2": ["last"], "fold_0": ["best", "last"]}.items():
+    folds = {"fold_10": ["best"], "fold_2": ["last"], "fold_0": ["best", "last"]}
+    for fold, names in folds.items():
         (run / fold).mkdir(parents=True)
         for name in names:
             shutil.copy(threshold_ckpt, run / fold / f"{name}.safetensors")
