@@ -135,16 +135,21 @@ def _is_run_folder(model: Any) -> bool:
 
 def run_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     """The checkpoint of every ``fold_*`` folder of a cross-validation run, in fold order:
-    its ``best.safetensors``, else its ``last.safetensors``.
+    its ``best.safetensors``, else its ``last.safetensors``; a single training run folder
+    (no ``fold_*``) gives its own best, else last, checkpoint.
 
     Raises
     ------
-    CheckpointError naming the folder: no ``fold_*`` folder, or a fold with neither file.
+    CheckpointError naming the folder: no checkpoint in it, or a fold with neither file.
     """
     run = Path(run_dir)
     folds = sorted((p for p in run.glob("fold_*") if p.is_dir()), key=_fold_order)
+    own = next((run / name for name in FOLD_CHECKPOINTS if (run / name).is_file()), None)
+    if not folds and own is not None:
+        return [own]
     if not folds:
-        raise CheckpointError("not a checkpoint: a folder must be a cross-validation run "
+        raise CheckpointError("not a checkpoint: a folder must be a training run holding "
+                              "best.safetensors / last.safetensors, or a cross-validation run "
                               "holding fold_*/best.safetensors or fold_*/last.safetensors",
                               run)
     found = []

@@ -92,6 +92,16 @@ def test_run_folder_errors_name_the_folder(tmp_path, threshold_ckpt):
         load_model([], CPU)
 
 
+def test_single_run_folder_gives_its_best_else_last(tmp_path, threshold_ckpt):
+    """``-m RUN_DIR`` of an ordinary (not cross-validated) training run: its own best, else
+    last, checkpoint; one network, not an ensemble."""
+    shutil.copy(threshold_ckpt, tmp_path / "last.safetensors")
+    assert run_checkpoints(tmp_path) == [tmp_path / "last.safetensors"]
+    shutil.copy(threshold_ckpt, tmp_path / "best.safetensors")
+    assert run_checkpoints(tmp_path) == [tmp_path / "best.safetensors"]
+    assert not load_model(tmp_path, CPU).is_ensemble
+
+
 def test_loaded_model_one_network_or_several():
     net = threshold_unet()
     card = threshold_card(net)
