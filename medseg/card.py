@@ -118,18 +118,36 @@ class WindowSettings:
 class Postprocess:
     """What is done to the label map after it is back on the input grid.
 
-    ``keep_largest``: keep only the largest connected component of each label
-    (for structures that are one piece).
+    ``keep_largest``: keep only the largest connected component of each label (``True``),
+    of none (``False``), or of the listed label values only (a tuple such as ``(1, 3)``,
+    for structures that are one piece beside others that may have several; chosen from
+    out-of-fold Dice by :func:`medseg.training.crossval.choose_postprocess`).
     """
 
-    keep_largest: bool = False
+    keep_largest: bool | tuple[int, ...] = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.keep_largest, bool):
-            raise UsageError(f"keep_largest must be true or false, got {self.keep_largest!r}")
+        value = self.keep_largest
+        if isinstance(value, bool):
+            return
+        if not isinstance(value, (list, tuple)) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+            raise UsageError(f"keep_largest must be true, false or a list of label values "
+                             f"(positive integers), got {value!r}")
+        labels = tuple(sorted(set(value)))
+        object.__setattr__(self, "keep_largest", labels if labels else False)
+
+    @property
+    def largest_only(self) -> tuple[int, ...] | None:
+        """Labels to reduce to their largest component: None = every label, () = none."""
+        value = self.keep_largest
+        if isinstance(value, bool):
+            return None if value else ()
+        return value
 
     def to_dict(self) -> dict[str, Any]:
-        return {"keep_largest": self.keep_largest}
+        value = self.keep_largest
+        return {"keep_largest": value if isinstance(value, bool) else list(value)}
 
 
 @dataclass(frozen=True)

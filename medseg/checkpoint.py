@@ -45,6 +45,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "read_header",
+    "update_card",
 ]
 
 FORMAT_VERSION = 2
@@ -189,6 +190,23 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, card: Model
     }
     return atomic_save(path, _cpu_tensors(net.state_dict()), {_META_KEY: _json(description,
                                                                                  path)})
+
+
+def update_card(path: str | os.PathLike, card: ModelCard) -> Path:
+    """Rewrite the model card of the checkpoint ``path`` atomically; the weights are kept
+    bit for bit (and the training record as it was).
+
+    The file is rewritten in the current format (a format-1 file becomes format 2). The
+    network may not change: a ``card.model`` other than the file's raises CheckpointError.
+    """
+    checkpoint = load_checkpoint(path)
+    if _json(card.model.to_dict(), path) != _json(checkpoint.card.model.to_dict(), path):
+        raise CheckpointError(f"update_card: the new card describes network "
+                              f"{card.model.to_dict()}, but the checkpoint holds "
+                              f"{checkpoint.card.model.to_dict()}", path)
+    checkpoint.card = card
+    meta = {_META_KEY: _json(checkpoint.describe(), path)}
+    return atomic_save(path, checkpoint.state_dict, meta)
 
 
 def _json_default(value: Any) -> Any:

@@ -66,6 +66,9 @@ class DataConfig:
     ``val_fraction`` holds out that share of the training cases for validation
     when the manifest has no validation split. ``cache_dir`` defaults to
     ``RUN_DIR/cache``; point several runs at one folder to share it.
+    ``split_file`` and ``fold``: train on fold ``fold`` (from 0) of a cross-validation
+    ``splits.json`` (a list of ``{"train": [case ids], "val": [...]}``) instead of
+    ``val_fraction``; ``medseg train --folds K`` sets both for each fold.
     """
 
     manifest: str | None = None
@@ -73,6 +76,8 @@ class DataConfig:
     val_fraction: float = 0.2
     cache_dir: str | None = None
     max_indices_per_class: int = 200_000
+    split_file: str | None = None
+    fold: int | None = None
 
 
 @dataclass
@@ -328,6 +333,10 @@ def _check_values(cfg: PipelineConfig, source: str | None) -> None:
         raise ConfigError("data needs exactly one of 'data.manifest' (a dataset.json or CSV "
                           "path) or 'data.phantom' (generated cases)", source)
     _require(0.0 <= d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "[0, 1)", source)
+    if (d.split_file is None) != (d.fold is None):
+        raise ConfigError("data.split_file and data.fold go together: give both (a splits.json "
+                          "and a fold index from 0) or neither", source)
+    _require(d.fold is None or d.fold >= 0, "data.fold", d.fold, "a fold index >= 0", source)
 
 
 def _require(ok: bool, key: str, value: Any, expected: str, source: str | None) -> None:
@@ -338,7 +347,7 @@ def _require(ok: bool, key: str, value: Any, expected: str, source: str | None) 
 def parse_config(raw: Any, source: str | os.PathLike | None = None) -> PipelineConfig:
     """Validate a parsed YAML mapping and build a :class:`PipelineConfig`.
 
-    A relative ``data.manifest`` / ``data.cache_dir`` is resolved against the
+    A relative ``data.manifest`` / ``data.cache_dir`` / ``data.split_file`` is resolved against the
     YAML file's folder (when ``source`` is given).
     """
     src = None if source is None else os.fspath(source)
@@ -349,10 +358,10 @@ def parse_config(raw: Any, source: str | os.PathLike | None = None) -> PipelineC
     _check_values(cfg, src)
     if src is not None:
         base = Path(src).resolve().parent
-        if cfg.data.manifest and not Path(cfg.data.manifest).is_absolute():
-            cfg.data.manifest = str(base / cfg.data.manifest)
-        if cfg.data.cache_dir and not Path(cfg.data.cache_dir).is_absolute():
-            cfg.data.cache_dir = str(base / cfg.data.cache_dir)
+        for key in ("manifest", "cache_dir", "split_file"):
+            value = getattr(cfg.data, key)
+            if value and not Path(value).is_absolute():
+                setattr(cfg.data, key, str(base / value))
     return cfg
 
 

@@ -1,4 +1,9 @@
-"""``medseg train CONFIG.yaml -o RUN_DIR``: train a pipeline (also under torchrun for DDP)."""
+"""``medseg train CONFIG.yaml -o RUN_DIR``: train a pipeline (also under torchrun for DDP).
+
+``--folds K`` trains K cross-validation folds into ``RUN_DIR/fold_<i>/`` and then evaluates
+them out of fold (``RUN_DIR/cv/``); ``--folds K --fold N`` trains fold N only;
+``--evaluate-cv`` evaluates the folds of ``RUN_DIR`` (after training any fold asked for).
+"""
 
 from __future__ import annotations
 
@@ -30,15 +35,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-minutes", type=float, default=None, metavar="MIN",
                         help="wall-clock budget: stop (validate and save) after the last epoch "
                              "expected to finish within it; --resume continues")
+    parser.add_argument("--folds", type=int, default=None, metavar="K",
+                        help="k-fold cross-validation: train K folds (splits saved in "
+                             "RUN_DIR/splits.json, runs in RUN_DIR/fold_<i>/), then predict and "
+                             "score each fold's held-out cases into RUN_DIR/cv/ and choose the "
+                             "post-processing")
+    parser.add_argument("--fold", type=int, default=None, metavar="N",
+                        help="with --folds K: train only fold N (0 to K-1), e.g. one fold per "
+                             "GPU or job; run --evaluate-cv once all folds are trained")
+    parser.add_argument("--evaluate-cv", action="store_true",
+                        help="out-of-fold evaluation and post-processing choice of the folds "
+                             "in RUN_DIR (all folds must be trained)")
     parser.add_argument("--debug-param-hashes", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--debug-kill-after-epoch", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def _check_fold_options(args: argparse.Namespace) -> None:
+    from medseg.errors import UsageError
+
+    if args.fold is not None and args.folds is None:
+        raise UsageError(f"--fold {args.fold} needs --folds K (the number of folds), e.g. "
+                         f"--folds 5 --fold {args.fold}")
 
 
 def run(args: argparse.Namespace) -> int:
     from medseg.config import load_config
     from medseg.runtime import Runtime
-    from medseg.training import TrainOptions, train
+    from medseg.training import TrainOptions, evaluate_cv, train, train_folds
 
+    _check_fold_options(args)
     cfg = load_config(args.config, args.overrides)
     runtime = Runtime.resolve(args.device, cfg.train.amp if args.amp is None else args.amp)
     options = TrainOptions(
@@ -48,6 +73,12 @@ def run(args: argparse.Namespace) -> int:
         debug_kill_after_epoch=args.debug_kill_after_epoch,
         max_minutes=args.max_minutes,
     )
+    if args.folds is not None or args.evaluate_cv:
+        if args.folds is not None:
+            train_folds(cfg, args.output, args.folds, args.fold, options, runtime)
+        if (args.fold is None or args.evaluate_cv) and runtime.is_main:
+            evaluate_cv(cfg, args.output, runtime)
+        return 0
     result = train(cfg, args.output, options, runtime)
     if result.best_epoch:
         log.info("done: %d epochs; best checkpoint %s (epoch %d, score %.4f)", result.epoch,

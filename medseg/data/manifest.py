@@ -35,6 +35,7 @@ import numpy as np
 from medseg.errors import ConfigError, MedsegError, check_option, closest
 from medseg.io.cases import Case, case_name, label_names_from_mapping, read_case_image
 from medseg.io.cases import read_label_names
+from medseg.data.splits import split_train_val  # noqa: F401 - its former home
 from medseg.volume import Volume
 
 __all__ = [
@@ -218,23 +219,6 @@ def _load_csv(path: Path) -> Manifest:
     labels_file = path.with_suffix(".labels.json")
     labels = read_label_names(labels_file) if labels_file.is_file() else {}
     return Manifest(path, cases, labels, ["image"])
-
-
-def split_train_val(cases: Sequence[Case], val_fraction: float, seed: int = 0
-                    ) -> tuple[list[Case], list[Case]]:
-    """Train and validation cases: the manifest's ``val`` split, else a seeded random share.
-
-    At least one case is held out when ``val_fraction > 0`` and there are >= 2 cases.
-    """
-    train = [c for c in cases if c.split == "train"]
-    val = [c for c in cases if c.split == "val"]
-    if val or val_fraction <= 0 or len(train) < 2:
-        return train, val
-    n_val = max(1, int(round(val_fraction * len(train))))
-    order = np.random.default_rng(seed).permutation(len(train))
-    held = set(order[:n_val].tolist())
-    return ([c for i, c in enumerate(train) if i not in held],
-            [c for i, c in enumerate(train) if i in held])
 
 
 # -- reading and validating cases ---------------------------------------------------------------

@@ -10,6 +10,9 @@ Written here rather than taken from MONAI (``KeepLargestConnectedComponent``),
 which works on whole-volume one-hot tensors: this version labels each class
 only inside its bounding box (``scipy.ndimage.find_objects``), so its memory is
 one box at a time, never (K, x, y, z).
+
+``apply_postprocess`` applies a model card's :class:`~medseg.card.Postprocess` (every
+label, none, or the listed labels only).
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from medseg.card import Postprocess
 from medseg.errors import UsageError
 
-__all__ = ["keep_largest_component"]
+__all__ = ["apply_postprocess", "keep_largest_component"]
 
 
 def keep_largest_component(
@@ -66,3 +70,19 @@ def keep_largest_component(
         sizes[0] = 0
         out[box][mask & (components != int(np.argmax(sizes)))] = 0
     return out
+
+
+def apply_postprocess(labels: np.ndarray, post: Postprocess) -> np.ndarray:
+    """``labels`` (x, y, z) after the card's post-processing (a new array, or ``labels``
+    itself when there is nothing to do).
+
+    Examples
+    --------
+    >>> m = np.array([1, 0, 1, 1, 0, 2, 0, 2], np.uint8).reshape(8, 1, 1)
+    >>> apply_postprocess(m, Postprocess(keep_largest=(1,)))[:, 0, 0].tolist()
+    [0, 0, 1, 1, 0, 2, 0, 2]
+    """
+    only = post.largest_only
+    if only == ():
+        return labels
+    return keep_largest_component(labels, only=only)

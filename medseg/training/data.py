@@ -15,13 +15,14 @@ from pathlib import Path
 
 from medseg.config import PhantomConfig, PipelineConfig
 from medseg.data.cache import CachedCase, build_cache
-from medseg.data.manifest import load_manifest, split_train_val
+from medseg.data.manifest import Manifest, load_manifest
+from medseg.data.splits import cv_cases, fold_cases, read_splits, split_train_val
 from medseg.data.phantom_dataset import write_phantom_dataset
 from medseg.errors import ConfigError, MedsegError
 from medseg.runtime import Runtime
 from medseg.training.distributed import barrier
 
-__all__ = ["TrainingData", "prepare_data", "write_phantom_dataset"]
+__all__ = ["TrainingData", "manifest_path", "prepare_data", "write_phantom_dataset"]
 
 log = logging.getLogger(__name__)
 
@@ -45,22 +46,39 @@ def _phantom_folder(cfg: PhantomConfig, cache_dir: Path) -> Path:
     return cache_dir / f"phantoms-{key}"
 
 
+def manifest_path(cfg: PipelineConfig, cache_dir: Path, info: Runtime) -> Path:
+    """The manifest of ``cfg.data``: its file, or the generated phantoms' ``dataset.json``
+    (written under ``cache_dir`` by the main rank, once)."""
+    if cfg.data.phantom is None:
+        return Path(cfg.data.manifest)
+    folder = _phantom_folder(cfg.data.phantom, cache_dir)
+    if info.is_main:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        write_phantom_dataset(cfg.data.phantom, folder)
+    barrier(info)
+    return folder / "dataset.json"
+
+
+def _split(cfg: PipelineConfig, manifest: Manifest) -> tuple[list, list]:
+    """Train and validation cases: fold ``data.fold`` of ``data.split_file``, else the
+    manifest's ``val`` split or a ``data.val_fraction`` share."""
+    d = cfg.data
+    if d.split_file is None:
+        return split_train_val(manifest.cases, d.val_fraction, cfg.train.seed)
+    cases = cv_cases(manifest.cases)
+    splits = read_splits(d.split_file, [c.case_id for c in cases])
+    return fold_cases(cases, splits, int(d.fold or 0), d.split_file)
+
+
 def prepare_data(cfg: PipelineConfig, preprocessing, cache_dir: Path, info: Runtime,
                  progress: bool = False) -> TrainingData:
     """Cases ready for sampling and validation, cached under ``cache_dir``."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.data.phantom is not None:
-        folder = _phantom_folder(cfg.data.phantom, cache_dir)
-        if info.is_main:
-            write_phantom_dataset(cfg.data.phantom, folder)
-        barrier(info)
-        manifest_path = folder / "dataset.json"
-    else:
-        manifest_path = Path(cfg.data.manifest)
-    manifest = load_manifest(manifest_path)
-    train_cases, val_cases = split_train_val(manifest.cases, cfg.data.val_fraction, cfg.train.seed)
+    manifest_file = manifest_path(cfg, cache_dir, info)
+    manifest = load_manifest(manifest_file)
+    train_cases, val_cases = _split(cfg, manifest)
     if not train_cases:
-        raise ConfigError("the manifest has no training cases (split 'train')", manifest_path)
+        raise ConfigError("the manifest has no training cases (split 'train')", manifest_file)
     cases = train_cases + val_cases
     cached: list[CachedCase] = []
     if info.is_main:
@@ -70,7 +88,7 @@ def prepare_data(cfg: PipelineConfig, preprocessing, cache_dir: Path, info: Runt
         cached = _cache(cases, preprocessing, cache_dir, cfg, False)
     label_names = dict(manifest.label_names) or _names_from_cache(cached)
     in_channels = int(cached[0].image.shape[0])
-    _check_labels(cached, label_names, manifest_path)
+    _check_labels(cached, label_names, manifest_file)
     return TrainingData(cached[: len(train_cases)], cached[len(train_cases) :], label_names,
                         in_channels)
 

@@ -64,3 +64,22 @@ def test_rejects_bad_input():
         keep_largest_component(np.zeros((3, 3, 3), np.float32))
     with pytest.raises(UsageError, match="connectivity"):
         keep_largest_component(np.zeros((3, 3, 3), np.uint8), connectivity=4)
+
+
+def test_apply_postprocess_filters_only_the_card_s_labels():
+    from medseg.card import Postprocess
+    from medseg.inference.postprocess import apply_postprocess
+
+    labels = np.zeros((8, 4, 4), np.uint8)
+    labels[0:3, 0, 0] = 1  # kept (3 voxels)
+    labels[5, 0, 0] = 1  # island of label 1
+    labels[0, 2, 2] = 2  # two single-voxel pieces of label 2
+    labels[7, 3, 3] = 2
+    only_one = apply_postprocess(labels, Postprocess(keep_largest=(1,)))
+    expected = labels.copy()
+    expected[5, 0, 0] = 0
+    np.testing.assert_array_equal(only_one, expected)
+    everything = apply_postprocess(labels, Postprocess(keep_largest=True))
+    expected[7, 3, 3] = 0  # equal sizes: the first piece in C order is kept
+    np.testing.assert_array_equal(everything, expected)
+    np.testing.assert_array_equal(apply_postprocess(labels, Postprocess(False)), labels)

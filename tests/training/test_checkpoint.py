@@ -14,7 +14,7 @@ import torch
 from medseg import __version__
 from medseg import checkpoint as ckpt
 from medseg.card import ModelCard, NetworkSpec, Postprocess, WindowSettings
-from medseg.errors import CheckpointError
+from medseg.errors import CheckpointError, UsageError
 from medseg.training import resume
 
 
@@ -288,3 +288,55 @@ def test_resume_state_refuses_checkpoint_and_unstorable(tmp_path):
         resume.load_resume_state(good)
     with pytest.raises(CheckpointError, match="cannot be stored without pickle"):
         resume.save_resume_state(tmp_path / "r.safetensors", {"fn": object()})
+
+
+# -- per-label post-processing and update_card --------------------------------------------------
+def test_postprocess_holds_per_label_choices_and_round_trips():
+    post = Postprocess(keep_largest=[3, 1, 3])
+    assert post.keep_largest == (1, 3) and post.largest_only == (1, 3)
+    assert post.to_dict() == {"keep_largest": [1, 3]}
+    assert Postprocess(True).largest_only is None and Postprocess(False).largest_only == ()
+    assert Postprocess(keep_largest=[]) == Postprocess(False)
+    card = CARD.replace(postprocess=post)
+    assert ModelCard.from_dict(json.loads(json.dumps(card.to_dict()))) == card
+    for bad in ([0], ["liver"], [True], [1.5], "yes", 1):
+        with pytest.raises(UsageError, match="keep_largest must be true, false or a list"):
+            Postprocess(keep_largest=bad)
+    doc = {**CARD.to_dict(), "postprocess": {"keep_largest": [0]}}
+    with pytest.raises(CheckpointError, match="model card: keep_largest"):
+        ModelCard.from_dict(doc, "x.safetensors")
+
+
+def _raw_tensors(path) -> dict[str, bytes]:
+    from safetensors.numpy import load_file
+
+    return {k: v.dtype.str.encode() + v.tobytes() for k, v in load_file(str(path)).items()}
+
+
+def test_update_card_rewrites_the_card_and_keeps_weights_bit_identical(tmp_path):
+    torch.manual_seed(1)
+    net = TinyNet()
+    path = ckpt.save_checkpoint(tmp_path / "best.safetensors", net, CARD, **RECORD)
+    before = _raw_tensors(path)
+    new = CARD.replace(postprocess=Postprocess(keep_largest=(2,)))
+    assert ckpt.update_card(path, new) == path
+    loaded = ckpt.load_checkpoint(path)
+    assert loaded.card == new and loaded.card != CARD
+    assert (loaded.epoch, loaded.metrics, loaded.train_config) == (
+        7, {"val_mean_dice": 0.875}, {"train": {"epochs": 3}})
+    assert _raw_tensors(path) == before
+    assert not list(tmp_path.glob(".*tmp*"))  # atomic: no temporary file left
+    with pytest.raises(CheckpointError, match="update_card: the new card describes network"):
+        ckpt.update_card(path, new.replace(model=NetworkSpec("tiny", 2, 3)))
+    assert ckpt.load_checkpoint(path).card == new
+
+
+def test_update_card_of_a_format_1_file_writes_format_2(tmp_path):
+    net = TinyNet()
+    path = _write_v1(tmp_path / "v1.safetensors", net, {"roi_size": [16, 16, 16]})
+    before = _raw_tensors(path)
+    card = ckpt.load_checkpoint(path).card.replace(postprocess=Postprocess((1,)))
+    ckpt.update_card(path, card)
+    loaded = ckpt.load_checkpoint(path)
+    assert loaded.format_version == 2 and loaded.card == card and loaded.epoch == 5
+    assert _raw_tensors(path) == before
