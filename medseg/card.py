@@ -121,7 +121,7 @@ class Postprocess:
     ``keep_largest``: keep only the largest connected component of each label (``True``),
     of none (``False``), or of the listed label values only (a tuple such as ``(1, 3)``,
     for structures that are one piece beside others that may have several; chosen from
-    out-of-fold Dice by :func:`medseg.training.crossval.choose_postprocess`).
+    out-of-fold Dice by :func:`medseg.crossval.choose_postprocess`).
     """
 
     keep_largest: bool | tuple[int, ...] = False

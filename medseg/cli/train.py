@@ -61,7 +61,8 @@ def _check_fold_options(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     from medseg.config import load_config
     from medseg.runtime import Runtime
-    from medseg.training import TrainOptions, evaluate_cv, train, train_folds
+    from medseg.crossval import evaluate_cv
+    from medseg.training import TrainOptions, train, train_folds
 
     _check_fold_options(args)
     cfg = load_config(args.config, args.overrides)

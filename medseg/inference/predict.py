@@ -256,9 +256,9 @@ def _restore(output: LabelMap | Probabilities, history, volume: Volume,
 
 
 def _postprocess(labels: LabelMap, post: Postprocess) -> LabelMap:
-    from medseg.inference.postprocess import keep_largest_component
+    from medseg.inference.postprocess import apply_postprocess
 
-    return labels.with_array(keep_largest_component(labels.array))
+    return labels.with_array(apply_postprocess(labels.array, post))
 
 
 # -- helpers ---------------------------------------------------------------------------------

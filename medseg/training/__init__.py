@@ -6,12 +6,11 @@
 * :mod:`.data` -- phantom generation, manifest split and preprocessing cache;
 * :mod:`.distributed` -- torchrun / DDP set-up;
 * :mod:`.logs` -- CSV, TensorBoard, curves PNG;
-* :func:`train_folds` -- k-fold cross-validation runs (:mod:`.folds`);
-* :func:`evaluate_cv` -- out-of-fold evaluation and post-processing choice (:mod:`.crossval`).
+* :func:`train_folds` -- k-fold cross-validation runs (:mod:`.folds`; their out-of-fold
+  evaluation is :func:`medseg.crossval.evaluate_cv`).
 """
 
-from medseg.training.crossval import evaluate_cv
 from medseg.training.folds import train_folds
 from medseg.training.loop import TrainOptions, TrainResult, train
 
-__all__ = ["TrainOptions", "TrainResult", "evaluate_cv", "train", "train_folds"]
+__all__ = ["TrainOptions", "TrainResult", "train", "train_folds"]

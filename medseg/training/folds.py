@@ -8,7 +8,7 @@ ordinary, resumable training run in ``RUN/fold_<i>/`` whose config names the spl
 and the fold (``data.split_file``, ``data.fold``), so it validates on its held-out cases.
 Folds share the preprocessing cache ``RUN/cache`` unless ``data.cache_dir`` says otherwise.
 
-After all folds (or with ``--evaluate-cv``), :func:`medseg.training.crossval.evaluate_cv`
+After all folds (or with ``--evaluate-cv``), :func:`medseg.crossval.evaluate_cv`
 predicts each fold's held-out cases with its best checkpoint and scores them.
 """
 

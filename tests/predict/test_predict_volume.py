@@ -156,6 +156,12 @@ def test_keep_largest_from_checkpoint_and_override(tmp_path):
     assert kept.array[2, 2, 2] == 0
     plain = predict_volume(ckpt, image, options=PredictOptions(keep_largest=False), runtime=CPU)
     np.testing.assert_array_equal(plain.array, raw)
+    # a per-label choice (as cross-validation writes it): only label 1 is filtered
+    only_one = tmp_path / "keep1.safetensors"
+    save_checkpoint(only_one, model, card.replace(postprocess=Postprocess(keep_largest=(1,))))
+    kept1 = predict_volume(only_one, image, runtime=CPU)
+    np.testing.assert_array_equal(kept1.array, keep_largest_component(raw, only=(1,)))
+    assert kept1.array[2, 2, 2] == 2  # the dense island survives
 
 
 def ndimage_components(mask: np.ndarray) -> int:

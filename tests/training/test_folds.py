@@ -18,7 +18,7 @@ from medseg.data.splits import fold_cases, kfold_splits, read_splits, write_spli
 from medseg.errors import ConfigError
 from medseg.inference.postprocess import apply_postprocess
 from medseg.runtime import Runtime
-from medseg.training.crossval import choose_postprocess, postprocess_dice
+from medseg.crossval import choose_postprocess, postprocess_dice
 from medseg.training.data import prepare_data
 
 from .training_helpers import tiny_config, weights_of, write_config
