@@ -197,7 +197,7 @@ def _fit_time(plan: Plan, options: PlanOptions, channels, voxels) -> Plan:
         need = CPU_ITERATIONS / per_hour
         raise UsageError(f"{plan.manifest}: --time-budget {hours:g} h fits {per_epoch} steps of "
                          f"{step:.2f} s, one epoch is {CPU_ITERATIONS}: give --time-budget "
-                         f"{need:.2f} or more")
+                         f"{need:.3g} or more (hours)")
     return dataclasses.replace(plan, epochs=epochs, iterations_per_epoch=per_epoch,
                                step_seconds=step, time_budget_h=float(hours))
 
