@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
 HELP = "fingerprint a dataset and write a self-configured pipeline YAML (nnU-Net's rules)"
-log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -131,7 +131,8 @@ def plan_yaml(plan) -> str:
     lines = [f"# medseg plan of {plan.manifest}",
              f"# {len(fp.cases)} training cases, {'/'.join(fp.channel_names)}, "
              f"{len(fp.label_names)} labels, anisotropy {fp.anisotropy:.2f}",
-             f"#   medseg train plan.yaml -o RUN_DIR{' --device cpu' if plan.device == 'cpu' else ''}"]
+             "#   medseg train plan.yaml -o RUN_DIR"
+             + (" --device cpu" if plan.device == "cpu" else "")]
     section = None
     for sec, key, value, reason in _entries(plan):
         if sec != section:

@@ -117,22 +117,25 @@ def test_label_values_the_manifest_does_not_list(tmp_path):
         make_plan(manifest, CPU)
 
 
-def test_gpu_budget_below_the_smallest_network(ct_manifest, tmp_path, capsys):
-    code = main(["plan", str(ct_manifest), "-o", str(tmp_path / "p"), "--device", "cuda",
-                 "--gpu-memory-gb", "0.001"])
+def _cli_error(capsys, *argv) -> str:
+    """The one error line of ``medseg plan ARGV`` (exit code 2: usage)."""
+    code = main(["plan", *map(str, argv)])
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("medseg: error")]
     assert code == 2 and len(errors) == 1
-    assert str(ct_manifest) in errors[0] and "give --gpu-memory-gb" in errors[0]
+    return errors[0]
+
+
+def test_gpu_budget_below_the_smallest_network(ct_manifest, tmp_path, capsys):
+    line = _cli_error(capsys, ct_manifest, "-o", tmp_path, "--device", "cuda",
+                      "--gpu-memory-gb", "0.001")
+    assert str(ct_manifest) in line and "give --gpu-memory-gb" in line
 
 
 def test_time_budget_too_small_for_one_epoch(ct_manifest, tmp_path, capsys):
-    code = main(["plan", str(ct_manifest), "-o", str(tmp_path / "p"), "--device", "cpu",
-                 "--time-budget", "1e-6"])
-    err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if line.startswith("medseg: error")]
-    assert code == 2 and len(errors) == 1
-    assert str(ct_manifest) in errors[0] and "one epoch is 50: give --time-budget" in errors[0]
+    line = _cli_error(capsys, ct_manifest, "-o", tmp_path, "--device", "cpu",
+                      "--time-budget", "1e-6")
+    assert str(ct_manifest) in line and "one epoch is 50: give --time-budget" in line
     with pytest.raises(UsageError, match="time-budget"):
         make_plan(ct_manifest, PlanOptions(device="cpu", time_budget_h=-1.0))
 
