@@ -1,5 +1,5 @@
 """The training memory estimate of a planned network against the peak resident memory of
-one real CPU training step (measured in a subprocess with resource.getrusage)."""
+one real CPU training step (measured in a subprocess: its high-water RSS, VmHWM)."""
 
 from __future__ import annotations
 
