@@ -26,7 +26,7 @@ from medseg.errors import MedsegError
 
 COMMANDS = (
     "info", "convert", "evaluate", "models", "predict", "train", "validate", "report", "demo",
-    "stats", "compare",
+    "stats", "compare", "plan",
 )
 
 log = logging.getLogger("medseg")

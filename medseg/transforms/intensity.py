@@ -1,4 +1,4 @@
-"""Intensity normalisation: CT windowing, MR z-score, percentile clipping.
+"""Intensity normalisation: CT windowing (scaled or z-scored), MR z-score, percentile clipping.
 
 All functions take an ``(x, y, z)`` or ``(C, x, y, z)`` array, work per channel,
 and return float32. None of them changes geometry, and none needs inverting.
@@ -12,7 +12,7 @@ import numpy as np
 
 from medseg.errors import UsageError
 
-__all__ = ["OUTPUT_RANGES", "ct_window", "zscore", "clip_percentiles"]
+__all__ = ["OUTPUT_RANGES", "ct_window", "ct_window_zscore", "zscore", "clip_percentiles"]
 
 OUTPUT_RANGES = ((0.0, 1.0), (-1.0, 1.0))
 
@@ -41,6 +41,30 @@ def ct_window(
     out *= np.float32((out_hi - out_lo) / (hi - lo))
     if out_lo:
         out += np.float32(out_lo)
+    return out
+
+
+def ct_window_zscore(
+    array: np.ndarray, window: Sequence[float], mean_std: Sequence[float]
+) -> np.ndarray:
+    """Clip Hounsfield units to ``window = [lo, hi]``, then ``(x - mean) / std``.
+
+    nnU-Net's CT normalisation: ``window`` is the dataset's foreground 0.5 / 99.5
+    percentiles and ``mean_std = [mean, std]`` (HU) its foreground mean and standard
+    deviation, fixed for every case (unlike :func:`zscore`, which measures each case).
+
+    >>> ct_window_zscore(np.array([-1000, 0, 100, 2000]), [-100, 300], [100, 50]).tolist()
+    [-4.0, -2.0, 0.0, 4.0]
+    """
+    lo, hi = _pair(window, "window")
+    if not hi > lo:
+        raise UsageError(f"CT window must be [lo, hi] HU with lo < hi, got {list(window)}")
+    mean, std = _pair(mean_std, "mean_std")
+    if not std > 0:
+        raise UsageError(f"mean_std must be [mean, std] HU with std > 0, got {list(mean_std)}")
+    out = np.clip(np.asarray(array, dtype=np.float32), lo, hi)
+    out -= np.float32(mean)
+    out /= np.float32(std)
     return out
 
 

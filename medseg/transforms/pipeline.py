@@ -8,7 +8,9 @@ Steps run in this order (whatever order the config keys come in):
 3. ``spacing_mm`` -- resample: image linear (or ``"interpolation": "cubic"``),
    label nearest;
 4. ``intensity`` -- ``{"mode": "ct", "window": [lo, hi]}`` clips HU and scales to
-   [0, 1] (``"output_range": [-1, 1]`` for [-1, 1]); ``{"mode": "mr"}`` z-scores
+   [0, 1] (``"output_range": [-1, 1]`` for [-1, 1]), or with ``"mean_std": [mean, std]``
+   (HU) clips and then z-scores with those fixed statistics (nnU-Net's CT normalisation,
+   dataset foreground statistics); ``{"mode": "mr"}`` z-scores
    each channel with mean/std inside ``image > mask_threshold`` (default 0);
    ``{"mode": "none"}`` only casts; optional ``"clip_percentiles": [lo, hi]``
    clips each channel to those percentiles first (inside the MR mask, or over
@@ -43,7 +45,7 @@ from medseg.transforms.history import (
     Resampled,
     Step,
 )
-from medseg.transforms.intensity import clip_percentiles, ct_window, zscore
+from medseg.transforms.intensity import clip_percentiles, ct_window, ct_window_zscore, zscore
 from medseg.transforms.orientation import apply_orientation, orientation_transform
 from medseg.transforms.resample import grid_for_spacing, resample_to_grid
 from medseg.volume import LabelMap, Volume
@@ -53,7 +55,8 @@ __all__ = ["Preprocessed", "Preprocessing"]
 log = logging.getLogger(__name__)
 
 _KEYS = ("orientation", "spacing_mm", "intensity", "crop_foreground", "interpolation")
-_INTENSITY_KEYS = ("mode", "window", "output_range", "clip_percentiles", "mask_threshold")
+_INTENSITY_KEYS = ("mode", "window", "output_range", "clip_percentiles", "mask_threshold",
+                   "mean_std")
 _CROP_KEYS = ("threshold", "margin")
 DEFAULT_CROP_MARGIN = 2  # voxels
 DEFAULT_CT_BODY_HU = -500.0
@@ -205,7 +208,9 @@ class _Intensity:
             mask = (array > float(spec.get("mask_threshold", 0.0))).any(axis=0)
         if "clip_percentiles" in spec:
             array = clip_percentiles(array, spec["clip_percentiles"], mask)
-        if spec["mode"] == "ct":
+        if spec["mode"] == "ct" and "mean_std" in spec:
+            array = ct_window_zscore(array, spec["window"], spec["mean_std"])
+        elif spec["mode"] == "ct":
             array = ct_window(array, spec["window"], spec.get("output_range", (0.0, 1.0)))
         elif spec["mode"] == "mr":
             array = zscore(array, mask)
@@ -269,7 +274,17 @@ def _validate_intensity(spec: Any) -> None:
             if "window" not in spec:
                 raise ConfigError("intensity mode 'ct' needs 'window': [lo, hi] in HU")
             ct_window(probe, spec["window"], spec.get("output_range", (0.0, 1.0)))
+        if "mean_std" in spec:
+            _check_mean_std(spec, probe)
         if "clip_percentiles" in spec:
             clip_percentiles(probe, spec["clip_percentiles"])
     except UsageError as err:
         raise ConfigError(f"intensity: {err.message}") from None
+
+
+def _check_mean_std(spec: Mapping[str, Any], probe: np.ndarray) -> None:
+    """``mean_std`` z-scores a CT window: only with mode 'ct', never with 'output_range'."""
+    if spec["mode"] != "ct" or "output_range" in spec:
+        raise ConfigError(f"intensity 'mean_std' needs mode 'ct' and no 'output_range' (it "
+                          f"replaces the scaling to a range), got {dict(spec)!r}")
+    ct_window_zscore(probe, spec["window"], spec["mean_std"])

@@ -1,0 +1,105 @@
+"""The network design of a plan: layout, patch, pooling, batch size and their memory.
+
+A :class:`Design` is the part of a plan that depends on the hardware: the patch is shrunk
+from the median resampled shape until the estimated training memory
+(:func:`medseg.planning.memory.training_memory_bytes`) fits the budget.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from medseg.planning import rules
+from medseg.planning.memory import training_memory_bytes
+
+__all__ = ["Design", "LAYOUTS", "design", "initial_patch", "model_kwargs", "smallest_memory"]
+
+LAYOUTS = ("3d", "slab")
+WIDTH = 32
+"""nnU-Net's features at full resolution (doubled per level up to ``MAX_WIDTH``)."""
+MAX_WIDTH = 320
+MIN_PATCH = 8
+"""Smallest patch edge (voxels): one pooling step to 4 voxels."""
+NNUNET_PATCH_VOXELS = 256**3
+"""nnU-Net's initial 3D patch holds at most 256^3 voxels (shaped by the spacing)."""
+Triple = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class Design:
+    """Layout (``3d`` or ``slab`` along ``slab_axis``), patch (x, y, z) voxels, pooling per
+    step, batch size, and the estimated training memory (bytes) of that batch."""
+
+    layout: str
+    patch: Triple
+    pools: tuple[Triple, ...]
+    batch_size: int
+    memory_bytes: int
+    slab_axis: int | None = None
+
+
+def model_kwargs(pools: Sequence[Sequence[int]]) -> dict:
+    """``unet3d`` arguments of a plan: nnU-Net's widths, one pooling factor per step, and
+    deep supervision on every level but the two coarsest (at least one)."""
+    depth = len(pools) + 1
+    return {"depth": depth, "width": WIDTH, "max_width": MAX_WIDTH,
+            "pool": [list(p) for p in pools], "ds_levels": max(1, depth - 2)}
+
+
+def initial_patch(median_shape: Sequence[int], spacing_mm: Sequence[float], layout: str,
+                  slab_axis: int) -> Triple:
+    """The patch before shrinking.
+
+    3D: the median resampled shape, capped per axis by nnU-Net's initial patch (256^3
+    voxels, edges proportional to 1 / spacing, so equal in mm). Slab: the median shape with
+    ``rules.SLAB_VOXELS`` along ``slab_axis``.
+
+    >>> initial_patch((300, 300, 300), (1.0, 1.0, 2.0), "3d", 2)  # 323 x 323 x 161, capped
+    (300, 300, 161)
+    """
+    shape = [int(s) for s in median_shape]
+    if layout == "slab":
+        shape[slab_axis] = min(shape[slab_axis], rules.SLAB_VOXELS)
+        return tuple(shape)  # type: ignore[return-value]
+    inv = [1.0 / s for s in spacing_mm]
+    scale = (NNUNET_PATCH_VOXELS / math.prod(inv)) ** (1 / 3)
+    return tuple(min(n, int(round(i * scale))) for n, i in zip(shape, inv))  # type: ignore
+
+
+def design(layout: str, median_shape: Sequence[int], spacing_mm: Sequence[float],
+           channels: tuple[int, int], budget_bytes: float, dataset_voxels: float | None
+           ) -> Design | None:
+    """The largest patch of ``layout`` whose training memory at batch 2 fits ``budget_bytes``.
+
+    ``channels`` is (image channels C, classes K). ``dataset_voxels``: the batch grows
+    with leftover memory up to 5 % of them (:func:`rules.batch_size`); None keeps batch 2
+    (CPU plans, where a bigger batch costs time). None when nothing fits.
+    """
+    slab_axis = max(range(3), key=lambda a: (spacing_mm[a], a))
+    start = initial_patch(median_shape, spacing_mm, layout, slab_axis)
+    minimum = [min(MIN_PATCH, s) for s in start]
+
+    def memory(patch: Triple, pools: list[Triple], batch: int) -> int:
+        return training_memory_bytes("unet3d", model_kwargs(pools), *channels, patch, batch)
+
+    def fits(patch: Triple, pools: list[Triple]) -> bool:
+        return bool(pools) and memory(patch, pools, 2) <= budget_bytes
+
+    found = rules.fit_patch(start, spacing_mm, fits, minimum)
+    if found is None:
+        return None
+    patch, pools = found
+    batch = 2
+    if dataset_voxels is not None:
+        batch = rules.batch_size(budget_bytes, memory(patch, pools, 1), patch, dataset_voxels)
+    return Design(layout, patch, tuple(pools), batch, memory(patch, pools, batch),
+                  slab_axis if layout == "slab" else None)
+
+
+def smallest_memory(spacing_mm: Sequence[float], channels: tuple[int, int]) -> int:
+    """Training memory (bytes, batch 2) of the smallest network a plan would build."""
+    patch = (MIN_PATCH,) * 3
+    pools = rules.pooling(spacing_mm, patch) or [(2, 2, 2)]
+    return training_memory_bytes("unet3d", model_kwargs(pools), *channels, patch, 2)

@@ -1,0 +1,232 @@
+"""``medseg plan``: from a manifest to a complete pipeline YAML, every choice with its reason.
+
+:func:`make_plan` fingerprints the training cases (:mod:`medseg.planning.fingerprint`),
+applies nnU-Net's rules (:mod:`medseg.planning.rules`) for the hardware
+(:mod:`medseg.planning.design`) and, given a time budget, fits the schedule to a measured
+step time (:func:`medseg.demo.measure_step_seconds`, :func:`medseg.demo.plan_training`).
+:func:`write_plan` writes ``fingerprint.json`` and ``plan.yaml`` (text from
+:mod:`medseg.planning.render`, which ``medseg train`` takes unchanged).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medseg.errors import UsageError
+from medseg.planning import rules
+from medseg.planning.design import Design, design, smallest_memory
+from medseg.planning.fingerprint import Fingerprint, compute_fingerprint
+
+__all__ = ["Plan", "PlanOptions", "make_plan", "write_plan"]
+
+log = logging.getLogger(__name__)
+
+GIB = 2**30
+CPU_BUDGET_GB = 8.0
+"""CPU plans: training memory budget in GiB (a laptop leaves about this much free)."""
+GPU_USABLE = 0.85
+"""Share of a GPU's memory a plan may fill (the CUDA context and cuDNN workspaces need the
+rest)."""
+EPOCHS, ITERATIONS = 1000, 250
+"""nnU-Net's schedule: 1000 epochs of 250 iterations."""
+CPU_ITERATIONS = 50
+"""Time-budgeted plans: iterations per epoch (validation and checkpoints every few minutes)."""
+MIN_STEPS_3D = 1000
+"""Fewer optimiser steps than this in the time budget: too small for 3D, shrink or slab."""
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """Hardware and time of a plan.
+
+    ``device``: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+    ``gpu_memory_gb``: GiB the GPU offers (default: the device's memory).
+    ``time_budget_h``: training hours; the schedule is fitted to a measured step time.
+    """
+
+    device: str = "auto"
+    gpu_memory_gb: float | None = None
+    time_budget_h: float | None = None
+    seed: int = 0
+    progress: bool = False
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything :func:`make_plan` decided (``render.plan_yaml`` writes it as YAML)."""
+
+    fingerprint: Fingerprint
+    manifest: Path
+    device: str
+    spacing_mm: tuple[float, float, float]
+    median_shape: tuple[int, int, int]
+    design: Design
+    budget_bytes: float
+    intensity: dict[str, Any]
+    epochs: int = EPOCHS
+    iterations_per_epoch: int = ITERATIONS
+    step_seconds: float | None = None
+    time_budget_h: float | None = None
+    reason: str = ""
+
+
+def make_plan(manifest_path: str | os.PathLike, options: PlanOptions = PlanOptions()) -> Plan:
+    """Plan the training of the dataset in ``manifest_path`` (see the module docstring).
+
+    Raises
+    ------
+    DataError : cases with different channel counts or undeclared label values.
+    UsageError : a GPU budget below the smallest network's need; a time budget shorter
+        than one epoch (the message says what would fit); a bad option.
+    """
+    from medseg.data.manifest import load_manifest
+
+    manifest = load_manifest(manifest_path)
+    fp = compute_fingerprint(manifest, options.seed, progress=options.progress)
+    kind = _device_kind(options.device)
+    budget = _budget_bytes(kind, options, manifest.path)
+    spacing = rules.target_spacing(fp.spacings_mm, np.array([c.shape for c in fp.cases]))
+    shapes = [rules.resampled_shape(c.shape, c.spacing_mm, spacing) for c in fp.cases]
+    median = tuple(int(v) for v in np.median(np.array(shapes), axis=0))
+    channels = (len(fp.channel_names), len(fp.label_names) + 1)
+    layout = "slab" if fp.anisotropy > rules.ANISOTROPY_THRESHOLD else "3d"
+    voxels = float(sum(np.prod(s) for s in shapes)) if kind == "cuda" else None
+    chosen = design(layout, median, spacing, channels, budget, voxels)
+    if chosen is None:
+        _too_small(budget, spacing, channels, manifest.path)
+    reason = (f"anisotropy {fp.anisotropy:.1f} > {rules.ANISOTROPY_THRESHOLD:g}"
+              if layout == "slab" else "")
+    plan = Plan(fp, manifest.path, kind, spacing, median, chosen, budget,
+                _intensity(fp), reason=reason)
+    if options.time_budget_h is not None:
+        plan = _fit_time(plan, options, channels, voxels)
+    return plan
+
+
+def write_plan(manifest_path: str | os.PathLike, out_dir: str | os.PathLike,
+               options: PlanOptions = PlanOptions()) -> Plan:
+    """:func:`make_plan`, then write ``fingerprint.json`` and ``plan.yaml`` into ``out_dir``."""
+    import json
+
+    from medseg.io.atomic import atomic_write_text
+    from medseg.planning.render import plan_yaml
+
+    plan = make_plan(manifest_path, options)
+    out = Path(out_dir)
+    atomic_write_text(out / "fingerprint.json", json.dumps(plan.fingerprint.to_dict(), indent=1))
+    atomic_write_text(out / "plan.yaml", plan_yaml(plan))
+    return plan
+
+
+# -- hardware ---------------------------------------------------------------------------------
+def _device_kind(device: str) -> str:
+    """``cpu`` or ``cuda``: the kind of device the plan is for (it need not be this one)."""
+    import torch
+
+    name = str(device)
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu" or name == "cuda" or name.startswith("cuda:"):
+        return "cpu" if name == "cpu" else "cuda"
+    raise UsageError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
+
+
+def _budget_bytes(kind: str, options: PlanOptions, manifest: Path) -> float:
+    """Training memory a plan may use: ``CPU_BUDGET_GB`` on the CPU; on a GPU
+    ``GPU_USABLE`` of ``--gpu-memory-gb`` or of the device's memory."""
+    if kind == "cpu":
+        return CPU_BUDGET_GB * GIB
+    gb = options.gpu_memory_gb
+    if gb is None:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError(f"{manifest}: planning for a GPU without one here: give "
+                             "--gpu-memory-gb G (the GPU's memory in GiB) or --device cpu")
+        index = torch.device(options.device).index or 0 if options.device != "auto" else 0
+        gb = torch.cuda.get_device_properties(index).total_memory / GIB
+    if not gb > 0:
+        raise UsageError(f"--gpu-memory-gb {gb!r}: expected a positive number of GiB")
+    return float(gb) * GPU_USABLE * GIB
+
+
+def _too_small(budget: float, spacing, channels, manifest: Path) -> None:
+    need = smallest_memory(spacing, channels) / GPU_USABLE / GIB
+    raise UsageError(f"{manifest}: {budget / GPU_USABLE / GIB:.2f} GiB of GPU memory is less "
+                     f"than the smallest network (8 x 8 x 8 patch, batch 2) needs: give "
+                     f"--gpu-memory-gb {need:.2f} or more, or plan with --device cpu")
+
+
+def _intensity(fp: Fingerprint) -> dict[str, Any]:
+    """CT: clip to the foreground 0.5 / 99.5 percentiles, z-score with the foreground mean
+    and std (nnU-Net's CTNormalization); otherwise a per-case z-score (``mr``)."""
+    if not fp.is_ct:
+        return {"mode": "mr"}
+    c = fp.channels[0]
+    return {"mode": "ct", "window": [round(c.p00_5, 2), round(c.p99_5, 2)],
+            "mean_std": [round(c.mean, 3), round(max(c.std, 1e-3), 3)]}
+
+
+# -- time ---------------------------------------------------------------------------------------
+def _fit_time(plan: Plan, options: PlanOptions, channels, voxels) -> Plan:
+    """Fit the schedule into ``time_budget_h``: measure the step time of the planned
+    network; when fewer than ``MIN_STEPS_3D`` steps fit, shrink the patch (step time taken
+    proportional to the estimated memory) and, when no 3D patch is fast enough, use a thin
+    slab; then :func:`medseg.demo.plan_training` with ``CPU_ITERATIONS`` per epoch."""
+    from medseg.demo import plan_training
+
+    hours = options.time_budget_h
+    if not (isinstance(hours, (int, float)) and hours > 0):
+        raise UsageError(f"--time-budget {hours!r}: expected a positive number of hours")
+    budget_s = float(hours) * 3600.0
+    step = _measure(plan, options)
+    steps = plan_training(step, budget_s, 1, 10**12)[1]
+    if steps < MIN_STEPS_3D:
+        plan = _faster(plan, steps, channels, voxels)
+        step = _measure(plan, options)
+    epochs, per_epoch = plan_training(step, budget_s, EPOCHS, CPU_ITERATIONS)
+    if per_epoch < CPU_ITERATIONS:
+        per_hour = plan_training(step, 3600.0, 1, 10**12)[1]
+        need = CPU_ITERATIONS / per_hour
+        raise UsageError(f"{plan.manifest}: --time-budget {hours:g} h fits {per_epoch} steps of "
+                         f"{step:.2f} s, one epoch is {CPU_ITERATIONS}: give --time-budget "
+                         f"{need:.3g} or more (hours)")
+    return dataclasses.replace(plan, epochs=epochs, iterations_per_epoch=per_epoch,
+                               step_seconds=step, time_budget_h=float(hours))
+
+
+def _faster(plan: Plan, steps: int, channels, voxels) -> Plan:
+    """A smaller patch whose estimated memory, hence step time, is ``steps / MIN_STEPS_3D``
+    of the current one; else a thin slab that fast; else the smallest slab."""
+    d = plan.design
+    budget = d.memory_bytes * steps / MIN_STEPS_3D
+    tries = ((d.layout, budget, f"{steps} steps of the memory-fitted patch fit the time budget"),
+             ("slab", budget, "no 3D patch fits the time budget"),
+             ("slab", smallest_memory(plan.spacing_mm, channels), "the smallest slab is the "
+              "fastest network"))
+    for layout, bytes_, reason in tries:
+        found = design(layout, plan.median_shape, plan.spacing_mm, channels, bytes_, voxels)
+        if found is not None:
+            return dataclasses.replace(plan, design=found, reason=reason)
+    return plan
+
+
+def _measure(plan: Plan, options: PlanOptions) -> float:
+    from medseg.config import parse_config
+    from medseg.demo import measure_step_seconds
+    from medseg.planning.render import plan_dict
+    from medseg.runtime import Runtime
+
+    cfg = parse_config(plan_dict(plan))
+    runtime = Runtime.resolve(options.device if plan.device == "cuda" else "cpu", None)
+    seconds = measure_step_seconds(cfg, runtime, steps=1, warmup=1)
+    log.info("patch %s, batch %d: %.2f s per step on %s", plan.design.patch,
+             plan.design.batch_size, seconds, runtime)
+    return seconds

@@ -1,0 +1,160 @@
+"""A :class:`~medseg.planning.plan.Plan` as a pipeline YAML with a ``# reason`` per choice,
+as the same mapping (:func:`plan_dict`) and as a printed summary.
+
+One list of (section, key, value, reason) entries makes all three, so the comments cannot
+drift from the values. Values are written as JSON, which YAML reads unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from medseg.planning import rules
+from medseg.planning.design import MAX_WIDTH, WIDTH, model_kwargs
+
+__all__ = ["format_summary", "plan_dict", "plan_yaml"]
+
+Entry = tuple[str, str, Any, str]
+
+MISSING_AUGMENTATIONS = "Gaussian noise, blur, contrast, low-resolution simulation, inverted gamma"
+"""nnU-Net augmentations medseg does not have (yet)."""
+
+
+def _geometry(plan) -> list[Entry]:
+    fp, d = plan.fingerprint, plan.design
+    median = "x".join(f"{s:g}" for s in fp.median_spacing_mm)
+    spacing_why = (f"median spacing {median} mm" if tuple(fp.median_spacing_mm) ==
+                   tuple(plan.spacing_mm) else f"median {median} mm, coarse axis at the 10th "
+                   "percentile of its spacings (anisotropic data, nnU-Net)")
+    mode = plan.intensity["mode"]
+    norm_why = ("CT: clip to the foreground 0.5/99.5 percentiles, z-score with the foreground "
+                "mean/std (nnU-Net)" if mode == "ct" else
+                f"{'/'.join(fp.channel_names)}: z-score per case and channel (nnU-Net's non-CT "
+                "normalisation, inside image > 0)")
+    return [
+        ("data", "manifest", str(plan.manifest.resolve()), "the planned dataset"),
+        ("data", "val_fraction", 0.2, "held-out share for validation when no split is given"),
+        ("preprocessing", "orientation", "RAS", "one axis order for every case"),
+        ("preprocessing", "spacing_mm", list(plan.spacing_mm), spacing_why),
+        ("preprocessing", "intensity", plan.intensity, norm_why),
+        ("preprocessing", "crop_foreground", False, "nnU-Net crops only zero borders"),
+        ("model", "name", "unet3d", f"nnU-Net's plain U-Net ({d.layout} layout)"),
+        ("model", "kwargs", model_kwargs(d.pools), _pool_why(plan)),
+        ("loss", "name", "dice_ce", "nnU-Net's Dice + cross-entropy"),
+    ]
+
+
+def _pool_why(plan) -> str:
+    d = plan.design
+    base = (f"widths {WIDTH}..{MAX_WIDTH}; pool an axis while its feature map stays >= "
+            f"{rules.MIN_FEATURE_MAP} voxels and its spacing is within 2x of the finest")
+    if d.layout == "slab":
+        base += f"; thin slab: axis {d.slab_axis} never pooled"
+    return base
+
+
+def _training(plan) -> list[Entry]:
+    d = plan.design
+    gib = d.memory_bytes / 2**30
+    if plan.step_seconds is None:
+        schedule_why = "nnU-Net's schedule (no --time-budget given)"
+    else:
+        schedule_why = (f"{plan.step_seconds:.2f} s per step measured on {plan.device}: fits "
+                        f"--time-budget {plan.time_budget_h:g} h")
+    patch_why = (f"median resampled shape {'x'.join(map(str, plan.median_shape))}, shrunk "
+                 f"to {gib:.2f} GiB of {plan.budget_bytes / 2**30:.1f} GiB ({plan.device})")
+    if plan.reason:
+        patch_why += f"; {plan.reason}"
+    return [
+        ("train", "patch_size", list(d.patch), patch_why),
+        ("train", "batch_size", d.batch_size, "what the memory holds, >= 2, <= 5 % of the "
+         "dataset's voxels" if plan.device == "cuda" else "2 (nnU-Net's minimum): on a CPU "
+         "a larger batch costs time"),
+        ("train", "epochs", plan.epochs, schedule_why),
+        ("train", "iterations_per_epoch", plan.iterations_per_epoch, schedule_why),
+        ("train", "val_every", max(1, plan.epochs // 20), "about 20 validations in all"),
+        ("train", "optimizer", "sgd", "nnU-Net: SGD, Nesterov momentum 0.99"),
+        ("train", "lr", 0.01, "nnU-Net's initial learning rate"),
+        ("train", "momentum", 0.99, "nnU-Net"),
+        ("train", "weight_decay", 3e-5, "nnU-Net"),
+        ("train", "schedule", "poly", "nnU-Net: lr * (1 - t)^0.9"),
+        ("train", "grad_clip", 12.0, "nnU-Net clips the gradient norm at 12"),
+        ("train", "foreground_ratio", 0.33, "nnU-Net: a third of patches centred on foreground"),
+        ("train", "deep_supervision", True, "nnU-Net: loss on the coarser decoder outputs too"),
+        ("train", "num_workers", 4 if plan.device == "cuda" else 0,
+         "GPU: load patches in parallel" if plan.device == "cuda" else "CPU: the cores train"),
+        ("train", "augment", _augment(d), "nnU-Net's rotation, scaling, mirroring, brightness "
+         f"and gamma as medseg has them; missing: {MISSING_AUGMENTATIONS}"),
+    ]
+
+
+def _augment(design) -> dict[str, Any]:
+    slab = design.layout == "slab"
+    return {"enabled": True, "flip_prob": 0.5, "affine_prob": 0.2,
+            "rotate_deg": 0.0 if slab else 30.0, "scale": 0.3, "intensity_prob": 0.15,
+            "intensity_scale": 0.25, "intensity_shift": 0.1, "gamma_prob": 0.3,
+            "gamma_range": [0.7, 1.5]}
+
+
+def _inference(plan) -> list[Entry]:
+    d = plan.design
+    gpu = plan.device == "cuda"
+    mirror = [a for a in range(3) if a != d.slab_axis] if gpu else []
+    return [
+        ("inference", "roi_size", list(d.patch), "the training patch"),
+        ("inference", "overlap", 0.5, "nnU-Net: half-window steps, Gaussian weights"),
+        ("inference", "blend", "gaussian", "nnU-Net"),
+        ("inference", "batch_size", 2, "windows per network call"),
+        ("inference", "mirror_axes", mirror, "nnU-Net mirrors every axis at test time" if gpu
+         else "CPU: no mirroring by default (8x slower); medseg predict --tta turns it on"),
+        ("inference", "keep_largest", False, "post-processing is chosen by cross-validation, "
+         "not by the plan"),
+    ]
+
+
+def _entries(plan) -> list[Entry]:
+    return _geometry(plan) + _training(plan) + _inference(plan)
+
+
+def plan_dict(plan) -> dict[str, Any]:
+    """The plan as the mapping :func:`medseg.config.parse_config` takes."""
+    out: dict[str, Any] = {}
+    for section, key, value, _ in _entries(plan):
+        out.setdefault(section, {})[key] = value
+    return out
+
+
+def plan_yaml(plan) -> str:
+    """The pipeline YAML text: a header, then ``key: value  # reason`` per choice."""
+    fp = plan.fingerprint
+    lines = [f"# medseg plan of {plan.manifest}",
+             f"# {len(fp.cases)} training cases, {'/'.join(fp.channel_names)}, "
+             f"{len(fp.label_names)} labels, anisotropy {fp.anisotropy:.2f}",
+             "#   medseg train plan.yaml -o RUN_DIR"
+             + (" --device cpu" if plan.device == "cpu" else "")]
+    section = None
+    for sec, key, value, reason in _entries(plan):
+        if sec != section:
+            lines.append(f"{sec}:")
+            section = sec
+        lines.append(f"  {key}: {json.dumps(value)}  # {reason}")
+    return "\n".join(lines) + "\n"
+
+
+def format_summary(plan) -> str:
+    """A few lines for the terminal: geometry, network, schedule."""
+    fp, d = plan.fingerprint, plan.design
+    steps = plan.epochs * plan.iterations_per_epoch
+    lines = [
+        f"cases: {len(fp.cases)}  channels: {', '.join(fp.channel_names)}  labels: "
+        f"{len(fp.label_names)}  anisotropy: {fp.anisotropy:.2f}",
+        f"spacing: {' x '.join(f'{s:g}' for s in plan.spacing_mm)} mm  median resampled "
+        f"shape: {' x '.join(map(str, plan.median_shape))}  intensity: {plan.intensity['mode']}",
+        f"layout: {d.layout}  patch: {' x '.join(map(str, d.patch))}  batch: {d.batch_size}  "
+        f"levels: {len(d.pools) + 1}  pooling: {[list(p) for p in d.pools]}",
+        f"memory: {d.memory_bytes / 2**30:.2f} GiB of {plan.budget_bytes / 2**30:.1f} GiB "
+        f"({plan.device})  schedule: {plan.epochs} x {plan.iterations_per_epoch} = {steps} steps"
+        + (f" at {plan.step_seconds:.2f} s" if plan.step_seconds else ""),
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,184 @@
+"""The planning rules: pure functions of spacings and shapes, each checkable by hand.
+
+They follow nnU-Net v2's published experiment planner (``ExperimentPlanner`` and
+``get_pool_and_conv_props``, Isensee et al., Nature Methods 2021) unless a docstring
+says otherwise. Axes are (x, y, z); spacings in mm, shapes and patches in voxels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+__all__ = [
+    "ANISOTROPY_THRESHOLD",
+    "MIN_FEATURE_MAP",
+    "SLAB_VOXELS",
+    "batch_size",
+    "divisor",
+    "fit_patch",
+    "pooling",
+    "resampled_shape",
+    "round_up",
+    "target_spacing",
+]
+
+Triple = tuple[int, int, int]
+
+ANISOTROPY_THRESHOLD = 3.0
+"""nnU-Net: data is anisotropic when its coarsest spacing exceeds 3x the others."""
+MIN_FEATURE_MAP = 4
+"""nnU-Net: no pooling that leaves a feature map under 4 voxels along an axis."""
+SLAB_VOXELS = 5
+"""Thin-slab layout: patches 5 slices thick along the coarse axis (the slice and 2 on each
+side), never pooled along it."""
+MAX_BATCH_SHARE = 0.05
+"""nnU-Net: one batch covers at most 5 % of the dataset's voxels."""
+
+
+def target_spacing(spacings_mm: np.ndarray, shapes: np.ndarray) -> tuple[float, float, float]:
+    """The spacing every case is resampled to.
+
+    Rule (nnU-Net): the median spacing per axis. When the data is anisotropic, i.e. the
+    coarsest median spacing exceeds ``ANISOTROPY_THRESHOLD`` (3) times the largest other one
+    *and* that axis has fewer than a third of the voxels of the smallest other axis (median
+    shapes), the coarse axis gets the 10th percentile of its spacings instead (finer, so thin
+    slices are not averaged away), but never less than the other axes' spacing.
+
+    Parameters
+    ----------
+    spacings_mm : (N, 3) spacing of every case, mm.
+    shapes : (N, 3) shape of every case, voxels.
+
+    >>> target_spacing(np.array([[0.7, 0.7, 5.0], [0.7, 0.7, 4.0], [0.7, 0.7, 3.0]] * 3),
+    ...                np.array([[128, 128, 16]] * 9))  # 10th percentile of z: 3.0
+    (0.7, 0.7, 3.0)
+    """
+    spacings = np.asarray(spacings_mm, dtype=np.float64)
+    target = np.median(spacings, axis=0)
+    size = np.median(np.asarray(shapes, dtype=np.float64), axis=0)
+    worst = int(np.argmax(target))
+    others = [a for a in range(3) if a != worst]
+    other_spacing = max(target[a] for a in others)
+    aniso_spacing = target[worst] > ANISOTROPY_THRESHOLD * other_spacing
+    aniso_voxels = size[worst] * ANISOTROPY_THRESHOLD < min(size[a] for a in others)
+    if aniso_spacing and aniso_voxels:
+        target[worst] = max(float(np.percentile(spacings[:, worst], 10)), other_spacing)
+    return tuple(round(float(v), 6) for v in target)  # type: ignore[return-value]
+
+
+def resampled_shape(shape: Sequence[float], spacing_mm: Sequence[float],
+                    target_mm: Sequence[float]) -> Triple:
+    """Voxels of ``shape`` at ``spacing_mm`` once resampled to ``target_mm`` (rounded).
+
+    >>> resampled_shape((100, 100, 20), (0.5, 0.5, 5.0), (1.0, 1.0, 2.5))
+    (50, 50, 40)
+    """
+    return tuple(max(1, int(round(n * s / t)))  # type: ignore[return-value]
+                 for n, s, t in zip(shape, spacing_mm, target_mm))
+
+
+def pooling(spacing_mm: Sequence[float], patch: Sequence[int]) -> list[Triple]:
+    """Pooling factor (x, y, z) of every downsampling step of a U-Net on ``patch``.
+
+    Rule (nnU-Net ``get_pool_and_conv_props``): at each step, an axis is pooled (factor 2)
+    when its feature map is at least ``2 * MIN_FEATURE_MAP`` voxels (so it stays >= 4) and
+    its current spacing is within 2x of the finest current spacing among those axes (a
+    coarse axis waits until pooling the others has brought their spacing close to its
+    own). When only one axis qualifies it needs ``3 * MIN_FEATURE_MAP`` voxels. Pooling
+    doubles the spacing and halves (rounding up) the feature map. Steps stop when no axis
+    qualifies.
+
+    >>> pooling((1.0, 1.0, 1.0), (32, 32, 16))  # z: 16 -> 8 -> 4, then x, y: 8 -> 4
+    [(2, 2, 2), (2, 2, 2), (2, 2, 1)]
+    >>> pooling((0.7, 0.7, 5.0), (128, 128, 16))  # z waits until x, y reach 2.8 mm
+    [(2, 2, 1), (2, 2, 1), (2, 2, 2), (2, 2, 2), (2, 2, 1)]
+    """
+    spacing = [float(s) for s in spacing_mm]
+    size = [float(p) for p in patch]
+    steps: list[Triple] = []
+    while True:
+        axes = [a for a in range(3) if size[a] >= 2 * MIN_FEATURE_MAP]
+        if not axes:
+            break
+        finest = min(spacing[a] for a in axes)
+        axes = [a for a in axes if spacing[a] / finest < 2]
+        if len(axes) == 1 and size[axes[0]] < 3 * MIN_FEATURE_MAP:
+            break
+        step = tuple(2 if a in axes else 1 for a in range(3))
+        for a in axes:
+            spacing[a] *= 2
+            size[a] = math.ceil(size[a] / 2)
+        steps.append(step)  # type: ignore[arg-type]
+    return steps
+
+
+def divisor(pools: Sequence[Sequence[int]]) -> Triple:
+    """Product of the pooling factors per axis: patches must be a multiple of it.
+
+    >>> divisor([(2, 2, 1), (2, 2, 2)])
+    (4, 4, 2)
+    """
+    return tuple(math.prod(p[a] for p in pools) for a in range(3))  # type: ignore[return-value]
+
+
+def round_up(patch: Sequence[int], multiple: Sequence[int]) -> Triple:
+    """Each axis rounded up to a multiple of ``multiple`` (nnU-Net's ``pad_shape``).
+
+    >>> round_up((50, 50, 13), (16, 16, 4))
+    (64, 64, 16)
+    """
+    return tuple(int(math.ceil(p / m) * m) for p, m in zip(patch, multiple))  # type: ignore
+
+
+def fit_patch(start: Sequence[int], spacing_mm: Sequence[float],
+              fits: Callable[[Triple, list[Triple]], bool], minimum: Sequence[int]
+              ) -> tuple[Triple, list[Triple]] | None:
+    """The largest patch from ``start`` that ``fits``, with its pooling.
+
+    Rule: start from ``start`` (the median resampled shape) rounded up to a multiple of its
+    pooling; while ``fits(patch, pools)`` is false, shrink the axis with the most voxels
+    (ties: the first of x, y, z) by its current pooling multiple (so the patch stays a
+    multiple of it; nnU-Net's step) and recompute the pooling. An axis is never shrunk
+    below ``minimum``. None when even the smallest patch does not fit. nnU-Net shrinks the
+    axis largest relative to the median shape instead; starting from the median shape both
+    pick the same axis first.
+    """
+    patch = round_up(start, divisor(pooling(spacing_mm, start)))
+    for _ in range(10_000):
+        pools = pooling(spacing_mm, patch)
+        if fits(patch, pools):
+            return patch, pools
+        candidates = [a for a in range(3)
+                      if patch[a] - divisor(pools)[a] >= minimum[a]]
+        if not candidates:
+            return None
+        axis = max(candidates, key=lambda a: (patch[a], -a))
+        trial = list(patch)
+        trial[axis] -= divisor(pools)[axis]
+        step = divisor(pooling(spacing_mm, trial))[axis]
+        trial[axis] = patch[axis] - step
+        patch = round_up(trial, divisor(pooling(spacing_mm, trial)))
+        if patch[axis] >= trial[axis] + step:  # rounding undid the step: take the smaller
+            patch = tuple(trial)  # type: ignore[assignment]
+    return None
+
+
+def batch_size(budget_bytes: float, bytes_per_sample: float, patch: Sequence[int],
+               dataset_voxels: float) -> int:
+    """Patches per optimiser step.
+
+    Rule (nnU-Net): as many as the memory budget holds, at most ``MAX_BATCH_SHARE`` (5 %)
+    of the dataset's voxels per batch, and never fewer than 2 (instance statistics and the
+    foreground oversampling need two).
+
+    >>> batch_size(10e9, 1e9, (64, 64, 64), 1e9)  # 10 fit; 5 % of 1e9 = 190 patches
+    10
+    >>> batch_size(10e9, 1e9, (64, 64, 64), 2e7)  # 5 % of 2e7 voxels: 3 patches
+    3
+    """
+    by_memory = int(budget_bytes // bytes_per_sample)
+    by_data = int(MAX_BATCH_SHARE * dataset_voxels // math.prod(patch))
+    return max(2, min(by_memory, by_data))

@@ -1,0 +1,149 @@
+"""medseg plan on datasets of known geometry: the spacing, normalisation and pooling the
+rules imply, worked out by hand; the YAML loads as a pipeline config; bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medseg.cli import main
+from medseg.config import PhantomConfig, load_config
+from medseg.data.manifest import load_manifest, read_case
+from medseg.data.phantom_dataset import write_phantom_dataset
+from medseg.errors import DataError, UsageError
+from medseg.planning import PlanOptions, compute_fingerprint, make_plan, write_plan
+from tests.planning.helpers import write_dataset
+
+CPU = PlanOptions(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def ct_manifest(tmp_path_factory):
+    # 24 x 24 x 16 = 9216 voxels per case: fewer than the 10000 sampled, so every
+    # foreground voxel is in the statistics and numpy over all of them is the oracle
+    cfg = PhantomConfig(n_train=3, n_val=0, shape=[24, 24, 16], spacing_mm=[2.0, 2.0, 2.0])
+    return write_phantom_dataset(cfg, tmp_path_factory.mktemp("ct"))
+
+
+def _foreground(manifest_path, channel=0):
+    values = []
+    for case in load_manifest(manifest_path).cases:
+        image, label = read_case(case)
+        values.append(np.asarray(image.array[channel], np.float64)[np.asarray(label.array) > 0])
+    return np.concatenate(values)
+
+
+def test_isotropic_ct_plan(ct_manifest, tmp_path):
+    plan = write_plan(ct_manifest, tmp_path / "plan", CPU)
+    fg = _foreground(ct_manifest)
+    lo, hi = np.percentile(fg, [0.5, 99.5])
+    assert plan.spacing_mm == (2.0, 2.0, 2.0)  # the median (every case is 2 mm)
+    assert plan.intensity["mode"] == "ct"
+    np.testing.assert_allclose(plan.intensity["window"], [lo, hi], atol=0.01)
+    np.testing.assert_allclose(plan.intensity["mean_std"], [fg.mean(), fg.std()], atol=1e-3)
+    # 24 x 24 x 16 -> 12 x 12 x 8 -> 6 x 6 x 4: two poolings of every axis
+    assert plan.design.layout == "3d" and plan.design.patch == (24, 24, 16)
+    assert plan.design.pools == ((2, 2, 2), (2, 2, 2))
+    cfg = load_config(tmp_path / "plan" / "plan.yaml")
+    assert cfg.preprocessing["spacing_mm"] == [2.0, 2.0, 2.0]
+    assert cfg.model.kwargs["pool"] == [[2, 2, 2], [2, 2, 2]] and cfg.model.kwargs["depth"] == 3
+    assert cfg.train.patch_size == [24, 24, 16] and cfg.train.batch_size == 2
+    assert cfg.train.deep_supervision and cfg.train.schedule == "poly"
+    assert cfg.data.manifest == str(ct_manifest.resolve())
+    text = (tmp_path / "plan" / "plan.yaml").read_text()
+    assert all("  # " in line for line in text.splitlines() if line.startswith("  "))
+    assert (tmp_path / "plan" / "fingerprint.json").is_file()
+
+
+def test_ct_normalisation_of_the_plan_zscores_the_foreground(ct_manifest):
+    from medseg.transforms import Preprocessing
+
+    plan = make_plan(ct_manifest, CPU)
+    pre = Preprocessing.from_config({"intensity": plan.intensity})
+    fg, out = [], []
+    for case in load_manifest(ct_manifest).cases:
+        image, label = read_case(case)
+        mask = np.asarray(label.array) > 0
+        out.append(pre.apply(image).image.array[0][mask])
+    out = np.concatenate(out)
+    # clipping moves only the 1 % tails: mean ~0, std ~1 over the training foreground
+    assert abs(out.mean()) < 0.02 and abs(out.std() - 1.0) < 0.03
+
+
+def test_anisotropic_mr_plan(tmp_path):
+    manifest = write_dataset(tmp_path / "aniso", [(0.7, 0.7, 5.0), (0.7, 0.7, 5.0),
+                                                  (0.7, 0.7, 4.0)], (64, 64, 8))
+    plan = make_plan(manifest, CPU)
+    # z: median 5 > 3 x 0.7 and 8 x 3 < 64 voxels -> 10th percentile of (4, 5, 5) = 4.2
+    assert plan.spacing_mm == (0.7, 0.7, 4.2)
+    assert plan.intensity == {"mode": "mr"}
+    # resampled z: 8 * 5 / 4.2 = 9.5 -> 10 (twice), 8 * 4 / 4.2 = 7.6 -> 8: median 10
+    assert plan.median_shape == (64, 64, 10)
+    # anisotropy 5 / 0.7 > 3: thin slab of 5 slices, z never pooled; x, y 64 -> 4
+    assert plan.design.layout == "slab" and plan.design.slab_axis == 2
+    assert plan.design.patch == (64, 64, 5)
+    assert plan.design.pools == ((2, 2, 1),) * 4
+
+
+def test_multichannel_mr_fingerprint_and_plan(tmp_path):
+    manifest = write_dataset(tmp_path / "mc", [(1.0, 1.0, 1.0)] * 2, (16, 16, 16),
+                             channel_names=("T1", "T2"))
+    fp = compute_fingerprint(load_manifest(manifest))
+    assert fp.channel_names == ("T1", "T2") and not fp.is_ct
+    for c, stats in enumerate(fp.channels):
+        fg = _foreground(manifest, c)
+        np.testing.assert_allclose([stats.mean, stats.std], [fg.mean(), fg.std()], rtol=1e-9)
+    # label 1: an 8^3 box = 512 voxels of 4096, at 1 mm^3: one component of 0.512 mL
+    box = fp.classes[0]
+    assert box.voxel_fraction == pytest.approx(8**3 / 16**3)
+    assert box.components_median == 1 and box.component_ml_median == pytest.approx(0.512)
+    plan = make_plan(manifest, CPU)
+    assert plan.intensity == {"mode": "mr"} and plan.spacing_mm == (1.0, 1.0, 1.0)
+    # 16^3 -> 8^3 -> 4^3
+    assert plan.design.patch == (16, 16, 16) and plan.design.pools == ((2, 2, 2), (2, 2, 2))
+
+
+def test_cases_with_different_channel_counts(tmp_path):
+    manifest = write_dataset(tmp_path / "ch", [(1.0, 1.0, 1.0)] * 2, (16, 16, 16),
+                             channels_per_case=[1, 2])
+    with pytest.raises(DataError, match="case1_0000.nii.gz.*2 image channel.*same channels"):
+        make_plan(manifest, CPU)
+
+
+def test_label_values_the_manifest_does_not_list(tmp_path):
+    manifest = write_dataset(tmp_path / "lab", [(1.0, 1.0, 1.0)] * 2, (16, 16, 16),
+                             labels={"0": "background", "1": "box"})
+    with pytest.raises(DataError, match=r"labelsTr/case0.nii.gz.*\[2\].*add them to 'labels'"):
+        make_plan(manifest, CPU)
+
+
+def _cli_error(capsys, *argv) -> str:
+    """The one error line of ``medseg plan ARGV`` (exit code 2: usage)."""
+    code = main(["plan", *map(str, argv)])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("medseg: error")]
+    assert code == 2 and len(errors) == 1
+    return errors[0]
+
+
+def test_gpu_budget_below_the_smallest_network(ct_manifest, tmp_path, capsys):
+    line = _cli_error(capsys, ct_manifest, "-o", tmp_path, "--device", "cuda",
+                      "--gpu-memory-gb", "0.001")
+    assert str(ct_manifest) in line and "give --gpu-memory-gb" in line
+
+
+def test_time_budget_too_small_for_one_epoch(ct_manifest, tmp_path, capsys):
+    line = _cli_error(capsys, ct_manifest, "-o", tmp_path, "--device", "cpu",
+                      "--time-budget", "1e-6")
+    assert str(ct_manifest) in line and "one epoch is 50: give --time-budget" in line
+    with pytest.raises(UsageError, match="time-budget"):
+        make_plan(ct_manifest, PlanOptions(device="cpu", time_budget_h=-1.0))
+
+
+def test_time_budget_fits_the_schedule(ct_manifest):
+    plan = make_plan(ct_manifest, PlanOptions(device="cpu", time_budget_h=0.05))
+    steps = plan.epochs * plan.iterations_per_epoch
+    # demo.plan_training: total = 180 s / (step time * 1.2 overhead) steps, cut into
+    # whole epochs of total // epochs steps (so fewer than ``epochs`` steps are lost)
+    total = int(180.0 / (plan.step_seconds * 1.2))
+    assert total - plan.epochs < steps <= total and plan.iterations_per_epoch >= 50
