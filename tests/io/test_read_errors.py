@@ -157,18 +157,11 @@ def _rt_dose(path: Path, pixels: bool) -> None:
     ds.save_as(path, enforce_file_format=True)
 
 
-def test_folder_with_only_an_rt_dose_with_pixels(capsys, tmp_path):
+@pytest.mark.parametrize("pixels", [True, False])
+def test_folder_with_only_an_rt_dose(capsys, tmp_path, pixels):
     folder = tmp_path / "dose"
     folder.mkdir()
-    _rt_dose(folder / "RD.dcm", pixels=True)
-    line = _cli_error(capsys, ["info", str(folder)], str(folder))
-    assert "holds only an RT Dose (1.2.840.10008.5.1.4.1.1.481.2: RD.dcm), no image series" in line
-
-
-def test_folder_with_only_an_rt_dose_without_pixels(capsys, tmp_path):
-    folder = tmp_path / "dose"
-    folder.mkdir()
-    _rt_dose(folder / "RD.dcm", pixels=False)
+    _rt_dose(folder / "RD.dcm", pixels=pixels)
     line = _cli_error(capsys, ["info", str(folder)], str(folder))
     assert "holds only an RT Dose (1.2.840.10008.5.1.4.1.1.481.2: RD.dcm), no image series" in line
 
