@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import GeometryError, ImageReadError, UsageError, check_keywords
-from medseg.io.cases import case_name, images_by_case, label_names_from_mapping, read_label_names
+from medseg.io.cases import case_name, label_names_from_mapping, pair_folders, read_label_names
 from medseg.metrics import METRIC_KEYS, check_label_array, evaluate_arrays
 from medseg.metrics.lesions import LabelLesions, LesionCounts, LesionOptions
 from medseg.results import RESULT_COLUMNS, SUMMARY_COLUMNS, ResultRow, Results, summarize
@@ -280,21 +280,11 @@ def pair_cases(
         return [(case_name(gt), pred, gt)]
     if not (pred.is_dir() and gt.is_dir()):
         raise UsageError(f"--pred {pred} and --gt {gt} must be two files or two folders")
-    preds, gts = images_by_case(pred), images_by_case(gt)
-    if not gts:
-        raise ImageReadError("ground-truth folder holds no image files", gt)
-    no_gt = sorted(set(preds) - set(gts))
-    no_pred = [] if missing_as_empty else sorted(set(gts) - set(preds))
-    if no_gt or no_pred:
-        parts = []
-        if no_pred:
-            parts.append(f"{len(no_pred)} without a prediction in {pred}: {', '.join(no_pred)}")
-        if no_gt:
-            parts.append(f"{len(no_gt)} without a ground truth in {gt}: {', '.join(no_gt)}")
-        raise UsageError("unpaired cases: " + "; ".join(parts))
-    for case in sorted(set(gts) - set(preds)):
+    pairs = pair_folders(pred, gt, ("a prediction", "a ground truth"),
+                         missing_first=missing_as_empty)
+    for case, _, _ in (p for p in pairs if p[1] is None):
         log.warning("%s: no prediction, scored as empty (--missing-as-empty)", case)
-    return [(case, preds.get(case), gts[case]) for case in sorted(gts)]
+    return pairs
 
 
 # -- label names ------------------------------------------------------------------

@@ -227,17 +227,11 @@ def stats_of_files(image: str | os.PathLike, seg: str | os.PathLike,
 
 def _pairs(image: Path, seg: Path) -> list[tuple[str, Path, Path]]:
     """``(case, image, seg)``: two files (or a DICOM image folder), or two folders' cases."""
-    from medseg.io.cases import case_name, images_by_case
+    from medseg.io.cases import case_name, pair_folders
 
     if not (image.is_dir() and seg.is_dir()):  # read_volume names a missing or unreadable path
         return [(case_name(seg), image, seg)]
-    images, segs = images_by_case(image, strip_channel=True), images_by_case(seg)
-    unpaired = sorted(set(images) ^ set(segs))
-    if unpaired or not segs:
-        raise UsageError(f"cases of {image} and {seg} do not pair: "
-                         f"{', '.join(unpaired) or 'no image files'} (paired by file name "
-                         "without extension)")
-    return [(case, images[case], segs[case]) for case in sorted(segs)]
+    return pair_folders(image, seg, ("an image", "a segmentation"), strip_channel=True)
 
 
 def _label_names(labels: str | os.PathLike | Labels) -> Labels:

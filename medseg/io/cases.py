@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medseg.errors import ConfigError, DataError, GeometryError, ImageReadError
+from medseg.errors import ConfigError, DataError, GeometryError, ImageReadError, UsageError
 from medseg.io.formats import (
     DICOM_EXTENSION,
     SUPPORTED_EXTENSIONS,
@@ -38,6 +38,7 @@ __all__ = [
     "Case",
     "case_name",
     "images_by_case",
+    "pair_folders",
     "find_case_file",
     "list_cases",
     "read_case_image",
@@ -108,6 +109,48 @@ def images_by_case(folder: str | os.PathLike, strip_channel: bool = False) -> di
                             folder)
         found[case] = path
     return found
+
+
+def pair_folders(
+    first: str | os.PathLike,
+    second: str | os.PathLike,
+    what: tuple[str, str],
+    *,
+    strip_channel: bool = False,
+    missing_first: bool = False,
+) -> list[tuple[str, Path | None, Path]]:
+    """The cases of two folders paired by case name: ``(case, first's file, second's file)``.
+
+    Parameters
+    ----------
+    first, second : folders of image files (:func:`images_by_case`).
+    what : what each folder holds, with its article, for messages
+        (``("a prediction", "a ground truth")``).
+    strip_channel : the first folder's files may carry nnU-Net's ``_0000`` channel suffix.
+    missing_first : a case of ``second`` without a file in ``first`` pairs with None
+        instead of being an error.
+
+    Returns
+    -------
+    One tuple per case of ``second``, in case-name order.
+
+    Raises
+    ------
+    ImageReadError : ``second`` holds no image files.
+    UsageError : unpaired cases, every one listed, on each side.
+    """
+    firsts = images_by_case(first, strip_channel=strip_channel)
+    seconds = images_by_case(second)
+    if not seconds:
+        raise ImageReadError("folder holds no image files", second)
+    no_second = sorted(set(firsts) - set(seconds))
+    no_first = [] if missing_first else sorted(set(seconds) - set(firsts))
+    if no_first or no_second:
+        parts = [f"{len(names)} without {name} in {folder}: {', '.join(names)}"
+                 for names, name, folder in ((no_first, what[0], first),
+                                             (no_second, what[1], second)) if names]
+        raise UsageError("unpaired cases: " + "; ".join(parts))
+    return [(case, firsts.get(case), seconds[case]) for case in sorted(seconds)]
 
 
 def find_case_file(folder: str | os.PathLike, case: str) -> Path:
