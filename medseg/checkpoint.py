@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from medseg import __version__
-from medseg.card import ModelCard, NetworkSpec, Postprocess, WindowSettings
+from medseg.card import ModelCard
 from medseg.errors import CheckpointError, MedsegError
 from medseg.io.atomic import atomic_path
 

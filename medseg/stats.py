@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from medseg.errors import GeometryError, UsageError
+from medseg.errors import GeometryError
 from medseg.volume import Volume
 
 __all__ = ["STATS_COLUMNS", "structure_stats", "stats_of_files", "stats_csv_text", "write_stats"]

@@ -279,3 +279,44 @@ class Probabilities(Volume):
         fill = np.zeros(self.num_classes, dtype=self.array.dtype)
         fill[0] = 1
         return fill
+
+
+def label_array(array: Any, what: str = "label map", path: Any = None) -> np.ndarray:
+    """``array`` as a 3D (x, y, z) map of non-negative integer labels (0 = background).
+
+    The one check of label values, for label files, predictions and ground truths alike:
+    booleans are viewed as uint8; whole-number floats and signed integers become the
+    smallest unsigned type that holds them (uint8 up to label 255, as
+    :func:`medseg.argmax.label_dtype`); unsigned arrays are kept as they are.
+
+    Raises
+    ------
+    GeometryError : not 3D. DataError : NaN or infinite values, a non-integer or negative
+        label, or a dtype that is not numeric; each message names ``what`` and ``path``.
+    """
+    from medseg.errors import DataError
+
+    array = np.asarray(array)
+    if array.ndim != 3:
+        raise GeometryError(f"{what} must be a 3D (x, y, z) label map, got shape {array.shape}",
+                            path)
+    if array.dtype == bool:
+        return array.view(np.uint8)
+    if array.dtype.kind == "f":
+        if not np.all(np.isfinite(array)):
+            raise DataError(f"{what} holds NaN or infinite values; labels must be integers", path)
+        rounded = np.rint(array)
+        bad = array != rounded
+        if bad.any():
+            raise DataError(f"{what} holds non-integer label {array[bad].flat[0].item()!r}; "
+                            "labels must be integers", path)
+        array = rounded
+    elif array.dtype.kind not in "iu":
+        raise DataError(f"{what} has dtype {array.dtype}; labels must be integers", path)
+    if array.dtype.kind in "if" and array.size and array.min() < 0:  # unsigned: never
+        raise DataError(f"{what} holds negative label {array.min().item()!r}; labels must be "
+                        "non-negative", path)
+    if array.dtype.kind in "fi":
+        high = int(array.max()) if array.size else 0
+        array = array.astype(np.min_scalar_type(high), copy=False)
+    return array

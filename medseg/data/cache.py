@@ -36,7 +36,6 @@ from medseg.data.manifest import Case, read_case
 from medseg.errors import DataError
 from medseg.io.atomic import atomic_path, atomic_write_text
 from medseg.io.labels import as_label_map
-from medseg.volume import Volume
 
 __all__ = ["CachedCase", "cache_key", "cache_case", "build_cache", "foreground_indices"]
 

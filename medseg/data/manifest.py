@@ -25,7 +25,6 @@ import csv
 import json
 import logging
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

@@ -41,7 +41,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
 from medseg.argmax import argmax_labels, label_dtype

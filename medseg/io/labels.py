@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.errors import DataError, UsageError, check_option
-from medseg.volume import LabelMap, Volume
+from medseg.volume import LabelMap, Volume, label_array
 
 __all__ = ["read_labels", "write_labels", "as_label_map", "merge_masks", "is_dicom_labels",
            "OVERLAP_POLICIES", "DICOM_FORMATS"]
@@ -134,17 +134,9 @@ def merge_masks(
 
 
 def as_label_map(volume: Volume, path: str | os.PathLike) -> LabelMap:
-    """``volume`` as a LabelMap of :func:`medseg.argmax.label_dtype` (label files are often
-    stored as floats); DataError naming ``path`` for negative or non-integer values."""
-    from medseg.argmax import label_dtype
-
-    array = np.asarray(volume.array)
-    low, high = (array.min(), array.max()) if array.size else (0, 0)
-    if array.dtype.kind not in "iuf" or low < 0 or (
-            array.dtype.kind == "f" and not np.all(np.mod(array, 1) == 0)):
-        raise DataError(f"a label map holds integers >= 0 (0 = background), got {array.dtype} "
-                        f"values in [{low}, {high}]", path)
-    return LabelMap(array.astype(label_dtype(int(high) + 1), copy=False), volume.affine,
+    """``volume`` as a LabelMap (label files are often stored as floats): the values are
+    checked and narrowed by :func:`medseg.volume.label_array`, errors naming ``path``."""
+    return LabelMap(label_array(volume.array, "label map", path), volume.affine,
                     dict(volume.meta))
 
 

@@ -13,10 +13,11 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from medseg.errors import DataError, GeometryError, UsageError
+from medseg.errors import GeometryError, UsageError
 from medseg.metrics.conventions import Convention, get_convention
 from medseg.metrics.overlap import OverlapCounts, count_overlap, overlap_metrics
 from medseg.metrics.surface import surface_distances, surface_metrics
+from medseg.volume import label_array as check_label_array  # the one check of label values
 
 __all__ = ["METRIC_KEYS", "evaluate_arrays", "check_label_array", "check_spacing", "present_labels"]
 
@@ -115,39 +116,6 @@ def _thread_count(workers: int | None, jobs: int) -> int:
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise UsageError(f"workers must be an integer >= 1 or None, got {workers!r}")
     return max(1, min(workers, jobs))
-
-
-def check_label_array(array: np.ndarray, what: str, path: str | os.PathLike | None = None) -> np.ndarray:
-    """Return ``array`` as a 3D array of non-negative integers, or raise DataError.
-
-    ``what`` names the array in the message (e.g. ``"pred"``) and ``path`` the
-    file it came from.
-    """
-    array = np.asarray(array)
-    if array.ndim != 3:
-        raise GeometryError(f"{what} must be a 3D (x, y, z) label map, got shape {array.shape}", path)
-    if array.dtype == bool:
-        return array.view(np.uint8)
-    if array.dtype.kind == "f":
-        if not np.all(np.isfinite(array)):
-            raise DataError(f"{what} holds NaN or infinite values; labels must be integers", path)
-        rounded = np.rint(array)
-        bad = array != rounded
-        if bad.any():
-            raise DataError(
-                f"{what} holds non-integer label {array[bad].flat[0].item()!r}; labels must be integers", path
-            )
-        array = rounded
-    elif array.dtype.kind not in "iu":
-        raise DataError(f"{what} has dtype {array.dtype}; labels must be integers", path)
-    if array.dtype.kind in "if" and array.size and array.min() < 0:  # unsigned: never
-        raise DataError(
-            f"{what} holds negative label {array.min().item()!r}; labels must be non-negative", path
-        )
-    if array.dtype.kind == "f" or array.dtype.kind == "i":
-        high = int(array.max()) if array.size else 0
-        array = array.astype(np.min_scalar_type(high), copy=False)
-    return array
 
 
 def check_spacing(spacing_mm: Sequence[float]) -> tuple[float, float, float]:

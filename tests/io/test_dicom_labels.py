@@ -165,7 +165,7 @@ def test_image_label_files_are_checked_integers(tmp_path):
     assert isinstance(labels, LabelMap) and labels.array.dtype == np.uint8
     assert labels.array.max() == 2
     write_volume(Volume(np.full((4, 4, 3), 0.5, np.float32), affine), tmp_path / "h.nii.gz")
-    with pytest.raises(DataError, match=r"h\.nii\.gz: a label map holds integers"):
+    with pytest.raises(DataError, match=r"h\.nii\.gz: label map holds non-integer label 0\.5"):
         read_labels(tmp_path / "h.nii.gz")
 
 

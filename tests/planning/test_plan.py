@@ -60,7 +60,7 @@ def test_ct_normalisation_of_the_plan_zscores_the_foreground(ct_manifest):
 
     plan = make_plan(ct_manifest, CPU)
     pre = Preprocessing.from_config({"intensity": plan.intensity})
-    fg, out = [], []
+    out = []
     for case in load_manifest(ct_manifest).cases:
         image, label = read_case(case)
         mask = np.asarray(label.array) > 0

@@ -77,7 +77,7 @@ def test_cache_stores_float_label_files_as_integer_labels(msd_dataset, tmp_path)
     assert cached.label.dtype == np.uint8
     np.testing.assert_array_equal(np.asarray(cached.label), original.array)  # RAS, no resampling
     write_volume(original.with_array(original.array * np.float32(1.5)), case.label)
-    with pytest.raises(DataError, match=r"integers >= 0 .*float32 values in \[0\.0, ") as err:
+    with pytest.raises(DataError, match=r"label map holds non-integer label \d\.5; labels must") as err:
         cache_case(case, Preprocessing.from_config(PRE), tmp_path / "cache")
     assert err.value.path == str(case.label)
 
