@@ -16,8 +16,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import math
@@ -179,13 +177,12 @@ def _predict_fold(checkpoint: Path, cases: list[Case], cv: Path, fold: int,
     """Predict one fold's held-out ``cases`` (listed in ``cv/folds/fold_<i>.csv``)."""
     from medseg.inference.batch import predict_cases
     from medseg.inference.predict import PredictOptions
+    from medseg.results import csv_text
 
     listing = cv / "folds" / f"fold_{fold}.csv"
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["case_id", "image", "split"])
-    writer.writerows([c.case_id, ";".join(map(str, c.images)), "test"] for c in cases)
-    atomic_write_text(listing, text.getvalue())
+    rows = ({"case_id": c.case_id, "image": ";".join(map(str, c.images)), "split": "test"}
+            for c in cases)
+    atomic_write_text(listing, csv_text(("case_id", "image", "split"), rows))
     predict_cases(checkpoint, listing, cv / "predictions", PredictOptions(keep_largest=False),
                   runtime)
 

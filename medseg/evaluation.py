@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import GeometryError, ImageReadError, UsageError, check_keywords
-from medseg.io.cases import case_name, label_names_from_mapping, pair_folders, read_label_names
+from medseg.io.cases import case_name, label_names_of, pair_folders
 from medseg.metrics import METRIC_KEYS, check_label_array, evaluate_arrays
 from medseg.metrics.lesions import LabelLesions, LesionCounts, LesionOptions
 from medseg.results import RESULT_COLUMNS, SUMMARY_COLUMNS, ResultRow, Results, summarize
@@ -125,7 +125,7 @@ def evaluate_folders(
         A pair with different shape or affine, or non-integer / negative / NaN labels.
     """
     opts = _options(options).replace(**settings)
-    names = _label_names(labels)
+    names = label_names_of(labels)
     wanted = None if names is None else [k for k in sorted(names) if k != 0]
     lesions = opts.lesions
     lesion_job = None if lesions is None else (lesions.resolve(names), lesions)
@@ -288,16 +288,6 @@ def pair_cases(
 
 
 # -- label names ------------------------------------------------------------------
-def _label_names(labels: Labels) -> dict[int, str] | None:
-    if labels is None:
-        return None
-    if isinstance(labels, (str, os.PathLike)):
-        return read_label_names(labels)
-    if isinstance(labels, Mapping):
-        return label_names_from_mapping(labels)
-    return {int(k): "" for k in labels}
-
-
 # -- lesion-wise outputs ----------------------------------------------------------------
 #: Columns of ``lesions.csv`` (see :class:`medseg.metrics.lesions.Lesion`).
 LESION_COLUMNS = ("case", "label", "label_name", "lesion_id", "kind", "volume_ml", "partner_id",

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import GeometryError
+from medseg.io.cases import label_names_of
 from medseg.volume import Volume
 
 __all__ = ["STATS_COLUMNS", "structure_stats", "stats_of_files", "stats_csv_text", "write_stats"]
@@ -96,7 +97,7 @@ def structure_stats(image: Volume, seg: Volume, labels: Labels = None, case: str
     _check_same_grid(image, seg)
     label_map = check_label_array(seg.array, "segmentation", seg.meta.get("source"))
     order, groups = _group_voxels(label_map, values)
-    names = dict(labels) if isinstance(labels, Mapping) else {int(k): "" for k in labels or ()}
+    names = label_names_of(labels) or {}
     wanted = sorted(k for k in names if k != 0) if labels is not None else sorted(groups)
     unlisted = sorted(set(groups) - set(wanted))
     if unlisted:
@@ -217,7 +218,7 @@ def stats_of_files(image: str | os.PathLike, seg: str | os.PathLike,
     """
     from medseg.io import read_volume
 
-    names = _label_names(labels)
+    names = label_names_of(labels)
     rows = []
     for case, image_path, seg_path in _pairs(Path(image), Path(seg)):
         rows += structure_stats(read_volume(image_path), read_volume(seg_path, channels=False),
@@ -232,14 +233,6 @@ def _pairs(image: Path, seg: Path) -> list[tuple[str, Path, Path]]:
     if not (image.is_dir() and seg.is_dir()):  # read_volume names a missing or unreadable path
         return [(case_name(seg), image, seg)]
     return pair_folders(image, seg, ("an image", "a segmentation"), strip_channel=True)
-
-
-def _label_names(labels: str | os.PathLike | Labels) -> Labels:
-    if isinstance(labels, (str, os.PathLike)):
-        from medseg.io.cases import read_label_names
-
-        return read_label_names(labels)
-    return labels
 
 
 def stats_csv_text(rows: Sequence[Mapping[str, Any]]) -> str:

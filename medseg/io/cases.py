@@ -44,6 +44,7 @@ __all__ = [
     "read_case_image",
     "read_label_names",
     "label_names_from_mapping",
+    "label_names_of",
 ]
 
 _CHANNEL_SUFFIX = re.compile(r"_\d{4}$")  # nnU-Net: case_0000.nii.gz is channel 0 of "case"
@@ -314,6 +315,20 @@ def read_label_names(path: str | os.PathLike) -> dict[int, str]:
     if isinstance(data, dict) and isinstance(data.get("labels"), dict):
         data = data["labels"]
     return label_names_from_mapping(data, path)
+
+
+def label_names_of(labels: Any) -> dict[int, str] | None:
+    """The ``labels`` argument that evaluate and stats take, as ``{value: name}``:
+    None stays None (every label found); a path is a label-name file
+    (:func:`read_label_names`); a mapping is parsed like one
+    (:func:`label_names_from_mapping`); a list of values gets empty names."""
+    if labels is None:
+        return None
+    if isinstance(labels, (str, os.PathLike)):
+        return read_label_names(labels)
+    if isinstance(labels, Mapping):
+        return label_names_from_mapping(labels)
+    return {int(k): "" for k in labels}
 
 
 def label_names_from_mapping(raw: Any, path: str | os.PathLike | None = None) -> dict[int, str]:
