@@ -130,9 +130,9 @@ def evaluate_folders(
     lesions = opts.lesions
     lesion_job = None if lesions is None else (lesions.resolve(names), lesions)
     pairs = pair_cases(pred, gt, opts.missing_as_empty)
-    from medseg.io.atomic import ensure_parent
+    from medseg.io.atomic import check_parent
 
-    ensure_parent(out_csv)  # fail before scoring when the output cannot be written
+    check_parent(out_csv)  # fail before scoring when the output cannot be written
     jobs = [(case, p, g, wanted, opts.convention, opts.nsd_tolerance_mm, opts.reference,
              lesion_job) for case, p, g in pairs]
     done = _run(jobs, int(opts.workers))

@@ -310,3 +310,27 @@ def test_dicom_seg_ground_truth_with_reference(tmp_path):
     assert rows and all(float(r["dice"]) == 1.0 for r in rows)
     assert main(["evaluate", "--pred", str(pred), "--gt", str(seg), "-o",
                  str(tmp_path / "e2" / "results.csv")]) == 2
+
+
+def test_failed_evaluation_into_a_new_folder_leaves_nothing(tmp_path, capsys):
+    """The output folder is checked before scoring but created only when results are written:
+    bad input (a NaN label) gives one line, exit 1 and no new folder."""
+    from medseg.cli import main
+
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    gt = np.zeros((6, 6, 4), np.float32)
+    gt[1:4, 1:4, 1:3] = 1
+    nib.save(nib.Nifti1Image(gt, affine), tmp_path / "gt.nii.gz")
+    bad = gt.copy()
+    bad[0, 0, 0] = np.nan
+    nib.save(nib.Nifti1Image(bad, affine), tmp_path / "pred.nii.gz")
+    out = tmp_path / "new" / "deeper" / "results.csv"
+    assert main(["evaluate", "--pred", str(tmp_path / "pred.nii.gz"), "--gt",
+                 str(tmp_path / "gt.nii.gz"), "-o", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pred.nii.gz: prediction holds NaN" in err[0]
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "file").write_text("x")
+    assert main(["evaluate", "--pred", str(tmp_path / "gt.nii.gz"), "--gt",
+                 str(tmp_path / "gt.nii.gz"), "-o", str(tmp_path / "file" / "r.csv")]) == 1
+    assert "is a file" in capsys.readouterr().err

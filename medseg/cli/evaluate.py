@@ -112,7 +112,7 @@ def _check_report_args(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from medseg.errors import ImageReadError, UsageError
-    from medseg.io.atomic import ensure_parent
+    from medseg.io.atomic import check_parent
 
     folders = Path(args.pred).is_dir() and Path(args.gt).is_dir()
     if args.images is not None and not folders:
@@ -120,7 +120,7 @@ def _check_report_args(args: argparse.Namespace) -> None:
                          f"per case), got {args.pred} and {args.gt}")
     if args.images is not None and not Path(args.images).is_dir():
         raise ImageReadError("--images: folder does not exist", args.images)
-    ensure_parent(_report_path(args))
+    check_parent(_report_path(args))
 
 
 def _write_report(args: argparse.Namespace) -> None:

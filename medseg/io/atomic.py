@@ -16,7 +16,7 @@ from pathlib import Path
 
 from medseg.errors import ImageWriteError
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes", "ensure_parent",
+__all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes", "check_parent", "ensure_parent",
            "check_writable_dir"]
 
 
@@ -45,6 +45,26 @@ def ensure_parent(path: str | os.PathLike) -> Path:
 
 #: The former name of :func:`ensure_parent` (io.sitk and io.write_volume still use it).
 check_writable_dir = ensure_parent
+
+
+def check_parent(path: str | os.PathLike) -> None:
+    """Fail early, creating nothing, when :func:`ensure_parent` could not give ``path`` a folder.
+
+    For commands that check their output before long work: the folder itself is only
+    created when the file is written, so a run that fails in between leaves nothing.
+
+    Raises
+    ------
+    ImageWriteError
+        Naming ``path``: a parent is a file, or the nearest existing folder is not writable.
+    """
+    folder = Path(path).resolve().parent
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise ImageWriteError(f"cannot create the output folder {folder}: {existing} is a file",
+                              path)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ImageWriteError(f"output folder {existing} is not writable", path)
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ import numpy as np
 
 from medseg import __version__
 from medseg.errors import UsageError
-from medseg.io.atomic import atomic_write_text, ensure_parent
+from medseg.io.atomic import atomic_write_text, check_parent
 from medseg.io.cases import find_case_file, label_names_from_mapping, read_label_names
 from medseg.metrics import STATUSES
 from medseg.report.agreement import bland_altman_png
@@ -112,7 +112,7 @@ def write_report(
     worst = worst or WorstCases()
     images_dir, pred_dir, gt_dir = worst.images_dir, worst.pred_dir, worst.gt_dir
     worst_n, window = worst.n, worst.window
-    ensure_parent(out_html)
+    check_parent(out_html)
     overlays = check_dirs(images_dir, pred_dir, gt_dir)
     extra = _compare_section(compare)
     results = Results.load(results_csv)
