@@ -16,8 +16,8 @@ from pathlib import Path
 
 from medseg.errors import ImageWriteError
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes", "check_parent", "ensure_parent",
-           "check_writable_dir"]
+__all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes", "check_parent",
+           "ensure_parent", "check_writable_dir"]
 
 
 def ensure_parent(path: str | os.PathLike) -> Path:
