@@ -39,8 +39,10 @@ from medseg.errors import CheckpointError, UsageError, check_keywords, check_opt
 
 __all__ = ["BLENDS", "ModelCard", "NetworkSpec", "Postprocess", "WindowSettings"]
 
-#: Weighting of overlapping windows: Gaussian (sigma = roi / 8) or constant.
-BLENDS = ("gaussian", "constant")
+#: Weighting of overlapping windows: Gaussian (sigma = roi / 8) or constant; ``"nnunet"``
+#: is nnU-Net v2's whole window arithmetic, for imported nnU-Net models
+#: (:mod:`medseg.inference.windows`, :mod:`medseg.nnunet`).
+BLENDS = ("gaussian", "constant", "nnunet")
 
 Roi = tuple[int, int, int]
 
@@ -69,7 +71,9 @@ class WindowSettings:
     ----------
     roi_size : window size (x, y, z) in voxels of the preprocessed grid (one int = a cube).
     overlap : fraction in [0, 1) by which neighbouring windows overlap at least.
-    blend : ``"gaussian"`` (sigma = roi / 8 per axis, MONAI's map) or ``"constant"``.
+    blend : ``"gaussian"`` (sigma = roi / 8 per axis, MONAI's map), ``"constant"``, or
+        ``"nnunet"``: nnU-Net's placement, Gaussian and float16 accumulation of logits
+        (imported nnU-Net models: outputs equal nnUNetPredictor's).
     batch_size : windows per network call (>= 1).
     mirror_axes : spatial axes (0 = x, 1 = y, 2 = z) mirrored for test-time
         augmentation; the outputs of all 2^n flip combinations are averaged. ``()``

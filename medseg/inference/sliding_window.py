@@ -24,6 +24,12 @@ the output is one-hot background (1 in channel 0, 0 elsewhere; label 0). Inside
 it, windows with no mask voxel are not run either and count as if the predictor
 had returned one-hot background there, blended with the same weights. A voxel
 covered only by skipped windows is therefore exactly ``[1, 0, ..., 0]``.
+
+``blend="nnunet"`` follows nnU-Net v2's predictor operation for operation, so that an
+imported nnU-Net model gives nnUNetPredictor's logits: windows spread evenly, its Gaussian,
+the flips of one window averaged in float32 in nnU-Net's order (its axis 0 is the window
+frame's z), ``weight * pred`` in float32 added into a float16 accumulator, the weights
+summed in float16, and the division in float16 (``out_dtype`` is then float16).
 """
 
 from __future__ import annotations
@@ -40,7 +46,13 @@ import torch.nn.functional as F
 from medseg.argmax import argmax_channels, torch_label_dtype
 from medseg.card import WindowSettings
 from medseg.errors import GeometryError, UsageError
-from medseg.inference.windows import SIGMA_SCALE, WindowGrid, constant_map, importance_map
+from medseg.inference.windows import (
+    SIGMA_SCALE,
+    WindowGrid,
+    constant_map,
+    importance_map,
+    nnunet_importance_map,
+)
 
 __all__ = ["sliding_window", "sliding_window_argmax"]
 
@@ -140,6 +152,7 @@ class _Run:
     batch_size: int
     out_device: torch.device
     out_dtype: torch.dtype
+    nnunet: bool  # nnU-Net's arithmetic (module docstring)
     flips: list[tuple[int, ...]]
     weight: torch.Tensor  # (rx, ry, rz) importance map on out_device, float32
     mask: torch.Tensor | None  # (B, X, Y, Z) bool, padded, cropped to the box
@@ -174,14 +187,17 @@ class _Run:
         box = _mask_box(mask, roi, shape)
         image = image[(slice(None), slice(None)) + box]
         mask = None if mask is None else mask[(slice(None),) + box]
-        grid = WindowGrid.build(image.shape[2:], roi, window.overlap)
-        weight = (importance_map(roi, SIGMA_SCALE, out_device, torch.float32)
-                  if window.blend == "gaussian" else constant_map(roi, out_device, torch.float32))
+        nnunet = window.blend == "nnunet"
+        grid = WindowGrid.build(image.shape[2:], roi, window.overlap,
+                                "even" if nnunet else "flush")
+        weight = _weight_map(window.blend, roi, out_device)
+        if nnunet:  # nnU-Net's flip order: its axes ascending are ours descending
+            axes, out_dtype = tuple(sorted(axes, reverse=True)), torch.float16
         flips = [c for n in range(len(axes) + 1) for c in itertools.combinations(axes, n)]
         log.debug("sliding window: %d windows of %s over %s, %d flips", len(grid.windows),
                   roi, tuple(image.shape[2:]), len(flips))
         return cls(predictor, image, grid, box, shape, pad, window.batch_size, out_device,
-                   out_dtype, flips, weight, mask, progress)
+                   out_dtype, nnunet, flips, weight, mask, progress)
 
     def into(self, sink) -> torch.Tensor:
         """Drive every image of the batch into ``sink``; its output, cropped of the padding."""
@@ -217,8 +233,11 @@ class _Run:
                 ready = self.predict([self.grid.windows[0]], b)
             else:
                 ready = self.predict(chunks[first].run, b)
-            sink.allocate(ready.shape[1], self.shape, self.box, self.out_device, self.out_dtype)
-            weight = self.weight.to(self.out_dtype)
+            den = torch.float16 if self.nnunet else torch.float32
+            sink.allocate(ready.shape[1], self.shape, self.box, self.out_device,
+                          (self.out_dtype, den))
+            weight = self.weight if self.nnunet else self.weight.to(self.out_dtype)
+            scale = None if self.nnunet else 1.0 / len(self.flips)
             n_run = sum(len(c.run) for c in chunks)
             log.debug("image %d: running %d of %d windows", b, n_run, len(self.grid.windows))
             bar = _progress(self.progress, len(chunks))
@@ -228,7 +247,7 @@ class _Run:
                 for w in chunk.skipped:
                     sink.add(self.grid.region(w), None, weight, 1.0)
                 for j, w in enumerate(chunk.run):
-                    sink.add(self.grid.region(w), preds[j], weight, 1.0 / len(self.flips))
+                    sink.add(self.grid.region(w), preds[j], weight, scale)
                 if bar is not None:
                     bar.update(1)
             sink.advance(self.grid.shape[2])
@@ -248,8 +267,9 @@ class _Run:
             self.check_output(y, len(windows))
             y = y.flip(dims) if dims else y
             total = y if total is None else total + y
-        out = total.to(self.out_device, self.out_dtype)  # type: ignore[union-attr]
-        return out
+        if self.nnunet:  # the mean over flips, kept in float32
+            return total.div_(len(self.flips)).to(self.out_device)  # type: ignore[union-attr]
+        return total.to(self.out_device, self.out_dtype)  # type: ignore[union-attr]
 
     def check_output(self, y, n: int) -> None:
         if (not isinstance(y, torch.Tensor) or y.ndim != 5 or y.shape[0] != n
@@ -271,17 +291,18 @@ class _FullSink:
         self.batch, self.b = batch, 0
         self.out: torch.Tensor | None = None
 
-    def allocate(self, k, shape, box: Box, device, dtype) -> None:
+    def allocate(self, k, shape, box: Box, device, dtypes) -> None:
         if self.out is None:
-            self.out = torch.zeros((self.batch, k) + tuple(shape), dtype=dtype, device=device)
+            self.out = torch.zeros((self.batch, k) + tuple(shape), dtype=dtypes[0], device=device)
         elif self.out.shape[1] != k:
             raise GeometryError(f"predictor returned {k} channels for image {self.b}, "
                                 f"but {self.out.shape[1]} for image 0")
         self.box = box
         self.acc = self.out[self.b][(slice(None),) + box]
-        self.den = torch.zeros(self.acc.shape[1:], dtype=torch.float32, device=device)
+        self.den = torch.zeros(self.acc.shape[1:], dtype=dtypes[1], device=device)
 
-    def add(self, region, pred: torch.Tensor | None, weight: torch.Tensor, scale: float) -> None:
+    def add(self, region, pred: torch.Tensor | None, weight: torch.Tensor,
+            scale: float | None) -> None:
         _accumulate(self.acc, self.den, region, pred, weight, scale)
 
     def advance(self, z: int) -> None:
@@ -294,11 +315,15 @@ class _FullSink:
 
 
 def _accumulate(acc: torch.Tensor, den: torch.Tensor, region, pred: torch.Tensor | None,
-                weight: torch.Tensor, scale: float) -> None:
+                weight: torch.Tensor, scale: float | None) -> None:
     """acc[:, region] += scale * weight * pred, den[region] += weight (both sinks' one rule);
-    ``pred`` None is a skipped window: one-hot background (1 in channel 0)."""
+    ``pred`` None is a skipped window: one-hot background (1 in channel 0). ``scale`` None is
+    nnU-Net's arithmetic: ``pred`` (float32, already the flip mean) times the float16
+    weight in float32, added into the float16 accumulator."""
     if pred is None:
         acc[(0,) + region].add_(weight)
+    elif scale is None:
+        acc[(slice(None),) + region] += pred.mul_(weight)
     else:
         acc[(slice(None),) + region].addcmul_(pred, weight, value=scale)
     den[region].add_(weight)
@@ -316,17 +341,18 @@ class _SlabSink:
         self.batch, self.b, self.span = batch, 0, span
         self.out: torch.Tensor | None = None
 
-    def allocate(self, k, shape, box: Box, device, dtype) -> None:
+    def allocate(self, k, shape, box: Box, device, dtypes) -> None:
         if self.out is None:  # zeros: label 0 (background) outside the box
             self.out = torch.zeros((self.batch,) + tuple(shape), dtype=torch_label_dtype(k),
                                    device=device)
         self.labels = self.out[self.b][box]
         plane = tuple(self.labels.shape[:2])
-        self.buf = torch.zeros((k,) + plane + (self.span,), dtype=dtype, device=device)
-        self.den = torch.zeros(plane + (self.span,), dtype=torch.float32, device=device)
+        self.buf = torch.zeros((k,) + plane + (self.span,), dtype=dtypes[0], device=device)
+        self.den = torch.zeros(plane + (self.span,), dtype=dtypes[1], device=device)
         self.base = 0
 
-    def add(self, region, pred: torch.Tensor | None, weight: torch.Tensor, scale: float) -> None:
+    def add(self, region, pred: torch.Tensor | None, weight: torch.Tensor,
+            scale: float | None) -> None:
         sx, sy, sz = region
         region = (sx, sy, slice(sz.start - self.base, sz.stop - self.base))
         _accumulate(self.buf, self.den, region, pred, weight, scale)
@@ -373,6 +399,15 @@ def _mask_box(mask: torch.Tensor | None, roi: Window, shape: tuple[int, int, int
             hi = lo + r
         box.append(slice(lo, hi))
     return tuple(box)  # type: ignore[return-value]
+
+
+def _weight_map(blend: str, roi: Window, device: torch.device) -> torch.Tensor:
+    """The importance map (x, y, z) of ``blend`` on ``device`` (float32; float16 for nnunet)."""
+    if blend == "nnunet":
+        return nnunet_importance_map(roi, device)
+    if blend == "gaussian":
+        return importance_map(roi, SIGMA_SCALE, device, torch.float32)
+    return constant_map(roi, device, torch.float32)
 
 
 def _fill_outside(t: torch.Tensor, box: Box, value: float) -> None:

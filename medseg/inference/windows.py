@@ -18,14 +18,23 @@ so that no weight is zero: exactly MONAI's ``compute_importance_map``, which
 does not rescale the peak to 1 (for an even roi the centre lies between voxels
 and the largest weight is a little under 1). The blended output at a voxel is
 ``sum_w weight_w * pred_w / sum_w weight_w`` over the windows covering it.
+
+nnU-Net's window (``blend="nnunet"``, for imported nnU-Net models, so that medseg's
+output equals ``nnUNetPredictor``'s): windows spread evenly (:func:`even_window_starts`)
+and nnU-Net's Gaussian (:func:`nnunet_importance_map`: a unit impulse at voxel
+``roi // 2`` smoothed by ``scipy.ndimage.gaussian_filter`` with sigma = roi / 8, scaled to a
+peak of 10, float16, zeros raised to the smallest non-zero weight). These take the
+window frame of :mod:`medseg.nnunet`: nnU-Net's array axes reversed.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -34,8 +43,14 @@ __all__ = [
     "window_starts",
     "importance_map",
     "constant_map",
+    "even_window_starts",
+    "nnunet_importance_map",
     "WindowGrid",
 ]
+
+#: Window placements: MONAI's (fixed step, last window flush with the edge) or nnU-Net's
+#: (the same number of windows spread evenly).
+PLACEMENTS = ("flush", "even")
 
 SIGMA_SCALE = 0.125  # sigma = roi / 8
 WEIGHT_FLOOR = 1e-3  # absolute, as MONAI's
@@ -54,6 +69,50 @@ def window_starts(size: int, roi: int, overlap: float) -> list[int]:
     step = max(int(roi * (1.0 - overlap)), 1)
     n = -(-(size - roi) // step) + 1  # ceil: the first n with (n - 1) * step + roi >= size
     return [min(i * step, size - roi) for i in range(n)]
+
+
+def even_window_starts(size: int, roi: int, overlap: float) -> list[int]:
+    """nnU-Net's window starts: ``n = ceil((size - roi) / (roi * (1 - overlap))) + 1`` windows,
+    start ``i`` at ``round(i * (size - roi) / (n - 1))`` (round half to even, as numpy).
+    A window one voxel deep (a 2d network's slice) starts at every voxel.
+
+    >>> even_window_starts(110, 64, 0.5)
+    [0, 23, 46]
+    >>> even_window_starts(3, 1, 0.5)
+    [0, 1, 2]
+    """
+    if roi == 1:
+        return list(range(size))
+    if size <= roi:
+        return [0]
+    n = math.ceil((size - roi) / (roi * (1.0 - overlap))) + 1
+    step = (size - roi) / (n - 1)
+    return [int(round(step * i)) for i in range(n)]
+
+
+@functools.lru_cache(maxsize=8)
+def nnunet_importance_map(roi_size: tuple[int, int, int],
+                          device: torch.device = torch.device("cpu")) -> torch.Tensor:
+    """nnU-Net's Gaussian weights (x, y, z) of one window in the window frame (nnU-Net's
+    axes reversed), float16 (module docstring). A window one voxel deep along z is a 2d
+    network's: the map is nnU-Net's 2d map of the (y, x) tile. Cached: do not modify it.
+
+    Written here (not imported from nnunetv2, a test-only oracle); equal to nnunetv2's
+    ``compute_gaussian(patch, 1/8, 10)`` bit for bit (tests/inference/test_nnunet_window.py).
+    """
+    from scipy.ndimage import gaussian_filter
+
+    tile = tuple(int(r) for r in reversed(roi_size))  # nnU-Net's axis order
+    if roi_size[2] == 1:
+        tile = tile[1:]
+    impulse = np.zeros(tile)
+    impulse[tuple(t // 2 for t in tile)] = 1.0
+    smooth = gaussian_filter(impulse, [t / 8 for t in tile], 0, mode="constant", cval=0)
+    smooth /= smooth.max() / 10.0
+    weights = torch.from_numpy(smooth).to(device=device, dtype=torch.float16)
+    zero = weights == 0
+    weights[zero] = weights[~zero].min()
+    return weights.permute(*reversed(range(weights.ndim))).reshape(roi_size).contiguous()
 
 
 @functools.lru_cache(maxsize=16)
@@ -100,10 +159,14 @@ class WindowGrid:
     starts: tuple[list[int], list[int], list[int]]
 
     @classmethod
-    def build(cls, shape: Sequence[int], roi: Sequence[int], overlap: float) -> WindowGrid:
+    def build(cls, shape: Sequence[int], roi: Sequence[int], overlap: float,
+              placement: str = "flush") -> WindowGrid:
+        """Windows over ``shape``: ``placement`` ``"flush"`` (:func:`window_starts`) or
+        ``"even"`` (:func:`even_window_starts`)."""
         shape = tuple(int(s) for s in shape)
         roi = tuple(int(r) for r in roi)
-        starts = tuple(window_starts(n, r, overlap) for n, r in zip(shape, roi))
+        starts_of = even_window_starts if placement == "even" else window_starts
+        starts = tuple(starts_of(n, r, overlap) for n, r in zip(shape, roi))
         return cls(shape, roi, starts)  # type: ignore[arg-type]
 
     @property
