@@ -26,8 +26,11 @@ from medseg.errors import MedsegError
 
 COMMANDS = (
     "info", "convert", "evaluate", "models", "predict", "train", "validate", "report", "demo",
-    "stats", "compare", "plan",
+    "stats", "compare", "plan", "import",
 )
+
+#: Commands whose module is not named after them (``import`` is a Python keyword).
+_MODULES = {"import": "import_model"}
 
 log = logging.getLogger("medseg")
 
@@ -49,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     subparsers.required = True
     for name in COMMANDS:
-        module = importlib.import_module(f"medseg.cli.{name}")
+        module = importlib.import_module(f"medseg.cli.{_MODULES.get(name, name)}")
         sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(sub)
         sub.set_defaults(_run=module.run)

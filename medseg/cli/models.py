@@ -38,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'model':<10} {'parameters':>12} {'GFLOPs/patch':>13}  defaults (patch {patch}, "
           "FLOPs = 2 x conv multiply-adds, FlopCounterMode)")
     for name in models.available():
+        if models.required_options(name):  # built from a description (nnunet), no defaults
+            continue
         model = models.create(name, args.in_channels, args.out_channels)
         flops = count_flops(model, args.patch, args.in_channels)
         options = {k: v for k, v in model.medseg_config.items()

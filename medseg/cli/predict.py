@@ -8,7 +8,10 @@ with ``--dicom-format rtstruct``, of a DICOM input) or a folder
 (``<case>.nii.gz`` per case). Under ``torchrun`` the cases are shared out by
 rank: case ``i`` goes to rank ``i % WORLD_SIZE``. ``-m`` takes a checkpoint, a
 cross-validation run folder (the ensemble of its folds), or several checkpoints
-(``-m a -m b`` or ``-m a,b``): an ensemble averages its members' softmax.
+(``-m a -m b`` or ``-m a,b``): an ensemble averages its members' softmax. ``-m
+nnunet:FOLDER`` runs an nnU-Net v2 trained-model folder (``--folds``, ``--checkpoint``)
+with nnU-Net's own preprocessing, window and export, so that its labels and probabilities
+are nnUNetPredictor's.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="medseg checkpoint (.safetensors), or a cross-validation run "
                              "folder (its fold_*/best.safetensors, else last): the fold "
                              "ensemble; repeat -m or give a comma list to ensemble checkpoints "
-                             "(their softmax is averaged)")
+                             "(their softmax is averaged); nnunet:FOLDER = an nnU-Net v2 "
+                             "trained-model folder (plans.json, dataset.json, fold_*)")
+    add_nnunet_arguments(parser)
     parser.add_argument("-i", "--input", required=True, type=Path, metavar="IN",
                         help="image file, DICOM folder, folder of images, or manifest (.json/.csv)")
     parser.add_argument("-o", "--output", required=True, type=Path, metavar="OUT",
@@ -81,11 +86,32 @@ def run(args: argparse.Namespace) -> int:
     )
     files = CaseFiles(series=args.series, tilt=args.tilt, preview=args.preview,
                       dicom_format=args.dicom_format)
-    predict_cases(model_argument(args.model), args.input, args.output, options, runtime, files)
+    predict_cases(model_argument(args.model, args), args.input, args.output, options, runtime, files)
     return 0
 
 
-def model_argument(values: list[str]) -> Path | list[Path]:
-    """The ``-m`` values (repeated, or comma lists) as one path, or a list for an ensemble."""
-    paths = [Path(part.strip()) for value in values for part in value.split(",") if part.strip()]
-    return paths[0] if len(paths) == 1 else paths
+def add_nnunet_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--folds`` and ``--checkpoint`` of an ``nnunet:FOLDER`` model (predict, import)."""
+    parser.add_argument("--folds", default="all", metavar="0,1,...|all",
+                        help="nnunet: models: the folds to ensemble (default: every fold_* "
+                             "holding the checkpoint)")
+    parser.add_argument("--checkpoint", choices=["final", "best"], default="final",
+                        help="nnunet: models: checkpoint_final.pth (default) or "
+                             "checkpoint_best.pth")
+
+
+def model_argument(values: list[str], args: argparse.Namespace | None = None):
+    """The ``-m`` values (repeated, or comma lists) as one model, or a list for an ensemble;
+    ``nnunet:FOLDER`` becomes a :class:`medseg.nnunet.load.NnunetSource` with ``args``'
+    ``--folds`` and ``--checkpoint``."""
+    from medseg.nnunet.load import NnunetSource
+
+    folds = getattr(args, "folds", None)
+    checkpoint = getattr(args, "checkpoint", "final")
+    models = []
+    for value in values:
+        for part in (p.strip() for p in value.split(",")):
+            if part:
+                nnunet = NnunetSource.parse(part, folds, checkpoint)
+                models.append(nnunet if nnunet is not None else Path(part))
+    return models[0] if len(models) == 1 else models

@@ -82,7 +82,9 @@ def load_model(model: Any, runtime: Runtime) -> LoadedModel:
 
     Parameters
     ----------
-    model : a checkpoint path (``.safetensors``); a run folder holding
+    model : a checkpoint path (``.safetensors``); ``"nnunet:FOLDER"`` or a
+        :class:`medseg.nnunet.load.NnunetSource` (an nnU-Net v2 trained-model folder, every
+        fold it holds); a run folder holding
         ``fold_*/best.safetensors`` (else each fold's ``last.safetensors``): the fold
         ensemble; a list or tuple of any of these: their ensemble; a
         :class:`~medseg.checkpoint.Checkpoint`; or a :class:`LoadedModel`.
@@ -110,7 +112,11 @@ def load_model(model: Any, runtime: Runtime) -> LoadedModel:
 
 def _load_one(model: Any, runtime: Runtime) -> LoadedModel:
     from medseg.checkpoint import Checkpoint, load_checkpoint
+    from medseg.nnunet.load import NnunetSource, load_nnunet
 
+    nnunet = NnunetSource.parse(model)
+    if nnunet is not None:
+        return load_nnunet(nnunet, runtime)
     if isinstance(model, LoadedModel):
         for network in model.networks:
             network.to(runtime.device).eval()
@@ -120,7 +126,10 @@ def _load_one(model: Any, runtime: Runtime) -> LoadedModel:
     if isinstance(model, (str, os.PathLike)):
         model = load_checkpoint(model, device="cpu")
     if isinstance(model, Checkpoint):
-        return LoadedModel(model.build_model(runtime.device), model.card, str(model.path))
+        network = model.build_model(runtime.device)
+        members = getattr(network, "members", None)  # the folds of one file (nnU-Net import)
+        networks = tuple(members) if isinstance(members, nn.ModuleList) else network
+        return LoadedModel(networks, model.card, str(model.path))
     hint = (": wrap it with its card, LoadedModel(module, card)"
             if isinstance(model, nn.Module) else "")
     raise UsageError("the model must be a checkpoint path, a run folder, a list of "
@@ -130,7 +139,8 @@ def _load_one(model: Any, runtime: Runtime) -> LoadedModel:
 
 # -- ensembles -------------------------------------------------------------------------------
 def _is_run_folder(model: Any) -> bool:
-    return isinstance(model, (str, os.PathLike)) and Path(model).is_dir()
+    return (isinstance(model, (str, os.PathLike)) and not str(model).startswith("nnunet:")
+            and Path(model).is_dir())
 
 
 def run_checkpoints(run_dir: str | os.PathLike) -> list[Path]:

@@ -25,6 +25,11 @@ The network's output type decides how it returns to the input grid:
 * ``save_probabilities``: the Probabilities are inverted in full (linear) and
   the labels are their argmax on the input grid.
 
+An imported nnU-Net model (``card.preprocessing["kind"] == "nnunet"``) takes nnU-Net's
+own steps (:mod:`medseg.nnunet.steps`): its preprocessing, its window arithmetic, its folds
+averaged as float16 logits, and its export back to the input grid, slab by slab, so that
+its outputs are nnUNetPredictor's.
+
 An ensemble (several networks sharing one card: the folds of a cross-validation run)
 takes the same path: per window batch its predictor returns the mean over members of
 softmax(logits), so the window blends probabilities and no softmax follows; one network's
@@ -193,6 +198,11 @@ def predict_case(model: Any, volume: Volume, options: PredictOptions | None = No
 def _preprocess(volume: Volume, card: ModelCard, runtime: Runtime):  # -> Preprocessed
     from medseg.transforms.pipeline import Preprocessing
 
+    if _is_nnunet(card):
+        from medseg.nnunet.steps import prepare
+
+        return prepare(volume, card)
+
     device = runtime.device if runtime.device.type == "cuda" else None
     prepared = Preprocessing.from_config(card.preprocessing).apply(volume, None, device=device)
     log.debug("preprocessed %s -> %s", volume.shape, prepared.image.shape)
@@ -206,6 +216,10 @@ def _window(loaded: LoadedModel, prepared, card: ModelCard, options: PredictOpti
     from medseg.inference.sliding_window import sliding_window, sliding_window_argmax
     from medseg.transforms.resample import as_tensor
 
+    if _is_nnunet(card):
+        from medseg.nnunet.steps import logits
+
+        return logits(loaded.networks, prepared.image, card.window, runtime, options.progress)
     image = as_tensor(prepared.image.array)[None]  # any memory order: windows are gathered
     k = card.num_classes
     probabilities = options.save_probabilities or _interpolate(prepared.history, image, k,
@@ -261,6 +275,11 @@ def _postprocess(labels: LabelMap, post: Postprocess) -> LabelMap:
 
 
 # -- helpers ---------------------------------------------------------------------------------
+def _is_nnunet(card: ModelCard) -> bool:
+    """An imported nnU-Net model: nnU-Net's own steps (module docstring)."""
+    return card.preprocessing.get("kind") == "nnunet"
+
+
 def _interpolate(history, image: torch.Tensor, num_classes: int, options: PredictOptions
                  ) -> bool:
     """Whether labels come back by interpolating probabilities (module docstring)."""

@@ -6,6 +6,8 @@ Every network maps (B, in_channels, x, y, z) float to logits
 * ``unet3d`` -- :class:`medseg.models.unet3d.UNet3d`
 * ``deeplab3d`` -- :class:`medseg.models.deeplab3d.DeepLab3d` (v3+ / v3)
 * ``fcn3d`` -- :class:`medseg.models.fcn3d.FCN3d` (8s / 16s / 32s)
+* ``nnunet`` -- :class:`medseg.nnunet.model.NnunetFolds`, the folds of an imported nnU-Net
+  model (built from its plans' architecture description; not listed by ``medseg models``)
 
 :func:`register` adds a network class under a new name.
 
@@ -31,13 +33,14 @@ from torch import nn
 
 from medseg.errors import UsageError, check_keywords, check_option
 
-__all__ = ["create", "available", "register", "unregister", "model_class"]
+__all__ = ["create", "available", "register", "unregister", "model_class", "required_options"]
 
 #: name -> the class, or (module, class name) for the built-ins (imported on first use).
 _REGISTRY: dict[str, type[nn.Module] | tuple[str, str]] = {
     "unet3d": ("medseg.models.unet3d", "UNet3d"),
     "deeplab3d": ("medseg.models.deeplab3d", "DeepLab3d"),
     "fcn3d": ("medseg.models.fcn3d", "FCN3d"),
+    "nnunet": ("medseg.nnunet.model", "NnunetFolds"),
 }
 _BUILTIN = frozenset(_REGISTRY)
 #: Keys of ``medseg_config`` that are not constructor parameters.
@@ -48,6 +51,13 @@ _LEADING = ("in_channels", "out_channels")
 def available() -> list[str]:
     """Names accepted by :func:`create`."""
     return list(_REGISTRY)
+
+
+def required_options(name: str) -> list[str]:
+    """Constructor options of ``name`` without a default (besides the channel counts)."""
+    signature = inspect.signature(model_class(name))
+    return [p.name for p in signature.parameters.values()
+            if p.default is inspect.Parameter.empty and p.name not in _LEADING]
 
 
 def model_class(name: str) -> type[nn.Module]:
