@@ -76,14 +76,15 @@ def _folds(folds: Sequence[int | str] | str | None) -> tuple[str, ...] | None:
 
 def nnunet_card(folder: Any, mirror_axes: Sequence[int] | None) -> ModelCard:
     """The model card of an opened :class:`medseg.nnunet.folder.NnunetFolder` whose
-    checkpoints allow mirroring over ``mirror_axes`` (nnU-Net's frame; None: all)."""
+    checkpoints allow mirroring over ``mirror_axes`` (nnU-Net's frame; None: none, as
+    nnUNetPredictor reads a checkpoint without them, e.g. nnUNetTrainerNoMirroring's)."""
     from medseg.nnunet.preprocess import NnunetPreprocessing
 
     config = folder.configuration_plans
     patch = [int(p) for p in config["patch_size"]]
     dims = len(patch)
     roi = tuple(reversed(patch)) + ((1,) if dims == 2 else ())
-    axes = tuple(range(dims)) if mirror_axes is None else tuple(mirror_axes)
+    axes = () if mirror_axes is None else tuple(int(a) for a in mirror_axes)
     window = WindowSettings(roi, 0.5, "nnunet", 1, tuple(dims - 1 - a for a in axes))
     network = NetworkSpec("nnunet", folder.num_inputs, folder.num_outputs,
                           {"architecture": folder.architecture, "dims": dims,
