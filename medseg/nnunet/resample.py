@@ -213,7 +213,7 @@ def _zoom_slabs(data: np.ndarray, shape: tuple[int, ...], order: int, slab_voxel
     for start, stop in _slab_ranges(shape[0], shape[1] * shape[2], slab_voxels):
         pos = _grid_positions(shape[0], n_in[0], start, stop)
         lo, hi = _source_range(pos, n_in[0], order)
-        grid = np.stack(np.meshgrid(pos - lo, *rows, indexing="ij"))
+        grid = _grid([pos - lo, *rows])
         block = np.empty((data.shape[0], stop - start, shape[1], shape[2]), dtype=data.dtype)
         for c in range(data.shape[0]):
             source = np.asarray(data[c, lo:hi], dtype=np.float32 if order <= 1 else np.float64)
@@ -223,16 +223,29 @@ def _zoom_slabs(data: np.ndarray, shape: tuple[int, ...], order: int, slab_voxel
         yield _axis_index(0, start, stop), block
 
 
-def _source_range(positions: np.ndarray, n: int, order: int) -> tuple[int, int]:
-    """Source indices [lo, hi) that interpolating at ``positions`` reads, with a margin.
+def _grid(lines: list[np.ndarray]) -> np.ndarray:
+    """(3, n0, n1, n2) float64 positions of every voxel of the grid of three 1D ``lines``
+    (``np.meshgrid(indexing="ij")`` stacked, written in place: one array, no copies)."""
+    grid = np.empty((3, *(len(line) for line in lines)))
+    for axis, line in enumerate(lines):
+        view = [1, 1, 1]
+        view[axis] = len(line)
+        grid[axis] = line.reshape(view)
+    return grid
 
-    Splines above order 1 are prefiltered along the whole axis: all of it. Reading a
-    float32 source gives float64 results equal to a float64 source's (every float32 and
-    float16 is exactly a float64); shifting the positions by the integer ``lo`` is exact.
+
+def _source_range(positions: np.ndarray, n: int, order: int) -> tuple[int, int]:
+    """Source indices [lo, hi) that interpolating at ``positions`` (ascending) reads.
+
+    Order 0 and 1 read ``floor(p)`` and ``floor(p) + 1``; so do they in the sub-array, with
+    the same edge clamping where ``lo`` is 0 or ``hi`` is ``n``. Splines above order 1 are
+    prefiltered along the whole axis: all of it. Shifting positions by the integer ``lo``
+    is exact, and a float32 source gives the float64 results of a float64 one (every
+    float16 and float32 is exactly a float64).
     """
     if order > 1:
         return 0, n
-    return max(0, int(np.floor(positions[0])) - 1), min(n, int(np.floor(positions[-1])) + 3)
+    return max(0, int(np.floor(positions[0]))), min(n, int(np.floor(positions[-1])) + 2)
 
 
 def _separate_slabs(data: np.ndarray, shape: tuple[int, ...], axis: int, rule: ResamplingRule,
@@ -250,7 +263,7 @@ def _separate_slabs(data: np.ndarray, shape: tuple[int, ...], axis: int, rule: R
             lo, hi = _source_range(pos, n_axis, rule.order_z)
             lines = [np.arange(n, dtype=np.float64) for n in plane]
             lines.insert(axis, pos - lo)
-            grid = np.stack(np.meshgrid(*lines, indexing="ij"))
+            grid = _grid(lines)
         block = np.empty((data.shape[0], *grid.shape[1:]) if grid is not None else
                          _block_shape(data.shape[0], plane, axis, stop - start), dtype=data.dtype)
         for c in range(data.shape[0]):
