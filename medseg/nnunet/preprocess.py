@@ -221,7 +221,8 @@ class NnunetPreprocessing:
         array = volume.array if volume.has_channels else volume.array[None]
         if array.shape[0] != self.num_channels:
             raise DataError(f"the image has {array.shape[0]} channel(s); this nnU-Net "
-                            f"configuration expects {self.num_channels}")
+                            f"configuration expects {self.num_channels}",
+                            volume.meta.get("source"))
         # the reader's C-ordered (C, z, y, x) float32: statistics sum in nnU-Net's order
         data = np.ascontiguousarray(np.transpose(array, (0, 3, 2, 1)), dtype=np.float32)
         data = data.transpose(0, *(t + 1 for t in self.transpose_forward))

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from medseg.data.phantom import rotation_z
 from medseg.errors import CheckpointError, DataError, GeometryError
 from medseg.io import read_volume, write_volume
 from medseg.nnunet.preprocess import ChannelNormalization, NnunetPreprocessing
@@ -104,7 +105,8 @@ def nnunet_run(files, plans, config="3d_fullres", dataset=None):
 
 
 CASES = {
-    # name: (orientation, spacing (x, y, z) mm, oblique deg, schemes, masks, target, transpose, reader)
+    # name: (orientation, spacing (x, y, z) mm, oblique deg, schemes, masks, target spacing,
+    #        transpose_forward, reader)
     "ras-iso-ct": ("RAS", (1.0, 1.0, 1.0), 0, ["CTNormalization"], [False], (1.5, 1.2, 0.8),
                    (0, 1, 2), "SimpleITKIO"),
     "lps-aniso-mr-2ch": ("LPS", (0.7, 0.7, 5.0), 0, ["ZScoreNormalization", "NoNormalization"],
@@ -118,8 +120,6 @@ CASES = {
 
 def _prepare(tmp_path, key, seed=0, config="3d_fullres", target=None):
     orient, spacing, oblique, schemes, masks, default_target, transpose, reader = CASES[key]
-    from medseg.data.phantom import rotation_z
-
     affine = affine_from(spacing, orient, origin_mm=(-20.0, 12.0, 7.5),
                          rotation=rotation_z(oblique))
     shape = (30, 26, 11) if spacing[2] > 3 else (26, 11, 30) if spacing[1] > 3 else (24, 22, 20)
