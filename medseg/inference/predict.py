@@ -258,10 +258,13 @@ def _restore(output: LabelMap | Probabilities, history, volume: Volume,
              options: PredictOptions, runtime: Runtime
              ) -> tuple[LabelMap, Probabilities | None]:
     """Labels (and kept probabilities) on exactly the input grid, with the input's meta."""
+    from medseg.nnunet.steps import Restore
+
     device = runtime.device if runtime.device.type == "cuda" else None
     if options.save_probabilities:
         probs = history.invert(output, device)
-        labels = argmax_labels(probs.array)
+        labels = (history.restore_labels(output, device).array if isinstance(history, Restore)
+                  else argmax_labels(probs.array))  # nnU-Net's regions are not an argmax
         return (LabelMap(labels, volume.affine, volume.meta),
                 Probabilities(probs.array, volume.affine, volume.meta))
     labels = history.restore_labels(output, device)
