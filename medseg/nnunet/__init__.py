@@ -1,0 +1,1 @@
+"""Running trained nnU-Net v2 model folders with medseg."""
