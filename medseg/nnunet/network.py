@@ -156,9 +156,11 @@ def build_network(plans_configuration: Mapping, in_channels: int, out_channels: 
     kwargs["deep_supervision"] = False
     try:
         network = network_class(input_channels=in_channels, num_classes=out_channels, **kwargs)
-    except (TypeError, ValueError, IndexError, KeyError, RuntimeError) as exc:
-        raise CheckpointError(f"{network_class.__name__} refuses the plans' arch_kwargs: {exc}",
-                              source) from exc
+    except (TypeError, ValueError, IndexError, KeyError, RuntimeError,
+            AssertionError) as exc:  # dynamic-network-architectures checks with assert
+        detail = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+        raise CheckpointError(f"{network_class.__name__} refuses the plans' arch_kwargs: "
+                              f"{detail}", source) from exc
     return network.eval()
 
 
@@ -200,11 +202,13 @@ def _find_in_architectures(class_name: str) -> object | None:
     """A dynamic_network_architectures class that moved: look it up by name, as nnU-Net does."""
     import dynamic_network_architectures.architectures as architectures
 
-    for info in pkgutil.iter_modules(architectures.__path__):
+    names = sorted((info.name for info in pkgutil.iter_modules(architectures.__path__)),
+                   key=lambda name: name != "unet")  # the U-Nets first: no optional imports
+    for name in names:
         try:
-            module = importlib.import_module(f"{architectures.__name__}.{info.name}")
+            module = importlib.import_module(f"{architectures.__name__}.{name}")
         except (ImportError, RuntimeError) as exc:  # e.g. an optional timm/torchvision stack
-            log.debug("skipping %s: %s", info.name, exc)
+            log.debug("skipping %s: %s", name, exc)
             continue
         found = getattr(module, class_name, None)
         if isinstance(found, type):
