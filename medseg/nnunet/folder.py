@@ -23,7 +23,6 @@ region ``i`` wins (later regions overwrite earlier ones).
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -33,8 +32,8 @@ from typing import Any
 
 from medseg.errors import CheckpointError, DataError, UsageError
 from medseg.nnunet.network import OLD_STYLE_KEYS, architecture_of
-from medseg.nnunet.safe_load import (NUMPY_GLOBALS, NnunetCheckpoint, read_checkpoint,
-                                     read_pickle)
+from medseg.nnunet.safe_load import (NnunetCheckpoint, read_checkpoint, read_json,
+                                     read_postprocessing)
 
 __all__ = ["NnunetFolder", "CHECKPOINT_NAMES", "REFUSED_CONFIGURATIONS", "regions_of"]
 
@@ -47,9 +46,6 @@ CHECKPOINT_NAMES = {"final": "checkpoint_final.pth", "best": "checkpoint_best.pt
 REFUSED_CONFIGURATIONS = ("3d_lowres",)
 
 _AUTO_FOLDS = "all-available"
-_PP_FUNCTION = "remove_all_but_largest_component_from_segmentation"
-_PP_NAME = "remove_all_but_largest_component"
-_PP_MODULE = "nnunetv2.postprocessing.remove_connected_components"
 
 
 @dataclass(frozen=True)
@@ -112,8 +108,8 @@ class NnunetFolder:
         """
         root = Path(path)
         _check_model_folder(root)
-        plans = _read_json(root / "plans.json")
-        dataset = _read_json(root / "dataset.json")
+        plans = read_json(root / "plans.json")
+        dataset = read_json(root / "dataset.json")
         _check_plans(plans, root / "plans.json")
         file_name = _checkpoint_file_name(checkpoint)
         selected = _select_folds(root, folds, file_name)
@@ -206,10 +202,8 @@ class NnunetFolder:
         Returns
         -------
         list of dict or None
-            One step per entry, in order: ``{"name": "remove_all_but_largest_component",
-            "labels_or_regions": [label values]}``: keep only the largest connected component
-            of the union of those label values, setting the rest to background (nnU-Net's
-            single label, label list and region tuple all mean that union).
+            The steps in order, as :func:`~medseg.nnunet.safe_load.read_postprocessing`
+            gives them.
 
         Raises
         ------
@@ -217,16 +211,7 @@ class NnunetFolder:
             The file is unreadable, unsafe, or names a step medseg does not know.
         """
         found = _postprocessing_file(self.path, self.folds)
-        if found is None:
-            return None
-        if found.suffix == ".json":
-            content = _read_json(found)
-            steps = zip(content.get("postprocessing_fns", []),
-                        content.get("postprocessing_kwargs", []))
-        else:
-            functions, kwargs = _read_postprocessing_pickle(found)
-            steps = zip(functions, kwargs)
-        return [_postprocessing_step(name, kwargs, found) for name, kwargs in steps]
+        return None if found is None else read_postprocessing(found)
 
 
 def regions_of(dataset: Mapping) -> tuple[tuple[int, ...], ...] | None:
@@ -305,17 +290,6 @@ def _check_model_folder(root: Path) -> None:
                               f"the fold with folds={root.name[5:]!r}", root)
     raise CheckpointError("not an nnU-Net v2 model folder: expected plans.json, dataset.json "
                           "and fold_* folders", root)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"not a JSON file ({exc}); nnU-Net v1 pickled its plans, medseg "
-                              "reads nnU-Net v2 model folders", path) from exc
-    if not isinstance(content, dict):
-        raise CheckpointError(f"expected a JSON object, found {type(content).__name__}", path)
-    return content
 
 
 def _check_plans(plans: Mapping, source: Path) -> None:
@@ -416,32 +390,3 @@ def _postprocessing_file(root: Path, folds: tuple[str, ...]) -> Path | None:
         log.warning("%s: post-processing of several cross-validations (%s), none of the "
                     "selected folds; none applied", root, ", ".join(p.name for p in others))
     return None
-
-
-def _read_postprocessing_pickle(path: Path) -> tuple[list, list]:
-    """``(functions, kwargs)`` of a postprocessing.pkl, functions as their names."""
-    allowed: dict[str, object] = {**NUMPY_GLOBALS, f"{_PP_MODULE}.{_PP_FUNCTION}": _PP_FUNCTION}
-    content = read_pickle(path, allowed)
-    if not (isinstance(content, (tuple, list)) and len(content) == 2
-            and all(isinstance(part, (list, tuple)) for part in content)):
-        raise CheckpointError("expected nnU-Net's (functions, kwargs) pair", path)
-    return list(content[0]), list(content[1])
-
-
-def _postprocessing_step(name: Any, kwargs: Any, source: Path) -> dict:
-    if name != _PP_FUNCTION:
-        raise CheckpointError(f"unknown post-processing step {name!r}: medseg applies only "
-                              f"nnU-Net's {_PP_FUNCTION}", source)
-    if not isinstance(kwargs, Mapping) or set(kwargs) - {"labels_or_regions", "background_label"}:
-        raise CheckpointError(f"unexpected arguments of {name}: {kwargs!r}", source)
-    if int(kwargs.get("background_label", 0)) != 0:
-        raise CheckpointError(f"{name} with a background label other than 0 is not "
-                              "supported", source)
-    return {"name": _PP_NAME, "labels_or_regions": _flat_labels(kwargs["labels_or_regions"])}
-
-
-def _flat_labels(value: Any) -> list[int]:
-    """nnU-Net's label, label list or list of regions as the sorted label values they cover."""
-    if isinstance(value, (list, tuple)):
-        return sorted({label for item in value for label in _flat_labels(item)})
-    return [int(value)]

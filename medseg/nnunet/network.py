@@ -1,4 +1,4 @@
-"""The network an nnU-Net v2 plans configuration describes, built from dynamic-network-architectures.
+"""The network an nnU-Net v2 plans configuration describes (dynamic-network-architectures).
 
 A plans configuration describes its network in one of two ways:
 

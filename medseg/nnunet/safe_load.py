@@ -17,11 +17,16 @@ configuration name, the fold and a ``torch.device``), ``trainer_name`` and
 numpy arrays are allowed too (nnU-Net versions that log arrays). Checkpoints written under
 numpy 1.x name the reconstructors ``numpy.core.multiarray.*`` and those written under numpy 2
 ``numpy._core.multiarray.*``: both names are accepted.
+
+``postprocessing.pkl`` holds ``(functions, kwargs)``: references to nnU-Net's
+``remove_all_but_largest_component_from_segmentation`` and its keyword arguments (label values
+as numpy integers). :func:`read_postprocessing` maps the function reference to its name
+without importing nnU-Net, or reads the JSON twin nnU-Net writes beside it.
 """
 
 from __future__ import annotations
 
-import logging
+import json
 import os
 import pickle
 from collections.abc import Mapping
@@ -34,11 +39,13 @@ import torch
 
 from medseg.errors import CheckpointError
 
-__all__ = ["NnunetCheckpoint", "read_checkpoint", "read_pickle", "NUMPY_GLOBALS"]
-
-log = logging.getLogger(__name__)
+__all__ = ["NnunetCheckpoint", "read_checkpoint", "read_pickle", "read_json", "read_postprocessing",
+           "NUMPY_GLOBALS"]
 
 _WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile and DistributedDataParallel
+_PP_FUNCTION = "remove_all_but_largest_component_from_segmentation"
+_PP_NAME = "remove_all_but_largest_component"
+_PP_MODULE = "nnunetv2.postprocessing.remove_connected_components"
 
 
 def _numpy_globals() -> dict[str, object]:
@@ -233,3 +240,88 @@ def read_pickle(path: str | os.PathLike, allowed: Mapping[str, object]) -> Any:
         except (pickle.UnpicklingError, EOFError, TypeError, AttributeError, ValueError,
                 IndexError, KeyError) as exc:
             raise CheckpointError(f"not a readable pickle: {_reason(exc)}", path) from exc
+
+
+def read_json(path: str | os.PathLike) -> dict:
+    """Read a JSON object from an nnU-Net folder (plans.json, dataset.json, ...).
+
+    Raises
+    ------
+    CheckpointError
+        Naming ``path``: not JSON (nnU-Net v1 pickled its plans), or not a JSON object.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CheckpointError(f"cannot read: {exc.strerror or exc}", path) from exc
+    try:
+        content = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"not a JSON file ({exc}); nnU-Net v1 pickled its plans, medseg "
+                              "reads nnU-Net v2 model folders", path) from exc
+    if not isinstance(content, dict):
+        raise CheckpointError(f"expected a JSON object, found {type(content).__name__}", path)
+    return content
+
+
+def read_postprocessing(path: str | os.PathLike) -> list[dict]:
+    """The post-processing steps nnU-Net chose, from postprocessing.json or .pkl.
+
+    ``determine_postprocessing`` writes the pickle ``(functions, kwargs)`` and a JSON twin
+    (``postprocessing_fns`` names, ``postprocessing_kwargs``). The pickle is read with an
+    allow-list that maps nnU-Net's one post-processing function to its name (nothing of
+    nnU-Net is imported) and numpy scalars to numbers.
+
+    Returns
+    -------
+    list of dict
+        One step per entry, in order: ``{"name": "remove_all_but_largest_component",
+        "labels_or_regions": [label values]}``: keep only the largest connected component of
+        the union of those label values, setting the rest to background (nnU-Net's single
+        label, label list and region tuples all mean that union).
+
+    Raises
+    ------
+    CheckpointError
+        Naming ``path``: unreadable, unsafe, or a step medseg does not know.
+    """
+    path = Path(path)
+    if path.suffix == ".json":
+        content = read_json(path)
+        steps = zip(content.get("postprocessing_fns", []),
+                    content.get("postprocessing_kwargs", []))
+    else:
+        functions, kwargs = _read_postprocessing_pickle(path)
+        steps = zip(functions, kwargs)
+    return [_postprocessing_step(name, kwargs, path) for name, kwargs in steps]
+
+
+def _read_postprocessing_pickle(path: Path) -> tuple[list, list]:
+    """``(functions, kwargs)`` of a postprocessing.pkl, functions as their names."""
+    allowed: dict[str, object] = {**NUMPY_GLOBALS, f"{_PP_MODULE}.{_PP_FUNCTION}": _PP_FUNCTION}
+    content = read_pickle(path, allowed)
+    if not (isinstance(content, (tuple, list)) and len(content) == 2
+            and all(isinstance(part, (list, tuple)) for part in content)):
+        raise CheckpointError("expected nnU-Net's (functions, kwargs) pair", path)
+    return list(content[0]), list(content[1])
+
+
+def _postprocessing_step(name: Any, kwargs: Any, source: Path) -> dict:
+    if name != _PP_FUNCTION:
+        raise CheckpointError(f"unknown post-processing step {name!r}: medseg applies only "
+                              f"nnU-Net's {_PP_FUNCTION}", source)
+    if not isinstance(kwargs, Mapping) or "labels_or_regions" not in kwargs \
+            or set(kwargs) - {"labels_or_regions", "background_label"}:
+        raise CheckpointError(f"unexpected arguments of {name}: {kwargs!r}", source)
+    if int(kwargs.get("background_label", 0)) != 0:
+        raise CheckpointError(f"{name} with a background label other than 0 is not "
+                              "supported", source)
+    return {"name": _PP_NAME, "labels_or_regions": _flat_labels(kwargs["labels_or_regions"])}
+
+
+def _flat_labels(value: Any) -> list[int]:
+    """nnU-Net's label, label list or list of regions as the sorted label values they cover."""
+    if isinstance(value, (list, tuple)):
+        return sorted({label for item in value for label in _flat_labels(item)})
+    return [int(value)]

@@ -133,7 +133,6 @@ def _log_epochs(trainer, epochs: int) -> None:
         trainer.logger.log("val_losses", np.mean([0.5, 0.75]), epoch)
         trainer.logger.log("lrs", 0.01, epoch)
         trainer.logger.log("mean_fg_dice", np.nanmean([0.5, 0.75]), epoch)
-        trainer.logger.log("ema_fg_dice", np.float64(0.6), epoch)
         trainer.logger.log("dice_per_class_or_region", [np.float64(0.5), 0.75], epoch)
         trainer.logger.log("epoch_end_timestamps", time.time(), epoch)
     trainer._best_ema = np.float64(0.6)
