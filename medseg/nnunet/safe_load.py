@@ -252,11 +252,11 @@ def read_json(path: str | os.PathLike) -> dict:
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
         raise CheckpointError(f"cannot read: {exc.strerror or exc}", path) from exc
     try:
-        content = json.loads(text)
+        content = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"not a JSON file ({exc}); nnU-Net v1 pickled its plans, medseg "
                               "reads nnU-Net v2 model folders", path) from exc
