@@ -78,6 +78,7 @@ def nnunet_card(folder: Any, mirror_axes: Sequence[int] | None) -> ModelCard:
     """The model card of an opened :class:`medseg.nnunet.folder.NnunetFolder` whose
     checkpoints allow mirroring over ``mirror_axes`` (nnU-Net's frame; None: none, as
     nnUNetPredictor reads a checkpoint without them, e.g. nnUNetTrainerNoMirroring's)."""
+    from medseg.nnunet.network import architecture_of
     from medseg.nnunet.preprocess import NnunetPreprocessing
 
     config = folder.configuration_plans
@@ -87,7 +88,7 @@ def nnunet_card(folder: Any, mirror_axes: Sequence[int] | None) -> ModelCard:
     axes = () if mirror_axes is None else tuple(int(a) for a in mirror_axes)
     window = WindowSettings(roi, 0.5, "nnunet", 1, tuple(dims - 1 - a for a in axes))
     network = NetworkSpec("nnunet", folder.num_inputs, folder.num_outputs,
-                          {"architecture": folder.architecture, "dims": dims,
+                          {"architecture": architecture_of(config, folder.path / "plans.json"), "dims": dims,
                            "folds": len(folder.checkpoints)})
     preprocessing = NnunetPreprocessing.from_plans(folder.plans, folder.configuration,
                                                    folder.dataset, folder.path / "plans.json")
@@ -101,7 +102,7 @@ def _postprocess(folder: Any) -> Postprocess:
     steps = folder.postprocessing() or []
     labels: list[int] = []
     for step in steps:
-        labels.extend(int(v) for v in step.get("labels", ()))
+        labels.extend(int(v) for v in step.get("labels_or_regions", ()))
     return Postprocess(keep_largest=tuple(sorted(set(labels))) if labels else False)
 
 

@@ -47,7 +47,8 @@ class WindowFrameNetwork(nn.Module):
 
 class NnunetFolds(nn.Module):
     """The folds of one nnU-Net model: ``members[i]`` is fold i's
-    :class:`WindowFrameNetwork`, all built from one architecture description."""
+    :class:`WindowFrameNetwork`, all built from one (new-style) architecture description
+    ``{"network_class_name", "arch_kwargs", "_kw_requires_import"}`` of nnU-Net's plans."""
 
     def __init__(self, in_channels: int, out_channels: int, architecture: Mapping[str, Any],
                  dims: int = 3, folds: int = 1) -> None:
@@ -55,7 +56,8 @@ class NnunetFolds(nn.Module):
 
         super().__init__()
         self.members = nn.ModuleList(
-            WindowFrameNetwork(build_network(architecture, in_channels, out_channels), dims)
+            WindowFrameNetwork(build_network({"architecture": dict(architecture)},
+                                             in_channels, out_channels), dims)
             for _ in range(int(folds)))
 
     def forward(self, window: torch.Tensor) -> torch.Tensor:
