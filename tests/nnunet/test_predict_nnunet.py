@@ -1,0 +1,167 @@
+"""``medseg predict -m nnunet:FOLDER`` against nnunetv2's own ``nnUNetPredictor``.
+
+Same model folder, same image file: medseg's probabilities (K, x, y, z) equal the
+predictor's exported ``.npz`` (K, z, y, x) within 1e-4 and the labels agree, for one fold and
+a 2-fold ensemble, mirroring on and off, on RAS, LPS and oblique images with anisotropic
+spacing; a mirrored or transposed output fails the same comparison. The networks here are
+untrained (fast); tests/nnunet/test_trained_nnunet.py repeats the check on a trained model.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medseg.cli import main
+from medseg.inference.predict import PredictOptions, predict_case
+from medseg.io import read_volume
+from medseg.runtime import Runtime
+from tests.nnunet.nnunet_tiny import CONFIGURATION, write_model_folder
+
+predict_raw = pytest.importorskip("nnunetv2.inference.predict_from_raw_data")
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    """The tiny model folder, its two folds re-initialised with untrained weights (the
+    folder's own one-step weights overflow nnU-Net's float16 accumulator)."""
+    from medseg.nnunet.network import build_network
+
+    folder, _ = write_model_folder(tmp_path_factory.mktemp("nnunet"))
+    for fold in (0, 1):
+        path = folder / f"fold_{fold}" / "checkpoint_final.pth"
+        checkpoint = torch.load(path, weights_only=False)  # our own file: trusted
+        torch.manual_seed(fold)
+        state = build_network(CONFIGURATION, 1, 3).state_dict()
+        checkpoint["network_weights"] = {k: v * 2 if v.is_floating_point() else v
+                                         for k, v in state.items()}
+        torch.save(checkpoint, path)
+    return folder
+
+
+def blob_image(path: Path, affine: np.ndarray, shape=(45, 37, 14), seed=0) -> Path:
+    """A smooth blob plus noise, float32, written as NIfTI with ``affine``."""
+    grid = np.mgrid[tuple(slice(0, n) for n in shape)].astype(np.float32)
+    centre = [n / 2 for n in shape]
+    blob = np.exp(-sum((g - c) ** 2 / (n * n / 8) for g, c, n in zip(grid, centre, shape)))
+    noise = 0.05 * np.random.default_rng(seed).normal(size=shape)
+    nib.save(nib.Nifti1Image((blob + noise).astype(np.float32), affine), path)
+    return path
+
+
+def affine(orientation: str) -> np.ndarray:
+    """RAS / LPS / oblique (25 degrees about z), 0.8 x 0.9 x 2.0 mm voxels."""
+    a = np.diag([0.8, 0.9, 2.0, 1.0])
+    if orientation == "LPS":
+        a[:3, :3] = np.diag([-0.8, -0.9, 2.0])
+    if orientation == "oblique":
+        t = np.deg2rad(25)
+        rot = np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1]])
+        a[:3, :3] = rot @ np.diag([0.8, 0.9, 2.0])
+    a[:3, 3] = [10.0, -5.0, 3.0]
+    return a
+
+
+def nnunet_predict(folder: Path, image: Path, out: Path, folds, mirroring: bool):
+    """nnUNetPredictor's labels (x, y, z) and probabilities (K, x, y, z) for ``image``."""
+    out.mkdir(parents=True, exist_ok=True)
+    predictor = predict_raw.nnUNetPredictor(
+        tile_step_size=0.5, use_mirroring=mirroring, perform_everything_on_device=False,
+        device=torch.device("cpu"), verbose=False, verbose_preprocessing=False,
+        allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(folder), use_folds=folds,
+                                                   checkpoint_name="checkpoint_final.pth")
+    predictor.predict_from_files_sequential([[str(image)]], [str(out / "case")], True, True,
+                                            None)
+    labels = np.asarray(nib.load(out / "case.nii.gz").dataobj)
+    probabilities = np.load(out / "case.npz")["probabilities"].transpose(0, 3, 2, 1)
+    return labels, probabilities
+
+
+@pytest.mark.parametrize("orientation,folds,mirroring", [
+    ("RAS", (0,), False), ("LPS", (0, 1), True), ("oblique", (0, 1), False),
+    ("oblique", (1,), True)])
+def test_probabilities_and_labels_are_nnunets(model, tmp_path, orientation, folds, mirroring):
+    torch.set_num_threads(1)
+    image = blob_image(tmp_path / "case_0000.nii.gz", affine(orientation))
+    labels, probabilities = nnunet_predict(model, image, tmp_path / "nnunet", folds, mirroring)
+    options = PredictOptions(save_probabilities=True, tta=mirroring)
+    source = f"nnunet:{model}"
+    from medseg.nnunet.load import NnunetSource
+
+    ours = predict_case(NnunetSource.parse(source, folds), read_volume(image), options,
+                        Runtime.resolve("cpu"))
+    assert ours.probabilities.shape == probabilities.shape
+    assert np.abs(ours.probabilities.array - probabilities).max() <= 1e-4
+    assert np.array_equal(ours.labels.array, labels)
+    assert np.allclose(ours.labels.affine, nib.load(image).affine)
+    # the same comparison fails for a mirrored or transposed output
+    assert np.abs(ours.probabilities.array[:, ::-1] - probabilities).max() > 1e-2
+    assert np.abs(ours.probabilities.array[:, :37, :37].transpose(0, 2, 1, 3)
+                  - probabilities[:, :37, :37]).max() > 1e-2
+
+
+def test_import_gives_the_folders_labels(model, tmp_path):
+    """``medseg import`` then ``predict -m model.safetensors`` == ``predict -m nnunet:``."""
+    torch.set_num_threads(1)
+    image = blob_image(tmp_path / "ct.nii.gz", affine("LPS"))
+    imported = tmp_path / "out" / "model.safetensors"
+    assert main(["import", f"nnunet:{model}", "-o", str(imported)]) == 0
+    assert main(["predict", "-m", f"nnunet:{model}", "-i", str(image), "-o",
+                 str(tmp_path / "a.nii.gz"), "--device", "cpu"]) == 0
+    assert main(["predict", "-m", str(imported), "-i", str(image), "-o",
+                 str(tmp_path / "b.nii.gz"), "--device", "cpu"]) == 0
+    a = read_volume(tmp_path / "a.nii.gz")
+    b = read_volume(tmp_path / "b.nii.gz")
+    assert np.array_equal(a.array, b.array)
+    assert a.same_grid(read_volume(image))
+    from medseg.checkpoint import load_checkpoint
+
+    card = load_checkpoint(imported).card
+    assert card.labels == {0: "background", 1: "liver", 2: "spleen"}
+    assert card.model.options["folds"] == 2
+    assert card.window.roi_size == (32, 32, 16) and card.window.blend == "nnunet"
+
+
+def test_one_fold_selected_on_the_command_line(model, tmp_path):
+    torch.set_num_threads(1)
+    image = blob_image(tmp_path / "case_0000.nii.gz", affine("RAS"))
+    labels, _ = nnunet_predict(model, image, tmp_path / "nnunet", (1,), True)
+    out = tmp_path / "ours.nii.gz"
+    assert main(["predict", "-m", f"nnunet:{model}", "--folds", "1", "-i", str(image), "-o",
+                 str(out), "--device", "cpu"]) == 0
+    assert np.array_equal(read_volume(out).array, labels)
+
+
+def test_image_with_other_channel_count_is_one_line(model, tmp_path, capsys):
+    image = tmp_path / "two.nii.gz"
+    data = np.zeros((20, 20, 8, 2), np.float32)
+    nib.save(nib.Nifti1Image(data, np.eye(4)), image)
+    assert main(["-q", "predict", "-m", f"nnunet:{model}", "-i", str(image), "-o",
+                 str(tmp_path / "x.nii.gz")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "two.nii.gz" in err and "channels" in err
+    assert not (tmp_path / "x.nii.gz").exists()
+
+
+def test_missing_fold_is_one_line(model, tmp_path, capsys):
+    image = blob_image(tmp_path / "ct.nii.gz", affine("RAS"))
+    assert main(["-q", "predict", "-m", f"nnunet:{model}", "--folds", "3", "-i", str(image),
+                 "-o", str(tmp_path / "x.nii.gz")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "fold_3" in err and str(model) in err
+
+
+def test_copy_without_plans_is_not_a_model(model, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(model, broken)
+    (broken / "plans.json").unlink()
+    assert main(["-q", "import", f"nnunet:{broken}", "-o", str(tmp_path / "m.safetensors")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "broken" in err and "plans.json" in err
+    assert not (tmp_path / "m.safetensors").exists()
