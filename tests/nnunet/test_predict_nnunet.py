@@ -154,7 +154,7 @@ def test_missing_fold_is_one_line(model, tmp_path, capsys):
     assert main(["-q", "predict", "-m", f"nnunet:{model}", "--folds", "3", "-i", str(image),
                  "-o", str(tmp_path / "x.nii.gz")]) == 1
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "fold_3" in err and str(model) in err
+    assert len(err.splitlines()) == 1 and "fold '3' not found" in err and str(model) in err
 
 
 def test_copy_without_plans_is_not_a_model(model, tmp_path, capsys):
