@@ -60,6 +60,16 @@ CONFIGURATION = {
     "use_mask_for_norm": [False], **RESAMPLING, "architecture": ARCHITECTURE,
     "batch_dice": False,
 }
+# A 2d configuration of the same network (3 stages, 2d convolutions).
+CONFIGURATION_2D = {
+    **copy.deepcopy(CONFIGURATION), "patch_size": [32, 32], "spacing": [1.0, 1.0],
+    "architecture": {**copy.deepcopy(ARCHITECTURE), "arch_kwargs": {
+        **copy.deepcopy(ARCHITECTURE["arch_kwargs"]),
+        "conv_op": "torch.nn.modules.conv.Conv2d",
+        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm2d",
+        "kernel_sizes": [[3, 3]] * 3, "strides": [[1, 1], [2, 2], [2, 2]]}},
+}
+
 PLANS = {
     "dataset_name": "Dataset001_Tiny", "plans_name": "nnUNetPlans",
     "original_median_spacing_after_transp": [2.5, 1.0, 1.0],

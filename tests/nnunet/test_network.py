@@ -11,23 +11,13 @@ import torch
 
 from medseg.errors import CheckpointError
 from medseg.nnunet.network import architecture_of, build_network
-from tests.nnunet.nnunet_tiny import (ARCHITECTURE, CONFIGURATION, old_style_configuration,
-                                      plans)
+from tests.nnunet.nnunet_tiny import (ARCHITECTURE, CONFIGURATION, CONFIGURATION_2D,
+                                      old_style_configuration, plans)
 
 plans_handler = pytest.importorskip("nnunetv2.utilities.plans_handling.plans_handler")
 trainer_module = pytest.importorskip("nnunetv2.training.nnUNetTrainer.nnUNetTrainer")
 get_network_from_plans = pytest.importorskip(
     "nnunetv2.utilities.get_network_from_plans").get_network_from_plans
-
-CONFIGURATION_2D = {
-    **copy.deepcopy(CONFIGURATION), "patch_size": [32, 32], "spacing": [1.0, 1.0],
-    "architecture": {**copy.deepcopy(ARCHITECTURE), "arch_kwargs": {
-        **copy.deepcopy(ARCHITECTURE["arch_kwargs"]),
-        "conv_op": "torch.nn.modules.conv.Conv2d",
-        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm2d",
-        "kernel_sizes": [[3, 3]] * 3, "strides": [[1, 1], [2, 2], [2, 2]]}},
-}
-
 
 def nnunet_network(plans_: dict, configuration: str, in_channels: int, out_channels: int):
     """The network nnUNetPredictor builds: the trainer's build_network_architecture."""

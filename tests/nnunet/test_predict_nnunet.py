@@ -21,27 +21,40 @@ from medseg.cli import main
 from medseg.inference.predict import PredictOptions, predict_case
 from medseg.io import read_volume
 from medseg.runtime import Runtime
-from tests.nnunet.nnunet_tiny import CONFIGURATION, write_model_folder
+from tests.nnunet.nnunet_tiny import CONFIGURATION, CONFIGURATION_2D, plans, write_model_folder
 
 predict_raw = pytest.importorskip("nnunetv2.inference.predict_from_raw_data")
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    """The tiny model folder, its two folds re-initialised with untrained weights (the
-    folder's own one-step weights overflow nnU-Net's float16 accumulator)."""
+def untrained(folder: Path, configuration: dict, folds, mirror_axes) -> Path:
+    """Re-initialise the folds of a tiny model folder with untrained weights (the folder's
+    own one-step weights overflow nnU-Net's float16 accumulator)."""
     from medseg.nnunet.network import build_network
 
-    folder, _ = write_model_folder(tmp_path_factory.mktemp("nnunet"))
-    for fold in (0, 1):
+    for fold in folds:
         path = folder / f"fold_{fold}" / "checkpoint_final.pth"
         checkpoint = torch.load(path, weights_only=False)  # our own file: trusted
         torch.manual_seed(fold)
-        state = build_network(CONFIGURATION, 1, 3).state_dict()
+        state = build_network(configuration, 1, 3).state_dict()
         checkpoint["network_weights"] = {k: v * 2 if v.is_floating_point() else v
                                          for k, v in state.items()}
+        checkpoint["inference_allowed_mirroring_axes"] = mirror_axes
         torch.save(checkpoint, path)
     return folder
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    folder, _ = write_model_folder(tmp_path_factory.mktemp("nnunet"))
+    return untrained(folder, CONFIGURATION, (0, 1), (0, 1, 2))
+
+
+@pytest.fixture(scope="module")
+def model_2d(tmp_path_factory) -> Path:
+    folder, _ = write_model_folder(tmp_path_factory.mktemp("nnunet2d"),
+                                   plans(**{"2d": CONFIGURATION_2D}), folds=(0,),
+                                   name="nnUNetTrainer__nnUNetPlans__2d")
+    return untrained(folder, CONFIGURATION_2D, (0,), (0, 1))
 
 
 def blob_image(path: Path, affine: np.ndarray, shape=(45, 37, 14), seed=0) -> Path:
@@ -104,6 +117,19 @@ def test_probabilities_and_labels_are_nnunets(model, tmp_path, orientation, fold
     assert np.abs(ours.probabilities.array[:, ::-1] - probabilities).max() > 1e-2
     assert np.abs(ours.probabilities.array[:, :37, :37].transpose(0, 2, 1, 3)
                   - probabilities[:, :37, :37]).max() > 1e-2
+
+
+@pytest.mark.parametrize("orientation,mirroring", [("LPS", True), ("oblique", False)])
+def test_2d_model_is_nnunets(model_2d, tmp_path, orientation, mirroring):
+    torch.set_num_threads(1)
+    image = blob_image(tmp_path / "case_0000.nii.gz", affine(orientation))
+    labels, probabilities = nnunet_predict(model_2d, image, tmp_path / "nnunet", (0,),
+                                           mirroring)
+    ours = predict_case(f"nnunet:{model_2d}", read_volume(image),
+                        PredictOptions(save_probabilities=True, tta=mirroring),
+                        Runtime.resolve("cpu"))
+    assert np.abs(ours.probabilities.array - probabilities).max() <= 1e-4
+    assert np.array_equal(ours.labels.array, labels)
 
 
 def test_import_gives_the_folders_labels(model, tmp_path):
