@@ -21,9 +21,10 @@ Entry = tuple[str, str, Any, str]
 def _geometry(plan) -> list[Entry]:
     fp, d = plan.fingerprint, plan.design
     median = "x".join(f"{s:g}" for s in fp.median_spacing_mm)
-    spacing_why = (f"median spacing {median} mm" if tuple(fp.median_spacing_mm) ==
-                   tuple(plan.spacing_mm) else f"median {median} mm, coarse axis at the 10th "
-                   "percentile of its spacings (anisotropic data, nnU-Net)")
+    spacing_why = plan.spacing_reason or (
+        f"median spacing {median} mm" if tuple(fp.median_spacing_mm) == tuple(plan.spacing_mm)
+        else f"median {median} mm, coarse axis at the 10th percentile of its spacings "
+        "(anisotropic data, nnU-Net)")
     mode = plan.intensity["mode"]
     norm_why = ("CT: clip to the foreground 0.5/99.5 percentiles, z-score with the foreground "
                 "mean/std (nnU-Net)" if mode == "ct" else
@@ -159,4 +160,6 @@ def format_summary(plan) -> str:
         f"({plan.device})  schedule: {plan.epochs} x {plan.iterations_per_epoch} = {steps} steps"
         + (f" at {plan.step_seconds:.2f} s" if plan.step_seconds else ""),
     ]
+    if plan.spacing_reason:
+        lines.append(f"spacing: {plan.spacing_reason}")
     return "\n".join(lines)
