@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 from medseg.errors import ConfigError
 
 __all__ = ["AugmentConfig", "check_augment"]
+
+
+def _span(low: float, high: float) -> Any:
+    """A ``[low, high]`` range default (a new list per config)."""
+    return field(default_factory=lambda: [low, high])
 
 
 @dataclass
@@ -50,21 +56,21 @@ class AugmentConfig:
     rotate_deg: float = 15.0
     scale: float = 0.1
     noise_prob: float = 0.1
-    noise_std: list[float] = field(default_factory=lambda: [0.0, 0.1])
+    noise_std: list[float] = _span(0.0, 0.1)
     blur_prob: float = 0.2
-    blur_sigma: list[float] = field(default_factory=lambda: [0.5, 1.0])
+    blur_sigma: list[float] = _span(0.5, 1.0)  # voxels
     brightness_prob: float = 0.15
-    brightness_range: list[float] = field(default_factory=lambda: [0.75, 1.25])
-    intensity_prob: float = 0.15
+    brightness_range: list[float] = _span(0.75, 1.25)
+    intensity_prob: float = 0.15  # medseg's, not nnU-Net's
     intensity_scale: float = 0.1
     intensity_shift: float = 0.1
     contrast_prob: float = 0.15
-    contrast_range: list[float] = field(default_factory=lambda: [0.75, 1.25])
+    contrast_range: list[float] = _span(0.75, 1.25)
     lowres_prob: float = 0.25
-    lowres_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])
+    lowres_scale: list[float] = _span(0.5, 1.0)  # share of the voxels per axis
     inverted_gamma_prob: float = 0.1
-    gamma_prob: float = 0.15
-    gamma_range: list[float] = field(default_factory=lambda: [0.7, 1.5])
+    gamma_prob: float = 0.15  # medseg's default; nnU-Net 0.3
+    gamma_range: list[float] = _span(0.7, 1.5)
 
 
 _RANGES = {  # key -> (smallest low, largest high, inclusive low)

@@ -155,9 +155,9 @@ def _check_cv_outputs(run, splits):
 
 
 # -- the post-processing choice ------------------------------------------------------------------
-def _line(**runs) -> np.ndarray:
-    """A (16, 1, 1) label map; ``runs``: label -> list of (start, stop) voxel runs."""
-    out = np.zeros((16, 1, 1), np.uint8)
+def _line(size: int = 16, **runs) -> np.ndarray:
+    """A (size, 1, 1) label map; ``runs``: label -> list of (start, stop) voxel runs."""
+    out = np.zeros((size, 1, 1), np.uint8)
     for name, spans in runs.items():
         for start, stop in spans:
             out[start:stop] = int(name[1:])
@@ -220,19 +220,10 @@ def test_fold_cases_keeps_manifest_order_and_checks_the_index():
 MM10 = (10.0, 10.0, 10.0)  # 1 mL per voxel
 
 
-def _runs(**runs) -> np.ndarray:
-    """A (24, 1, 1) label map; ``runs``: label -> list of (start, stop) voxel runs."""
-    out = np.zeros((24, 1, 1), np.uint8)
-    for name, spans in runs.items():
-        for start, stop in spans:
-            out[start:stop] = int(name[1:])
-    return out
-
-
 # label 1 has two true parts (keep-largest would drop one); label 2 is one piece
-GT_A = _runs(l1=[(0, 4), (6, 8)], l2=[(14, 18)])
-PRED_A = _runs(l1=[(0, 4), (6, 8), (10, 11)], l2=[(14, 18), (20, 21)])  # 1-voxel islands
-GT_B = _runs(l1=[(0, 4), (6, 7)], l2=[(14, 18)])  # label 1's second part is 1 voxel, true
+GT_A = _line(24, l1=[(0, 4), (6, 8)], l2=[(14, 18)])
+PRED_A = _line(24, l1=[(0, 4), (6, 8), (10, 11)], l2=[(14, 18), (20, 21)])  # 1-voxel islands
+GT_B = _line(24, l1=[(0, 4), (6, 7)], l2=[(14, 18)])  # label 1's second part is 1 voxel, true
 PRED_B = GT_B.copy()
 
 
