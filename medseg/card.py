@@ -126,11 +126,15 @@ class Postprocess:
     of none (``False``), or of the listed label values only (a tuple such as ``(1, 3)``,
     for structures that are one piece beside others that may have several; chosen from
     out-of-fold Dice by :func:`medseg.crossval.choose_postprocess`).
+    ``min_size_ml``: label value -> volume in mL (cm^3); connected components of that label
+    smaller than it become background (JSON keys are strings; ``{}``: none).
     """
 
     keep_largest: bool | tuple[int, ...] = False
+    min_size_ml: Mapping[int, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "min_size_ml", self._sizes(self.min_size_ml))
         value = self.keep_largest
         if isinstance(value, bool):
             return
@@ -149,9 +153,34 @@ class Postprocess:
             return None if value else ()
         return value
 
+    @property
+    def active(self) -> bool:
+        """Whether the label map changes at all (keep-largest or a minimum size)."""
+        return self.largest_only != () or bool(self.min_size_ml)
+
     def to_dict(self) -> dict[str, Any]:
         value = self.keep_largest
-        return {"keep_largest": value if isinstance(value, bool) else list(value)}
+        out: dict[str, Any] = {"keep_largest": value if isinstance(value, bool) else list(value)}
+        if self.min_size_ml:
+            out["min_size_ml"] = {str(k): v for k, v in self.min_size_ml.items()}
+        return out
+
+    @staticmethod
+    def _sizes(value: Any) -> dict[int, float]:
+        """``min_size_ml`` as {label value: mL}, sorted; UsageError naming what arrived."""
+        bad = UsageError(f"min_size_ml must map label values (positive integers) to volumes in "
+                         f"mL (positive numbers), got {value!r}")
+        if not isinstance(value, Mapping):
+            raise bad
+        out = {}
+        for key, ml in value.items():
+            label = int(key) if isinstance(key, str) and key.isdigit() else key
+            if (not isinstance(label, numbers.Integral) or isinstance(label, bool) or label <= 0
+                    or not isinstance(ml, numbers.Real) or isinstance(ml, bool)
+                    or not 0 < ml < float("inf")):
+                raise bad
+            out[int(label)] = float(ml)
+        return dict(sorted(out.items()))
 
 
 @dataclass(frozen=True)

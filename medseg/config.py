@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from medseg.card import ModelCard, NetworkSpec, Postprocess, WindowSettings
+from medseg.data.augment_config import AugmentConfig, check_augment
 from medseg.errors import ConfigError, UsageError, check_option, closest
 
 __all__ = [
@@ -94,26 +95,6 @@ class LossConfig:
 
     name: str = "dice_ce"
     kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class AugmentConfig:
-    """Random augmentation of training patches (MONAI array transforms).
-
-    Probabilities are per patch; ``rotate_deg`` is the maximum rotation about each
-    axis in degrees, ``scale`` the maximum relative zoom (0.1 = +-10 %).
-    """
-
-    enabled: bool = True
-    flip_prob: float = 0.5
-    affine_prob: float = 0.2
-    rotate_deg: float = 15.0
-    scale: float = 0.1
-    intensity_prob: float = 0.15
-    intensity_scale: float = 0.1
-    intensity_shift: float = 0.1
-    gamma_prob: float = 0.15
-    gamma_range: list[float] = field(default_factory=lambda: [0.7, 1.5])
 
 
 @dataclass
@@ -324,6 +305,7 @@ def _check_values(cfg: PipelineConfig, source: str | None) -> None:
         _require(min(probs) >= 0 and abs(sum(probs) - 1.0) < 1e-6, "train.class_probabilities",
                  probs, "non-negative numbers summing to 1", source)
     _require(t.num_workers >= 0, "train.num_workers", t.num_workers, ">= 0", source)
+    check_augment(t.augment, source)
     try:
         cfg.window()
     except UsageError as exc:

@@ -188,7 +188,7 @@ def predict_case(model: Any, volume: Volume, options: PredictOptions | None = No
         output = _window(loaded, prepared, card, options, runtime)
     with timer("invert"):
         labels, probabilities = _restore(output, prepared.history, volume, options, runtime)
-    if card.postprocess.keep_largest:
+    if card.postprocess.active:
         with timer("postprocess"):
             labels = _postprocess(labels, card.postprocess)
     return Prediction(labels, probabilities, timer.seconds)
@@ -274,7 +274,7 @@ def _restore(output: LabelMap | Probabilities, history, volume: Volume,
 def _postprocess(labels: LabelMap, post: Postprocess) -> LabelMap:
     from medseg.inference.postprocess import apply_postprocess
 
-    return labels.with_array(apply_postprocess(labels.array, post))
+    return labels.with_array(apply_postprocess(labels.array, post, labels.spacing_mm))
 
 
 # -- helpers ---------------------------------------------------------------------------------

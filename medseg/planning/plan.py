@@ -40,6 +40,8 @@ CPU_ITERATIONS = 50
 """Time-budgeted plans: iterations per epoch (validation and checkpoints every few minutes)."""
 MIN_STEPS_3D = 1000
 """Fewer optimiser steps than this in the time budget: too small for 3D, shrink or slab."""
+MAX_COARSER = 6
+"""Time-budgeted plans coarsen the spacing at most this many ``rules.LOWRES_FACTOR`` steps."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,7 @@ class Plan:
     step_seconds: float | None = None
     time_budget_h: float | None = None
     reason: str = ""
+    spacing_reason: str = ""
 
 
 def make_plan(manifest_path: str | os.PathLike, options: PlanOptions = PlanOptions()) -> Plan:
@@ -93,7 +96,7 @@ def make_plan(manifest_path: str | os.PathLike, options: PlanOptions = PlanOptio
     kind = _device_kind(options.device)
     budget = _budget_bytes(kind, options, manifest.path)
     spacing = rules.target_spacing(fp.spacings_mm, np.array([c.shape for c in fp.cases]))
-    shapes = [rules.resampled_shape(c.shape, c.spacing_mm, spacing) for c in fp.cases]
+    shapes = _resampled_shapes(fp, spacing)
     median = tuple(int(v) for v in np.median(np.array(shapes), axis=0))
     channels = (len(fp.channel_names), len(fp.label_names) + 1)
     layout = "slab" if fp.anisotropy > rules.ANISOTROPY_THRESHOLD else "3d"
@@ -123,6 +126,11 @@ def write_plan(manifest_path: str | os.PathLike, out_dir: str | os.PathLike,
     atomic_write_text(out / "fingerprint.json", json.dumps(plan.fingerprint.to_dict(), indent=1))
     atomic_write_text(out / "plan.yaml", plan_yaml(plan))
     return plan
+
+
+def _resampled_shapes(fp: Fingerprint, spacing_mm) -> list[tuple[int, int, int]]:
+    """Every case's shape (voxels) once resampled to ``spacing_mm``."""
+    return [rules.resampled_shape(c.shape, c.spacing_mm, spacing_mm) for c in fp.cases]
 
 
 # -- hardware ---------------------------------------------------------------------------------
@@ -204,11 +212,22 @@ def _fit_time(plan: Plan, options: PlanOptions, channels, voxels) -> Plan:
 
 def _faster(plan: Plan, steps: int, channels, voxels) -> Plan:
     """A smaller patch whose estimated memory, hence step time, is ``steps / MIN_STEPS_3D``
-    of the current one; else a thin slab that fast; else the smallest slab."""
+    of the current one; when that 3D patch would span less than ``rules.MIN_CONTEXT`` of
+    the median image along an axis, a coarser spacing first (:func:`_coarser`); else a thin
+    slab that fast; else the smallest slab."""
     d = plan.design
     budget = d.memory_bytes * steps / MIN_STEPS_3D
-    tries = ((d.layout, budget, f"{steps} steps of the memory-fitted patch fit the time budget"),
-             ("slab", budget, "no 3D patch fits the time budget"),
+    why = f"{steps} steps of the memory-fitted patch fit the time budget"
+    found = design(d.layout, plan.median_shape, plan.spacing_mm, channels, budget, voxels)
+    if found is not None and (d.layout != "3d" or _enough_context(found, plan.median_shape)):
+        return dataclasses.replace(plan, design=found, reason=why)
+    if d.layout == "3d":
+        coarse = _coarser(plan, found, budget, channels, voxels)
+        if coarse is not None:
+            return dataclasses.replace(coarse, reason=why)
+        if found is not None:
+            return dataclasses.replace(plan, design=found, reason=why)
+    tries = (("slab", budget, "no 3D patch fits the time budget"),
              ("slab", smallest_memory(plan.spacing_mm, channels), "the smallest slab is the "
               "fastest network"))
     for layout, bytes_, reason in tries:
@@ -216,6 +235,39 @@ def _faster(plan: Plan, steps: int, channels, voxels) -> Plan:
         if found is not None:
             return dataclasses.replace(plan, design=found, reason=reason)
     return plan
+
+
+def _enough_context(d: Design, median_shape) -> bool:
+    return rules.context(d.patch, median_shape, d.slab_axis) >= rules.MIN_CONTEXT
+
+
+def _coarser(plan: Plan, fine: Design | None, budget: float, channels, voxels) -> Plan | None:
+    """The plan at the first coarser spacing (``rules.coarser_spacing``, up to
+    ``MAX_COARSER`` steps) where the 3D patch of ``budget`` bytes spans at least
+    ``rules.MIN_CONTEXT`` of the median resampled image along every axis (nnU-Net's
+    3d_lowres idea: less resolution, more context); None when none does."""
+    spacing = plan.spacing_mm
+    seen = "no 3D patch" if fine is None else "x".join(map(str, fine.patch))
+    share = 0.0 if fine is None else rules.context(fine.patch, plan.median_shape)
+    for step in range(1, MAX_COARSER + 1):
+        spacing = rules.coarser_spacing(spacing)
+        median = tuple(int(v) for v in np.median(np.array(_resampled_shapes(
+            plan.fingerprint, spacing)), axis=0))
+        found = design("3d", median, spacing, channels, budget, voxels)
+        if found is None:
+            return None
+        if _enough_context(found, median):
+            why = (f"at {_mm(plan.spacing_mm)} mm the patch the time budget allows ({seen}) "
+                   f"spans {share:.0%} of the median image along an axis (< "
+                   f"{rules.MIN_CONTEXT:.0%}): coarsened {step} x {rules.LOWRES_FACTOR:g} "
+                   "for context (nnU-Net's 3d_lowres idea)")
+            return dataclasses.replace(plan, spacing_mm=spacing, median_shape=median,
+                                       design=found, spacing_reason=why)
+    return None
+
+
+def _mm(spacing) -> str:
+    return "x".join(f"{s:g}" for s in spacing)
 
 
 def _measure(plan: Plan, options: PlanOptions) -> float:

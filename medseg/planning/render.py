@@ -7,6 +7,7 @@ drift from the values. Values are written as JSON, which YAML reads unchanged.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -17,16 +18,13 @@ __all__ = ["format_summary", "plan_dict", "plan_yaml"]
 
 Entry = tuple[str, str, Any, str]
 
-MISSING_AUGMENTATIONS = "Gaussian noise, blur, contrast, low-resolution simulation, inverted gamma"
-"""nnU-Net augmentations medseg does not have (yet)."""
-
-
 def _geometry(plan) -> list[Entry]:
     fp, d = plan.fingerprint, plan.design
     median = "x".join(f"{s:g}" for s in fp.median_spacing_mm)
-    spacing_why = (f"median spacing {median} mm" if tuple(fp.median_spacing_mm) ==
-                   tuple(plan.spacing_mm) else f"median {median} mm, coarse axis at the 10th "
-                   "percentile of its spacings (anisotropic data, nnU-Net)")
+    spacing_why = plan.spacing_reason or (
+        f"median spacing {median} mm" if tuple(fp.median_spacing_mm) == tuple(plan.spacing_mm)
+        else f"median {median} mm, coarse axis at the 10th percentile of its spacings "
+        "(anisotropic data, nnU-Net)")
     mode = plan.intensity["mode"]
     norm_why = ("CT: clip to the foreground 0.5/99.5 percentiles, z-score with the foreground "
                 "mean/std (nnU-Net)" if mode == "ct" else
@@ -84,17 +82,22 @@ def _training(plan) -> list[Entry]:
         ("train", "deep_supervision", True, "nnU-Net: loss on the coarser decoder outputs too"),
         ("train", "num_workers", 4 if plan.device == "cuda" else 0,
          "GPU: load patches in parallel" if plan.device == "cuda" else "CPU: the cores train"),
-        ("train", "augment", _augment(d), "nnU-Net's rotation, scaling, mirroring, brightness "
-         f"and gamma as medseg has them; missing: {MISSING_AUGMENTATIONS}"),
+        ("train", "augment", _augment(d), "nnU-Net's recipe: rotation, scaling, mirroring, "
+         "noise, blur, brightness, contrast, low resolution, gamma and inverted gamma; "
+         "no rotation for a thin slab"),
     ]
 
 
 def _augment(design) -> dict[str, Any]:
+    """nnU-Net v2's probabilities and ranges (``AugmentConfig``'s defaults where they agree);
+    medseg's additive intensity change off (nnU-Net has none)."""
+    from medseg.data.augment_config import AugmentConfig
+
     slab = design.layout == "slab"
-    return {"enabled": True, "flip_prob": 0.5, "affine_prob": 0.2,
-            "rotate_deg": 0.0 if slab else 30.0, "scale": 0.3, "intensity_prob": 0.15,
-            "intensity_scale": 0.25, "intensity_shift": 0.1, "gamma_prob": 0.3,
-            "gamma_range": [0.7, 1.5]}
+    out = dataclasses.asdict(AugmentConfig())
+    out.update({"affine_prob": 0.2, "rotate_deg": 0.0 if slab else 30.0, "scale": 0.3,
+                "intensity_prob": 0.0, "gamma_prob": 0.3})
+    return out
 
 
 def _inference(plan) -> list[Entry]:
@@ -157,4 +160,6 @@ def format_summary(plan) -> str:
         f"({plan.device})  schedule: {plan.epochs} x {plan.iterations_per_epoch} = {steps} steps"
         + (f" at {plan.step_seconds:.2f} s" if plan.step_seconds else ""),
     ]
+    if plan.spacing_reason:
+        lines.append(f"spacing: {plan.spacing_reason}")
     return "\n".join(lines)

@@ -14,9 +14,13 @@ import numpy as np
 
 __all__ = [
     "ANISOTROPY_THRESHOLD",
+    "LOWRES_FACTOR",
+    "MIN_CONTEXT",
     "MIN_FEATURE_MAP",
     "SLAB_VOXELS",
     "batch_size",
+    "coarser_spacing",
+    "context",
     "divisor",
     "fit_patch",
     "pooling",
@@ -36,6 +40,11 @@ SLAB_VOXELS = 5
 side), never pooled along it."""
 MAX_BATCH_SHARE = 0.05
 """nnU-Net: one batch covers at most 5 % of the dataset's voxels."""
+MIN_CONTEXT = 0.25
+"""A patch shorter than this share of the median image along an axis sees too little of it
+(medseg's rule for time-budgeted plans: a coarser spacing is tried first)."""
+LOWRES_FACTOR = 1.5
+"""Spacing step of :func:`coarser_spacing` (nnU-Net's 3d_lowres uses 1.03 per step)."""
 
 
 def target_spacing(spacings_mm: np.ndarray, shapes: np.ndarray) -> tuple[float, float, float]:
@@ -182,3 +191,37 @@ def batch_size(budget_bytes: float, bytes_per_sample: float, patch: Sequence[int
     by_memory = int(budget_bytes // bytes_per_sample)
     by_data = int(MAX_BATCH_SHARE * dataset_voxels // math.prod(patch))
     return max(2, min(by_memory, by_data))
+
+
+def coarser_spacing(spacing_mm: Sequence[float], factor: float = LOWRES_FACTOR
+                    ) -> tuple[float, float, float]:
+    """One step of nnU-Net's 3d_lowres spacing search (``ExperimentPlanner``).
+
+    Rule: when the coarsest axis is more than 2x another, only the axes whose spacing times
+    ``factor`` stays below the coarsest one grow (the fine axes catch up); otherwise every
+    axis is multiplied by ``factor``.
+
+    >>> coarser_spacing((0.625, 0.625, 1.25))  # 2x, not more: every axis
+    (0.9375, 0.9375, 1.875)
+    >>> coarser_spacing((0.7, 0.7, 5.0))  # anisotropic: x and y only
+    (1.05, 1.05, 5.0)
+    """
+    spacing = np.asarray(spacing_mm, dtype=np.float64)
+    coarsest = float(spacing.max())
+    if np.any(coarsest / spacing > 2):
+        grow = spacing * factor < coarsest
+        spacing = np.where(grow, spacing * factor, spacing)
+    else:
+        spacing = spacing * factor
+    return tuple(round(float(v), 6) for v in spacing)  # type: ignore[return-value]
+
+
+def context(patch: Sequence[int], shape: Sequence[int], skip_axis: int | None = None) -> float:
+    """The smallest share of ``shape`` (voxels) the patch spans along an axis (capped at 1);
+    ``skip_axis`` (a thin slab's axis) is not counted.
+
+    >>> context((40, 40, 40), (192, 142, 88))  # x: 40 / 192
+    0.208
+    """
+    shares = [min(1.0, p / s) for a, (p, s) in enumerate(zip(patch, shape)) if a != skip_axis]
+    return round(min(shares), 3) if shares else 1.0

@@ -83,3 +83,29 @@ def test_apply_postprocess_filters_only_the_card_s_labels():
     expected[7, 3, 3] = 0  # equal sizes: the first piece in C order is kept
     np.testing.assert_array_equal(everything, expected)
     np.testing.assert_array_equal(apply_postprocess(labels, Postprocess(False)), labels)
+
+
+def test_remove_small_components_by_volume_in_ml():
+    from medseg.card import Postprocess
+    from medseg.inference.postprocess import apply_postprocess, remove_small_components
+
+    spacing = (2.0, 2.5, 4.0)  # 20 mm^3 = 0.02 mL per voxel
+    labels = np.zeros((10, 6, 6), np.uint8)
+    labels[0:5, 0, 0] = 1  # 5 voxels = 0.10 mL
+    labels[7, 0, 0] = 1  # 1 voxel = 0.02 mL
+    labels[7:9, 4, 4] = 1  # 2 voxels = 0.04 mL
+    labels[0, 3, 3] = 2  # 1 voxel of label 2: not listed, untouched
+    out = remove_small_components(labels, {1: 0.04}, spacing)
+    expected = labels.copy()
+    expected[7, 0, 0] = 0  # 0.02 < 0.04; the 0.04 mL piece is not under the size
+    np.testing.assert_array_equal(out, expected)
+    out = remove_small_components(labels, {1: 0.05, 2: 0.01}, spacing)
+    expected[7:9, 4, 4] = 0
+    np.testing.assert_array_equal(out, expected)
+    # the card's choice: sizes, then keep-largest
+    post = Postprocess(keep_largest=(2,), min_size_ml={1: 0.05})
+    np.testing.assert_array_equal(apply_postprocess(labels, post, spacing), expected)
+    with pytest.raises(UsageError, match="give spacing_mm"):
+        apply_postprocess(labels, post)
+    with pytest.raises(UsageError, match="spacing_mm must be three positive"):
+        remove_small_components(labels, {1: 0.05}, (1.0, 0.0, 1.0))

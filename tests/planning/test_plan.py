@@ -147,3 +147,40 @@ def test_time_budget_fits_the_schedule(ct_manifest):
     # whole epochs of total // epochs steps (so fewer than ``epochs`` steps are lost)
     total = int(180.0 / (plan.step_seconds * 1.2))
     assert total - plan.epochs < steps <= total and plan.iterations_per_epoch >= 50
+
+
+SECONDS_PER_GIB = 7.4
+"""Step-time model of the test below: 2 CPU cores trained la_mri's 40^3 batch-2 patch
+(0.34 GiB estimated) in 2.51 s per step."""
+
+
+def test_cpu_time_budget_coarsens_the_spacing_for_context(tmp_path, monkeypatch, capsys):
+    # like la_mri: 320 x 320 x 88 voxels of 0.625 x 0.625 x 1.25 mm, one MR channel. The
+    # step time is modelled (proportional to the estimated memory) so the test is fast and
+    # does not depend on the machine; the real measurement is medseg.demo's.
+    from medseg.planning import plan as plan_module
+
+    manifest = write_dataset(tmp_path / "la", [(0.625, 0.625, 1.25)] * 2, (320, 320, 88))
+    monkeypatch.setattr(plan_module, "_measure", lambda plan, options: SECONDS_PER_GIB
+                        * plan.design.memory_bytes / 2**30)
+    assert main(["plan", str(manifest), "-o", str(tmp_path / "plan"), "--device", "cpu",
+                 "--time-budget", "1"]) == 0
+    summary = capsys.readouterr().out
+    cfg = load_config(tmp_path / "plan" / "plan.yaml")
+    spacing, patch = cfg.preprocessing["spacing_mm"], cfg.train.patch_size
+    # coarser than the median on every axis, by whole 1.5x steps (nnU-Net's 3d_lowres rule
+    # grows every axis when the coarsest is at most 2x the finest)
+    steps = round(np.log(spacing[0] / 0.625) / np.log(1.5))
+    assert steps >= 1
+    np.testing.assert_allclose(spacing, np.array([0.625, 0.625, 1.25]) * 1.5**steps, rtol=1e-5)
+    median = [round(n * s / t) for n, s, t in zip((320, 320, 88), (0.625, 0.625, 1.25),
+                                                    spacing)]
+    assert all(p >= m / 4 for p, m in zip(patch, median)), (patch, median)
+    # one step less would not have given the context: that is why it stopped there
+    text = (tmp_path / "plan" / "plan.yaml").read_text()
+    line = next(t for t in text.splitlines() if t.startswith("  spacing_mm:"))
+    assert f"coarsened {steps} x 1.5 for context" in line and "< 25%" in line
+    assert "spacing: at 0.625x0.625x1.25 mm" in summary
+    # the GPU plan of the same data stays at the median spacing
+    gpu = make_plan(manifest, PlanOptions(device="cuda", gpu_memory_gb=40))
+    assert gpu.spacing_mm == (0.625, 0.625, 1.25) and gpu.spacing_reason == ""

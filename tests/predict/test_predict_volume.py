@@ -164,6 +164,28 @@ def test_keep_largest_from_checkpoint_and_override(tmp_path):
     assert kept1.array[2, 2, 2] == 2  # the dense island survives
 
 
+def test_card_min_component_size_is_applied(tmp_path):
+    """A card with min_size_ml (as cross-validation writes it) removes the components under
+    that volume on the input grid; the reference is remove_small_components of the
+    thresholded image at the image's spacing."""
+    from medseg.card import Postprocess
+    from medseg.checkpoint import save_checkpoint
+    from medseg.inference.postprocess import remove_small_components
+
+    model = threshold_unet()
+    card = threshold_card(model).replace(postprocess=Postprocess(min_size_ml={2: 1.0}))
+    ckpt = tmp_path / "min_size.safetensors"
+    save_checkpoint(ckpt, model, card)
+    case = make_phantom((40, 36, 20), (4.0, 4.0, 5.0), seed=3, noise_hu=0)
+    hu = case.image.array.copy()
+    hu[2:4, 2:4, 2:4] = 400  # 8 voxels of 0.08 mL: a 0.64 mL island of label 2
+    raw = threshold_labels(hu)
+    out = predict_volume(ckpt, case.image.with_array(hu), runtime=CPU)
+    np.testing.assert_array_equal(out.array, remove_small_components(raw, {2: 1.0},
+                                                                     (4.0, 4.0, 5.0)))
+    assert raw[2, 2, 2] == 2 and out.array[2, 2, 2] == 0
+
+
 def ndimage_components(mask: np.ndarray) -> int:
     from scipy import ndimage
 

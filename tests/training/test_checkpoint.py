@@ -307,6 +307,23 @@ def test_postprocess_holds_per_label_choices_and_round_trips():
         ModelCard.from_dict(doc, "x.safetensors")
 
 
+def test_postprocess_min_size_round_trips_and_is_checked():
+    post = Postprocess(keep_largest=(1,), min_size_ml={"3": 0.5, 2: 2})
+    assert post.min_size_ml == {2: 2.0, 3: 0.5} and post.active
+    assert post.to_dict() == {"keep_largest": [1], "min_size_ml": {"2": 2.0, "3": 0.5}}
+    assert Postprocess(min_size_ml={1: 0.1}).active and not Postprocess().active
+    assert "min_size_ml" not in Postprocess(True).to_dict()  # older cards' JSON unchanged
+    card = CARD.replace(postprocess=post)
+    assert ModelCard.from_dict(json.loads(json.dumps(card.to_dict()))) == card
+    for bad in ({0: 1.0}, {"liver": 1.0}, {1: -1.0}, {1: 0.0}, {1: float("inf")}, {True: 1.0},
+                {1: "big"}, [1, 2]):
+        with pytest.raises(UsageError, match="min_size_ml must map label values"):
+            Postprocess(min_size_ml=bad)
+    doc = {**CARD.to_dict(), "postprocess": {"keep_largest": False, "min_size_ml": {"1": -2}}}
+    with pytest.raises(CheckpointError, match="model card: min_size_ml"):
+        ModelCard.from_dict(doc, "x.safetensors")
+
+
 def _raw_tensors(path) -> dict[str, bytes]:
     from safetensors.numpy import load_file
 

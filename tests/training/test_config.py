@@ -42,6 +42,12 @@ def test_valid_config_types_and_defaults(tmp_path):
         (lambda c: c["train"].update(class_probabilities=[0.5, 0.6]), r"summing to 1"),
         (lambda c: c["inference"].update(overlap=1.0), r"inference: overlap must be a number in \[0, 1\), got 1.0"),
         (lambda c: c["data"].update(manifest="x.json"), r"exactly one of 'data.manifest'"),
+        (lambda c: c["train"]["augment"].update(blur_prob=1.5),
+         r"train.augment.blur_prob = 1.5: expected a probability in \[0, 1\]"),
+        (lambda c: c["train"]["augment"].update(lowres_scale=[0.5, 2]),
+         r"train.augment.lowres_scale = \[0.5, 2.0\]: expected \[low, high\].*high <= 1"),
+        (lambda c: c["train"]["augment"].update(gamma_range=[1.5, 0.7]),
+         r"train.augment.gamma_range = \[1.5, 0.7\]: expected \[low, high\] with low <= high"),
     ],
 )
 def test_config_errors_name_file_key_and_closest(tmp_path, mutate, pattern):
@@ -92,3 +98,20 @@ def test_shipped_pipelines_load(name):
 
     Preprocessing.from_config(cfg.preprocessing)
     assert yaml.safe_dump(cfg.to_dict())
+
+
+def test_augment_section_of_an_older_yaml_gets_nnunet_defaults(tmp_path):
+    # a YAML written before noise, blur, brightness, contrast, low resolution and inverted
+    # gamma existed: it loads, and the new keys take nnU-Net v2's values
+    raw = tiny_config()
+    raw["train"]["augment"] = {"enabled": True, "flip_prob": 0.5, "affine_prob": 0.2,
+                               "rotate_deg": 15.0, "scale": 0.1, "intensity_prob": 0.15,
+                               "intensity_scale": 0.1, "intensity_shift": 0.1,
+                               "gamma_prob": 0.15, "gamma_range": [0.7, 1.5]}
+    aug = load_config(write_config(tmp_path / "old.yaml", raw)).train.augment
+    assert (aug.noise_prob, aug.noise_std) == (0.1, [0.0, 0.1])
+    assert (aug.blur_prob, aug.blur_sigma) == (0.2, [0.5, 1.0])
+    assert (aug.brightness_prob, aug.brightness_range) == (0.15, [0.75, 1.25])
+    assert (aug.contrast_prob, aug.contrast_range) == (0.15, [0.75, 1.25])
+    assert (aug.lowres_prob, aug.lowres_scale) == (0.25, [0.5, 1.0])
+    assert aug.inverted_gamma_prob == 0.1 and aug.gamma_range == [0.7, 1.5]

@@ -16,9 +16,9 @@ from medseg.cli import main
 from medseg.config import load_config
 from medseg.data.splits import fold_cases, kfold_splits, read_splits, write_splits
 from medseg.errors import ConfigError
-from medseg.inference.postprocess import apply_postprocess
+from medseg.inference.postprocess import apply_postprocess, remove_small_components
 from medseg.runtime import Runtime
-from medseg.crossval import choose_postprocess, postprocess_dice
+from medseg.crossval import case_components, choose_min_size, choose_postprocess, postprocess_dice
 from medseg.training.data import prepare_data
 
 from .training_helpers import tiny_config, weights_of, write_config
@@ -155,9 +155,9 @@ def _check_cv_outputs(run, splits):
 
 
 # -- the post-processing choice ------------------------------------------------------------------
-def _line(**runs) -> np.ndarray:
-    """A (16, 1, 1) label map; ``runs``: label -> list of (start, stop) voxel runs."""
-    out = np.zeros((16, 1, 1), np.uint8)
+def _line(size: int = 16, **runs) -> np.ndarray:
+    """A (size, 1, 1) label map; ``runs``: label -> list of (start, stop) voxel runs."""
+    out = np.zeros((size, 1, 1), np.uint8)
     for name, spans in runs.items():
         for start, stop in spans:
             out[start:stop] = int(name[1:])
@@ -214,3 +214,63 @@ def test_fold_cases_keeps_manifest_order_and_checks_the_index():
     assert [c.case_id for c in train] == splits[1]["train"]
     with pytest.raises(ConfigError, match="data.fold = 2: the splits hold folds 0 to 1"):
         fold_cases(cases, splits, 2)
+
+
+# -- removal of small components ---------------------------------------------------------------
+MM10 = (10.0, 10.0, 10.0)  # 1 mL per voxel
+
+
+# label 1 has two true parts (keep-largest would drop one); label 2 is one piece
+GT_A = _line(24, l1=[(0, 4), (6, 8)], l2=[(14, 18)])
+PRED_A = _line(24, l1=[(0, 4), (6, 8), (10, 11)], l2=[(14, 18), (20, 21)])  # 1-voxel islands
+GT_B = _line(24, l1=[(0, 4), (6, 7)], l2=[(14, 18)])  # label 1's second part is 1 voxel, true
+PRED_B = GT_B.copy()
+
+
+def _choice(*cases):
+    dice = [postprocess_dice(p, g, [1, 2]) for p, g in cases]
+    return choose_postprocess(dice, [case_components(p, g, [1, 2], MM10) for p, g in cases])
+
+
+def test_small_false_positive_components_are_removed_where_that_raises_the_dice():
+    # label 1 of case A: Dice 2*6/(7+6) = 12/13; keep-largest 2*4/(4+6) = 0.8 (worse);
+    # the false positive is 1 mL, so the candidate just above it, 1.1 mL, removes it: Dice 1
+    table = case_components(PRED_A, GT_A, [1, 2], MM10)[1]
+    assert table.size_voxels.tolist() == [4, 2, 1] and table.overlap_voxels.tolist() == [4, 2, 0]
+    assert table.dice() == pytest.approx(12 / 13) and table.dice(1.1) == 1.0
+    assert table.false_positive_ml().tolist() == [1.0]
+    choice = _choice((PRED_A, GT_A))
+    # label 2 (one piece) gets keep-largest, so no size for it; label 1 gets 1.1 mL
+    assert choice.postprocess == Postprocess(keep_largest=(2,), min_size_ml={1: 1.1})
+    assert choice.dice_without == pytest.approx({1: 12 / 13, 2: 8 / 9})
+    assert choice.dice_min_size == {1: 1.0} and choice.chosen_dice() == {1: 1.0, 2: 1.0}
+    entry = choice.to_dict({1: "atrium", 2: "aorta"})["labels"]["atrium"]
+    assert entry["min_size_ml"] == 1.1 and entry["dice_with_min_size"] == 1.0
+    # applying the card's choice gives the Dice it reports
+    out = apply_postprocess(PRED_A, choice.postprocess, MM10)
+    np.testing.assert_array_equal(out, GT_A)
+
+
+def test_a_small_true_component_keeps_the_size_threshold_off():
+    # case B's 1-voxel part of label 1 is true: removing < 1.1 mL gives B 2*4/(4+5) = 8/9,
+    # mean (1 + 8/9) / 2 < (12/13 + 1) / 2 without; no smaller candidate changes anything
+    choice = _choice((PRED_A, GT_A), (PRED_B, GT_B))
+    assert choice.postprocess == Postprocess(keep_largest=(2,))
+    assert choice.dice_min_size == {}
+    assert choice.chosen_dice() == pytest.approx({1: (12 / 13 + 1) / 2, 2: 1.0})
+    assert choose_min_size([case_components(PRED_B, GT_B, [1], MM10)], [1]) == {}
+
+
+def test_component_dice_equals_the_dice_of_the_filtered_map():
+    rng = np.random.default_rng(0)
+    spacing = (0.7, 0.8, 2.0)
+    for _ in range(5):
+        pred = (rng.random((12, 10, 8)) < 0.25).astype(np.uint8) * rng.integers(1, 3, (12, 10, 8),
+                                                                               dtype=np.uint8)
+        gt = (rng.random((12, 10, 8)) < 0.3).astype(np.uint8)
+        tables = case_components(pred, gt, [1, 2], spacing)
+        for ml in (0.0, 0.0011, 0.0023, 0.01):
+            kept = remove_small_components(pred, {1: ml, 2: ml}, spacing) if ml else pred
+            for v in (1, 2):
+                reference = postprocess_dice(kept.astype(np.int64), gt.astype(np.int64), [v])[v][0]
+                assert tables[v].dice(ml) == pytest.approx(reference, nan_ok=True)
