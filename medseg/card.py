@@ -128,13 +128,19 @@ class Postprocess:
     out-of-fold Dice by :func:`medseg.crossval.choose_postprocess`).
     ``min_size_ml``: label value -> volume in mL (cm^3); connected components of that label
     smaller than it become background (JSON keys are strings; ``{}``: none).
+    ``largest_of``: nnU-Net's post-processing steps of an imported model, in order: for each
+    group of label values, the union of those labels keeps only its largest
+    26-connected component(s) (components tied for largest all stay); the group's other
+    voxels become background (``()``: none).
     """
 
     keep_largest: bool | tuple[int, ...] = False
     min_size_ml: Mapping[int, float] = field(default_factory=dict)
+    largest_of: tuple[tuple[int, ...], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "min_size_ml", self._sizes(self.min_size_ml))
+        object.__setattr__(self, "largest_of", self._groups(self.largest_of))
         value = self.keep_largest
         if isinstance(value, bool):
             return
@@ -156,14 +162,30 @@ class Postprocess:
     @property
     def active(self) -> bool:
         """Whether the label map changes at all (keep-largest or a minimum size)."""
-        return self.largest_only != () or bool(self.min_size_ml)
+        return self.largest_only != () or bool(self.min_size_ml) or bool(self.largest_of)
 
     def to_dict(self) -> dict[str, Any]:
         value = self.keep_largest
         out: dict[str, Any] = {"keep_largest": value if isinstance(value, bool) else list(value)}
         if self.min_size_ml:
             out["min_size_ml"] = {str(k): v for k, v in self.min_size_ml.items()}
+        if self.largest_of:
+            out["largest_of"] = [list(group) for group in self.largest_of]
         return out
+
+    @staticmethod
+    def _groups(value: Any) -> tuple[tuple[int, ...], ...]:
+        """``largest_of`` as a tuple of sorted label tuples; UsageError naming what arrived."""
+        try:
+            groups = tuple(tuple(sorted({int(v) for v in group})) for group in value)
+            ok = all(group and all(v > 0 for v in group) for group in groups) and not any(
+                isinstance(v, bool) for group in value for v in group)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise UsageError(f"largest_of must be a list of lists of label values (positive "
+                             f"integers), got {value!r}")
+        return groups
 
     @staticmethod
     def _sizes(value: Any) -> dict[int, float]:

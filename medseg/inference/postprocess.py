@@ -28,7 +28,8 @@ import numpy as np
 from medseg.card import Postprocess
 from medseg.errors import UsageError
 
-__all__ = ["apply_postprocess", "keep_largest_component", "label_components",
+__all__ = ["apply_postprocess", "keep_largest_component", "keep_largest_of_union",
+           "label_components",
            "remove_small_components", "voxel_ml"]
 
 
@@ -130,11 +131,33 @@ def remove_small_components(labels: np.ndarray, min_size_ml: Mapping[int, float]
     return out
 
 
+def keep_largest_of_union(labels: np.ndarray, group: Sequence[int]) -> np.ndarray:
+    """nnU-Net's ``remove_all_but_largest_component`` step: the voxels whose label is in
+    ``group`` form one mask; all but its largest 26-connected component(s) (ties all kept)
+    become 0. Returns a new array (x, y, z), same dtype.
+
+    >>> m = np.array([1, 2, 0, 2, 0, 1, 1, 1], np.uint8).reshape(8, 1, 1)
+    >>> keep_largest_of_union(m, (1, 2))[:, 0, 0].tolist()
+    [0, 0, 0, 0, 0, 1, 1, 1]
+    """
+    from scipy import ndimage
+
+    mask = np.isin(labels, list(group))
+    components, count = ndimage.label(mask, structure=np.ones((3,) * labels.ndim, bool))
+    out = labels.copy()
+    if count < 2:
+        return out
+    sizes = np.bincount(components.ravel())[1:]
+    keep = np.flatnonzero(sizes == sizes.max()) + 1
+    out[mask & ~np.isin(components, keep)] = 0
+    return out
+
+
 def apply_postprocess(labels: np.ndarray, post: Postprocess,
                       spacing_mm: Sequence[float] | None = None) -> np.ndarray:
     """``labels`` (x, y, z) after the card's post-processing (a new array, or ``labels``
-    itself when there is nothing to do): components under the minimum sizes removed, then
-    the largest component kept. ``spacing_mm`` (x, y, z; mm) is needed for the minimum sizes.
+    itself when there is nothing to do): nnU-Net's union steps (``largest_of``), then
+    components under the minimum sizes removed, then the largest component kept. ``spacing_mm`` (x, y, z; mm) is needed for the minimum sizes.
 
     Examples
     --------
@@ -142,6 +165,8 @@ def apply_postprocess(labels: np.ndarray, post: Postprocess,
     >>> apply_postprocess(m, Postprocess(keep_largest=(1,)))[:, 0, 0].tolist()
     [0, 0, 1, 1, 0, 2, 0, 2]
     """
+    for group in post.largest_of:
+        labels = keep_largest_of_union(labels, group)
     if post.min_size_ml:
         if spacing_mm is None:
             raise UsageError(f"post-processing {post.to_dict()} removes components by volume: "

@@ -97,13 +97,10 @@ def nnunet_card(folder: Any, mirror_axes: Sequence[int] | None) -> ModelCard:
 
 
 def _postprocess(folder: Any) -> Postprocess:
-    """nnU-Net's post-processing as medseg's: keep the largest component of the labels it
-    names (its whole-foreground step is applied per label: say so in the log)."""
+    """nnU-Net's post-processing steps (each: keep the largest component of the union of
+    some labels) as the card's ``largest_of``."""
     steps = folder.postprocessing() or []
-    labels: list[int] = []
-    for step in steps:
-        labels.extend(int(v) for v in step.get("labels_or_regions", ()))
-    return Postprocess(keep_largest=tuple(sorted(set(labels))) if labels else False)
+    return Postprocess(largest_of=tuple(tuple(step["labels_or_regions"]) for step in steps))
 
 
 def load_nnunet(source: NnunetSource, runtime: Runtime):  # -> LoadedModel

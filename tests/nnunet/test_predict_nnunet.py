@@ -191,3 +191,40 @@ def test_copy_without_plans_is_not_a_model(model, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "broken" in err and "plans.json" in err
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_union_step_equals_nnunets_function():
+    from nnunetv2.postprocessing.remove_connected_components import (
+        remove_all_but_largest_component_from_segmentation as theirs)
+
+    from medseg.inference.postprocess import keep_largest_of_union
+
+    rng = np.random.default_rng(5)
+    for trial in range(20):
+        labels = (rng.random((14, 12, 9)) < 0.25).astype(np.uint8) * rng.integers(
+            1, 4, (14, 12, 9)).astype(np.uint8)
+        for group in [(1,), (1, 2), (1, 2, 3)]:
+            expected = theirs(labels, list(group) if len(group) > 1 else group[0])
+            assert np.array_equal(keep_largest_of_union(labels, group), expected), (trial, group)
+
+
+def test_folder_postprocessing_is_applied_as_nnunet_applies_it(model, tmp_path):
+    """A postprocessing.pkl written with nnU-Net's own function references: medseg's labels
+    equal nnU-Net's labels after nnU-Net's apply_postprocessing."""
+    import pickle
+
+    from nnunetv2.postprocessing import remove_connected_components as rcc
+
+    folder = tmp_path / model.name
+    shutil.copytree(model, folder)
+    steps = [rcc.remove_all_but_largest_component_from_segmentation] * 2
+    kwargs = [{"labels_or_regions": [1, 2]}, {"labels_or_regions": 2}]
+    (folder / "postprocessing.pkl").write_bytes(pickle.dumps((steps, kwargs)))
+    image = blob_image(tmp_path / "case_0000.nii.gz", affine("LPS"), seed=3)
+    labels, _ = nnunet_predict(folder, image, tmp_path / "nnunet", (0,), False)
+    expected = rcc.apply_postprocessing(labels, steps, kwargs)
+    assert not np.array_equal(expected, labels)  # the steps change this prediction
+    out = tmp_path / "ours.nii.gz"
+    assert main(["-q", "predict", "-m", f"nnunet:{folder}", "--folds", "0", "--no-tta", "-i",
+                 str(image), "-o", str(out), "--device", "cpu"]) == 0
+    assert np.array_equal(read_volume(out).array, expected)
