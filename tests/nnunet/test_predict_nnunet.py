@@ -228,3 +228,33 @@ def test_folder_postprocessing_is_applied_as_nnunet_applies_it(model, tmp_path):
     assert main(["-q", "predict", "-m", f"nnunet:{folder}", "--folds", "0", "--no-tta", "-i",
                  str(image), "-o", str(out), "--device", "cpu"]) == 0
     assert np.array_equal(read_volume(out).array, expected)
+
+
+def test_dicom_series_in_dicom_seg_out(model, tmp_path):
+    """A real CT DICOM series: medseg reads it itself; the oracle is nnUNetPredictor on the
+    same series written to NIfTI by SimpleITK. Labels equal on the series' own grid, and the
+    DICOM-SEG written from them reads back to the same regions (segment numbers 1..n)."""
+    import SimpleITK as sitk
+
+    from medseg.io.labels import read_labels
+
+    series = Path(__file__).resolve().parents[2].parent / "shared" / "data" / \
+        "totalsegmentator" / "ct_dicom"
+    if not series.is_dir():
+        pytest.skip(f"real CT DICOM series not available at {series}")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(series)))
+    nifti = tmp_path / "ct_0000.nii.gz"
+    sitk.WriteImage(reader.Execute(), str(nifti))
+    labels, _ = nnunet_predict(model, nifti, tmp_path / "nnunet", (0,), False)
+    seg, nii = tmp_path / "out" / "ct.dcm", tmp_path / "out" / "ct.nii.gz"
+    for out in (seg, nii):
+        assert main(["-q", "predict", "-m", f"nnunet:{model}", "--folds", "0", "--no-tta",
+                     "-i", str(series), "-o", str(out), "--device", "cpu"]) == 0
+    ours = read_volume(nii)
+    assert np.array_equal(ours.array, labels)
+    assert np.unique(labels).size > 1  # something was segmented
+    back = read_labels(seg, reference=series).array  # segments are numbered 1..n as written
+    pairs = np.unique(np.stack([back.ravel(), labels.ravel().astype(back.dtype)]), axis=1)
+    assert pairs.shape[1] == np.unique(labels).size  # one segment per label, same voxels
+    assert np.array_equal(back > 0, labels > 0)
