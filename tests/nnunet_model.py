@@ -113,7 +113,7 @@ def build_model(root: Path, *, configurations: Sequence[str] = ("3d_fullres",),
 
 
 def model_folder(results: Path, configuration: str = "3d_fullres") -> Path:
-    """The trained-model folder of ``configuration`` in the results folder of :func:`build_model`."""
+    """The model folder of ``configuration`` in the results folder of :func:`build_model`."""
     return Path(results) / f"{TRAINER}__{PLANS}__{configuration}"
 
 
@@ -142,10 +142,11 @@ def run_predictor(model_folder: Path, images: list[Path], out_dir: Path, *, fold
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = [_case_of(Path(p)) for p in images]
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirroring,
-                                perform_everything_on_device=False, device=torch.device("cpu"),
-                                verbose=False, verbose_preprocessing=False, allow_tqdm=False)
     with _console_to(out_dir / "nnunet_predict.log"):
+        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True,
+                                    use_mirroring=mirroring, perform_everything_on_device=False,
+                                    device=torch.device("cpu"), verbose=False,
+                                    verbose_preprocessing=False, allow_tqdm=False)
         predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=tuple(folds),
                                                        checkpoint_name=checkpoint)
         predictor.predict_from_files_sequential([[str(p)] for p in images],
@@ -163,10 +164,11 @@ def phantom_labels(label: Volume) -> Volume:
 def write_phantom_case(folder: Path, name: str, *, shape: Sequence[int] = (40, 40, 16),
                        spacing: Sequence[float] = (1.0, 1.0, 2.5), seed: int = 100,
                        orientation: str = "RAS", oblique_deg: float = 0.0) -> tuple[Path, Path]:
-    """Write a phantom as ``folder/<name>_0000.nii.gz`` and its model labels as ``<name>_gt.nii.gz``.
+    """Write a phantom as ``folder/<name>_0000.nii.gz``, its model labels as ``<name>_gt.nii.gz``.
 
     ``shape`` (x, y, z voxels), ``spacing`` (x, y, z mm), ``orientation`` (axis codes, e.g.
-    ``"LPS"``) and ``oblique_deg`` (rotation about S) as in :func:`medseg.data.phantom.make_phantom`.
+    ``"LPS"``) and ``oblique_deg`` (rotation about S) as in
+    :func:`medseg.data.phantom.make_phantom`.
     Returns (image path, label path).
     """
     case = make_phantom(shape, spacing, orientation=orientation, seed=seed, noise_hu=_NOISE_HU,
