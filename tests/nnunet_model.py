@@ -87,6 +87,9 @@ def build_model(root: Path, *, configurations: Sequence[str] = ("3d_fullres",),
     Cached: a second call with the same arguments and the same nnunetv2 version
     returns at once. Concurrent calls (pytest-xdist workers) wait on a lock file
     in ``root``; a build that fails leaves no key, so the next call starts over.
+    nnU-Net's fingerprinting and preprocessing run in ``spawn`` worker processes, which
+    import the caller's ``__main__``: a script calling this needs an
+    ``if __name__ == "__main__":`` guard (without one the worker waits on the lock forever).
     """
     from importlib.metadata import version
 
@@ -99,7 +102,8 @@ def build_model(root: Path, *, configurations: Sequence[str] = ("3d_fullres",),
     with _locked(root):
         if _cached(root, key):
             return results
-        (root / "key.json").unlink(missing_ok=True)
+        for stale in ("key.json", "build.log"):
+            (root / stale).unlink(missing_ok=True)
         for part in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
             shutil.rmtree(root / part, ignore_errors=True)
         with _nnunet_env(root), _console_to(root / "build.log"):
