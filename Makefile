@@ -5,6 +5,9 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
+# The torch build in .venv, pinned for every later install: a torchvision wheel (pulled by timm,
+# which dynamic-network-architectures needs) requires its own torch and pip would replace ours.
+TORCH_PIN := $(VENV)/torch-pin.txt
 
 .PHONY: demo test venv clean bench
 
@@ -13,12 +16,24 @@ $(VENV)/.created:
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)"
 	@touch $@
 
-$(VENV)/.runtime: $(VENV)/.created pyproject.toml
-	$(PIP) install -e ".[report]"
+$(TORCH_PIN): $(VENV)/.created
+	$(PY) -c "import torch; print('torch==' + torch.__version__)" > $@
+
+# torchvision is removed after each install: PyPI's wheel does not load beside a CPU torch build
+# ("operator torchvision::nms does not exist") and breaks whatever imports it. Nothing medseg
+# runs needs it: dynamic-network-architectures and nnU-Net's predictor and trainer do not import
+# it (only timm, which we never import, does).
+define install_medseg
+	$(PIP) install -c $(TORCH_PIN) -e ".[$(1)]"
+	$(PIP) uninstall -y -q torchvision
+endef
+
+$(VENV)/.runtime: $(TORCH_PIN) pyproject.toml
+	$(call install_medseg,report)
 	@touch $@
 
-$(VENV)/.test: $(VENV)/.created pyproject.toml
-	$(PIP) install -e ".[test]"
+$(VENV)/.test: $(TORCH_PIN) pyproject.toml
+	$(call install_medseg,test)
 	@touch $@ $(VENV)/.runtime
 
 venv: $(VENV)/.test
