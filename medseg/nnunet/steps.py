@@ -79,19 +79,22 @@ def logits(networks: Sequence[nn.Module], image: torch.Tensor, window: WindowSet
     nnUNetPredictor averages folds. Peak memory: two (K, x, y, z) float16 arrays beside the
     image.
     """
+    with torch.inference_mode():
+        total = _fold_logits(networks[0], image, window, runtime, progress)
+        for network in networks[1:]:
+            total.add_(_fold_logits(network, image, window, runtime, progress))
+        if len(networks) > 1:
+            total.div_(len(networks))
+    return total
+
+
+def _fold_logits(network: nn.Module, image: torch.Tensor, window: WindowSettings,
+                 runtime: Runtime, progress: bool) -> torch.Tensor:
     from medseg.inference.precision import make_predictor
     from medseg.inference.sliding_window import sliding_window
 
-    total: torch.Tensor | None = None
-    for i, network in enumerate(networks):
-        log.debug("fold %d of %d", i + 1, len(networks))
-        out = sliding_window(make_predictor(network, runtime), image[None], window,
-                             device=runtime.device, progress=progress)[0].cpu()
-        total = out if total is None else total.add_(out)
-    assert total is not None  # networks is never empty (LoadedModel checks)
-    if len(networks) > 1:
-        total.div_(len(networks))
-    return total
+    return sliding_window(make_predictor(network, runtime), image[None], window,
+                          device=runtime.device, progress=progress)[0].cpu()
 
 
 def _nnunet_frame(logits: torch.Tensor) -> torch.Tensor:
