@@ -128,7 +128,7 @@ def test_value_json_cannot_store_names_model_and_parameter(scaled_fcn):
 
 
 def test_available_lists_registered_and_typos_suggest_them(scaled_fcn):
-    assert models.available() == ["unet3d", "deeplab3d", "fcn3d", "scaled_fcn"]
+    assert models.available() == ["unet3d", "deeplab3d", "fcn3d", "nnunet", "scaled_fcn"]
     with pytest.raises(UsageError, match="did you mean 'scaled_fcn'"):
         models.create("scaled_fc", 1, 2)
     with pytest.raises(UsageError, match="did you mean 'extra_convs'"):

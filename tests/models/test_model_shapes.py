@@ -26,7 +26,9 @@ CONFIGS = [
 
 
 def test_available():
-    assert models.available() == ["unet3d", "deeplab3d", "fcn3d"]
+    assert models.available() == ["unet3d", "deeplab3d", "fcn3d", "nnunet"]
+    assert [n for n in models.available() if models.required_options(n)] == ["nnunet"]
+    assert models.required_options("nnunet") == ["architecture"]
 
 
 @pytest.mark.parametrize(("name", "kwargs"), CONFIGS, ids=lambda v: str(v))
