@@ -40,9 +40,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 TIME_TARGET, RSS_TARGET = 0.7, 0.5
 #: The model's training phantoms: the bench image's field of view (410 x 410 x 450 mm) at
-#: 3.2 x 3.2 x 6 mm, so nnU-Net plans that spacing.
-MODEL_SPACING = (3.2, 3.2, 6.0)
-MODEL_SHAPE = (128, 128, 75)
+#: 6.4 x 6.4 x 12 mm, so nnU-Net plans that spacing (8x coarser in-plane than the input).
+MODEL_SPACING = (6.4, 6.4, 12.0)
+MODEL_SHAPE = (64, 64, 38)
 
 
 def child_medseg(image: str, folder: str, out: str, tta: bool, device: str) -> dict:
@@ -105,7 +105,8 @@ def model(cache: Path) -> Path:
     from nnunet_model import build_model, model_folder
 
     start = time.perf_counter()
-    results = build_model(cache, spacing=MODEL_SPACING, shape=MODEL_SHAPE, folds=(0,))
+    results = build_model(cache, spacing=MODEL_SPACING, shape=MODEL_SHAPE, folds=(0,),
+                          iterations=100)
     print(f"model: {model_folder(results)} ({time.perf_counter() - start:.0f} s incl. cache)")
     return model_folder(results)
 
