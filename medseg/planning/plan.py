@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +79,8 @@ class Plan:
     time_budget_h: float | None = None
     reason: str = ""
     spacing_reason: str = ""
+    val_every: int | None = None  # None: about 20 validations (no time budget)
+    validation_seconds: float | None = None  # estimated seconds of one validation
 
 
 def make_plan(manifest_path: str | os.PathLike, options: PlanOptions = PlanOptions()) -> Plan:
@@ -187,7 +190,9 @@ def _fit_time(plan: Plan, options: PlanOptions, channels, voxels) -> Plan:
     """Fit the schedule into ``time_budget_h``: measure the step time of the planned
     network; when fewer than ``MIN_STEPS_3D`` steps fit, shrink the patch (step time taken
     proportional to the estimated memory) and, when no 3D patch is fast enough, use a thin
-    slab; then :func:`medseg.demo.plan_training` with ``CPU_ITERATIONS`` per epoch."""
+    slab; then :func:`medseg.demo.plan_training` with ``CPU_ITERATIONS`` per epoch, in the
+    budget left after the validations (:func:`rules.validation_seconds`, at most
+    ``rules.MAX_VALIDATIONS`` and ``rules.VALIDATION_SHARE`` of the budget)."""
     from medseg.demo import plan_training
 
     hours = options.time_budget_h
@@ -199,7 +204,12 @@ def _fit_time(plan: Plan, options: PlanOptions, channels, voxels) -> Plan:
     if steps < MIN_STEPS_3D:
         plan = _faster(plan, steps, channels, voxels)
         step = _measure(plan, options)
-    epochs, per_epoch = plan_training(step, budget_s, EPOCHS, CPU_ITERATIONS)
+    validation_s = rules.validation_seconds(plan.median_shape, plan.design.patch, step,
+                                            _validation_cases(plan.fingerprint))
+    validations = rules.validations_in(budget_s, validation_s)
+    train_s = max(budget_s - validations * validation_s,
+                  budget_s * (1 - rules.VALIDATION_SHARE))  # one long validation: overrun
+    epochs, per_epoch = plan_training(step, train_s, EPOCHS, CPU_ITERATIONS)
     if per_epoch < CPU_ITERATIONS:
         per_hour = plan_training(step, 3600.0, 1, 10**12)[1]
         need = CPU_ITERATIONS / per_hour
@@ -207,7 +217,15 @@ def _fit_time(plan: Plan, options: PlanOptions, channels, voxels) -> Plan:
                          f"{step:.2f} s, one epoch is {CPU_ITERATIONS}: give --time-budget "
                          f"{need:.3g} or more (hours)")
     return dataclasses.replace(plan, epochs=epochs, iterations_per_epoch=per_epoch,
-                               step_seconds=step, time_budget_h=float(hours))
+                               step_seconds=step, time_budget_h=float(hours),
+                               val_every=max(1, math.ceil(epochs / validations)),
+                               validation_seconds=validation_s)
+
+
+def _validation_cases(fp: Fingerprint) -> int:
+    """Cases one validation predicts: a fifth of the cohort (the held-out fold of 5, or the
+    default 0.2 validation share), at least one."""
+    return max(1, round(len(fp.cases) / 5))
 
 
 def _faster(plan: Plan, steps: int, channels, voxels) -> Plan:

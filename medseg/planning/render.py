@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any
 
 from medseg.planning import rules
@@ -71,7 +72,7 @@ def _training(plan) -> list[Entry]:
          "a larger batch costs time"),
         ("train", "epochs", plan.epochs, schedule_why),
         ("train", "iterations_per_epoch", plan.iterations_per_epoch, schedule_why),
-        ("train", "val_every", max(1, plan.epochs // 20), "about 20 validations in all"),
+        ("train", "val_every", *_validation(plan)),
         ("train", "optimizer", "sgd", "nnU-Net: SGD, Nesterov momentum 0.99"),
         ("train", "lr", 0.01, "nnU-Net's initial learning rate"),
         ("train", "momentum", 0.99, "nnU-Net"),
@@ -163,3 +164,12 @@ def format_summary(plan) -> str:
     if plan.spacing_reason:
         lines.append(f"spacing: {plan.spacing_reason}")
     return "\n".join(lines)
+
+
+def _validation(plan) -> tuple[int, str]:
+    """``val_every`` and its reason: about 20 validations, or the time-budgeted count."""
+    if plan.val_every is None:
+        return max(1, plan.epochs // 20), "about 20 validations in all"
+    n = math.ceil(plan.epochs / plan.val_every)
+    return plan.val_every, (f"{n} validations of about {plan.validation_seconds / 60:.1f} min "
+                            "each, taken out of the time budget before the schedule")

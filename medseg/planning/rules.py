@@ -225,3 +225,40 @@ def context(patch: Sequence[int], shape: Sequence[int], skip_axis: int | None = 
     """
     shares = [min(1.0, p / s) for a, (p, s) in enumerate(zip(patch, shape)) if a != skip_axis]
     return round(min(shares), 3) if shares else 1.0
+
+
+#: Time-budgeted plans validate at most this many times, and spend at most this share of
+#: the budget on it (each validation predicts whole cases with the sliding window).
+MAX_VALIDATIONS = 5
+VALIDATION_SHARE = 0.25
+#: A forward pass costs about a third of a training step (forward + backward), per patch.
+FORWARD_SHARE = 1 / 3
+
+
+def validation_seconds(median_shape: Sequence[int], patch: Sequence[int], step_s: float,
+                       cases: int, batch: int = 2) -> float:
+    """Estimated seconds of one validation: ``cases`` images of ``median_shape`` voxels,
+    sliding windows of ``patch`` at overlap 0.5, each a forward pass of
+    ``FORWARD_SHARE * step_s / batch`` (``step_s``: a measured training step of ``batch``
+    patches).
+
+    >>> round(validation_seconds((128, 95, 59), (40, 48, 48), 1.31, 16), 1)  # 36 windows/case
+    125.8
+    """
+    from medseg.inference.windows import window_starts
+
+    windows = 1
+    for n, r in zip(median_shape, patch):
+        windows *= len(window_starts(int(n), int(r), 0.5))
+    return cases * windows * FORWARD_SHARE * step_s / batch
+
+
+def validations_in(budget_s: float, validation_s: float) -> int:
+    """How many validations a time-budgeted plan runs: ``MAX_VALIDATIONS``, fewer when they
+    would take more than ``VALIDATION_SHARE`` of ``budget_s``; at least one (the last epoch).
+
+    >>> validations_in(3600, 126), validations_in(3600, 600), validations_in(600, 900)
+    (5, 1, 1)
+    """
+    fits = int(VALIDATION_SHARE * budget_s // max(validation_s, 1e-9))
+    return max(1, min(MAX_VALIDATIONS, fits))

@@ -11,7 +11,7 @@ from medseg.config import PhantomConfig, load_config
 from medseg.data.manifest import load_manifest, read_case
 from medseg.data.phantom_dataset import write_phantom_dataset
 from medseg.errors import DataError, UsageError
-from medseg.planning import PlanOptions, compute_fingerprint, make_plan, write_plan
+from medseg.planning import PlanOptions, compute_fingerprint, make_plan, render, write_plan
 from tests.planning.helpers import write_dataset
 
 CPU = PlanOptions(device="cpu")
@@ -145,8 +145,31 @@ def test_time_budget_fits_the_schedule(ct_manifest):
     steps = plan.epochs * plan.iterations_per_epoch
     # demo.plan_training: total = 180 s / (step time * 1.2 overhead) steps, cut into
     # whole epochs of total // epochs steps (so fewer than ``epochs`` steps are lost)
-    total = int(180.0 / (plan.step_seconds * 1.2))
+    # validations come out of the budget first (rules.validation_seconds)
+    validations = -(-plan.epochs // plan.val_every)
+    total = int((180.0 - validations * plan.validation_seconds) / (plan.step_seconds * 1.2))
     assert total - plan.epochs < steps <= total and plan.iterations_per_epoch >= 50
+
+
+def test_time_budget_counts_the_validations(tmp_path, monkeypatch):
+    """la_mri-like data, a modelled 1.0 s step: training steps and validations together fit
+    the hour, validations take at most a quarter of it, and the YAML says how many."""
+    from medseg.planning import plan as plan_module
+
+    manifest = write_dataset(tmp_path / "la", [(0.625, 0.625, 1.25)] * 10, (320, 320, 88))
+    monkeypatch.setattr(plan_module, "_measure", lambda plan, options: 1.0)
+    plan = make_plan(manifest, PlanOptions(device="cpu", time_budget_h=1.0))
+    validations = -(-plan.epochs // plan.val_every)
+    assert 1 <= validations <= 5
+    # 10 cases -> 2 validation cases; windows at overlap 0.5 of the planned patch
+    windows = np.prod([1 if n <= p else -(-(n - p) // (p // 2)) + 1
+                       for n, p in zip(plan.median_shape, plan.design.patch)])
+    assert plan.validation_seconds == pytest.approx(2 * windows * 1.0 / 3 / 2)
+    training = plan.epochs * plan.iterations_per_epoch * 1.0 * 1.2
+    assert training + validations * plan.validation_seconds <= 3600.0
+    assert training > 0.7 * 3600.0
+    text = render.plan_yaml(plan)
+    assert f"val_every: {plan.val_every}  # {validations} validations of about" in text
 
 
 SECONDS_PER_GIB = 7.4
