@@ -228,7 +228,8 @@ class NnunetPreprocessing:
         data = data.transpose(0, *(t + 1 for t in self.transpose_forward))
         zyx = volume.spacing_mm[::-1]
         spacing = tuple(float(zyx[t]) for t in self.transpose_forward)
-        mask, bbox = _nonzero_box(data)
+        masked = any(n.use_mask_for_norm for n in self.normalization)
+        mask, bbox = _nonzero_box(data, fill=masked)
         index = tuple(slice(a, b) for a, b in bbox)
         cropped = data[(slice(None), *index)]
         mask = mask[index]
@@ -308,17 +309,21 @@ def _reader_frame(volume: Volume, reorient: bool) -> tuple[Volume, np.ndarray | 
     return apply_orientation(volume, ornt), ornt
 
 
-def _nonzero_box(data: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """The non-zero mask of any channel with holes filled, and its bounding box [start, stop)
-    per axis (the whole axis when the mask is empty), as nnU-Net's crop_to_nonzero."""
+def _nonzero_box(data: np.ndarray, fill: bool) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """The non-zero mask of any channel, its holes filled when ``fill`` (nnU-Net's
+    crop_to_nonzero always fills; only a masked normalisation reads the filled mask), and
+    its bounding box [start, stop) per axis (the whole axis when the mask is empty).
+
+    Filling never moves the box: a zero voxel outside the box reaches the array's border
+    through zeros, so it is no hole.
+    """
     from scipy.ndimage import binary_fill_holes
 
     mask = data[0] != 0
     for c in range(1, data.shape[0]):
         mask |= data[c] != 0
-    mask = binary_fill_holes(mask)
     bbox = []
     for axis, n in enumerate(mask.shape):
         hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
         bbox.append((int(hits[0]), int(hits[-1]) + 1) if len(hits) else (0, n))
-    return mask, bbox
+    return (binary_fill_holes(mask) if fill else mask), bbox
