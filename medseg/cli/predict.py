@@ -52,8 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preview", action="store_true",
                         help="also write <case>_preview.png (needs matplotlib)")
     parser.add_argument("--keep-largest", action=argparse.BooleanOptionalAction, default=None,
-                        help="keep only the largest connected component of each label "
-                             "(default: as the checkpoint says)")
+                        help="also keep only the largest connected component of each "
+                             "label; --no-keep-largest drops every largest-component step, "
+                             "an nnU-Net folder's post-processing included (default: as the "
+                             "checkpoint says)")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                         help="mixed precision (medseg.runtime's table): bf16/fp16 on CUDA, "
                              "bf16 on the CPU (about 2x faster on CPUs with AVX-512 BF16/AMX, "
@@ -62,7 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-interp", choices=["linear", "nearest"], default="linear",
                         help="when the checkpoint resamples the image: bring the label map "
                              "back by interpolating class probabilities (linear, default, as "
-                             "nnU-Net) or by nearest neighbour (faster, blocky)")
+                             "nnU-Net) or by nearest neighbour (faster, blocky; not for "
+                             "nnunet: models)")
     parser.add_argument("--dicom-format", choices=["seg", "rtstruct"], default="seg",
                         help="what a .dcm output is: DICOM-SEG (default) or RTSTRUCT")
     parser.add_argument("--series", default=None, metavar="UID",
@@ -92,9 +95,10 @@ def run(args: argparse.Namespace) -> int:
 
 def add_nnunet_arguments(parser: argparse.ArgumentParser) -> None:
     """``--folds`` and ``--checkpoint`` of an ``nnunet:FOLDER`` model (predict, import)."""
-    parser.add_argument("--folds", default="all", metavar="0,1,...|all",
-                        help="nnunet: models: the folds to ensemble (default: every fold_* "
-                             "holding the checkpoint)")
+    parser.add_argument("--folds", default=None, metavar="0,1,...|all",
+                        help="nnunet: models: the folds to ensemble; 'all' is fold_all, as in "
+                             "nnUNetv2_predict (default: every numbered fold_* holding the "
+                             "checkpoint, else fold_all)")
     parser.add_argument("--checkpoint", choices=["final", "best"], default="final",
                         help="nnunet: models: checkpoint_final.pth (default) or "
                              "checkpoint_best.pth")

@@ -50,7 +50,7 @@ import torch
 
 from medseg.argmax import argmax_labels, label_dtype
 from medseg.card import ModelCard, Postprocess, WindowSettings
-from medseg.errors import check_option
+from medseg.errors import UsageError, check_option
 from medseg.inference.loaded import LoadedModel, check_image, load_model
 from medseg.inference.precision import Predictor, make_ensemble_predictor, make_predictor
 from medseg.runtime import Runtime
@@ -81,13 +81,15 @@ class PredictOptions:
     batch_size : windows per network call (default: the card's).
     tta : mirroring test-time augmentation: True mirrors the card's ``mirror_axes``
         (all three axes when the card has none), False none; None as the card says.
-    keep_largest : keep only the largest connected component of each label.
+    keep_largest : True: also keep only the largest connected component of every label
+        (the card's other steps stay); False: no largest-component step at all (nor an
+        imported nnU-Net model's ``largest_of``; minimum sizes stay); None: as the card says.
     save_probabilities : also return the (K, x, y, z) softmax probabilities on the
         input grid (K x the image's voxels x 4 bytes; labels are then their argmax).
     label_interp : ``"linear"`` (default: interpolate class probabilities when the
         preprocessing resampled, as nnU-Net does) or ``"nearest"`` (map the network's
         label map back by nearest neighbour: least memory and time, blocky at a coarser
-        network spacing).
+        network spacing). An imported nnU-Net model takes nnU-Net's export: linear only.
     progress : tqdm bar over windows.
     """
 
@@ -110,8 +112,10 @@ class PredictOptions:
             axes = (card.window.mirror_axes or ALL_AXES) if self.tta else ()
             window = dataclasses.replace(window, mirror_axes=axes)
         post = card.postprocess
-        if self.keep_largest is not None:
-            post = Postprocess(keep_largest=bool(self.keep_largest))
+        if self.keep_largest:  # every label's largest component, beside the card's steps
+            post = dataclasses.replace(post, keep_largest=True)
+        elif self.keep_largest is not None:  # no largest-component step of any kind
+            post = dataclasses.replace(post, keep_largest=False, largest_of=())
         return card.replace(window=window, postprocess=post)
 
 
@@ -181,6 +185,10 @@ def predict_case(model: Any, volume: Volume, options: PredictOptions | None = No
     loaded = load_model(model, runtime)
     check_image(volume, loaded)
     card = options.apply(loaded.card)
+    if _is_nnunet(card) and options.label_interp != "linear":
+        raise UsageError(f"label_interp={options.label_interp!r}: an nnU-Net model's labels "
+                         "come back by nnU-Net's own export (linear interpolation of its "
+                         "logits); leave label_interp at 'linear'")
     timer = _Timer()
     with timer("preprocess"):
         prepared = _preprocess(volume, card, runtime)
@@ -262,9 +270,11 @@ def _restore(output: LabelMap | Probabilities, history, volume: Volume,
 
     device = runtime.device if runtime.device.type == "cuda" else None
     if options.save_probabilities:
-        probs = history.invert(output, device)
-        labels = (history.restore_labels(output, device).array if isinstance(history, Restore)
-                  else argmax_labels(probs.array))  # nnU-Net's regions are not an argmax
+        if isinstance(history, Restore):  # one pass; nnU-Net's regions are not an argmax
+            labels, probs = history.export(output)
+        else:
+            probs = history.invert(output, device)
+            labels = argmax_labels(probs.array)
         return (LabelMap(labels, volume.affine, volume.meta),
                 Probabilities(probs.array, volume.affine, volume.meta))
     labels = history.restore_labels(output, device)

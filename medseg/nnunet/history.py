@@ -74,9 +74,7 @@ class NnunetHistory:
         uint8 labels (uint16 above 255 labels), equal to nnU-Net's segmentation.
         """
         array = self._check(logits)
-        order = self.preprocessing.regions_class_order
-        classes = array.shape[0] if order is None else max(order, default=0) + 1
-        labels = np.zeros(self.shape_before_cropping, dtype=label_dtype(classes))
+        labels = np.zeros(self.shape_before_cropping, dtype=self._label_dtype(len(array)))
         box = labels[self._box()]
         for index, block in self._resampled(array, slab_voxels):
             box[index[1:]] = self._labels_of(block)
@@ -88,14 +86,23 @@ class NnunetHistory:
         nnU-Net's exported probabilities: softmax (sigmoid for regions) of the resampled
         logits; outside the crop box certain background (1 in channel 0; 0 for regions).
         """
+        return self.export(logits)[1]
+
+    def export(self, logits: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Labels (x, y, z) and :meth:`probabilities` (K, x, y, z) float32 in one pass, the
+        labels from the probabilities as nnU-Net's export with probabilities makes them
+        (argmax, or regions painted where their sigmoid exceeds 0.5)."""
         array = self._check(logits)
         probs = np.zeros((array.shape[0], *self.shape_before_cropping), dtype=np.float32)
         if self.preprocessing.regions is None:
             probs[0] = 1
-        box = probs[(slice(None), *self._box())]
+        labels = np.zeros(self.shape_before_cropping, dtype=self._label_dtype(len(array)))
+        box = self._box()
         for index, block in self._resampled(array, SLAB_VOXELS):
-            box[index] = self._nonlinearity(block).numpy()
-        return self._to_volume_frame(probs)
+            values = self._nonlinearity(block)
+            probs[(slice(None), *box)][index] = values.numpy()
+            labels[box][index[1:]] = self._labels_of_probabilities(values)
+        return self._to_volume_frame(labels), self._to_volume_frame(probs)
 
     def _check(self, logits: torch.Tensor | np.ndarray) -> np.ndarray:
         array = logits.detach().cpu().numpy() if isinstance(logits, torch.Tensor) else logits
@@ -124,14 +131,28 @@ class NnunetHistory:
             return torch.softmax(values, 0)
         return torch.sigmoid(values)
 
-    def _labels_of(self, block: np.ndarray) -> np.ndarray:
+    def _label_dtype(self, channels: int) -> np.dtype:
         order = self.preprocessing.regions_class_order
-        if order is None:  # a running maximum: np.argmax over axis 0 is several times slower
-            values = torch.from_numpy(np.ascontiguousarray(block)).float()  # float16 exactly
-            out = torch.empty(values.shape[1:], dtype=torch_label_dtype(len(block)))
+        return label_dtype(channels if order is None else max(order, default=0) + 1)
+
+    def _labels_of(self, block: np.ndarray) -> np.ndarray:
+        """Labels of resampled logits (K, ...): their argmax (softmax keeps the order), or
+        regions painted."""
+        if self.preprocessing.regions_class_order is not None:
+            return self._labels_of_probabilities(self._nonlinearity(block))
+        values = torch.from_numpy(np.ascontiguousarray(block)).float()  # float16 exactly
+        return self._labels_of_probabilities(values)
+
+    def _labels_of_probabilities(self, values: torch.Tensor) -> np.ndarray:
+        """Labels of (K, ...) float32 values: the first maximum (a running maximum: np.argmax
+        over axis 0 is several times slower), or for regions each region's label, in
+        ``regions_class_order``, where its probability exceeds 0.5."""
+        order = self.preprocessing.regions_class_order
+        if order is None:
+            out = torch.empty(values.shape[1:], dtype=torch_label_dtype(len(values)))
             return argmax_channels(values, out).numpy()
-        inside = self._nonlinearity(block).numpy() > 0.5
-        labels = np.zeros(block.shape[1:], dtype=np.uint16)
+        inside = values.numpy() > 0.5
+        labels = np.zeros(values.shape[1:], dtype=np.uint16)
         for region, label in enumerate(order):
             labels[inside[region]] = label
         return labels

@@ -52,8 +52,9 @@ class NnunetSource:
     @classmethod
     def parse(cls, text: Any, folds: Sequence[int | str] | str | None = None,
               checkpoint: str = "final") -> NnunetSource | None:
-        """``nnunet:FOLDER`` as a source (None for anything else). ``folds`` may be
-        ``"all"`` or a comma list ("0,1,2"), or a sequence."""
+        """``nnunet:FOLDER`` as a source (None for anything else). ``folds``: a comma list
+        ("0,1,2"; "all" is fold_all, as in nnUNetv2_predict), a sequence, or None (every
+        numbered fold, else fold_all)."""
         if isinstance(text, NnunetSource):
             return text
         if not isinstance(text, (str, os.PathLike)) or not str(text).startswith(PREFIX):
@@ -65,13 +66,13 @@ class NnunetSource:
 
 
 def _folds(folds: Sequence[int | str] | str | None) -> tuple[str, ...] | None:
-    if folds is None or folds == "all":
+    """``--folds`` text ("0,1,2", "all" for fold_all) or a sequence as fold names; None
+    keeps :meth:`NnunetFolder.open <medseg.nnunet.folder.NnunetFolder.open>`'s default
+    (every numbered fold, else fold_all), which also checks the names."""
+    if folds is None:
         return None
     items = folds.split(",") if isinstance(folds, str) else list(folds)
-    names = tuple(str(f).strip() for f in items if str(f).strip())
-    if not names or not all(n.isdigit() or n == "all" for n in names):
-        raise UsageError(f"--folds must be 'all' or fold numbers such as 0,1,2; got {folds!r}")
-    return names
+    return tuple(str(f).strip() for f in items)
 
 
 def nnunet_card(folder: Any, mirror_axes: Sequence[int] | None) -> ModelCard:
@@ -87,8 +88,9 @@ def nnunet_card(folder: Any, mirror_axes: Sequence[int] | None) -> ModelCard:
     roi = tuple(reversed(patch)) + ((1,) if dims == 2 else ())
     axes = () if mirror_axes is None else tuple(int(a) for a in mirror_axes)
     window = WindowSettings(roi, 0.5, "nnunet", 1, tuple(dims - 1 - a for a in axes))
+    architecture = architecture_of(config, folder.path / "plans.json")
     network = NetworkSpec("nnunet", folder.num_inputs, folder.num_outputs,
-                          {"architecture": architecture_of(config, folder.path / "plans.json"), "dims": dims,
+                          {"architecture": architecture, "dims": dims,
                            "folds": len(folder.checkpoints)})
     preprocessing = NnunetPreprocessing.from_plans(folder.plans, folder.configuration,
                                                    folder.dataset, folder.path / "plans.json")

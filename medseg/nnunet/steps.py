@@ -53,6 +53,12 @@ class Restore:
         labels = self.history.labels(_nnunet_frame(logits))
         return LabelMap(labels, self.volume.affine, self.volume.meta)
 
+    def export(self, logits: torch.Tensor) -> tuple[np.ndarray, Probabilities]:
+        """Labels (x, y, z) and Probabilities of the same logits in one pass (nnU-Net's
+        export with probabilities: the labels come from them)."""
+        labels, probabilities = self.history.export(_nnunet_frame(logits))
+        return labels, Probabilities(probabilities, self.volume.affine, self.volume.meta)
+
     def invert(self, logits: torch.Tensor, device=None) -> Probabilities:
         probabilities = self.history.probabilities(_nnunet_frame(logits))
         return Probabilities(np.asarray(probabilities, dtype=np.float32), self.volume.affine,

@@ -14,6 +14,7 @@ import torch
 
 from medseg.errors import CheckpointError, UsageError
 from medseg.nnunet.folder import NnunetFolder, regions_of
+from medseg.nnunet.load import NnunetSource
 from tests.nnunet.nnunet_tiny import (CONFIGURATION, DATASET, MODEL_NAME, old_style_configuration,
                                       plans, write_model_folder)
 
@@ -79,6 +80,12 @@ def test_fold_selection(copy_of):
     assert NnunetFolder.open(copy_of).folds == ("0", "1", "10")
     assert NnunetFolder.open(copy_of, folds="all").checkpoints == (
         copy_of / "fold_all" / "checkpoint_final.pth",)
+    # the CLI's --folds text: "all" is fold_all (as nnUNetv2_predict -f all), None the default
+    for text, expected in (("all", ("all",)), ("10, 0", ("10", "0")), (None, ("0", "1", "10"))):
+        source = NnunetSource.parse(f"nnunet:{copy_of}", text)
+        assert NnunetFolder.open(source.path, source.folds).folds == expected
+    with pytest.raises(UsageError, match="expected distinct fold numbers"):
+        NnunetFolder.open(copy_of, NnunetSource.parse(f"nnunet:{copy_of}", "0,x").folds)
     for fold in ("0", "1", "10"):
         shutil.rmtree(copy_of / f"fold_{fold}")
     assert NnunetFolder.open(copy_of).folds == ("all",)

@@ -228,6 +228,43 @@ def test_folder_postprocessing_is_applied_as_nnunet_applies_it(model, tmp_path):
     assert main(["-q", "predict", "-m", f"nnunet:{folder}", "--folds", "0", "--no-tta", "-i",
                  str(image), "-o", str(out), "--device", "cpu"]) == 0
     assert np.array_equal(read_volume(out).array, expected)
+    # --no-keep-largest drops the folder's steps: nnU-Net's labels without post-processing
+    assert main(["-q", "predict", "-m", f"nnunet:{folder}", "--folds", "0", "--no-tta",
+                 "--no-keep-largest", "-i", str(image), "-o", str(out), "--device", "cpu"]) == 0
+    assert np.array_equal(read_volume(out).array, labels)
+
+
+def test_keep_largest_options_keep_the_cards_other_steps():
+    from medseg.card import ModelCard, NetworkSpec, Postprocess, WindowSettings
+
+    card = ModelCard(NetworkSpec("unet", 1, 3), {}, {0: "bg", 1: "a", 2: "b"},
+                     WindowSettings((16, 16, 16)), Postprocess(min_size_ml={2: 0.5}, largest_of=((1, 2),)))
+    on = PredictOptions(keep_largest=True).apply(card).postprocess
+    off = PredictOptions(keep_largest=False).apply(card).postprocess
+    assert (on.keep_largest, dict(on.min_size_ml), on.largest_of) == (True, {2: 0.5}, ((1, 2),))
+    assert (off.keep_largest, dict(off.min_size_ml), off.largest_of) == (False, {2: 0.5}, ())
+    assert PredictOptions().apply(card).postprocess == card.postprocess
+
+
+def test_save_probabilities_gives_the_same_labels(model, tmp_path):
+    """Labels made from the exported probabilities (one pass) equal the labels path."""
+    image = read_volume(blob_image(tmp_path / "case_0000.nii.gz", affine("oblique"), seed=4))
+    cpu = Runtime.resolve("cpu")
+    both = predict_case(f"nnunet:{model}", image, PredictOptions(save_probabilities=True,
+                                                                 tta=False), cpu)
+    plain = predict_case(f"nnunet:{model}", image, PredictOptions(tta=False), cpu)
+    assert np.array_equal(both.labels.array, plain.labels.array)
+    assert len(np.unique(plain.labels.array)) > 1
+    assert np.array_equal(both.labels.array, np.argmax(both.probabilities.array, axis=0))
+
+
+def test_nearest_label_interp_is_refused_in_one_line(model, tmp_path, capsys):
+    image = blob_image(tmp_path / "ct.nii.gz", affine("RAS"))
+    assert main(["-q", "predict", "-m", f"nnunet:{model}", "--label-interp", "nearest", "-i",
+                 str(image), "-o", str(tmp_path / "x.nii.gz")]) == 2  # a usage error
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "label_interp='nearest'" in err
+    assert not (tmp_path / "x.nii.gz").exists()
 
 
 def test_dicom_series_in_dicom_seg_out(model, tmp_path):
