@@ -14,11 +14,15 @@ from dataclasses import dataclass
 from medseg.planning import rules
 from medseg.planning.memory import training_memory_bytes
 
-__all__ = ["Design", "LAYOUTS", "design", "initial_patch", "model_kwargs", "smallest_memory"]
+__all__ = ["CPU_WIDTH", "Design", "LAYOUTS", "design", "initial_patch", "model_kwargs", "smallest_memory"]
 
 LAYOUTS = ("3d", "slab")
 WIDTH = 32
 """nnU-Net's features at full resolution (doubled per level up to ``MAX_WIDTH``)."""
+CPU_WIDTH = 16
+"""Time-budgeted CPU plans: half nnU-Net's width. A convolution costs width squared, and on
+2 cores the 64 x 64 x 48 batch-2 step of width 16 took 0.99 s against width 32's 2.4 s
+(la_mri at 1.25 mm): more steps in the hour matter more than width there."""
 MAX_WIDTH = 320
 MIN_PATCH = 8
 """Smallest patch edge (voxels): one pooling step to 4 voxels."""
@@ -38,13 +42,15 @@ class Design:
     batch_size: int
     memory_bytes: int
     slab_axis: int | None = None
+    width: int = WIDTH
 
 
-def model_kwargs(pools: Sequence[Sequence[int]]) -> dict:
-    """``unet3d`` arguments of a plan: nnU-Net's widths, one pooling factor per step, and
+def model_kwargs(pools: Sequence[Sequence[int]], width: int = WIDTH) -> dict:
+    """``unet3d`` arguments of a plan: ``width`` features at full resolution (nnU-Net's
+    32 by default) doubled per level up to ``MAX_WIDTH``, one pooling factor per step, and
     deep supervision on every level but the two coarsest (at least one)."""
     depth = len(pools) + 1
-    return {"depth": depth, "width": WIDTH, "max_width": MAX_WIDTH,
+    return {"depth": depth, "width": int(width), "max_width": MAX_WIDTH,
             "pool": [list(p) for p in pools], "ds_levels": max(1, depth - 2)}
 
 
@@ -69,11 +75,12 @@ def initial_patch(median_shape: Sequence[int], spacing_mm: Sequence[float], layo
 
 
 def design(layout: str, median_shape: Sequence[int], spacing_mm: Sequence[float],
-           channels: tuple[int, int], budget_bytes: float, dataset_voxels: float | None
-           ) -> Design | None:
+           channels: tuple[int, int], budget_bytes: float, dataset_voxels: float | None,
+           width: int = WIDTH) -> Design | None:
     """The largest patch of ``layout`` whose training memory at batch 2 fits ``budget_bytes``.
 
-    ``channels`` is (image channels C, classes K). ``dataset_voxels``: the batch grows
+    ``channels`` is (image channels C, classes K); ``width``: the network's features at
+    full resolution. ``dataset_voxels``: the batch grows
     with leftover memory up to 5 % of them (:func:`rules.batch_size`); None keeps batch 2
     (CPU plans, where a bigger batch costs time). None when nothing fits.
     """
@@ -82,7 +89,8 @@ def design(layout: str, median_shape: Sequence[int], spacing_mm: Sequence[float]
     minimum = [min(MIN_PATCH, s) for s in start]
 
     def memory(patch: Triple, pools: list[Triple], batch: int) -> int:
-        return training_memory_bytes("unet3d", model_kwargs(pools), *channels, patch, batch)
+        return training_memory_bytes("unet3d", model_kwargs(pools, width), *channels, patch,
+                                     batch)
 
     def fits(patch: Triple, pools: list[Triple]) -> bool:
         return bool(pools) and memory(patch, pools, 2) <= budget_bytes
@@ -95,7 +103,7 @@ def design(layout: str, median_shape: Sequence[int], spacing_mm: Sequence[float]
     if dataset_voxels is not None:
         batch = rules.batch_size(budget_bytes, memory(patch, pools, 1), patch, dataset_voxels)
     return Design(layout, patch, tuple(pools), batch, memory(patch, pools, batch),
-                  slab_axis if layout == "slab" else None)
+                  slab_axis if layout == "slab" else None, int(width))
 
 
 def smallest_memory(spacing_mm: Sequence[float], channels: tuple[int, int]) -> int:

@@ -13,7 +13,7 @@ import math
 from typing import Any
 
 from medseg.planning import rules
-from medseg.planning.design import MAX_WIDTH, WIDTH, model_kwargs
+from medseg.planning.design import CPU_WIDTH, MAX_WIDTH, model_kwargs
 
 __all__ = ["format_summary", "plan_dict", "plan_yaml"]
 
@@ -39,15 +39,18 @@ def _geometry(plan) -> list[Entry]:
         ("preprocessing", "intensity", plan.intensity, norm_why),
         ("preprocessing", "crop_foreground", False, "nnU-Net crops only zero borders"),
         ("model", "name", "unet3d", f"nnU-Net's plain U-Net ({d.layout} layout)"),
-        ("model", "kwargs", model_kwargs(d.pools), _pool_why(plan)),
+        ("model", "kwargs", model_kwargs(d.pools, d.width), _pool_why(plan)),
         ("loss", "name", "dice_ce", "nnU-Net's Dice + cross-entropy"),
     ]
 
 
 def _pool_why(plan) -> str:
     d = plan.design
-    base = (f"widths {WIDTH}..{MAX_WIDTH}; pool an axis while its feature map stays >= "
+    base = (f"widths {d.width}..{MAX_WIDTH}; pool an axis while its feature map stays >= "
             f"{rules.MIN_FEATURE_MAP} voxels and its spacing is within 2x of the finest")
+    if d.width == CPU_WIDTH:
+        base += ("; half nnU-Net's width: a time-budgeted CPU plan buys optimiser steps "
+                 "(a convolution costs width squared)")
     if d.layout == "slab":
         base += f"; thin slab: axis {d.slab_axis} never pooled"
     return base

@@ -40,9 +40,11 @@ SLAB_VOXELS = 5
 side), never pooled along it."""
 MAX_BATCH_SHARE = 0.05
 """nnU-Net: one batch covers at most 5 % of the dataset's voxels."""
-MIN_CONTEXT = 0.25
+MIN_CONTEXT = 0.5
 """A patch shorter than this share of the median image along an axis sees too little of it
-(medseg's rule for time-budgeted plans: a coarser spacing is tried first)."""
+(medseg's rule for time-budgeted plans: a coarser spacing is tried first). la_mri on 2 CPU
+cores: a 48^3 patch at 0.625 mm (a quarter of the image along x) reached validation Dice
+0.49 in an hour; 64 x 64 x 48 at 1.25 mm (two thirds) 0.79 in six minutes."""
 LOWRES_FACTOR = 1.5
 """Spacing step of :func:`coarser_spacing` (nnU-Net's 3d_lowres uses 1.03 per step)."""
 

@@ -11,7 +11,7 @@ from medseg.config import PhantomConfig, load_config
 from medseg.data.manifest import load_manifest, read_case
 from medseg.data.phantom_dataset import write_phantom_dataset
 from medseg.errors import DataError, UsageError
-from medseg.planning import PlanOptions, compute_fingerprint, make_plan, render, write_plan
+from medseg.planning import PlanOptions, compute_fingerprint, make_plan, render, rules, write_plan
 from tests.planning.helpers import write_dataset
 
 CPU = PlanOptions(device="cpu")
@@ -198,12 +198,15 @@ def test_cpu_time_budget_coarsens_the_spacing_for_context(tmp_path, monkeypatch,
     np.testing.assert_allclose(spacing, np.array([0.625, 0.625, 1.25]) * 1.5**steps, rtol=1e-5)
     median = [round(n * s / t) for n, s, t in zip((320, 320, 88), (0.625, 0.625, 1.25),
                                                     spacing)]
-    assert all(p >= m / 4 for p, m in zip(patch, median)), (patch, median)
+    assert all(p >= m * rules.MIN_CONTEXT for p, m in zip(patch, median)), (patch, median)
     # one step less would not have given the context: that is why it stopped there
     text = (tmp_path / "plan" / "plan.yaml").read_text()
     line = next(t for t in text.splitlines() if t.startswith("  spacing_mm:"))
-    assert f"coarsened {steps} x 1.5 for context" in line and "< 25%" in line
+    assert f"coarsened {steps} x 1.5 for context" in line and "< 50%" in line
+    # a time-budgeted CPU plan halves nnU-Net's width (more steps in the hour)
+    assert cfg.model.kwargs["width"] == 16
     assert "spacing: at 0.625x0.625x1.25 mm" in summary
     # the GPU plan of the same data stays at the median spacing
     gpu = make_plan(manifest, PlanOptions(device="cuda", gpu_memory_gb=40))
     assert gpu.spacing_mm == (0.625, 0.625, 1.25) and gpu.spacing_reason == ""
+    assert gpu.design.width == 32
