@@ -256,7 +256,7 @@ def _slabs(data: np.ndarray, shape: tuple[int, ...], passes: _Passes, slab_voxel
             if bounds is not None:
                 np.clip(values, *bounds[c], out=values)
             if passes.exact_ties:
-                _fix_ties(values, data[c], passes, start, data.dtype)
+                _fix_ties(values, data[c], passes, (start, lo, hi), bounds and bounds[c])
             block[c] = values
         yield _axis_index(s, start, stop), block
 
@@ -285,29 +285,33 @@ def _plane_stage(channel: np.ndarray, passes: _Passes, lo: int, hi: int,
     return out
 
 
-def _fix_ties(values: np.ndarray, channel: np.ndarray, passes: _Passes, start: int,
-              dtype: np.dtype) -> None:
-    """Recompute with nnU-Net's own interpolation the voxels of ``values`` (float64, a slab
-    starting at ``start`` along the slab axis) within 1e-12 (relative) of a rounding tie of
-    ``dtype``: there the last float64 bit decides the stored value (interpolating float16
-    logits with weights such as 0.2 / 0.8 lands exactly on ties). Order <= 1 reads only
-    neighbours, so ``map_coordinates`` at those voxels' positions is cheap; it gives
-    ``zoom``'s numbers bit for bit (same kernel, same summation order).
+def _fix_ties(values: np.ndarray, channel: np.ndarray, passes: _Passes,
+              rows: tuple[int, int, int], bounds: tuple | None) -> None:
+    """Recompute with nnU-Net's own interpolation the voxels of ``values`` (float64, the slab
+    of ``channel`` starting at ``rows[0]`` along the slab axis, read from input rows
+    ``rows[1]:rows[2]``) within 1e-12 (relative) of a rounding tie of ``channel``'s dtype:
+    there the last float64 bit decides the stored value (interpolating float16 logits with
+    weights such as 0.2 / 0.8 lands exactly on ties). Order <= 1 reads only neighbours, so
+    ``map_coordinates`` at those voxels' positions, on those input rows only (an exact shift
+    by ``rows[1]``), is cheap; it gives ``zoom``'s numbers bit for bit (same kernel, same
+    summation order). ``bounds``: the channel's (min, max) of the 3D pass' clip.
     """
     from scipy.ndimage import map_coordinates
 
-    near = _near_ties(values, np.dtype(dtype))
+    near = _near_ties(values, channel.dtype)
     if near is None or not near.any():
         return
+    start, lo, hi = rows
     index = list(np.nonzero(near))
     voxel = list(index)
     voxel[passes.slab] = voxel[passes.slab] + start
     plane = [a for a in range(3) if a != passes.slab] if passes.separate else [0, 1, 2]
     coords = np.stack([_grid_positions(channel.shape[a], passes, a)[voxel[a]] for a in plane])
-    if not passes.separate:
-        exact = map_coordinates(channel.astype(np.float32), coords, output=np.float64,
+    if not passes.separate:  # the slab axis is a0
+        coords[0] -= lo
+        exact = map_coordinates(channel[lo:hi].astype(np.float32), coords, output=np.float64,
                                 order=passes.order, mode="nearest")
-        values[tuple(index)] = np.clip(exact, channel.min(), channel.max())
+        values[tuple(index)] = np.clip(exact, *bounds)
         return
     matrix = passes.matrices[passes.slab]
     source = voxel[passes.slab] if matrix is None else np.argmax(matrix, axis=1)[

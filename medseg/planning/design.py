@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from medseg.planning import rules
 from medseg.planning.memory import training_memory_bytes
 
-__all__ = ["CPU_WIDTH", "Design", "LAYOUTS", "design", "initial_patch", "model_kwargs", "smallest_memory"]
+__all__ = ["CPU_WIDTH", "Design", "LAYOUTS", "design", "initial_patch", "model_kwargs",
+           "smallest_memory"]
 
 LAYOUTS = ("3d", "slab")
 WIDTH = 32

@@ -238,7 +238,8 @@ def test_keep_largest_options_keep_the_cards_other_steps():
     from medseg.card import ModelCard, NetworkSpec, Postprocess, WindowSettings
 
     card = ModelCard(NetworkSpec("unet", 1, 3), {}, {0: "bg", 1: "a", 2: "b"},
-                     WindowSettings((16, 16, 16)), Postprocess(min_size_ml={2: 0.5}, largest_of=((1, 2),)))
+                     WindowSettings((16, 16, 16)),
+                     Postprocess(min_size_ml={2: 0.5}, largest_of=((1, 2),)))
     on = PredictOptions(keep_largest=True).apply(card).postprocess
     off = PredictOptions(keep_largest=False).apply(card).postprocess
     assert (on.keep_largest, dict(on.min_size_ml), on.largest_of) == (True, {2: 0.5}, ((1, 2),))
