@@ -188,7 +188,7 @@ def axis_matrix(n_in: int, n_out: int, order: int, separate: bool) -> np.ndarray
     if separate:
         from scipy.ndimage import map_coordinates
 
-        positions = (np.arange(n_out) + 0.5) * (float(n_in) / float(n_out)) - 0.5
+        positions = _positions(n_in, n_out)
         columns = [map_coordinates(e, positions[None], order=order, mode="nearest")
                    for e in eye]
     else:
@@ -256,7 +256,8 @@ def _slabs(data: np.ndarray, shape: tuple[int, ...], passes: _Passes, slab_voxel
             if bounds is not None:
                 np.clip(values, *bounds[c], out=values)
             if passes.exact_ties:
-                _fix_ties(values, data[c], passes, (start, lo, hi), bounds and bounds[c])
+                _fix_ties(values, data[c], passes, (start, lo, hi),
+                          None if bounds is None else bounds[c])
             block[c] = values
         yield _axis_index(s, start, stop), block
 
@@ -344,10 +345,15 @@ def _near_ties(values: np.ndarray, dtype: np.dtype) -> np.ndarray | None:
 
 
 def _grid_positions(n_in: int, passes: _Passes, axis: int) -> np.ndarray:
-    """Source positions of every output voxel along ``axis`` (voxel centres aligned,
-    ``scipy.ndimage.zoom(grid_mode=True)``'s arithmetic)."""
+    """:func:`_positions` of every output voxel along ``axis`` of ``passes``."""
     matrix = passes.matrices[axis]
-    n_out = n_in if matrix is None else len(matrix)
+    return _positions(n_in, n_in if matrix is None else len(matrix))
+
+
+def _positions(n_in: int, n_out: int) -> np.ndarray:
+    """Source positions of the n_out output voxels when n_in become n_out, voxel centres
+    aligned: ``(i + 0.5) * n_in / n_out - 0.5`` (``scipy.ndimage.zoom(grid_mode=True)``'s
+    arithmetic and nnU-Net's separate-axis coordinates)."""
     return (np.arange(n_out) + 0.5) * (float(n_in) / float(n_out)) - 0.5
 
 
@@ -369,8 +375,8 @@ def _columns(rows: np.ndarray) -> tuple[int, int]:
     return int(used[0]), int(used[-1]) + 1
 
 
-def _slab_ranges(n: int, plane: int, slab_voxels: int | None) -> Iterator[tuple[int, int]]:
-    step = n if slab_voxels is None else max(1, int(slab_voxels) // max(plane, 1))
+def _slab_ranges(n: int, plane: int, slab_voxels: int) -> Iterator[tuple[int, int]]:
+    step = max(1, int(slab_voxels) // max(plane, 1))
     for start in range(0, n, step):
         yield start, min(start + step, n)
 
@@ -381,7 +387,7 @@ def _axis_index(axis: int, start: int, stop: int) -> tuple[slice, ...]:
     return tuple(index)
 
 
-def _identity_slabs(data: np.ndarray, slab_voxels: int | None):
+def _identity_slabs(data: np.ndarray, slab_voxels: int):
     for start, stop in _slab_ranges(data.shape[1], data[0, 0].size, slab_voxels):
         index = _axis_index(0, start, stop)
         yield index, data[index]

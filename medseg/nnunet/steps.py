@@ -44,8 +44,6 @@ class Restore:
     """Network-grid logits (K, x, y, z) in the window frame -> labels or probabilities on the
     input Volume's grid, with its affine and meta (nnU-Net's export, memory-bounded)."""
 
-    resamples = True
-
     def __init__(self, history: Any, volume: Volume) -> None:
         self.history, self.volume = history, volume
 
@@ -58,11 +56,6 @@ class Restore:
         export with probabilities: the labels come from them)."""
         labels, probabilities = self.history.export(_nnunet_frame(logits))
         return labels, Probabilities(probabilities, self.volume.affine, self.volume.meta)
-
-    def invert(self, logits: torch.Tensor, device=None) -> Probabilities:
-        probabilities = self.history.probabilities(_nnunet_frame(logits))
-        return Probabilities(np.asarray(probabilities, dtype=np.float32), self.volume.affine,
-                             self.volume.meta)
 
 
 def prepare(volume: Volume, card: ModelCard) -> Prepared:

@@ -107,8 +107,10 @@ def design(layout: str, median_shape: Sequence[int], spacing_mm: Sequence[float]
                   slab_axis if layout == "slab" else None, int(width))
 
 
-def smallest_memory(spacing_mm: Sequence[float], channels: tuple[int, int]) -> int:
-    """Training memory (bytes, batch 2) of the smallest network a plan would build."""
+def smallest_memory(spacing_mm: Sequence[float], channels: tuple[int, int],
+                    width: int = WIDTH) -> int:
+    """Training memory (bytes, batch 2) of the smallest network of ``width`` a plan would
+    build."""
     patch = (MIN_PATCH,) * 3
     pools = rules.pooling(spacing_mm, patch) or [(2, 2, 2)]
-    return training_memory_bytes("unet3d", model_kwargs(pools), *channels, patch, 2)
+    return training_memory_bytes("unet3d", model_kwargs(pools, width), *channels, patch, 2)

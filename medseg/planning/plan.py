@@ -249,9 +249,9 @@ def _faster(plan: Plan, steps: int, channels, voxels) -> Plan:
             return dataclasses.replace(coarse, reason=why)
         if found is not None:
             return dataclasses.replace(plan, design=found, reason=why)
+    smallest = smallest_memory(plan.spacing_mm, channels, d.width)
     tries = (("slab", budget, "no 3D patch fits the time budget"),
-             ("slab", smallest_memory(plan.spacing_mm, channels), "the smallest slab is the "
-              "fastest network"))
+             ("slab", smallest, "the smallest slab is the fastest network"))
     for layout, bytes_, reason in tries:
         found = design(layout, plan.median_shape, plan.spacing_mm, channels, bytes_, voxels,
                        d.width)
