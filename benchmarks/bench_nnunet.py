@@ -4,7 +4,7 @@ One run, same weights, same input file: a 512 x 512 x 300 CT-like phantom at
 0.8 x 0.8 x 1.5 mm (LPS, ``make_phantom``) predicted end to end (read, preprocess, sliding
 window, back to the input grid, write) by
 
-* ``medseg predict -m nnunet:FOLDER`` (:mod:`medseg.nnunet`), and
+* ``medseg predict -m nnunet:FOLDER`` (:mod:`medseg.sources.nnunet`), and
 * ``nnUNetPredictor.predict_from_files_sequential`` (nnunetv2, the oracle),
 
 with mirroring (TTA) off and on. The model is a real nnU-Net model planned, preprocessed

@@ -7,7 +7,8 @@ setting it holds is used at prediction time, and nothing else is needed::
 
     ModelCard(
         model=NetworkSpec("unet3d", in_channels=1, out_channels=6, options={...}),
-        preprocessing={...},                 # medseg.transforms.Preprocessing config
+        preprocessing=Preprocessing({...}),  # typed: medseg.transforms.Preprocessing, or
+                                             # medseg.transforms.nnunet.NnunetPreprocessing
         labels={0: "background", 1: "liver", ...},
         window=WindowSettings(roi_size=(96, 96, 96), overlap=0.5, blend="gaussian",
                               batch_size=4, mirror_axes=()),
@@ -22,8 +23,11 @@ JSON form (``to_dict`` / ``from_dict``, exact round trip)::
                 "batch_size": 4, "mirror_axes": []},
      "postprocess": {"keep_largest": false}}
 
-This module imports nothing heavy (no torch); any stage may use it, as it may
-:mod:`medseg.volume` and :mod:`medseg.errors`.
+The preprocessing is typed: each kind knows its own ``apply`` (-> the network input and
+the History that undoes it) and JSON form (``"kind": "nnunet"`` for nnU-Net's; a plain
+config for medseg's), so inference never asks where a model came from. The card therefore
+sits just above :mod:`medseg.transforms` in the layers (imported lazily: ``import
+medseg.card`` stays cheap).
 """
 
 from __future__ import annotations
@@ -35,13 +39,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from medseg.errors import CheckpointError, UsageError, check_keywords, check_option
+from medseg.errors import CheckpointError, MedsegError, UsageError, check_keywords, check_option
 
 __all__ = ["BLENDS", "ModelCard", "NetworkSpec", "Postprocess", "WindowSettings"]
 
 #: Weighting of overlapping windows: Gaussian (sigma = roi / 8) or constant; ``"nnunet"``
 #: is nnU-Net v2's whole window arithmetic, for imported nnU-Net models
-#: (:mod:`medseg.inference.windows`, :mod:`medseg.nnunet`).
+#: (:class:`medseg.inference.windows.NnunetArithmetic`).
 BLENDS = ("gaussian", "constant", "nnunet")
 
 Roi = tuple[int, int, int]
@@ -255,14 +259,16 @@ class ModelCard:
     Attributes
     ----------
     model : the network.
-    preprocessing : config of :class:`medseg.transforms.Preprocessing` (JSON).
+    preprocessing : a typed preprocessing (:class:`medseg.transforms.Preprocessing`, or
+        :class:`medseg.transforms.nnunet.NnunetPreprocessing`); a mapping is read as its
+        JSON form (:func:`medseg.transforms.pipeline.preprocessing_from_dict`).
     labels : label value -> name; 0 (background) always present.
     window : sliding-window settings.
     postprocess : what is done to the label map on the input grid.
     """
 
     model: NetworkSpec
-    preprocessing: Mapping[str, Any]
+    preprocessing: Any
     labels: Mapping[int, str]
     window: WindowSettings
     postprocess: Postprocess = Postprocess()
@@ -271,7 +277,9 @@ class ModelCard:
         labels = {int(k): str(v) for k, v in dict(self.labels).items()}
         labels.setdefault(0, "background")
         object.__setattr__(self, "labels", dict(sorted(labels.items())))
-        object.__setattr__(self, "preprocessing", dict(self.preprocessing))
+        from medseg.transforms.pipeline import preprocessing_from_dict
+
+        object.__setattr__(self, "preprocessing", preprocessing_from_dict(self.preprocessing))
 
     @property
     def in_channels(self) -> int:
@@ -289,7 +297,7 @@ class ModelCard:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (module docstring); :meth:`from_dict` gives back an equal card."""
-        return {"model": self.model.to_dict(), "preprocessing": dict(self.preprocessing),
+        return {"model": self.model.to_dict(), "preprocessing": self.preprocessing.to_dict(),
                 "labels": {str(k): v for k, v in self.labels.items()},
                 "window": self.window.to_dict(), "postprocess": self.postprocess.to_dict()}
 
@@ -307,8 +315,8 @@ class ModelCard:
                        Postprocess(**dict(data.get("postprocess") or {})))
         except KeyError as exc:
             raise CheckpointError(f"model card lacks {exc}", source) from None
-        except (UsageError, TypeError, ValueError) as exc:
-            text = exc.message if isinstance(exc, UsageError) else str(exc)
+        except (MedsegError, TypeError, ValueError) as exc:
+            text = exc.message if isinstance(exc, MedsegError) else str(exc)
             raise CheckpointError(f"model card: {text}", source) from None
 
 

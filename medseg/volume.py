@@ -16,7 +16,13 @@ argument, decides how it is resampled and padded (TorchIO's ``LabelMap``):
 * :class:`LabelMap` -- integer labels (x, y, z), 0 = background; nearest neighbour,
   padded with 0;
 * :class:`Probabilities` -- float class probabilities (K, x, y, z), channel 0 =
-  background; linear, padded with certain background (1 in channel 0, 0 elsewhere).
+  background; linear, padded with certain background (1 in channel 0, 0 elsewhere);
+  :class:`RegionProbabilities` -- one sigmoid per overlapping region (nnU-Net's region-based
+  models), no background channel: padded with 0;
+* :class:`Logits` -- network outputs (K, x, y, z) before their activation, for models whose
+  outputs are resampled as logits and activated afterwards (nnU-Net's export); linear, in
+  their own dtype. They become probabilities at the step their preprocessing's
+  :class:`~medseg.transforms.history.History` says (its ``activation``).
 
 Readers return plain Volumes; :meth:`Volume.with_array` and :meth:`Volume.crop` keep
 the type (a LabelMap stays a LabelMap).
@@ -31,7 +37,8 @@ import numpy as np
 
 from medseg.errors import DataError, GeometryError
 
-__all__ = ["LabelMap", "Probabilities", "Volume", "orientation_of", "affine_from"]
+__all__ = ["LabelMap", "Logits", "Probabilities", "RegionProbabilities", "Volume",
+           "orientation_of", "affine_from"]
 
 _AXIS_CODES = {0: ("L", "R"), 1: ("P", "A"), 2: ("I", "S")}
 
@@ -279,6 +286,39 @@ class Probabilities(Volume):
         fill = np.zeros(self.num_classes, dtype=self.array.dtype)
         fill[0] = 1
         return fill
+
+
+class RegionProbabilities(Probabilities):
+    """Probabilities (K, x, y, z) of K overlapping regions (a sigmoid each, nnU-Net's
+    region-based models): no background channel, so padded with 0 in every channel."""
+
+    __slots__ = ()
+
+    @property
+    def background(self) -> np.ndarray:
+        """The value outside a crop box: (K,) zeros (no region there)."""
+        return np.zeros(self.num_classes, dtype=self.array.dtype)
+
+
+class Logits(Volume):
+    """Network logits (K, x, y, z), float, before their activation: resampled linearly in
+    their own dtype (nnU-Net resamples its float16 logits, then applies softmax or sigmoid).
+    Only a crop's inside ever holds logits: they are activated before padding.
+
+    Raises
+    ------
+    GeometryError : the array is not 4D (K, x, y, z) with K >= 1.
+    DataError : the array is not of a floating dtype.
+    """
+
+    __slots__ = ()
+    interpolation = "linear"
+
+    def __init__(self, array: Any, affine: Any, meta: dict | None = None) -> None:
+        super().__init__(array, affine, meta)
+        if self.array.ndim != 4 or self.array.shape[0] < 1 or self.array.dtype.kind != "f":
+            raise DataError(f"Logits are a floating (K, x, y, z) array with K >= 1, got "
+                            f"{self.array.dtype} of shape {self.array.shape}")
 
 
 def label_array(array: Any, what: str = "label map", path: Any = None) -> np.ndarray:

@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from medseg.errors import UsageError
     from medseg.io.atomic import check_parent
-    from medseg.nnunet.load import PREFIX, NnunetSource, import_nnunet
+    from medseg.sources.nnunet.load import PREFIX, NnunetSource, import_nnunet
 
     text = args.model if args.model.startswith(PREFIX) else PREFIX + args.model
     source = NnunetSource.parse(text, args.folds, args.checkpoint)

@@ -106,9 +106,9 @@ def add_nnunet_arguments(parser: argparse.ArgumentParser) -> None:
 
 def model_argument(values: list[str], args: argparse.Namespace | None = None):
     """The ``-m`` values (repeated, or comma lists) as one model, or a list for an ensemble;
-    ``nnunet:FOLDER`` becomes a :class:`medseg.nnunet.load.NnunetSource` with ``args``'
+    ``nnunet:FOLDER`` becomes a :class:`medseg.sources.nnunet.load.NnunetSource` with ``args``'
     ``--folds`` and ``--checkpoint``."""
-    from medseg.nnunet.load import NnunetSource
+    from medseg.sources.nnunet.load import NnunetSource
 
     folds = getattr(args, "folds", None)
     checkpoint = getattr(args, "checkpoint", "final")

@@ -12,7 +12,7 @@ Public API::
     LoadedModel(module, card)  -- a network of your own with its model card
     LoadedModel((net_a, net_b), card), predict_case(run_dir | [ckpt, ...], ...)  -- ensembles
         (the mean of the members' softmax is blended)
-    (from medseg.inference.predict / .loaded, imported lazily)
+    (from medseg.inference.predict and medseg.sources, imported lazily)
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 _LAZY = {"predict_volume": "medseg.inference.predict", "predict_case": "medseg.inference.predict",
-         "PredictOptions": "medseg.inference.predict", "LoadedModel": "medseg.inference.loaded"}
+         "PredictOptions": "medseg.inference.predict", "LoadedModel": "medseg.sources"}
 
 
 def __getattr__(name: str) -> Any:

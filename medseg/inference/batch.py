@@ -187,7 +187,7 @@ def predict_cases(
     Parameters
     ----------
     model : a checkpoint path, a cross-validation run folder or a list of checkpoints (an
-        ensemble), or anything else :func:`medseg.inference.loaded.load_model` takes.
+        ensemble), or anything else :func:`medseg.sources.load_model` takes.
     input_path, output : see the module docstring.
     options : :class:`~medseg.inference.predict.PredictOptions` of every case.
     runtime : device, precision and torchrun rank (default ``Runtime.resolve("auto")``);
@@ -196,7 +196,7 @@ def predict_cases(
 
     Returns the outputs this rank wrote.
     """
-    from medseg.inference.loaded import load_model
+    from medseg.sources import load_model
     from medseg.inference.predict import PredictOptions, predict_case
     from medseg.runtime import Runtime
 

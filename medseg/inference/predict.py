@@ -23,17 +23,20 @@ The network's output type decides how it returns to the input grid:
   slab by slab (never a full (K, x', y', z') array) and mapped back by nearest
   neighbour;
 * ``save_probabilities``: the Probabilities are inverted in full (linear) and
-  the labels are their argmax on the input grid.
+  the labels are their argmax on the input grid;
+* a preprocessing whose outputs return as logits (``resamples_logits``: nnU-Net's, whose
+  export resamples logits before their softmax) keeps the window's blended logits as
+  :class:`~medseg.volume.Logits`; its History resamples them with nnU-Net's rule and
+  activates them, slab by slab for labels, so that the outputs are nnUNetPredictor's.
 
-An imported nnU-Net model (``card.preprocessing["kind"] == "nnunet"``) takes nnU-Net's
-own steps (:mod:`medseg.nnunet.steps`): its preprocessing, its window arithmetic, its folds
-averaged as float16 logits, and its export back to the input grid, slab by slab, so that
-its outputs are nnUNetPredictor's.
-
-An ensemble (several networks sharing one card: the folds of a cross-validation run)
-takes the same path: per window batch its predictor returns the mean over members of
-softmax(logits), so the window blends probabilities and no softmax follows; one network's
-logits are blended and then softmaxed, as they always were.
+Nothing here asks where a model came from: the card's typed preprocessing, its window
+settings (``blend="nnunet"`` selects nnU-Net's window arithmetic) and the LoadedModel's
+``combine`` rule decide. An ensemble combines its members as that rule says
+(:data:`medseg.sources.COMBINES`): ``mean_softmax`` (medseg's fold runs: per window batch,
+the mean over members of softmax(logits), so the window blends probabilities and no
+softmax follows) or ``mean_logits`` (nnU-Net's folds: each member's whole window, float16
+logits summed and divided); one network's logits are blended and then softmaxed (or kept
+as Logits), as they always were.
 """
 
 from __future__ import annotations
@@ -48,10 +51,9 @@ from typing import Any
 
 import torch
 
-from medseg.argmax import argmax_labels, label_dtype
+from medseg.argmax import label_dtype
 from medseg.card import ModelCard, Postprocess, WindowSettings
 from medseg.errors import UsageError, check_option
-from medseg.inference.loaded import LoadedModel, check_image, load_model
 from medseg.inference.precision import Predictor, make_ensemble_predictor, make_predictor
 from medseg.runtime import Runtime
 from medseg.volume import LabelMap, Probabilities, Volume
@@ -163,9 +165,9 @@ def predict_case(model: Any, volume: Volume, options: PredictOptions | None = No
     ----------
     model : a checkpoint path (``.safetensors``), a loaded
         :class:`medseg.checkpoint.Checkpoint`, a
-        :class:`medseg.inference.loaded.LoadedModel` (a module and its card), or an
-        ensemble: a cross-validation run folder or a list of checkpoints (anything
-        :func:`medseg.inference.loaded.load_model` takes).
+        :class:`medseg.sources.LoadedModel` (a module and its card), ``"nnunet:FOLDER"``,
+        or an ensemble: a cross-validation run folder or a list of these (anything
+        :func:`medseg.sources.load_model` takes).
     volume : image Volume (x, y, z) or (C, x, y, z), any numeric dtype (CT in HU).
     options : :class:`PredictOptions` (default: as the card says).
     runtime : device and precision (default ``Runtime.resolve("auto")``: CUDA when
@@ -185,10 +187,10 @@ def predict_case(model: Any, volume: Volume, options: PredictOptions | None = No
     loaded = load_model(model, runtime)
     check_image(volume, loaded)
     card = options.apply(loaded.card)
-    if _is_nnunet(card) and options.label_interp != "linear":
-        raise UsageError(f"label_interp={options.label_interp!r}: an nnU-Net model's labels "
-                         "come back by nnU-Net's own export (linear interpolation of its "
-                         "logits); leave label_interp at 'linear'")
+    if card.preprocessing.resamples_logits and options.label_interp != "linear":
+        raise UsageError(f"label_interp={options.label_interp!r}: this model's labels come "
+                         "back through its logits, interpolated linearly and then activated "
+                         "(nnU-Net's export); leave label_interp at 'linear'")
     timer = _Timer()
     with timer("preprocess"):
         prepared = _preprocess(volume, card, runtime)
@@ -204,79 +206,90 @@ def predict_case(model: Any, volume: Volume, options: PredictOptions | None = No
 
 # -- the steps -------------------------------------------------------------------------------
 def _preprocess(volume: Volume, card: ModelCard, runtime: Runtime):  # -> Preprocessed
-    from medseg.transforms.pipeline import Preprocessing
-
-    if _is_nnunet(card):
-        from medseg.nnunet.steps import prepare
-
-        return prepare(volume, card)
-
     device = runtime.device if runtime.device.type == "cuda" else None
-    prepared = Preprocessing.from_config(card.preprocessing).apply(volume, None, device=device)
+    prepared = card.preprocessing.apply(volume, None, device=device)
     log.debug("preprocessed %s -> %s", volume.shape, prepared.image.shape)
     return prepared
 
 
 def _window(loaded: LoadedModel, prepared, card: ModelCard, options: PredictOptions,
-            runtime: Runtime) -> LabelMap | Probabilities:
-    """The network over the preprocessed image: Probabilities when they are needed (saved,
-    or interpolated back), else the slab-wise LabelMap; both on the network grid."""
-    from medseg.inference.sliding_window import sliding_window, sliding_window_argmax
+            runtime: Runtime) -> LabelMap | Probabilities | Logits:
+    """The network over the preprocessed image, on the network grid: Logits when the
+    preprocessing takes them back (``resamples_logits``), Probabilities when they are needed
+    (saved, or interpolated back), else the slab-wise LabelMap."""
+    from medseg.inference.sliding_window import sliding_window_argmax
     from medseg.transforms.resample import as_tensor
 
-    if _is_nnunet(card):
-        from medseg.nnunet.steps import logits
-
-        return logits(loaded.networks, prepared.image, card.window, runtime, options.progress)
     image = as_tensor(prepared.image.array)[None]  # any memory order: windows are gathered
     k = card.num_classes
-    probabilities = options.save_probabilities or _interpolate(prepared.history, image, k,
-                                                               options)
+    logits = card.preprocessing.resamples_logits
+    probabilities = (logits or options.save_probabilities
+                     or _interpolate(prepared.history, image, k, options))
     estimate = _log_memory_estimate(image, k, card.window, probabilities, runtime)
     kwargs = {"device": runtime.device, "out_device": _out_device(runtime.device, estimate),
               "progress": options.progress}
-    predictor, gives_probabilities = _predictor(loaded, runtime)
     affine = prepared.image.affine
     with torch.inference_mode():
         if probabilities:
-            blended = sliding_window(predictor, image, card.window, **kwargs)[0].float()
-            if not gives_probabilities:
-                blended = _softmax_(blended)
-            out: LabelMap | Probabilities = Probabilities(blended.cpu().numpy(), affine)
+            blended, gives_probabilities = _blend(loaded, image, card.window, runtime, kwargs)
+            if logits:
+                out: LabelMap | Probabilities | Logits = Logits(blended.cpu().numpy(), affine)
+            else:
+                blended = blended.float()
+                if not gives_probabilities:
+                    blended = _softmax_(blended)
+                out = Probabilities(blended.cpu().numpy(), affine)
         else:
+            predictor, _ = _predictor(loaded, runtime)
             labels = sliding_window_argmax(predictor, image, card.window, **kwargs)[0]
             out = LabelMap(labels.cpu().numpy().astype(label_dtype(k), copy=False), affine)
     _sync(runtime.device)
     return out
 
 
+def _blend(loaded: LoadedModel, image: torch.Tensor, window: WindowSettings,
+           runtime: Runtime, kwargs: dict[str, Any]) -> tuple[torch.Tensor, bool]:
+    """The blended window output (K, x', y', z') and whether it holds probabilities.
+
+    ``mean_logits`` ensembles run each member's whole window and average the outputs in
+    their dtype (float16 under nnU-Net's arithmetic: the sum, then the division, as
+    nnUNetPredictor averages folds); everything else is one window over
+    :func:`_predictor`.
+    """
+    from medseg.inference.sliding_window import sliding_window
+
+    if loaded.combine == "mean_logits" and loaded.is_ensemble:
+        total = None
+        for network in loaded.networks:
+            out = sliding_window(make_predictor(network, runtime), image, window, **kwargs)[0]
+            total = out if total is None else total.add_(out)
+        return total.div_(len(loaded.networks)), False  # type: ignore[union-attr]
+    predictor, gives_probabilities = _predictor(loaded, runtime)
+    return sliding_window(predictor, image, window, **kwargs)[0], gives_probabilities
+
+
 def _predictor(loaded: LoadedModel, runtime: Runtime) -> tuple[Predictor, bool]:
     """The sliding window's predictor, and whether it returns probabilities.
 
     One network: its logits (blended, then softmax: single-model outputs as they always
-    were). An ensemble: the mean of its members' softmax per window batch, so what is
-    blended are probabilities and no softmax follows.
+    were). A ``mean_softmax`` ensemble: the mean of its members' softmax per window batch,
+    so what is blended are probabilities and no softmax follows.
     """
     if loaded.is_ensemble:
         return make_ensemble_predictor(loaded.networks, runtime), True
     return make_predictor(loaded.network, runtime), False
 
 
-def _restore(output: LabelMap | Probabilities, history, volume: Volume,
+def _restore(output: LabelMap | Probabilities | Logits, history, volume: Volume,
              options: PredictOptions, runtime: Runtime
              ) -> tuple[LabelMap, Probabilities | None]:
     """Labels (and kept probabilities) on exactly the input grid, with the input's meta."""
-    from medseg.nnunet.steps import Restore
-
     device = runtime.device if runtime.device.type == "cuda" else None
     if options.save_probabilities:
-        if isinstance(history, Restore):  # one pass; nnU-Net's regions are not an argmax
-            labels, probs = history.export(output)
-        else:
-            probs = history.invert(output, device)
-            labels = argmax_labels(probs.array)
-        return (LabelMap(labels, volume.affine, volume.meta),
-                Probabilities(probs.array, volume.affine, volume.meta))
+        probs = history.invert(output, device)
+        labels = history.labels_of(probs)
+        return (LabelMap(labels.array, volume.affine, volume.meta),
+                type(probs)(probs.array, volume.affine, volume.meta))
     labels = history.restore_labels(output, device)
     return LabelMap(labels.array, volume.affine, volume.meta), None
 
@@ -288,11 +301,6 @@ def _postprocess(labels: LabelMap, post: Postprocess) -> LabelMap:
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def _is_nnunet(card: ModelCard) -> bool:
-    """An imported nnU-Net model: nnU-Net's own steps (module docstring)."""
-    return card.preprocessing.get("kind") == "nnunet"
-
-
 def _interpolate(history, image: torch.Tensor, num_classes: int, options: PredictOptions
                  ) -> bool:
     """Whether labels come back by interpolating probabilities (module docstring)."""

@@ -34,7 +34,6 @@ summed in float16, and the division in float16 (``out_dtype`` is then float16).
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -46,13 +45,7 @@ import torch.nn.functional as F
 from medseg.argmax import argmax_channels, torch_label_dtype
 from medseg.card import WindowSettings
 from medseg.errors import GeometryError, UsageError
-from medseg.inference.windows import (
-    SIGMA_SCALE,
-    WindowGrid,
-    constant_map,
-    importance_map,
-    nnunet_importance_map,
-)
+from medseg.inference.windows import Arithmetic, WindowGrid, arithmetic_for
 
 __all__ = ["sliding_window", "sliding_window_argmax"]
 
@@ -151,10 +144,9 @@ class _Run:
     pad: list[tuple[int, int]]  # per spatial axis (before, after)
     batch_size: int
     out_device: torch.device
-    out_dtype: torch.dtype
-    nnunet: bool  # nnU-Net's arithmetic (module docstring)
-    flips: list[tuple[int, ...]]
-    weight: torch.Tensor  # (rx, ry, rz) importance map on out_device, float32
+    out_dtype: torch.dtype  # the accumulator's (the arithmetic's choice)
+    arithmetic: Arithmetic  # placement, weights, flips, adding (chosen once from the blend)
+    weight: torch.Tensor  # (rx, ry, rz) importance map on out_device, accumulator dtype
     mask: torch.Tensor | None  # (B, X, Y, Z) bool, padded, cropped to the box
     progress: bool
 
@@ -172,7 +164,7 @@ class _Run:
             raise UsageError(f"image must be a torch tensor (B, C, x, y, z), got {got}")
         if out_dtype not in _OUT_DTYPES:
             raise UsageError(f"out_dtype must be a floating dtype, got {out_dtype}")
-        roi, axes = window.roi_size, window.mirror_axes
+        roi = window.roi_size
         device = image.device if device is None else torch.device(device)
         out_device = device if out_device is None else torch.device(out_device)
         image = image.to(device)
@@ -187,17 +179,14 @@ class _Run:
         box = _mask_box(mask, roi, shape)
         image = image[(slice(None), slice(None)) + box]
         mask = None if mask is None else mask[(slice(None),) + box]
-        nnunet = window.blend == "nnunet"
-        grid = WindowGrid.build(image.shape[2:], roi, window.overlap,
-                                "even" if nnunet else "flush")
-        weight = _weight_map(window.blend, roi, out_device)
-        if nnunet:  # nnU-Net's flip order: its axes ascending are ours descending
-            axes, out_dtype = tuple(sorted(axes, reverse=True)), torch.float16
-        flips = [c for n in range(len(axes) + 1) for c in itertools.combinations(axes, n)]
+        arithmetic = arithmetic_for(window.blend, window.mirror_axes)
+        grid = WindowGrid.build(image.shape[2:], roi, window.overlap, arithmetic.placement)
+        out_dtype = arithmetic.dtypes(out_dtype)[0]
+        weight = arithmetic.weight(roi, out_device, out_dtype)
         log.debug("sliding window: %d windows of %s over %s, %d flips", len(grid.windows),
-                  roi, tuple(image.shape[2:]), len(flips))
+                  roi, tuple(image.shape[2:]), len(arithmetic.flips))
         return cls(predictor, image, grid, box, shape, pad, window.batch_size, out_device,
-                   out_dtype, nnunet, flips, weight, mask, progress)
+                   out_dtype, arithmetic, weight, mask, progress)
 
     def into(self, sink) -> torch.Tensor:
         """Drive every image of the batch into ``sink``; its output, cropped of the padding."""
@@ -233,11 +222,9 @@ class _Run:
                 ready = self.predict([self.grid.windows[0]], b)
             else:
                 ready = self.predict(chunks[first].run, b)
-            den = torch.float16 if self.nnunet else torch.float32
             sink.allocate(ready.shape[1], self.shape, self.box, self.out_device,
-                          (self.out_dtype, den))
-            weight = self.weight if self.nnunet else self.weight.to(self.out_dtype)
-            scale = None if self.nnunet else 1.0 / len(self.flips)
+                          self.arithmetic.dtypes(self.out_dtype))
+            add, weight = self.arithmetic.add, self.weight
             n_run = sum(len(c.run) for c in chunks)
             log.debug("image %d: running %d of %d windows", b, n_run, len(self.grid.windows))
             bar = _progress(self.progress, len(chunks))
@@ -245,9 +232,9 @@ class _Run:
                 preds = ready if i == first else self.predict(chunk.run, b) if chunk.run else None
                 sink.advance(chunk.z_lo)
                 for w in chunk.skipped:
-                    sink.add(self.grid.region(w), None, weight, 1.0)
+                    sink.add(self.grid.region(w), None, weight, add)
                 for j, w in enumerate(chunk.run):
-                    sink.add(self.grid.region(w), preds[j], weight, scale)
+                    sink.add(self.grid.region(w), preds[j], weight, add)
                 if bar is not None:
                     bar.update(1)
             sink.advance(self.grid.shape[2])
@@ -260,16 +247,15 @@ class _Run:
         batch = torch.stack([self.image[b][(slice(None),) + self.grid.region(w)]
                              for w in windows])
         total = None
-        for flip in self.flips:
+        for flip in self.arithmetic.flips:
             dims = [2 + a for a in flip]
             x = batch.flip(dims) if dims else batch
             y = self.predictor(x)
             self.check_output(y, len(windows))
             y = y.flip(dims) if dims else y
             total = y if total is None else total + y
-        if self.nnunet:  # the mean over flips, kept in float32
-            return total.div_(len(self.flips)).to(self.out_device)  # type: ignore[union-attr]
-        return total.to(self.out_device, self.out_dtype)  # type: ignore[union-attr]
+        return self.arithmetic.combine_flips(total, self.out_device,  # type: ignore[arg-type]
+                                             self.out_dtype)
 
     def check_output(self, y, n: int) -> None:
         if (not isinstance(y, torch.Tensor) or y.ndim != 5 or y.shape[0] != n
@@ -301,9 +287,8 @@ class _FullSink:
         self.acc = self.out[self.b][(slice(None),) + box]
         self.den = torch.zeros(self.acc.shape[1:], dtype=dtypes[1], device=device)
 
-    def add(self, region, pred: torch.Tensor | None, weight: torch.Tensor,
-            scale: float | None) -> None:
-        _accumulate(self.acc, self.den, region, pred, weight, scale)
+    def add(self, region, pred: torch.Tensor | None, weight: torch.Tensor, add) -> None:
+        add(self.acc, self.den, region, pred, weight)
 
     def advance(self, z: int) -> None:
         pass
@@ -312,21 +297,6 @@ class _FullSink:
         self.acc.div_(self.den)
         del self.den
         _fill_outside(self.out[self.b][0], self.box, 1.0)  # one-hot background
-
-
-def _accumulate(acc: torch.Tensor, den: torch.Tensor, region, pred: torch.Tensor | None,
-                weight: torch.Tensor, scale: float | None) -> None:
-    """acc[:, region] += scale * weight * pred, den[region] += weight (both sinks' one rule);
-    ``pred`` None is a skipped window: one-hot background (1 in channel 0). ``scale`` None is
-    nnU-Net's arithmetic: ``pred`` (float32, already the flip mean) times the float16
-    weight in float32, added into the float16 accumulator."""
-    if pred is None:
-        acc[(0,) + region].add_(weight)
-    elif scale is None:
-        acc[(slice(None),) + region] += pred.mul_(weight)
-    else:
-        acc[(slice(None),) + region].addcmul_(pred, weight, value=scale)
-    den[region].add_(weight)
 
 
 class _SlabSink:
@@ -351,11 +321,10 @@ class _SlabSink:
         self.den = torch.zeros(plane + (self.span,), dtype=dtypes[1], device=device)
         self.base = 0
 
-    def add(self, region, pred: torch.Tensor | None, weight: torch.Tensor,
-            scale: float | None) -> None:
+    def add(self, region, pred: torch.Tensor | None, weight: torch.Tensor, add) -> None:
         sx, sy, sz = region
-        region = (sx, sy, slice(sz.start - self.base, sz.stop - self.base))
-        _accumulate(self.buf, self.den, region, pred, weight, scale)
+        add(self.buf, self.den, (sx, sy, slice(sz.start - self.base, sz.stop - self.base)),
+            pred, weight)
 
     def advance(self, z: int) -> None:
         """Finalise slices [base, z): no window still to come touches them."""
@@ -399,15 +368,6 @@ def _mask_box(mask: torch.Tensor | None, roi: Window, shape: tuple[int, int, int
             hi = lo + r
         box.append(slice(lo, hi))
     return tuple(box)  # type: ignore[return-value]
-
-
-def _weight_map(blend: str, roi: Window, device: torch.device) -> torch.Tensor:
-    """The importance map (x, y, z) of ``blend`` on ``device`` (float32; float16 for nnunet)."""
-    if blend == "nnunet":
-        return nnunet_importance_map(roi, device)
-    if blend == "gaussian":
-        return importance_map(roi, SIGMA_SCALE, device, torch.float32)
-    return constant_map(roi, device, torch.float32)
 
 
 def _fill_outside(t: torch.Tensor, box: Box, value: float) -> None:

@@ -24,12 +24,17 @@ output equals ``nnUNetPredictor``'s): windows spread evenly (:func:`even_window_
 and nnU-Net's Gaussian (:func:`nnunet_importance_map`: a unit impulse at voxel
 ``roi // 2`` smoothed by ``scipy.ndimage.gaussian_filter`` with sigma = roi / 8, scaled to a
 peak of 10, float16, zeros raised to the smallest non-zero weight). These take the
-window frame of :mod:`medseg.nnunet`: nnU-Net's array axes reversed.
+window frame of :mod:`medseg.transforms.nnunet`: nnU-Net's array axes reversed.
+
+The arithmetic of one run (placement, weights, flips and how outputs are added) is one
+object chosen once from the window's ``blend`` (:func:`arithmetic_for`):
+:class:`BlendArithmetic` (MONAI's placement, float32 sums) or :class:`NnunetArithmetic`.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +43,9 @@ import numpy as np
 import torch
 
 __all__ = [
+    "BlendArithmetic",
+    "NnunetArithmetic",
+    "arithmetic_for",
     "SIGMA_SCALE",
     "WEIGHT_FLOOR",
     "window_starts",
@@ -184,3 +192,99 @@ class WindowGrid:
         zs = self.starts[2]
         step = max((b - a for a, b in zip(zs, zs[1:])), default=0)
         return min(self.shape[2], self.roi[2] + step)
+
+
+Region = tuple[slice, slice, slice]
+
+
+def _flip_sets(axes: Sequence[int]) -> list[tuple[int, ...]]:
+    """Every subset of ``axes`` (the empty one first), in the given axis order."""
+    return [c for n in range(len(axes) + 1) for c in itertools.combinations(axes, n)]
+
+
+@dataclass(frozen=True)
+class BlendArithmetic:
+    """medseg's window arithmetic (MONAI's): windows flush with the edge
+    (:func:`window_starts`), Gaussian or constant float32 weights, the flips' outputs summed
+    and scaled by ``1 / flips`` when added, sums and weights accumulated in the output
+    dtype and float32.
+
+    Attributes
+    ----------
+    blend : ``"gaussian"`` or ``"constant"``.
+    flips : the axis sets mirrored (window frame), the empty set first.
+    """
+
+    blend: str
+    flips: tuple[tuple[int, ...], ...]
+    placement = "flush"
+
+    def dtypes(self, out_dtype: torch.dtype) -> tuple[torch.dtype, torch.dtype]:
+        """(accumulator, weight sum) dtypes for a requested output dtype."""
+        return out_dtype, torch.float32
+
+    def weight(self, roi: tuple[int, int, int], device: torch.device,
+               dtype: torch.dtype) -> torch.Tensor:
+        """The importance map (x, y, z) in the accumulator's ``dtype``."""
+        if self.blend == "gaussian":
+            return importance_map(roi, SIGMA_SCALE, device, torch.float32).to(dtype)
+        return constant_map(roi, device, torch.float32).to(dtype)
+
+    def combine_flips(self, total: torch.Tensor, device: torch.device,
+                      dtype: torch.dtype) -> torch.Tensor:
+        """The flips' summed outputs, as added (scaled in :meth:`add`)."""
+        return total.to(device, dtype)
+
+    def add(self, acc: torch.Tensor, den: torch.Tensor, region: Region,
+            pred: torch.Tensor | None, weight: torch.Tensor) -> None:
+        """acc[:, region] += weight * pred / flips, den[region] += weight; ``pred`` None is a
+        skipped window: one-hot background (1 in channel 0)."""
+        if pred is None:
+            acc[(0,) + region].add_(weight)
+        else:
+            acc[(slice(None),) + region].addcmul_(pred, weight, value=1.0 / len(self.flips))
+        den[region].add_(weight)
+
+
+@dataclass(frozen=True)
+class NnunetArithmetic:
+    """nnU-Net v2's window arithmetic, operation for operation: windows spread evenly
+    (:func:`even_window_starts`), its float16 Gaussian (:func:`nnunet_importance_map`), the
+    flips in nnU-Net's order (its axes ascending are the window frame's descending) averaged
+    in float32, ``weight * pred`` in float32 added into a float16 accumulator, the weights
+    summed in float16: the output is float16, as nnUNetPredictor's logits.
+    """
+
+    flips: tuple[tuple[int, ...], ...]
+    placement = "even"
+
+    def dtypes(self, out_dtype: torch.dtype) -> tuple[torch.dtype, torch.dtype]:
+        return torch.float16, torch.float16
+
+    def weight(self, roi: tuple[int, int, int], device: torch.device,
+               dtype: torch.dtype) -> torch.Tensor:
+        return nnunet_importance_map(roi, device)
+
+    def combine_flips(self, total: torch.Tensor, device: torch.device,
+                      dtype: torch.dtype) -> torch.Tensor:
+        """The mean over flips, kept in float32."""
+        return total.div_(len(self.flips)).to(device)
+
+    def add(self, acc: torch.Tensor, den: torch.Tensor, region: Region,
+            pred: torch.Tensor | None, weight: torch.Tensor) -> None:
+        if pred is None:
+            acc[(0,) + region].add_(weight)
+        else:
+            acc[(slice(None),) + region] += pred.mul_(weight)
+        den[region].add_(weight)
+
+
+Arithmetic = BlendArithmetic | NnunetArithmetic
+
+
+def arithmetic_for(blend: str, mirror_axes: Sequence[int]) -> Arithmetic:
+    """The window arithmetic of a ``blend`` (``"gaussian"``, ``"constant"`` or
+    ``"nnunet"``) mirroring ``mirror_axes`` (window frame)."""
+    if blend == "nnunet":
+        return NnunetArithmetic(tuple(_flip_sets(sorted(mirror_axes, reverse=True))))
+    return BlendArithmetic(blend, tuple(_flip_sets(tuple(mirror_axes))))

@@ -6,7 +6,7 @@ Every network maps (B, in_channels, x, y, z) float to logits
 * ``unet3d`` -- :class:`medseg.models.unet3d.UNet3d`
 * ``deeplab3d`` -- :class:`medseg.models.deeplab3d.DeepLab3d` (v3+ / v3)
 * ``fcn3d`` -- :class:`medseg.models.fcn3d.FCN3d` (8s / 16s / 32s)
-* ``nnunet`` -- :class:`medseg.nnunet.model.NnunetFolds`, the folds of an imported nnU-Net
+* ``nnunet`` -- :class:`medseg.models.nnunet.NnunetFolds`, the folds of an imported nnU-Net
   model (built from its plans' architecture description; not listed by ``medseg models``)
 
 :func:`register` adds a network class under a new name.
@@ -40,7 +40,7 @@ _REGISTRY: dict[str, type[nn.Module] | tuple[str, str]] = {
     "unet3d": ("medseg.models.unet3d", "UNet3d"),
     "deeplab3d": ("medseg.models.deeplab3d", "DeepLab3d"),
     "fcn3d": ("medseg.models.fcn3d", "FCN3d"),
-    "nnunet": ("medseg.nnunet.model", "NnunetFolds"),
+    "nnunet": ("medseg.models.nnunet", "NnunetFolds"),
 }
 _BUILTIN = frozenset(_REGISTRY)
 #: Keys of ``medseg_config`` that are not constructor parameters.

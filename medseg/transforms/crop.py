@@ -13,7 +13,7 @@ import numpy as np
 
 from medseg.errors import GeometryError, UsageError
 
-__all__ = ["foreground_bbox", "uncrop"]
+__all__ = ["foreground_bbox", "nonzero_bbox", "uncrop"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,28 @@ def foreground_bbox(
         start.append(max(0, int(hits[0]) - int(margin)))
         stop.append(min(shape[axis], int(hits[-1]) + 1 + int(margin)))
     return tuple(start), tuple(stop)  # type: ignore[return-value]
+
+
+def nonzero_bbox(data: np.ndarray, fill: bool) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """nnU-Net's crop to non-zero: the mask of voxels non-zero in any channel of ``data``
+    (C, a0, a1, a2), its holes filled when ``fill`` (nnU-Net's ``crop_to_nonzero`` always
+    fills; only a masked normalisation reads the filled mask), and its bounding box
+    ``[start, stop)`` per axis in voxels (the whole axis when the mask is empty).
+
+    Unlike :func:`foreground_bbox` there is no margin and an empty mask is not warned about
+    (nnU-Net's rule). Filling never moves the box: a zero voxel outside the box reaches the
+    array's border through zeros, so it is no hole.
+    """
+    from scipy.ndimage import binary_fill_holes
+
+    mask = data[0] != 0
+    for c in range(1, data.shape[0]):
+        mask |= data[c] != 0
+    bbox = []
+    for axis, n in enumerate(mask.shape):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        bbox.append((int(hits[0]), int(hits[-1]) + 1) if len(hits) else (0, n))
+    return (binary_fill_holes(mask) if fill else mask), bbox
 
 
 def uncrop(

@@ -6,13 +6,20 @@ which undoes itself:
 
 * :class:`Reoriented` -- axes permuted/flipped (exact);
 * :class:`Cropped` -- cut out of a larger grid (padded back with the volume's background);
-* :class:`Resampled` -- moved from another grid (interpolated back).
+* :class:`Resampled` -- moved from another grid (interpolated back), by its resampling
+  *rule*: medseg's torch engine (:class:`GridResampling`, any device) or nnU-Net's
+  separable matrices (:class:`~medseg.transforms.resample_nnunet.NnunetResampling`,
+  nnU-Net's numbers bit for bit); both have the same two methods.
 
 Every inverse dispatches on the volume's type, never on a string: a
 :class:`~medseg.volume.LabelMap` goes back by nearest neighbour and is padded with 0,
 :class:`~medseg.volume.Probabilities` go back linearly and are padded with certain
-background (1 in channel 0). :meth:`History.restore_labels` is the one way a network
-output comes back as a label map on the input grid.
+background (1 in channel 0). :class:`~medseg.volume.Logits` (models whose outputs are
+resampled before their activation: nnU-Net's export) go back linearly and become
+probabilities right after the step that resampled them, as the history's
+:class:`Activation` says (softmax, or a sigmoid per region), before any padding.
+:meth:`History.restore_labels` is the one way a network output comes back as a label map
+on the input grid.
 
 Shapes are voxels (x, y, z); affines map voxel indices to RAS+ mm and are kept as
 tuples of Python floats, so that :meth:`History.to_dict` is JSON and round-trips exactly.
@@ -27,19 +34,21 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from medseg.argmax import argmax_labels
+from medseg.argmax import argmax_channels, argmax_labels, label_dtype, torch_label_dtype
 from medseg.errors import DataError, GeometryError, UsageError, check_option
 from medseg.transforms.crop import uncrop
 from medseg.transforms.orientation import apply_orientation, invert_orientation
 from medseg.transforms.resample import resample_to_grid
 from medseg.transforms.resample_argmax import resample_argmax
-from medseg.volume import LabelMap, Probabilities
+from medseg.transforms.resample_nnunet import NnunetResampling
+from medseg.volume import LabelMap, Logits, Probabilities, RegionProbabilities
 
-__all__ = ["Cropped", "History", "Reoriented", "Resampled", "Step"]
+__all__ = ["Activation", "Cropped", "GridResampling", "History", "Reoriented", "Resampled",
+           "Step"]
 
 Device = str | torch.device | None
 Affine = tuple[tuple[float, ...], ...]
-Typed = LabelMap | Probabilities
+Typed = LabelMap | Probabilities | Logits
 
 
 def _as_affine(affine: Any) -> Affine:
@@ -74,8 +83,9 @@ class _Parsed:
 
 
 def _typed(volume: Any, where: str) -> Typed:
-    """``volume`` if it is a LabelMap or Probabilities (the type picks the inverse), else raise."""
-    if isinstance(volume, (LabelMap, Probabilities)):
+    """``volume`` if it is a LabelMap, Probabilities or Logits (the type picks the inverse),
+    else raise."""
+    if isinstance(volume, (LabelMap, Probabilities, Logits)):
         return volume
     got = type(volume).__name__
     if hasattr(volume, "shape"):
@@ -101,14 +111,114 @@ class _Step(_Parsed):
     def from_dict(cls, data: Mapping[str, Any]) -> Any:
         """The step :meth:`to_dict` described."""
         try:
-            return cls(**{f.name: data[f.name] for f in fields(cls)})  # type: ignore[arg-type]
+            return cls(**{f.name: data[f.name] for f in fields(cls)  # type: ignore[arg-type]
+                          if f.name in data})
         except (KeyError, TypeError, ValueError) as exc:
             names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
             raise DataError(f"history step {cls.name!r} needs {names}, got {dict(data)!r}") from exc
 
 
 def _listed(value: Any) -> Any:
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
     return [_listed(v) for v in value] if isinstance(value, tuple) else value
+
+
+@dataclass(frozen=True)
+class GridResampling:
+    """medseg's resampling engine as a rule of :class:`Resampled`: torch, on any device,
+    between grids given by their affines (:func:`~medseg.transforms.resample.resample_to_grid`:
+    a LabelMap by nearest neighbour, Probabilities linearly; labels slab by slab through
+    :func:`~medseg.transforms.resample_argmax.resample_argmax`)."""
+
+    name: ClassVar[str] = "grid"
+
+    def resample(self, volume: Typed, shape: Any, affine: np.ndarray,
+                 device: Device = None) -> Typed:
+        return resample_to_grid(volume, shape, affine, device=device)  # type: ignore[return-value]
+
+    def resample_to_labels(self, volume: Typed, shape: Any, affine: np.ndarray,
+                           device: Device, labels_of: Callable, dtype: np.dtype) -> LabelMap:
+        """The argmax of the linearly resampled probabilities, slab by slab (``labels_of``
+        and ``dtype``: the argmax's, as :func:`resample_argmax` computes them)."""
+        if not isinstance(volume, Probabilities) or isinstance(volume, RegionProbabilities):
+            raise UsageError(f"the grid rule makes labels of softmax Probabilities, got "
+                             f"{type(volume).__name__}")
+        return resample_argmax(volume, shape, affine, device)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rule": self.name}
+
+
+def _as_rule(value: Any) -> GridResampling | NnunetResampling:
+    """A resampling rule from itself, None (the grid rule) or its JSON form."""
+    if isinstance(value, (GridResampling, NnunetResampling)):
+        return value
+    name = "grid" if value is None else dict(value).get("rule", "grid")
+    name = check_option(name, ("grid", "nnunet"), "resampling rule", DataError)
+    return GridResampling() if name == "grid" else NnunetResampling.from_dict(value)
+
+
+@dataclass(frozen=True)
+class Activation:
+    """How :class:`~medseg.volume.Logits` become probabilities and labels once resampled
+    (nnU-Net's export).
+
+    ``regions_class_order`` None: exclusive classes, softmax over channels (channel 0 =
+    background), labels their argmax (taken of the logits themselves: softmax keeps the
+    order). Else a region-based model: a sigmoid per channel (region), and each region's
+    label painted, in this order, where its probability exceeds 0.5.
+    """
+
+    regions_class_order: tuple[int, ...] | None = None
+
+    def probabilities(self, logits: Logits) -> Probabilities:
+        """float32 Probabilities (RegionProbabilities for regions) on the logits' grid."""
+        values = torch.from_numpy(np.ascontiguousarray(logits.array)).float()
+        if self.regions_class_order is None:
+            return Probabilities(torch.softmax(values, 0).numpy(), logits.affine, logits.meta)
+        return RegionProbabilities(torch.sigmoid(values).numpy(), logits.affine, logits.meta)
+
+    def labels_of_logits(self, block: np.ndarray) -> np.ndarray:
+        """Labels of (K, ...) logits (any float dtype)."""
+        values = torch.from_numpy(np.ascontiguousarray(block)).float()  # float16 exactly
+        if self.regions_class_order is not None:
+            values = torch.sigmoid(values)
+        return self._labels(values)
+
+    def labels_of_probabilities(self, probabilities: np.ndarray) -> np.ndarray:
+        """Labels of (K, ...) float probabilities: argmax, or regions painted."""
+        if self.regions_class_order is None:
+            return argmax_labels(probabilities)
+        return self._labels(torch.from_numpy(np.ascontiguousarray(probabilities)))
+
+    def label_dtype(self, channels: int) -> np.dtype:
+        order = self.regions_class_order
+        return label_dtype(channels if order is None else max(order, default=0) + 1)
+
+    def _labels(self, values: torch.Tensor) -> np.ndarray:
+        """The first maximum of float32 values (a running maximum: np.argmax over axis 0 is
+        several times slower), or each region's label where its value exceeds 0.5."""
+        order = self.regions_class_order
+        if order is None:
+            out = torch.empty(values.shape[1:], dtype=torch_label_dtype(len(values)))
+            return argmax_channels(values, out).numpy()
+        inside = values.numpy() > 0.5
+        labels = np.zeros(values.shape[1:], dtype=self.label_dtype(len(values)))
+        for region, label in enumerate(order):
+            labels[inside[region]] = label
+        return labels
+
+    def to_dict(self) -> dict[str, Any]:
+        order = self.regions_class_order
+        return {"regions_class_order": None if order is None else list(order)}
+
+
+def _as_activation(value: Any) -> Activation | None:
+    if value is None or isinstance(value, Activation):
+        return value
+    order = dict(value).get("regions_class_order")
+    return Activation(None if order is None else tuple(int(v) for v in order))
 
 
 @dataclass(frozen=True)
@@ -137,27 +247,38 @@ class Cropped(_Step):
         """``volume`` padded back to ``(shape, affine)`` with its type's background: 0 for a
         LabelMap, one-hot background for Probabilities (``device`` unused)."""
         volume = _typed(volume, "Cropped.invert")
+        if volume.spatial_shape == self.shape and not any(self.start):  # the whole grid
+            return type(volume)(volume.array, np.asarray(self.affine), volume.meta)
         array = uncrop(volume.array, self.shape, self.start, volume.background)
         return type(volume)(array, np.asarray(self.affine), volume.meta)
 
 
 @dataclass(frozen=True)
 class Resampled(_Step):
-    """The volume was resampled from the grid ``(shape, affine)``."""
+    """The volume was resampled from the grid ``(shape, affine)``; ``rule`` resamples it
+    back (:class:`GridResampling` unless stated)."""
 
     shape: tuple[int, ...] = _parsed(_as_shape)
     affine: Affine = _parsed(_as_affine)
+    rule: GridResampling | NnunetResampling = _parsed(_as_rule, default=None)
     name: ClassVar[str] = "resample"
 
     def invert(self, volume: Typed, device: Device = None) -> Typed:
         """``volume`` resampled back onto ``(shape, affine)``, as its type says: a LabelMap
-        by nearest neighbour (dtype kept), Probabilities linearly."""
+        by nearest neighbour (dtype kept), Probabilities and Logits linearly."""
         volume = _typed(volume, "Resampled.invert")
-        return resample_to_grid(volume, self.shape, np.asarray(self.affine), device=device)
+        return self.rule.resample(volume, self.shape, np.asarray(self.affine), device)
 
-    def invert_to_labels(self, probabilities: Probabilities, device: Device = None) -> LabelMap:
-        """The argmax of ``invert(probabilities)``, slab by slab (:func:`resample_argmax`)."""
-        return resample_argmax(probabilities, self.shape, np.asarray(self.affine), device)
+    def invert_to_labels(self, output: Probabilities | Logits, device: Device = None,
+                         activation: Activation | None = None) -> LabelMap:
+        """The labels of ``invert(output)``, slab by slab: the argmax of Probabilities, or
+        Logits' labels as ``activation`` says."""
+        activation = activation or Activation()
+        labels_of = (activation.labels_of_logits if isinstance(output, Logits)
+                     else activation.labels_of_probabilities)
+        return self.rule.resample_to_labels(output, self.shape, np.asarray(self.affine),
+                                            device, labels_of,
+                                            activation.label_dtype(output.shape[0]))
 
 
 Step = Reoriented | Cropped | Resampled
@@ -173,6 +294,8 @@ class History(_Parsed):
     input_shape, input_affine : the grid the image came on ((x, y, z) voxels, 4 x 4 RAS+ mm).
     output_shape, output_affine : the preprocessed grid.
     steps : the applied geometric steps, in the order they ran.
+    activation : how Logits become probabilities after the resampling step (None: the
+        network's outputs come as Probabilities or a LabelMap, medseg's own models).
     """
 
     input_shape: tuple[int, ...] = _parsed(_as_shape)
@@ -180,6 +303,7 @@ class History(_Parsed):
     output_shape: tuple[int, ...] = _parsed(_as_shape)
     output_affine: Affine = _parsed(_as_affine)
     steps: tuple[Step, ...] = _parsed(tuple, default=())
+    activation: Activation | None = _parsed(_as_activation, default=None)
 
     @property
     def resamples(self) -> bool:
@@ -209,7 +333,21 @@ class History(_Parsed):
         current = self._check_output(volume, "History.invert")
         for step in reversed(self.steps):
             current = step.invert(current, device)
-        return self._on_input_grid(current)
+            if isinstance(step, Resampled):
+                current = self._activated(current)
+        return self._on_input_grid(self._activated(current))
+
+    def labels_of(self, probabilities: Probabilities) -> LabelMap:
+        """The label map of probabilities on any grid: their argmax, or for a region-based
+        model (:attr:`activation`) each region painted in order."""
+        labels = (self.activation or Activation()).labels_of_probabilities(probabilities.array)
+        return LabelMap(labels, probabilities.affine, probabilities.meta)
+
+    def _activated(self, volume: Typed) -> Typed:
+        """Logits as probabilities (:attr:`activation`); other types as they are."""
+        if isinstance(volume, Logits):
+            return (self.activation or Activation()).probabilities(volume)
+        return volume
 
     def restore_labels(self, output: Typed, device: Device = None) -> LabelMap:
         """A network output as a label map on exactly the input grid.
@@ -227,12 +365,12 @@ class History(_Parsed):
         """
         current = self._check_output(output, "History.restore_labels")
         for step in reversed(self.steps):
-            if isinstance(current, Probabilities) and isinstance(step, Resampled):
-                current = step.invert_to_labels(current, device)
+            if isinstance(current, (Probabilities, Logits)) and isinstance(step, Resampled):
+                current = step.invert_to_labels(current, device, self.activation)
             else:
-                current = step.invert(current, device)
-        if isinstance(current, Probabilities):
-            current = LabelMap(argmax_labels(current.array), current.affine, current.meta)
+                current = step.invert(self._activated(current), device)
+        if not isinstance(current, LabelMap):
+            current = self.labels_of(self._activated(current))
         return self._on_input_grid(current)  # type: ignore[return-value]
 
     def to_dict(self) -> dict[str, Any]:
@@ -243,6 +381,7 @@ class History(_Parsed):
             "output_shape": list(self.output_shape),
             "output_affine": _listed(self.output_affine),
             "steps": [step.to_dict() for step in self.steps],
+            "activation": None if self.activation is None else self.activation.to_dict(),
         }
 
     @classmethod
@@ -253,7 +392,7 @@ class History(_Parsed):
             name = check_option(entry.get("step"), list(_STEPS), "history step", DataError)
             steps.append(_STEPS[name].from_dict(entry))
         return cls(data["input_shape"], data["input_affine"], data["output_shape"],
-                   data["output_affine"], tuple(steps))
+                   data["output_affine"], tuple(steps), data.get("activation"))
 
     def _check_output(self, volume: Any, where: str) -> Typed:
         volume = _typed(volume, where)

@@ -2,7 +2,7 @@
 
 The oracle is nnunetv2's ``nnUNetPredictor.predict_sliding_window_return_logits`` on the
 same network and array: medseg runs it in the window frame (nnU-Net's axes reversed)
-through :class:`medseg.nnunet.model.WindowFrameNetwork`; the logits must agree bit for bit
+through :class:`medseg.models.nnunet.WindowFrameNetwork`; the logits must agree bit for bit
 (float16 accumulation in the same order), and a transposed or mirrored run must not.
 """
 
@@ -17,7 +17,7 @@ import torch
 from medseg.card import WindowSettings
 from medseg.inference.sliding_window import sliding_window
 from medseg.inference.windows import even_window_starts, nnunet_importance_map
-from medseg.nnunet.model import WindowFrameNetwork
+from medseg.models.nnunet import WindowFrameNetwork
 
 window_prediction = pytest.importorskip("nnunetv2.inference.sliding_window_prediction")
 predict_raw = pytest.importorskip("nnunetv2.inference.predict_from_raw_data")

@@ -1,4 +1,4 @@
-"""medseg.nnunet.folder: model folders, folds, plans, labels and post-processing."""
+"""medseg.sources.nnunet.folder: model folders, folds, plans, labels and post-processing."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from medseg.errors import CheckpointError, UsageError
-from medseg.nnunet.folder import NnunetFolder, regions_of
-from medseg.nnunet.load import NnunetSource
-from tests.nnunet.nnunet_tiny import (CONFIGURATION, DATASET, MODEL_NAME, old_style_configuration,
+from medseg.sources.nnunet.folder import NnunetFolder, regions_of
+from medseg.sources.nnunet.load import NnunetSource
+from nnunet.nnunet_tiny import (CONFIGURATION, DATASET, MODEL_NAME, old_style_configuration,
                                       plans, write_model_folder)
 
 plans_handler = pytest.importorskip("nnunetv2.utilities.plans_handling.plans_handler")

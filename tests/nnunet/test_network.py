@@ -1,4 +1,4 @@
-"""medseg.nnunet.network: the plans' network equals the one nnU-Net builds, imports allow-listed."""
+"""medseg.models.nnunet_network: the plans' network equals the one nnU-Net builds, imports allow-listed."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from medseg.errors import CheckpointError
-from medseg.nnunet.network import architecture_of, build_network
-from tests.nnunet.nnunet_tiny import (ARCHITECTURE, CONFIGURATION, CONFIGURATION_2D,
+from medseg.models.nnunet_network import architecture_of, build_network
+from nnunet.nnunet_tiny import (ARCHITECTURE, CONFIGURATION, CONFIGURATION_2D,
                                       old_style_configuration, plans)
 
 plans_handler = pytest.importorskip("nnunetv2.utilities.plans_handling.plans_handler")

@@ -21,7 +21,7 @@ from medseg.cli import main
 from medseg.inference.predict import PredictOptions, predict_case
 from medseg.io import read_volume
 from medseg.runtime import Runtime
-from tests.nnunet.nnunet_tiny import CONFIGURATION, CONFIGURATION_2D, plans, write_model_folder
+from nnunet.nnunet_tiny import CONFIGURATION, CONFIGURATION_2D, plans, write_model_folder
 
 predict_raw = pytest.importorskip("nnunetv2.inference.predict_from_raw_data")
 
@@ -29,7 +29,7 @@ predict_raw = pytest.importorskip("nnunetv2.inference.predict_from_raw_data")
 def untrained(folder: Path, configuration: dict, folds, mirror_axes) -> Path:
     """Re-initialise the folds of a tiny model folder with untrained weights (the folder's
     own one-step weights overflow nnU-Net's float16 accumulator)."""
-    from medseg.nnunet.network import build_network
+    from medseg.models.nnunet_network import build_network
 
     for fold in folds:
         path = folder / f"fold_{fold}" / "checkpoint_final.pth"
@@ -105,7 +105,7 @@ def test_probabilities_and_labels_are_nnunets(model, tmp_path, orientation, fold
     labels, probabilities = nnunet_predict(model, image, tmp_path / "nnunet", folds, mirroring)
     options = PredictOptions(save_probabilities=True, tta=mirroring)
     source = f"nnunet:{model}"
-    from medseg.nnunet.load import NnunetSource
+    from medseg.sources.nnunet.load import NnunetSource
 
     ours = predict_case(NnunetSource.parse(source, folds), read_volume(image), options,
                         Runtime.resolve("cpu"))

@@ -7,6 +7,7 @@ reader's own ``write_seg``) for the way back, on hand-built plans.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tracemalloc
 
@@ -18,9 +19,10 @@ import torch
 from medseg.data.phantom import rotation_z
 from medseg.errors import CheckpointError, DataError, GeometryError
 from medseg.io import read_volume, write_volume
-from medseg.nnunet.preprocess import ChannelNormalization, NnunetPreprocessing
-from medseg.nnunet.resample import ResamplingRule, iter_resampled, resample
-from medseg.volume import Volume, affine_from
+from medseg.transforms.nnunet import ChannelNormalization, NnunetPreprocessing
+from medseg.transforms.resample_nnunet import ResamplingRule, iter_resampled, resample
+from medseg.transforms.history import Cropped, Resampled
+from medseg.volume import Logits, Volume, affine_from
 
 nnunet_pre = pytest.importorskip("nnunetv2.preprocessing.preprocessors.default_preprocessor")
 from nnunetv2.inference.export_prediction import (  # noqa: E402
@@ -34,6 +36,44 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager  # noqa
 CT_PROPS = {"mean": 40.5, "std": 120.25, "percentile_00_5": -900.0, "percentile_99_5": 600.0,
             "median": 30.0, "min": -1000.0, "max": 1500.0}
 LABELS = {"background": 0, "a": 1, "b": 2}
+
+
+def nnunet_image(prepared) -> np.ndarray:
+    """The network input in nnU-Net's frame (the window frame's axes reversed)."""
+    return prepared.image.array.transpose(0, 3, 2, 1)
+
+
+def network_shape(prepared) -> tuple[int, ...]:
+    """The network grid (a0, a1, a2) in nnU-Net's frame."""
+    return tuple(prepared.image.spatial_shape[::-1])
+
+
+def crop_box(prepared) -> tuple[tuple[int, int], ...]:
+    """nnU-Net's crop box [start, stop) per axis of its frame, from the History's steps."""
+    crop = next(s for s in prepared.history.steps if isinstance(s, Cropped))
+    size = next(s for s in prepared.history.steps if isinstance(s, Resampled)).shape
+    return tuple((a, a + n) for a, n in zip(crop.start, size))[::-1]
+
+
+def window_logits(prepared, logits) -> Logits:
+    """nnU-Net-frame logits (K, a0, a1, a2) as the window gives them (window frame)."""
+    return Logits(np.asarray(logits).transpose(0, 3, 2, 1), prepared.image.affine)
+
+
+def labels_of(prepared, logits, slab_voxels: int | None = None) -> np.ndarray:
+    """Labels on the input grid from the History, ``slab_voxels`` per resampled slab."""
+    history = prepared.history
+    if slab_voxels is not None:
+        steps = tuple(dataclasses.replace(s, rule=dataclasses.replace(
+            s.rule, slab_voxels=slab_voxels)) if isinstance(s, Resampled) else s
+            for s in history.steps)
+        history = dataclasses.replace(history, steps=steps)
+    return history.restore_labels(window_logits(prepared, logits)).array
+
+
+def probabilities_of(prepared, logits) -> np.ndarray:
+    """Probabilities (K, x, y, z) on the input grid from the History."""
+    return prepared.history.invert(window_logits(prepared, logits)).array
 
 
 def _rule(order: int) -> dict:
@@ -135,13 +175,14 @@ def test_network_input_equals_nnunet(tmp_path, key):
     ref, props, _, _ = nnunet_run(files, plans)
     pre = NnunetPreprocessing.from_plans(plans, "3d_fullres", {"labels": LABELS})
     prepared = pre.apply(read_case(files))
-    assert prepared.image.dtype == np.float32
-    assert prepared.image.shape == ref.shape
-    np.testing.assert_allclose(prepared.image, ref, rtol=0, atol=1e-5)
-    assert np.array_equal(prepared.image, ref)  # bitwise: same functions, same order
-    assert prepared.history.bbox == tuple(tuple(b) for b in props["bbox_used_for_cropping"])
+    image = nnunet_image(prepared)
+    assert image.dtype == np.float32
+    assert image.shape == ref.shape
+    np.testing.assert_allclose(image, ref, rtol=0, atol=1e-5)
+    assert np.array_equal(image, ref)  # bitwise: same functions, same order
+    assert crop_box(prepared) == tuple(tuple(b) for b in props["bbox_used_for_cropping"])
     for axis in range(1, 4):  # the comparison would see a flip
-        assert not np.allclose(np.flip(prepared.image, axis), ref, atol=1e-3)
+        assert not np.allclose(np.flip(image, axis), ref, atol=1e-3)
 
 
 def test_transposed_or_flipped_input_fails(tmp_path):
@@ -152,7 +193,8 @@ def test_transposed_or_flipped_input_fails(tmp_path):
     for array in (volume.array.transpose(0, 2, 1, 3), volume.array[:, ::-1]):
         wrong = NnunetPreprocessing.from_plans(plans, "3d_fullres", {"labels": LABELS}).apply(
             Volume(np.ascontiguousarray(array), volume.affine))
-        assert wrong.image.shape != ref.shape or not np.allclose(wrong.image, ref, atol=1e-3)
+        wrong = nnunet_image(wrong)
+        assert wrong.shape != ref.shape or not np.allclose(wrong, ref, atol=1e-3)
 
 
 def _logits(shape, k, seed):
@@ -175,14 +217,14 @@ def test_labels_and_probabilities_equal_nnunet_export(tmp_path, key):
     label_manager = manager.get_label_manager({"labels": LABELS})
     prepared = NnunetPreprocessing.from_plans(plans, "3d_fullres", {"labels": LABELS}).apply(
         read_case(files))
-    logits = _logits(prepared.history.network_shape, 3, seed=7)
+    logits = _logits(network_shape(prepared), 3, seed=7)
     seg, probs = nnunet_export(logits.clone(), manager, configuration, label_manager, props,
                                return_probabilities=True, num_threads_torch=1)
-    labels = prepared.history.labels(logits, slab_voxels=97)  # many slabs
+    labels = labels_of(prepared, logits, 97)  # many slabs
     expected = _nnunet_labels_xyz(seg, files, props, manager, tmp_path)
     assert labels.dtype == np.uint8 and labels.shape == read_case(files).spatial_shape
     assert np.array_equal(labels, expected) and set(np.unique(labels)) == {0, 1, 2}
-    ours = prepared.history.probabilities(logits)
+    ours = probabilities_of(prepared, logits)
     if CASES[key][-1] == "NibabelIOWithReorient":  # nnU-Net's are in the RAS frame
         ornt = nib.orientations.io_orientation(read_case(files).affine)
         ours = np.moveaxis(nib.orientations.apply_orientation(np.moveaxis(ours, 0, -1), ornt),
@@ -197,14 +239,14 @@ def test_2d_configuration(tmp_path):
     pre = NnunetPreprocessing.from_plans(plans, "2d", {"labels": LABELS})
     assert pre.spacing == (0.9, 0.8)
     prepared = pre.apply(read_case(files))
-    assert np.array_equal(prepared.image, ref)
-    assert prepared.image.shape[1] == props["shape_after_cropping_and_before_resampling"][0]
-    logits = _logits(prepared.history.network_shape, 3, seed=1)
+    assert np.array_equal(nnunet_image(prepared), ref)
+    assert nnunet_image(prepared).shape[1] == props["shape_after_cropping_and_before_resampling"][0]
+    logits = _logits(network_shape(prepared), 3, seed=1)
     seg = nnunet_export(logits.clone(), manager, configuration,
                         manager.get_label_manager({"labels": LABELS}), props,
                         num_threads_torch=1)
     expected = _nnunet_labels_xyz(seg, files, props, manager, tmp_path)
-    assert np.array_equal(prepared.history.labels(logits, slab_voxels=300), expected)
+    assert np.array_equal(labels_of(prepared, logits, 300), expected)
 
 
 def test_region_based_dataset(tmp_path):
@@ -215,16 +257,16 @@ def test_region_based_dataset(tmp_path):
     pre = NnunetPreprocessing.from_plans(plans, "3d_fullres", dataset)
     assert pre.regions == ((1, 2, 3), (2, 3), (3,)) and pre.regions_class_order == (1, 2, 3)
     prepared = pre.apply(read_case(files))
-    logits = _logits(prepared.history.network_shape, 3, seed=2)
+    logits = _logits(network_shape(prepared), 3, seed=2)
     seg, probs = nnunet_export(logits.clone(), manager, configuration,
                                manager.get_label_manager(dataset), props,
                                return_probabilities=True, num_threads_torch=1)
     expected = _nnunet_labels_xyz(seg, files, props, manager, tmp_path)
-    labels = prepared.history.labels(logits, slab_voxels=200)
+    labels = labels_of(prepared, logits, 200)
     assert np.array_equal(labels, expected) and set(np.unique(labels)) == {0, 1, 2, 3}
-    ours = prepared.history.probabilities(logits)
+    ours = probabilities_of(prepared, logits)
     np.testing.assert_allclose(ours, probs.transpose(0, 3, 2, 1), rtol=0, atol=1e-4)
-    assert not prepared.history.bbox == ((0, 24), (0, 22), (0, 20))  # cropping happened
+    assert not crop_box(prepared) == ((0, 24), (0, 22), (0, 20))  # cropping happened
     assert ours[:, 0, 0, 0].tolist() == [0, 0, 0]  # regions: no background outside the box
 
 
@@ -269,18 +311,18 @@ def test_labels_memory_is_bounded(tmp_path):
         {"labels": LABELS})
     prepared = pre.apply(Volume(array, np.eye(4)))
     k = 8
-    logits = _logits(prepared.history.network_shape, k, seed=0)
+    logits = _logits(network_shape(prepared), k, seed=0)
     native = 96 * 96 * 64
     full = k * native * 4
     tracemalloc.start()
-    labels = prepared.history.labels(logits, slab_voxels=96 * 96)
+    labels = labels_of(prepared, logits, 96 * 96)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     # labels (1 B/voxel) + one slab: K float16 values and their float32 copy for the running
     # maximum, float64 values and plane-resampled source slices (6K + 32 B per voxel) + slack
     bound = native + 96 * 96 * (6 * k + 32) + 400_000
     assert peak < bound < full / 10
-    full_labels = prepared.history.labels(logits, slab_voxels=native)
+    full_labels = labels_of(prepared, logits, native)
     assert np.array_equal(labels, full_labels)
 
 
@@ -328,8 +370,8 @@ def test_unknown_configuration_and_channel_mismatch():
     with pytest.raises(DataError, match="2 channel"):
         pre.apply(Volume(np.ones((2, 8, 8, 8), np.float32), np.eye(4)))
     prepared = pre.apply(Volume(body((8, 8, 8), 0), np.eye(4)))
-    with pytest.raises(GeometryError, match="network grid"):
-        prepared.history.labels(torch.zeros((3, 2, 2, 2)))
+    with pytest.raises(GeometryError, match="preprocessed grid"):
+        labels_of(prepared, torch.zeros((3, 2, 2, 2)))
 
 
 def test_ct_normalization_by_hand():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medseg.nnunet.resample import _near_ties, axis_matrix
+from medseg.transforms.resample_nnunet import _near_ties, axis_matrix
 
 
 def test_linear_halving_averages_neighbour_pairs():

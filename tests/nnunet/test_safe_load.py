@@ -1,4 +1,4 @@
-"""medseg.nnunet.safe_load: nnU-Net checkpoints and pickles read without running code."""
+"""medseg.sources.nnunet.safe_load: nnU-Net checkpoints and pickles read without running code."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from medseg.errors import CheckpointError
-from medseg.nnunet.safe_load import NUMPY_GLOBALS, read_checkpoint, read_pickle
-from tests.nnunet.nnunet_tiny import DATASET, PLANS, save_trainer_checkpoint
+from medseg.sources.nnunet.safe_load import NUMPY_GLOBALS, read_checkpoint, read_pickle
+from nnunet.nnunet_tiny import DATASET, PLANS, save_trainer_checkpoint
 
 
 class Custom:

@@ -19,7 +19,7 @@ import torch
 
 from medseg.inference.predict import PredictOptions, predict_case
 from medseg.io import read_volume
-from medseg.nnunet.load import NnunetSource
+from medseg.sources.nnunet.load import NnunetSource
 from medseg.runtime import Runtime
 from nnunet_model import run_predictor, write_phantom_case
 

@@ -12,7 +12,7 @@ from medseg.data.manifest import load_manifest, read_case
 from medseg.data.phantom_dataset import write_phantom_dataset
 from medseg.errors import DataError, UsageError
 from medseg.planning import PlanOptions, compute_fingerprint, make_plan, render, rules, write_plan
-from tests.planning.helpers import write_dataset
+from helpers import write_dataset
 
 CPU = PlanOptions(device="cpu")
 

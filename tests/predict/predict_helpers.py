@@ -74,7 +74,7 @@ def threshold_card(model: torch.nn.Module, roi=(32, 32, 16), overlap=0.25, spaci
 
 def threshold_model(in_channels: int = 1, **card_kwargs):
     """The threshold network wrapped with its card, ready for ``predict_case``."""
-    from medseg.inference.loaded import LoadedModel
+    from medseg.sources.loaded import LoadedModel
 
     model = threshold_unet(in_channels)
     return LoadedModel(model, threshold_card(model, **card_kwargs))

@@ -17,7 +17,7 @@ from medseg.checkpoint import save_checkpoint
 from medseg.cli import main
 from medseg.data.phantom import make_phantom
 from medseg.errors import CheckpointError, UsageError
-from medseg.inference.loaded import LoadedModel, load_model, run_checkpoints
+from medseg.sources import LoadedModel, load_model, run_checkpoints
 from medseg.inference.precision import make_predictor
 from medseg.inference.predict import PredictOptions, predict_case
 from medseg.runtime import Runtime

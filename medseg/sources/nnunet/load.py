@@ -1,13 +1,13 @@
 """An nnU-Net v2 trained-model folder as a medseg model: its card, its folds, its import.
 
 ``medseg predict -m nnunet:FOLDER`` and ``medseg import nnunet:FOLDER -o model.safetensors``
-come here. The folder (:mod:`medseg.nnunet.folder`) gives the plans, dataset.json and the
-selected folds' checkpoints (read without unpickling code, :mod:`medseg.nnunet.safe_load`);
+come here. The folder (:mod:`medseg.sources.nnunet.folder`) gives the plans, dataset.json and the
+selected folds' checkpoints (read without unpickling code, :mod:`medseg.sources.nnunet.safe_load`);
 :func:`nnunet_card` turns them into one :class:`~medseg.card.ModelCard`:
 
 * ``model``: ``NetworkSpec("nnunet", C, K, {architecture, dims, folds})``, i.e.
-  :class:`medseg.nnunet.model.NnunetFolds`;
-* ``preprocessing``: :class:`medseg.nnunet.preprocess.NnunetPreprocessing` (``kind: nnunet``);
+  :class:`medseg.models.nnunet.NnunetFolds`;
+* ``preprocessing``: :class:`medseg.transforms.nnunet.NnunetPreprocessing` (``kind: nnunet``);
 * ``labels``: dataset.json's label names;
 * ``window``: the plans' patch size in the window frame (nnU-Net's axes reversed), overlap
   0.5 (nnU-Net's step size), ``blend="nnunet"``, one window per call (as nnU-Net, so that
@@ -67,7 +67,7 @@ class NnunetSource:
 
 def _folds(folds: Sequence[int | str] | str | None) -> tuple[str, ...] | None:
     """``--folds`` text ("0,1,2", "all" for fold_all) or a sequence as fold names; None
-    keeps :meth:`NnunetFolder.open <medseg.nnunet.folder.NnunetFolder.open>`'s default
+    keeps :meth:`NnunetFolder.open <medseg.sources.nnunet.folder.NnunetFolder.open>`'s default
     (every numbered fold, else fold_all), which also checks the names."""
     if folds is None:
         return None
@@ -76,11 +76,11 @@ def _folds(folds: Sequence[int | str] | str | None) -> tuple[str, ...] | None:
 
 
 def nnunet_card(folder: Any, mirror_axes: Sequence[int] | None) -> ModelCard:
-    """The model card of an opened :class:`medseg.nnunet.folder.NnunetFolder` whose
+    """The model card of an opened :class:`medseg.sources.nnunet.folder.NnunetFolder` whose
     checkpoints allow mirroring over ``mirror_axes`` (nnU-Net's frame; None: none, as
     nnUNetPredictor reads a checkpoint without them, e.g. nnUNetTrainerNoMirroring's)."""
-    from medseg.nnunet.network import architecture_of
-    from medseg.nnunet.preprocess import NnunetPreprocessing
+    from medseg.models.nnunet_network import architecture_of
+    from medseg.transforms.nnunet import NnunetPreprocessing
 
     config = folder.configuration_plans
     patch = [int(p) for p in config["patch_size"]]
@@ -94,7 +94,7 @@ def nnunet_card(folder: Any, mirror_axes: Sequence[int] | None) -> ModelCard:
                            "folds": len(folder.checkpoints)})
     preprocessing = NnunetPreprocessing.from_plans(folder.plans, folder.configuration,
                                                    folder.dataset, folder.path / "plans.json")
-    return ModelCard(network, preprocessing.to_dict(), folder.label_names(), window,
+    return ModelCard(network, preprocessing, folder.label_names(), window,
                      _postprocess(folder))
 
 
@@ -107,11 +107,11 @@ def _postprocess(folder: Any) -> Postprocess:
 
 def load_nnunet(source: NnunetSource, runtime: Runtime):  # -> LoadedModel
     """The folds of the nnU-Net model ``source`` as a medseg ensemble on ``runtime.device``."""
-    from medseg.inference.loaded import LoadedModel
+    from medseg.sources.loaded import LoadedModel
 
     module, card = _build(source)
     module.to(runtime.device).eval()
-    return LoadedModel(tuple(module.members), card, f"{PREFIX}{source.path}")
+    return LoadedModel(tuple(module.members), card, f"{PREFIX}{source.path}", module.combine)
 
 
 def import_nnunet(source: NnunetSource, output: str | os.PathLike) -> Path:
@@ -129,7 +129,7 @@ def import_nnunet(source: NnunetSource, output: str | os.PathLike) -> Path:
 
 def _build(source: NnunetSource):
     from medseg import models
-    from medseg.nnunet.folder import NnunetFolder
+    from medseg.sources.nnunet.folder import NnunetFolder
 
     folder = NnunetFolder.open(source.path, source.folds, source.checkpoint)
     checkpoints = folder.read_checkpoints()

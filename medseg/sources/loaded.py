@@ -1,12 +1,13 @@
 """Networks ready to predict, with their model card: one checkpoint, a fold ensemble, or a module.
 
-:func:`load_model` accepts what users hold: a checkpoint path, a cross-validation run
-folder (every ``fold_*/best.safetensors``, else that fold's ``last.safetensors``), a list
-of checkpoints, a loaded :class:`~medseg.checkpoint.Checkpoint`, or a
-:class:`LoadedModel` (a bare ``nn.Module`` wrapped with the card that says how to use it).
-Several members make an ensemble: the mean of their softmax is what the sliding window
-blends (:mod:`medseg.inference.predict`). :func:`check_image` refuses an image the
-network cannot take before any work.
+:class:`LoadedModel` is what every model source gives inference: the networks, the card,
+and how the members of an ensemble combine (:data:`COMBINES`). :func:`load_model` is
+medseg's own source: a checkpoint path, a cross-validation run folder (every
+``fold_*/best.safetensors``, else that fold's ``last.safetensors``), a list of checkpoints,
+a loaded :class:`~medseg.checkpoint.Checkpoint`, or a :class:`LoadedModel` (a bare
+``nn.Module`` wrapped with the card that says how to use it); other sources (nnU-Net
+folders) come through :func:`medseg.sources.load_model`. :func:`check_image` refuses an
+image the network cannot take before any work.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,16 +24,24 @@ import numpy as np
 from torch import nn
 
 from medseg.card import ModelCard
-from medseg.errors import CheckpointError, DataError, UsageError
+from medseg.errors import CheckpointError, DataError, UsageError, check_option
 from medseg.runtime import Runtime
 from medseg.volume import Volume
 
-__all__ = ["LoadedModel", "load_model", "check_image", "run_checkpoints"]
+__all__ = ["COMBINES", "LoadedModel", "load_model", "check_image", "run_checkpoints"]
 
 log = logging.getLogger(__name__)
 
 #: Checkpoint of each fold of a run folder, in order of preference.
 FOLD_CHECKPOINTS = ("best.safetensors", "last.safetensors")
+
+#: How the members of an ensemble combine. ``"mean_softmax"`` (medseg's fold runs): per
+#: window batch, the mean over members of softmax(logits), which the window then blends
+#: (memory: one (K, x, y, z) float32 accumulator, as one network). ``"mean_logits"``
+#: (nnU-Net's folds): each member's whole sliding window gives float16 logits, summed in
+#: float16 and divided by their number, as nnUNetPredictor does (memory: two (K, x, y, z)
+#: float16 arrays, the same bytes). One member is the same under both rules.
+COMBINES = ("mean_softmax", "mean_logits")
 
 
 @dataclass(frozen=True)
@@ -49,13 +58,16 @@ class LoadedModel:
         stored as a one-member tuple.
     card : how to use them (preprocessing, window, labels, post-processing).
     source : where they came from (the checkpoint file or files), for messages.
+    combine : how an ensemble's members combine, one of :data:`COMBINES`.
     """
 
     networks: tuple[nn.Module, ...]
     card: ModelCard
     source: str = "model"
+    combine: str = "mean_softmax"
 
     def __post_init__(self) -> None:
+        check_option(self.combine, COMBINES, "ensemble combine")
         nets = (self.networks,) if isinstance(self.networks, nn.Module) else self.networks
         nets = tuple(nets)
         if not nets or not all(isinstance(n, nn.Module) for n in nets):
@@ -73,22 +85,27 @@ class LoadedModel:
 
     @property
     def is_ensemble(self) -> bool:
-        """More than one member: the window blends their mean softmax, not logits."""
+        """More than one member, combined as :attr:`combine` says."""
         return len(self.networks) > 1
 
 
-def load_model(model: Any, runtime: Runtime) -> LoadedModel:
+#: A model source other than medseg's own: what a user holds -> a LoadedModel, or None
+#: when it is not that source's kind (:data:`medseg.sources.SOURCES`).
+Source = Callable[[Any, Runtime], "LoadedModel | None"]
+
+
+def load_model(model: Any, runtime: Runtime, sources: Sequence[Source] = ()) -> LoadedModel:
     """A :class:`LoadedModel` on ``runtime.device``.
 
     Parameters
     ----------
-    model : a checkpoint path (``.safetensors``); ``"nnunet:FOLDER"`` or a
-        :class:`medseg.nnunet.load.NnunetSource` (an nnU-Net v2 trained-model folder, every
-        fold it holds); a run folder holding
+    model : a checkpoint path (``.safetensors``); a run folder holding
         ``fold_*/best.safetensors`` (else each fold's ``last.safetensors``): the fold
         ensemble; a list or tuple of any of these: their ensemble; a
-        :class:`~medseg.checkpoint.Checkpoint`; or a :class:`LoadedModel`.
+        :class:`~medseg.checkpoint.Checkpoint`; or a :class:`LoadedModel`; or anything one
+        of ``sources`` takes.
     runtime : the device the networks are moved to.
+    sources : other model sources, tried first on each item in order.
 
     Ensemble members must agree on input channels, classes, labels, preprocessing and
     window settings; post-processing is the first member's (members written by one
@@ -106,30 +123,31 @@ def load_model(model: Any, runtime: Runtime) -> LoadedModel:
         items = run_checkpoints(model) if _is_run_folder(model) else list(model)
         if not items:
             raise UsageError("an ensemble needs at least one checkpoint, got an empty list")
-        return _ensemble([_load_one(item, runtime) for item in items])
-    return _load_one(model, runtime)
+        return _ensemble([_load_one(item, runtime, sources) for item in items])
+    return _load_one(model, runtime, sources)
 
 
-def _load_one(model: Any, runtime: Runtime) -> LoadedModel:
+def _load_one(model: Any, runtime: Runtime, sources: Sequence[Source]) -> LoadedModel:
     from medseg.checkpoint import Checkpoint, load_checkpoint
-    from medseg.nnunet.load import NnunetSource, load_nnunet
 
-    nnunet = NnunetSource.parse(model)
-    if nnunet is not None:
-        return load_nnunet(nnunet, runtime)
+    for source in sources:
+        found = source(model, runtime)
+        if found is not None:
+            return found
     if isinstance(model, LoadedModel):
         for network in model.networks:
             network.to(runtime.device).eval()
         return model
     if isinstance(model, (list, tuple)) or _is_run_folder(model):
-        return load_model(model, runtime)
+        return load_model(model, runtime, sources)
     if isinstance(model, (str, os.PathLike)):
         model = load_checkpoint(model, device="cpu")
     if isinstance(model, Checkpoint):
         network = model.build_model(runtime.device)
         members = getattr(network, "members", None)  # the folds of one file (nnU-Net import)
         networks = tuple(members) if isinstance(members, nn.ModuleList) else network
-        return LoadedModel(networks, model.card, str(model.path))
+        return LoadedModel(networks, model.card, str(model.path),
+                           getattr(network, "combine", COMBINES[0]))
     hint = (": wrap it with its card, LoadedModel(module, card)"
             if isinstance(model, nn.Module) else "")
     raise UsageError("the model must be a checkpoint path, a run folder, a list of "
@@ -139,8 +157,7 @@ def _load_one(model: Any, runtime: Runtime) -> LoadedModel:
 
 # -- ensembles -------------------------------------------------------------------------------
 def _is_run_folder(model: Any) -> bool:
-    return (isinstance(model, (str, os.PathLike)) and not str(model).startswith("nnunet:")
-            and Path(model).is_dir())
+    return isinstance(model, (str, os.PathLike)) and Path(model).is_dir()
 
 
 def run_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
@@ -189,7 +206,7 @@ def _ensemble(members: Sequence[LoadedModel]) -> LoadedModel:
                         first.source, other.source, first.source)
     networks = tuple(n for member in members for n in member.networks)
     source = first.source if len(members) == 1 else ", ".join(m.source for m in members)
-    return LoadedModel(networks, first.card, source)
+    return LoadedModel(networks, first.card, source, first.combine)
 
 
 def _check_same_settings(a: LoadedModel, b: LoadedModel) -> None:
@@ -207,7 +224,7 @@ def _settings(card: ModelCard) -> dict[str, Any]:
     """The card's settings that ensemble members must share, as ``name -> value``."""
     settings: dict[str, Any] = {"input channels": card.in_channels,
                                 "classes": card.num_classes, "labels": dict(card.labels)}
-    settings.update(_flatten("preprocessing", card.preprocessing))
+    settings.update(_flatten("preprocessing", card.preprocessing.to_dict()))
     settings.update(_flatten("window", card.window.to_dict()))
     return settings
 

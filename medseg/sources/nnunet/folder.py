@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from medseg.errors import CheckpointError, DataError, UsageError
-from medseg.nnunet.network import OLD_STYLE_KEYS, architecture_of
-from medseg.nnunet.safe_load import (NnunetCheckpoint, read_checkpoint, read_json,
+from medseg.models.nnunet_network import OLD_STYLE_KEYS, architecture_of
+from medseg.sources.nnunet.safe_load import (NnunetCheckpoint, read_checkpoint, read_json,
                                      read_postprocessing)
 
 __all__ = ["NnunetFolder", "CHECKPOINT_NAMES", "REFUSED_CONFIGURATIONS", "regions_of"]
@@ -128,7 +128,7 @@ class NnunetFolder:
         A configuration that ``inherits_from`` another starts from that one's (resolved)
         entries and overrides them with its own. The network description is always in the
         new style (``"architecture"``; an old-style description is mapped to it, see
-        :mod:`medseg.nnunet.network`).
+        :mod:`medseg.models.nnunet_network`).
 
         Raises
         ------
@@ -175,7 +175,7 @@ class NnunetFolder:
         return {**background, **dict(zip(order, names))}
 
     def read_checkpoints(self) -> list[NnunetCheckpoint]:
-        """Read each selected fold's checkpoint (safely, see :mod:`medseg.nnunet.safe_load`).
+        """Read each selected fold's checkpoint (safely, see :mod:`medseg.sources.nnunet.safe_load`).
 
         Raises
         ------
@@ -202,7 +202,7 @@ class NnunetFolder:
         Returns
         -------
         list of dict or None
-            The steps in order, as :func:`~medseg.nnunet.safe_load.read_postprocessing`
+            The steps in order, as :func:`~medseg.sources.nnunet.safe_load.read_postprocessing`
             gives them.
 
         Raises

@@ -8,7 +8,7 @@ back into nnU-Net's frame for the network and its output back into the window fr
 network takes windows one voxel deep along z (nnU-Net's slices along axis 0).
 
 :class:`NnunetFolds` holds the folds of a model as one module (one checkpoint file, keys
-``members.<i>.network.<nnU-Net key>``); :func:`medseg.inference.loaded.load_model` unpacks
+``members.<i>.network.<nnU-Net key>``); :func:`medseg.sources.load_model` unpacks
 its ``members`` into an ensemble.
 """
 
@@ -50,9 +50,12 @@ class NnunetFolds(nn.Module):
     :class:`WindowFrameNetwork`, all built from one (new-style) architecture description
     ``{"network_class_name", "arch_kwargs", "_kw_requires_import"}`` of nnU-Net's plans."""
 
+    #: How the members combine in an ensemble (:data:`medseg.sources.loaded.COMBINES`).
+    combine = "mean_logits"
+
     def __init__(self, in_channels: int, out_channels: int, architecture: Mapping[str, Any],
                  dims: int = 3, folds: int = 1) -> None:
-        from medseg.nnunet.network import build_network
+        from medseg.models.nnunet_network import build_network
 
         super().__init__()
         self.members = nn.ModuleList(

@@ -7,7 +7,7 @@ to the input's range), or, when one axis is anisotropic (its spacing more than
 other two axes (each slice clipped to its own range) and then along that axis with
 ``order_z`` (``scipy.ndimage.map_coordinates`` at ``(i + 0.5) * n_in / n_out - 0.5``,
 nearest edge). Arrays here are channel first ``(C, a0, a1, a2)`` in nnU-Net's frame (see
-:mod:`medseg.nnunet.preprocess`); spacings are in mm in the same axis order.
+:mod:`medseg.transforms.nnunet`); spacings are in mm in the same axis order.
 
 Both are linear and separable per axis (the spline prefilter, the edge padding and the
 tensor-product interpolation all act axis by axis), so each axis is one ``(n_out, n_in)``
@@ -31,15 +31,18 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
 from medseg.errors import CheckpointError, check_option
+from medseg.volume import LabelMap, Volume
 
 __all__ = [
     "ANISOTROPY_THRESHOLD",
+    "NnunetResampling",
     "axis_matrix",
     "FUNCTIONS",
     "ResamplingRule",
@@ -122,6 +125,65 @@ class ResamplingRule:
             if max(candidate) / min(candidate) > ANISOTROPY_THRESHOLD:
                 return _lowres_axis(candidate)
         return None
+
+
+@dataclass(frozen=True)
+class NnunetResampling:
+    """nnU-Net's resampling of network outputs as a rule of a ``Resampled`` history step.
+
+    Volumes are in the window frame (x, y, z) = nnU-Net's (a2, a1, a0); the arithmetic runs
+    in nnU-Net's frame on a reversed view, so values are nnU-Net's bit for bit.
+
+    Attributes
+    ----------
+    rule : the plans' ``resampling_fn_probabilities`` settings.
+    separate_axis : the axis (nnU-Net's frame: 0 = window z) resampled on its own, or None.
+    slab_voxels : output voxels per channel resampled at a time when making labels (the
+        memory knob of :meth:`resample_to_labels`).
+    """
+
+    rule: ResamplingRule
+    separate_axis: int | None = None
+    slab_voxels: int = SLAB_VOXELS
+    name: ClassVar[str] = "nnunet"
+
+    def resample(self, volume: Volume, shape: Sequence[int], affine: np.ndarray,
+                 device: Any = None) -> Volume:
+        """``volume`` (K, x, y, z) resampled to ``shape`` (voxels, window frame) in its own
+        dtype, on the grid ``affine``; ``device`` unused (NumPy)."""
+        out = resample(_reversed(volume.array), tuple(shape)[::-1], self.separate_axis,
+                       self.rule)
+        return type(volume)(_reversed(out), affine, volume.meta)
+
+    def resample_to_labels(self, volume: Volume, shape: Sequence[int], affine: np.ndarray,
+                           device: Any, labels_of: Callable[[np.ndarray], np.ndarray],
+                           dtype: np.dtype) -> LabelMap:
+        """The labels of ``volume`` resampled to ``shape``, slab by slab: ``labels_of`` maps a
+        resampled (K, ...) block to its labels, of ``dtype``; the full (K, shape) array is
+        never built. Peak memory besides input and labels: about
+        ``slab_voxels * (6 K + 32)`` bytes."""
+        labels = np.zeros(tuple(shape)[::-1], dtype=dtype)
+        for index, block in iter_resampled(_reversed(volume.array), tuple(shape)[::-1],
+                                           self.separate_axis, self.rule, self.slab_voxels):
+            labels[index[1:]] = labels_of(block)
+        return LabelMap(_reversed(labels), affine, volume.meta)
+
+    def to_dict(self) -> dict:
+        return {"rule": self.name, **self.rule.to_dict(), "separate_axis": self.separate_axis,
+                "slab_voxels": self.slab_voxels}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> NnunetResampling:
+        axis = data.get("separate_axis")
+        return cls(ResamplingRule.from_dict(data), None if axis is None else int(axis),
+                   int(data.get("slab_voxels", SLAB_VOXELS)))
+
+
+def _reversed(array: np.ndarray) -> np.ndarray:
+    """The spatial axes of (x, y, z) or (C, x, y, z) reversed (a view): window frame <->
+    nnU-Net's frame."""
+    lead = array.ndim - 3
+    return array.transpose(*range(lead), *(lead + a for a in (2, 1, 0)))
 
 
 def _lowres_axis(spacing: Sequence[float]) -> int | None:

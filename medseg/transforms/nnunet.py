@@ -10,7 +10,7 @@ a medseg :class:`~medseg.volume.Volume`:
 3. **crop** to the bounding box of the non-zero voxels of any channel, holes filled;
 4. **normalise** each channel by its scheme (:class:`ChannelNormalization`), inside that
    mask when ``use_mask_for_norm``;
-5. **resample** to the target spacing (:mod:`medseg.nnunet.resample`); a 2d configuration
+5. **resample** to the target spacing (:mod:`medseg.transforms.resample_nnunet`); a 2d configuration
    has two target spacings and keeps a0's.
 
 :class:`NnunetHistory` undoes it for the network's logits as nnU-Net's export does
@@ -23,17 +23,24 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
-from medseg.errors import CheckpointError, DataError, check_option
-from medseg.nnunet.history import NnunetHistory
-from medseg.nnunet.resample import ResamplingRule, resample, target_shape
+from medseg.errors import CheckpointError, DataError, UsageError, check_option
+from medseg.transforms.crop import nonzero_bbox
+from medseg.transforms.history import Activation, Cropped, History, Reoriented, Resampled
 from medseg.transforms.orientation import apply_orientation, orientation_transform
+from medseg.transforms.pipeline import Preprocessed
+from medseg.transforms.resample_nnunet import (
+    NnunetResampling,
+    ResamplingRule,
+    resample,
+    target_shape,
+)
 from medseg.volume import Volume
 
-__all__ = ["ChannelNormalization", "NnunetPrepared", "NnunetPreprocessing", "NnunetHistory",
-           "READERS", "SCHEMES"]
+__all__ = ["ChannelNormalization", "NnunetPreprocessing", "READERS", "SCHEMES"]
 
 #: nnU-Net readers medseg reproduces, and whether each reorients to RAS first.
 READERS = {"SimpleITKIO": False, "NibabelIO": False, "NibabelIOWithReorient": True}
@@ -103,18 +110,6 @@ def _zscore(image: np.ndarray, mask: np.ndarray | None) -> None:
     image[mask] = (inside - mean) / max(std, _EPS)
 
 
-@dataclass
-class NnunetPrepared:
-    """The network input of one image and the history that maps outputs back.
-
-    ``image``: (C, a0, a1, a2) float32 in nnU-Net's frame after crop, normalisation and
-    resampling; ``history``: :class:`NnunetHistory`.
-    """
-
-    image: np.ndarray
-    history: NnunetHistory
-
-
 @dataclass(frozen=True)
 class NnunetPreprocessing:
     """What one nnU-Net configuration does to an image before the network and to the
@@ -139,6 +134,11 @@ class NnunetPreprocessing:
     resampling_probabilities: ResamplingRule
     regions: tuple[tuple[int, ...], ...] | None = None
     regions_class_order: tuple[int, ...] | None = None
+
+    #: The card's name of this kind of preprocessing (``"kind"`` in its JSON form).
+    kind: ClassVar[str] = "nnunet"
+    #: The network's outputs return to the input grid as logits, activated afterwards.
+    resamples_logits: ClassVar[bool] = True
 
     @classmethod
     def from_plans(cls, plans: Mapping, configuration: str, dataset: Mapping,
@@ -177,7 +177,7 @@ class NnunetPreprocessing:
     def to_dict(self) -> dict:
         """JSON-able form with ``"kind": "nnunet"``; :meth:`from_dict` reads it back exactly."""
         data = asdict(self)
-        data["kind"] = "nnunet"
+        data["kind"] = self.kind
         return data
 
     @classmethod
@@ -209,15 +209,26 @@ class NnunetPreprocessing:
     def num_channels(self) -> int:
         return len(self.normalization)
 
-    def apply(self, volume: Volume) -> NnunetPrepared:
-        """Preprocess ``volume`` ((x, y, z) or (C, x, y, z)) as nnU-Net would its file.
+    def apply(self, image: Volume, label: Volume | None = None,
+              device: Any = None) -> Preprocessed:
+        """Preprocess ``image`` ((x, y, z) or (C, x, y, z)) as nnU-Net would its file.
+
+        Returns
+        -------
+        :class:`~medseg.transforms.pipeline.Preprocessed`: the float32 network input
+        (C, x', y', z') in the window frame (module docstring) and its History; ``device``
+        is unused (nnU-Net's arithmetic runs in NumPy).
 
         Raises
         ------
         DataError : the volume's channels differ from the configuration's.
+        UsageError : a label was given (this path prepares images for prediction).
         """
+        if label is not None:
+            raise UsageError("nnU-Net preprocessing here prepares images for prediction: "
+                             "pass no label")
         check_option(self.reader, READERS, "nnU-Net reader", CheckpointError)
-        volume, ornt = _reader_frame(volume, READERS[self.reader])
+        volume, ornt = _reader_frame(image, READERS[self.reader])
         array = volume.array if volume.has_channels else volume.array[None]
         if array.shape[0] != self.num_channels:
             raise DataError(f"the image has {array.shape[0]} channel(s); this nnU-Net "
@@ -229,7 +240,7 @@ class NnunetPreprocessing:
         zyx = volume.spacing_mm[::-1]
         spacing = tuple(float(zyx[t]) for t in self.transpose_forward)
         masked = any(n.use_mask_for_norm for n in self.normalization)
-        mask, bbox = _nonzero_box(data, fill=masked)
+        mask, bbox = nonzero_bbox(data, fill=masked)
         index = tuple(slice(a, b) for a, b in bbox)
         cropped = data[(slice(None), *index)]
         mask = mask[index]
@@ -238,11 +249,15 @@ class NnunetPreprocessing:
         for c, norm in enumerate(self.normalization):
             cropped[c] = norm.apply(cropped[c], mask)
         rule = self.resampling_data
-        image = resample(cropped, shape, rule.separate_axis(spacing, target), rule)
-        history = NnunetHistory(
-            self, spacing, tuple(data.shape[1:]), tuple(bbox),  # type: ignore[arg-type]
-            tuple(cropped.shape[1:]), tuple(image.shape[1:]), ornt, volume.affine)
-        return NnunetPrepared(image, history)
+        network = np.ascontiguousarray(
+            resample(cropped, shape, rule.separate_axis(spacing, target), rule))
+        back = NnunetResampling(self.resampling_probabilities,
+                                self.resampling_probabilities.separate_axis(target, spacing))
+        history = _history(image, volume, ornt, self.transpose_forward, bbox,
+                           tuple(network.shape[1:]), back, Activation(self.regions_class_order))
+        window = Volume(network.transpose(0, 3, 2, 1), np.asarray(history.output_affine),
+                        image.meta)
+        return Preprocessed(window, None, history)
 
     def full_spacing(self, spacing: Sequence[float]) -> tuple[float, ...]:
         """The target spacing (mm, nnU-Net's frame) for an image of ``spacing``: a 2d
@@ -309,21 +324,37 @@ def _reader_frame(volume: Volume, reorient: bool) -> tuple[Volume, np.ndarray | 
     return apply_orientation(volume, ornt), ornt
 
 
-def _nonzero_box(data: np.ndarray, fill: bool) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """The non-zero mask of any channel, its holes filled when ``fill`` (nnU-Net's
-    crop_to_nonzero always fills; only a masked normalisation reads the filled mask), and
-    its bounding box [start, stop) per axis (the whole axis when the mask is empty).
+def _history(image: Volume, reader: Volume, ornt: np.ndarray | None,
+             transpose_forward: Sequence[int], bbox: Sequence[tuple[int, int]],
+             network_shape: Sequence[int], rule: NnunetResampling,
+             activation: Activation) -> History:
+    """nnU-Net's steps as a medseg History in the window frame.
 
-    Filling never moves the box: a zero voxel outside the box reaches the array's border
-    through zeros, so it is no hole.
+    ``reader``: ``image`` as nnU-Net's reader sees it (reoriented by ``ornt`` when the
+    reader reorients); ``bbox`` and ``network_shape`` are in nnU-Net's frame (a0, a1, a2);
+    window axis i is nnU-Net's axis 2 - i.
     """
-    from scipy.ndimage import binary_fill_holes
+    import nibabel.orientations as nio
 
-    mask = data[0] != 0
-    for c in range(1, data.shape[0]):
-        mask |= data[c] != 0
-    bbox = []
-    for axis, n in enumerate(mask.shape):
-        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
-        bbox.append((int(hits[0]), int(hits[-1]) + 1) if len(hits) else (0, n))
-    return (binary_fill_holes(mask) if fill else mask), bbox
+    steps: list = [] if ornt is None else [Reoriented(ornt)]
+    perm = np.array([(0, 1)] * 3)
+    for i in range(3):  # window axis i holds reader-frame (x, y, z) axis 2 - t[2 - i]
+        perm[2 - transpose_forward[2 - i]] = (i, 1)
+    shape, affine = reader.spatial_shape, reader.affine
+    if not np.array_equal(perm[:, 0], [0, 1, 2]):
+        steps.append(Reoriented(perm))
+        affine = affine @ nio.inv_ornt_aff(perm, shape)
+        shape = tuple(shape[int(np.flatnonzero(perm[:, 0] == i)[0])] for i in range(3))
+    start = tuple(int(a) for a, _ in bbox)[::-1]
+    cropped = tuple(int(b - a) for a, b in bbox)[::-1]
+    steps.append(Cropped(start, shape, affine))
+    affine = affine.copy()
+    affine[:3, 3] = affine[:3, :3] @ np.asarray(start, dtype=np.float64) + affine[:3, 3]
+    steps.append(Resampled(cropped, affine, rule))
+    out_shape = tuple(int(n) for n in network_shape)[::-1]
+    scale = np.asarray(cropped, dtype=np.float64) / np.asarray(out_shape, dtype=np.float64)
+    to_cropped = np.eye(4)  # nnU-Net's centre-aligned grids: i -> (i + 0.5) s - 0.5
+    to_cropped[:3, :3] = np.diag(scale)
+    to_cropped[:3, 3] = 0.5 * scale - 0.5
+    return History(image.spatial_shape, image.affine, out_shape, affine @ to_cropped,
+                   tuple(steps), activation)
