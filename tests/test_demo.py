@@ -127,7 +127,7 @@ def test_demo_smoke_on_tiny_phantoms(tmp_path, capsys):
     summary = json.loads((out / "evaluation" / "summary.json").read_text())
     table = _table_rows(stdout)
     assert sorted(table) == sorted(["liver", "spleen", "kidney_left", "kidney_right", "aorta"])
-    for key, group in summary["labels"].items():
+    for group in summary["labels"].values():
         dice = group["metrics"]["dice"]["mean"]
         assert table[group["label_name"]][0] == f"{dice:.4f}"
     assert summary["n_cases"] == 2
