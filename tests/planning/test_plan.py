@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from medseg.cli import main
-from medseg.config import PhantomConfig, load_config
+from medseg.config import load_config
 from medseg.data.manifest import load_manifest, read_case
-from medseg.data.phantom_dataset import write_phantom_dataset
+from medseg.data.phantom_dataset import PhantomConfig, write_phantom_dataset
 from medseg.errors import DataError, UsageError
 from medseg.planning import PlanOptions, compute_fingerprint, make_plan, render, rules, write_plan
 from tests.planning.helpers import write_dataset
