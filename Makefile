@@ -1,4 +1,4 @@
-# Two commands: `make demo` and `make test`. Each creates .venv on first use.
+# Two commands: `make demo` and `make test` (lint, then the tests). Each creates .venv on first use.
 PYTHON ?= python3
 VENV ?= .venv
 # torch is installed first (CPU build) so pip never resolves a CUDA build.
@@ -41,7 +41,11 @@ venv: $(VENV)/.test
 demo: $(VENV)/.runtime
 	$(VENV)/bin/medseg demo $(DEMO_ARGS)
 
+# Lint first: ruff (rules in pyproject.toml) and the import layers (lint-imports reads
+# [tool.importlinter]); either names the offending line or import and stops the target.
 test: $(VENV)/.test
+	$(VENV)/bin/ruff check medseg tests benchmarks
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -n 2 --dist loadfile -q $(PYTEST_ARGS)
 
 bench: $(VENV)/.test

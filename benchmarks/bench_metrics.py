@@ -139,7 +139,7 @@ def case_a() -> None:
 def report_memory(pred, gt, spacing, labels=None) -> None:
     inputs = pred.nbytes + gt.nbytes
     for convention in ("medseg", "deepmind"):
-        peak = peak_memory(lambda: evaluate_arrays(pred, gt, spacing, labels, convention=convention))
+        peak = peak_memory(lambda c=convention: evaluate_arrays(pred, gt, spacing, labels, convention=c))
         print(f"    peak memory ({convention}): {peak / 2**20:.1f} MiB = {peak / inputs:.2f}x the two "
               f"input arrays ({inputs / 2**20:.1f} MiB)")
 

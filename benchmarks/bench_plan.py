@@ -82,7 +82,7 @@ def medseg_row(plan) -> dict:
 
 
 def phantom_manifest(root: Path) -> Path:
-    from medseg.config import PhantomConfig
+    from medseg.data.phantom_dataset import PhantomConfig
     from medseg.data.phantom_dataset import write_phantom_dataset
 
     cfg = PhantomConfig(n_train=6, n_val=0, shape=[96, 96, 48], spacing_mm=[1.5, 1.5, 4.0])

@@ -37,7 +37,9 @@ _SUBMODULES = {
     "card", "runtime", "results", "stats", "agreement",
 }
 
-__all__ = sorted(_LAZY) + ["__version__"]
+#: Written out so that static tools see it; the names of ``_LAZY``, sorted, and ``__version__``.
+__all__ = ["MedsegError", "ModelCard", "PredictOptions", "Runtime", "Volume", "WindowSettings",
+           "predict_volume", "read_volume", "write_volume", "__version__"]
 
 
 def __getattr__(name: str) -> Any:

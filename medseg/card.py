@@ -214,7 +214,7 @@ class NetworkSpec:
     """A network of the registry :mod:`medseg.models` and its constructor arguments.
 
     ``options`` holds every other constructor argument at its value (and ``seed``),
-    as ``model.medseg_config`` records them; :meth:`build` calls
+    as ``model.medseg_config`` records them; ``medseg.models.build(spec)`` calls
     ``medseg.models.create(name, in_channels, out_channels, **options)``.
     """
 
@@ -243,13 +243,6 @@ class NetworkSpec:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "in_channels": self.in_channels,
                 "out_channels": self.out_channels, **self.options}
-
-    def build(self):  # -> torch.nn.Module
-        """A new network of this architecture (weights initialised, not loaded)."""
-        from medseg import models
-
-        return models.create(self.name, self.in_channels, self.out_channels,
-                             **dict(self.options))
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medseg import __version__
+from medseg import __version__, models
 from medseg.card import ModelCard
 from medseg.errors import CheckpointError, MedsegError
 from medseg.io.atomic import atomic_path
@@ -89,7 +89,7 @@ class Checkpoint:
         """
         spec = self.card.model
         try:
-            model = spec.build()
+            model = models.build(spec)
         except (MedsegError, TypeError) as exc:
             text = exc.message if isinstance(exc, MedsegError) else str(exc)
             raise CheckpointError(f"cannot rebuild model {spec.to_dict()}: {text}",

@@ -28,11 +28,11 @@ from typing import Any, Union
 
 from medseg.card import ModelCard, NetworkSpec, Postprocess, WindowSettings
 from medseg.data.augment_config import AugmentConfig, check_augment
+from medseg.data.phantom_dataset import PhantomConfig
 from medseg.errors import ConfigError, UsageError, check_option, closest
 
 __all__ = [
     "DataConfig",
-    "PhantomConfig",
     "ModelConfig",
     "LossConfig",
     "AugmentConfig",
@@ -43,21 +43,6 @@ __all__ = [
     "parse_config",
     "apply_overrides",
 ]
-
-
-@dataclass
-class PhantomConfig:
-    """Generate synthetic CT phantoms (``medseg.data.phantom``) instead of reading a manifest.
-
-    ``shape`` in voxels (x, y, z), ``spacing_mm`` in mm; case ``i`` uses seed ``seed + i``.
-    """
-
-    n_train: int = 8
-    n_val: int = 2
-    shape: list[int] = field(default_factory=lambda: [64, 64, 48])
-    spacing_mm: list[float] = field(default_factory=lambda: [4.5, 4.5, 5.5])
-    seed: int = 0
-    noise_hu: float = 20.0
 
 
 @dataclass

@@ -34,10 +34,11 @@ import numpy as np
 
 from medseg.card import Postprocess
 from medseg.config import PipelineConfig
-from medseg.data.manifest import Case, load_manifest
+from medseg.data.manifest import load_manifest
 from medseg.data.splits import cv_cases, read_splits
 from medseg.errors import UsageError
 from medseg.io.atomic import atomic_write_text
+from medseg.io.cases import Case
 from medseg.runtime import Runtime
 from medseg.training.data import manifest_path
 from medseg.training.folds import SPLITS_FILE, fold_dir, with_cache

@@ -41,8 +41,7 @@ from typing import Any
 
 from medseg.errors import ConfigError, UsageError
 
-__all__ = ["DEFAULT_MINUTES", "DemoResult", "LabelScore", "default_config_path", "plan_training",
-           "run_demo"]
+__all__ = ["DEFAULT_MINUTES", "DemoResult", "LabelScore", "default_config_path", "run_demo"]
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +49,6 @@ DEFAULT_MINUTES = 3.5
 """Training budget: with data, prediction, evaluation and report the demo fits 5 min on 2 cores."""
 
 _CONFIG_NAME = "phantom_quick.yaml"
-_OVERHEAD = 1.2
-"""Measured steps leave out patch sampling, augmentation, validation and checkpoints."""
 
 
 @dataclass(frozen=True)
@@ -129,69 +126,10 @@ def _load_config(config: str | os.PathLike | None, overrides: Sequence[str]):
 
 
 # -- time budget -------------------------------------------------------------------------------
-def measure_step_seconds(cfg, runtime, steps: int = 3, warmup: int = 2) -> float:
-    """Median wall seconds of one optimiser step of ``cfg``'s network under ``runtime``
-    (:class:`medseg.runtime.Runtime`: its device and precision, as training will run).
-
-    Random patches of ``train.patch_size`` and ``train.batch_size``; the first
-    ``warmup`` steps (kernel selection, allocations) are left out, and they warm
-    the process up for the training that follows. The global torch RNG state
-    is restored afterwards.
-    """
-    import torch
-
-    from medseg import losses, models
-    from medseg.data.phantom import LABEL_NAMES
-    from medseg.training.optim import make_optimizer
-
-    dev = runtime.device
-    rng_state = torch.get_rng_state()
-    model = models.create(cfg.model.name, in_channels=1, out_channels=len(LABEL_NAMES) + 1,
-                          **cfg.model.kwargs).to(dev)
-    loss_fn = losses.create(cfg.loss.name, **cfg.loss.kwargs).to(dev)
-    optimizer = make_optimizer(model.parameters(), cfg.train)
-    t = cfg.train
-    image = torch.randn(t.batch_size, 1, *t.patch_size, device=dev)
-    label = torch.randint(0, len(LABEL_NAMES) + 1, (t.batch_size, *t.patch_size), device=dev)
-    times = []
-    for _ in range(warmup + steps):
-        start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        with runtime.autocast():
-            loss = loss_fn(model(image).float(), label)
-        loss.backward()
-        optimizer.step()
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        times.append(time.perf_counter() - start)
-    torch.set_rng_state(rng_state)
-    timed = sorted(times[warmup:])
-    return float(timed[len(timed) // 2])
-
-
-def plan_training(step_s: float, budget_s: float, epochs: int, iterations_per_epoch: int
-                  ) -> tuple[int, int]:
-    """(epochs, iterations_per_epoch) whose steps fit ``budget_s`` at ``step_s`` per step.
-
-    Never more steps than ``epochs * iterations_per_epoch`` (the config's own
-    schedule); at least one step. Epochs keep the config's length where possible.
-
-    >>> plan_training(1.0, 120.0, 16, 25)   # 120 s / (1.0 s * 1.2 overhead) = 100 steps
-    (4, 25)
-    >>> plan_training(0.01, 600.0, 16, 25)  # the config's 400 steps fit
-    (16, 25)
-    """
-    if step_s <= 0 or budget_s <= 0:
-        raise UsageError(f"step time and budget must be positive, got {step_s} s and {budget_s} s")
-    total = min(epochs * iterations_per_epoch, max(1, int(budget_s / (step_s * _OVERHEAD))))
-    if total < iterations_per_epoch:
-        return 1, total
-    n_epochs = total // iterations_per_epoch
-    return n_epochs, total // n_epochs
-
-
 def _budget_config(cfg, manifest: Path, runtime, minutes: float) -> tuple[Any, float]:
     """A copy of ``cfg`` reading ``manifest``, with epochs fitted to ``minutes`` of training."""
+    from medseg.planning.step_time import measure_step_seconds, plan_training
+
     start = time.perf_counter()
     step_s = measure_step_seconds(cfg, runtime)
     budget_s = minutes * 60.0 - (time.perf_counter() - start)

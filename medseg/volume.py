@@ -41,6 +41,10 @@ __all__ = ["LabelMap", "Logits", "Probabilities", "RegionProbabilities", "Volume
            "orientation_of", "affine_from"]
 
 _AXIS_CODES = {0: ("L", "R"), 1: ("P", "A"), 2: ("I", "S")}
+#: |det| of the affine's unit axis columns below which :func:`orientation_of` is asked
+#: whether every axis still has a direction (its SVD rule fails near 1e-15; above this
+#: bound it cannot, so the common case costs no SVD).
+_NEARLY_PARALLEL = 1e-12
 
 
 def orientation_of(affine: np.ndarray) -> str:
@@ -48,10 +52,25 @@ def orientation_of(affine: np.ndarray) -> str:
 
     Each voxel axis is assigned the world axis it is closest to (nibabel's
     ``aff2axcodes`` rule); the letter names the direction of increasing index.
+
+    Raises
+    ------
+    GeometryError
+        Two axis columns are so nearly parallel (their unit vectors span less
+        than a plane to machine precision) that the rule names no direction for
+        an axis, although the affine is not singular (e.g. a column (1e6, 1e-9, 0)
+        beside (1e6, 0, 0)).
     """
     import nibabel.orientations as nio
 
-    return "".join(nio.aff2axcodes(np.asarray(affine, dtype=np.float64)))
+    affine = np.asarray(affine, dtype=np.float64)
+    codes = nio.aff2axcodes(affine)
+    if None in codes:
+        axis = codes.index(None)
+        columns = "; ".join(", ".join(f"{v:.6g}" for v in column) for column in affine[:3, :3].T)
+        raise GeometryError(f"affine axis {axis} is nearly parallel to another axis: no world "
+                            f"direction can be named for it (axis columns ({columns}) mm)")
+    return "".join(codes)
 
 
 def affine_from(
@@ -122,6 +141,8 @@ class Volume:
         if not np.isfinite(det):
             raise GeometryError("affine spacing is too large: the voxel volume overflows "
                                 f"(axis columns {np.abs(affine[:3, :3]).max(axis=0)} mm)")
+        if det < _NEARLY_PARALLEL * np.prod(np.sqrt((affine[:3, :3] ** 2).sum(axis=0))):
+            orientation_of(affine)  # raises GeometryError when an axis has no direction
         self.array = array
         self.affine = affine
         self.meta = dict(meta or {})

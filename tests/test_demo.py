@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from medseg.cli import main
-from medseg.demo import default_config_path, plan_training, run_demo
+from medseg.demo import default_config_path, run_demo
 from medseg.errors import ConfigError, UsageError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -27,28 +27,6 @@ TINY = [
     "train.patch_size=[32,32,24]", "inference.roi_size=[32,32,24]",
     "model.kwargs.depth=3",
 ]
-
-
-# -- time budget -------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("step_s", "budget_s", "expected"),
-    [
-        (1.0, 120.0, (4, 25)),     # 100 steps at 1.2 s each (1.0 s + 20 % overhead)
-        (1.0, 130.0, (4, 27)),     # 108 steps: 4 epochs of 27
-        (0.5, 9.0, (1, 15)),       # less than one configured epoch
-        (30.0, 10.0, (1, 1)),      # always at least one step
-        (0.001, 3600.0, (16, 25)),  # never more than the config's own 400 steps
-    ],
-)
-def test_plan_training_fits_the_budget(step_s, budget_s, expected):
-    epochs, per_epoch = plan_training(step_s, budget_s, 16, 25)
-    assert (epochs, per_epoch) == expected
-    assert epochs * per_epoch <= 16 * 25
-
-
-def test_plan_training_rejects_non_positive_times():
-    with pytest.raises(UsageError, match="positive"):
-        plan_training(0.0, 60.0, 16, 25)
 
 
 # -- config and arguments ----------------------------------------------------------------------
@@ -127,7 +105,7 @@ def test_demo_smoke_on_tiny_phantoms(tmp_path, capsys):
     summary = json.loads((out / "evaluation" / "summary.json").read_text())
     table = _table_rows(stdout)
     assert sorted(table) == sorted(["liver", "spleen", "kidney_left", "kidney_right", "aorta"])
-    for key, group in summary["labels"].items():
+    for group in summary["labels"].values():
         dice = group["metrics"]["dice"]["mean"]
         assert table[group["label_name"]][0] == f"{dice:.4f}"
     assert summary["n_cases"] == 2

@@ -6,7 +6,7 @@ import pytest
 
 from medseg.data.phantom import rotation_z
 from medseg.errors import DataError, GeometryError
-from medseg.volume import LabelMap, Probabilities, Volume, affine_from
+from medseg.volume import LabelMap, Probabilities, Volume, affine_from, orientation_of
 
 
 def test_spacing_orientation_origin_from_affine():
@@ -65,6 +65,20 @@ def test_rejects_bad_affine():
     huge = np.diag([1e308, 1e308, 1.0, 1.0])  # finite entries, infinite voxel volume
     with pytest.raises(GeometryError, match="spacing is too large"):
         Volume(np.zeros((2, 2, 2)), huge)
+
+
+def test_rejects_axes_too_parallel_to_name_but_keeps_strong_shear():
+    # |det| = 1e-3 mm^3 (not singular), but the unit columns of axes 0 and 1 differ by 1e-15:
+    # nibabel's aff2axcodes gives ("R", None, "S")
+    parallel = np.array([[1e6, 1e6, 0, 0], [0, 1e-9, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])
+    assert nib.aff2axcodes(parallel) == ("R", None, "S")
+    with pytest.raises(GeometryError, match=r"axis 1 is nearly parallel to another axis"):
+        Volume(np.zeros((2, 2, 2)), parallel)
+    with pytest.raises(GeometryError, match=r"axis columns \(1e\+06, 0, 0; 1e\+06, 1e-09, 0"):
+        orientation_of(parallel)
+    sheared = parallel.copy()
+    sheared[1, 1] = 1e-3  # axes 0.06 degrees apart: a direction each, as nibabel names them
+    assert Volume(np.zeros((2, 2, 2)), sheared).orientation == "".join(nib.aff2axcodes(sheared))
 
 
 def test_affine_from_rejects_bad_codes():

@@ -14,7 +14,7 @@ def _patch(text: str) -> tuple[int, int, int]:
     try:
         sizes = tuple(int(p) for p in parts)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"patch must be x,y,z voxels, e.g. 96,96,96; got {text!r}")
+        raise argparse.ArgumentTypeError(f"patch must be x,y,z voxels, e.g. 96,96,96; got {text!r}") from None
     if len(sizes) == 1:
         sizes = sizes * 3
     if len(sizes) != 3 or min(sizes) < 1:

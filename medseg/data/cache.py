@@ -32,9 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from medseg.data.manifest import Case, read_case
+from medseg.data.manifest import read_case
 from medseg.errors import DataError
 from medseg.io.atomic import atomic_path, atomic_write_text
+from medseg.io.cases import Case
 from medseg.io.labels import as_label_map
 
 __all__ = ["CachedCase", "cache_key", "cache_case", "build_cache", "foreground_indices"]

@@ -34,17 +34,14 @@ import numpy as np
 from medseg.errors import ConfigError, MedsegError, check_option, closest
 from medseg.io.cases import Case, case_name, label_names_from_mapping, read_case_image
 from medseg.io.cases import read_label_names
-from medseg.data.splits import split_train_val  # noqa: F401 - its former home
 from medseg.volume import Volume
 
 __all__ = [
-    "Case",
     "Manifest",
     "Problem",
     "load_manifest",
     "read_case",
     "read_case_label",
-    "split_train_val",
     "validate_manifest",
 ]
 

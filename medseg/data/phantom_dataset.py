@@ -14,15 +14,29 @@ import dataclasses
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from medseg.config import PhantomConfig
-
-__all__ = ["write_phantom_dataset", "remove_stale_phantoms"]
+__all__ = ["PhantomConfig", "write_phantom_dataset", "remove_stale_phantoms"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class PhantomConfig:
+    """Generate synthetic CT phantoms (``medseg.data.phantom``) instead of reading a manifest:
+    the ``data.phantom`` keys of a pipeline config (:mod:`medseg.config` reads them).
+
+    ``shape`` in voxels (x, y, z), ``spacing_mm`` in mm; case ``i`` uses seed ``seed + i``.
+    """
+
+    n_train: int = 8
+    n_val: int = 2
+    shape: list[int] = field(default_factory=lambda: [64, 64, 48])
+    spacing_mm: list[float] = field(default_factory=lambda: [4.5, 4.5, 5.5])
+    seed: int = 0
+    noise_hu: float = 20.0
 
 
 def write_phantom_dataset(cfg: PhantomConfig, folder: str | Path, n_test: int = 0,
@@ -32,7 +46,7 @@ def write_phantom_dataset(cfg: PhantomConfig, folder: str | Path, n_test: int = 
     Parameters
     ----------
     cfg : shape (x, y, z voxels), spacing (mm), noise, seed and the numbers of
-        training and validation cases (:class:`medseg.config.PhantomConfig`).
+        training and validation cases (:class:`PhantomConfig`).
     folder : the dataset folder (created when missing).
     n_test : test cases, generated after the others (images in ``imagesTs``,
         ground truth in ``labelsTs``).

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from medseg.io.cases import Case, case_name, list_cases, read_case_image
+from medseg.data.inputs import list_cases
+from medseg.io.cases import Case, case_name, read_case_image
 
 if TYPE_CHECKING:
     from medseg.inference.predict import PredictOptions, Prediction

@@ -57,7 +57,7 @@ def keep_largest_component(
     [0, 0, 2, 2, 2, 0]
     """
     out = labels.copy()
-    for value, box, components, count in label_components(labels, only, connectivity):
+    for _value, box, components, count in label_components(labels, only, connectivity):
         if count < 2:
             continue
         sizes = np.bincount(components.ravel())

@@ -8,8 +8,9 @@ share:
 * :func:`case_name`: the name of a case from its file, over the one extension
   table :data:`medseg.io.formats.SUPPORTED_EXTENSIONS` (``.nii.gz``, ``.nii``,
   ``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``);
-* :func:`images_by_case`, :func:`find_case_file`, :func:`list_cases`: the
-  image files of a folder (or input path) by case name;
+* :func:`images_by_case`, :func:`find_case_file`: the image files of a
+  folder by case name (the cases an input path describes, manifests included,
+  are listed by :func:`medseg.data.inputs.list_cases`);
 * :func:`read_case_image`: a case's image as one (C, x, y, z) volume;
 * :func:`read_label_names` / :func:`label_names_from_mapping`: the one parser
   of label names, ``{"1": "liver"}`` (MSD) or ``{"liver": 1}`` (nnU-Net v2).
@@ -26,7 +27,6 @@ from typing import Any
 
 from medseg.errors import ConfigError, DataError, GeometryError, ImageReadError, UsageError
 from medseg.io.formats import (
-    DICOM_EXTENSION,
     SUPPORTED_EXTENSIONS,
     extension_of,
     is_dicom_file,
@@ -40,7 +40,6 @@ __all__ = [
     "images_by_case",
     "pair_folders",
     "find_case_file",
-    "list_cases",
     "read_case_image",
     "read_label_names",
     "label_names_from_mapping",
@@ -48,7 +47,6 @@ __all__ = [
 ]
 
 _CHANNEL_SUFFIX = re.compile(r"_\d{4}$")  # nnU-Net: case_0000.nii.gz is channel 0 of "case"
-_MANIFEST_SUFFIXES = (".json", ".csv")
 
 
 @dataclass(frozen=True)
@@ -174,76 +172,6 @@ def find_case_file(folder: str | os.PathLike, case: str) -> Path:
     tried = ", ".join(f"{case}{ext}" for ext in SUPPORTED_EXTENSIONS)
     raise ImageReadError(f"no file for case {case!r} (tried {tried}, and {case}_0000 with each "
                          "extension)", folder)
-
-
-# -- listing the cases of an input --------------------------------------------------------------
-def _is_dicom_folder(folder: Path) -> bool:
-    return any(is_dicom_file(f) for f in sorted(folder.iterdir())[:50])
-
-
-def _cases_in_folder(folder: Path) -> list[Case]:
-    images = images_by_case(folder)
-    if images:
-        return [Case(name, (path,), split="test") for name, path in images.items()]
-    if _is_dicom_folder(folder):
-        return [Case(folder.name, (folder,), split="test")]
-    series = sorted(p for p in folder.iterdir() if p.is_dir() and _is_dicom_folder(p))
-    if series:
-        return [Case(p.name, (p,), split="test") for p in series]
-    raise DataError("folder holds no image files and no DICOM series", folder)
-
-
-def _cases_in_manifest(path: Path) -> list[Case]:
-    # Manifests are parsed in medseg.data (which imports this module); imported here on use.
-    from medseg.data.manifest import load_manifest
-
-    manifest = load_manifest(path)
-    cases = manifest.split("test") or manifest.cases
-    for case in cases:
-        for image in case.images:
-            if not image.exists():
-                raise DataError(f"case {case.case_id!r}: image {image} does not exist", path)
-    return cases
-
-
-def list_cases(input_path: str | os.PathLike) -> list[Case]:
-    """Every case ``input_path`` describes, in a fixed order.
-
-    ``input_path`` is an image file, a DICOM file (one case named after the file
-    without ``.dcm``: its series, or the multi-frame object it is), a DICOM series
-    folder, a folder of image files (or of DICOM series folders), or a manifest
-    (MSD ``dataset.json``: its ``test`` cases, else all its cases; ``.csv`` with
-    an ``image`` column).
-    Cases found from files have split ``test`` and no label.
-
-    Raises
-    ------
-    ImageReadError
-        ``input_path`` does not exist.
-    DataError
-        It holds no image, is of an unknown kind, or two inputs share a case
-        name (their outputs would overwrite each other).
-    """
-    path = Path(input_path)
-    if not path.exists():
-        raise ImageReadError("input does not exist", path)
-    if path.is_dir():
-        cases = _cases_in_folder(path)
-    elif path.suffix.lower() in _MANIFEST_SUFFIXES:
-        cases = _cases_in_manifest(path)
-    elif is_image_path(path):
-        cases = [Case(case_name(path), (path,), split="test")]
-    elif is_dicom_file(path):
-        name = path.stem if path.suffix.lower() == DICOM_EXTENSION else path.name
-        cases = [Case(name, (path,), split="test")]
-    else:
-        raise DataError("not an image, a DICOM folder or a manifest (.json/.csv)", path)
-    names = [c.case_id for c in cases]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise DataError(f"several inputs share the case name {duplicates[0]!r} (outputs would "
-                        "overwrite each other)", path)
-    return cases
 
 
 # -- reading ----------------------------------------------------------------------------------

@@ -44,9 +44,10 @@ log = logging.getLogger(__name__)
 #: them into one ImageReadError naming the file. Reproduced in tests/io: EOFError
 #: (truncated .nii.gz), zlib / isal errors (damaged deflate stream), OSError
 #: (gzip.BadGzipFile: a .gz that is not gzip), ValueError (nibabel: voxel data shorter
-#: than the header says in a .nii.gz, a quaternion with b^2 + c^2 + d^2 > 1).
+#: than the header says in a .nii.gz, a quaternion with b^2 + c^2 + d^2 > 1), and
+#: nibabel's HeaderDataError for any header value :func:`_check_header` lets through.
 READ_ERRORS: tuple[type[BaseException], ...] = (
-    OSError, EOFError, ValueError, zlib.error, isal.isal_zlib.error,
+    OSError, EOFError, ValueError, zlib.error, isal.isal_zlib.error, HeaderDataError,
 )
 _NIFTI1_MAX_DIM = 32767
 
@@ -73,10 +74,13 @@ def read_nifti(path: str | os.PathLike) -> Volume:
     Raises
     ------
     ImageReadError
-        a header field out of range (named with its value), or the file is not NIfTI.
+        a header field out of range (named with its value; ``scl_inter`` NaN or inf
+        when ``scl_slope`` scales), or the file is not NIfTI.
     GeometryError
         the image is 2D, or 5D or more (other than (x, y, z, 1, C)), or the
-        sform / qform / pixdim that place it hold NaN or inf.
+        sform / qform / pixdim that place it hold NaN or inf, are singular, or have
+        axes so nearly parallel that no direction can be named for one (the
+        message names which of them gives the affine).
     READ_ERRORS
         a truncated or corrupt file (:func:`medseg.io.read_volume` names the file).
     """
@@ -89,7 +93,10 @@ def read_nifti(path: str | os.PathLike) -> Volume:
             f"the {_affine_source(header)} holds NaN or inf: no voxel-to-world affine", path
         )
     array = check_spatial_ndim(_channels_first(array), path)
-    return Volume(array, affine, {"source": str(path), "format": "nifti"})
+    try:
+        return Volume(array, affine, {"source": str(path), "format": "nifti"})
+    except GeometryError as exc:  # singular, or an axis without a direction: name the field
+        raise GeometryError(f"the {_affine_source(header)}: {exc.message}", path) from None
 
 
 class _FileLog(logging.LoggerAdapter):
@@ -138,12 +145,13 @@ def _check_header(
     Checked: magic (single-file NIfTI), ``dim`` (1..7 axes, each >= 1 voxel),
     ``datatype`` (a NIfTI code with a voxel type) and ``bitpix`` (its size),
     ``vox_offset`` (finite, past the header, and with its voxels inside an
-    uncompressed file of ``file_size`` bytes), the xform codes, and ``pixdim``
-    when no sform overrides it.
+    uncompressed file of ``file_size`` bytes), the xform codes, ``pixdim``
+    when no sform overrides it, and ``scl_inter`` when ``scl_slope`` asks for scaling.
     """
     problem = (
         _magic_problem(header) or _dim_problem(header) or _datatype_problem(header)
         or _offset_problem(header, file_size) or _xform_problem(header)
+        or _scaling_problem(header)
     )
     if problem:
         raise ImageReadError(problem, path)
@@ -211,6 +219,17 @@ def _xform_problem(header: nib.Nifti1Header) -> str | None:
         return (f"pixdim[1:4] = ({shown}) must be positive voxel sizes in mm "
                 f"(the {_affine_source(header)} uses them)")
     return None
+
+
+def _scaling_problem(header: nib.Nifti1Header) -> str | None:
+    """A finite ``scl_inter`` is needed when ``scl_slope`` scales (nibabel's rule: a slope of
+    0, NaN or inf means no scaling and the intercept is ignored)."""
+    slope, inter = float(header["scl_slope"]), float(header["scl_inter"])
+    if slope == 0 or not math.isfinite(slope) or math.isfinite(inter):
+        return None
+    return (f"scl_inter {inter:g} is not a finite number, but scl_slope {slope:g} asks for "
+            "scaling (value = scl_slope * stored + scl_inter); set scl_inter to 0, or "
+            "scl_slope to 0 for none")
 
 
 def _affine_source(header: nib.Nifti1Header) -> str:

@@ -82,7 +82,7 @@ def _interior(mask: np.ndarray) -> np.ndarray:
     core = (slice(1, -1),) * 3
     inner[core] = mask[core]
     for axis in range(3):
-        for lo, hi in ((slice(None, -2), slice(1, -1)), (slice(2, None), slice(1, -1))):
+        for lo, _hi in ((slice(None, -2), slice(1, -1)), (slice(2, None), slice(1, -1))):
             shifted = [slice(1, -1)] * 3
             shifted[axis] = lo
             inner[core] &= mask[tuple(shifted)]

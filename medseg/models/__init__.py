@@ -1,4 +1,5 @@
-"""Network registry: ``create(name, in_channels, out_channels, **kwargs)``, ``register``.
+"""Network registry: ``create(name, in_channels, out_channels, **kwargs)``, ``register``,
+and ``build(spec)``: the network a model card's :class:`~medseg.card.NetworkSpec` describes.
 
 Every network maps (B, in_channels, x, y, z) float to logits
 (B, out_channels, x, y, z) for any x, y, z; see each class for its options:
@@ -26,14 +27,18 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from medseg.errors import UsageError, check_keywords, check_option
 
-__all__ = ["create", "available", "register", "unregister", "model_class", "required_options"]
+if TYPE_CHECKING:
+    from medseg.card import NetworkSpec
+
+__all__ = ["create", "build", "available", "register", "unregister", "model_class",
+           "required_options"]
 
 #: name -> the class, or (module, class name) for the built-ins (imported on first use).
 _REGISTRY: dict[str, type[nn.Module] | tuple[str, str]] = {
@@ -170,6 +175,22 @@ def create(name: str, in_channels: int, out_channels: int, **kwargs: Any) -> nn.
         config["seed"] = seed
     model.medseg_config = config
     return model
+
+
+def build(spec: NetworkSpec) -> nn.Module:
+    """A new network of the architecture ``spec`` describes (weights initialised, not loaded).
+
+    ``spec`` is a model card's :class:`~medseg.card.NetworkSpec` (name, channel counts
+    and every other constructor option, as ``model.medseg_config`` recorded them); the
+    network is :func:`create` ``(spec.name, spec.in_channels, spec.out_channels,
+    **spec.options)``.
+
+    Raises
+    ------
+    UsageError
+        As :func:`create`: an unknown name or options the class does not take.
+    """
+    return create(spec.name, spec.in_channels, spec.out_channels, **dict(spec.options))
 
 
 def _json_value(value: Any, model: str, parameter: str) -> Any:

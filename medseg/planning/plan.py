@@ -3,7 +3,8 @@
 :func:`make_plan` fingerprints the training cases (:mod:`medseg.planning.fingerprint`),
 applies nnU-Net's rules (:mod:`medseg.planning.rules`) for the hardware
 (:mod:`medseg.planning.design`) and, given a time budget, fits the schedule to a measured
-step time (:func:`medseg.demo.measure_step_seconds`, :func:`medseg.demo.plan_training`).
+step time (:func:`medseg.planning.step_time.measure_step_seconds`,
+:func:`medseg.planning.step_time.plan_training`).
 :func:`write_plan` writes ``fingerprint.json`` and ``plan.yaml`` (text from
 :mod:`medseg.planning.render`, which ``medseg train`` takes unchanged).
 """
@@ -24,6 +25,7 @@ from medseg.errors import UsageError
 from medseg.planning import rules
 from medseg.planning.design import CPU_WIDTH, WIDTH, Design, design, smallest_memory
 from medseg.planning.fingerprint import Fingerprint, compute_fingerprint
+from medseg.planning.step_time import measure_step_seconds, plan_training
 
 __all__ = ["Plan", "PlanOptions", "make_plan", "write_plan"]
 
@@ -193,11 +195,9 @@ def _fit_time(plan: Plan, options: PlanOptions, channels, voxels) -> Plan:
     """Fit the schedule into ``time_budget_h``: measure the step time of the planned
     network; when fewer than ``MIN_STEPS_3D`` steps fit, shrink the patch (step time taken
     proportional to the estimated memory) and, when no 3D patch is fast enough, use a thin
-    slab; then :func:`medseg.demo.plan_training` with ``CPU_ITERATIONS`` per epoch, in the
+    slab; then :func:`~medseg.planning.step_time.plan_training` with ``CPU_ITERATIONS`` per epoch, in the
     budget left after the validations (:func:`rules.validation_seconds`, at most
     ``rules.MAX_VALIDATIONS`` and ``rules.VALIDATION_SHARE`` of the budget)."""
-    from medseg.demo import plan_training
-
     hours = options.time_budget_h
     if not (isinstance(hours, (int, float)) and hours > 0):
         raise UsageError(f"--time-budget {hours!r}: expected a positive number of hours")
@@ -295,7 +295,6 @@ def _mm(spacing) -> str:
 
 def _measure(plan: Plan, options: PlanOptions) -> float:
     from medseg.config import parse_config
-    from medseg.demo import measure_step_seconds
     from medseg.planning.render import plan_dict
     from medseg.runtime import Runtime
 

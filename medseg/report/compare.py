@@ -20,8 +20,8 @@ import numpy as np
 
 from medseg.errors import DataError
 from medseg.report._figure import figure_png, new_figure
-from medseg.report.html import (TITLES, _data_value, _fmt, _img, _num_cell, _table,
-                                _text_cell)
+from medseg.report.markup import (TITLES, data_value, fmt_number, html_table, img_tag,
+                                  num_cell, text_cell)
 
 __all__ = ["load_comparison", "compare_section", "differences_plot_png"]
 
@@ -61,7 +61,7 @@ def compare_section(data: dict[str, Any]) -> str:
         title = TITLES.get(metric, metric)
         parts.append(f"<h3>{escape(title)}: B - A ({escape(rows[0]['better'] if rows else '')} "
                      "is better)</h3>")
-        plot = _img(differences_plot_png(data, metric), f"{title}: B - A per case",
+        plot = img_tag(differences_plot_png(data, metric), f"{title}: B - A per case",
                     f"compare-{metric}")
         parts.append(f"<div class=\"row\"><div class=\"scroll\">{_stats_table(rows)}</div>"
                      f"{plot}</div>")
@@ -74,14 +74,14 @@ def _stats_table(rows: list[dict[str, Any]]) -> str:
             ("p", True), ("p Holm", True), ("wins", True), ("ties", True), ("losses", True)]
     body = []
     for r in rows:
-        cells = [_num_cell(r["label"], 0), _text_cell(r["label_name"] or ""),
-                 _num_cell(r["n_pairs"], 0), _num_cell(r["n_nonfinite"], 0)]
-        cells += [_num_cell(_float(r[k]), 4) for k in ("mean_a", "mean_b", "mean_diff",
+        cells = [num_cell(r["label"], 0), text_cell(r["label_name"] or ""),
+                 num_cell(r["n_pairs"], 0), num_cell(r["n_nonfinite"], 0)]
+        cells += [num_cell(_float(r[k]), 4) for k in ("mean_a", "mean_b", "mean_diff",
                                                        "ci_low", "ci_high")]
         cells += [_p_cell(_float(r[k])) for k in ("p_value", "p_holm")]
-        cells += [_num_cell(r[k], 0) for k in ("wins", "ties", "losses")]
+        cells += [num_cell(r[k], 0) for k in ("wins", "ties", "losses")]
         body.append(f"<tr>{''.join(cells)}</tr>")
-    return _table(None, head, body)
+    return html_table(None, head, body)
 
 
 def differences_plot_png(data: dict[str, Any], metric: str) -> bytes:
@@ -131,5 +131,5 @@ def _float_array(values: list[Any]) -> np.ndarray:
 
 
 def _p_cell(p: float) -> str:
-    text = _fmt(p, 3) if math.isnan(p) or p >= 0.001 else f"{p:.1e}"
-    return f"<td data-v=\"{_data_value(p)}\">{text}</td>"
+    text = fmt_number(p, 3) if math.isnan(p) or p >= 0.001 else f"{p:.1e}"
+    return f"<td data-v=\"{data_value(p)}\">{text}</td>"

@@ -11,7 +11,6 @@ recomputed here. See :mod:`medseg.report` for the conventions.
 
 from __future__ import annotations
 
-import base64
 import logging
 import math
 import os
@@ -29,6 +28,8 @@ from medseg.io.cases import find_case_file, label_names_from_mapping, read_label
 from medseg.metrics import STATUSES
 from medseg.report.agreement import bland_altman_png
 from medseg.report.cases import check_dirs, read_case_volume
+from medseg.report.markup import (TITLES, fmt_number, html_table, img_tag, num_cell, status_cell,
+                                  text_cell)
 from medseg.report.overlays import Window, choose_window, overlay_png
 from medseg.report.plots import metric_plot_png
 from medseg.report.template import page
@@ -38,12 +39,6 @@ __all__ = ["WorstCases", "write_report"]
 
 log = logging.getLogger(__name__)
 
-#: Table titles of the metrics (keys of :data:`medseg.metrics.METRIC_KEYS`), in display order.
-TITLES: dict[str, str] = {
-    "dice": "Dice", "iou": "IoU", "accuracy": "Accuracy", "hd_mm": "HD (mm)",
-    "hd95_mm": "HD95 (mm)", "avd_mm": "AVD (mm)", "assd_mm": "ASSD (mm)", "nsd": "NSD",
-    "vol_gt_ml": "Vol GT (mL)", "vol_pred_ml": "Vol pred (mL)",
-}
 SUMMARY_METRICS = ("dice", "iou", "hd95_mm", "assd_mm", "nsd")
 _DIGITS = {"dice": 3, "iou": 3, "accuracy": 4, "nsd": 3}  # others: 2 (mm, mL)
 _SUMMARY_STATS = {"dice": ("mean", "median", "std"), "hd95_mm": ("mean", "median", "std")}
@@ -182,12 +177,12 @@ def _summary_section(summary: dict, names: dict[int, str], columns: list[str]) -
     body = []
     for key, group in summary["labels"].items():
         label = int(key)
-        cells = [_num_cell(label, 0), _text_cell(names.get(label, f"label {label}")),
-                 _num_cell(group["n_rows"], 0), _num_cell(group["n_counted"], 0)]
-        cells += [_num_cell(group["status"][st], 0) for st in STATUSES]
+        cells = [num_cell(label, 0), text_cell(names.get(label, f"label {label}")),
+                 num_cell(group["n_rows"], 0), num_cell(group["n_counted"], 0)]
+        cells += [num_cell(group["status"][st], 0) for st in STATUSES]
         for m in metrics:
             stats = group["metrics"][m]
-            cells += [_num_cell(_nan_if_none(stats[stat]), _DIGITS.get(m, 2))
+            cells += [num_cell(_nan_if_none(stats[stat]), _DIGITS.get(m, 2))
                       for stat in _stats_of(m)]
         body.append(f"<tr>{''.join(cells)}</tr>")
     return (
@@ -196,7 +191,7 @@ def _summary_section(summary: dict, names: dict[int, str], columns: list[str]) -
         "<p class=\"note\">Mean, median and standard deviation over the finite values of the "
         "counted rows (NaN and inf, e.g. distances to an empty mask, are left out; the status "
         "columns count them). Click a header to sort.</p>\n"
-        f"<div class=\"scroll\">{_table('summary', head, body)}</div>\n"
+        f"<div class=\"scroll\">{html_table('summary', head, body)}</div>\n"
         f"{_overall_table(summary['overall'], metrics)}"
     )
 
@@ -209,12 +204,12 @@ def _overall_table(overall: dict, metrics: list[str]) -> str:
     for m in metrics:
         by_row, by_case = overall["metrics"][m], overall["case_mean"][m]
         body.append("<tr>" + "".join([
-            _text_cell(TITLES[m]), _num_cell(_nan_if_none(by_row["mean"]), _DIGITS.get(m, 2)),
-            _num_cell(by_row["n"], 0), _num_cell(_nan_if_none(by_case["mean"]), _DIGITS.get(m, 2)),
-            _num_cell(by_case["n"], 0)]) + "</tr>")
+            text_cell(TITLES[m]), num_cell(_nan_if_none(by_row["mean"]), _DIGITS.get(m, 2)),
+            num_cell(by_row["n"], 0), num_cell(_nan_if_none(by_case["mean"]), _DIGITS.get(m, 2)),
+            num_cell(by_case["n"], 0)]) + "</tr>")
     return ("<h3>Overall</h3>\n<p class=\"note\">Mean over the counted (case, label) rows, and "
             "mean over the cases of each case's mean (every case weighs one).</p>\n"
-            f"{_table('overall', head, body)}")
+            f"{html_table('overall', head, body)}")
 
 
 def _stats_of(metric: str) -> tuple[str, ...]:
@@ -227,7 +222,7 @@ def _plots_section(rows: list[ResultRow], names: dict[int, str], columns: list[s
     for metric, title, unit_range in _PLOTS:
         if metric in columns:
             png = metric_plot_png(rows, names, metric, title, unit_range=unit_range)
-            images.append(_img(png, f"{title}: box and strip plot", f"plot-{metric}"))
+            images.append(img_tag(png, f"{title}: box and strip plot", f"plot-{metric}"))
     note = ("<p class=\"note\">One row per label; box = quartiles, line = median, dots = cases. "
             "Infinite values are red crosses at the right edge; NaN values are not drawn.</p>")
     plots = f"<div class=\"plots\">{''.join(images)}</div>"
@@ -242,20 +237,20 @@ def _volumes_section(rows: list[ResultRow], summary: dict, names: dict[int, str]
             ("Pearson r", True)]
     body = []
     for label, a in agreement.items():
-        cells = [_num_cell(label, 0), _text_cell(names.get(label, f"label {label}")),
-                 _num_cell(a["n"], 0)]
-        cells += [_num_cell(_nan_if_none(a[k]), 2)
+        cells = [num_cell(label, 0), text_cell(names.get(label, f"label {label}")),
+                 num_cell(a["n"], 0)]
+        cells += [num_cell(_nan_if_none(a[k]), 2)
                   for k in ("bias_ml", "sd_ml", "loa_low_ml", "loa_high_ml")]
-        body.append("<tr>" + "".join(cells + [_num_cell(_nan_if_none(a["pearson_r"]), 3)])
+        body.append("<tr>" + "".join(cells + [num_cell(_nan_if_none(a["pearson_r"]), 3)])
                     + "</tr>")
     png = bland_altman_png(rows, names, agreement)
-    plot = "" if png is None else _img(png, "Bland-Altman plots of the volumes", "plot-volumes")
+    plot = "" if png is None else img_tag(png, "Bland-Altman plots of the volumes", "plot-volumes")
     return (
         "<h2 id=\"volumes\">Volume agreement</h2>\n"
         f"<p class=\"note\">{escape(summary['volume_agreement_rows'])}. Plots: x = mean of "
         "predicted and true volume, y = predicted - true; solid line bias, dashed lines the "
         "95 % limits of agreement.</p>\n"
-        f"<div class=\"scroll\">{_table('agreement', head, body)}</div>\n"
+        f"<div class=\"scroll\">{html_table('agreement', head, body)}</div>\n"
         f"<div class=\"plots\">{plot}</div>"
     )
 
@@ -288,13 +283,13 @@ def _worst_case(rank, case, mean_dice, case_rows, names, dirs, window) -> str:
         pred = read_case_volume(find_case_file(pred_dir, case))
         if images_dir is not None:
             image = read_case_volume(find_case_file(images_dir, case))
-        title = f"{case}: mean Dice {_fmt(mean_dice, 3)}"
+        title = f"{case}: mean Dice {fmt_number(mean_dice, 3)}"
         png = overlay_png(image, gt, pred, label_names=names, window=window, title=title)
-        overlay = _img(png, f"overlay of case {case}", f"overlay-{rank}")
+        overlay = img_tag(png, f"overlay of case {case}", f"overlay-{rank}")
     volumes = _volume_table(case_rows, names, gt, pred)
     return (
         f"<div class=\"case\"><h3>{rank}. {escape(case)} &mdash; mean Dice "
-        f"{_fmt(mean_dice, 3)}</h3>\n<div class=\"row\">{overlay}{volumes}</div></div>"
+        f"{fmt_number(mean_dice, 3)}</h3>\n<div class=\"row\">{overlay}{volumes}</div></div>"
     )
 
 
@@ -308,10 +303,10 @@ def _volume_table(case_rows: list[ResultRow], names, gt, pred) -> str:
         vol_gt = _first_finite(r.get("vol_gt_ml"), counted[0].get(r.label, math.nan))
         vol_pred = _first_finite(r.get("vol_pred_ml"), counted[1].get(r.label, math.nan))
         body.append("<tr>" + "".join([
-            _num_cell(r.label, 0), _text_cell(names.get(r.label, "")), _status_cell(r.status),
-            _num_cell(r.get("dice"), 3), _num_cell(r.get("hd95_mm"), 2),
-            _num_cell(vol_gt, 2), _num_cell(vol_pred, 2)]) + "</tr>")
-    return f"<div class=\"scroll\">{_table(None, head, body)}</div>"
+            num_cell(r.label, 0), text_cell(names.get(r.label, "")), status_cell(r.status),
+            num_cell(r.get("dice"), 3), num_cell(r.get("hd95_mm"), 2),
+            num_cell(vol_gt, 2), num_cell(vol_pred, 2)]) + "</tr>")
+    return f"<div class=\"scroll\">{html_table(None, head, body)}</div>"
 
 
 def _count_ml(volume) -> dict[int, float]:
@@ -335,64 +330,14 @@ def _cases_section(rows: list[ResultRow], names: dict[int, str], columns: list[s
     head += [(TITLES[c], True) for c in columns]
     body = []
     for r in rows:
-        cells = [_text_cell(r.case), _num_cell(r.label, 0), _text_cell(names.get(r.label, "")),
-                 _status_cell(r.status)]
-        cells += [_num_cell(r.get(c), _DIGITS.get(c, 2)) for c in columns]
+        cells = [text_cell(r.case), num_cell(r.label, 0), text_cell(names.get(r.label, "")),
+                 status_cell(r.status)]
+        cells += [num_cell(r.get(c), _DIGITS.get(c, 2)) for c in columns]
         body.append(f"<tr>{''.join(cells)}</tr>")
     return (
         "<h2 id=\"per-case\">Per-case results</h2>\n"
         "<p class=\"note\">Click a header to sort (NaN last); type to filter by case.</p>\n"
         "<input id=\"case-filter\" type=\"search\" placeholder=\"filter cases\" "
         "aria-label=\"filter cases\">\n"
-        f"<div class=\"scroll\">{_table('cases', head, body)}</div>"
+        f"<div class=\"scroll\">{html_table('cases', head, body)}</div>"
     )
-
-
-# -- HTML pieces --------------------------------------------------------------
-
-def _table(table_id: str | None, head: list[tuple[str, bool]], body: list[str]) -> str:
-    ident = f" id=\"{table_id}\"" if table_id else ""
-    ths = "".join(
-        f"<th data-type=\"num\">{escape(t)}</th>" if numeric
-        else f"<th class=\"t\">{escape(t)}</th>"
-        for t, numeric in head
-    )
-    return (f"<table class=\"sortable\"{ident}><thead><tr>{ths}</tr></thead>"
-            f"<tbody>\n{chr(10).join(body)}\n</tbody></table>")
-
-
-def _img(png: bytes, alt: str, ident: str) -> str:
-    data = base64.b64encode(png).decode("ascii")
-    return (f"<img id=\"{escape(ident)}\" alt=\"{escape(alt)}\" "
-            f"src=\"data:image/png;base64,{data}\">")
-
-
-def _text_cell(text: str) -> str:
-    return f"<td class=\"t\">{escape(str(text))}</td>"
-
-
-def _status_cell(status: str) -> str:
-    return (f"<td class=\"t\" data-v=\"{status}\"><span class=\"status s-{status}\">"
-            f"{escape(status.replace('_', ' '))}</span></td>")
-
-
-def _num_cell(value: float, digits: int) -> str:
-    return f"<td data-v=\"{_data_value(value)}\">{_fmt(value, digits)}</td>"
-
-
-def _data_value(value: float) -> str:
-    value = float(value)
-    if math.isnan(value):
-        return "nan"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return repr(value)
-
-
-def _fmt(value: float, digits: int) -> str:
-    value = float(value)
-    if math.isnan(value):
-        return "&ndash;"
-    if math.isinf(value):
-        return "&infin;" if value > 0 else "&minus;&infin;"
-    return f"{value:.{digits}f}"

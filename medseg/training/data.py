@@ -13,7 +13,8 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from medseg.config import PhantomConfig, PipelineConfig
+from medseg.config import PipelineConfig
+from medseg.data.phantom_dataset import PhantomConfig
 from medseg.data.cache import CachedCase, build_cache
 from medseg.data.manifest import Manifest, load_manifest
 from medseg.data.splits import cv_cases, fold_cases, read_splits, split_train_val

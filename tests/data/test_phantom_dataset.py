@@ -8,9 +8,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medseg.config import PhantomConfig, parse_config
+from medseg.config import parse_config
 from medseg.data.phantom import make_phantom
-from medseg.data.phantom_dataset import write_phantom_dataset
+from medseg.data.phantom_dataset import PhantomConfig, write_phantom_dataset
 
 
 def _phantoms(**kw) -> PhantomConfig:

@@ -13,9 +13,10 @@ from dicom_helpers import copy_files, ct_slice, sample, save
 from pydicom.data import get_testdata_file
 
 from medseg.cli import main
+from medseg.data.inputs import list_cases
 from medseg.errors import GeometryError, ImageReadError, UsageError
 from medseg.io import read_volume
-from medseg.io.cases import Case, list_cases
+from medseg.io.cases import Case
 
 
 def _one_error(capsys, args: list[str]) -> str:

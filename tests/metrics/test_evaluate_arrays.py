@@ -89,7 +89,8 @@ def test_bad_options(kwargs):
 
 
 def test_float_integral_labels_accepted():
-    gt = np.zeros((8, 8, 8)); gt[2:5, 2:5, 2:5] = 3.0
+    gt = np.zeros((8, 8, 8))
+    gt[2:5, 2:5, 2:5] = 3.0
     assert evaluate_arrays(gt, gt.astype(np.uint8), (1, 1, 1))[3]["dice"] == 1.0
 
 

@@ -169,3 +169,15 @@ def test_register_refuses_taken_names_and_builtins_stay(scaled_fcn):
         models.register(scaled_fcn, ScaledFCN)
     with pytest.raises(UsageError, match="'fcn3d' is built in"):
         models.unregister("fcn3d")
+
+
+def test_build_makes_the_network_of_a_card_spec_with_its_seeded_weights():
+    net = models.create("fcn3d", 1, 3, seed=5, variant="16s", width=2)
+    spec = NetworkSpec.of(net)
+    again = models.build(spec)
+    assert type(again) is type(net) and again.medseg_config == net.medseg_config
+    state, again_state = net.state_dict(), again.state_dict()
+    assert list(again_state) == list(state)
+    assert all(torch.equal(state[k], again_state[k]) for k in state)
+    with pytest.raises(UsageError, match="unet3d"):
+        models.build(NetworkSpec("unet3", 1, 2))

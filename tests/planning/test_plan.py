@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from medseg.cli import main
-from medseg.config import PhantomConfig, load_config
+from medseg.config import load_config
 from medseg.data.manifest import load_manifest, read_case
-from medseg.data.phantom_dataset import write_phantom_dataset
+from medseg.data.phantom_dataset import PhantomConfig, write_phantom_dataset
 from medseg.errors import DataError, UsageError
 from medseg.planning import PlanOptions, compute_fingerprint, make_plan, render, rules, write_plan
 from helpers import write_dataset
@@ -143,7 +143,7 @@ def test_time_budget_too_small_for_one_epoch(ct_manifest, tmp_path, capsys):
 def test_time_budget_fits_the_schedule(ct_manifest):
     plan = make_plan(ct_manifest, PlanOptions(device="cpu", time_budget_h=0.05))
     steps = plan.epochs * plan.iterations_per_epoch
-    # demo.plan_training: total = 180 s / (step time * 1.2 overhead) steps, cut into
+    # step_time.plan_training: total = 180 s / (step time * 1.2 overhead) steps, cut into
     # whole epochs of total // epochs steps (so fewer than ``epochs`` steps are lost)
     # validations come out of the budget first (rules.validation_seconds)
     validations = -(-plan.epochs // plan.val_every)
@@ -180,7 +180,7 @@ SECONDS_PER_GIB = 7.4
 def test_cpu_time_budget_coarsens_the_spacing_for_context(tmp_path, monkeypatch, capsys):
     # like la_mri: 320 x 320 x 88 voxels of 0.625 x 0.625 x 1.25 mm, one MR channel. The
     # step time is modelled (proportional to the estimated memory) so the test is fast and
-    # does not depend on the machine; the real measurement is medseg.demo's.
+    # does not depend on the machine; the real measurement is medseg.planning.step_time's.
     from medseg.planning import plan as plan_module
 
     manifest = write_dataset(tmp_path / "la", [(0.625, 0.625, 1.25)] * 2, (320, 320, 88))

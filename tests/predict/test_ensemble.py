@@ -110,7 +110,7 @@ def test_loaded_model_one_network_or_several():
     two = LoadedModel([net, threshold_unet()], card, "a, b")
     assert len(two.networks) == 2 and two.is_ensemble
     with pytest.raises(UsageError, match="ensemble of 2 networks"):
-        two.network
+        _ = two.network
     with pytest.raises(UsageError, match="non-empty sequence"):
         LoadedModel((), card)
 

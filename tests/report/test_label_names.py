@@ -61,6 +61,6 @@ def test_same_names_in_manifest_evaluation_and_report(dataset, tmp_path, labels,
 
 def test_titles_cover_every_metric():
     from medseg.metrics import METRIC_KEYS
-    from medseg.report.html import TITLES
+    from medseg.report.markup import TITLES
 
     assert sorted(TITLES) == sorted(METRIC_KEYS)

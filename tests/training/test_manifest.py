@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from medseg.cli import main
-from medseg.data.manifest import load_manifest, read_case, split_train_val, validate_manifest
+from medseg.data.manifest import load_manifest, read_case, validate_manifest
+from medseg.data.splits import split_train_val
 from medseg.errors import ConfigError
 
 from .training_helpers import write_case

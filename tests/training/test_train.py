@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 
+from medseg import models
 from medseg.card import WindowSettings
 from medseg.checkpoint import load_checkpoint
 from medseg.training.resume import load_resume_state
@@ -100,7 +101,7 @@ def test_ddp_two_ranks_keep_identical_parameters(shared):
     state = weights_of(run / "last.safetensors")
     import hashlib
 
-    net = load_checkpoint(run / "last.safetensors").card.model.build()
+    net = models.build(load_checkpoint(run / "last.safetensors").card.model)
     digest = hashlib.sha256()
     for name, _ in net.named_parameters():
         digest.update(np.ascontiguousarray(state[name]).tobytes())
