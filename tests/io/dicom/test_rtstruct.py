@@ -16,12 +16,12 @@ import pydicom
 import pytest
 from dicom_label_helpers import SAMPLES, TOTALSEG, dciodvfy_errors, labels_on_series, shared
 
-import medseg.io.rtstruct as rtstruct
+import medseg.io.dicom.rtstruct as rtstruct
 from medseg.errors import DataError
 from medseg.io import read_volume
+from medseg.io.dicom.derived import DerivedSeries
+from medseg.io.dicom.rtstruct import roi_colour, write_rtstruct
 from medseg.io.labels import read_labels
-from medseg.io.dicom_seg import DerivedSeries
-from medseg.io.rtstruct import roi_colour, write_rtstruct
 from medseg.volume import LabelMap
 
 
@@ -105,8 +105,9 @@ def _roi_centroids_lps(ds) -> dict[str, np.ndarray]:
 
 
 def centroid_mismatches(rt_path, labels: LabelMap, names) -> tuple[int, list[str]]:
-    """(structures compared, names whose contour centroid is over 1 mm from the label
-    centroid converted RAS -> LPS); only structures 10+ mm away from the image's middle
+    """(structures compared, names whose contour centroid is over 2 mm from the label
+    centroid converted RAS -> LPS; outlines run through the boundary voxels' centres, so a
+    thin structure's area centroid may sit about a pixel (1 mm) off its voxels'); only structures 10+ mm away from the image's middle
     lines and diagonals are compared, where a mirror or transpose moves them."""
     contours = _roi_centroids_lps(pydicom.dcmread(rt_path))
     middle = labels.affine[:3, :3] @ ((np.asarray(labels.spatial_shape) - 1) / 2)
@@ -119,7 +120,7 @@ def centroid_mismatches(rt_path, labels: LabelMap, names) -> tuple[int, list[str
         if min(abs(dx), abs(dy), abs(abs(dx) - abs(dy)) / np.sqrt(2)) < 10:
             continue
         compared += 1
-        if np.abs(contours[names[int(value)]] - lps).max() > 1.0:
+        if np.abs(contours[names[int(value)]] - lps).max() > 2.0:
             wrong.append(names[int(value)])
     return compared, wrong
 
@@ -178,7 +179,8 @@ def test_holes_are_inner_contours_and_empty_labels_warn(tmp_path, caplog):
     assert [r.ROIName for r in ds.StructureSetROISequence] == ["ring"]
     assert len(ds.ROIContourSequence[0].ContourSequence) == 2  # outer outline + hole
     back = read_labels(out, reference=folder)
-    assert np.array_equal(back.array, (array > 0).astype(np.uint8))
+    assert np.array_equal(back.array, array)  # label value 3 stays 3 (ROI Number 3)
+    assert int(ds.StructureSetROISequence[0].ROINumber) == 3
     assert dciodvfy_errors(out) == []
 
 

@@ -11,8 +11,8 @@ import pytest
 
 from medseg.volume import LabelMap, Volume
 
-# tests/io/dicom_label_helpers.py -> parents[2] is the repository; ../shared beside it.
-SHARED = (Path(__file__).resolve().parents[2] / ".." / "shared" / "data").resolve()
+# tests/io/dicom/dicom_label_helpers.py -> parents[3] is the repository; ../shared beside it.
+SHARED = (Path(__file__).resolve().parents[3] / ".." / "shared" / "data").resolve()
 SAMPLES = SHARED / "dicom_samples"
 TOTALSEG = SHARED / "totalsegmentator"
 
