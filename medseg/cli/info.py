@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from medseg.io import read_volume
-    from medseg.io.dicom_labels import dicom_label_kind
+    from medseg.io.dicom.labels import dicom_label_kind
 
     kind = dicom_label_kind(args.path)
     if kind is not None:
@@ -43,9 +43,10 @@ def describe_dicom_labels(path: str | os.PathLike, kind: str) -> str:
     name, and the foreground pixels over all frames (SEG) or the contours (RTSTRUCT);
     then the referenced series.
     """
-    from medseg.io.dicom_labels import read_dicom, summarise
+    from medseg.io.dicom.files import read_dataset
+    from medseg.io.dicom.labels import summarise
 
-    entries, series = summarise(read_dicom(path), kind)
+    entries, series = summarise(read_dataset(path, "DICOM object"), kind)
     what, count = ("DICOM-SEG", "voxels") if kind == "seg" else ("RTSTRUCT", "contours")
     lines = [f"{os.fspath(path)}", f"  type         {what}, {len(entries)} "
              f"{'segments' if kind == 'seg' else 'ROIs'}: label, name, {count}"]

@@ -9,15 +9,15 @@ path                            through
 ``.nrrd``, ``.nhdr``            SimpleITK (:mod:`medseg.io.sitk`)
 ``.mha``, ``.mhd``              SimpleITK
 a folder                        a DICOM series, SimpleITK + GDCM
-                                (:mod:`medseg.io.dicom`), read only
+                                (:mod:`medseg.io.dicom.image`), read only
 a DICOM file (``.dcm``, or      its series (the files of its folder with its
 the DICM preamble)              SeriesInstanceUID), or the enhanced multi-frame
                                 object it is; read only
 ==============================  ==================================================
 
 Every Volume comes back indexed (x, y, z), or (C, x, y, z) with channels, with
-an affine mapping voxel indices to RAS+ mm; the LPS world of ITK is converted
-in :mod:`medseg.io.sitk` and nowhere else. Every write is atomic (a temporary
+an affine mapping voxel indices to RAS+ mm; the LPS world of ITK and DICOM is
+converted through :mod:`medseg.io.lps` and nowhere else. Every write is atomic (a temporary
 file in the destination folder, renamed when complete). Submodules are
 imported on first use, so ``import medseg.io`` stays cheap.
 """
@@ -129,9 +129,9 @@ def _reader(kind: str) -> tuple[Callable[..., Volume], tuple[type[BaseException]
         from medseg.io import sitk
 
         return sitk.read_sitk, sitk.READ_ERRORS, "image"
-    from medseg.io import dicom
+    from medseg.io.dicom import image
 
-    return dicom.read_dicom, dicom.READ_ERRORS, "the DICOM series"
+    return image.read_dicom_image, image.READ_ERRORS, "the DICOM series"
 
 
 def write_volume(volume: Volume, path: str | os.PathLike) -> Path:

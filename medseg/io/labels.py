@@ -3,9 +3,10 @@
 * :func:`read_labels` gives a :class:`~medseg.volume.LabelMap` (x, y, z) with
   ``meta["label_names"]`` (value -> name). An image file is read as it is
   (integer values required); a DICOM-SEG or RTSTRUCT is turned into a label map
-  on the grid of its ``reference`` series (:mod:`medseg.io.dicom_labels`), label
-  value = Segment Number / position in the ROI list, names from the Segment
-  Labels / ROI Names.
+  on the grid of its ``reference`` series
+  (:func:`medseg.io.dicom.labels.read_dicom_labels`): the label values and names the
+  writer gave (medseg's own files keep them), else Segment Numbers / ROI Numbers and
+  the Segment Labels / ROI Names.
 * :func:`write_labels` writes a label map to an image file, or to a ``.dcm``
   DICOM-SEG / RTSTRUCT referencing the series it was predicted on.
 """
@@ -14,30 +15,23 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
-
-from medseg.errors import DataError, UsageError, check_option
+from medseg.errors import UsageError, check_option
 from medseg.volume import LabelMap, Volume, label_array
 
-__all__ = ["read_labels", "write_labels", "as_label_map", "merge_masks", "is_dicom_labels",
-           "OVERLAP_POLICIES", "DICOM_FORMATS"]
+__all__ = ["read_labels", "write_labels", "as_label_map", "is_dicom_labels", "DICOM_FORMATS"]
 
 log = logging.getLogger(__name__)
 
-#: What :func:`read_labels` does where segments / ROIs overlap: refuse, or keep the
-#: first (earlier segment / ROI) or the last one.
-OVERLAP_POLICIES = ("error", "first", "last")
 #: The DICOM objects :func:`write_labels` writes for a ``.dcm`` path.
 DICOM_FORMATS = ("seg", "rtstruct")
-_WHAT = {"seg": "segments", "rtstruct": "ROIs"}
 
 
 def is_dicom_labels(path: str | os.PathLike) -> bool:
     """True for a DICOM-SEG or RTSTRUCT file (read from its header, not its name)."""
-    from medseg.io.dicom_labels import dicom_label_kind
+    from medseg.io.dicom.labels import dicom_label_kind
 
     return dicom_label_kind(path) is not None
 
@@ -71,66 +65,21 @@ def read_labels(
         reference, referenced images missing, contours or frames on no slice).
     ImageReadError, GeometryError : as :func:`medseg.io.read_volume` for unreadable files.
     """
-    from medseg.io import dicom_labels
+    from medseg.io.dicom.labels import OVERLAP_POLICIES, dicom_label_kind, read_dicom_labels
 
     check_option(overlap, OVERLAP_POLICIES, "overlap policy")
-    kind = dicom_labels.dicom_label_kind(path)
+    kind = dicom_label_kind(path)
     if kind is None:
         from medseg.io import read_volume
 
         labels = as_label_map(read_volume(path, channels=False), path)
         labels.meta["label_names"] = {}
         return labels
-    what = "a DICOM-SEG" if kind == "seg" else "an RTSTRUCT"
     if reference is None:
+        what = "a DICOM-SEG" if kind == "seg" else "an RTSTRUCT"
         raise UsageError(f"is {what}: reading it as labels needs the image series it was "
                          "drawn on, give --reference SERIES_DIR (reference= in Python)", path)
-    ref = dicom_labels.Reference.load(reference)
-    dataset = dicom_labels.read_dicom(path)
-    reader = dicom_labels.seg_masks if kind == "seg" else dicom_labels.rtstruct_masks
-    array, names = merge_masks(reader(dataset, ref, path), ref.volume.spatial_shape, overlap,
-                               path, _WHAT[kind])
-    meta = {"source": os.fspath(path), "format": kind, "label_names": names,
-            "reference": os.fspath(reference), "series_uid": ref.volume.meta.get("series_uid")}
-    return LabelMap(array, ref.volume.affine, meta)
-
-
-def merge_masks(
-    masks: Iterable[tuple[int, str, np.ndarray]],
-    shape: Sequence[int],
-    overlap: str,
-    path: str | os.PathLike,
-    what: str = "segments",
-) -> tuple[np.ndarray, dict[int, str]]:
-    """One label map from ``(value, name, mask)`` triples, in their order.
-
-    Parameters
-    ----------
-    masks : label value (> 0), name and (x, y, z) bool mask of each segment / ROI.
-    shape : (x, y, z) voxels of the result.
-    overlap : ``"error"``, ``"first"`` (earlier masks win) or ``"last"`` (later masks win).
-    path, what : the file and what its masks are called, for the overlap error.
-
-    Returns
-    -------
-    (x, y, z) integer array (:func:`medseg.argmax.label_dtype`) and value -> name.
-    """
-    from medseg.argmax import label_dtype
-
-    labels = np.zeros(tuple(shape), dtype=np.uint16)
-    names: dict[int, str] = {}
-    for value, name, mask in masks:
-        taken = mask & (labels != 0)
-        if taken.any() and overlap == "error":
-            other = int(np.bincount(labels[taken]).argmax())
-            raise DataError(f"{what} {names[other]!r} ({other}) and {name!r} ({value}) overlap in "
-                            f"{int(taken.sum())} voxels: a label map holds one label per voxel, "
-                            "choose which wins with --overlap first|last (overlap= in Python)",
-                            path)
-        labels[mask & ~taken if overlap == "first" else mask] = value
-        names[value] = name
-    top = max(names, default=0)
-    return labels.astype(label_dtype(top + 1), copy=False), names
+    return read_dicom_labels(path, reference, overlap)
 
 
 def as_label_map(volume: Volume, path: str | os.PathLike) -> LabelMap:
@@ -157,8 +106,9 @@ def write_labels(
     out : ``.nii.gz`` / ``.nrrd`` / ``.mha`` ... or ``.dcm``; written atomically.
     label_names : value -> segment label / ROI name (``.dcm`` only).
     reference_files : the series' slice files the DICOM object references (``.dcm`` only).
-    dicom_format : ``"seg"`` (DICOM-SEG, :func:`~medseg.io.dicom_seg.write_dicom_seg`) or
-        ``"rtstruct"`` (:func:`~medseg.io.rtstruct.write_rtstruct`).
+    dicom_format : ``"seg"`` (DICOM-SEG, :func:`~medseg.io.dicom.seg.write_dicom_seg`) or
+        ``"rtstruct"`` (:func:`~medseg.io.dicom.rtstruct.write_rtstruct`). Label values
+        and names survive: reading the file back gives the same map.
     algorithm_name : the algorithm the DICOM object names.
 
     Raises
@@ -174,10 +124,10 @@ def write_labels(
         raise UsageError("a DICOM-SEG / RTSTRUCT output references the DICOM series the labels "
                          "are on: give --reference SERIES_DIR (a DICOM input)", out)
     if dicom_format == "seg":
-        from medseg.io.dicom_seg import write_dicom_seg as writer
+        from medseg.io.dicom.seg import write_dicom_seg as writer
     else:
-        from medseg.io.rtstruct import write_rtstruct as writer
-    from medseg.io.dicom_seg import DerivedSeries
+        from medseg.io.dicom.rtstruct import write_rtstruct as writer
+    from medseg.io.dicom.derived import DerivedSeries
 
     return writer(labels, out, DerivedSeries(reference_files, dict(label_names or {}),
                                              algorithm_name))

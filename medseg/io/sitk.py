@@ -1,10 +1,10 @@
-"""NRRD and MetaImage through SimpleITK, and the one LPS <-> RAS conversion.
+"""NRRD and MetaImage through SimpleITK (LPS <-> RAS through :mod:`medseg.io.lps`).
 
 ITK describes a grid by origin ``o``, spacing ``s`` and direction ``D`` (3 x 3,
 row-major in ``GetDirection()``) in LPS world millimetres, and
 ``sitk.GetArrayFromImage`` returns arrays indexed (z, y, x). medseg uses
 (x, y, z) arrays and RAS affines. :func:`sitk_to_volume` and
-:func:`volume_to_sitk` are the only place in medseg where the two meet::
+:func:`volume_to_sitk` are where ITK images and Volumes meet::
 
     affine_lps = [[D @ diag(s), o], [0, 0, 0, 1]]
     affine_ras = diag(-1, -1, 1, 1) @ affine_lps
@@ -28,16 +28,15 @@ from medseg.errors import GeometryError, ImageWriteError
 from medseg.io.atomic import atomic_path, check_writable_dir
 from medseg.io.formats import error_reason
 from medseg.io.layout import as_fortran
+from medseg.io.lps import LPS_TO_RAS
 from medseg.volume import Volume
 
 __all__ = [
-    "LPS_TO_RAS", "READ_ERRORS", "sitk_to_volume", "volume_to_sitk", "read_sitk", "write_sitk",
+    "READ_ERRORS", "sitk_to_volume", "volume_to_sitk", "read_sitk", "write_sitk",
 ]
 
 log = logging.getLogger(__name__)
 
-#: Flips x and y: maps LPS world coordinates to RAS and back (its own inverse).
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _DETACHED = (".nhdr", ".mhd")
 #: SimpleITK raises RuntimeError for every file it cannot read (reproduced in tests/io:
 #: not an image, an NRRD or MetaImage header field it rejects, data shorter than the

@@ -17,7 +17,8 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from medseg.errors import DataError, GeometryError
-from medseg.io.dicom_seg import DerivedSeries, write_dicom_seg
+from medseg.io.dicom.derived import DerivedSeries
+from medseg.io.dicom.seg import write_dicom_seg
 from medseg.volume import Volume
 
 from .predict_helpers import (
@@ -26,6 +27,7 @@ from .predict_helpers import (
     seg_centroids_lps,
     threshold_labels,
 )
+
 
 def write_series(folder: Path, hu: np.ndarray, iop, ipp0, spacing, step_lps) -> list[Path]:
     """Write ``hu`` (slices, rows, cols) as single-frame CT files, in shuffled file-name order."""
@@ -80,8 +82,8 @@ GEOMETRIES = {
 @pytest.mark.parametrize("geometry", sorted(GEOMETRIES))
 def test_seg_frames_match_source_pixels(tmp_path, threshold_ckpt, geometry):
     """Predict on a written series; each SEG frame equals the thresholded source slice."""
-    from medseg.io import read_volume
     from medseg.inference.predict import predict_case
+    from medseg.io import read_volume
     from medseg.runtime import Runtime
 
     iop, ipp0, spacing, step = GEOMETRIES[geometry]

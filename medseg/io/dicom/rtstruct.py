@@ -1,22 +1,34 @@
 """Write a label map as a DICOM RT Structure Set (RTSTRUCT) referencing its source series.
 
-One ROI per label value present (numbered 1..n in increasing label value, as
-the segments of :mod:`medseg.io.dicom_seg`), named from ``label_names`` and
-given a distinct display colour. Each ROI holds CLOSED_PLANAR contours, one
-per connected outline on a source slice, in LPS patient coordinates (mm);
-holes are inner contours, so the even-odd rule (a point inside an odd number
-of the ROI's contours on a slice is inside) gives the mask back. The structure
-set references the study, the series, the frame of reference and every SOP
-instance (RT Referenced Series > Contour Image Sequence), and each contour
-references its slice.
+One ROI per label value present, its ROI Number the label value (so a label
+map {1, 5, 20} comes back as {1, 5, 20}: :mod:`medseg.io.dicom.derived`), named
+from ``label_names`` and given a distinct display colour. Each ROI holds
+CLOSED_PLANAR contours, one per connected outline on a source slice, in LPS
+patient coordinates (mm); holes are inner contours, so the even-odd rule (a
+point inside an odd number of the ROI's contours on a slice is inside) gives
+the mask back. The structure set references the study, the series, the frame
+of reference and every SOP instance (RT Referenced Series > Contour Image
+Sequence), and each contour references its slice.
 
-Contouring uses scikit-image's ``measure.find_contours`` (marching squares at
-level 0.5) on the zero-padded binary slice: a light pure-wheel dependency that
-returns closed, sub-pixel outlines which pass midway between inside and
-outside pixel centres, so rasterising them again (pixel centres, even-odd)
-gives back the very same pixels. rt-utils would pull OpenCV (a large binary)
-for the same job. Collinear points along straight runs are dropped, which
-keeps the outline exactly.
+**Where the outlines run.** Readers rasterise contours in two ways: *centre
+inside* (a pixel is in when its centre is inside the polygon: medseg,
+plastimatch, 3D Slicer) and *fill polygon* (vertices rounded to pixel
+centres, then the polygon filled with its edges, as ``cv2.fillPoly`` does:
+rt-utils and so TotalSegmentator). An outline midway between inside and
+outside pixel centres (marching squares at level 0.5) suits the first but
+grows by one ring in the second. medseg's outlines run
+:data:`OUTLINE_OFFSET_PX` of a pixel outside the centres of the structure's
+boundary pixels: scikit-image's ``measure.find_contours`` at level
+``1 - OUTLINE_OFFSET_PX`` on the zero-padded binary slice, with 8-connected
+foreground (``fully_connected="high"``), as OpenCV traces. Every inside centre
+is then strictly inside (at least ``OUTLINE_OFFSET_PX / sqrt(2)`` pixel from the
+outline), every outside centre at least half a pixel outside, and rounding the
+vertices puts them on the boundary pixels' centres: both kinds of readers give
+the very same pixels back. A one-pixel-thin structure becomes a loop of
+width ``2 * OUTLINE_OFFSET_PX`` around its centres, which a fill-polygon reader
+rasterises as the line of its pixels; a hole's outline hugs the foreground
+pixels around it the same way. Collinear points along straight runs are
+dropped, which keeps the outline exactly.
 
 The dataset is built with pydicom (highdicom has no RT support) following the
 RT Structure Set IOD (PS3.3 A.19) and written atomically.
@@ -35,16 +47,20 @@ import numpy as np
 
 from medseg.errors import ImageWriteError
 from medseg.io.atomic import atomic_path
-from medseg.io.dicom_seg import DerivedSeries, label_frames, slice_pixel_to_lps
+from medseg.io.dicom.derived import DerivedSeries, label_frames
+from medseg.io.dicom.geometry import slice_pixel_to_lps
 from medseg.volume import Volume
 
-__all__ = ["write_rtstruct", "slice_contours", "roi_colour", "RTSTRUCT_SOP_CLASS"]
+__all__ = ["write_rtstruct", "slice_contours", "roi_colour", "RTSTRUCT_SOP_CLASS",
+           "OUTLINE_OFFSET_PX"]
 
 log = logging.getLogger(__name__)
 
 #: RT Structure Set Storage.
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 _STUDY_SOP_CLASS = "1.2.840.10008.3.1.2.3.1"  # (retired) Detached Study Management, per A.19
+#: How far outlines run outside the centres of a structure's boundary pixels (pixels).
+OUTLINE_OFFSET_PX = 0.1
 #: Tags copied from the source series (Patient and General Study modules).
 _COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
            "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")
@@ -69,15 +85,18 @@ def slice_contours(mask: np.ndarray) -> list[np.ndarray]:
 
     Returns
     -------
-    One (n, 2) float array per outline (outer boundaries and holes), the
-    closing point not repeated. Points lie midway between inside and outside
-    pixel centres, so no pixel centre lies on an outline.
+    One (n, 2) float array per outline (outer boundaries and holes), the closing
+    point not repeated. Each runs :data:`OUTLINE_OFFSET_PX` pixel outside the centres
+    of the boundary pixels it surrounds (see the module notes): inside centres lie
+    strictly inside, outside centres at least half a pixel outside, and the vertices
+    round to boundary pixel centres.
     """
     from skimage import measure
 
     padded = np.pad(mask.astype(np.float32), 1)
-    return [_drop_collinear(contour[:-1] - 1.0)  # closed: the first point is repeated last
-            for contour in measure.find_contours(padded, 0.5) if len(contour) > 3]
+    outlines = measure.find_contours(padded, 1.0 - OUTLINE_OFFSET_PX, fully_connected="high")
+    # closed: the first point is repeated last; the padding shifts indices by one
+    return [_drop_collinear(contour[:-1] - 1.0) for contour in outlines if len(contour) > 3]
 
 
 def _drop_collinear(points: np.ndarray) -> np.ndarray:
@@ -92,16 +111,15 @@ def _drop_collinear(points: np.ndarray) -> np.ndarray:
 def write_rtstruct(labels: Volume, out_path: str | os.PathLike, series: DerivedSeries) -> Path:
     """Write ``labels`` as an RT Structure Set referencing the source series.
 
-    ``labels``, ``out_path`` and ``series`` (:class:`~medseg.io.dicom_seg.DerivedSeries`)
-    are as for :func:`medseg.io.dicom_seg.write_dicom_seg` (a label map on the series'
+    ``labels``, ``out_path`` and ``series`` (:class:`~medseg.io.dicom.derived.DerivedSeries`)
+    are as for :func:`medseg.io.dicom.seg.write_dicom_seg` (a label map on the series'
     grid, a ``.dcm`` written atomically, the source slice files and names), and so are the
     errors (GeometryError off the grid; DataError without foreground, for a non-integer
     map or a slice without geometry/UIDs; ImageWriteError). ``series.label_names`` gives
     each ROI Name (``label_<v>`` where missing; named labels without voxels are left out
     with a warning); ``series.algorithm_name`` the ROI Generation Description;
     ``series.description`` ("medseg structures") and ``series.number`` (301) describe
-    the new series. ROI ``n`` holds the ``n``-th smallest non-zero label value present.
-    Returns the written path.
+    the new series. ROI Number ``v`` holds label value ``v``. Returns the written path.
     """
     sources, frames, values = label_frames(labels, series.source_files, out_path, "RTSTRUCT")
     label_names = series.label_names
@@ -132,7 +150,7 @@ def _warn_empty(label_names: Mapping[int, str], present: Sequence[int], out) -> 
 def _structure_set(sources: list, description: str, number: int, algorithm: str):
     """The RTSTRUCT dataset with every module but the ROIs (Patient, Study, Series, ...)."""
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 
     from medseg import __version__
 
@@ -190,19 +208,20 @@ def _frame_of_reference(sources: list):
 
 def _add_rois(ds, sources: list, frames: np.ndarray, names: Mapping[int, str],
               algorithm: str) -> None:
-    """Structure Set ROI, ROI Contour and RT ROI Observations items, one per label value."""
+    """Structure Set ROI, ROI Contour and RT ROI Observations items, one per label value
+    (``names``: value -> ROI Name, ascending), numbered by the value."""
     from pydicom.dataset import Dataset
 
     ds.StructureSetROISequence, ds.ROIContourSequence, ds.RTROIObservationsSequence = [], [], []
-    for number, (value, name) in enumerate(names.items(), start=1):
+    for index, (number, name) in enumerate(names.items()):  # ROI Number = label value
         roi = Dataset()
         roi.ROINumber, roi.ReferencedFrameOfReferenceUID = number, sources[0].FrameOfReferenceUID
         roi.ROIName, roi.ROIGenerationAlgorithm = name, "AUTOMATIC"
         roi.ROIGenerationDescription = algorithm[:64]
         ds.StructureSetROISequence.append(roi)
         contour = Dataset()
-        contour.ReferencedROINumber, contour.ROIDisplayColor = number, roi_colour(number - 1)
-        contour.ContourSequence = _contours(sources, frames == value)
+        contour.ReferencedROINumber, contour.ROIDisplayColor = number, roi_colour(index)
+        contour.ContourSequence = _contours(sources, frames == number)
         ds.ROIContourSequence.append(contour)
         observation = Dataset()
         observation.ObservationNumber, observation.ReferencedROINumber = number, number

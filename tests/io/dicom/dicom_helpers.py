@@ -12,8 +12,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
-# <repo>/../shared/data/dicom_samples; tests/io/dicom_helpers.py -> parents[2] is the repo.
-SAMPLES = Path(__file__).resolve().parents[2] / "../shared/data/dicom_samples"
+# <repo>/../shared/data/dicom_samples; tests/io/dicom/dicom_helpers.py -> parents[3] is the repo.
+SAMPLES = Path(__file__).resolve().parents[3] / "../shared/data/dicom_samples"
 
 
 def sample(name: str) -> Path:

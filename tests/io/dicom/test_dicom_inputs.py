@@ -139,7 +139,7 @@ def test_non_images_beside_a_series_are_skipped_with_a_note(tmp_path, caplog):
     extras = [sample("dcmqi/liver.dcm")] + [Path(get_testdata_file(n)) for n in
                                             ("rtdose.dcm", "rtplan.dcm", "test-SR.dcm")]
     folder = copy_files(sorted(series.glob("*.dcm")) + extras, tmp_path / "mixed")
-    with caplog.at_level(logging.INFO, logger="medseg.io.dicom"):
+    with caplog.at_level(logging.INFO, logger="medseg.io.dicom.image"):
         volume = read_volume(folder)
     np.testing.assert_array_equal(volume.array, read_volume(series).array)
     assert "skipped 4 non-image object(s): liver.dcm (DICOM-SEG), rtdose.dcm (RT Dose)" \
@@ -165,7 +165,7 @@ def test_localizers_and_other_orientations_are_left_out(tmp_path, caplog):
                                                                       "LOCALIZER"]),
          folder / "scout.dcm")
     save(ct_slice(scout, (0, 0, 0), (0, 1, 0, 0, 0, -1)), folder / "sagittal.dcm")
-    with caplog.at_level(logging.INFO, logger="medseg.io.dicom_files"):
+    with caplog.at_level(logging.INFO, logger="medseg.io.dicom.files"):
         volume = read_volume(folder)
     assert volume.shape == (8, 6, 5)
     for k, pixels in enumerate(slices):

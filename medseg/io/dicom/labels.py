@@ -1,21 +1,26 @@
-"""DICOM-SEG and RTSTRUCT objects as masks on the grid of the series they were drawn on.
+"""DICOM-SEG and RTSTRUCT objects as label maps on the grid of the series they were drawn on.
 
-Both kinds are read with pydicom and placed on the *reference* series, the
-Volume :func:`medseg.io.read_volume` gives for its folder (same shape, same
-affine), through :func:`medseg.io.dicom_seg.frame_indices`, the one mapping from
-an image plane (Image Position / Orientation (Patient), Pixel Spacing) to voxels:
+:func:`read_dicom_labels` reads either kind with pydicom and places it on the
+*reference* series, the Volume :func:`medseg.io.read_volume` gives for its
+folder (same shape, same affine), through
+:func:`medseg.io.dicom.geometry.frame_steps`, the one mapping from an image
+plane (Image Position / Orientation (Patient), Pixel Spacing) to voxels:
 
 * **DICOM-SEG** (BINARY, FRACTIONAL or LABELMAP): each frame is placed by its
   own Plane Position (and the shared or per-frame Plane Orientation), so the
   frame order and the source-image references do not matter; a frame that is
   not on a reference slice is an error. FRACTIONAL frames count as inside from
-  half the Maximum Fractional Value. Segments are read in Segment Number order.
+  half the Maximum Fractional Value. Segments are read in Segment Number order;
+  a segment's label value is the one medseg stored with it
+  (:func:`medseg.io.dicom.derived.label_value`), else its Segment Number.
 * **RTSTRUCT**: each CLOSED_PLANAR contour goes to the reference slice whose
   position along the slice normal it lies on (within a quarter of the slice
   gap), is converted from LPS mm to (row, column) of that slice and rasterised
   at pixel centres (scikit-image ``draw.polygon``); the contours of one ROI on
   one slice combine by the even-odd rule (XOR: a pixel inside an odd number of
-  contours is inside). ROIs are read in Structure Set ROI Sequence order.
+  contours is inside). ROIs are read in Structure Set ROI Sequence order; an ROI's
+  label value is its ROI Number (its position in the list where the ROI Numbers
+  are not distinct values in 1..65535).
 
 :meth:`Reference.check` compares the object with the reference: referenced
 image instances missing from the reference, or another frame of reference
@@ -26,18 +31,21 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from medseg.errors import DataError, GeometryError, ImageReadError, UsageError
-from medseg.io.dicom_seg import frame_steps, read_sources, slice_pixel_to_lps
-from medseg.volume import Volume
+from medseg.io.dicom.derived import label_value
+from medseg.io.dicom.files import read_dataset
+from medseg.io.dicom.geometry import frame_steps, read_sources, slice_pixel_to_lps
+from medseg.volume import LabelMap, Volume
 
-__all__ = ["SEG_SOP_CLASS", "dicom_label_kind", "Reference", "seg_masks", "rtstruct_masks",
-           "LabelEntry", "summarise"]
+__all__ = ["SEG_SOP_CLASS", "RTSTRUCT_SOP_CLASS", "OVERLAP_POLICIES", "dicom_label_kind",
+           "read_dicom_labels", "merge_masks", "Reference", "seg_masks", "rtstruct_masks",
+           "segment_values", "roi_values", "LabelEntry", "summarise"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +56,11 @@ _KINDS = {SEG_SOP_CLASS: "seg", RTSTRUCT_SOP_CLASS: "rtstruct"}
 _SLICE_TOL = 0.25
 #: A mask: (label value, name, (x, y, z) bool array on the reference grid).
 Mask = tuple[int, str, np.ndarray]
+#: What :func:`read_dicom_labels` does where segments / ROIs overlap: refuse, or keep the
+#: first (earlier segment / ROI) or the last one.
+OVERLAP_POLICIES = ("error", "first", "last")
+_WHAT = {"seg": "segments", "rtstruct": "ROIs"}
+_MAX_VALUE = 65535
 
 
 def dicom_label_kind(path: str | os.PathLike) -> str | None:
@@ -59,27 +72,87 @@ def dicom_label_kind(path: str | os.PathLike) -> str | None:
 
     if not Path(path).is_file() or extension_of(path) is not None:
         return None
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
     try:
-        header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
-    except (InvalidDicomError, OSError, ValueError):
+        header = read_dataset(path, pixels=False, tags=["SOPClassUID"])
+    except ImageReadError:
         return None
     meta = getattr(header, "file_meta", None) or {}
     sop = str(header.get("SOPClassUID", "") or meta.get("MediaStorageSOPClassUID", ""))
     return _KINDS.get(sop)
 
 
-def read_dicom(path: str | os.PathLike):
-    """The whole dataset of a SEG / RTSTRUCT file; ImageReadError names the file."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
+def read_dicom_labels(path: str | os.PathLike, reference: str | os.PathLike,
+                      overlap: str = "error") -> LabelMap:
+    """A DICOM-SEG or RTSTRUCT file as a label map on the grid of its reference series.
 
-    try:
-        return pydicom.dcmread(path)
-    except (InvalidDicomError, OSError, ValueError) as exc:
-        raise ImageReadError(f"cannot read DICOM object ({exc})", path) from exc
+    Parameters
+    ----------
+    path : the SEG / RTSTRUCT file (:func:`dicom_label_kind` tells which).
+    reference : the DICOM series folder it was drawn on.
+    overlap : where segments / ROIs overlap: ``"error"``, ``"first"`` or ``"last"``
+        (:func:`merge_masks`).
+
+    Returns
+    -------
+    LabelMap (x, y, z) with the reference's shape and RAS+ mm affine; label values as the
+    module notes say; ``meta["label_names"]`` value -> Segment Label / ROI Name,
+    ``meta["format"]`` ``"seg"`` or ``"rtstruct"``.
+
+    Raises
+    ------
+    ImageReadError : ``path`` is no SEG / RTSTRUCT pydicom can read.
+    UsageError : ``reference`` is not a DICOM series.
+    DataError : overlaps with ``overlap="error"``; a reference that does not match.
+    """
+    kind = dicom_label_kind(path)
+    if kind is None:
+        raise ImageReadError("is neither a DICOM-SEG nor an RTSTRUCT", path)
+    ref = Reference.load(reference)
+    dataset = read_dataset(path, "DICOM-SEG" if kind == "seg" else "RTSTRUCT")
+    reader = seg_masks if kind == "seg" else rtstruct_masks
+    array, names = merge_masks(reader(dataset, ref, path), ref.volume.spatial_shape, overlap,
+                               path, _WHAT[kind])
+    meta = {"source": os.fspath(path), "format": kind, "label_names": names,
+            "reference": os.fspath(reference), "series_uid": ref.volume.meta.get("series_uid")}
+    return LabelMap(array, ref.volume.affine, meta)
+
+
+def merge_masks(
+    masks: Iterable[Mask],
+    shape: Sequence[int],
+    overlap: str,
+    path: str | os.PathLike,
+    what: str = "segments",
+) -> tuple[np.ndarray, dict[int, str]]:
+    """One label map from ``(value, name, mask)`` triples, in their order.
+
+    Parameters
+    ----------
+    masks : label value (> 0), name and (x, y, z) bool mask of each segment / ROI.
+    shape : (x, y, z) voxels of the result.
+    overlap : ``"error"``, ``"first"`` (earlier masks win) or ``"last"`` (later masks win).
+    path, what : the file and what its masks are called, for the overlap error.
+
+    Returns
+    -------
+    (x, y, z) integer array (:func:`medseg.argmax.label_dtype`) and value -> name.
+    """
+    from medseg.argmax import label_dtype
+
+    labels = np.zeros(tuple(shape), dtype=np.uint16)
+    names: dict[int, str] = {}
+    for value, name, mask in masks:
+        taken = mask & (labels != 0)
+        if taken.any() and overlap == "error":
+            other = int(np.bincount(labels[taken]).argmax())
+            raise DataError(f"{what} {names[other]!r} ({other}) and {name!r} ({value}) overlap in "
+                            f"{int(taken.sum())} voxels: a label map holds one label per voxel, "
+                            "choose which wins with --overlap first|last (overlap= in Python)",
+                            path)
+        labels[mask & ~taken if overlap == "first" else mask] = value
+        names[value] = name
+    top = max(names, default=0)
+    return labels.astype(label_dtype(top + 1), copy=False), names
 
 
 @dataclass(frozen=True)
@@ -211,9 +284,49 @@ def _seg_frames(dataset) -> tuple[np.ndarray, np.ndarray]:
     return pixels, numbers
 
 
+def _distinct_values(values: Sequence[int | None]) -> bool:
+    """True when ``values`` are distinct label values in 1..65535 (none missing)."""
+    valid = [v for v in values if v is not None and 0 < v <= _MAX_VALUE]
+    return len(valid) == len(values) and len(set(valid)) == len(valid)
+
+
+def segment_values(dataset) -> dict[int, int]:
+    """Segment Number -> label value of a DICOM-SEG's segments (background 0 left out).
+
+    The values medseg stored with the segments where every segment has a distinct one,
+    else the Segment Numbers.
+    """
+    segments = [s for s in dataset.get("SegmentSequence", []) if int(s.SegmentNumber) > 0]
+    numbers = [int(s.SegmentNumber) for s in segments]
+    stored = [label_value(s) for s in segments]
+    return dict(zip(numbers, stored if _distinct_values(stored) else numbers))
+
+
+def roi_values(dataset, path: str | os.PathLike | None = None) -> list[int]:
+    """The label value of each ROI of an RTSTRUCT, in Structure Set ROI Sequence order: its
+    ROI Number, or its position (1, 2, ...) where the ROI Numbers are not distinct values
+    in 1..65535 (a warning names ``path``)."""
+    rois = dataset.get("StructureSetROISequence", [])
+    numbers = [_int_or_none(roi.get("ROINumber")) for roi in rois]
+    if _distinct_values(numbers):
+        return [int(n) for n in numbers]
+    log.warning("%s: ROI Numbers %s are not distinct values in 1..%d; ROIs get label values "
+                "1..%d in their order", path, numbers[:5], _MAX_VALUE, len(rois))
+    return list(range(1, len(rois) + 1))
+
+
+def _int_or_none(value) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def seg_masks(dataset, reference: Reference, path: str | os.PathLike) -> Iterator[Mask]:
-    """One mask per segment of a DICOM-SEG (label value = Segment Number) on the reference."""
+    """One mask per segment of a DICOM-SEG on the reference, in Segment Number order
+    (label values: :func:`segment_values`)."""
     reference.check(dataset, path, _seg_instances(dataset))
+    values = segment_values(dataset)
     pixels, numbers = _seg_frames(dataset)
     kind = str(dataset.SegmentationType)
     threshold = 0.5 * float(dataset.get("MaximumFractionalValue", 1)) if kind == "FRACTIONAL" \
@@ -229,7 +342,7 @@ def seg_masks(dataset, reference: Reference, path: str | os.PathLike) -> Iterato
             inside = pixels[i] == number if kind == "LABELMAP" else pixels[i] >= threshold
             if inside.any():
                 reference.place(inside, planes[i], f"frame {i + 1}", mask, path)
-        yield number, str(segment.get("SegmentLabel", f"segment_{number}")), mask
+        yield values[number], str(segment.get("SegmentLabel", f"segment_{number}")), mask
 
 
 # -- RTSTRUCT -----------------------------------------------------------------------------------
@@ -301,7 +414,8 @@ class _Slices:
 
 
 def rtstruct_masks(dataset, reference: Reference, path: str | os.PathLike) -> Iterator[Mask]:
-    """One mask per ROI of an RTSTRUCT (label value = position in the ROI list) on the reference.
+    """One mask per ROI of an RTSTRUCT on the reference, in ROI list order (label values:
+    :func:`roi_values`, the ROI Numbers).
 
     Only CLOSED_PLANAR contours enclose an area; POINT and OPEN contours are skipped.
     """
@@ -309,7 +423,8 @@ def rtstruct_masks(dataset, reference: Reference, path: str | os.PathLike) -> It
     slices = _Slices(reference)
     contours = {int(c.ReferencedROINumber): c.get("ContourSequence", [])
                 for c in dataset.get("ROIContourSequence", [])}
-    for value, roi in enumerate(dataset.get("StructureSetROISequence", []), start=1):
+    rois = dataset.get("StructureSetROISequence", [])
+    for value, roi in zip(roi_values(dataset, path), rois):
         name = str(roi.get("ROIName", f"roi_{roi.ROINumber}"))
         frames: dict[int, np.ndarray] = {}
         for item in contours.get(int(roi.ROINumber), []):
@@ -349,7 +464,8 @@ def summarise(dataset, kind: str) -> tuple[list[LabelEntry], list[str]]:
     if kind == "seg":
         pixels, numbers = _seg_frames(dataset)
         labelmap = str(dataset.SegmentationType) == "LABELMAP"
-        entries = [LabelEntry(int(s.SegmentNumber), str(s.get("SegmentLabel", "")), int(
+        values = segment_values(dataset)
+        entries = [LabelEntry(values[int(s.SegmentNumber)], str(s.get("SegmentLabel", "")), int(
             np.count_nonzero(pixels == int(s.SegmentNumber)) if labelmap
             else np.count_nonzero(pixels[numbers == int(s.SegmentNumber)])))
             for s in dataset.SegmentSequence if int(s.SegmentNumber) > 0]
@@ -357,8 +473,9 @@ def summarise(dataset, kind: str) -> tuple[list[LabelEntry], list[str]]:
         return entries, series
     contours = {int(c.ReferencedROINumber): len(c.get("ContourSequence", []))
                 for c in dataset.get("ROIContourSequence", [])}
+    rois = dataset.get("StructureSetROISequence", [])
     entries = [LabelEntry(value, str(roi.get("ROIName", "")), contours.get(int(roi.ROINumber), 0))
-               for value, roi in enumerate(dataset.get("StructureSetROISequence", []), start=1)]
+               for value, roi in zip(roi_values(dataset), rois)]
     series = [str(s.SeriesInstanceUID)
               for f in dataset.get("ReferencedFrameOfReferenceSequence", [])
               for st in f.get("RTReferencedStudySequence", [])

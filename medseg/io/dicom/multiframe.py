@@ -6,7 +6,7 @@ PlanePositionSequence, ImageOrientationPatient in PlaneOrientationSequence,
 PixelSpacing in PixelMeasuresSequence and the rescale in
 PixelValueTransformationSequence, each per frame or shared by all frames.
 :func:`read_multiframe` places the frames by those tags (through
-:func:`medseg.io.dicom_stack.plan_stack`, so gantry tilt, missing and duplicated
+:func:`medseg.io.dicom.stack.plan_stack`, so gantry tilt, missing and duplicated
 frames are handled as for a series of files) and returns an (x, y, z) Volume.
 
 Pixels are decoded by pydicom. Compressed transfer syntaxes need a decoder
@@ -21,11 +21,11 @@ import os
 
 import numpy as np
 import pydicom
-from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 from medseg.errors import GeometryError, ImageReadError
-from medseg.io.dicom_stack import plan_stack, untilt
+from medseg.io.dicom.files import read_dataset
+from medseg.io.dicom.stack import plan_stack, untilt
 from medseg.volume import Volume
 
 __all__ = [
@@ -86,7 +86,7 @@ def read_multiframe(path: str | os.PathLike, *, tilt: bool = True) -> Volume:
     GeometryError
         frames without position or orientation, or as :func:`plan_stack`.
     """
-    ds = _dataset(path)
+    ds = read_dataset(path)
     n = int(ds.get("NumberOfFrames", 1) or 1)
     if int(ds.get("SamplesPerPixel", 1)) != 1:
         raise ImageReadError(f"has {ds.SamplesPerPixel} samples per pixel (colour); medseg reads "
@@ -118,7 +118,7 @@ def read_slices(files: list[str]) -> np.ndarray:
     """
     slices = []
     for path in files:
-        ds = _dataset(path)
+        ds = read_dataset(path)
         slices.append(_rescaled(ds, _pixels(ds, path).reshape(1, int(ds.Rows), int(ds.Columns))))
     dtypes = {s.dtype for s in slices}
     dtype = dtypes.pop() if len(dtypes) == 1 else np.result_type(*dtypes)
@@ -133,13 +133,6 @@ def narrow_integers(array: np.ndarray) -> np.ndarray:
     if info.min <= int(array.min()) and int(array.max()) <= info.max:
         return array.astype(np.int16)
     return array
-
-
-def _dataset(path: str | os.PathLike) -> pydicom.Dataset:
-    try:
-        return pydicom.dcmread(path)
-    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
-        raise ImageReadError(f"cannot read DICOM file ({exc})", path) from exc
 
 
 def _frame_tag(ds: pydicom.Dataset, path, index: int, group: str, keyword: str):

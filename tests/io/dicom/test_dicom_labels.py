@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 
 import highdicom as hd
 import numpy as np
@@ -17,7 +18,8 @@ from dicom_label_helpers import SAMPLES, TOTALSEG, dciodvfy_errors, labels_on_se
 
 from medseg.errors import DataError, UsageError
 from medseg.io import read_volume, write_volume
-from medseg.io.dicom_seg import DerivedSeries, write_dicom_seg
+from medseg.io.dicom.derived import DerivedSeries
+from medseg.io.dicom.seg import write_dicom_seg
 from medseg.io.labels import read_labels, write_labels
 from medseg.volume import LabelMap, Volume
 
@@ -143,6 +145,9 @@ def test_missing_reference_asks_for_it():
 
 
 def test_seg_round_trip_on_real_ct_is_identical(tmp_path):
+    """TotalSegmentator's values are not contiguous (37 of 1..117 on this series): they come
+    back as they were, and so do their names, while the segments are numbered 1..n as
+    highdicom and the standard want."""
     series = read_volume(shared(TOTALSEG / "ct_dicom"))
     labels = labels_on_series(read_volume(TOTALSEG / "seg.nii.gz"), series)
     names = {int(k): v for k, v in json.loads((TOTALSEG / "labels.json").read_text()).items()}
@@ -150,12 +155,13 @@ def test_seg_round_trip_on_real_ct_is_identical(tmp_path):
                           DerivedSeries(series.meta["dicom_files"], names))
     back = read_labels(out, reference=TOTALSEG / "ct_dicom")
     present = [int(v) for v in np.unique(labels.array) if v > 0]
-    ordinal = np.zeros(max(present) + 1, dtype=np.uint8)
-    ordinal[present] = np.arange(1, len(present) + 1)  # segment n = n-th label present
-    assert back.same_grid(series) and np.array_equal(back.array, ordinal[labels.array])
-    assert back.meta["label_names"] == {i + 1: names[v] for i, v in enumerate(present)}
+    assert present != list(range(1, len(present) + 1))  # gaps, or the test proves nothing
+    assert back.same_grid(series) and np.array_equal(back.array, labels.array)
+    assert back.meta["label_names"] == {v: names[v] for v in present}
     assert dciodvfy_errors(out) == []
-    assert len(hd.seg.segread(out).SegmentSequence) == len(present)
+    segments = hd.seg.segread(out).SegmentSequence
+    assert [int(s.SegmentNumber) for s in segments] == list(range(1, len(present) + 1))
+    assert [str(s.SegmentLabel) for s in segments] == [names[v] for v in present]
 
 
 def test_image_label_files_are_checked_integers(tmp_path):
@@ -202,7 +208,7 @@ def test_cli_convert_labels_to_rtstruct_and_back(tmp_path):
     ds = pydicom.dcmread(rt_path)
     assert ds.Modality == "RTSTRUCT" and ds.StructureSetROISequence[0].ROIName == "tumour"
     assert main(["convert", str(rt_path), "--reference", str(MOCK), str(back)]) == 0
-    assert np.array_equal(read_volume(back).array, (array > 0).astype(np.uint8))
+    assert np.array_equal(read_volume(back).array, array)  # label value 2 stays 2
 
 
 def test_cli_convert_without_reference_is_a_usage_error(tmp_path, capsys):
@@ -239,3 +245,90 @@ def test_manifest_case_with_an_rtstruct_label(tmp_path):
     assert label.same_grid(image) and label.meta["label_names"] == {1: "ROI-1"}
     assert np.array_equal(label.array, read_labels(MOCK / "rt.dcm", reference=MOCK).array)
     assert validate_manifest(manifest) == []
+
+
+# -- label values survive the round trip --------------------------------------------------------
+NON_CONTIGUOUS = {1: "liver", 5: "spleen", 6: "kidney_left", 7: "kidney_right", 8: "aorta",
+                  20: "tumour"}
+
+
+def _non_contiguous_boxes(series: Volume) -> LabelMap:
+    """Boxes with label values 1, 5, 6, 7, 8, 20 on two slices of ``series``, one with a hole."""
+    array = np.zeros(series.spatial_shape, dtype=np.uint8)
+    for i, value in enumerate(NON_CONTIGUOUS):
+        array[40 + 60 * i: 90 + 60 * i, 100:160 + 10 * i, i % 2] = value
+    array[50:60, 110:120, 0] = 0  # a hole in label 1
+    array[300, 200:260, 1] = 20  # a one-voxel-thin line
+    return LabelMap(array, series.affine)
+
+
+@pytest.mark.parametrize("fmt", ["seg", "rtstruct"])
+def test_nifti_to_dicom_and_back_keeps_values_and_names(tmp_path, fmt):
+    from medseg.cli import main
+
+    series = read_volume(shared(MOCK))
+    labels = _non_contiguous_boxes(series)
+    write_volume(labels, tmp_path / "in.nii.gz")
+    (tmp_path / "names.json").write_text(json.dumps(NON_CONTIGUOUS))
+    dcm, back = tmp_path / f"{fmt}.dcm", tmp_path / "back.nii.gz"
+    assert main(["convert", str(tmp_path / "in.nii.gz"), "--reference", str(MOCK), str(dcm),
+                 "--dicom-format", fmt, "--labels", str(tmp_path / "names.json")]) == 0
+    assert main(["convert", str(dcm), "--reference", str(MOCK), str(back)]) == 0
+    assert np.array_equal(read_volume(back).array, labels.array)
+    again = read_labels(dcm, reference=MOCK)
+    assert np.array_equal(again.array, labels.array)
+    assert again.meta["label_names"] == NON_CONTIGUOUS
+    ds = pydicom.dcmread(dcm)  # what other readers see in the file
+    if fmt == "rtstruct":
+        assert [int(r.ROINumber) for r in ds.StructureSetROISequence] == list(NON_CONTIGUOUS)
+        assert [str(r.ROIName) for r in ds.StructureSetROISequence] == list(
+            NON_CONTIGUOUS.values())
+    else:
+        segments = hd.seg.segread(dcm).SegmentSequence
+        assert [int(s.SegmentNumber) for s in segments] == [1, 2, 3, 4, 5, 6]
+        assert [str(s.SegmentLabel) for s in segments] == list(NON_CONTIGUOUS.values())
+        assert [int(s.private_block(0x0071, "medseg")[0x01].value) for s in segments] == list(
+            NON_CONTIGUOUS)
+    if shutil.which("dciodvfy"):
+        assert dciodvfy_errors(dcm) == []
+
+
+def test_foreign_seg_without_stored_values_reads_segment_numbers(tmp_path):
+    """A SEG whose segments carry no medseg value (another writer) gives Segment Numbers."""
+    series = read_volume(shared(MOCK))
+    labels = _non_contiguous_boxes(series)
+    out = write_dicom_seg(labels, tmp_path / "seg.dcm",
+                          DerivedSeries(series.meta["dicom_files"], NON_CONTIGUOUS))
+    ds = pydicom.dcmread(out)
+    for segment in ds.SegmentSequence:
+        del segment[0x00710010]  # the private creator: the value is unclaimed
+    ds.save_as(tmp_path / "foreign.dcm")
+    back = read_labels(tmp_path / "foreign.dcm", reference=MOCK)
+    ordinal = np.zeros(21, dtype=np.uint8)
+    ordinal[list(NON_CONTIGUOUS)] = np.arange(1, 7)
+    assert np.array_equal(back.array, ordinal[labels.array])
+    assert back.meta["label_names"] == dict(zip(range(1, 7), NON_CONTIGUOUS.values()))
+
+
+def test_rtstruct_with_repeated_roi_numbers_falls_back_to_positions(tmp_path, caplog):
+    rt = pydicom.dcmread(shared(MOCK / "rt.dcm"))
+    twin = copy.deepcopy(rt.StructureSetROISequence[0])
+    twin.ROIName = "twin"  # the same ROI Number twice: the numbers cannot be label values
+    rt.StructureSetROISequence.append(twin)
+    rt.save_as(tmp_path / "twin.dcm")
+    labels = read_labels(tmp_path / "twin.dcm", reference=MOCK, overlap="last")
+    assert "not distinct" in caplog.text and "twin.dcm" in caplog.text
+    assert labels.meta["label_names"] == {1: "ROI-1", 2: "twin"}
+    assert set(np.unique(labels.array)) == {0, 2}
+
+
+def test_read_dataset_names_the_file_in_one_line(tmp_path):
+    from medseg.errors import ImageReadError
+    from medseg.io.dicom.files import read_dataset
+
+    (tmp_path / "junk.dcm").write_bytes(b"DICM" * 3)
+    with pytest.raises(ImageReadError) as e:
+        read_dataset(tmp_path / "junk.dcm", "RTSTRUCT")
+    message = str(e.value)
+    assert message.startswith(f"{tmp_path / 'junk.dcm'}: cannot read RTSTRUCT (")
+    assert "\n" not in message

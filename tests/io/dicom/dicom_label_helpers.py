@@ -11,8 +11,8 @@ import pytest
 
 from medseg.volume import LabelMap, Volume
 
-# tests/io/dicom_label_helpers.py -> parents[2] is the repository; ../shared beside it.
-SHARED = (Path(__file__).resolve().parents[2] / ".." / "shared" / "data").resolve()
+# tests/io/dicom/dicom_label_helpers.py -> parents[3] is the repository; ../shared beside it.
+SHARED = (Path(__file__).resolve().parents[3] / ".." / "shared" / "data").resolve()
 SAMPLES = SHARED / "dicom_samples"
 TOTALSEG = SHARED / "totalsegmentator"
 
@@ -49,3 +49,26 @@ def dciodvfy_errors(path: Path) -> list[str]:
         pytest.skip("dciodvfy (Debian package dicom3tools) is not installed")
     run = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=120)
     return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two boolean masks (1.0 when both are empty)."""
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
+def copy_with_instance_uids(folder: Path, dest: Path) -> Path:
+    """Copy the slices of ``folder`` into ``dest`` with SOP Class / Instance UID filled from
+    the file meta where the (anonymised) dataset has them blank, as readers that match
+    contours to slices by SOP Instance UID (rt-utils) need; pixels are copied untouched."""
+    import pydicom
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in sorted(folder.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        if not str(ds.get("SOPInstanceUID", "")):
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+        if not str(ds.get("SOPClassUID", "")):
+            ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+        ds.save_as(dest / path.name)
+    return dest

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from medseg.errors import GeometryError
-from medseg.io.sitk import LPS_TO_RAS
+from medseg.io.lps import LPS_TO_RAS
 
 __all__ = ["SPACING_RTOL", "SPACING_ATOL_MM", "DRIFT_ATOL_MM", "Stack", "plan_stack", "untilt"]
 

@@ -1,20 +1,20 @@
 """DICOM images as users have them: a series folder, one file of a series, a multi-frame object.
 
-:func:`read_dicom` takes
+:func:`read_dicom_image` takes
 
 * a folder: its image series (:func:`read_dicom_series`);
 * one single-frame file (a ``.dcm`` or any file with the DICM preamble): the
   series it belongs to, from the other files of its folder with its
   SeriesInstanceUID;
 * one enhanced multi-frame file: that object
-  (:func:`medseg.io.dicom_multiframe.read_multiframe`).
+  (:func:`medseg.io.dicom.multiframe.read_multiframe`).
 
-medseg reads the headers itself (pydicom, pixels skipped, :mod:`medseg.io.dicom_files`):
+medseg reads the headers itself (pydicom, pixels skipped, :mod:`medseg.io.dicom.files`):
 non-image objects (RTSTRUCT, RT Dose, RT Plan, SR, DICOM-SEG, presentation
 states, ...) are skipped with a note in the log, or refused in one line when a
 folder holds nothing else; localizers and slices of another orientation or size
 are left out with a note. Slices are ordered and checked by their
-ImagePositionPatient (:mod:`medseg.io.dicom_stack`): a missing slice, duplicated
+ImagePositionPatient (:mod:`medseg.io.dicom.stack`): a missing slice, duplicated
 positions or uneven spacing is an error, and a gantry-tilted stack is resampled
 onto an orthogonal grid with a warning (or refused with ``tilt=False``).
 
@@ -36,25 +36,26 @@ import pydicom
 import SimpleITK as sitk
 
 from medseg.errors import GeometryError, ImageReadError, UsageError
-from medseg.io.dicom_files import (
+from medseg.io.dicom.files import (
     Scan,
     SeriesInfo,
     drop_localizers,
     group_series,
     is_multiframe,
     non_image_kind,
+    read_dataset,
     read_header,
     refuse_non_images,
     scan_folder,
     sop_class,
 )
-from medseg.io.dicom_multiframe import narrow_integers, read_multiframe, read_slices
-from medseg.io.dicom_stack import SPACING_ATOL_MM, SPACING_RTOL, Stack, plan_stack, untilt
+from medseg.io.dicom.multiframe import narrow_integers, read_multiframe, read_slices
+from medseg.io.dicom.stack import SPACING_ATOL_MM, SPACING_RTOL, Stack, plan_stack, untilt
 from medseg.io.sitk import sitk_to_volume
 from medseg.volume import Volume
 
 __all__ = [
-    "read_dicom", "read_dicom_series", "list_series", "SeriesInfo", "SPACING_RTOL",
+    "read_dicom_image", "read_dicom_series", "list_series", "SeriesInfo", "SPACING_RTOL",
     "SPACING_ATOL_MM", "READ_ERRORS",
 ]
 
@@ -65,7 +66,7 @@ log = logging.getLogger(__name__)
 READ_ERRORS: tuple[type[BaseException], ...] = (RuntimeError,)
 
 
-def read_dicom(
+def read_dicom_image(
     path: str | os.PathLike, series: str | None = None, *, tilt: bool = True
 ) -> Volume:
     """Read a DICOM series folder, the series of one file, or a multi-frame object.
@@ -240,7 +241,7 @@ def _volume(folder, files: list[str], stack: Stack, meta: dict) -> Volume:
     try:
         volume = sitk_to_volume(reader.Execute(), folder, meta)
     except RuntimeError as exc:
-        if not pydicom.dcmread(files[0], stop_before_pixels=True).file_meta.get(
+        if not read_dataset(files[0], pixels=False).file_meta.get(
                 "TransferSyntaxUID", pydicom.uid.ExplicitVRLittleEndian).is_compressed:
             raise
         log.info("%s: GDCM cannot decode the slices (%s); decoding with pydicom", folder, exc)

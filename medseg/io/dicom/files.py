@@ -1,6 +1,9 @@
 """The DICOM files of a folder: headers, what each object is, series, localizers.
 
-Everything here reads headers only (pydicom, pixels skipped):
+Every DICOM file medseg opens goes through :func:`read_dataset`, the one
+``pydicom.dcmread`` wrapper: a file pydicom cannot parse becomes an
+ImageReadError naming it, in one line. Everything else here reads headers only
+(pixels skipped):
 
 * :func:`read_header`: the tags medseg needs of one file, or an ImageReadError naming it;
 * :func:`non_image_kind`: "DICOM-SEG", "RT Dose", ... for objects that are not images
@@ -19,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +33,8 @@ from pydicom.uid import UID
 from medseg.errors import GeometryError, ImageReadError
 
 __all__ = [
-    "HEADER_TAGS", "NON_IMAGE_CLASSES", "Scan", "SeriesInfo", "read_header", "sop_class",
+    "HEADER_TAGS", "NON_IMAGE_CLASSES", "Scan", "SeriesInfo", "read_dataset", "read_header",
+    "sop_class",
     "non_image_kind", "is_multiframe", "scan_folder", "group_series", "drop_localizers",
     "refuse_non_images",
 ]
@@ -95,6 +100,40 @@ class Scan:
     unreadable: list[str] = field(default_factory=list)
 
 
+#: What pydicom raises for a file it cannot parse (not DICOM, truncated, a malformed element).
+_PARSE_ERRORS = (InvalidDicomError, OSError, ValueError, EOFError)
+
+
+def read_dataset(
+    path: str | os.PathLike,
+    what: str = "DICOM file",
+    *,
+    pixels: bool = True,
+    tags: Sequence[str] | None = None,
+    force: bool = False,
+) -> pydicom.Dataset:
+    """One DICOM file as a pydicom dataset; the one ``pydicom.dcmread`` of medseg.
+
+    Parameters
+    ----------
+    path : the file.
+    what : what the file should be, for the message ("DICOM header", "DICOM-SEG", ...).
+    pixels : read the pixel data too (False stops before it).
+    tags : read only these keywords (None: all).
+    force : read a file without the DICM preamble and file meta (an old-style raw dataset).
+
+    Raises
+    ------
+    ImageReadError
+        pydicom cannot parse the file: "<path>: cannot read <what> (<pydicom's reason>)".
+    """
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=not pixels, specific_tags=tags,
+                               force=force)
+    except _PARSE_ERRORS as exc:
+        raise ImageReadError(f"cannot read {what} ({exc})", path) from exc
+
+
 def read_header(path: str | os.PathLike) -> pydicom.Dataset:
     """The :data:`HEADER_TAGS` of one file, pixels skipped.
 
@@ -107,11 +146,7 @@ def read_header(path: str | os.PathLike) -> pydicom.Dataset:
         not a DICOM file pydicom can parse (names the file).
     """
     force = Path(path).suffix.lower() == ".dcm"
-    try:
-        header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS,
-                                 force=force)
-    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
-        raise ImageReadError(f"cannot read DICOM header ({exc})", path) from exc
+    header = read_dataset(path, "DICOM header", pixels=False, tags=HEADER_TAGS, force=force)
     if force and not (sop_class(header) or "SeriesInstanceUID" in header):
         raise ImageReadError("cannot read DICOM header (no preamble, no SOPClassUID)", path)
     return header

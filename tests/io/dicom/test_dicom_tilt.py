@@ -54,7 +54,7 @@ def _ras_to_lps(points: np.ndarray) -> np.ndarray:
 
 def test_tilted_series_is_resampled_onto_the_tags_geometry(tmp_path, caplog):
     _tilted_series(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="medseg.io.dicom_stack"):
+    with caplog.at_level(logging.WARNING, logger="medseg.io.dicom.stack"):
         volume = read_volume(tmp_path)
     assert f"gantry tilt of {TILT_DEG:.3g} degrees" in caplog.text
     # An orthogonal grid: columns of the affine are perpendicular.
