@@ -254,7 +254,7 @@ class ModelCard:
     model : the network.
     preprocessing : a typed preprocessing (:class:`medseg.transforms.Preprocessing`, or
         :class:`medseg.transforms.nnunet.NnunetPreprocessing`); a mapping is read as its
-        JSON form (:func:`medseg.transforms.pipeline.preprocessing_from_dict`).
+        JSON form (:func:`medseg.transforms.kinds.preprocessing_from_dict`).
     labels : label value -> name; 0 (background) always present.
     window : sliding-window settings.
     postprocess : what is done to the label map on the input grid.
@@ -270,7 +270,7 @@ class ModelCard:
         labels = {int(k): str(v) for k, v in dict(self.labels).items()}
         labels.setdefault(0, "background")
         object.__setattr__(self, "labels", dict(sorted(labels.items())))
-        from medseg.transforms.pipeline import preprocessing_from_dict
+        from medseg.transforms.kinds import preprocessing_from_dict
 
         object.__setattr__(self, "preprocessing", preprocessing_from_dict(self.preprocessing))
 

@@ -56,7 +56,8 @@ from medseg.card import ModelCard, Postprocess, WindowSettings
 from medseg.errors import UsageError, check_option
 from medseg.inference.precision import Predictor, make_ensemble_predictor, make_predictor
 from medseg.runtime import Runtime
-from medseg.volume import LabelMap, Probabilities, Volume
+from medseg.sources import LoadedModel, check_image, load_model
+from medseg.volume import LabelMap, Logits, Probabilities, Volume
 
 __all__ = ["PROBABILITY_BUDGET_BYTES", "LoadedModel", "PredictOptions", "Prediction",
            "predict_case", "predict_volume"]

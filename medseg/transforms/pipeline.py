@@ -50,7 +50,7 @@ from medseg.transforms.orientation import apply_orientation, orientation_transfo
 from medseg.transforms.resample import grid_for_spacing, resample_to_grid
 from medseg.volume import LabelMap, Volume
 
-__all__ = ["Preprocessed", "Preprocessing", "preprocessing_from_dict"]
+__all__ = ["Preprocessed", "Preprocessing"]
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class Preprocessing:
     [1.5, 1.5, 3.0]
     """
 
-    #: The card's name of this kind of preprocessing (:func:`preprocessing_from_dict`).
+    #: The card's name of this kind of preprocessing (:mod:`medseg.transforms.kinds`).
     kind = "medseg"
     #: The network's outputs return as Probabilities or a LabelMap, never as logits.
     resamples_logits = False
@@ -163,24 +163,6 @@ class Preprocessing:
         history = History(image.spatial_shape, image.affine, image_f.spatial_shape,
                           image_f.affine, tuple(applied))
         return Preprocessed(image_f, label, history)
-
-
-def preprocessing_from_dict(data: Mapping[str, Any] | Any) -> Any:
-    """The typed preprocessing of a model card from its JSON form: ``"kind": "nnunet"`` is
-    :class:`medseg.transforms.nnunet.NnunetPreprocessing`, anything else (no ``kind``) a
-    :class:`Preprocessing` config. A typed object is returned as it is.
-
-    Raises
-    ------
-    ConfigError / CheckpointError : the form is not valid for its kind.
-    """
-    if hasattr(data, "apply") and hasattr(data, "kind"):
-        return data
-    if isinstance(data, Mapping) and data.get("kind") == "nnunet":
-        from medseg.transforms.nnunet import NnunetPreprocessing
-
-        return NnunetPreprocessing.from_dict(data)
-    return Preprocessing.from_config(data)
 
 
 def _label_map(label: Volume) -> LabelMap:
