@@ -264,7 +264,28 @@ class LabelMap(Volume):
         return 0
 
 
-class Probabilities(Volume):
+class _ChannelMaps(Volume):
+    """A floating (K, x, y, z) network output, K >= 1, resampled linearly."""
+
+    __slots__ = ()
+    interpolation = "linear"
+
+    def __init__(self, array: Any, affine: Any, meta: dict | None = None) -> None:
+        super().__init__(array, affine, meta)
+        name = type(self).__name__
+        if self.array.ndim != 4 or self.array.shape[0] < 1:
+            raise GeometryError(
+                f"{name} are (K, x, y, z) with K >= 1 classes, got shape "
+                f"{self.array.shape}; use LabelMap for an (x, y, z) label map"
+            )
+        if self.array.dtype.kind != "f":
+            raise DataError(
+                f"{name} need a floating array, got dtype {self.array.dtype}; use "
+                "LabelMap for integer labels"
+            )
+
+
+class Probabilities(_ChannelMaps):
     """Class probabilities (K, x, y, z), float, channel 0 = background: resampled linearly
     and padded with certain background (1 in channel 0, 0 elsewhere).
 
@@ -281,20 +302,6 @@ class Probabilities(Volume):
     """
 
     __slots__ = ()
-    interpolation = "linear"
-
-    def __init__(self, array: Any, affine: Any, meta: dict | None = None) -> None:
-        super().__init__(array, affine, meta)
-        if self.array.ndim != 4 or self.array.shape[0] < 1:
-            raise GeometryError(
-                f"Probabilities are (K, x, y, z) with K >= 1 classes, got shape "
-                f"{self.array.shape}; use LabelMap for an (x, y, z) label map"
-            )
-        if self.array.dtype.kind != "f":
-            raise DataError(
-                f"Probabilities need a floating array, got dtype {self.array.dtype}; use "
-                "LabelMap for integer labels"
-            )
 
     @property
     def num_classes(self) -> int:
@@ -321,7 +328,7 @@ class RegionProbabilities(Probabilities):
         return np.zeros(self.num_classes, dtype=self.array.dtype)
 
 
-class Logits(Volume):
+class Logits(_ChannelMaps):
     """Network logits (K, x, y, z), float, before their activation: resampled linearly in
     their own dtype (nnU-Net resamples its float16 logits, then applies softmax or sigmoid).
     Only a crop's inside ever holds logits: they are activated before padding.
@@ -333,13 +340,6 @@ class Logits(Volume):
     """
 
     __slots__ = ()
-    interpolation = "linear"
-
-    def __init__(self, array: Any, affine: Any, meta: dict | None = None) -> None:
-        super().__init__(array, affine, meta)
-        if self.array.ndim != 4 or self.array.shape[0] < 1 or self.array.dtype.kind != "f":
-            raise DataError(f"Logits are a floating (K, x, y, z) array with K >= 1, got "
-                            f"{self.array.dtype} of shape {self.array.shape}")
 
 
 def label_array(array: Any, what: str = "label map", path: Any = None) -> np.ndarray:
