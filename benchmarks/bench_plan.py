@@ -13,7 +13,13 @@ and strides are reversed here into medseg's (x, y, z).
 Data: ``<repo>/../shared/data/la_mri`` (80 LGE-MRI cases) when present, else phantoms.
 Needs nnunetv2 (``pip install nnunetv2 torch==<the installed version>``).
 
-Usage: ``python benchmarks/bench_plan.py [--manifest dataset.json] [--gpu-memory-gb 8]``
+``--repeat-budget H`` also runs ``medseg plan --device cpu --time-budget H`` twice in a
+row and prints whether the two plans chose the same patch, batch and network, and the ratio
+of their epoch counts (target: within 10 %), beside each plan's wall time and
+``train.max_minutes``.
+
+Usage: ``python benchmarks/bench_plan.py [--manifest dataset.json] [--gpu-memory-gb 8]
+[--repeat-budget 1]``
 """
 
 from __future__ import annotations
@@ -89,10 +95,32 @@ def phantom_manifest(root: Path) -> Path:
     return write_phantom_dataset(cfg, root / "phantoms")
 
 
+def repeat_budget(manifest: Path, hours: float) -> None:
+    """Two time-budgeted CPU plans in a row: same design, epochs within 10 %?"""
+    from medseg.planning import PlanOptions, make_plan
+
+    plans, seconds = [], []
+    for _ in range(2):
+        start = time.perf_counter()
+        plans.append(make_plan(manifest, PlanOptions("cpu", time_budget_h=hours)))
+        seconds.append(time.perf_counter() - start)
+    for i, (plan, wall) in enumerate(zip(plans, seconds), 1):
+        d = plan.design
+        print(f"plan {i}: patch {list(d.patch)} batch {d.batch_size} width {d.width} "
+              f"levels {len(d.pools) + 1}; {plan.epochs} x {plan.iterations_per_epoch} steps at "
+              f"{plan.step_seconds:.3f} s; max_minutes {plan.max_minutes}; planned in "
+              f"{wall:.1f} s")
+    a, b = plans
+    same = a.design == b.design and a.spacing_mm == b.spacing_mm
+    ratio = max(a.epochs, b.epochs) / min(a.epochs, b.epochs)
+    print(f"same patch, batch and network: {same}; epochs ratio {ratio:.3f} (target <= 1.10)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--manifest", type=Path, default=None)
     parser.add_argument("--gpu-memory-gb", type=float, default=8.0)
+    parser.add_argument("--repeat-budget", type=float, default=None, metavar="H")
     args = parser.parse_args()
     from medseg.planning import PlanOptions, make_plan
 
@@ -105,6 +133,8 @@ def main() -> None:
         gpu = make_plan(manifest, PlanOptions("cuda", gpu_memory_gb=args.gpu_memory_gb))
         ms_seconds = time.perf_counter() - start
         cpu = make_plan(manifest, PlanOptions("cpu"))
+        if args.repeat_budget is not None:
+            repeat_budget(manifest, args.repeat_budget)
     rows = {"nnU-Net 3d_fullres": nnunet_row(nn_cfg),
             f"medseg cuda {args.gpu_memory_gb:g} GiB": medseg_row(gpu),
             "medseg cpu": medseg_row(cpu)}

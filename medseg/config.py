@@ -95,6 +95,12 @@ class TrainConfig:
     ``amp``: mixed precision, the policy of :mod:`medseg.runtime` (null = auto: bf16 or
     fp16 on GPUs, fp32 on the CPU; true also runs bf16 on the CPU; false fp32);
     ``medseg train --amp/--no-amp`` overrides it. ``val_every`` in epochs.
+    ``max_minutes``: a wall-clock contract for the whole run (null: none): training stops
+    after the last epoch whose training, validation and checkpoints still fit, validates and
+    saves, and says so; the learning-rate schedule follows the larger of the steps' and the
+    budget's share (:func:`medseg.training.optim.lr_at`), so a slow machine still ends on a
+    decayed rate. ``medseg plan --time-budget`` writes it; ``medseg train --max-minutes``
+    takes the smaller of the two.
     """
 
     epochs: int = 100
@@ -118,6 +124,7 @@ class TrainConfig:
     deep_supervision: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     deterministic: bool = True
+    max_minutes: float | None = None
 
 
 @dataclass
@@ -283,6 +290,8 @@ def _check_values(cfg: PipelineConfig, source: str | None) -> None:
     for key in ("epochs", "batch_size", "iterations_per_epoch", "val_every"):
         _require(getattr(t, key) >= 1, f"train.{key}", getattr(t, key), ">= 1", source)
     _require(t.lr > 0, "train.lr", t.lr, "> 0", source)
+    _require(t.max_minutes is None or t.max_minutes > 0, "train.max_minutes", t.max_minutes,
+             "a positive number of minutes, or null for no budget", source)
     _require(0.0 <= t.foreground_ratio <= 1.0, "train.foreground_ratio", t.foreground_ratio,
              "a share in [0, 1]", source)
     if t.class_probabilities is not None:

@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,12 @@ CPU_BUDGET_GB = 8.0
 GPU_USABLE = 0.85
 """Share of a GPU's memory a plan may fill (the CUDA context and cuDNN workspaces need the
 rest)."""
+#: Timed optimiser steps of a step-time measurement (their median counts) and the warm-up
+#: steps before them: one timed step after one warm-up gave 117 and 41 epochs for the same
+#: data on the same machine.
+TIMED_STEPS, WARMUP_STEPS = 7, 3
+#: Seconds of a time budget kept for starting ``medseg train`` and writing its last files.
+START_MARGIN_S = 30.0
 EPOCHS, ITERATIONS = 1000, 250
 """nnU-Net's schedule: 1000 epochs of 250 iterations."""
 CPU_ITERATIONS = 50
@@ -85,6 +92,9 @@ class Plan:
     spacing_reason: str = ""
     val_every: int | None = None  # None: about 20 validations (no time budget)
     validation_seconds: float | None = None  # estimated seconds of one validation
+    max_minutes: float | None = None  # the wall-clock contract of ``medseg train``
+    plan_seconds: float | None = None  # what planning took of the budget
+    cache_seconds: float | None = None  # estimated preprocessing-cache build (in the budget)
 
 
 def make_plan(manifest_path: str | os.PathLike, options: PlanOptions = PlanOptions()) -> Plan:
@@ -98,8 +108,10 @@ def make_plan(manifest_path: str | os.PathLike, options: PlanOptions = PlanOptio
     """
     from medseg.data.manifest import load_manifest
 
+    started = time.monotonic()
     manifest = load_manifest(manifest_path)
     fp = compute_fingerprint(manifest, options.seed, progress=options.progress)
+    fingerprint_s = time.monotonic() - started
     kind = _device_kind(options.device)
     budget = _budget_bytes(kind, options, manifest.path)
     spacing = rules.target_spacing(fp.spacings_mm, np.array([c.shape for c in fp.cases]))
@@ -117,7 +129,7 @@ def make_plan(manifest_path: str | os.PathLike, options: PlanOptions = PlanOptio
     plan = Plan(fp, manifest.path, kind, spacing, median, chosen, budget,
                 _intensity(fp), reason=reason)
     if options.time_budget_h is not None:
-        plan = _fit_time(plan, options, channels, voxels)
+        plan = _fit_time(plan, options, channels, voxels, started, fingerprint_s)
     return plan
 
 
@@ -191,38 +203,49 @@ def _intensity(fp: Fingerprint) -> dict[str, Any]:
 
 
 # -- time ---------------------------------------------------------------------------------------
-def _fit_time(plan: Plan, options: PlanOptions, channels, voxels) -> Plan:
-    """Fit the schedule into ``time_budget_h``: measure the step time of the planned
-    network; when fewer than ``MIN_STEPS_3D`` steps fit, shrink the patch (step time taken
-    proportional to the estimated memory) and, when no 3D patch is fast enough, use a thin
-    slab; then :func:`~medseg.planning.step_time.plan_training` with ``CPU_ITERATIONS`` per epoch, in the
-    budget left after the validations (:func:`rules.validation_seconds`, at most
-    ``rules.MAX_VALIDATIONS`` and ``rules.VALIDATION_SHARE`` of the budget)."""
+def _fit_time(plan: Plan, options: PlanOptions, channels, voxels, started: float,
+              cache_s: float) -> Plan:
+    """Fit the run into ``time_budget_h`` of wall time, planning included.
+
+    Measure the step time of the planned network (median of :data:`TIMED_STEPS` after
+    :data:`WARMUP_STEPS`); when fewer than ``MIN_STEPS_3D`` steps fit, shrink the patch (step
+    time taken proportional to the estimated memory) and, when no 3D patch is fast enough,
+    use a thin slab. ``train.max_minutes`` is the budget less what planning took and
+    :data:`START_MARGIN_S`; the schedule (:func:`~medseg.planning.step_time.plan_training`,
+    ``CPU_ITERATIONS`` per epoch) fills it less the preprocessing cache (estimated as long as
+    the fingerprint's read of every case: ``cache_s``) and the validations
+    (:func:`rules.validation_seconds`, at most ``rules.MAX_VALIDATIONS`` and
+    ``rules.VALIDATION_SHARE`` of the budget).
+    """
     hours = options.time_budget_h
     if not (isinstance(hours, (int, float)) and hours > 0):
         raise UsageError(f"--time-budget {hours!r}: expected a positive number of hours")
-    budget_s = float(hours) * 3600.0
     step = _measure(plan, options)
-    steps = plan_training(step, budget_s, 1, 10**12)[1]
+    steps = plan_training(step, float(hours) * 3600.0, 1, 10**12)[1]
     if steps < MIN_STEPS_3D:
         plan = _faster(plan, steps, channels, voxels)
         step = _measure(plan, options)
+    plan_s = time.monotonic() - started
+    run_s = float(hours) * 3600.0 - plan_s - START_MARGIN_S
+    budget_s = run_s - cache_s
     validation_s = rules.validation_seconds(plan.median_shape, plan.design.patch, step,
                                             _validation_cases(plan.fingerprint))
     validations = rules.validations_in(budget_s, validation_s)
     train_s = max(budget_s - validations * validation_s,
                   budget_s * (1 - rules.VALIDATION_SHARE))  # one long validation: overrun
-    epochs, per_epoch = plan_training(step, train_s, EPOCHS, CPU_ITERATIONS)
+    epochs, per_epoch = plan_training(step, max(train_s, 1.0), EPOCHS, CPU_ITERATIONS)
     if per_epoch < CPU_ITERATIONS:
         per_hour = plan_training(step, 3600.0, 1, 10**12)[1]
-        need = CPU_ITERATIONS / per_hour
+        need = CPU_ITERATIONS / per_hour + (plan_s + cache_s + START_MARGIN_S) / 3600.0
         raise UsageError(f"{plan.manifest}: --time-budget {hours:g} h fits {per_epoch} steps of "
-                         f"{step:.2f} s, one epoch is {CPU_ITERATIONS}: give --time-budget "
-                         f"{need:.3g} or more (hours)")
+                         f"{step:.2f} s after {plan_s / 60:.1f} min of planning, one epoch is "
+                         f"{CPU_ITERATIONS}: give --time-budget {need:.3g} or more (hours)")
     return dataclasses.replace(plan, epochs=epochs, iterations_per_epoch=per_epoch,
                                step_seconds=step, time_budget_h=float(hours),
                                val_every=max(1, math.ceil(epochs / validations)),
-                               validation_seconds=validation_s)
+                               validation_seconds=validation_s,
+                               max_minutes=round(run_s / 60.0, 2), plan_seconds=plan_s,
+                               cache_seconds=cache_s)
 
 
 def _validation_cases(fp: Fingerprint) -> int:
@@ -300,7 +323,7 @@ def _measure(plan: Plan, options: PlanOptions) -> float:
 
     cfg = parse_config(plan_dict(plan))
     runtime = Runtime.resolve(options.device if plan.device == "cuda" else "cpu", None)
-    seconds = measure_step_seconds(cfg, runtime, steps=1, warmup=1)
+    seconds = measure_step_seconds(cfg, runtime, steps=TIMED_STEPS, warmup=WARMUP_STEPS)
     log.info("patch %s, batch %d: %.2f s per step on %s", plan.design.patch,
              plan.design.batch_size, seconds, runtime)
     return seconds

@@ -56,6 +56,16 @@ def _pool_why(plan) -> str:
     return base
 
 
+def _contract(plan) -> str:
+    """Why ``train.max_minutes`` has its value (or why there is none)."""
+    if plan.max_minutes is None:
+        return "no wall-clock limit (no --time-budget given)"
+    return (f"--time-budget {plan.time_budget_h:g} h less {plan.plan_seconds / 60:.1f} min of "
+            f"planning and a start margin: training (its data cache, about "
+            f"{plan.cache_seconds / 60:.1f} min, included) stops, validates and saves within it "
+            f"on any machine")
+
+
 def _training(plan) -> list[Entry]:
     d = plan.design
     gib = d.memory_bytes / 2**30
@@ -76,6 +86,7 @@ def _training(plan) -> list[Entry]:
         ("train", "epochs", plan.epochs, schedule_why),
         ("train", "iterations_per_epoch", plan.iterations_per_epoch, schedule_why),
         ("train", "val_every", *_validation(plan)),
+        ("train", "max_minutes", plan.max_minutes, _contract(plan)),
         ("train", "optimizer", "sgd", "nnU-Net: SGD, Nesterov momentum 0.99"),
         ("train", "lr", 0.01, "nnU-Net's initial learning rate"),
         ("train", "momentum", 0.99, "nnU-Net"),
@@ -166,6 +177,9 @@ def format_summary(plan) -> str:
     ]
     if plan.spacing_reason:
         lines.append(f"spacing: {plan.spacing_reason}")
+    if plan.max_minutes is not None:
+        lines.append(f"time: planning took {plan.plan_seconds / 60:.1f} min; medseg train stops, "
+                     f"validates and saves within train.max_minutes = {plan.max_minutes:g} min")
     return "\n".join(lines)
 
 

@@ -74,7 +74,8 @@ class TrainOptions:
     ``debug_kill_after_epoch``: SIGKILL this process right after that epoch's
     checkpoints are written (tests of ``--resume``).
     ``max_minutes``: wall-clock budget; the run stops (validating and saving) after the
-    last epoch that is expected to finish within it. ``--resume`` continues later.
+    last epoch that is expected to finish within it. ``--resume`` continues later. With
+    ``train.max_minutes`` in the config too, the smaller one holds.
     """
 
     resume: bool = False
@@ -124,6 +125,8 @@ class _Trainer:
         from medseg.transforms import Preprocessing
 
         self.cfg, self.run_dir, self.options = cfg, run_dir, options
+        # the budget's clock starts here: the preprocessing cache is built inside it
+        self._clock: tuple[float, float | None] = (time.monotonic(), self._budget_minutes())
         self.runtime, self.device = runtime, runtime.device
         self._prepare_run_dir()
         self._set_determinism()
@@ -143,6 +146,7 @@ class _Trainer:
         self.dataset = self._build_dataset()
         self.augment = Augmenter(cfg.train.augment)
         self.epoch, self.step = 0, 0
+        self._longest_validation = 0.0  # seconds
         self.best_score, self.best_epoch = -math.inf, 0
         self.history: list[dict[str, Any]] = []
         if options.resume:
@@ -274,7 +278,7 @@ class _Trainer:
 
     def _train_step(self, image: torch.Tensor, label: torch.Tensor, epoch: int) -> float:
         t = self.cfg.train
-        set_lr(self.optimizer, lr_at(self.step, t))
+        set_lr(self.optimizer, lr_at(self.step, t, self._time_fraction()))
         image = image.to(self.device, non_blocking=True)
         label = label.to(self.device, non_blocking=True).long()
         if self.augment.enabled:
@@ -327,8 +331,10 @@ class _Trainer:
         due = final or epoch % self.cfg.train.val_every == 0 or epoch == self.cfg.train.epochs
         if not (due and self.data.val):
             return {}
+        began = time.monotonic()
         dice = validate(self.model, self.data.val, self.card.window, self.data.num_classes,
                         self.runtime)
+        self._longest_validation = max(self._longest_validation, time.monotonic() - began)
         row = {"val_mean_dice": float(np.nanmean(dice)) if np.isfinite(dice).any() else math.nan}
         for value, score in zip(range(1, self.data.num_classes), dice):
             row[f"dice_{self.data.label_names.get(value, value)}"] = float(score)
@@ -357,14 +363,19 @@ class _Trainer:
         if self.epoch >= t.epochs:
             log.info("already trained %d of %d epochs: nothing to do (raise train.epochs "
                      "with --set train.epochs=N to continue)", self.epoch, t.epochs)
-        start = time.monotonic()
-        first = self.epoch + 1
+        start = self._clock[0]
+        if self._clock[1] is not None:
+            log.info("time budget %.1f min (%.1f spent preparing the data): training stops, "
+                     "validates and saves within it", self._clock[1],
+                     (time.monotonic() - start) / 60)
+        first, run_start = self.epoch + 1, time.monotonic()
+        out_of_time = False
         for epoch in range(first, t.epochs + 1):
             began = time.monotonic()
             loss = self._train_epoch(epoch)
             out_of_time = epoch < t.epochs and self._out_of_time(start, began)
             row: dict[str, Any] = {"epoch": epoch, "step": self.step, "train_loss": loss,
-                                   "lr": lr_at(self.step, t)}
+                                   "lr": lr_at(self.step, t, self._time_fraction())}
             row.update(self._validate(epoch, final=out_of_time))
             row["seconds"] = round(time.monotonic() - began, 2)
             self.epoch = epoch
@@ -372,26 +383,47 @@ class _Trainer:
             if self.runtime.is_main:
                 self._save(row)
             barrier(self.runtime)
-            self._log_epoch(row, start, epoch - first + 1)
+            self._log_epoch(row, run_start, epoch - first + 1)
             if self.options.debug_kill_after_epoch == epoch:
                 os.kill(os.getpid(), signal.SIGKILL)
             if out_of_time:
-                log.warning("time budget of %.1f min reached after epoch %d of %d "
-                            "(continue with --resume)", self.options.max_minutes, epoch, t.epochs)
+                log.warning("time budget of %.1f min: stopped after epoch %d of %d, in %.1f min "
+                            "with validation and checkpoints (continue with --resume)",
+                            self._clock[1], epoch, t.epochs, (time.monotonic() - start) / 60)
                 break
+        if self._clock[1] is not None and not out_of_time:
+            log.info("time budget %.1f min: all %d epochs done in %.1f min", self._clock[1],
+                     t.epochs, (time.monotonic() - start) / 60)
         self.tensorboard.close()
         return TrainResult(self.run_dir, self.epoch, self.best_score, self.best_epoch,
                            list(self.history))
 
+    def _budget_minutes(self) -> float | None:
+        """The wall-clock budget in minutes: the smaller of ``--max-minutes`` and
+        ``train.max_minutes`` (None: no budget)."""
+        given = [m for m in (self.options.max_minutes, self.cfg.train.max_minutes)
+                 if m is not None]
+        return min(given) if given else None
+
+    def _time_fraction(self) -> float | None:
+        """The share of the budget spent so far (None without a budget)."""
+        start, minutes = self._clock
+        if minutes is None:
+            return None
+        return (time.monotonic() - start) / (60.0 * minutes)
+
     def _out_of_time(self, start: float, began: float) -> bool:
-        """True when another epoch as long as this one would overrun ``max_minutes``.
+        """True when another epoch as long as this one, with a validation as long as the
+        longest so far and this epoch's validation, would overrun the budget.
 
         Under DDP the ranks agree (any rank out of time stops all), so none waits forever.
         """
-        if self.options.max_minutes is None:
+        minutes = self._clock[1]
+        if minutes is None:
             return False
         now = time.monotonic()
-        over = (now - start) + (now - began) > 60.0 * self.options.max_minutes
+        validation = self._longest_validation
+        over = (now - start) + (now - began) + 2 * validation > 60.0 * minutes
         if self.runtime.distributed:
             flag = torch.tensor([1.0 if over else 0.0], device=self.device)
             over = bool(all_reduce_sum(flag, self.runtime).item() > 0)

@@ -27,10 +27,19 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainConfig) -> to
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate of optimiser step ``step`` (0-based)."""
+def lr_at(step: int, cfg: TrainConfig, time_fraction: float | None = None) -> float:
+    """Learning rate of optimiser step ``step`` (0-based).
+
+    ``time_fraction``: the share of a wall-clock budget (``train.max_minutes``) already
+    spent. The schedule's progress is the larger of the steps' share and this, so a machine
+    slower than planned still ends its budget at the schedule's end (a decayed rate); on a
+    machine as fast as planned the steps lead and the rates (hence the weights) are the
+    same as without a budget.
+    """
     total = max(cfg.epochs * cfg.iterations_per_epoch, 1)
     t = min(max(step, 0), total) / total
+    if time_fraction is not None:
+        t = min(max(t, float(time_fraction)), 1.0)
     if cfg.schedule == "poly":
         factor = (1.0 - t) ** cfg.poly_exponent
     elif cfg.schedule == "cosine":

@@ -141,14 +141,22 @@ def test_time_budget_too_small_for_one_epoch(ct_manifest, tmp_path, capsys):
 
 
 def test_time_budget_fits_the_schedule(ct_manifest):
-    plan = make_plan(ct_manifest, PlanOptions(device="cpu", time_budget_h=0.05))
+    from medseg.planning.plan import START_MARGIN_S
+
+    plan = make_plan(ct_manifest, PlanOptions(device="cpu", time_budget_h=0.1))
     steps = plan.epochs * plan.iterations_per_epoch
-    # step_time.plan_training: total = 180 s / (step time * 1.2 overhead) steps, cut into
-    # whole epochs of total // epochs steps (so fewer than ``epochs`` steps are lost)
-    # validations come out of the budget first (rules.validation_seconds)
+    # the contract: 360 s less planning and the start margin is medseg train's wall time
+    run_s = 360.0 - plan.plan_seconds - START_MARGIN_S
+    assert plan.max_minutes == round(run_s / 60, 2) and 0 < plan.plan_seconds < 360
+    # step_time.plan_training: total = budget / (step time * 1.2 overhead) steps, cut into
+    # whole epochs of total // epochs steps (so fewer than ``epochs`` steps are lost);
+    # the data cache (as long as the fingerprint) and validations come out of it first
     validations = -(-plan.epochs // plan.val_every)
-    total = int((180.0 - validations * plan.validation_seconds) / (plan.step_seconds * 1.2))
+    budget = run_s - plan.cache_seconds - validations * plan.validation_seconds
+    total = int(budget / (plan.step_seconds * 1.2))
     assert total - plan.epochs < steps <= total and plan.iterations_per_epoch >= 50
+    text = render.plan_yaml(plan)
+    assert f"max_minutes: {plan.max_minutes}  # --time-budget 0.1 h less" in text
 
 
 def test_time_budget_counts_the_validations(tmp_path, monkeypatch):
@@ -166,7 +174,8 @@ def test_time_budget_counts_the_validations(tmp_path, monkeypatch):
                        for n, p in zip(plan.median_shape, plan.design.patch)])
     assert plan.validation_seconds == pytest.approx(2 * windows * 1.0 / 3 / 2)
     training = plan.epochs * plan.iterations_per_epoch * 1.0 * 1.2
-    assert training + validations * plan.validation_seconds <= 3600.0
+    assert training + validations * plan.validation_seconds + plan.cache_seconds \
+        <= plan.max_minutes * 60 < 3600.0 - plan.plan_seconds
     assert training > 0.7 * 3600.0
     text = render.plan_yaml(plan)
     assert f"val_every: {plan.val_every}  # {validations} validations of about" in text

@@ -140,3 +140,32 @@ def test_time_budget_stops_after_an_epoch_and_still_validates(tmp_path, capsys):
     # --resume without a budget continues to the configured 4 epochs.
     assert main(["train", str(config), "-o", str(run), "--no-progress", "--resume"]) == 0
     assert [r["epoch"] for r in _rows(run)] == ["1", "2", "3", "4"]
+
+
+def test_config_budget_is_a_contract_and_the_schedule_follows_the_clock(tmp_path):
+    """``train.max_minutes`` (as ``medseg plan --time-budget`` writes it) stops the run like
+    ``--max-minutes``; the smaller of the two holds; with the budget spent from the first
+    step, the schedule's progress is the clock's (1): poly's rate is (1 - 1)^0.9 = 0."""
+    raw = tiny_config(epochs=4, val_every=3)
+    raw["data"]["cache_dir"] = str(tmp_path / "cache")
+    raw["train"]["max_minutes"] = 0.00001
+    config = write_config(tmp_path / "tiny.yaml", raw)
+    run = tmp_path / "run"
+    assert main(["train", str(config), "-o", str(run), "--no-progress",
+                 "--max-minutes", "100"]) == 0
+    rows = _rows(run)
+    assert [r["epoch"] for r in rows] == ["1"] and rows[0]["val_mean_dice"] not in ("", None)
+    assert float(rows[0]["lr"]) == 0.0
+    assert load_checkpoint(run / "last.safetensors").epoch == 1
+
+
+def test_lr_follows_the_larger_of_the_step_and_the_clock():
+    from medseg.config import TrainConfig
+    from medseg.training.optim import lr_at
+
+    cfg = TrainConfig(epochs=1, iterations_per_epoch=100, lr=1.0, schedule="poly",
+                      poly_exponent=0.9)
+    assert lr_at(10, cfg) == pytest.approx(0.9 ** 0.9)
+    assert lr_at(10, cfg, time_fraction=0.05) == pytest.approx(0.9 ** 0.9)  # steps lead
+    assert lr_at(10, cfg, time_fraction=0.5) == pytest.approx(0.5 ** 0.9)  # the clock leads
+    assert lr_at(10, cfg, time_fraction=3.0) == 0.0  # over budget: the schedule's end
