@@ -149,11 +149,14 @@ def test_time_budget_fits_the_schedule(ct_manifest):
     run_s = 360.0 - plan.plan_seconds - START_MARGIN_S
     assert plan.max_minutes == round(run_s / 60, 2) and 0 < plan.plan_seconds < 360
     # step_time.plan_training: total = budget / (step time * 1.2 overhead) steps, cut into
-    # whole epochs of total // epochs steps (so fewer than ``epochs`` steps are lost);
-    # the data cache (as long as the fingerprint) and validations come out of it first
-    validations = -(-plan.epochs // plan.val_every)
-    budget = run_s - plan.cache_seconds - validations * plan.validation_seconds
-    total = int(budget / (plan.step_seconds * 1.2))
+    # whole epochs of total // epochs steps (so fewer than ``epochs`` steps are lost); the
+    # data cache (as long as the fingerprint) and the validations the budget holds
+    # (rules.validations_in, at most a VALIDATION_SHARE of it) come out of it first
+    budget = run_s - plan.cache_seconds
+    validations = rules.validations_in(budget, plan.validation_seconds)
+    train = max(budget - validations * plan.validation_seconds,
+                budget * (1 - rules.VALIDATION_SHARE))
+    total = int(train / (plan.step_seconds * 1.2))
     assert total - plan.epochs < steps <= total and plan.iterations_per_epoch >= 50
     text = render.plan_yaml(plan)
     assert f"max_minutes: {plan.max_minutes}  # --time-budget 0.1 h less" in text
