@@ -59,7 +59,14 @@ from medseg.io.dicom.files import (
 from medseg.io.dicom.mosaic import is_mosaic, read_mosaic
 from medseg.io.dicom.multiframe import frame_members, narrow_integers, read_multiframe, read_slices
 from medseg.io.dicom.stack import SPACING_ATOL_MM, SPACING_RTOL, Stack, plan_stack, untilt
-from medseg.io.dicom.stacks import Member, StackInfo, choose_stack, group_stacks, slice_attributes
+from medseg.io.dicom.stacks import (
+    Member,
+    StackInfo,
+    choose_stack,
+    group_stacks,
+    own_stack,
+    slice_attributes,
+)
 from medseg.io.sitk import sitk_to_volume
 from medseg.volume import Volume
 
@@ -221,8 +228,7 @@ def _find(path: str | os.PathLike, series: str | None) -> _Found:
                         os.fspath(path))
         return _Found(path, group_stacks([member]), uid=uid)
     found = _find_in_folder(Path(path).parent, path, uid)
-    own = [s.index for s in found.stacks if os.fspath(path) in s.files]
-    found.own = own[0] if own else None
+    found.own = own_stack(found.stacks, path)
     return found
 
 
@@ -272,7 +278,7 @@ def _read(found: _Found, info: StackInfo, tilt: bool) -> Volume:
         volume = _read_slices(found, info, source, tilt)
     meta = {**volume.meta, "stack": info.label, "stack_index": info.index}
     if len(found.stacks) > 1:
-        log.info("%s: read stack %s of %d", found.source, info, len(found.stacks))
+        log.debug("%s: read stack %s of %d", found.source, info, len(found.stacks))
     return Volume(volume.array, volume.affine, meta)
 
 

@@ -49,7 +49,7 @@ from medseg.errors import ImageReadError, UsageError, closest
 
 __all__ = [
     "ATTRIBUTES", "FALLBACK", "Member", "StackInfo", "group_stacks", "choose_stack",
-    "describe_stacks", "image_type", "slice_attributes", "type_names",
+    "describe_stacks", "image_type", "own_stack", "slice_attributes", "type_names",
 ]
 
 #: Attributes that split a group with repeated positions, in naming order.
@@ -218,9 +218,9 @@ def _by(group: list[Member], names: tuple[str, ...]) -> list[list[Member]]:
 
 
 def _key(value) -> tuple:
-    """A sort key for attribute values of any type (None first, numbers before text)."""
+    """A sort key for attribute values of any type (numbers, then text, then None)."""
     if value is None:
-        return (0,)
+        return (4,)
     if isinstance(value, (int, float)):
         return (1, float(value))
     if isinstance(value, tuple):
@@ -253,7 +253,8 @@ def _named(parts: list[list[Member]]) -> list[StackInfo]:
         labels = [_label(n, value[n], kind, types) for n in shown]
         names = {str(index)}
         for n in varying:
-            names.update(_names(n, value[n], kind, types))
+            if n in shown or n not in ("dimension", "acquisition"):
+                names.update(_names(n, value[n], kind, types))
         label = " ".join(label for label in labels if label)
         names.update({label.lower(), label.lower().replace(" ", "_")} - {""})
         stacks.append(StackInfo(index, label, tuple(sorted(names)), tuple(part)))
@@ -319,6 +320,15 @@ def _names(name: str, value, kind: tuple[str, ...], types) -> set[str]:
     prefixes = {"series": ("series",), "echo": ("echo", "e"), "temporal": ("t", "time"),
                 "acquisition": ("acquisition", "acq")}
     return {f"{p}{value}" for p in prefixes[name]}
+
+
+def own_stack(stacks: Sequence[StackInfo], path: str | os.PathLike) -> int | None:
+    """The number of the stack a single-frame file ``path`` is a slice of (None if none)."""
+    path = os.fspath(path)
+    for info in stacks:
+        if any(m.file == path and m.unit is None for m in info.members):
+            return info.index
+    return None
 
 
 # -- choosing -----------------------------------------------------------------------------------
