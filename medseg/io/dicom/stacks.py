@@ -75,6 +75,7 @@ _TYPE_NAMES: dict[str, tuple[str, ...]] = {
     "OPP_PHASE": ("opposed_phase", "op", "out_phase", "opp_phase"),
     "FIELD_MAP": ("field_map", "fieldmap", "b0"), "B0_MAP": ("field_map", "fieldmap", "b0"),
 }
+_TYPE_ORDER = list(dict.fromkeys(names[0] for names in _TYPE_NAMES.values()))
 
 
 @dataclass(frozen=True)
@@ -212,9 +213,18 @@ def _by(group: list[Member], names: tuple[str, ...]) -> list[list[Member]]:
 
     def order(key: tuple) -> tuple:
         first = parts[key][0].attributes
-        return tuple(_key(first.get(n)) for n in ordered) + (list(parts).index(key),)
+        return tuple(_key(first.get(n)) for n in ordered) + (_type_rank(first.get("type")),
+                                                              list(parts).index(key))
 
     return [parts[key] for key in sorted(parts, key=order)]
+
+
+def _type_rank(kind: tuple[str, ...] | None) -> int:
+    """Known image types in the order of :data:`_TYPE_NAMES` (magnitude, phase, ..., water,
+    fat, in-phase, opposed-phase, field map), others after them."""
+    names = [_TYPE_NAMES[v.replace(" ", "_")][0] for v in kind or ()
+             if v.replace(" ", "_") in _TYPE_NAMES]
+    return min((_TYPE_ORDER.index(n) for n in names), default=len(_TYPE_ORDER))
 
 
 def _key(value) -> tuple:
