@@ -196,7 +196,8 @@ def _geometry(flat: np.ndarray, grid: _Grid) -> dict[str, float]:
 
 # -- files and folders -------------------------------------------------------------------------
 def stats_of_files(image: str | os.PathLike, seg: str | os.PathLike,
-                   labels: str | os.PathLike | Labels = None) -> list[dict[str, Any]]:
+                   labels: str | os.PathLike | Labels = None,
+                   stack: int | str | None = None) -> list[dict[str, Any]]:
     """:func:`structure_stats` of an image file and its segmentation, or of two folders.
 
     Parameters
@@ -208,6 +209,8 @@ def stats_of_files(image: str | os.PathLike, seg: str | os.PathLike,
         ``_0000`` channel suffix). One table, cases in name order.
     labels : a label-name file (:func:`medseg.io.cases.read_label_names`), a
         ``{label: name}`` mapping or a list of labels (see :func:`structure_stats`).
+    stack : the image stack of a DICOM image holding several (number or name,
+        :func:`medseg.io.read_volume`).
 
     Raises
     ------
@@ -221,7 +224,8 @@ def stats_of_files(image: str | os.PathLike, seg: str | os.PathLike,
     names = label_names_of(labels)
     rows = []
     for case, image_path, seg_path in _pairs(Path(image), Path(seg)):
-        rows += structure_stats(read_volume(image_path), read_volume(seg_path, channels=False),
+        rows += structure_stats(read_volume(image_path, stack=stack),
+                                read_volume(seg_path, channels=False),
                                 names, case)
     return rows
 

@@ -8,6 +8,24 @@ LABELS_FORMS = ('a label-name file: {"1": "liver"}, {"liver": 1}, or a dataset.j
                 '"labels" (MSD or nnU-Net)')
 
 
+STACK_HELP = ("the image stack of a DICOM series or object that holds several (magnitude and "
+              "phase, echoes, Dixon images, time points): its number from 1, or a name such as "
+              "phase, echo2, water; 'medseg info' lists them (default: the only stack, or a "
+              "single file's own)")
+
+
+def add_stack(parser: argparse.ArgumentParser, channels: bool = False) -> None:
+    """``--stack K|NAME`` (:func:`medseg.io.read_volume`'s ``stack``); with ``channels`` it
+    may be repeated, one stack per input channel in the model's channel order."""
+    if channels:
+        parser.add_argument("--stack", action="append", metavar="K|NAME",
+                            help=f"{STACK_HELP}; repeat it to give several stacks as the "
+                                 "model's input channels, in the order of its channels "
+                                 "(e.g. --stack water --stack fat)")
+    else:
+        parser.add_argument("--stack", metavar="K|NAME", help=STACK_HELP)
+
+
 def add_labels(parser: argparse.ArgumentParser, role: str) -> None:
     """``--labels FILE``: label names read by :func:`medseg.io.cases.read_label_names`;
     ``role`` says what the command does with them."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from medseg.cli._options import add_labels
+from medseg.cli._options import add_labels, add_stack
 
 HELP = "convert images and label maps between NIfTI, NRRD, MetaImage, DICOM-SEG and RTSTRUCT"
 log = logging.getLogger(__name__)
@@ -24,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output", help="output file: .nii.gz, .nii, .nrrd, .nhdr, .mha, .mhd, "
                                        "or .dcm (DICOM-SEG / RTSTRUCT of a label map)")
     parser.add_argument("--series", metavar="UID", help="SeriesInstanceUID in a DICOM folder")
+    add_stack(parser)
     parser.add_argument("--no-tilt", dest="tilt", action="store_false",
                         help="refuse a gantry-tilted DICOM series instead of resampling it")
     parser.add_argument("--reference", metavar="SERIES_DIR",
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
                                dicom_format=args.dicom_format)
         log.info("wrote %s (%r, labels %s)", written, labels, labels.meta["label_names"])
         return 0
-    volume = read_volume(args.input, series=args.series, tilt=args.tilt)
+    volume = read_volume(args.input, series=args.series, tilt=args.tilt, stack=args.stack)
     written = write_volume(volume, args.output)
     log.info("wrote %s (%r)", written, volume)
     return 0

@@ -6,6 +6,8 @@ import argparse
 import os
 from typing import TYPE_CHECKING
 
+from medseg.cli._options import add_stack
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -20,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", help="image file (.nii.gz, .nrrd, .mha, ...), DICOM folder, or "
                                      "a DICOM-SEG / RTSTRUCT file")
     parser.add_argument("--series", metavar="UID", help="SeriesInstanceUID in a DICOM folder")
+    add_stack(parser)
     parser.add_argument("--no-tilt", dest="tilt", action="store_false",
                         help="refuse a gantry-tilted DICOM series instead of resampling it")
 
@@ -27,13 +30,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from medseg.io import read_volume
     from medseg.io.dicom.labels import dicom_label_kind
+    from medseg.io.formats import format_of
 
     kind = dicom_label_kind(args.path)
     if kind is not None:
         print(describe_dicom_labels(args.path, kind))
         return 0
-    print(describe(read_volume(args.path, series=args.series, tilt=args.tilt), args.path))
+    if args.stack is None and os.path.exists(args.path) and format_of(args.path) == "dicom":
+        from medseg.io.dicom.image import list_stacks
+        from medseg.io.dicom.stacks import own_stack
+
+        stacks = list_stacks(args.path, args.series)
+        if len(stacks) > 1 and own_stack(stacks, args.path) is None:
+            print(describe_stacks(args.path, args.series, args.tilt))
+            return 0
+    print(describe(read_volume(args.path, series=args.series, tilt=args.tilt, stack=args.stack),
+                   args.path))
     return 0
+
+
+def describe_stacks(path: str | os.PathLike, series: str | None, tilt: bool = True) -> str:
+    """The image stacks of a DICOM input, one line each: number, what distinguishes it,
+    shape (x, y, z), spacing (mm) and the names ``--stack`` takes."""
+    from medseg.io.dicom.image import read_dicom_stacks
+
+    read = read_dicom_stacks(path, series, tilt=tilt)
+    lines = [f"{os.fspath(path)}",
+             f"  stacks       {len(read)}: pick one with --stack K or --stack NAME; number, "
+             "label, shape (x, y, z), spacing mm, names"]
+    width = max(len(info.label) for info, _ in read)
+    for info, volume in read:
+        shape = " x ".join(map(str, volume.shape))
+        spacing = " x ".join(f"{s:.4g}" for s in volume.spacing_mm)
+        names = ", ".join(n for n in info.names if not n.isdigit())
+        lines.append(f"    {info.index:>2}  {info.label:<{width}}  {shape:<14} {spacing:<16} "
+                     f"{names}")
+    return "\n".join(lines)
 
 
 def describe_dicom_labels(path: str | os.PathLike, kind: str) -> str:
@@ -80,6 +112,8 @@ def describe(volume: Volume, path: str | os.PathLike) -> str:
     if "series_uid" in volume.meta:
         lines.append(f"  series UID   {volume.meta['series_uid'] or '<empty>'}")
         lines.append(f"  slices       {len(volume.meta.get('dicom_files', []))} DICOM files")
+    if volume.meta.get("stack"):
+        lines.append(f"  stack        {volume.meta['stack_index']}: {volume.meta['stack']}")
     if array.size:
         lines.append(
             f"  intensity    min {_num(array.min())}, max {_num(array.max())}, "

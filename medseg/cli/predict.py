@@ -20,6 +20,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from medseg.cli._options import add_stack
+
 HELP = ("segment images (files, DICOM series, folders, manifests) with a checkpoint or an "
         "ensemble of them")
 log = logging.getLogger(__name__)
@@ -70,6 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="what a .dcm output is: DICOM-SEG (default) or RTSTRUCT")
     parser.add_argument("--series", default=None, metavar="UID",
                         help="Series Instance UID to read when a DICOM folder holds several")
+    add_stack(parser, channels=True)
     parser.add_argument("--no-tilt", dest="tilt", action="store_false",
                         help="refuse a gantry-tilted DICOM series instead of resampling it")
 
@@ -88,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         label_interp=args.label_interp, progress=sys.stderr.isatty() and not args.quiet,
     )
     files = CaseFiles(series=args.series, tilt=args.tilt, preview=args.preview,
-                      dicom_format=args.dicom_format)
+                      dicom_format=args.dicom_format, stack=tuple(args.stack or ()))
     predict_cases(model_argument(args.model, args), args.input, args.output, options, runtime, files)
     return 0
 

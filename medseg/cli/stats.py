@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from medseg.cli._options import add_labels
+from medseg.cli._options import add_labels, add_stack
 
 HELP = "per-structure volume (mL), intensity (HU for CT), centroid and extent (mm) into CSV"
 
@@ -16,6 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="its segmentation, or a folder paired with IMAGE by case name")
     add_labels(parser, "the labels listed (absent ones get 0 voxels) and their names; "
                        "default every label found")
+    add_stack(parser)
     parser.add_argument("-o", "--output", metavar="stats.csv",
                         help="CSV file to write (default: the table on stdout)")
 
@@ -25,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
 
     from medseg.stats import stats_csv_text, stats_of_files, write_stats
 
-    rows = stats_of_files(args.image, args.seg, labels=args.labels)
+    rows = stats_of_files(args.image, args.seg, labels=args.labels, stack=args.stack)
     if args.output:
         write_stats(rows, args.output)
     else:

@@ -120,12 +120,15 @@ class CaseFiles:
         warning) or refuse it (False, ``--no-tilt``).
     preview : also write ``<case>_preview.png`` overlays.
     dicom_format : what a ``.dcm`` output is: ``"seg"`` (DICOM-SEG) or ``"rtstruct"``.
+    stack : the image stack(s) of a DICOM input holding several (numbers from 1 or
+        names, ``--stack``); several are the input channels, in the model's order.
     """
 
     series: str | None = None
     tilt: bool = True
     preview: bool = False
     dicom_format: str = "seg"
+    stack: tuple[int | str, ...] = ()
 
     def __post_init__(self) -> None:
         from medseg.errors import check_option
@@ -216,7 +219,7 @@ def predict_cases(
              len(cases), runtime)
     written = []
     for case in _cases_progress(mine, runtime.rank):
-        image = read_case_image(case, files.series, tilt=files.tilt)
+        image = read_case_image(case, files.series, tilt=files.tilt, stack=files.stack)
         result = predict_case(loaded, image, options, runtime)
         outputs = outputs_for(case, output, file_mode)
         _write_case(image, result, outputs, files, loaded.card.labels, algorithm)

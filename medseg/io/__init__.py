@@ -10,9 +10,10 @@ path                            through
 ``.mha``, ``.mhd``              SimpleITK
 a folder                        a DICOM series, SimpleITK + GDCM
                                 (:mod:`medseg.io.dicom.image`), read only
-a DICOM file (``.dcm``, or      its series (the files of its folder with its
-the DICM preamble)              SeriesInstanceUID), or the enhanced multi-frame
-                                object it is; read only
+a DICOM file (``.dcm``, or      its own stack of its series (the files of its
+the DICM preamble)              folder with its SeriesInstanceUID), or the
+                                enhanced multi-frame object or Siemens mosaic it
+                                is; read only
 ==============================  ==================================================
 
 Every Volume comes back indexed (x, y, z), or (C, x, y, z) with channels, with
@@ -52,6 +53,7 @@ def read_volume(
     ndim: int = 3,
     channels: bool = True,
     tilt: bool = True,
+    stack: int | str | None = None,
 ) -> Volume:
     """Read an image file, a DICOM file or a DICOM series folder.
 
@@ -66,6 +68,10 @@ def read_volume(
         (x, y, z) is accepted.
     tilt : DICOM only: resample a gantry-tilted series onto an orthogonal grid with
         a warning (True) or refuse it with a GeometryError (False).
+    stack : DICOM only: the image stack to read when a series or object holds
+        several (magnitude and phase, echoes, Dixon images, time points): its
+        1-based number or a name such as ``"phase"`` or ``"echo2"``
+        (:mod:`medseg.io.dicom.stacks`); a single-frame file reads its own stack.
 
     Returns
     -------
@@ -79,14 +85,16 @@ def read_volume(
     ImageReadError
         missing path, unsupported extension, corrupt/truncated/non-image file, a
         header field out of range, a folder without DICOM image files or with
-        several series, a DICOM folder or file holding only non-image objects
+        several series, a DICOM input with several stacks and no ``stack`` (lists
+        them), a DICOM folder or file holding only non-image objects
         (DICOM-SEG, RTSTRUCT, RT Dose, ...), compressed pixel data no installed
         decoder handles (names the codec and the package that adds it).
     GeometryError
         a 2D or 5D image, an affine with NaN or inf, or a DICOM series with
         missing slices or uneven spacing, or gantry-tilted with ``tilt=False``.
     UsageError
-        ``ndim`` other than 3, or ``series`` given for a file / not in the folder.
+        ``ndim`` other than 3, ``series`` given for a file / not in the folder,
+        ``stack`` given for a non-DICOM file, out of range or unknown (lists the stacks).
 
     Every error names ``path`` (or, inside a DICOM folder, the file concerned):
     the exceptions the reading libraries raise for a bad file (each reader's
@@ -100,9 +108,13 @@ def read_volume(
     kind = format_of(path)
     if series is not None and kind != "dicom":
         raise UsageError("series= selects a DICOM series and needs a folder", path)
+    if stack is not None and kind != "dicom":
+        raise UsageError(f"stack={stack!r} selects a stack of a DICOM series or object; this "
+                         "is not DICOM", path)
     reader, library_errors, what = _reader(kind)
     try:
-        volume = reader(path, series, tilt=tilt) if kind == "dicom" else reader(path)
+        volume = reader(path, series, stack=stack, tilt=tilt) if kind == "dicom" \
+            else reader(path)
         check_spatial_ndim(volume.array, path, channels)
     except MedsegError as exc:
         if exc.path is None:  # e.g. Volume(...) rejecting the geometry a file gave

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -175,14 +175,23 @@ def find_case_file(folder: str | os.PathLike, case: str) -> Path:
 
 
 # -- reading ----------------------------------------------------------------------------------
-def read_case_image(case: Case, series: str | None = None, *, tilt: bool = True) -> Volume:
+def read_case_image(
+    case: Case,
+    series: str | None = None,
+    *,
+    tilt: bool = True,
+    stack: int | str | Sequence[int | str] | None = None,
+) -> Volume:
     """The image of ``case`` as one channel-first (C, x, y, z) Volume.
 
     One file gives its own channels (C = 1 for a 3D file); one DICOM folder
     is read with ``series`` (a SeriesInstanceUID, when it holds several; a
     single file refuses it); one file per channel are concatenated in order.
     ``tilt``: resample a gantry-tilted DICOM series (True) or refuse it.
-    The affine and ``meta`` are those of the first file.
+    ``stack``: the image stack of a DICOM input holding several (a number from 1
+    or a name, :func:`medseg.io.read_volume`), or a sequence of them: one
+    channel each, in the order given (``--stack water --stack fat``).
+    The affine and ``meta`` are those of the first file (or stack).
 
     Raises
     ------
@@ -191,18 +200,34 @@ def read_case_image(case: Case, series: str | None = None, *, tilt: bool = True)
     ImageReadError, UsageError
         As :func:`medseg.io.read_volume`.
     """
-    import numpy as np
-
     from medseg.io import read_volume
 
+    stacks = [stack] if stack is None or isinstance(stack, (int, str)) else list(stack)
     if len(case.images) == 1:  # a file refuses series= (UsageError), a DICOM folder uses it
-        return _channel_first(read_volume(case.images[0], series=series, tilt=tilt))
+        vols = [read_volume(case.images[0], series=series, tilt=tilt, stack=s)
+                for s in stacks or [None]]
+        if len(vols) == 1:
+            return _channel_first(vols[0])
+        channels = [f"stack {s!r}" for s in stacks]
+        return _concatenate(vols, channels, case.images[0], channels[0])
+    if stacks != [None]:
+        raise UsageError(f"stack={stack!r} picks stacks of one DICOM input; this case has one "
+                         f"file per channel", case.images[0])
     vols = [read_volume(p) for p in case.images]
-    arrays = []
-    for path, vol in zip(case.images, vols):
+    return _concatenate(vols, list(case.images), None, case.images[0].name)
+
+
+def _concatenate(vols: list[Volume], names: list, source, first: str) -> Volume:
+    """Channels of ``vols`` in order; each must be on the grid of the first."""
+    import numpy as np
+
+    for name, vol in zip(names, vols):
         if not vol.same_grid(vols[0]):
-            raise GeometryError(f"channel file is not on the grid of {case.images[0].name}", path)
-        arrays.append(_channel_first(vol).array)
+            raise GeometryError(f"channel {name} is not on the grid of {first}"
+                                if source is not None else
+                                f"channel file is not on the grid of {first}",
+                                source if source is not None else name)
+    arrays = [_channel_first(vol).array for vol in vols]
     return Volume(np.concatenate(arrays, axis=0), vols[0].affine, vols[0].meta)
 
 

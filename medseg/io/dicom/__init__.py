@@ -8,7 +8,10 @@ module                 holds
 :mod:`.image`          :func:`~.image.read_dicom_image`: a folder, a file of a series
                        or a multi-frame object as an (x, y, z) Volume
 :mod:`.stack`          slice order, gaps, gantry tilt of a stack of slices or frames
+:mod:`.stacks`         the image stacks of a series or object (magnitude / phase,
+                       echoes, Dixon, time points), their names, ``stack=``
 :mod:`.multiframe`     enhanced multi-frame objects, pixel decoding through pydicom
+:mod:`.mosaic`         Siemens mosaics de-mosaiced (CSA through nibabel.nicom)
 :mod:`.geometry`       the one DICOM geometry: pixel <-> LPS mm, an image plane on a
                        label grid (frame steps), reading the source slices
 :mod:`.derived`        what a written SEG / RTSTRUCT references (``DerivedSeries``),

@@ -10,8 +10,9 @@ ImageReadError naming it, in one line. Everything else here reads headers only
   (by SOP class, then Modality), None for images;
 * :func:`scan_folder`: every file of a folder sorted into image objects, non-image
   objects and files that are not readable DICOM;
-* :func:`group_series`: image objects by SeriesInstanceUID (an enhanced multi-frame
-  object is a series of its own);
+* :func:`group_series`: image objects by SeriesInstanceUID (single-frame files,
+  multi-frame objects and mosaics alike; the stacks of a series are
+  :mod:`medseg.io.dicom.stacks`' concern);
 * :func:`drop_localizers`: the slices of one series that belong to its main stack
   (localizers/scouts and other geometries are left out with a note in the log);
 * :func:`refuse_non_images`: the one-line error for a folder (or file) holding no images.
@@ -36,7 +37,7 @@ __all__ = [
     "HEADER_TAGS", "NON_IMAGE_CLASSES", "Scan", "SeriesInfo", "read_dataset", "read_header",
     "sop_class",
     "non_image_kind", "is_multiframe", "scan_folder", "group_series", "drop_localizers",
-    "refuse_non_images",
+    "refuse_non_images", "image_type_values",
 ]
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,8 @@ log = logging.getLogger(__name__)
 HEADER_TAGS = [
     "ImagePositionPatient", "ImageOrientationPatient", "SeriesInstanceUID", "StudyInstanceUID",
     "SeriesDescription", "SOPClassUID", "Modality", "ImageType", "PixelSpacing", "Rows",
-    "Columns", "NumberOfFrames",
+    "Columns", "NumberOfFrames", "SeriesNumber", "EchoNumbers", "AcquisitionNumber",
+    "TemporalPositionIdentifier", "InstanceNumber",
 ]
 #: SOP classes of objects that are not images medseg reads as volumes.
 NON_IMAGE_CLASSES = {
@@ -79,16 +81,28 @@ _LABEL_KINDS = ("DICOM-SEG", "RTSTRUCT")
 
 @dataclass(frozen=True)
 class SeriesInfo:
-    """One image series of a folder: UID, description and its files (header order)."""
+    """One image series of a folder: UID, description and its files (header order).
+
+    ``objects`` counts the files that are multi-frame objects.
+    """
 
     uid: str
     description: str
     files: tuple[str, ...]
-    multiframe: bool = False
+    objects: int = 0
+
+    @property
+    def multiframe(self) -> bool:
+        """True when the series is one multi-frame object."""
+        return self.objects == 1 and len(self.files) == 1
 
     def __str__(self) -> str:
-        count = "multi-frame object" if self.multiframe else f"{len(self.files)} slices"
-        return f"{self.uid or '<empty UID>'} {self.description!r} ({count})"
+        slices = len(self.files) - self.objects
+        parts = [f"{slices} slices"] if slices else []
+        if self.objects:
+            parts.append("multi-frame object" if self.objects == 1 else
+                         f"{self.objects} multi-frame objects")
+        return f"{self.uid or '<empty UID>'} {self.description!r} ({', '.join(parts)})"
 
 
 @dataclass
@@ -201,21 +215,17 @@ def scan_folder(folder: str | os.PathLike) -> Scan:
 
 
 def group_series(images: list[pydicom.Dataset]) -> list[SeriesInfo]:
-    """Image headers by SeriesInstanceUID (first-seen order); a multi-frame object alone."""
+    """Image headers by SeriesInstanceUID (first-seen order), multi-frame objects included."""
     groups: dict[str, list[pydicom.Dataset]] = {}
-    series = []
     for header in images:
-        uid = str(header.SeriesInstanceUID)
-        if is_multiframe(header):
-            series.append(_info(uid, [header], multiframe=True))
-        else:
-            groups.setdefault(uid, []).append(header)
-    return [_info(uid, headers) for uid, headers in groups.items()] + series
+        groups.setdefault(str(header.SeriesInstanceUID), []).append(header)
+    return [_info(uid, headers) for uid, headers in groups.items()]
 
 
-def _info(uid: str, headers: list[pydicom.Dataset], multiframe: bool = False) -> SeriesInfo:
+def _info(uid: str, headers: list[pydicom.Dataset]) -> SeriesInfo:
     files = tuple(str(h.filename) for h in headers)
-    return SeriesInfo(uid, str(headers[0].get("SeriesDescription", "")), files, multiframe)
+    objects = sum(is_multiframe(h) for h in headers)
+    return SeriesInfo(uid, str(headers[0].get("SeriesDescription", "")), files, objects)
 
 
 def drop_localizers(
@@ -231,8 +241,8 @@ def drop_localizers(
     GeometryError
         no slice remains, or two stacks of different geometry hold equally many slices.
     """
-    kept = [h for h in headers if "LOCALIZER" not in _image_type(h)]
-    _note(folder, [h for h in headers if "LOCALIZER" in _image_type(h)], "localizer/scout")
+    kept = [h for h in headers if "LOCALIZER" not in image_type_values(h)]
+    _note(folder, [h for h in headers if "LOCALIZER" in image_type_values(h)], "localizer/scout")
     if not kept:
         raise GeometryError("holds only localizer (scout) images, no volume", folder)
     counts = Counter(_stack_key(h) for h in kept)
@@ -247,7 +257,8 @@ def drop_localizers(
     return [h for h in kept if _stack_key(h) == main]
 
 
-def _image_type(header: pydicom.Dataset) -> list[str]:
+def image_type_values(header: pydicom.Dataset) -> list[str]:
+    """ImageType as upper-case strings (a single value becomes a list of one)."""
     value = header.get("ImageType", [])
     return [str(v).upper() for v in ([value] if isinstance(value, str) else value)]
 

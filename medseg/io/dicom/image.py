@@ -3,11 +3,17 @@
 :func:`read_dicom_image` takes
 
 * a folder: its image series (:func:`read_dicom_series`);
-* one single-frame file (a ``.dcm`` or any file with the DICM preamble): the
-  series it belongs to, from the other files of its folder with its
-  SeriesInstanceUID;
-* one enhanced multi-frame file: that object
-  (:func:`medseg.io.dicom.multiframe.read_multiframe`).
+* one single-frame file (a ``.dcm`` or any file with the DICM preamble): its
+  own stack of the series it belongs to (the other files of its folder with its
+  SeriesInstanceUID);
+* one enhanced multi-frame file, or one Siemens mosaic: that object
+  (:func:`medseg.io.dicom.multiframe.read_multiframe`,
+  :func:`medseg.io.dicom.mosaic.read_mosaic`).
+
+A series or object may hold several image stacks (magnitude and phase, echoes,
+Dixon images, time points; :mod:`medseg.io.dicom.stacks`): ``stack=`` picks one
+by number or name, an input with several and none picked is refused in one line
+that lists them, and :func:`list_stacks` / :func:`read_dicom_stacks` give them all.
 
 medseg reads the headers itself (pydicom, pixels skipped, :mod:`medseg.io.dicom.files`):
 non-image objects (RTSTRUCT, RT Dose, RT Plan, SR, DICOM-SEG, presentation
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -49,14 +56,23 @@ from medseg.io.dicom.files import (
     scan_folder,
     sop_class,
 )
-from medseg.io.dicom.multiframe import narrow_integers, read_multiframe, read_slices
+from medseg.io.dicom.mosaic import is_mosaic, read_mosaic
+from medseg.io.dicom.multiframe import frame_members, narrow_integers, read_multiframe, read_slices
 from medseg.io.dicom.stack import SPACING_ATOL_MM, SPACING_RTOL, Stack, plan_stack, untilt
+from medseg.io.dicom.stacks import (
+    Member,
+    StackInfo,
+    choose_stack,
+    group_stacks,
+    own_stack,
+    slice_attributes,
+)
 from medseg.io.sitk import sitk_to_volume
 from medseg.volume import Volume
 
 __all__ = [
-    "read_dicom_image", "read_dicom_series", "list_series", "SeriesInfo", "SPACING_RTOL",
-    "SPACING_ATOL_MM", "READ_ERRORS",
+    "read_dicom_image", "read_dicom_series", "read_dicom_stacks", "list_series", "list_stacks",
+    "SeriesInfo", "StackInfo", "SPACING_RTOL", "SPACING_ATOL_MM", "READ_ERRORS",
 ]
 
 log = logging.getLogger(__name__)
@@ -65,46 +81,79 @@ log = logging.getLogger(__name__)
 #: :func:`medseg.io.read_volume` turns it into an ImageReadError naming the path.
 READ_ERRORS: tuple[type[BaseException], ...] = (RuntimeError,)
 
+#: What ``stack=`` takes: a 1-based number, a name ("phase", "echo2"), or None.
+StackChoice = int | str | None
+
+
+@dataclass
+class _Found:
+    """The stacks an input holds and what reading one of them needs."""
+
+    source: str | os.PathLike  # what the user gave: named in errors
+    stacks: list[StackInfo]
+    own: int | None = None  # the stack of a single file the user gave
+    headers: dict[str, pydicom.Dataset] = field(default_factory=dict)  # single-frame slices
+    scan: Scan | None = None
+    uid: str = ""
+    study_uid: str = ""
+
 
 def read_dicom_image(
-    path: str | os.PathLike, series: str | None = None, *, tilt: bool = True
+    path: str | os.PathLike,
+    series: str | None = None,
+    *,
+    stack: StackChoice = None,
+    tilt: bool = True,
 ) -> Volume:
-    """Read a DICOM series folder, the series of one file, or a multi-frame object.
+    """Read a DICOM series folder, the stack of one file, or a multi-frame object.
 
     Parameters
     ----------
     path : a folder, or one DICOM file (see the module notes).
     series : SeriesInstanceUID to read when a folder holds several series; with a
         file it must be the file's own.
+    stack : the stack to read when the input holds several (1-based number or a
+        name, :func:`medseg.io.dicom.stacks.choose_stack`); a single-frame file
+        reads its own stack unless another is named.
     tilt : resample a gantry-tilted stack onto an orthogonal grid with a warning
         (True) or refuse it with a GeometryError (False).
 
     Returns
     -------
-    As :func:`read_dicom_series`: an (x, y, z) Volume, RAS+ mm affine.
+    As :func:`read_dicom_series`: an (x, y, z) Volume, RAS+ mm affine; ``meta``
+    adds ``stack`` (its label, "" when it is the only one) and ``stack_index``.
 
     Raises
     ------
     ImageReadError
-        as :func:`read_dicom_series`; a file that is a non-image object.
+        as :func:`read_dicom_series`; a file that is a non-image object; several
+        stacks and no ``stack`` (lists them).
     UsageError
-        ``series`` is not the file's series, or not in the folder.
+        ``series`` is not the file's series, or not in the folder; ``stack`` out
+        of range or unknown (lists the stacks).
     GeometryError
         as :func:`read_dicom_series`.
     """
-    if Path(path).is_dir():
-        return read_dicom_series(path, series, tilt=tilt)
-    header = read_header(path)
-    kind = non_image_kind(header)
-    if kind is not None:
-        refuse_non_images(path, [(Path(path).name, kind, str(sop_class(header)))])
-    uid = str(header.get("SeriesInstanceUID", ""))
-    if series is not None and series != uid:
-        raise UsageError(f"series={series!r} but this file belongs to series {uid!r}; give "
-                         "its folder to choose another series", path)
-    if is_multiframe(header):
-        return read_multiframe(path, tilt=tilt)
-    return read_dicom_series(Path(path).parent, uid, tilt=tilt)
+    found = _find(path, series)
+    return _read(found, choose_stack(path, found.stacks, stack, found.own), tilt)
+
+
+def list_stacks(path: str | os.PathLike, series: str | None = None) -> list[StackInfo]:
+    """The image stacks of a DICOM input (headers only), numbered from 1.
+
+    Raises
+    ------
+    As :func:`read_dicom_image` (but not for several stacks).
+    """
+    return _find(path, series).stacks
+
+
+def read_dicom_stacks(
+    path: str | os.PathLike, series: str | None = None, *, tilt: bool = True
+) -> list[tuple[StackInfo, Volume]]:
+    """Every stack of a DICOM input with its Volume (as :func:`read_dicom_image` reads each)."""
+    found = _find(path, series)
+    return [(info, _read(found, info, tilt)) for info in found.stacks]
 
 
 def list_series(folder: str | os.PathLike) -> list[SeriesInfo]:
@@ -119,7 +168,11 @@ def list_series(folder: str | os.PathLike) -> list[SeriesInfo]:
 
 
 def read_dicom_series(
-    folder: str | os.PathLike, series: str | None = None, *, tilt: bool = True
+    folder: str | os.PathLike,
+    series: str | None = None,
+    *,
+    stack: StackChoice = None,
+    tilt: bool = True,
 ) -> Volume:
     """Read the DICOM series in ``folder`` as a 3D Volume (RAS+, (x, y, z)).
 
@@ -127,6 +180,7 @@ def read_dicom_series(
     ----------
     folder : folder holding the series' files.
     series : SeriesInstanceUID to read when the folder holds several series.
+    stack : the stack to read when the series holds several (number or name).
     tilt : resample a gantry-tilted series (True, with a warning) or refuse it.
 
     Returns
@@ -134,39 +188,108 @@ def read_dicom_series(
     Volume whose z axis follows the slice positions (increasing along the
     slice normal), with rescale slope/intercept applied (int16 for typical CT).
     ``meta`` holds ``dicom_files`` (paths in slice order, index k of the z
-    axis), ``series_uid``, ``study_uid``, ``source`` and ``format``.
+    axis), ``series_uid``, ``study_uid``, ``source``, ``format``, ``stack``
+    and ``stack_index``.
 
     Raises
     ------
     ImageReadError
         no DICOM image files (or only non-image objects: names them); several
-        series and no ``series``; pixel data no installed decoder handles.
+        series and no ``series``; several stacks and no ``stack``; pixel data
+        no installed decoder handles.
     UsageError
-        ``series`` not found.
+        ``series`` not found; ``stack`` out of range or unknown.
     READ_ERRORS
         GDCM cannot read the series (:func:`medseg.io.read_volume` names the folder).
     GeometryError
         missing slices, duplicated positions, uneven spacing, an irregular
         in-plane drift, a tilt with ``tilt=False``, or no position tags.
     """
+    return read_dicom_image(folder, series, stack=stack, tilt=tilt)
+
+
+# -- finding the stacks -------------------------------------------------------------------------
+def _find(path: str | os.PathLike, series: str | None) -> _Found:
+    if Path(path).is_dir():
+        return _find_in_folder(path, path, series)
+    header = read_header(path)
+    kind = non_image_kind(header)
+    if kind is not None:
+        refuse_non_images(path, [(Path(path).name, kind, str(sop_class(header)))])
+    uid = str(header.get("SeriesInstanceUID", ""))
+    if series is not None and series != uid:
+        raise UsageError(f"series={series!r} but this file belongs to series {uid!r}; give "
+                         "its folder to choose another series", path)
+    if is_multiframe(header):
+        members = frame_members(read_dataset(path, pixels=False), path)
+        return _Found(path, group_stacks(members), uid=uid)
+    if is_mosaic(header):
+        member = Member(os.fspath(path), None, None, None, slice_attributes(header),
+                        os.fspath(path))
+        return _Found(path, group_stacks([member]), uid=uid)
+    found = _find_in_folder(Path(path).parent, path, uid)
+    found.own = own_stack(found.stacks, path)
+    return found
+
+
+def _find_in_folder(folder: str | os.PathLike, source, uid: str | None) -> _Found:
     scan = scan_folder(folder)
-    chosen = _choose(folder, _series_of(folder, scan), series)
+    chosen = _choose(folder, _series_of(folder, scan), uid)
     if scan.non_images:
         log.info("%s: skipped %d non-image object(s): %s", folder, len(scan.non_images),
                  ", ".join(f"{name} ({kind})" for name, kind, _ in scan.non_images[:5]))
-    if chosen.multiframe:
-        return read_multiframe(chosen.files[0], tilt=tilt)
-    headers = drop_localizers(folder, [h for h in scan.images if h.filename in chosen.files])
-    stack = _plan(folder, headers, scan, tilt)
+    headers = [h for h in scan.images if h.filename in chosen.files]
+    members: list[Member] = []
+    slices = []
+    for header in headers:
+        path = str(header.filename)
+        if is_multiframe(header):
+            members.extend(frame_members(read_dataset(path, pixels=False), path))
+        elif is_mosaic(header):
+            members.append(Member(path, None, None, None, slice_attributes(header), path))
+        else:
+            slices.append(header)
+    if slices:
+        slices = drop_localizers(folder, slices)
+        members.extend(_slice_member(h) for h in slices)
+    return _Found(source, group_stacks(members), None, {str(h.filename): h for h in slices},
+                  scan, chosen.uid, str(headers[0].get("StudyInstanceUID", "")))
+
+
+def _slice_member(header: pydicom.Dataset) -> Member:
+    try:
+        iop = np.array([float(v) for v in header.ImageOrientationPatient])
+        position = tuple(float(v) for v in header.ImagePositionPatient)
+        normal = tuple(float(v) for v in np.cross(iop[:3], iop[3:]))
+    except (AttributeError, TypeError, ValueError, IndexError):
+        position, normal = None, None  # reading names the missing tags
+    return Member(str(header.filename), None, position, normal, slice_attributes(header))
+
+
+# -- reading one stack --------------------------------------------------------------------------
+def _read(found: _Found, info: StackInfo, tilt: bool) -> Volume:
+    first = info.members[0]
+    source = found.source if not Path(found.source).is_dir() else first.unit or found.source
+    if info.frames is not None:
+        volume = read_multiframe(first.file, tilt=tilt, frames=info.frames, source=source)
+    elif first.unit is not None:
+        volume = read_mosaic(first.file, source)
+    else:
+        volume = _read_slices(found, info, source, tilt)
+    meta = {**volume.meta, "stack": info.label, "stack_index": info.index}
+    if len(found.stacks) > 1:
+        log.debug("%s: read stack %s of %d", found.source, info, len(found.stacks))
+    return Volume(volume.array, volume.affine, meta)
+
+
+def _read_slices(found: _Found, info: StackInfo, source, tilt: bool) -> Volume:
+    headers = [found.headers[f] for f in info.files]
+    stack = _plan(source, headers, found.scan, tilt)
     files = [str(headers[i].filename) for i in stack.order]
-    meta = {
-        "format": "dicom",
-        "dicom_files": files,
-        "series_uid": chosen.uid,
-        "study_uid": str(headers[0].get("StudyInstanceUID", "")),
-    }
-    volume = _volume(folder, files, stack, meta)
-    log.debug("read %d DICOM slices from %s", len(files), folder)
+    meta = {"format": "dicom", "dicom_files": files, "series_uid": found.uid,
+            "study_uid": found.study_uid}
+    volume = _volume(source, files, stack, meta)
+    log.debug("read %d DICOM slices for %s", len(files), source)
     return volume
 
 
@@ -187,15 +310,12 @@ def _choose(folder: str | os.PathLike, series: list[SeriesInfo], uid: str | None
         matches = [info for info in series if info.uid == uid]
         if len(matches) == 1:
             return matches[0]
-        if not matches:
-            raise UsageError(f"no DICOM series with SeriesInstanceUID {uid!r}; found: {listing}",
-                             folder)
-        series = matches
-        listing = "; ".join(f"{s} {Path(s.files[0]).name}" for s in series)
+        raise UsageError(f"no DICOM series with SeriesInstanceUID {uid!r}; found: {listing}",
+                         folder)
     if len(series) > 1:
         raise ImageReadError(
             f"holds {len(series)} DICOM series, pick one with series=<SeriesInstanceUID> "
-            f"(medseg --series UID), or give a multi-frame object's file: {listing}",
+            f"(medseg --series UID): {listing}",
             folder,
         )
     return series[0]

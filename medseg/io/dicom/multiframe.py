@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 
 import numpy as np
 import pydicom
@@ -26,10 +27,12 @@ from pydicom.uid import UID
 from medseg.errors import GeometryError, ImageReadError
 from medseg.io.dicom.files import read_dataset
 from medseg.io.dicom.stack import plan_stack, untilt
+from medseg.io.dicom.stacks import Member, image_type
 from medseg.volume import Volume
 
 __all__ = [
     "CODEC_PACKAGES", "read_multiframe", "read_slices", "codec_hint", "narrow_integers",
+    "frame_members", "pixels_of", "rescaled",
 ]
 
 log = logging.getLogger(__name__)
@@ -63,13 +66,22 @@ def codec_hint(transfer_syntax: str) -> str:
            "(or pip install 'medseg[dicom]')"
 
 
-def read_multiframe(path: str | os.PathLike, *, tilt: bool = True) -> Volume:
-    """Read an enhanced multi-frame DICOM image as an (x, y, z) Volume (RAS+ mm).
+def read_multiframe(
+    path: str | os.PathLike,
+    *,
+    tilt: bool = True,
+    frames: Sequence[int] | None = None,
+    source: str | os.PathLike | None = None,
+) -> Volume:
+    """Read an enhanced multi-frame DICOM image (or one stack of it) as an (x, y, z) Volume.
 
     Parameters
     ----------
     path : the multi-frame file.
     tilt : resample a gantry-tilted stack (True, with a warning) or refuse it.
+    frames : 0-based indices of the frames to read (one stack,
+        :attr:`medseg.io.dicom.stacks.StackInfo.frames`); None reads all frames.
+    source : what errors name (default ``path``).
 
     Returns
     -------
@@ -86,28 +98,113 @@ def read_multiframe(path: str | os.PathLike, *, tilt: bool = True) -> Volume:
     GeometryError
         frames without position or orientation, or as :func:`plan_stack`.
     """
+    source = path if source is None else source
     ds = read_dataset(path)
     n = int(ds.get("NumberOfFrames", 1) or 1)
     if int(ds.get("SamplesPerPixel", 1)) != 1:
         raise ImageReadError(f"has {ds.SamplesPerPixel} samples per pixel (colour); medseg reads "
                              "greyscale volumes", path)
+    chosen = np.arange(n) if frames is None else np.asarray(frames, dtype=int)
     orientations = np.array([_frame_tag(ds, path, i, "PlaneOrientationSequence",
-                                        "ImageOrientationPatient") for i in range(n)], float)
+                                        "ImageOrientationPatient") for i in chosen], float)
     positions = np.array([_frame_tag(ds, path, i, "PlanePositionSequence",
-                                     "ImagePositionPatient") for i in range(n)], float)
-    spacing = _frame_tag(ds, path, 0, "PixelMeasuresSequence", "PixelSpacing")
-    stack = plan_stack(path, orientations, positions, (float(spacing[0]), float(spacing[1])),
+                                     "ImagePositionPatient") for i in chosen], float)
+    spacing = _frame_tag(ds, path, int(chosen[0]), "PixelMeasuresSequence", "PixelSpacing")
+    stack = plan_stack(source, orientations, positions, (float(spacing[0]), float(spacing[1])),
                        tilt=tilt, single_step_mm=_single_step(ds))
-    frames = _rescaled(ds, _pixels(ds, path).reshape(n, int(ds.Rows), int(ds.Columns)))
-    array = untilt(frames[stack.order].transpose(2, 1, 0), stack)  # (z, y, x) -> (x, y, z)
+    pixels = pixels_of(ds, path).reshape(n, int(ds.Rows), int(ds.Columns))[chosen]
+    values = rescaled(ds, pixels, chosen)
+    array = untilt(values[stack.order].transpose(2, 1, 0), stack)  # (z, y, x) -> (x, y, z)
     meta = {
-        "source": os.fspath(path), "format": "dicom", "dicom_files": [os.fspath(path)],
-        "dicom_frames": [int(i) + 1 for i in stack.order],
+        "source": os.fspath(source), "format": "dicom", "dicom_files": [os.fspath(path)],
+        "dicom_frames": [int(chosen[i]) + 1 for i in stack.order],
         "series_uid": str(ds.get("SeriesInstanceUID", "")),
         "study_uid": str(ds.get("StudyInstanceUID", "")),
     }
-    log.debug("read %d frames from %s", n, path)
+    log.debug("read %d of %d frames from %s", len(chosen), n, path)
     return Volume(np.ascontiguousarray(array), stack.affine, meta)
+
+
+def frame_members(ds: pydicom.Dataset, path: str | os.PathLike) -> list[Member]:
+    """Every frame of a multi-frame object as a stack :class:`~medseg.io.dicom.stacks.Member`.
+
+    Attributes per frame (functional groups, per frame or shared): FrameType and
+    ComplexImageComponent of the frame-type group, the rank of a positive
+    EffectiveEchoTime, TemporalPositionIndex, FrameAcquisitionNumber, and the
+    DimensionIndexValues other than in-stack position and plane position. A frame
+    without position or orientation gets none (reading it names the problem).
+    """
+    n = int(ds.get("NumberOfFrames", 1) or 1)
+    pointers = [int(item.get("DimensionIndexPointer", 0) or 0)
+                for item in ds.get("DimensionIndexSequence", [])]
+    keep = [k for k, p in enumerate(pointers) if p not in _SPATIAL_DIMENSIONS]
+    echo_times = [_frame_value(ds, i, "MREchoSequence", "EffectiveEchoTime") for i in range(n)]
+    ranks = {t: r for r, t in enumerate(sorted({float(t) for t in echo_times
+                                                if t is not None and float(t) > 0}), start=1)}
+    members = []
+    for i in range(n):
+        kind = _frame_type(ds, i)
+        dims = _frame_value(ds, i, "FrameContentSequence", "DimensionIndexValues")
+        dims = [dims] if isinstance(dims, int) else list(dims or [])
+        attributes = {
+            "series": _int(ds.get("SeriesNumber")),
+            "type": image_type(kind[0]) or None,
+            "component": kind[1],
+            "echo": ranks.get(float(echo_times[i])) if echo_times[i] is not None else None,
+            "temporal": _int(_frame_value(ds, i, "FrameContentSequence",
+                                          "TemporalPositionIndex")),
+            "dimension": tuple(int(dims[k]) for k in keep if k < len(dims)) or None,
+            "acquisition": _int(_frame_value(ds, i, "FrameContentSequence",
+                                             "FrameAcquisitionNumber")),
+        }
+        position, normal = _plane(ds, i)
+        members.append(Member(os.fspath(path), i, position, normal, attributes, os.fspath(path)))
+    return members
+
+
+#: Dimension index pointers that place a frame within its stack (not a stack of their own).
+_SPATIAL_DIMENSIONS = {
+    0x00209057,  # InStackPositionNumber
+    0x00200032,  # ImagePositionPatient
+    0x00201041,  # SliceLocation
+}
+_FRAME_TYPE_GROUPS = ("MRImageFrameTypeSequence", "CTImageFrameTypeSequence",
+                      "PETFrameTypeSequence", "FrameTypeSequence")
+
+
+def _frame_type(ds: pydicom.Dataset, index: int) -> tuple:
+    """(FrameType, ComplexImageComponent) of a frame; the object's ImageType when it has none."""
+    for group in _FRAME_TYPE_GROUPS:
+        kind = _frame_value(ds, index, group, "FrameType")
+        if kind is not None:
+            component = _frame_value(ds, index, group, "ComplexImageComponent")
+            return kind, (str(component).upper() if component else None)
+    return ds.get("ImageType"), None
+
+
+def _plane(ds: pydicom.Dataset, index: int) -> tuple:
+    position = _frame_value(ds, index, "PlanePositionSequence", "ImagePositionPatient")
+    orientation = _frame_value(ds, index, "PlaneOrientationSequence", "ImageOrientationPatient")
+    try:
+        iop = np.array([float(v) for v in orientation])
+        normal = np.cross(iop[:3], iop[3:])
+        return tuple(float(v) for v in position), tuple(float(v) for v in normal)
+    except (TypeError, ValueError, IndexError):
+        return None, None
+
+
+def _frame_value(ds: pydicom.Dataset, index: int, group: str, keyword: str):
+    try:
+        return _frame_tag(ds, "", index, group, keyword)
+    except GeometryError:
+        return None
+
+
+def _int(value) -> int | None:
+    try:
+        return None if value in (None, "") else int(float(value))
+    except (TypeError, ValueError):
+        return None
 
 
 def read_slices(files: list[str]) -> np.ndarray:
@@ -119,7 +216,8 @@ def read_slices(files: list[str]) -> np.ndarray:
     slices = []
     for path in files:
         ds = read_dataset(path)
-        slices.append(_rescaled(ds, _pixels(ds, path).reshape(1, int(ds.Rows), int(ds.Columns))))
+        pixels = pixels_of(ds, path).reshape(1, int(ds.Rows), int(ds.Columns))
+        slices.append(rescaled(ds, pixels, range(1)))
     dtypes = {s.dtype for s in slices}
     dtype = dtypes.pop() if len(dtypes) == 1 else np.result_type(*dtypes)
     return narrow_integers(np.concatenate([s.astype(dtype) for s in slices]))
@@ -163,7 +261,14 @@ def _single_step(ds: pydicom.Dataset) -> float:
     return 1.0
 
 
-def _pixels(ds: pydicom.Dataset, path) -> np.ndarray:
+def pixels_of(ds: pydicom.Dataset, path) -> np.ndarray:
+    """The stored pixel values of ``ds`` (pydicom's decoders); errors name the codec's package.
+
+    Raises
+    ------
+    ImageReadError
+        no decoder installed for the transfer syntax, or decoding fails.
+    """
     syntax = ds.file_meta.TransferSyntaxUID
     if syntax.is_compressed:
         from pydicom.pixels import get_decoder
@@ -183,11 +288,16 @@ def _pixels(ds: pydicom.Dataset, path) -> np.ndarray:
                              path) from exc
 
 
-def _rescaled(ds: pydicom.Dataset, frames: np.ndarray) -> np.ndarray:
-    """Stored values -> rescaled values, per frame; integer maths while slopes are integers."""
+def rescaled(ds: pydicom.Dataset, frames: np.ndarray, indices: Sequence[int]) -> np.ndarray:
+    """Stored values -> rescaled values, per frame; integer maths while slopes are integers.
+
+    ``frames`` (n, rows, columns) are the frames ``indices`` (0-based) of ``ds``; one
+    index for n > 1 applies that frame's rescale to all (a mosaic's tiles).
+    """
     n = frames.shape[0]
-    slopes = np.array([_rescale(ds, i, "RescaleSlope", 1.0) for i in range(n)])
-    intercepts = np.array([_rescale(ds, i, "RescaleIntercept", 0.0) for i in range(n)])
+    indices = list(indices) * (n if len(indices) == 1 else 1)
+    slopes = np.array([_rescale(ds, int(i), "RescaleSlope", 1.0) for i in indices])
+    intercepts = np.array([_rescale(ds, int(i), "RescaleIntercept", 0.0) for i in indices])
     if np.all(slopes == 1) and np.all(intercepts == 0):
         return frames
     if np.all(slopes == np.round(slopes)) and np.all(intercepts == np.round(intercepts)):
