@@ -3,6 +3,7 @@ with their own UIDs, and the checks of a returned DICOM-SEG."""
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import signal
@@ -109,6 +110,42 @@ class NodeProcess:
                               "--status"], env=env, capture_output=True, text=True, timeout=120)
         assert run.returncode == 0, run.stderr
         return run.stdout
+
+
+WAIT_S = 600  # guards against a hang, on 2 shared cores
+
+
+def start_node(nodes, tmp_path, model, orthanc, name="node", **overrides) -> NodeProcess:
+    """Start a node whose destination is ``orthanc`` and register it there as "medseg"."""
+    node = NodeProcess(tmp_path / name, model, orthanc.dicom_port, **overrides)
+    nodes.append(node)
+    line = node.start()
+    assert line == f"listening on 127.0.0.1:{node.port} as {NODE_AET}"
+    orthanc.add_modality("medseg", NODE_AET, node.port)
+    return node
+
+
+def series_uid_of(files) -> str:
+    return str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+
+
+def segs_for(orthanc, series_uid: str) -> list[pydicom.Dataset]:
+    """Every SEG instance in Orthanc that references ``series_uid``."""
+    out = []
+    for instance in orthanc.seg_instances():
+        seg = pydicom.dcmread(io.BytesIO(orthanc.instance_file(instance)))
+        if seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series_uid:
+            out.append(seg)
+    return out
+
+
+def wait_done(node: NodeProcess, series_uid: str, count: int = 1) -> None:
+    def check():
+        failed = [e for e in node.events()
+                  if e["event"] == "failed" and e.get("series") == series_uid]
+        assert not failed, failed
+        return len(node.done(series_uid)) >= count
+    wait_until(check, WAIT_S, f"job {series_uid} done")
 
 
 def copy_series(files: list[Path], dest: Path, key: str, keep=None) -> tuple[list[Path], str]:

@@ -7,7 +7,6 @@ source slice's pixels (pydicom), matched to the SEG's frames by their DICOM posi
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -22,46 +21,15 @@ from medseg.serve.process import result_uids
 from .orthanc_server import free_port, wait_until
 from .serve_helpers import (
     NODE_AET,
-    NodeProcess,
-    copy_series,
+    WAIT_S,
     dciodvfy_errors,
+    copy_series,
     seg_frames_by_position,
+    segs_for,
+    series_uid_of,
+    start_node,
+    wait_done,
 )
-
-WAIT_S = 600  # guards against a hang, on 2 shared cores
-
-
-def _start(nodes, tmp_path, model, orthanc, name="node", **overrides) -> NodeProcess:
-    node = NodeProcess(tmp_path / name, model, orthanc.dicom_port, **overrides)
-    nodes.append(node)
-    line = node.start()
-    assert line == f"listening on 127.0.0.1:{node.port} as {NODE_AET}"
-    orthanc.add_modality("medseg", NODE_AET, node.port)
-    return node
-
-
-def _series_uid(files) -> str:
-    return str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
-
-
-def _segs_for(orthanc, series_uid: str) -> list[pydicom.Dataset]:
-    """Every SEG instance in Orthanc that references ``series_uid``."""
-    out = []
-    for instance in orthanc.seg_instances():
-        seg = pydicom.dcmread(io.BytesIO(orthanc.instance_file(instance)))
-        if seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series_uid:
-            out.append(seg)
-    return out
-
-
-def _wait_done(node: NodeProcess, series_uid: str, count: int = 1) -> None:
-    def check():
-        failed = [e for e in node.events()
-                  if e["event"] == "failed" and e.get("series") == series_uid]
-        assert not failed, failed
-        return len(node.done(series_uid)) >= count
-    wait_until(check, WAIT_S, f"job {series_uid} done")
-
 
 def _check_seg_is_prediction(seg: pydicom.Dataset, files: list[Path], model: Path,
                              tmp_path: Path) -> None:
@@ -94,13 +62,13 @@ def _check_seg_is_prediction(seg: pydicom.Dataset, files: list[Path], model: Pat
 
 def test_orthanc_pushes_a_series_and_gets_its_seg(orthanc, serve_model, ct_files, nodes,
                                                   tmp_path):
-    node = _start(nodes, tmp_path, serve_model, orthanc)
-    series_uid = _series_uid(ct_files)
+    node = start_node(nodes, tmp_path, serve_model, orthanc)
+    series_uid = series_uid_of(ct_files)
     uploaded = orthanc.upload(ct_files)
     assert orthanc.store("medseg", [uploaded[0]["ParentSeries"]]).ok
-    wait_until(lambda: _segs_for(orthanc, series_uid), WAIT_S, "the DICOM-SEG in Orthanc")
-    _wait_done(node, series_uid)
-    (seg,) = _segs_for(orthanc, series_uid)
+    wait_until(lambda: segs_for(orthanc, series_uid), WAIT_S, "the DICOM-SEG in Orthanc")
+    wait_done(node, series_uid)
+    (seg,) = segs_for(orthanc, series_uid)
     assert seg.Modality == "SEG" and seg.StudyInstanceUID == pydicom.dcmread(
         ct_files[0], stop_before_pixels=True).StudyInstanceUID
     referenced = {r.ReferencedSOPInstanceUID
@@ -119,7 +87,7 @@ def test_unknown_calling_ae_is_refused(orthanc, serve_model, nodes, tmp_path):
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification
 
-    node = _start(nodes, tmp_path, serve_model, orthanc)
+    node = start_node(nodes, tmp_path, serve_model, orthanc)
     results = {}
     for aet in ("STRANGER", "TESTSCU"):
         ae = AE(ae_title=aet)
@@ -139,8 +107,8 @@ def test_unknown_calling_ae_is_refused(orthanc, serve_model, nodes, tmp_path):
 def test_kill_mid_series_restart_and_the_seg_arrives_once(orthanc, serve_model, ct_files, nodes,
                                                           tmp_path):
     """Half the series, kill -9, restart, the other half: one SEG over all 20 slices."""
-    node = _start(nodes, tmp_path, serve_model, orthanc, series_timeout_s=10)
-    series_uid = _series_uid(ct_files)
+    node = start_node(nodes, tmp_path, serve_model, orthanc, series_timeout_s=10)
+    series_uid = series_uid_of(ct_files)
     uploaded = orthanc.upload(ct_files)
     ids = [u["ID"] for u in uploaded]
     assert orthanc.store("medseg", ids[:10]).ok
@@ -149,9 +117,9 @@ def test_kill_mid_series_restart_and_the_seg_arrives_once(orthanc, serve_model, 
     assert len(spooled) == 10  # every acknowledged instance survived the kill
     node.start()
     assert orthanc.store("medseg", ids[10:]).ok
-    wait_until(lambda: _segs_for(orthanc, series_uid), WAIT_S, "the DICOM-SEG in Orthanc")
-    _wait_done(node, series_uid)
-    (seg,) = _segs_for(orthanc, series_uid)
+    wait_until(lambda: segs_for(orthanc, series_uid), WAIT_S, "the DICOM-SEG in Orthanc")
+    wait_done(node, series_uid)
+    (seg,) = segs_for(orthanc, series_uid)
     assert len(seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence) == 20
     assert len(node.done(series_uid)) == 1
     _check_seg_is_prediction(seg, ct_files, serve_model, tmp_path)
@@ -163,9 +131,9 @@ def test_kill_mid_send_restart_and_the_seg_arrives_once(orthanc, serve_model, ct
     the spool (no second prediction). (b) Killed after the PACS stored the result but before
     the job said so: the restarted node sends it again, and the PACS still holds one SEG."""
     closed = free_port()  # nothing listens there: every send fails until the config is fixed
-    node = _start(nodes, tmp_path, serve_model, orthanc, send_attempts=1000,
+    node = start_node(nodes, tmp_path, serve_model, orthanc, send_attempts=1000,
                   destination={"ae_title": "ORTHANC", "host": "127.0.0.1", "port": closed})
-    series_uid = _series_uid(ct_files)
+    series_uid = series_uid_of(ct_files)
     uploaded = orthanc.upload(ct_files)
     assert orthanc.store("medseg", [uploaded[0]["ParentSeries"]]).ok
     wait_until(lambda: [e for e in node.events() if e["event"] == "send_failed"], WAIT_S,
@@ -174,8 +142,8 @@ def test_kill_mid_send_restart_and_the_seg_arrives_once(orthanc, serve_model, ct
     node.config["destination"] = {"ae_title": "ORTHANC", "host": "127.0.0.1",
                                   "port": orthanc.dicom_port}
     node.start()
-    _wait_done(node, series_uid)
-    (seg,) = _segs_for(orthanc, series_uid)
+    wait_done(node, series_uid)
+    (seg,) = segs_for(orthanc, series_uid)
     assert [e["event"] for e in node.events()].count("predicted") == 1
     # (b) the window between the PACS's acknowledgement and the job's state on disk
     node.kill()
@@ -185,14 +153,14 @@ def test_kill_mid_send_restart_and_the_seg_arrives_once(orthanc, serve_model, ct
     job["state"] = "sending"
     job_path.write_text(json.dumps(job))
     node.start()
-    _wait_done(node, series_uid, count=2)
-    (again,) = _segs_for(orthanc, series_uid)
+    wait_done(node, series_uid, count=2)
+    (again,) = segs_for(orthanc, series_uid)
     assert again.SOPInstanceUID == seg.SOPInstanceUID
     assert len(orthanc.seg_instances()) == 1
 
 
 def test_concurrent_series_each_come_back_once(orthanc, serve_model, ct_files, nodes, tmp_path):
-    node = _start(nodes, tmp_path, serve_model, orthanc, queue_size=2)
+    node = start_node(nodes, tmp_path, serve_model, orthanc, queue_size=2)
     series = []
     for k in range(4):
         files, uid = copy_series(ct_files, tmp_path / f"copy{k}", f"concurrent {k}")
@@ -200,9 +168,9 @@ def test_concurrent_series_each_come_back_once(orthanc, serve_model, ct_files, n
         uploaded = orthanc.upload(files)
         assert orthanc.store("medseg", [uploaded[0]["ParentSeries"]], synchronous=False).ok
     for uid in series:
-        _wait_done(node, uid)
+        wait_done(node, uid)
     for uid in series:
-        assert len(_segs_for(orthanc, uid)) == 1
+        assert len(segs_for(orthanc, uid)) == 1
     assert len(orthanc.seg_instances()) == 4
     assert node.status().splitlines()[0].endswith("done 4  failed 0")
 
@@ -211,12 +179,12 @@ def test_dicomweb_destination_stores_with_stow_rs(orthanc, serve_model, ct_files
                                                   tmp_path):
     if not orthanc.has_dicomweb:
         pytest.skip("Orthanc's DICOMweb plugin (Debian package orthanc-dicomweb) is absent")
-    node = _start(nodes, tmp_path, serve_model, orthanc,
+    node = start_node(nodes, tmp_path, serve_model, orthanc,
                   destination={"dicomweb": f"{orthanc.url}/dicom-web"})
-    series_uid = _series_uid(ct_files)
+    series_uid = series_uid_of(ct_files)
     uploaded = orthanc.upload(ct_files)
     assert orthanc.store("medseg", [uploaded[0]["ParentSeries"]]).ok
-    _wait_done(node, series_uid)
-    (seg,) = _segs_for(orthanc, series_uid)
+    wait_done(node, series_uid)
+    (seg,) = segs_for(orthanc, series_uid)
     route = Route(model=str(serve_model), format="seg")
     assert seg.SOPInstanceUID == result_uids(series_uid, route)[1]
