@@ -42,6 +42,8 @@ __all__ = [
     "load_config",
     "parse_config",
     "apply_overrides",
+    "build_section",
+    "read_yaml",
 ]
 
 
@@ -280,6 +282,19 @@ def _build(cls: type, raw: Any, where: str, source: str | None) -> Any:
     return cls(**values)
 
 
+def build_section(cls: type, raw: Any, where: str = "",
+                  source: str | os.PathLike | None = None) -> Any:
+    """Build the dataclass ``cls`` from a parsed YAML mapping, checking every key and type.
+
+    The one typed reading of YAML sections (pipeline configs here, ``medseg serve``'s
+    config too): a key that is not a field of ``cls`` raises :class:`ConfigError` naming
+    it, ``where`` (its section, e.g. ``"routes[0]"``), ``source`` and the closest valid
+    key; values are checked against the field annotations (nested dataclasses, lists,
+    unions, ``int`` / ``float`` / ``str`` / ``bool``).
+    """
+    return _build(cls, raw, where, None if source is None else os.fspath(source))
+
+
 def _check_values(cfg: PipelineConfig, source: str | None) -> None:
     for (section, key), choices in _CHOICES.items():
         value = getattr(getattr(cfg, section), key)
@@ -343,20 +358,31 @@ def parse_config(raw: Any, source: str | os.PathLike | None = None) -> PipelineC
 
 def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> PipelineConfig:
     """Read a pipeline YAML, apply ``--set section.key=value`` overrides and validate it."""
+    raw = apply_overrides(read_yaml(path, "pipeline config"), overrides, path)
+    return parse_config(raw, path)
+
+
+def read_yaml(path: str | os.PathLike, what: str) -> dict[str, Any]:
+    """The mapping a YAML config file holds (``{}`` when empty).
+
+    Raises
+    ------
+    ConfigError
+        naming ``path``: missing, not valid YAML, or not a mapping (``what`` names the
+        kind of config, e.g. ``"pipeline config"``).
+    """
     import yaml
 
     path = Path(path)
     if not path.is_file():
-        raise ConfigError("pipeline config file does not exist", path)
+        raise ConfigError(f"{what} file does not exist", path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"not valid YAML: {' '.join(str(exc).split())}", path) from exc
     if raw is not None and not isinstance(raw, dict):
-        raise ConfigError(f"a pipeline config is a mapping of sections, got {type(raw).__name__}",
-                          path)
-    raw = apply_overrides(raw or {}, overrides, path)
-    return parse_config(raw, path)
+        raise ConfigError(f"a {what} is a mapping of sections, got {type(raw).__name__}", path)
+    return raw or {}
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str],

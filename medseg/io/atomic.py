@@ -68,13 +68,17 @@ def check_parent(path: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, suffix: str | None = None, *,
+                durable: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
 
     The temporary name keeps ``suffix`` (default: the full suffix of ``path``,
     e.g. ``.nii.gz``) so that libraries choosing a format by extension still
     work. On any exception the temporary file is removed and the exception
-    propagates; ``path`` is untouched.
+    propagates; ``path`` is untouched. ``durable=True`` also flushes the file and then
+    the folder entry to the disk (``fsync``) before returning, so that the file survives
+    a power cut or a ``kill -9`` of the machine's writer once this returns (what a DICOM
+    node must do before it acknowledges an instance).
     """
     target = Path(path)
     folder = ensure_parent(target)
@@ -86,7 +90,11 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     try:
         yield tmp
         _set_default_mode(tmp)
+        if durable:
+            _fsync(tmp)
         os.replace(tmp, target)
+        if durable:
+            _fsync(folder)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -105,12 +113,22 @@ def _set_default_mode(path: Path) -> None:
         os.chmod(path, 0o666 & ~umask)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_path(path) as tmp:
+def _fsync(path: Path) -> None:
+    """Flush a file's (or a folder's entries') data to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, durable: bool = False) -> None:
+    """Write ``data`` to ``path`` atomically (``durable``: fsynced, see :func:`atomic_path`)."""
+    with atomic_path(path, durable=durable) as tmp:
         tmp.write_bytes(data)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
-    """Write ``text`` to ``path`` atomically."""
-    atomic_write_bytes(path, text.encode(encoding))
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8", *,
+                      durable: bool = False) -> None:
+    """Write ``text`` to ``path`` atomically (``durable``: fsynced, see :func:`atomic_path`)."""
+    atomic_write_bytes(path, text.encode(encoding), durable=durable)

@@ -48,6 +48,10 @@ class DerivedSeries:
         medseg's by default).
     description, number : Series Description and Series Number of the new series
         (None: each writer's default).
+    series_uid, instance_uid : Series and SOP Instance UID of the new object (None: new
+        random UIDs). A service that may write and send the same result twice (``medseg
+        serve`` after a restart) derives them from its input, so that a resend replaces the
+        object a PACS holds instead of adding a second one.
     """
 
     source_files: Sequence[str | os.PathLike]
@@ -56,6 +60,8 @@ class DerivedSeries:
     algorithm_version: str | None = None
     description: str | None = None
     number: int | None = None
+    series_uid: str | None = None
+    instance_uid: str | None = None
 
 
 def label_frames(labels: Volume, source_files: Sequence[str | os.PathLike],

@@ -325,7 +325,7 @@ def _plan(folder, headers: list[pydicom.Dataset], scan: Scan, tilt: bool) -> Sta
     """:func:`plan_stack` of the slices; a geometry error also names unreadable files."""
     try:
         orientations, positions = _positions(folder, headers)
-        spacing = [float(v) for v in headers[0].get("PixelSpacing", [1.0, 1.0])]
+        spacing = _pixel_spacing(folder, headers)
         return plan_stack(folder, orientations, positions, (spacing[0], spacing[1]), tilt=tilt)
     except GeometryError as exc:
         if not scan.unreadable:
@@ -335,6 +335,25 @@ def _plan(folder, headers: list[pydicom.Dataset], scan: Scan, tilt: bool) -> Sta
             f"slices?): {', '.join(scan.unreadable[:3])}",
             folder,
         ) from exc
+
+
+def _pixel_spacing(folder, headers: list[pydicom.Dataset]) -> tuple[float, float]:
+    """The slices' common PixelSpacing (mm, row then column); 1 mm where no slice has one.
+
+    Raises
+    ------
+    GeometryError
+        the slices disagree (a slice of another series or reconstruction got into this one:
+        read as one grid, its pixels would sit in the wrong places).
+    """
+    values = [tuple(float(v) for v in h.get("PixelSpacing", [1.0, 1.0])) for h in headers]
+    for header, value in zip(headers, values):
+        if not np.allclose(value, values[0], rtol=1e-4, atol=1e-6):
+            raise GeometryError(
+                f"slices have different PixelSpacing: {list(values[0])} mm in "
+                f"{Path(str(headers[0].filename)).name}, {list(value)} mm in "
+                f"{Path(str(header.filename)).name}; one series is one grid", folder)
+    return values[0][0], values[0][1]
 
 
 def _positions(folder, headers: list[pydicom.Dataset]) -> tuple[np.ndarray, np.ndarray]:

@@ -127,7 +127,7 @@ def write_rtstruct(labels: Volume, out_path: str | os.PathLike, series: DerivedS
     names = {v: str(label_names.get(v, f"label_{v}"))[:64] for v in values}
     dataset = _structure_set(sources, series.description or "medseg structures",
                              301 if series.number is None else series.number,
-                             series.algorithm_name)
+                             series.algorithm_name, series.series_uid, series.instance_uid)
     _add_rois(dataset, sources, frames, names, series.algorithm_name)
     out = Path(out_path)
     try:
@@ -147,7 +147,8 @@ def _warn_empty(label_names: Mapping[int, str], present: Sequence[int], out) -> 
                     out, listed)
 
 
-def _structure_set(sources: list, description: str, number: int, algorithm: str):
+def _structure_set(sources: list, description: str, number: int, algorithm: str,
+                   series_uid: str | None = None, instance_uid: str | None = None):
     """The RTSTRUCT dataset with every module but the ROIs (Patient, Study, Series, ...)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
@@ -158,12 +159,12 @@ def _structure_set(sources: list, description: str, number: int, algorithm: str)
     now = datetime.datetime.now()
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 192"
-    ds.SOPClassUID, ds.SOPInstanceUID = RTSTRUCT_SOP_CLASS, generate_uid()
+    ds.SOPClassUID, ds.SOPInstanceUID = RTSTRUCT_SOP_CLASS, instance_uid or generate_uid()
     ds.InstanceCreationDate = now.strftime("%Y%m%d")
     ds.InstanceCreationTime = now.strftime("%H%M%S")
     for keyword in _COPIED:
         setattr(ds, keyword, first.get(keyword, ""))
-    ds.Modality, ds.SeriesInstanceUID = "RTSTRUCT", generate_uid()
+    ds.Modality, ds.SeriesInstanceUID = "RTSTRUCT", series_uid or generate_uid()
     ds.SeriesNumber, ds.SeriesDescription, ds.OperatorsName = number, description[:64], ""
     ds.Manufacturer, ds.ManufacturerModelName = "medseg", algorithm[:64]
     ds.SoftwareVersions = __version__

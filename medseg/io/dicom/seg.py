@@ -91,7 +91,8 @@ def write_dicom_seg(labels: Volume, out_path: str | os.PathLike, series: Derived
         seg = _build_segmentation(sources, lut[frames], values, series.label_names,
                                   series.algorithm_name, series.algorithm_version or __version__,
                                   series.description or "medseg segmentation",
-                                  300 if series.number is None else series.number)
+                                  300 if series.number is None else series.number,
+                                  series.series_uid, series.instance_uid)
     for item in seg.SegmentSequence:  # segment n holds the n-th value
         set_label_value(item, values[int(item.SegmentNumber) - 1])
     out = Path(out_path)
@@ -105,7 +106,8 @@ def write_dicom_seg(labels: Volume, out_path: str | os.PathLike, series: Derived
 
 
 def _build_segmentation(sources, pixel_array, values, label_names, algorithm_name,
-                        algorithm_version, series_description, series_number):
+                        algorithm_version, series_description, series_number,
+                        series_uid=None, instance_uid=None):
     import highdicom as hd
 
     from medseg import __version__
@@ -117,9 +119,9 @@ def _build_segmentation(sources, pixel_array, values, label_names, algorithm_nam
         segment_descriptions=_segment_descriptions(
             values, label_names, algorithm_name, algorithm_version
         ),
-        series_instance_uid=hd.UID(),
+        series_instance_uid=series_uid or hd.UID(),
         series_number=series_number,
-        sop_instance_uid=hd.UID(),
+        sop_instance_uid=instance_uid or hd.UID(),
         instance_number=1,
         manufacturer="medseg",
         manufacturer_model_name=algorithm_name,

@@ -79,6 +79,18 @@ def test_missing_middle_slice_is_an_error(dicom_copy):
     assert str(dicom_copy) in str(exc.value)
 
 
+def test_a_slice_with_another_pixel_spacing_is_an_error(dicom_copy):
+    """A series is one grid: a slice whose PixelSpacing differs is refused, not misplaced."""
+    odd = sorted(dicom_copy.glob("*.dcm"))[5]
+    ds = pydicom.dcmread(odd)
+    ds.PixelSpacing = [0.5, 0.5]
+    ds.save_as(odd)
+    with pytest.raises(GeometryError, match=r"different PixelSpacing.*\[0\.5, 0\.5\] mm in "
+                       + odd.name) as exc:
+        read_volume(dicom_copy)
+    assert str(dicom_copy) in str(exc.value)
+
+
 def _add_second_series(folder: Path, description: str = "copy") -> str:
     uid = generate_uid()
     for f in sorted(folder.glob("CT*.dcm")):

@@ -1,0 +1,50 @@
+"""``medseg serve CONFIG.yaml``: run a DICOM node (see :mod:`medseg.serve.config` for the keys).
+
+The node listens until SIGTERM or Ctrl-C and prints one line, ``listening on HOST:PORT as
+AE_TITLE``, once it accepts associations. ``--status`` prints the jobs in the config's spool
+(queued, running, done, failed, with the reason of each failure) and exits; no node needs
+to be running.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = ("a DICOM node: receive series from a PACS, segment them, send DICOM-SEG / RTSTRUCT "
+        "back")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", type=Path, metavar="CONFIG.yaml",
+                        help="the node's config: ae_title, host, port, allowed_calling_aets, "
+                             "spool, series_timeout_s, routes, destination, max_spool_gb, tls")
+    parser.add_argument("--status", action="store_true",
+                        help="print the spool's jobs (queued, running, done, failed with "
+                             "reasons) and exit")
+
+
+def run(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from medseg.serve import Node, load_serve_config, spool_jobs
+    from medseg.serve.jobs import status_lines
+
+    cfg = load_serve_config(args.config)
+    if args.status:
+        print("\n".join(status_lines(spool_jobs(cfg))))
+        return 0
+    node = Node(cfg)
+    node.start()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    host, port = node.address
+    print(f"listening on {host}:{port} as {cfg.ae_title}", flush=True)
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        node.stop()
+    return 0

@@ -1,0 +1,64 @@
+"""The Storage SCP: pynetdicom listening as the node's AE title.
+
+Association policy is the AE's (``require_calling_aet``: an AE title that is not in
+``allowed_calling_aets`` is rejected while associating, before any data arrives), and each
+event has one small handler, as in pynetdicom's Storage SCP examples: C-STORE hands the
+instance's bytes to the node (which writes them to the spool durably) and returns the
+status; C-ECHO answers; a rejected association is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Callable
+
+from medseg.serve.config import ServeConfig
+
+__all__ = ["STATUS", "server_ssl_context", "start_scp"]
+
+log = logging.getLogger(__name__)
+
+#: C-STORE statuses the node answers (PS3.4 B.2.3 and Annex C).
+STATUS = {
+    "success": 0x0000,
+    "out_of_resources": 0xA700,   # the spool is full
+    "cannot_understand": 0xC000,  # not DICOM, or UIDs that are not UIDs
+    "processing_failure": 0x0110,  # the spool could not be written
+}
+
+
+def server_ssl_context(cfg: ServeConfig) -> ssl.SSLContext | None:
+    """The TLS context for receiving (None without ``tls``): the node's certificate and key;
+    with ``tls.ca`` callers must present a certificate that CA signed."""
+    if cfg.tls is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=cfg.tls.ca or None)
+    context.load_cert_chain(cfg.tls.certificate, cfg.tls.key)
+    context.verify_mode = ssl.CERT_REQUIRED if cfg.tls.ca else ssl.CERT_NONE
+    return context
+
+
+def start_scp(cfg: ServeConfig, on_store: Callable, on_rejected: Callable):
+    """Start the Storage SCP in its own threads; returns pynetdicom's server (``shutdown()``).
+
+    ``on_store(event) -> int`` takes a pynetdicom C-STORE event and returns its status;
+    ``on_rejected(calling_aet, address)`` is told of each rejected association.
+    """
+    from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, StoragePresentationContexts, evt
+    from pynetdicom.sop_class import Verification
+
+    ae = AE(ae_title=cfg.ae_title)
+    ae.require_calling_aet = list(cfg.allowed_calling_aets)
+    ae.require_called_aet = True
+    for context in StoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    ae.add_supported_context(Verification)
+
+    def rejected(event) -> None:
+        requestor = event.assoc.requestor
+        on_rejected(str(requestor.ae_title).strip(), f"{requestor.address}:{requestor.port}")
+
+    handlers = [(evt.EVT_C_STORE, on_store), (evt.EVT_REJECTED, rejected)]
+    return ae.start_server((cfg.host, cfg.port), block=False, evt_handlers=handlers,
+                           ssl_context=server_ssl_context(cfg))

@@ -1,0 +1,195 @@
+"""The node under test as a real process (`python -m medseg serve CONFIG`), series copies
+with their own UIDs, and the checks of a returned DICOM-SEG."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import yaml
+from predict.predict_helpers import LABEL_NAMES
+from pydicom.uid import generate_uid
+
+from medseg.serve.jobs import read_journal
+
+from .orthanc_server import AET, free_port, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+NODE_AET = "MEDSEG"
+
+
+class NodeProcess:
+    """``medseg serve`` in a subprocess, with its config, spool and log under ``folder``."""
+
+    def __init__(self, folder: Path, model: Path, orthanc_port: int | None, **overrides):
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.port = overrides.pop("port", None) or free_port()
+        destination = ({"ae_title": AET, "host": "127.0.0.1", "port": orthanc_port}
+                       if orthanc_port else {"dicomweb": "http://127.0.0.1:9/dicom-web"})
+        self.config = {
+            "ae_title": NODE_AET,
+            "host": "127.0.0.1",
+            "port": self.port,
+            "allowed_calling_aets": [AET, "TESTSCU"],
+            "spool": "spool",
+            "series_timeout_s": 2,
+            "routes": [{"match": {"modality": "CT"}, "model": str(model), "format": "seg"}],
+            "destination": destination,
+            "max_spool_gb": 5,
+            "retry_s": 1,
+        }
+        self.config.update(overrides)
+        self.config_path = folder / "serve.yaml"
+        self.process: subprocess.Popen | None = None
+        self.lines: list[str] = []
+
+    def write_config(self) -> None:
+        self.config_path.write_text(yaml.safe_dump(self.config))
+
+    def start(self) -> str:
+        """Start the node; return its ``listening on ...`` line once it prints it."""
+        self.write_config()
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+        self.lines = []
+        stderr = open(self.folder / "stderr.log", "ab")  # noqa: SIM115 - the child keeps it
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "medseg", "serve", str(self.config_path)], env=env,
+            stdout=subprocess.PIPE, stderr=stderr, text=True)
+        stderr.close()
+        threading.Thread(target=self._read, daemon=True).start()
+        return wait_until(self._listening, 180, "the node's 'listening on' line")
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def _listening(self):
+        if self.process.poll() is not None and not self.lines:
+            raise RuntimeError("medseg serve exited: "
+                               + (self.folder / "stderr.log").read_text()[-3000:])
+        return next((line for line in self.lines if line.startswith("listening on")), None)
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup of any kind."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def events(self) -> list[dict]:
+        path = self.folder / "spool" / "serve.jsonl"
+        return read_journal(path) if path.is_file() else []
+
+    def done(self, series_uid: str) -> list[dict]:
+        return [e for e in self.events() if e["event"] == "done" and e["series"] == series_uid]
+
+    def finished(self, series_uid: str) -> dict | None:
+        """The last 'done' or 'failed' event of the series, if any."""
+        ends = [e for e in self.events()
+                if e["event"] in ("done", "failed") and e.get("series") == series_uid]
+        return ends[-1] if ends else None
+
+    def status(self) -> str:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        run = subprocess.run([sys.executable, "-m", "medseg", "serve", str(self.config_path),
+                              "--status"], env=env, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        return run.stdout
+
+
+WAIT_S = 600  # guards against a hang, on 2 shared cores
+
+
+def start_node(nodes, tmp_path, model, orthanc, name="node", **overrides) -> NodeProcess:
+    """Start a node whose destination is ``orthanc`` and register it there as "medseg"."""
+    node = NodeProcess(tmp_path / name, model, orthanc.dicom_port, **overrides)
+    nodes.append(node)
+    line = node.start()
+    assert line == f"listening on 127.0.0.1:{node.port} as {NODE_AET}"
+    orthanc.add_modality("medseg", NODE_AET, node.port)
+    return node
+
+
+def series_uid_of(files) -> str:
+    return str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+
+
+def segs_for(orthanc, series_uid: str) -> list[pydicom.Dataset]:
+    """Every SEG instance in Orthanc that references ``series_uid``."""
+    out = []
+    for instance in orthanc.seg_instances():
+        seg = pydicom.dcmread(io.BytesIO(orthanc.instance_file(instance)))
+        if seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series_uid:
+            out.append(seg)
+    return out
+
+
+def wait_done(node: NodeProcess, series_uid: str, count: int = 1) -> None:
+    def check():
+        failed = [e for e in node.events()
+                  if e["event"] == "failed" and e.get("series") == series_uid]
+        assert not failed, failed
+        return len(node.done(series_uid)) >= count
+    wait_until(check, WAIT_S, f"job {series_uid} done")
+
+
+def copy_series(files: list[Path], dest: Path, key: str, keep=None) -> tuple[list[Path], str]:
+    """Copy a series under new Study / Series / SOP Instance UIDs derived from ``key``
+    (and its SOP Class UID in the dataset, which the shared anonymised files leave empty)
+    (files ``keep(index) -> bool`` only); returns the files and the new Series UID."""
+    dest.mkdir(parents=True, exist_ok=True)
+    study = generate_uid(entropy_srcs=[key, "study"])
+    series = generate_uid(entropy_srcs=[key, "series"])
+    out = []
+    for i, path in enumerate(sorted(files)):
+        if keep is not None and not keep(i):
+            continue
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID  # empty in the shared files
+        ds.SOPInstanceUID = generate_uid(entropy_srcs=[key, str(i)])
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        target = dest / f"{i:03d}.dcm"
+        ds.save_as(target)
+        out.append(target)
+    return out, series
+
+
+def seg_frames_by_position(seg) -> dict[tuple, np.ndarray]:
+    """(rounded LPS position) -> (rows, cols) label-value frame of a BINARY SEG written by
+    medseg (segment n holds the label its Segment Label names)."""
+    values = {name: value for value, name in LABEL_NAMES.items()}
+    numbers = {int(s.SegmentNumber): values[str(s.SegmentLabel)] for s in seg.SegmentSequence}
+    frames = seg.pixel_array.reshape(int(seg.NumberOfFrames), seg.Rows, seg.Columns)
+    out: dict[tuple, np.ndarray] = {}
+    for frame, group in zip(frames, seg.PerFrameFunctionalGroupsSequence):
+        number = int(group.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        pos = tuple(np.round(np.array(group.PlanePositionSequence[0].ImagePositionPatient,
+                                      float), 2))
+        plane = out.setdefault(pos, np.zeros(frame.shape, np.uint8))
+        plane[frame.astype(bool)] = numbers[number]
+    return out
+
+
+def dciodvfy_errors(path: Path) -> list[str] | None:
+    """The "Error" lines of dicom3tools' dciodvfy for ``path``; None where it is absent."""
+    exe = shutil.which("dciodvfy")
+    if exe is None:
+        return None
+    run = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=120)
+    return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
