@@ -233,7 +233,8 @@ def _fit_time(plan: Plan, options: PlanOptions, channels, voxels, started: float
     validations = rules.validations_in(budget_s, validation_s)
     train_s = max(budget_s - validations * validation_s,
                   budget_s * (1 - rules.VALIDATION_SHARE))  # one long validation: overrun
-    epochs, per_epoch = plan_training(step, max(train_s, 1.0), EPOCHS, CPU_ITERATIONS)
+    epochs, per_epoch = (plan_training(step, train_s, EPOCHS, CPU_ITERATIONS) if train_s > 0
+                         else (0, 0))  # planning alone spent the budget
     if per_epoch < CPU_ITERATIONS:
         per_hour = plan_training(step, 3600.0, 1, 10**12)[1]
         need = CPU_ITERATIONS / per_hour + (plan_s + cache_s + START_MARGIN_S) / 3600.0
