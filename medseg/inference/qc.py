@@ -11,7 +11,8 @@ the final label map, the image and the training cohort the model card carries
   ``2 sum_{v in P_l} q_l(v) / (|P_l| + sum_v q_l(v))``: the Dice the prediction expects
   against labels drawn voxel by voxel from ``q`` (numerator and denominator in
   expectation). Members that disagree, and a calibrated model that is unsure, lower it.
-  1 when nothing is predicted and nothing is probable (``|P_l| + sum q_l = 0``).
+  When nothing is predicted, ``prod_v (1 - q_l(v))``: the chance that the truth is empty
+  too (Dice 1; else 0).
 * ``uncertain_fraction``: of the voxels where ``q_l > t``, the fraction where
   ``t < q_l < 1 - t`` (``t`` = ``uncertain_probability``, 0.1); 0 where no voxel has
   ``q_l > t``.
@@ -77,9 +78,11 @@ def grid_measures(mean_probabilities: torch.Tensor, predicted: torch.Tensor,
     for value in labels:
         q = mean_probabilities[value].double()
         mask = predicted == value
-        num = 2.0 * float(q[mask].sum())
-        den = float(mask.sum()) + float(q.sum())
-        dice = num / den if den > 0 else 1.0
+        predicted_voxels = int(mask.sum())
+        if predicted_voxels:
+            dice = 2.0 * float(q[mask].sum()) / (predicted_voxels + float(q.sum()))
+        else:  # the chance that the truth is empty too
+            dice = float(torch.exp(torch.log1p(-q.clamp(max=1 - 1e-12)).sum()))
         possible = q > t
         n_possible = int(possible.sum())
         unsure = int((possible & (q < 1.0 - t)).sum())
