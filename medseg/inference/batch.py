@@ -257,7 +257,11 @@ def _write_qc(rows: list[dict], path: Path, card) -> None:
     from medseg.io.atomic import atomic_write_text
     from medseg.results import csv_text
 
-    atomic_write_text(path, csv_text(QC_COLUMNS, rows))
+    def empty_nan(value):  # a measurement that could not be made is an empty cell
+        return None if isinstance(value, float) and value != value else value
+
+    atomic_write_text(path, csv_text(QC_COLUMNS, ({k: empty_nan(v) for k, v in row.items()}
+                                                  for row in rows)))
     th = (card.confidence or Confidence()).thresholds
     counts = qc_summary(rows, th)["cases"]
     log.info("QC -> %s: %d cases: %d ok, %d review, %d fail (thresholds: %s)", path,
