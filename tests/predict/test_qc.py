@@ -137,7 +137,7 @@ def test_cli_predict_qc_csv_evaluate_and_missing_cohort_warning(tmp_path, thresh
         write_volume(image, images / f"c{seed}.nii.gz")
         write_volume(image.with_array(truth), labels / f"c{seed}.nii.gz")
     assert main(["predict", "-m", str(threshold_ckpt), "-i", str(images), "-o",
-                 str(tmp_path / "pred"), "--qc", "--save-uncertainty"]) == 0
+                 str(tmp_path / "pred"), "--qc"]) == 0
     warnings = [line for line in capsys.readouterr().err.splitlines()
                 if "training cohort" in line]
     assert len(warnings) == 1 and "volume_z and input_z are empty" in warnings[0]
@@ -145,7 +145,9 @@ def test_cli_predict_qc_csv_evaluate_and_missing_cohort_warning(tmp_path, thresh
         rows = list(csv.DictReader(handle))
     assert [r["case"] for r in rows] == ["c1", "c1", "c2", "c2", "c3", "c3"]
     assert all(r["volume_z"] == "" and r["input_z"] == "" for r in rows)
-    assert (tmp_path / "pred" / "c1_uncertainty.nii.gz").is_file()
+    assert main(["predict", "-m", str(threshold_ckpt), "-i", str(images / "c1.nii.gz"), "-o",
+                 str(tmp_path / "one" / "c1.nii.gz"), "--save-uncertainty"]) == 0
+    assert (tmp_path / "one" / "c1_uncertainty.nii.gz").is_file()
     assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(labels), "-o",
                  str(tmp_path / "eval" / "results.csv"), "--qc",
                  str(tmp_path / "pred" / "qc.csv"), "--workers", "1"]) == 0
