@@ -373,9 +373,10 @@ def _write_lesions(out_csv: str | os.PathLike, by_case: Mapping[str, Mapping[int
 
 
 # -- QC against the truth -------------------------------------------------------------------
-def evaluate_qc(qc_csv: str | os.PathLike, rows: Sequence[ResultRow],
+def evaluate_qc(qc_csv: str | os.PathLike, rows: Sequence[Mapping[str, Any]],
                 out_json: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Join ``medseg predict --qc``'s table to scored rows by (case, label) and measure QC
+    """Join ``medseg predict --qc``'s table to scored rows (``case``, ``label``, ``dice``, as
+    :func:`evaluate_folders` returns them) by (case, label) and measure QC
     (:func:`medseg.metrics.qc.qc_agreement`); written to ``out_json`` when given.
 
     Raises
@@ -398,7 +399,7 @@ def evaluate_qc(qc_csv: str | os.PathLike, rows: Sequence[ResultRow],
     if table and not need <= set(table[0]):
         raise DataError(f"QC table lacks column(s) {', '.join(sorted(need - set(table[0])))}",
                         path)
-    true = {(r.case, int(r.label)): r.get("dice") for r in rows}
+    true = {(str(r["case"]), int(r["label"])): float(r.get("dice", np.nan)) for r in rows}
     joined = [(float(q["estimated_dice"] or "nan"), true[(q["case"], int(q["label"]))],
                q["flag"]) for q in table if (q["case"], int(q["label"])) in true]
     if not joined:
