@@ -30,22 +30,9 @@ import argparse
 import csv
 import json
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "la_mri" / "dataset.json"
-
-
-def medseg(*args: str) -> float:
-    """Run ``medseg ARGS`` (this interpreter); its wall seconds. A failure stops the bench."""
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "medseg", *args], check=False)
-    if proc.returncode != 0:
-        raise SystemExit(f"medseg {' '.join(args)} failed ({proc.returncode})")
-    return time.perf_counter() - start
+from bench_la import DATA, medseg  # the cohort's manifest; medseg ARGS timed
 
 
 def fold_cases(run: Path, fold: int):

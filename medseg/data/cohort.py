@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from medseg.confidence import Cohort, QcThresholds, image_measures, label_measures
 from medseg.data.manifest import read_case
 from medseg.io.cases import Case
+from medseg.volume import Volume
 
-__all__ = ["measure_cohort"]
+__all__ = ["measure_cohort", "read_labelled"]
 
 log = logging.getLogger(__name__)
 
@@ -40,19 +41,26 @@ def measure_cohort(cases: Sequence[Case], label_values: Sequence[int],
     ------
     UsageError : no case; DataError / ImageReadError naming a case's unreadable file.
     """
-    from tqdm.auto import tqdm
-
     values = [int(v) for v in label_values if int(v) != 0]
     labels, images = [], []
-    bar = tqdm(cases, desc="training cohort", unit="case", file=sys.stderr,
-               disable=None if progress is None else not progress)
-    for case in bar:
-        image, label = read_case(case)
-        if label is None:
-            continue
+    for _, image, label in read_labelled(cases, "training cohort", progress):
         labels.append(label_measures(label.array, label.voxel_volume_ml, values,
                                      component_fraction))
         images.append(image_measures(image.array, image.has_channels))
     cohort = Cohort.of(labels, images, values, modality)
     log.info("training cohort: %d cases, %d labels", cohort.cases, len(values))
     return cohort
+
+
+def read_labelled(cases: Sequence[Case], desc: str, progress: bool | None = None
+                  ) -> Iterator[tuple[Case, Volume, Volume]]:
+    """(case, image, label) of each case that has a label, read one at a time under a tqdm
+    bar (``progress`` None: on a terminal only)."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(cases, desc=desc, unit="case", file=sys.stderr,
+               disable=None if progress is None else not progress)
+    for case in bar:
+        image, label = read_case(case)
+        if label is not None:
+            yield case, image, label

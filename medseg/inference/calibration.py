@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -136,9 +135,7 @@ def calibrate_folds(folds: Sequence[tuple[Any, Sequence[Any]]], runtime: Any = N
     """:func:`calibrate` over (model, its held-out cases) pairs: the out-of-fold
     probabilities of a cross-validation run, pooled into one temperature. The models must
     share their temperature (the folds of one run do)."""
-    from tqdm.auto import tqdm
-
-    from medseg.data.manifest import read_case
+    from medseg.data.cohort import read_labelled
     from medseg.inference.predict import PredictOptions, predict_case
     from medseg.runtime import Runtime
     from medseg.sources import load_model
@@ -151,12 +148,7 @@ def calibrate_folds(folds: Sequence[tuple[Any, Sequence[Any]]], runtime: Any = N
     for model, cases in folds:
         loaded = load_model(model, runtime)
         old = 1.0 if loaded.card.confidence is None else loaded.card.confidence.temperature
-        bar = tqdm(cases, desc="calibrate", unit="case", file=sys.stderr,
-                   disable=None if progress is None else not progress)
-        for case in bar:
-            image, truth = read_case(case)
-            if truth is None:
-                continue
+        for _, image, truth in read_labelled(cases, "calibrate", progress):
             probs = predict_case(loaded, image, options, runtime).probabilities
             logp, y = sample_voxels(probs.array, truth.array, truth.spacing_mm, rng)
             parts.append(logp)
