@@ -21,7 +21,8 @@ JSON form (``to_dict`` / ``from_dict``, exact round trip)::
      "preprocessing": {...}, "labels": {"0": "background", "1": "liver"},
      "window": {"roi_size": [96, 96, 96], "overlap": 0.5, "blend": "gaussian",
                 "batch_size": 4, "mirror_axes": []},
-     "postprocess": {"keep_largest": false}}
+     "postprocess": {"keep_largest": false},
+     "confidence": {...}}   # optional: medseg.confidence.Confidence (cohort, QC, temperature)
 
 The preprocessing is typed: each kind knows its own ``apply`` (-> the network input and
 the History that undoes it) and JSON form (``"kind": "nnunet"`` for nnU-Net's; a plain
@@ -37,9 +38,12 @@ import numbers
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medseg.errors import CheckpointError, MedsegError, UsageError, check_keywords, check_option
+
+if TYPE_CHECKING:
+    from medseg.confidence import Confidence
 
 __all__ = ["BLENDS", "ModelCard", "NetworkSpec", "Postprocess", "WindowSettings"]
 
@@ -258,6 +262,9 @@ class ModelCard:
     labels : label value -> name; 0 (background) always present.
     window : sliding-window settings.
     postprocess : what is done to the label map on the input grid.
+    confidence : the training cohort, QC thresholds and calibration temperature
+        (:class:`medseg.confidence.Confidence`; a mapping is read as its JSON form); None
+        for a model trained before medseg recorded them (QC then works with what it has).
     """
 
     model: NetworkSpec
@@ -265,6 +272,7 @@ class ModelCard:
     labels: Mapping[int, str]
     window: WindowSettings
     postprocess: Postprocess = Postprocess()
+    confidence: Confidence | None = None
 
     def __post_init__(self) -> None:
         labels = {int(k): str(v) for k, v in dict(self.labels).items()}
@@ -273,6 +281,10 @@ class ModelCard:
         from medseg.transforms.kinds import preprocessing_from_dict
 
         object.__setattr__(self, "preprocessing", preprocessing_from_dict(self.preprocessing))
+        if isinstance(self.confidence, Mapping):
+            from medseg.confidence import Confidence
+
+            object.__setattr__(self, "confidence", Confidence.from_dict(self.confidence))
 
     @property
     def in_channels(self) -> int:
@@ -290,9 +302,12 @@ class ModelCard:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (module docstring); :meth:`from_dict` gives back an equal card."""
-        return {"model": self.model.to_dict(), "preprocessing": self.preprocessing.to_dict(),
-                "labels": {str(k): v for k, v in self.labels.items()},
-                "window": self.window.to_dict(), "postprocess": self.postprocess.to_dict()}
+        out = {"model": self.model.to_dict(), "preprocessing": self.preprocessing.to_dict(),
+               "labels": {str(k): v for k, v in self.labels.items()},
+               "window": self.window.to_dict(), "postprocess": self.postprocess.to_dict()}
+        if self.confidence is not None:
+            out["confidence"] = self.confidence.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any],
@@ -300,12 +315,13 @@ class ModelCard:
         """Read the JSON form; a missing or malformed entry raises CheckpointError naming
         ``source`` (the checkpoint file) and the entry."""
         try:
-            check_keywords(data, ["model", "preprocessing", "labels", "window", "postprocess"],
-                           "model card")
+            check_keywords(data, ["model", "preprocessing", "labels", "window", "postprocess",
+                                  "confidence"], "model card")
             return cls(NetworkSpec.from_dict(data["model"]), dict(data["preprocessing"]),
                        {int(k): str(v) for k, v in dict(data["labels"]).items()},
                        _window(data["window"]),
-                       Postprocess(**dict(data.get("postprocess") or {})))
+                       Postprocess(**dict(data.get("postprocess") or {})),
+                       data.get("confidence"))
         except KeyError as exc:
             raise CheckpointError(f"model card lacks {exc}", source) from None
         except (MedsegError, TypeError, ValueError) as exc:

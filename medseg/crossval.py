@@ -13,7 +13,11 @@
    under a volume (:func:`choose_min_size`) where that raises their mean Dice. The choice
    goes to ``RUN/cv/postprocessing.json`` (with the Dice with and without) and into the
    model card of every fold's best checkpoint (:func:`medseg.checkpoint.update_card`), so
-   ``medseg predict`` applies it.
+   ``medseg predict`` applies it;
+4. a temperature is fitted on the held-out probabilities of every fold, pooled
+   (:func:`medseg.inference.calibration.calibrate_folds`, foreground-near voxels), and
+   stored in the same cards; the expected calibration error before and after and the
+   reliability curves go to ``RUN/cv/calibration.json``.
 
 The rule is nnU-Net's ``determine_postprocessing`` (a step is kept only where it raises
 the out-of-fold mean Dice of the label), with component removal by size added.
@@ -33,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from medseg.card import Postprocess
+from medseg.confidence import Confidence
 from medseg.config import PipelineConfig
 from medseg.data.manifest import load_manifest
 from medseg.data.splits import cv_cases, read_splits
@@ -249,12 +254,28 @@ def evaluate_cv(cfg: PipelineConfig, run_dir: str | os.PathLike,
     choice = choose_postprocess(*_case_dice(cv, sorted(names)))
     atomic_write_text(cv / "postprocessing.json",
                       json.dumps(choice.to_dict(names), indent=1) + "\n")
+    calibration = _calibrate(best, [[cases[c] for c in split["val"]] for split in splits],
+                             cv, runtime)
     for path in best:
-        update_card(path, load_checkpoint(path).card.replace(postprocess=choice.postprocess))
+        card = load_checkpoint(path).card
+        confidence = (card.confidence or Confidence()).replace(
+            temperature=calibration.temperature)
+        update_card(path, card.replace(postprocess=choice.postprocess, confidence=confidence))
     log.info("out-of-fold mean Dice %.4f (post-processing %s: %.4f) -> %s",
              _mean(choice.dice_without.values()), choice.postprocess.to_dict(),
              _mean(choice.chosen_dice().values()), cv)
     return choice
+
+
+def _calibrate(best: list[Path], held_out: list[list[Case]], cv: Path, runtime: Runtime):
+    """The temperature fitted on every fold's held-out probabilities, pooled
+    (:func:`medseg.inference.calibration.calibrate_folds`); the expected calibration error
+    before and after and the reliability curves -> ``cv/calibration.json``."""
+    from medseg.inference.calibration import calibrate_folds
+
+    result = calibrate_folds(list(zip(best, held_out)), runtime)
+    atomic_write_text(cv / "calibration.json", json.dumps(result.to_dict(), indent=1) + "\n")
+    return result
 
 
 def _cv_cases(cfg: PipelineConfig, run_dir: Path, runtime: Runtime

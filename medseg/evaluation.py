@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from medseg.errors import GeometryError, ImageReadError, UsageError, check_keywords
+from medseg.errors import DataError, GeometryError, ImageReadError, UsageError, check_keywords
 from medseg.io.cases import case_name, label_names_of, pair_folders
 from medseg.metrics import METRIC_KEYS, check_label_array, evaluate_arrays
 from medseg.metrics.lesions import LabelLesions, LesionCounts, LesionOptions
@@ -370,3 +370,45 @@ def _write_lesions(out_csv: str | os.PathLike, by_case: Mapping[str, Mapping[int
     atomic_write_text(path, csv_text(LESION_COLUMNS, rows))
     log.info("wrote %s (%d lesions)", path, len(rows))
     return summarize_lesions(by_case, names, options)
+
+
+# -- QC against the truth -------------------------------------------------------------------
+def evaluate_qc(qc_csv: str | os.PathLike, rows: Sequence[Mapping[str, Any]],
+                out_json: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Join ``medseg predict --qc``'s table to scored rows (``case``, ``label``, ``dice``, as
+    :func:`evaluate_folders` returns them) by (case, label) and measure QC
+    (:func:`medseg.metrics.qc.qc_agreement`); written to ``out_json`` when given.
+
+    Raises
+    ------
+    DataError : the QC table lacks a column, or no (case, label) of it was scored.
+    """
+    import csv
+    import json
+
+    from medseg.io.atomic import atomic_write_text
+    from medseg.metrics.qc import qc_agreement
+
+    path = Path(qc_csv)
+    try:
+        with path.open(newline="") as handle:
+            table = list(csv.DictReader(handle))
+    except OSError as exc:
+        raise ImageReadError(f"cannot read the QC table: {exc.strerror or exc}", path) from exc
+    need = {"case", "label", "estimated_dice", "flag"}
+    if table and not need <= set(table[0]):
+        raise DataError(f"QC table lacks column(s) {', '.join(sorted(need - set(table[0])))}",
+                        path)
+    true = {(str(r["case"]), int(r["label"])): float(r.get("dice", np.nan)) for r in rows}
+    joined = [(float(q["estimated_dice"] or "nan"), true[(q["case"], int(q["label"]))],
+               q["flag"]) for q in table if (q["case"], int(q["label"])) in true]
+    if not joined:
+        raise DataError("no (case, label) of the QC table was scored: are these the same "
+                        "cases?", path)
+    estimated, dice, flags = zip(*joined)
+    result = qc_agreement(estimated, dice, flags)
+    result["qc_rows"], result["joined"] = len(table), len(joined)
+    if out_json is not None:
+        plain = {k: _json_number(v) if isinstance(v, float) else v for k, v in result.items()}
+        atomic_write_text(out_json, json.dumps(plain, indent=1) + "\n")
+    return result

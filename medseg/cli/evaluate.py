@@ -39,6 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="count labels absent from both masks in the summary statistics "
                              "(Dice 1 under medseg's convention), as medseg did before; default: "
                              "left out and counted")
+    parser.add_argument("--qc", metavar="qc.csv", default=None,
+                        help="the QC table of `medseg predict --qc`: Spearman and mean absolute "
+                             "error of estimated vs true Dice, AUROC of flag != ok for true "
+                             "Dice < 0.8 -> qc_evaluation.json beside the results")
     parser.add_argument("--report", nargs="?", const="", default=None, metavar="PATH",
                         help="also write a self-contained HTML report (default PATH: report.html "
                              "beside the results CSV); folders --pred/--gt add worst-case overlays")
@@ -62,11 +66,29 @@ def run(args: argparse.Namespace) -> int:
     )
     for line in _summary_lines(summary, len(rows)):
         logging.getLogger("medseg").info("%s", line)
+    if args.qc is not None:
+        _evaluate_qc(args, rows)
     if args.report is not None:
         _write_report(args)
     elif args.images is not None:
         logging.getLogger("medseg").warning("--images is only used with --report: ignored")
     return 0
+
+
+def _evaluate_qc(args: argparse.Namespace, rows) -> None:
+    """QC against the true Dice (``--qc``), logged and written beside the results."""
+    import logging
+    from pathlib import Path
+
+    from medseg.evaluation import evaluate_qc
+
+    out = Path(args.output).with_name("qc_evaluation.json")
+    r = evaluate_qc(args.qc, rows, out)
+    logging.getLogger("medseg").info(
+        "QC on %d (case, label) rows: Spearman %s, MAE %s, AUROC of flag != ok for Dice < %g: "
+        "%s (of 1 - estimated Dice: %s); %d flagged, %d failures -> %s", r["n"],
+        _fmt(r["spearman"]), _fmt(r["mae"]), r["failure_dice"], _fmt(r["auroc_flag"]),
+        _fmt(r["auroc_estimate"]), r["flagged"], r["failures"], out)
 
 
 def _lesion_options(args: argparse.Namespace):
@@ -97,7 +119,7 @@ def _summary_lines(summary: dict, n_rows: int) -> list[str]:
 
 
 def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
+    return "n/a" if value is None or value != value else f"{value:.4f}"
 
 
 def _report_path(args: argparse.Namespace):

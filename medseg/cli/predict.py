@@ -49,6 +49,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "trained with them)")
     parser.add_argument("--save-probabilities", action="store_true",
                         help="also write <case>_probabilities.nii.gz (K channels, float32)")
+    parser.add_argument("--qc", action="store_true",
+                        help="also write qc.csv beside the outputs: per case and label the "
+                             "estimated Dice, volume, uncertain fraction, components, z "
+                             "scores against the training cohort and a flag ok/review/fail "
+                             "with its reasons (an extra mirrored pass when --tta is off)")
+    parser.add_argument("--save-uncertainty", action="store_true",
+                        help="also write <case>_uncertainty.nii.gz: the entropy of the "
+                             "members' mean probabilities and their disagreement (2 channels, "
+                             "0-1, float16 values) on the input grid")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="windows per network call (default: the checkpoint's)")
     parser.add_argument("--preview", action="store_true",
@@ -89,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         overlap=args.overlap, batch_size=args.batch_size, tta=args.tta,
         keep_largest=args.keep_largest, save_probabilities=args.save_probabilities,
         label_interp=args.label_interp, progress=sys.stderr.isatty() and not args.quiet,
+        qc=args.qc, uncertainty=args.save_uncertainty,
     )
     files = CaseFiles(series=args.series, tilt=args.tilt, preview=args.preview,
                       dicom_format=args.dicom_format, stack=tuple(args.stack or ()))

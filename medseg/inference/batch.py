@@ -48,11 +48,13 @@ def shard_cases(cases: Sequence[Case], rank: int, world_size: int) -> list[Case]
 # -- outputs ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CaseOutputs:
-    """Where one case's results go: the prediction, and optional probabilities / preview."""
+    """Where one case's results go: the prediction, and optional probabilities / preview /
+    uncertainty map."""
 
     prediction: Path
     probabilities: Path
     preview: Path
+    uncertainty: Path
 
 
 def _output_is_file(out: Path) -> bool:
@@ -70,7 +72,18 @@ def outputs_for(case: Case, out: Path, file_mode: bool) -> CaseOutputs:
         stem, folder = case.case_id, out
         prediction = out / f"{case.case_id}.nii.gz"
     return CaseOutputs(prediction, folder / f"{stem}_probabilities.nii.gz",
-                       folder / f"{stem}_preview.png")
+                       folder / f"{stem}_preview.png", folder / f"{stem}_uncertainty.nii.gz")
+
+
+def qc_path(out: Path, file_mode: bool, rank: int = 0, world_size: int = 1) -> Path:
+    """Where ``--qc`` writes its table: ``OUT/qc.csv`` for a folder, ``<stem>_qc.csv``
+    beside a single output file; ``qc_rank<r>.csv`` per torchrun rank."""
+    if file_mode:
+        stem = case_name(out) if out.suffix.lower() != ".dcm" else out.name[:-4]
+        folder, name = out.parent, f"{stem}_qc"
+    else:
+        folder, name = out, "qc"
+    return folder / (f"{name}_rank{rank}.csv" if world_size > 1 else f"{name}.csv")
 
 
 def _prepare_output(out: Path, cases: Sequence[Case]) -> bool:
@@ -151,6 +164,9 @@ def _write_case(image: Volume, result: Prediction, outputs: CaseOutputs, files: 
         if result.probabilities is not None:
             write_volume(result.probabilities, outputs.probabilities)
             written.append(outputs.probabilities)
+        if result.qc is not None and result.qc.uncertainty is not None:
+            write_volume(result.qc.uncertainty, outputs.uncertainty)
+            written.append(outputs.uncertainty)
         if files.preview:
             _write_preview(image, result.labels, outputs.preview, label_names)
             written.append(outputs.preview)
@@ -217,7 +233,11 @@ def predict_cases(
     file_mode = _prepare_output(output, cases)
     log.info("rank %d/%d: %d of %d cases on %s", runtime.rank, runtime.world_size, len(mine),
              len(cases), runtime)
-    written = []
+    if options.qc and (loaded.card.confidence is None or loaded.card.confidence.cohort is None):
+        from medseg.inference.qc import missing_cohort_message
+
+        log.warning("%s", missing_cohort_message(loaded.source))
+    written, qc_rows = [], []
     for case in _cases_progress(mine, runtime.rank):
         image = read_case_image(case, files.series, tilt=files.tilt, stack=files.stack)
         result = predict_case(loaded, image, options, runtime)
@@ -225,4 +245,27 @@ def predict_cases(
         _write_case(image, result, outputs, files, loaded.card.labels, algorithm)
         log.info("%s -> %s", case.case_id, outputs.prediction)
         written.append(outputs)
+        if options.qc and result.qc is not None:
+            qc_rows.extend({"case": case.case_id, **row} for row in result.qc.rows)
+    if options.qc:
+        _write_qc(qc_rows, qc_path(output, file_mode, runtime.rank, runtime.world_size),
+                  loaded.card)
     return written
+
+
+def _write_qc(rows: list[dict], path: Path, card) -> None:
+    """``qc.csv`` (atomic) and the summary: flags per case and the thresholds that decided."""
+    from medseg.confidence import Confidence
+    from medseg.inference.qc import QC_COLUMNS, qc_summary
+    from medseg.io.atomic import atomic_write_text
+    from medseg.results import csv_text
+
+    def empty_nan(value):  # a measurement that could not be made is an empty cell
+        return None if isinstance(value, float) and value != value else value
+
+    atomic_write_text(path, csv_text(QC_COLUMNS, ({k: empty_nan(v) for k, v in row.items()}
+                                                  for row in rows)))
+    th = (card.confidence or Confidence()).thresholds
+    counts = qc_summary(rows, th)["cases"]
+    log.info("QC -> %s: %d cases: %d ok, %d review, %d fail (thresholds: %s)", path,
+             sum(counts.values()), counts["ok"], counts["review"], counts["fail"], th.describe())

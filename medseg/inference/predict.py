@@ -47,17 +47,21 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from medseg.argmax import label_dtype
 from medseg.card import ModelCard, Postprocess, WindowSettings
 from medseg.errors import UsageError, check_option
+from medseg.inference.members import MemberRun, temper_
 from medseg.inference.precision import Predictor, make_ensemble_predictor, make_predictor
 from medseg.runtime import Runtime
 from medseg.sources import LoadedModel, check_image, load_model
 from medseg.volume import LabelMap, Logits, Probabilities, Volume
+
+if TYPE_CHECKING:
+    from medseg.inference.qc import CaseQc
 
 __all__ = ["PROBABILITY_BUDGET_BYTES", "LoadedModel", "PredictOptions", "Prediction",
            "predict_case", "predict_volume"]
@@ -94,6 +98,12 @@ class PredictOptions:
         label map back by nearest neighbour: least memory and time, blocky at a coarser
         network spacing). An imported nnU-Net model takes nnU-Net's export: linear only.
     progress : tqdm bar over windows.
+    qc : also measure how far to trust each label (:mod:`medseg.inference.qc`): the
+        members (an ensemble's networks, or the mirrorings of one network; one extra
+        mirrored pass when mirroring is off) run one by one and ``Prediction.qc`` holds one
+        row per label. The labels are the plain prediction's (to float rounding).
+    uncertainty : also return the uncertainty map (2, x, y, z) float16 on the input grid
+        (the entropy of the members' mean probabilities, and their disagreement).
     """
 
     overlap: float | None = None
@@ -103,6 +113,13 @@ class PredictOptions:
     save_probabilities: bool = False
     label_interp: str = "linear"
     progress: bool = False
+    qc: bool = False
+    uncertainty: bool = False
+
+    @property
+    def confidence(self) -> bool:
+        """Whether the members run one by one (QC or the uncertainty map asked for)."""
+        return self.qc or self.uncertainty
 
     def __post_init__(self) -> None:
         check_option(self.label_interp, LABEL_INTERPS, "label_interp")
@@ -132,13 +149,18 @@ class Prediction:
         affine), in :func:`medseg.argmax.label_dtype`; ``meta`` is the input's.
     probabilities : Probabilities (K, x, y, z) float32 on the input grid (channel 0 =
         background), or None unless requested.
+        Calibrated when the card holds a temperature (:mod:`medseg.confidence`).
     timings_s : wall seconds of ``preprocess``, ``network``, ``invert`` (and
-        ``postprocess`` when there is any).
+        ``postprocess`` and ``qc`` when there are any).
+    qc : with ``PredictOptions(qc=True)`` or ``uncertainty=True``: the QC rows (one per
+        foreground label, :data:`medseg.inference.qc.QC_COLUMNS` but ``case``) and the
+        uncertainty map; else None.
     """
 
     labels: LabelMap
     probabilities: Probabilities | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
+    qc: CaseQc | None = None
 
 
 def predict_volume(model: Any, volume: Volume, output: str = "labels",
@@ -196,13 +218,21 @@ def predict_case(model: Any, volume: Volume, options: PredictOptions | None = No
     with timer("preprocess"):
         prepared = _preprocess(volume, card, runtime)
     with timer("network"):
-        output = _window(loaded, prepared, card, options, runtime)
+        if options.confidence:
+            output, members, predicted = _members(loaded, prepared, card, options, runtime)
+        else:
+            output = _window(loaded, prepared, card, options, runtime)
     with timer("invert"):
         labels, probabilities = _restore(output, prepared.history, volume, options, runtime)
     if card.postprocess.active:
         with timer("postprocess"):
             labels = _postprocess(labels, card.postprocess)
-    return Prediction(labels, probabilities, timer.seconds)
+    case_qc = None
+    if options.confidence:
+        with timer("qc"):
+            case_qc = _confidence(members, predicted, prepared.history, volume, labels, card,
+                                  options, runtime)
+    return Prediction(labels, probabilities, timer.seconds, case_qc)
 
 
 # -- the steps -------------------------------------------------------------------------------
@@ -233,12 +263,17 @@ def _window(loaded: LoadedModel, prepared, card: ModelCard, options: PredictOpti
     with torch.inference_mode():
         if probabilities:
             blended, gives_probabilities = _blend(loaded, image, card.window, runtime, kwargs)
+            temperature = _temperature(card)
             if logits:
+                if temperature != 1.0:
+                    blended = blended.div_(temperature)
                 out: LabelMap | Probabilities | Logits = Logits(blended.cpu().numpy(), affine)
             else:
                 blended = blended.float()
-                if not gives_probabilities:
-                    blended = _softmax_(blended)
+                if gives_probabilities:
+                    blended = temper_(blended, temperature)
+                else:
+                    blended = _softmax_(blended.div_(temperature))
                 out = Probabilities(blended.cpu().numpy(), affine)
         else:
             predictor, _ = _predictor(loaded, runtime)
@@ -246,6 +281,66 @@ def _window(loaded: LoadedModel, prepared, card: ModelCard, options: PredictOpti
             out = LabelMap(labels.cpu().numpy().astype(label_dtype(k), copy=False), affine)
     _sync(runtime.device)
     return out
+
+
+def _members(loaded: LoadedModel, prepared, card: ModelCard, options: PredictOptions,
+             runtime: Runtime) -> tuple[Probabilities | Logits, MemberRun, torch.Tensor]:
+    """The members one by one (:func:`medseg.inference.members.run_members`): the network
+    output as :func:`_window` gives it with probabilities (calibrated), what the members
+    kept, and the predicted labels (x', y', z') on the network grid."""
+    from medseg.inference.members import run_members
+    from medseg.transforms.resample import as_tensor
+
+    if card.preprocessing.resamples_logits and getattr(
+            prepared.history.activation, "regions_class_order", None) is not None:
+        raise UsageError("QC and uncertainty maps need exclusive classes (a softmax); this "
+                         "model is region-based (a sigmoid per region)")
+    image = as_tensor(prepared.image.array)[None]
+    estimate = _log_memory_estimate(image, card.num_classes, card.window, True, runtime)
+    kwargs = {"device": runtime.device, "out_device": _out_device(runtime.device, estimate),
+              "progress": options.progress}
+    temperature = _temperature(card)
+    with torch.inference_mode():
+        run = run_members(loaded.networks, loaded.combine, image, card.window, runtime,
+                          temperature, kwargs)
+        predicted = run.combined.argmax(dim=0)
+        affine = prepared.image.affine
+        if run.is_logits and card.preprocessing.resamples_logits:
+            combined = run.combined.div_(temperature) if temperature != 1.0 else run.combined
+            out: Probabilities | Logits = Logits(combined.cpu().numpy(), affine)
+        elif run.is_logits:
+            out = Probabilities(_softmax_(run.combined.float().div_(temperature)).cpu().numpy(),
+                                affine)
+        else:
+            out = Probabilities(run.combined.cpu().numpy(), affine)
+    run.combined = torch.zeros(0)  # no longer needed: free it
+    _sync(runtime.device)
+    return out, run, predicted
+
+
+def _confidence(run: MemberRun, predicted: torch.Tensor, history, volume: Volume,
+                labels: LabelMap, card: ModelCard, options: PredictOptions,
+                runtime: Runtime) -> CaseQc:
+    """QC rows and the uncertainty map of one case (:mod:`medseg.inference.qc`)."""
+    from medseg.confidence import Confidence
+    from medseg.inference.qc import CaseQc, grid_measures, qc_rows, uncertainty_volume
+
+    result = CaseQc()
+    if options.qc:
+        th = (card.confidence or Confidence()).thresholds
+        foreground = [v for v in card.labels if v != 0]
+        grid = grid_measures(run.mean_probabilities, predicted, foreground,
+                             th.uncertain_probability)
+        result.rows = qc_rows(volume, labels, grid, card.labels, card.confidence)
+    if options.uncertainty:
+        device = runtime.device if runtime.device.type == "cuda" else None
+        result.uncertainty = uncertainty_volume(run, history, volume, device)
+    return result
+
+
+def _temperature(card: ModelCard) -> float:
+    """The card's calibration temperature (1: none)."""
+    return 1.0 if card.confidence is None else card.confidence.temperature
 
 
 def _blend(loaded: LoadedModel, image: torch.Tensor, window: WindowSettings,

@@ -21,7 +21,7 @@ from medseg.runtime import Runtime
 from medseg.sources.loaded import COMBINES, LoadedModel, check_image, run_checkpoints
 
 __all__ = ["COMBINES", "SOURCES", "LoadedModel", "check_image", "load_model",
-           "run_checkpoints"]
+           "run_checkpoints", "save_confidence"]
 
 
 def _nnunet(model: Any, runtime: Runtime) -> LoadedModel | None:
@@ -44,3 +44,34 @@ def load_model(model: Any, runtime: Runtime) -> LoadedModel:
     from medseg.sources import loaded
 
     return loaded.load_model(model, runtime, SOURCES)
+
+
+def save_confidence(model: Any, confidence: Any) -> list[str]:
+    """Store ``confidence`` (:class:`medseg.confidence.Confidence`) with the model a user
+    holds, so that every later load carries it in its card: into each medseg checkpoint
+    (a file, every fold of a run folder, every item of a list; weights kept bit for bit), or
+    beside an nnU-Net folder's plans (``medseg_confidence.json``). Returns what was written.
+
+    Raises
+    ------
+    UsageError : anything else (a LoadedModel in memory: replace its card instead).
+    """
+    import os
+
+    from medseg.checkpoint import load_checkpoint, update_card
+    from medseg.errors import UsageError
+    from medseg.sources.loaded import _is_run_folder
+    from medseg.sources.nnunet.load import NnunetSource, save_nnunet_confidence
+
+    if isinstance(model, (list, tuple)):
+        return [path for item in model for path in save_confidence(item, confidence)]
+    nnunet = NnunetSource.parse(model)
+    if nnunet is not None:
+        return [str(save_nnunet_confidence(nnunet, confidence))]
+    if _is_run_folder(model):
+        return save_confidence(run_checkpoints(model), confidence)
+    if isinstance(model, (str, os.PathLike)):
+        card = load_checkpoint(model).card
+        return [str(update_card(model, card.replace(confidence=confidence)))]
+    raise UsageError(f"cannot store a calibration with a {type(model).__name__}: give a "
+                     "checkpoint, a run folder or an nnU-Net folder")

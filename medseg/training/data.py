@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from medseg.config import PipelineConfig
@@ -20,6 +20,7 @@ from medseg.data.manifest import Manifest, load_manifest
 from medseg.data.splits import cv_cases, fold_cases, read_splits, split_train_val
 from medseg.data.phantom_dataset import write_phantom_dataset
 from medseg.errors import ConfigError, MedsegError
+from medseg.io.cases import Case
 from medseg.runtime import Runtime
 from medseg.training.distributed import barrier
 
@@ -30,12 +31,16 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainingData:
-    """Cached cases and what describes them. ``label_names``: value -> name, 0 included."""
+    """Cached cases and what describes them. ``label_names``: value -> name, 0 included;
+    ``train_cases``: the training cases' files (the cohort is measured from them);
+    ``modality``: the manifest's channel names ("CT", "MRI"), None when it names none."""
 
     train: list[CachedCase]
     val: list[CachedCase]
     label_names: dict[int, str]
     in_channels: int
+    train_cases: list[Case] = field(default_factory=list)
+    modality: str | None = None
 
     @property
     def num_classes(self) -> int:
@@ -90,8 +95,9 @@ def prepare_data(cfg: PipelineConfig, preprocessing, cache_dir: Path, info: Runt
     label_names = dict(manifest.label_names) or _names_from_cache(cached)
     in_channels = int(cached[0].image.shape[0])
     _check_labels(cached, label_names, manifest_file)
+    names = [n for n in manifest.channel_names if n != "image"]
     return TrainingData(cached[: len(train_cases)], cached[len(train_cases) :], label_names,
-                        in_channels)
+                        in_channels, list(train_cases), ", ".join(names) or None)
 
 
 def _cache(cases, preprocessing, cache_dir, cfg, progress) -> list[CachedCase]:

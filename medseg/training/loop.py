@@ -23,6 +23,7 @@ an uninterrupted run does.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -38,6 +39,7 @@ import numpy as np
 import torch
 
 from medseg.card import ModelCard, NetworkSpec
+from medseg.confidence import Cohort, Confidence
 from medseg.checkpoint import save_checkpoint
 from medseg.config import PipelineConfig
 from medseg.data.augment import Augmenter
@@ -62,6 +64,8 @@ __all__ = ["TrainOptions", "TrainResult", "train"]
 
 log = logging.getLogger(__name__)
 RESUME_FILE = "last.resume.safetensors"
+#: The training cohort measured at the start of a run (read back on --resume).
+COHORT_FILE = "cohort.json"
 
 
 @dataclass
@@ -140,6 +144,8 @@ class _Trainer:
         self.model = self._build_model().to(self.device)
         self.card: ModelCard = cfg.model_card(NetworkSpec.of(self.model),
                                               self.data.label_names)
+        if runtime.is_main:
+            self.card = self.card.replace(confidence=Confidence(cohort=self._cohort()))
         self.loss_fn = self._build_loss()
         self.optimizer = make_optimizer(self.model.parameters(), cfg.train)
         self.scaler = self._scaler()
@@ -172,6 +178,19 @@ class _Trainer:
             atomic_write_text(self.run_dir / "config.yaml",
                               yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
         barrier(self.runtime)
+
+    def _cohort(self) -> Cohort:
+        """The training cases' cohort for the card (:mod:`medseg.data.cohort`), measured once
+        per run into ``RUN/cohort.json`` and read back from it on ``--resume``."""
+        from medseg.data.cohort import measure_cohort
+
+        path = self.run_dir / COHORT_FILE
+        if self.options.resume and path.is_file():
+            return Cohort.from_dict(json.loads(path.read_text()))
+        cohort = measure_cohort(self.data.train_cases, list(self.data.label_names),
+                                self.data.modality, progress=self._show_progress)
+        atomic_write_text(path, json.dumps(cohort.to_dict(), indent=1) + "\n")
+        return cohort
 
     def _set_determinism(self) -> None:
         torch.manual_seed(self.cfg.train.seed)

@@ -144,6 +144,16 @@ def _check_cv_outputs(run, splits):
     chosen = Postprocess(**report["postprocess"])
     for i in range(3):
         assert load_checkpoint(run / f"fold_{i}" / "best.safetensors").card.postprocess == chosen
+    # the temperature fitted on the pooled out-of-fold probabilities is in every card
+    calibration = json.loads((run / "cv" / "calibration.json").read_text())
+    assert calibration["cases"] == len(PHANTOMS) and calibration["bins"] == 15
+    assert calibration["factor"] == calibration["temperature"]  # the cards had none before
+    for i in range(3):
+        card = load_checkpoint(run / f"fold_{i}" / "best.safetensors").card
+        assert card.confidence.temperature == pytest.approx(calibration["temperature"])
+        # the training cohort: this fold's training cases (the label-5 volumes are > 0)
+        assert card.confidence.cohort.cases == len(splits[i]["train"])
+        assert card.confidence.cohort.labels[5].volume_ml.min > 0
     labels = report["labels"]
     assert set(labels) == {"liver", "spleen", "kidney_left", "kidney_right", "aorta"}
     for entry in labels.values():  # chosen exactly where keep-largest raised the mean Dice

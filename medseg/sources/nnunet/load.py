@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from medseg.card import ModelCard, NetworkSpec, Postprocess, WindowSettings
-from medseg.errors import CheckpointError, UsageError
+from medseg.errors import CheckpointError, MedsegError, UsageError
 from medseg.runtime import Runtime
 
-__all__ = ["PREFIX", "NnunetSource", "import_nnunet", "load_nnunet", "nnunet_card"]
+__all__ = ["CONFIDENCE_FILE", "PREFIX", "NnunetSource", "import_nnunet", "load_nnunet",
+           "nnunet_card", "save_nnunet_confidence"]
 
 log = logging.getLogger(__name__)
 
@@ -127,13 +128,46 @@ def import_nnunet(source: NnunetSource, output: str | os.PathLike) -> Path:
                                          "folds": list(module.fold_names)})
 
 
+#: medseg's confidence of an nnU-Net folder (training cohort, QC thresholds, temperature:
+#: :class:`medseg.confidence.Confidence` as JSON), written by ``medseg calibrate`` beside its
+#: plans.json and read into the card on loading.
+CONFIDENCE_FILE = "medseg_confidence.json"
+
+
+def _with_confidence(card: ModelCard, folder: Any) -> ModelCard:
+    """``card`` with the folder's :data:`CONFIDENCE_FILE`, when there is one."""
+    import json
+
+    from medseg.confidence import Confidence
+
+    path = Path(folder) / CONFIDENCE_FILE
+    if not path.is_file():
+        return card
+    try:
+        return card.replace(confidence=Confidence.from_dict(json.loads(path.read_text())))
+    except (ValueError, KeyError, TypeError, MedsegError) as exc:
+        text = exc.message if isinstance(exc, MedsegError) else str(exc)
+        raise CheckpointError(f"unreadable medseg confidence: {text}", path) from None
+
+
+def save_nnunet_confidence(source: NnunetSource, confidence: Any) -> Path:
+    """Write ``confidence`` as the folder's :data:`CONFIDENCE_FILE` (atomic)."""
+    import json
+
+    from medseg.io.atomic import atomic_write_text
+
+    path = Path(source.path) / CONFIDENCE_FILE
+    atomic_write_text(path, json.dumps(confidence.to_dict(), indent=1) + "\n")
+    return path
+
+
 def _build(source: NnunetSource):
     from medseg import models
     from medseg.sources.nnunet.folder import NnunetFolder
 
     folder = NnunetFolder.open(source.path, source.folds, source.checkpoint)
     checkpoints = folder.read_checkpoints()
-    card = nnunet_card(folder, checkpoints[0].mirror_axes)
+    card = _with_confidence(nnunet_card(folder, checkpoints[0].mirror_axes), source.path)
     module = models.create("nnunet", card.in_channels, card.num_classes,
                            **dict(card.model.options))
     for member, checkpoint in zip(module.members, checkpoints):

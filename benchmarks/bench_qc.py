@@ -1,0 +1,170 @@
+"""Benchmark: does QC know which predictions to distrust? (issue 23's targets)
+
+On the shared left-atrium cohort (80 LGE-MRI cases), with a model from a time-budgeted
+self-configured plan (``medseg plan --time-budget``, then ``medseg train --folds 5 --fold F``)
+or one given with ``--model RUN`` (a run folder of ``bench_la.py``: ``RUN/fold_F/
+best.safetensors`` and ``RUN/splits.json``):
+
+1. calibration: ``medseg calibrate`` on ``--calibration-cases`` training cases of the fold
+   (a copy of the checkpoint: the given model is not changed); the expected calibration
+   error (15 bins, foreground-near voxels) on the held-out cases before and after;
+2. ``medseg predict`` of the held-out cases, plain and with ``--qc`` (timed: the ratio is a
+   target), with the model's card settings (``--tta`` follows the card);
+3. ``medseg evaluate --qc``: Spearman and MAE of estimated vs true Dice on the clean cases,
+   and how many clean cases with true Dice >= 0.85 were flagged;
+4. the first ``--corrupted`` held-out cases under every corruption of
+   :mod:`medseg.data.corrupt`, predicted with ``--qc``: each must be flagged.
+
+Printed: each number beside its target. Run::
+
+    python benchmarks/bench_qc.py -o /tmp/qc --device cpu --minutes 60      # the real check
+    python benchmarks/bench_qc.py -o /tmp/qc --model /tmp/la/run --fold 0   # bench_la's model
+    python benchmarks/bench_qc.py -o /tmp/qc --minutes 2 --held-out 4       # end to end, tiny
+
+Skips (exit 0, with the reason) when ../shared/data/la_mri is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+from pathlib import Path
+
+from bench_la import DATA, medseg  # the cohort's manifest; medseg ARGS timed
+
+
+def fold_cases(run: Path, fold: int):
+    from medseg.data.manifest import load_manifest
+    from medseg.data.splits import fold_cases as split, read_splits
+
+    cases = load_manifest(DATA).cases
+    return split(cases, read_splits(run / "splits.json"), fold)
+
+
+def link_folder(folder: Path, files: list[Path]) -> Path:
+    """``folder`` holding symlinks to ``files`` (by their own names)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        link = folder / path.name
+        if not link.exists():
+            link.symlink_to(Path(path).resolve())
+    return folder
+
+
+def held_out_ece(model: Path, cases, device: str) -> float:
+    from medseg.inference.calibration import calibrate
+    from medseg.runtime import Runtime
+
+    return calibrate(model, cases, Runtime.resolve(device), progress=False).before.ece
+
+
+def corrupted_inputs(cases, out: Path) -> Path:
+    """Every corruption of every case, ``<case>__<corruption>.nii.gz`` in ``out``."""
+    from medseg.data.corrupt import CORRUPTIONS
+    from medseg.io import read_volume, write_volume
+
+    out.mkdir(parents=True, exist_ok=True)
+    for case in cases:
+        image = read_volume(case.images[0])
+        for name, function in CORRUPTIONS.items():
+            write_volume(function(image, 0), out / f"{case.case_id}__{name}.nii.gz")
+    return out
+
+
+def qc_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-o", "--output", type=Path, required=True, help="work folder")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--model", type=Path, default=None, metavar="RUN",
+                        help="a trained run folder (fold_F/best.safetensors, splits.json); "
+                             "default: plan and train one here")
+    parser.add_argument("--minutes", type=float, default=60.0,
+                        help="training budget of the planned model (default 60)")
+    parser.add_argument("--fold", type=int, default=0)
+    parser.add_argument("--held-out", type=int, default=None,
+                        help="use only the first N held-out cases (default: all 16)")
+    parser.add_argument("--calibration-cases", type=int, default=10)
+    parser.add_argument("--corrupted", type=int, default=3,
+                        help="held-out cases to corrupt in every way (default 3)")
+    args = parser.parse_args()
+    if not DATA.is_file():
+        print(f"skipped: {DATA} is absent")
+        return 0
+    out, times = args.output, {}
+    run = args.model
+    if run is None:
+        run = out / "run"
+        times["plan"] = medseg("plan", str(DATA), "-o", str(out / "plan"), "--device",
+                               args.device, "--time-budget", str(args.minutes / 60))
+        times["train"] = medseg("train", str(out / "plan" / "plan.yaml"), "-o", str(run),
+                                "--folds", "5", "--fold", str(args.fold), "--device",
+                                args.device, "--no-progress")
+    train, val = fold_cases(run, args.fold)
+    val = val[: args.held_out] if args.held_out else val
+    model = out / "model.safetensors"
+    shutil.copy(run / f"fold_{args.fold}" / "best.safetensors", model)
+    original = out / "model_uncalibrated.safetensors"
+    shutil.copy(model, original)
+
+    # 1. calibration on training cases, ECE on the held-out ones
+    calib = train[: args.calibration_cases]
+    times["calibrate"] = medseg(
+        "calibrate", str(model), "--device", args.device, "--report",
+        str(out / "calibration.json"),
+        "--images", str(link_folder(out / "calib_images", [c.images[0] for c in calib])),
+        "--labels", str(link_folder(out / "calib_labels", [c.label for c in calib])))
+    ece_before = held_out_ece(original, val, args.device)
+    ece_after = held_out_ece(model, val, args.device)
+
+    # 2. plain and --qc prediction of the held-out cases
+    images = link_folder(out / "held_out_images", [c.images[0] for c in val])
+    labels = link_folder(out / "held_out_labels", [c.label for c in val])
+    times["predict"] = medseg("predict", "-m", str(model), "-i", str(images), "-o",
+                              str(out / "plain"), "--device", args.device)
+    times["predict --qc"] = medseg("predict", "-m", str(model), "-i", str(images), "-o",
+                                   str(out / "clean"), "--device", args.device, "--qc")
+    # 3. QC against the truth
+    medseg("evaluate", "--pred", str(out / "clean"), "--gt", str(labels), "-o",
+           str(out / "eval" / "results.csv"), "--qc", str(out / "clean" / "qc.csv"))
+    qc = json.loads((out / "eval" / "qc_evaluation.json").read_text())
+    with (out / "eval" / "results.csv").open(newline="") as handle:
+        dice = {r["case"]: float(r["dice"]) for r in csv.DictReader(handle) if r["label"] == "1"}
+    clean = {r["case"]: r["flag"] for r in qc_rows(out / "clean" / "qc.csv")}
+    good = [c for c, d in dice.items() if d >= 0.85]
+    good_flagged = sum(clean[c] != "ok" for c in good)
+    # 4. corrupted inputs
+    corrupted = corrupted_inputs(val[: args.corrupted], out / "corrupted_images")
+    medseg("predict", "-m", str(model), "-i", str(corrupted), "-o", str(out / "corrupted"),
+           "--device", args.device, "--qc")
+    bad = qc_rows(out / "corrupted" / "qc.csv")
+    missed = [r["case"] for r in bad if r["flag"] == "ok"]
+
+    def show(value):
+        return "n/a" if value is None or value != value else f"{value:.3f}"
+
+    print("\nwall time per step: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items()))
+    print(f"held-out cases: {len(val)} (fold {args.fold}); mean true Dice "
+          f"{sum(dice.values()) / max(len(dice), 1):.3f}")
+    print(f"Spearman(estimated, true Dice) {show(qc['spearman'])}   target >= 0.6")
+    print(f"MAE(estimated, true Dice)      {show(qc['mae'])}   target <= 0.05")
+    print(f"AUROC flag != ok for Dice < 0.8 {show(qc['auroc_flag'])}  ({qc['failures']} "
+          f"failures among {qc['n']})")
+    print(f"corrupted cases flagged        {len(bad) - len(missed)}/{len(bad)}   target all"
+          + (f" (missed: {', '.join(missed)})" if missed else ""))
+    print(f"clean Dice >= 0.85 flagged     {good_flagged}/{len(good)}   target <= 15 %")
+    print(f"ECE held-out before / after    {show(ece_before)} / {show(ece_after)}   "
+          "target after <= before / 2")
+    ratio = times["predict --qc"] / times["predict"]
+    print(f"--qc time / plain predict      {ratio:.2f}   target <= 2 (process start included)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

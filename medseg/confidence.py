@@ -1,0 +1,309 @@
+"""What a model knows about its own reliability: the card's ``confidence`` field.
+
+A :class:`Confidence` travels in the model card (:class:`medseg.card.ModelCard`,
+``confidence``), so that quality control at prediction time needs nothing but the model:
+
+* :class:`Cohort`: the training cohort, per label the distribution over training cases of
+  the structure's volume (mL) and of its count of large connected components, and per image
+  channel the distribution over cases of the intensity statistics of :func:`image_measures`;
+* :class:`QcThresholds`: the limits that turn a QC row into ``ok`` / ``review`` / ``fail``
+  (defaults documented on the class);
+* ``temperature``: the calibration temperature T (1 = none). Calibrated probabilities are
+  ``p^(1/T) / sum_k p_k^(1/T)``, i.e. ``softmax(log p / T)``: for one network this is
+  temperature scaling of its logits (``softmax(z / T)``), for an ensemble it scales the log of
+  its combined probabilities. One T for all labels: it never moves an argmax, so calibration
+  never changes a segmentation (a temperature per label would).
+
+The per-case measurements that build the cohort and that QC compares with it live here
+too, as pure array functions (:func:`label_measures`, :func:`image_measures`), so that the
+training cohort and a prediction are measured by the same code. JSON form
+(``to_dict`` / ``from_dict``, exact round trip)::
+
+    {"cohort": {"cases": 80, "modality": "MRI",
+                "labels": {"1": {"volume_ml": {...Summary}, "components": {...}}},
+                "image": [{"p01": {...}, "p50": {...}, "p99": {...},
+                           "median_position": {...}}]},
+     "thresholds": {...}, "temperature": 1.0}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from medseg.errors import UsageError, check_keywords
+
+__all__ = ["Cohort", "Confidence", "IMAGE_STATS", "LabelCohort", "QcThresholds", "Summary",
+           "image_measures", "label_measures", "large_components"]
+
+#: Quantiles a :class:`Summary` keeps (fractions).
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+#: The image statistics of :func:`image_measures`, per channel.
+IMAGE_STATS = ("p01", "p50", "p99", "median_position")
+
+#: At most this many voxels enter :func:`image_measures` (an evenly strided subsample).
+IMAGE_SAMPLE = 1 << 20
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The distribution of one quantity over the training cases.
+
+    ``n`` cases, ``mean``, ``sd`` (sample, ddof=1; 0 for one case), ``min``, ``max`` and
+    ``quantiles`` (:data:`QUANTILES` -> value, :func:`numpy.quantile`, linear).
+    """
+
+    n: int
+    mean: float
+    sd: float
+    min: float
+    max: float
+    quantiles: Mapping[float, float] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Summary:
+        """The summary of ``values`` (at least one finite number)."""
+        x = np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
+        if x.size == 0:
+            raise UsageError("a cohort summary needs at least one finite value")
+        sd = float(x.std(ddof=1)) if x.size > 1 else 0.0
+        q = {p: float(v) for p, v in zip(QUANTILES, np.quantile(x, QUANTILES))}
+        return cls(int(x.size), float(x.mean()), sd, float(x.min()), float(x.max()), q)
+
+    def z(self, value: float, floor: float = 0.0) -> float:
+        """``(value - mean) / max(sd, floor)``; when that scale is 0, 0 for the mean itself
+        and +-inf for anything else."""
+        scale = max(self.sd, floor)
+        if scale > 0:
+            return (value - self.mean) / scale
+        return 0.0 if value == self.mean else math.copysign(math.inf, value - self.mean)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n": self.n, "mean": self.mean, "sd": self.sd, "min": self.min,
+                "max": self.max, "quantiles": {str(k): v for k, v in self.quantiles.items()}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Summary:
+        q = {float(k): float(v) for k, v in dict(data.get("quantiles") or {}).items()}
+        return cls(int(data["n"]), float(data["mean"]), float(data["sd"]), float(data["min"]),
+                   float(data["max"]), q)
+
+
+@dataclass(frozen=True)
+class LabelCohort:
+    """One label over the training cases: its volume (mL; 0 where absent), its large
+    components (:func:`large_components`) and the fraction of cases where it is present."""
+
+    volume_ml: Summary
+    components: Summary
+    present: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"volume_ml": self.volume_ml.to_dict(), "components": self.components.to_dict(),
+                "present": self.present}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LabelCohort:
+        return cls(Summary.from_dict(data["volume_ml"]), Summary.from_dict(data["components"]),
+                   float(data["present"]))
+
+
+@dataclass(frozen=True)
+class Cohort:
+    """The training cohort a model's predictions are compared with.
+
+    Attributes
+    ----------
+    cases : number of training cases measured.
+    labels : label value -> :class:`LabelCohort` (foreground labels only).
+    image : per image channel, statistic name (:data:`IMAGE_STATS`) -> :class:`Summary`.
+    modality : the training images' modality as the manifest names it ("CT", "MRI"), if known.
+    """
+
+    cases: int
+    labels: Mapping[int, LabelCohort]
+    image: tuple[Mapping[str, Summary], ...]
+    modality: str | None = None
+
+    @classmethod
+    def of(cls, labels: Sequence[Mapping[int, tuple[float, int]]],
+           images: Sequence[Sequence[Mapping[str, float]]], label_values: Sequence[int],
+           modality: str | None = None) -> Cohort:
+        """The cohort of per-case :func:`label_measures` and :func:`image_measures`."""
+        if not labels or len(labels) != len(images):
+            raise UsageError(f"a cohort needs the same number (>= 1) of label and image "
+                             f"measures, got {len(labels)} and {len(images)}")
+        per_label = {}
+        for value in label_values:
+            vols = [case.get(value, (0.0, 0))[0] for case in labels]
+            comps = [float(case.get(value, (0.0, 0))[1]) for case in labels]
+            present = float(np.mean([v > 0 for v in vols]))
+            per_label[int(value)] = LabelCohort(Summary.of(vols), Summary.of(comps), present)
+        channels = len(images[0])
+        image = tuple({s: Summary.of([case[c][s] for case in images]) for s in IMAGE_STATS}
+                      for c in range(channels))
+        return cls(len(labels), per_label, image, modality)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"cases": self.cases, "modality": self.modality,
+                "labels": {str(k): v.to_dict() for k, v in self.labels.items()},
+                "image": [{s: v.to_dict() for s, v in channel.items()} for channel in self.image]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Cohort:
+        labels = {int(k): LabelCohort.from_dict(v) for k, v in dict(data["labels"]).items()}
+        image = tuple({s: Summary.from_dict(v) for s, v in dict(channel).items()}
+                      for channel in data["image"])
+        return cls(int(data["cases"]), labels, image, data.get("modality"))
+
+
+@dataclass(frozen=True)
+class QcThresholds:
+    """The limits of the QC verdict (:mod:`medseg.inference.qc`); defaults in brackets.
+
+    A row is ``fail`` when any fail limit is crossed, else ``review`` when any review limit
+    is, else ``ok``.
+
+    Attributes
+    ----------
+    dice_review, dice_fail : estimated Dice below which a label is reviewed [0.85] or
+        failed [0.5].
+    volume_z_review, volume_z_fail : |volume z| against the training volumes above which a
+        label is reviewed [3] or failed [5].
+    input_z_review, input_z_fail : the largest |z| of the image statistics against the
+        training images above which every label of the case is reviewed [4] or failed [8].
+    uncertain_review : uncertain fraction above which a label is reviewed [0.5].
+    absent_fail : a label predicted empty fails when at least this fraction of training
+        cases holds it [0.95].
+    uncertain_probability : t in [0, 0.5): a voxel is uncertain for a label when its
+        probability lies in (t, 1 - t) [0.1].
+    component_fraction : a connected component is *large* when it holds at least this
+        fraction of its label's voxels [0.1]; a label with more large components than any
+        training case is reviewed.
+    margin : relative floor of the standard deviations the z scores divide by [0.05]:
+        ``sd >= margin * |mean|`` for volumes, ``sd >= margin * (p99 - p01)`` of the cohort
+        for intensities, ``sd >= margin`` for the median position (a cohort of a few similar
+        cases would otherwise make any difference an outlier).
+    """
+
+    dice_review: float = 0.85
+    dice_fail: float = 0.5
+    volume_z_review: float = 3.0
+    volume_z_fail: float = 5.0
+    input_z_review: float = 4.0
+    input_z_fail: float = 8.0
+    uncertain_review: float = 0.5
+    absent_fail: float = 0.95
+    uncertain_probability: float = 0.1
+    component_fraction: float = 0.1
+    margin: float = 0.05
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 \
+                    or not math.isfinite(value):
+                raise UsageError(f"QC threshold {f.name} must be a finite number >= 0, "
+                                 f"got {value!r}")
+            object.__setattr__(self, f.name, float(value))
+        if not self.uncertain_probability < 0.5:
+            raise UsageError(f"uncertain_probability must be in [0, 0.5), got "
+                             f"{self.uncertain_probability}")
+
+    def to_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+    def describe(self) -> str:
+        """One line for logs and summaries."""
+        return (f"estimated Dice review < {self.dice_review:g}, fail < {self.dice_fail:g}; "
+                f"|volume z| review > {self.volume_z_review:g}, fail > {self.volume_z_fail:g}; "
+                f"|input z| review > {self.input_z_review:g}, fail > {self.input_z_fail:g}; "
+                f"uncertain fraction review > {self.uncertain_review:g}")
+
+
+@dataclass(frozen=True)
+class Confidence:
+    """The card's ``confidence`` field: the cohort (None: not measured), the QC thresholds
+    and the calibration temperature (module docstring)."""
+
+    cohort: Cohort | None = None
+    thresholds: QcThresholds = QcThresholds()
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < math.inf:
+            raise UsageError(f"temperature must be a positive number, got {t!r}")
+        object.__setattr__(self, "temperature", float(t))
+
+    def replace(self, **changes: Any) -> Confidence:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"cohort": None if self.cohort is None else self.cohort.to_dict(),
+                "thresholds": self.thresholds.to_dict(), "temperature": self.temperature}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Confidence:
+        check_keywords(data, ["cohort", "thresholds", "temperature"], "model card confidence")
+        cohort = data.get("cohort")
+        return cls(None if cohort is None else Cohort.from_dict(cohort),
+                   QcThresholds(**dict(data.get("thresholds") or {})),
+                   data.get("temperature", 1.0))
+
+
+# -- measurements (the cohort's and a prediction's) ------------------------------------------
+def large_components(mask: np.ndarray, fraction: float) -> int:
+    """Connected components (26-connectivity) of ``mask`` (x, y, z) holding at least
+    ``fraction`` of its voxels (0 for an empty mask)."""
+    from scipy import ndimage
+
+    labelled, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    if n == 0:
+        return 0
+    sizes = np.bincount(labelled.ravel())[1:]
+    return int(np.count_nonzero(sizes >= fraction * sizes.sum()))
+
+
+def label_measures(labels: np.ndarray, voxel_ml: float, values: Sequence[int],
+                   component_fraction: float = QcThresholds.component_fraction
+                   ) -> dict[int, tuple[float, int]]:
+    """Per label value: (volume in mL, large components) of a label map (x, y, z).
+
+    ``voxel_ml``: the volume of one voxel in mL (1 mL = 1000 mm^3).
+    """
+    labels = np.asarray(labels)
+    counts = np.bincount(labels.ravel().astype(np.int64), minlength=max(values, default=0) + 1)
+    out = {}
+    for value in values:
+        n = int(counts[value])
+        comps = large_components(labels == value, component_fraction) if n else 0
+        out[int(value)] = (n * voxel_ml, comps)
+    return out
+
+
+def image_measures(array: np.ndarray, channels: bool) -> list[dict[str, float]]:
+    """Intensity statistics per channel of an image (C, x, y, z) or (x, y, z) (``channels``).
+
+    Over an evenly strided subsample of at most :data:`IMAGE_SAMPLE` voxels (deterministic):
+    the 1st, 50th and 99th percentiles ``p01``, ``p50``, ``p99`` (the image's units) and
+    ``median_position = (p50 - p01) / (p99 - p01)`` (0.5 for a constant image), which does not
+    change with the intensity scale (MRI) but flips under an inversion.
+    """
+    array = np.asarray(array)
+    planes = array if channels else array[None]
+    out = []
+    for plane in planes:
+        flat = plane.ravel()
+        flat = flat[:: max(1, flat.size // IMAGE_SAMPLE)].astype(np.float64)
+        p01, p50, p99 = (float(v) for v in np.percentile(flat, [1, 50, 99]))
+        span = p99 - p01
+        out.append({"p01": p01, "p50": p50, "p99": p99,
+                    "median_position": (p50 - p01) / span if span > 0 else 0.5})
+    return out

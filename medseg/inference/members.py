@@ -1,0 +1,145 @@
+"""The members of one prediction, run one by one so that their agreement can be measured.
+
+Quality control and uncertainty (:mod:`medseg.inference.qc`) need more than the blended
+output: they need each *member*'s opinion. The members are
+
+* the networks of an ensemble (medseg folds, nnU-Net folds), each with the window's
+  mirroring as usual;
+* for one network with test-time mirroring (``--tta``), the mirrorings: each flip set of the
+  window's ``mirror_axes`` is a member (the same network calls as the mirrored pass of a
+  plain prediction: QC reuses them);
+* for one network without mirroring, the plain pass and one pass mirrored along every
+  mirror axis of the card (all three when it has none): twice the network time. The
+  prediction is the plain pass alone, exactly as without QC.
+
+:func:`run_members` blends each member's whole sliding window and keeps, on the network
+grid, what the prediction needs (the members combined as the model's ``combine`` rule
+says: the mean of the mirrorings' or of nnU-Net folds' logits, or the mean of medseg folds'
+softmax), the members' mean calibrated probabilities, and the sum of the members'
+entropies; never all members at once. The combined output equals the plain prediction's
+to float rounding (the mean of per-member blends instead of the blend of per-window means;
+exactly for nnU-Net folds and for one network without mirroring).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from medseg.card import WindowSettings
+from medseg.inference.precision import Predictor, make_predictor
+from medseg.runtime import Runtime
+
+__all__ = ["MemberRun", "member_predictors", "run_members", "temper_"]
+
+ALL_AXES = (0, 1, 2)
+
+
+@dataclass
+class MemberRun:
+    """What :func:`run_members` kept, on the network grid (x', y', z').
+
+    Attributes
+    ----------
+    combined : (K, x', y', z') the members combined as the prediction uses them: logits
+        when ``is_logits`` (before the temperature), else probabilities (calibrated).
+    is_logits : whether ``combined`` holds logits.
+    mean_probabilities : (K, x', y', z') float32, the mean over members of their calibrated
+        softmax.
+    member_entropy : (x', y', z') float32, the mean over members of the entropy (nats) of
+        their calibrated softmax.
+    members : how many members there were; ``kind``: ``"mirrors"`` or ``"networks"``.
+    """
+
+    combined: torch.Tensor
+    is_logits: bool
+    mean_probabilities: torch.Tensor
+    member_entropy: torch.Tensor
+    members: int
+    kind: str
+
+
+def temper_(probabilities: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Calibrate probabilities (K, ...) in place: ``p^(1/T) / sum_k p_k^(1/T)``
+    (:mod:`medseg.confidence`); T = 1 returns them untouched."""
+    if temperature == 1.0:
+        return probabilities
+    logp = probabilities.clamp_(min=1e-30).log_().div_(temperature)
+    logp.sub_(logp.max(dim=0, keepdim=True).values).exp_()
+    return logp.div_(logp.sum(dim=0, keepdim=True))
+
+
+def _mirrored(predictor: Predictor, axes: Sequence[int]) -> Predictor:
+    """``predictor`` on the batch mirrored along spatial ``axes``, mirrored back."""
+    dims = [2 + a for a in axes]
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        return predictor(batch.flip(dims)).flip(dims)
+
+    return run
+
+
+def member_predictors(networks: Sequence[torch.nn.Module], window: WindowSettings,
+                      runtime: Runtime) -> tuple[list[tuple[Predictor, WindowSettings]], str, int]:
+    """The members' (predictor, window settings), their kind and the index of the member
+    that alone is the prediction (-1: all of them combined; see the module docstring)."""
+    if len(networks) > 1:
+        return [(make_predictor(n, runtime), window) for n in networks], "networks", -1
+    plain = make_predictor(networks[0], runtime)
+    flat = replace(window, mirror_axes=())
+    if window.mirror_axes:
+        from medseg.inference.windows import arithmetic_for
+
+        flips = arithmetic_for(window.blend, window.mirror_axes).flips
+        return [(_mirrored(plain, f) if f else plain, flat) for f in flips], "mirrors", -1
+    return [(plain, flat), (_mirrored(plain, ALL_AXES), flat)], "mirrors", 0
+
+
+def run_members(networks: Sequence[torch.nn.Module], combine: str, image: torch.Tensor,
+                window: WindowSettings, runtime: Runtime, temperature: float,
+                window_kwargs: dict[str, Any]) -> MemberRun:
+    """Run every member's sliding window over ``image`` (1, C, x', y', z') and keep what
+    QC and the prediction need (:class:`MemberRun`).
+
+    ``combine`` is the model's ensemble rule (``"mean_softmax"``: the members' softmax are
+    averaged, then calibrated, as the plain prediction does; anything else, and the
+    mirrorings of one network: their logits). ``window_kwargs`` are
+    :func:`~medseg.inference.sliding_window.sliding_window`'s keyword options (device,
+    out_device, progress).
+    """
+    from medseg.inference.sliding_window import sliding_window
+
+    members, kind, alone = member_predictors(networks, window, runtime)
+    mean_softmax = kind == "networks" and combine == "mean_softmax"
+    total: torch.Tensor | None = None
+    probs = torch.zeros(0)
+    entropy = torch.zeros(0)
+    for i, (predictor, settings) in enumerate(members):
+        out = sliding_window(predictor, image, settings, **window_kwargs)[0]
+        logp = torch.log_softmax(out.float() / temperature, dim=0)
+        p = logp.exp()
+        h = -(p * logp).sum(dim=0)
+        entropy = h if i == 0 else entropy.add_(h)
+        del logp, h
+        if alone in (-1, i):
+            part = torch.softmax(out.float(), dim=0) if mean_softmax else out
+            total = part.clone() if total is None else total.add_(part)
+        probs = p if i == 0 else probs.add_(p)
+        del out
+    n = len(members)
+    if total is None:
+        raise RuntimeError("run_members: no member ran")  # unreachable: n >= 1
+    if alone == -1 and n > 1:
+        total.div_(n)
+    if mean_softmax:
+        total = temper_(total, temperature)
+    return MemberRun(total, not mean_softmax, probs.div_(n), entropy.div_(n), n, kind)
+
+
+def normalised(values: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Entropies (nats) divided by their largest value, log K (0..1)."""
+    return values.div(math.log(num_classes)) if num_classes > 1 else values.mul(0.0)
