@@ -45,7 +45,12 @@ from medseg.transforms.history import (
     Resampled,
     Step,
 )
-from medseg.transforms.intensity import clip_percentiles, ct_window, ct_window_zscore, zscore
+from medseg.transforms.intensity import (
+    apply_intensity,
+    clip_percentiles,
+    ct_window,
+    ct_window_zscore,
+)
 from medseg.transforms.orientation import apply_orientation, orientation_transform
 from medseg.transforms.resample import grid_for_spacing, resample_to_grid
 from medseg.volume import LabelMap, Volume
@@ -217,19 +222,7 @@ class _Intensity:
         self.spec = spec
 
     def apply(self, image: Volume, label: LabelMap | None, device: Device):
-        spec, array = self.spec, image.array
-        mask = None
-        if spec["mode"] == "mr":
-            mask = (array > float(spec.get("mask_threshold", 0.0))).any(axis=0)
-        if "clip_percentiles" in spec:
-            array = clip_percentiles(array, spec["clip_percentiles"], mask)
-        if spec["mode"] == "ct" and "mean_std" in spec:
-            array = ct_window_zscore(array, spec["window"], spec["mean_std"])
-        elif spec["mode"] == "ct":
-            array = ct_window(array, spec["window"], spec.get("output_range", (0.0, 1.0)))
-        elif spec["mode"] == "mr":
-            array = zscore(array, mask)
-        return image.with_array(np.asarray(array, dtype=np.float32)), label, None
+        return image.with_array(apply_intensity(image.array, self.spec)), label, None
 
 
 # -- config ------------------------------------------------------------------------
