@@ -54,7 +54,7 @@ import torch
 from medseg.argmax import label_dtype
 from medseg.card import ModelCard, Postprocess, WindowSettings
 from medseg.errors import UsageError, check_option
-from medseg.inference.precision import Predictor, make_ensemble_predictor, make_predictor
+from medseg.inference.precision import Predictor, mean_softmax
 from medseg.runtime import Runtime
 from medseg.sources import LoadedModel, check_image, load_model
 from medseg.volume import LabelMap, Logits, Probabilities, Volume
@@ -94,6 +94,9 @@ class PredictOptions:
         label map back by nearest neighbour: least memory and time, blocky at a coarser
         network spacing). An imported nnU-Net model takes nnU-Net's export: linear only.
     progress : tqdm bar over windows.
+    backend : where the networks run (:mod:`medseg.inference.backends`): ``"torch"``
+        (default), ``"onnxruntime"`` (an ONNX export in ONNX Runtime, CPU, fp32) or
+        ``"auto"`` (ONNX Runtime on the CPU when installed and measurably faster).
     """
 
     overlap: float | None = None
@@ -103,9 +106,13 @@ class PredictOptions:
     save_probabilities: bool = False
     label_interp: str = "linear"
     progress: bool = False
+    backend: str = "torch"
 
     def __post_init__(self) -> None:
+        from medseg.inference.backends import BACKENDS
+
         check_option(self.label_interp, LABEL_INTERPS, "label_interp")
+        check_option(self.backend, BACKENDS, "backend")
         WindowSettings(1).replace(overlap=self.overlap, batch_size=self.batch_size)  # checks
 
     def apply(self, card: ModelCard) -> ModelCard:
@@ -232,7 +239,8 @@ def _window(loaded: LoadedModel, prepared, card: ModelCard, options: PredictOpti
     affine = prepared.image.affine
     with torch.inference_mode():
         if probabilities:
-            blended, gives_probabilities = _blend(loaded, image, card.window, runtime, kwargs)
+            blended, gives_probabilities = _blend(loaded, image, card, options, runtime,
+                                                  kwargs)
             if logits:
                 out: LabelMap | Probabilities | Logits = Logits(blended.cpu().numpy(), affine)
             else:
@@ -241,14 +249,14 @@ def _window(loaded: LoadedModel, prepared, card: ModelCard, options: PredictOpti
                     blended = _softmax_(blended)
                 out = Probabilities(blended.cpu().numpy(), affine)
         else:
-            predictor, _ = _predictor(loaded, runtime)
+            predictor, _ = _predictor(loaded, card, options, runtime)
             labels = sliding_window_argmax(predictor, image, card.window, **kwargs)[0]
             out = LabelMap(labels.cpu().numpy().astype(label_dtype(k), copy=False), affine)
     _sync(runtime.device)
     return out
 
 
-def _blend(loaded: LoadedModel, image: torch.Tensor, window: WindowSettings,
+def _blend(loaded: LoadedModel, image: torch.Tensor, card: ModelCard, options: PredictOptions,
            runtime: Runtime, kwargs: dict[str, Any]) -> tuple[torch.Tensor, bool]:
     """The blended window output (K, x', y', z') and whether it holds probabilities.
 
@@ -261,24 +269,35 @@ def _blend(loaded: LoadedModel, image: torch.Tensor, window: WindowSettings,
 
     if loaded.combine == "mean_logits" and loaded.is_ensemble:
         total = None
-        for network in loaded.networks:
-            out = sliding_window(make_predictor(network, runtime), image, window, **kwargs)[0]
+        for member in _members(loaded, card, options, runtime):
+            out = sliding_window(member, image, card.window, **kwargs)[0]
             total = out if total is None else total.add_(out)
         return total.div_(len(loaded.networks)), False  # type: ignore[union-attr]
-    predictor, gives_probabilities = _predictor(loaded, runtime)
-    return sliding_window(predictor, image, window, **kwargs)[0], gives_probabilities
+    predictor, gives_probabilities = _predictor(loaded, card, options, runtime)
+    return sliding_window(predictor, image, card.window, **kwargs)[0], gives_probabilities
 
 
-def _predictor(loaded: LoadedModel, runtime: Runtime) -> tuple[Predictor, bool]:
+def _members(loaded: LoadedModel, card: ModelCard, options: PredictOptions,
+             runtime: Runtime) -> list[Predictor]:
+    """Each network's logits predictor on the backend the options choose."""
+    from medseg.inference.backends import member_predictors
+
+    return member_predictors(loaded.networks, runtime, options.backend, card.in_channels,
+                             card.window.roi_size, card.window.batch_size)
+
+
+def _predictor(loaded: LoadedModel, card: ModelCard, options: PredictOptions,
+               runtime: Runtime) -> tuple[Predictor, bool]:
     """The sliding window's predictor, and whether it returns probabilities.
 
     One network: its logits (blended, then softmax: single-model outputs as they always
     were). A ``mean_softmax`` ensemble: the mean of its members' softmax per window batch,
     so what is blended are probabilities and no softmax follows.
     """
+    members = _members(loaded, card, options, runtime)
     if loaded.is_ensemble:
-        return make_ensemble_predictor(loaded.networks, runtime), True
-    return make_predictor(loaded.network, runtime), False
+        return mean_softmax(members), True
+    return members[0], False
 
 
 def _restore(output: LabelMap | Probabilities | Logits, history, volume: Volume,

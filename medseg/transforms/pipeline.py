@@ -123,6 +123,14 @@ class Preprocessing:
     def __repr__(self) -> str:
         return f"Preprocessing({self._config!r})"
 
+    def step_list(self) -> list[dict[str, Any]]:
+        """The steps in the order :meth:`apply` runs them, with every default resolved, as
+        JSON: ``{"step": "orientation", "orientation": "RAS"}``, ``{"step": "crop",
+        "threshold": HU, "margin": voxels}``, ``{"step": "resample", "spacing_mm": [x, y, z],
+        "interpolation": "linear"}``, ``{"step": "intensity", ...the intensity block}``
+        (what ``medseg export``'s runner follows)."""
+        return [step.describe() for step in self.steps]
+
     def apply(
         self, image: Volume, label: Volume | None = None, device: Device = None
     ) -> Preprocessed:
@@ -191,6 +199,9 @@ class _Reorient:
         label = None if label is None else apply_orientation(label, transform)
         return image, label, Reoriented(transform)
 
+    def describe(self) -> dict[str, Any]:
+        return {"step": "orientation", "orientation": self.orientation}
+
 
 class _Crop:
     def __init__(self, threshold: float, margin: int) -> None:
@@ -202,6 +213,9 @@ class _Crop:
         image = image.crop(start, stop)
         label = None if label is None else label.crop(start, stop)
         return image, label, done
+
+    def describe(self) -> dict[str, Any]:
+        return {"step": "crop", "threshold": self.threshold, "margin": self.margin}
 
 
 class _Resample:
@@ -216,6 +230,10 @@ class _Resample:
             label = resample_to_grid(label, shape, affine, device=device)  # nearest: a LabelMap
         return image, label, done
 
+    def describe(self) -> dict[str, Any]:
+        return {"step": "resample", "spacing_mm": [float(s) for s in self.spacing_mm],
+                "interpolation": self.interpolation}
+
 
 class _Intensity:
     def __init__(self, spec: Mapping[str, Any]) -> None:
@@ -223,6 +241,9 @@ class _Intensity:
 
     def apply(self, image: Volume, label: LabelMap | None, device: Device):
         return image.with_array(apply_intensity(image.array, self.spec)), label, None
+
+    def describe(self) -> dict[str, Any]:
+        return {"step": "intensity", **copy.deepcopy(dict(self.spec))}
 
 
 # -- config ------------------------------------------------------------------------
