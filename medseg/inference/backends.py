@@ -93,8 +93,13 @@ def _culprit(module: nn.Module, example: torch.Tensor, error: Exception, opset: 
     """One line: the deepest layer that fails to export on its own input, why, and whether
     TorchScript can trace it (the format that would work)."""
     calls: dict[str, tuple[nn.Module, tuple]] = {}
-    hooks = [m.register_forward_hook(lambda m, args, out, n=name: calls.setdefault(n, (m, args)))
-             for name, m in module.named_modules() if name]
+
+    def record(name: str):
+        def hook(layer: nn.Module, args: tuple, output: object) -> None:
+            calls.setdefault(name, (layer, args))  # returns None: the output is kept
+        return hook
+
+    hooks = [m.register_forward_hook(record(name)) for name, m in module.named_modules() if name]
     try:
         with torch.no_grad():
             module(example)
