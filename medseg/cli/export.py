@@ -24,11 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_nnunet_arguments(parser)
     parser.add_argument("-o", "--output", required=True, type=Path, metavar="DIR",
                         help="export folder (created; an earlier export there is replaced)")
-    parser.add_argument("--format", default="onnx",
-                        help="network format: onnx (default; the runner uses onnxruntime)")
-    parser.add_argument("--fp16", action="store_true",
-                        help="half-precision networks (smaller; labels agree with fp32 less "
-                             "closely)")
+    parser.add_argument("--format", default="onnx", choices=["onnx"],
+                        help="network format (default onnx: the runner uses onnxruntime)")
+    parser.add_argument("--fp16", action="store_true", help="half-precision networks "
+                        "(smaller; labels agree with fp32 less closely: see the README)")
 
 
 def run(args: argparse.Namespace) -> int:
