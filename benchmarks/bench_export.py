@@ -72,6 +72,7 @@ def runner_child(folder: str, image: str, out: str) -> None:
     import runpy
 
     start = time.perf_counter()
+    sys.path.insert(0, str(Path(folder)))  # as `python DIR/predict.py` puts DIR first
     sys.argv = [str(Path(folder) / "predict.py"), image, out]
     try:
         runpy.run_path(sys.argv[0], run_name="__main__")
