@@ -16,6 +16,7 @@ __all__ = [
     "MedsegError",
     "UsageError",
     "DataError",
+    "ExportError",
     "ImageReadError",
     "ImageWriteError",
     "GeometryError",
@@ -77,6 +78,10 @@ class ConfigError(MedsegError, ValueError):
 
 class CheckpointError(MedsegError, ValueError):
     """A checkpoint that is corrupt, unsafe or incompatible."""
+
+
+class ExportError(MedsegError, ValueError):
+    """A network that an export format (ONNX, OpenVINO) cannot express."""
 
 
 def closest(value: str, choices: Iterable[str]) -> str | None:

@@ -26,7 +26,7 @@ from medseg.errors import MedsegError
 
 COMMANDS = (
     "info", "convert", "evaluate", "models", "predict", "train", "validate", "report", "demo",
-    "stats", "compare", "plan", "import", "serve", "calibrate",
+    "stats", "compare", "plan", "import", "serve", "calibrate", "export",
 )
 
 #: Commands whose module is not named after them (``import`` is a Python keyword).

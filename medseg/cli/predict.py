@@ -72,6 +72,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "bf16 on the CPU (about 2x faster on CPUs with AVX-512 BF16/AMX, "
                              "slower elsewhere); default: on for CUDA, off (exact fp32) on "
                              "the CPU")
+    parser.add_argument("--backend", default="torch",
+                        help="where the networks run: torch (default), onnxruntime (an ONNX "
+                             "export in ONNX Runtime; CPU, fp32) or auto (ONNX Runtime on the "
+                             "CPU when it is installed and measurably faster on one window "
+                             "batch, else torch)")
     parser.add_argument("--label-interp", choices=["linear", "nearest"], default="linear",
                         help="when the checkpoint resamples the image: bring the label map "
                              "back by interpolating class probabilities (linear, default, as "
@@ -99,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         keep_largest=args.keep_largest, save_probabilities=args.save_probabilities,
         label_interp=args.label_interp, progress=sys.stderr.isatty() and not args.quiet,
         qc=args.qc, uncertainty=args.save_uncertainty,
+        backend=args.backend,
     )
     files = CaseFiles(series=args.series, tilt=args.tilt, preview=args.preview,
                       dicom_format=args.dicom_format, stack=tuple(args.stack or ()))

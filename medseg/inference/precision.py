@@ -18,7 +18,7 @@ from torch import nn
 
 from medseg.runtime import Runtime
 
-__all__ = ["Predictor", "make_ensemble_predictor", "make_predictor"]
+__all__ = ["Predictor", "make_ensemble_predictor", "make_predictor", "mean_softmax"]
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,13 @@ def make_ensemble_predictor(models: Sequence[nn.Module], runtime: Runtime) -> Pr
     Peak memory beyond one member's forward pass: two (B, K, x, y, z) float32 arrays
     (the running sum and one member's softmax), whatever the number of members.
     """
-    members = [make_predictor(model, runtime) for model in models]
+    return mean_softmax([make_predictor(model, runtime) for model in models])
+
+
+def mean_softmax(members: Sequence[Predictor]) -> Predictor:
+    """Window batch -> float32 probabilities: the mean over ``members`` (logits predictors,
+    any backend) of softmax(logits) over channels (memory as
+    :func:`make_ensemble_predictor`)."""
     log.debug("ensemble of %d networks: mean softmax per window batch", len(members))
 
     def run(batch: torch.Tensor) -> torch.Tensor:

@@ -55,7 +55,7 @@ from medseg.argmax import label_dtype
 from medseg.card import ModelCard, Postprocess, WindowSettings
 from medseg.errors import UsageError, check_option
 from medseg.inference.members import MemberRun, temper_
-from medseg.inference.precision import Predictor, make_ensemble_predictor, make_predictor
+from medseg.inference.precision import Predictor, mean_softmax
 from medseg.runtime import Runtime
 from medseg.sources import LoadedModel, check_image, load_model
 from medseg.volume import LabelMap, Logits, Probabilities, Volume
@@ -104,6 +104,9 @@ class PredictOptions:
         row per label. The labels are the plain prediction's (to float rounding).
     uncertainty : also return the uncertainty map (2, x, y, z) float16 on the input grid
         (the entropy of the members' mean probabilities, and their disagreement).
+    backend : where the networks run (:mod:`medseg.inference.backends`): ``"torch"``
+        (default), ``"onnxruntime"`` (an ONNX export in ONNX Runtime, CPU, fp32) or
+        ``"auto"`` (ONNX Runtime on the CPU when installed and measurably faster).
     """
 
     overlap: float | None = None
@@ -115,6 +118,7 @@ class PredictOptions:
     progress: bool = False
     qc: bool = False
     uncertainty: bool = False
+    backend: str = "torch"
 
     @property
     def confidence(self) -> bool:
@@ -122,7 +126,10 @@ class PredictOptions:
         return self.qc or self.uncertainty
 
     def __post_init__(self) -> None:
+        from medseg.inference.backends import BACKENDS
+
         check_option(self.label_interp, LABEL_INTERPS, "label_interp")
+        check_option(self.backend, BACKENDS, "backend")
         WindowSettings(1).replace(overlap=self.overlap, batch_size=self.batch_size)  # checks
 
     def apply(self, card: ModelCard) -> ModelCard:
@@ -262,7 +269,8 @@ def _window(loaded: LoadedModel, prepared, card: ModelCard, options: PredictOpti
     affine = prepared.image.affine
     with torch.inference_mode():
         if probabilities:
-            blended, gives_probabilities = _blend(loaded, image, card.window, runtime, kwargs)
+            blended, gives_probabilities = _blend(loaded, image, card, options, runtime,
+                                                  kwargs)
             temperature = _temperature(card)
             if logits:
                 if temperature != 1.0:
@@ -276,7 +284,7 @@ def _window(loaded: LoadedModel, prepared, card: ModelCard, options: PredictOpti
                     blended = _softmax_(blended.div_(temperature))
                 out = Probabilities(blended.cpu().numpy(), affine)
         else:
-            predictor, _ = _predictor(loaded, runtime)
+            predictor, _ = _predictor(loaded, card, options, runtime)
             labels = sliding_window_argmax(predictor, image, card.window, **kwargs)[0]
             out = LabelMap(labels.cpu().numpy().astype(label_dtype(k), copy=False), affine)
     _sync(runtime.device)
@@ -343,7 +351,7 @@ def _temperature(card: ModelCard) -> float:
     return 1.0 if card.confidence is None else card.confidence.temperature
 
 
-def _blend(loaded: LoadedModel, image: torch.Tensor, window: WindowSettings,
+def _blend(loaded: LoadedModel, image: torch.Tensor, card: ModelCard, options: PredictOptions,
            runtime: Runtime, kwargs: dict[str, Any]) -> tuple[torch.Tensor, bool]:
     """The blended window output (K, x', y', z') and whether it holds probabilities.
 
@@ -356,24 +364,35 @@ def _blend(loaded: LoadedModel, image: torch.Tensor, window: WindowSettings,
 
     if loaded.combine == "mean_logits" and loaded.is_ensemble:
         total = None
-        for network in loaded.networks:
-            out = sliding_window(make_predictor(network, runtime), image, window, **kwargs)[0]
+        for member in _member_predictors(loaded, card, options, runtime):
+            out = sliding_window(member, image, card.window, **kwargs)[0]
             total = out if total is None else total.add_(out)
         return total.div_(len(loaded.networks)), False  # type: ignore[union-attr]
-    predictor, gives_probabilities = _predictor(loaded, runtime)
-    return sliding_window(predictor, image, window, **kwargs)[0], gives_probabilities
+    predictor, gives_probabilities = _predictor(loaded, card, options, runtime)
+    return sliding_window(predictor, image, card.window, **kwargs)[0], gives_probabilities
 
 
-def _predictor(loaded: LoadedModel, runtime: Runtime) -> tuple[Predictor, bool]:
+def _member_predictors(loaded: LoadedModel, card: ModelCard, options: PredictOptions,
+                       runtime: Runtime) -> list[Predictor]:
+    """Each network's logits predictor on the backend the options choose."""
+    from medseg.inference.backends import member_predictors
+
+    return member_predictors(loaded.networks, runtime, options.backend, card.in_channels,
+                             card.window.roi_size, card.window.batch_size)
+
+
+def _predictor(loaded: LoadedModel, card: ModelCard, options: PredictOptions,
+               runtime: Runtime) -> tuple[Predictor, bool]:
     """The sliding window's predictor, and whether it returns probabilities.
 
     One network: its logits (blended, then softmax: single-model outputs as they always
     were). A ``mean_softmax`` ensemble: the mean of its members' softmax per window batch,
     so what is blended are probabilities and no softmax follows.
     """
+    members = _member_predictors(loaded, card, options, runtime)
     if loaded.is_ensemble:
-        return make_ensemble_predictor(loaded.networks, runtime), True
-    return make_predictor(loaded.network, runtime), False
+        return mean_softmax(members), True
+    return members[0], False
 
 
 def _restore(output: LabelMap | Probabilities | Logits, history, volume: Volume,

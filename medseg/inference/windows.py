@@ -34,13 +34,20 @@ object chosen once from the window's ``blend`` (:func:`arithmetic_for`):
 from __future__ import annotations
 
 import functools
-import itertools
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
+
+from medseg.inference.placement import (
+    SIGMA_SCALE,
+    WEIGHT_FLOOR,
+    even_window_starts,
+    flip_sets,
+    gaussian_weights,
+    nnunet_gaussian,
+    window_starts,
+)
 
 __all__ = [
     "BlendArithmetic",
@@ -60,42 +67,6 @@ __all__ = [
 #: (the same number of windows spread evenly).
 PLACEMENTS = ("flush", "even")
 
-SIGMA_SCALE = 0.125  # sigma = roi / 8
-WEIGHT_FLOOR = 1e-3  # absolute, as MONAI's
-
-
-def window_starts(size: int, roi: int, overlap: float) -> list[int]:
-    """Start indices (voxels) of windows of length ``roi`` covering ``[0, size)``.
-
-    >>> window_starts(64, 32, 0.5)
-    [0, 16, 32]
-    >>> window_starts(100, 32, 0.5)
-    [0, 16, 32, 48, 64, 68]
-    """
-    if size <= roi:
-        return [0]
-    step = max(int(roi * (1.0 - overlap)), 1)
-    n = -(-(size - roi) // step) + 1  # ceil: the first n with (n - 1) * step + roi >= size
-    return [min(i * step, size - roi) for i in range(n)]
-
-
-def even_window_starts(size: int, roi: int, overlap: float) -> list[int]:
-    """nnU-Net's window starts: ``n = ceil((size - roi) / (roi * (1 - overlap))) + 1`` windows,
-    start ``i`` at ``round(i * (size - roi) / (n - 1))`` (round half to even, as numpy).
-    A window one voxel deep (a 2d network's slice) starts at every voxel.
-
-    >>> even_window_starts(110, 64, 0.5)
-    [0, 23, 46]
-    >>> even_window_starts(3, 1, 0.5)
-    [0, 1, 2]
-    """
-    if roi == 1:
-        return list(range(size))
-    if size <= roi:
-        return [0]
-    n = math.ceil((size - roi) / (roi * (1.0 - overlap))) + 1
-    step = (size - roi) / (n - 1)
-    return [int(round(step * i)) for i in range(n)]
 
 
 @functools.lru_cache(maxsize=8)
@@ -108,19 +79,7 @@ def nnunet_importance_map(roi_size: tuple[int, int, int],
     Written here (not imported from nnunetv2, a test-only oracle); equal to nnunetv2's
     ``compute_gaussian(patch, 1/8, 10)`` bit for bit (tests/inference/test_nnunet_window.py).
     """
-    from scipy.ndimage import gaussian_filter
-
-    tile = tuple(int(r) for r in reversed(roi_size))  # nnU-Net's axis order
-    if roi_size[2] == 1:
-        tile = tile[1:]
-    impulse = np.zeros(tile)
-    impulse[tuple(t // 2 for t in tile)] = 1.0
-    smooth = gaussian_filter(impulse, [t / 8 for t in tile], 0, mode="constant", cval=0)
-    smooth /= smooth.max() / 10.0
-    weights = torch.from_numpy(smooth).to(device=device, dtype=torch.float16)
-    zero = weights == 0
-    weights[zero] = weights[~zero].min()
-    return weights.permute(*reversed(range(weights.ndim))).reshape(roi_size).contiguous()
+    return torch.from_numpy(nnunet_gaussian(roi_size)).to(device)
 
 
 @functools.lru_cache(maxsize=16)
@@ -135,14 +94,8 @@ def importance_map(
     Values in ``[WEIGHT_FLOOR, 1]``, largest at the centre. Built once and cached on
     ``(roi_size, sigma_scale, device, dtype)``: do not modify it in place.
     """
-    profiles = []
-    for r in roi_size:
-        x = torch.arange(int(r), dtype=torch.float64) - (int(r) - 1) / 2.0
-        profiles.append(torch.exp(-0.5 * (x / (sigma_scale * int(r))) ** 2))
-    px, py, pz = profiles
-    full = px[:, None, None] * py[None, :, None] * pz[None, None, :]
-    full = full.clamp_(min=max(float(full.min()), WEIGHT_FLOOR))
-    return full.to(device=device, dtype=dtype)
+    return torch.from_numpy(gaussian_weights(roi_size, sigma_scale)).to(device=device,
+                                                                    dtype=dtype)
 
 
 @functools.lru_cache(maxsize=16)
@@ -195,11 +148,6 @@ class WindowGrid:
 
 
 Region = tuple[slice, slice, slice]
-
-
-def _flip_sets(axes: Sequence[int]) -> list[tuple[int, ...]]:
-    """Every subset of ``axes`` (the empty one first), in the given axis order."""
-    return [c for n in range(len(axes) + 1) for c in itertools.combinations(axes, n)]
 
 
 @dataclass(frozen=True)
@@ -286,5 +234,5 @@ def arithmetic_for(blend: str, mirror_axes: Sequence[int]) -> Arithmetic:
     """The window arithmetic of a ``blend`` (``"gaussian"``, ``"constant"`` or
     ``"nnunet"``) mirroring ``mirror_axes`` (window frame)."""
     if blend == "nnunet":
-        return NnunetArithmetic(tuple(_flip_sets(sorted(mirror_axes, reverse=True))))
-    return BlendArithmetic(blend, tuple(_flip_sets(tuple(mirror_axes))))
+        return NnunetArithmetic(tuple(flip_sets(sorted(mirror_axes, reverse=True))))
+    return BlendArithmetic(blend, tuple(flip_sets(tuple(mirror_axes))))

@@ -6,15 +6,39 @@ and return float32. None of them changes geometry, and none needs inverting.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from medseg.errors import UsageError
 
-__all__ = ["OUTPUT_RANGES", "ct_window", "ct_window_zscore", "zscore", "clip_percentiles"]
+__all__ = ["OUTPUT_RANGES", "apply_intensity", "ct_window", "ct_window_zscore", "zscore",
+           "clip_percentiles"]
 
 OUTPUT_RANGES = ((0.0, 1.0), (-1.0, 1.0))
+
+
+def apply_intensity(array: np.ndarray, spec: Mapping[str, Any]) -> np.ndarray:
+    """``array`` (C, x, y, z) normalised as a preprocessing config's ``intensity`` block says
+    (``mode`` ct / mr / none, ``window``, ``output_range``, ``mean_std``, ``mask_threshold``,
+    ``clip_percentiles``; see :mod:`medseg.transforms.pipeline`), as float32.
+
+    MR statistics are taken inside ``image > mask_threshold`` (any channel; default 0);
+    percentiles inside that mask for MR, over all voxels otherwise.
+    """
+    mask = None
+    if spec["mode"] == "mr":
+        mask = (array > float(spec.get("mask_threshold", 0.0))).any(axis=0)
+    if "clip_percentiles" in spec:
+        array = clip_percentiles(array, spec["clip_percentiles"], mask)
+    if spec["mode"] == "ct" and "mean_std" in spec:
+        array = ct_window_zscore(array, spec["window"], spec["mean_std"])
+    elif spec["mode"] == "ct":
+        array = ct_window(array, spec["window"], spec.get("output_range", (0.0, 1.0)))
+    elif spec["mode"] == "mr":
+        array = zscore(array, mask)
+    return np.asarray(array, dtype=np.float32)
 
 
 def ct_window(

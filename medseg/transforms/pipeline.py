@@ -45,7 +45,12 @@ from medseg.transforms.history import (
     Resampled,
     Step,
 )
-from medseg.transforms.intensity import clip_percentiles, ct_window, ct_window_zscore, zscore
+from medseg.transforms.intensity import (
+    apply_intensity,
+    clip_percentiles,
+    ct_window,
+    ct_window_zscore,
+)
 from medseg.transforms.orientation import apply_orientation, orientation_transform
 from medseg.transforms.resample import grid_for_spacing, resample_to_grid
 from medseg.volume import LabelMap, Volume
@@ -118,6 +123,14 @@ class Preprocessing:
     def __repr__(self) -> str:
         return f"Preprocessing({self._config!r})"
 
+    def step_list(self) -> list[dict[str, Any]]:
+        """The steps in the order :meth:`apply` runs them, with every default resolved, as
+        JSON: ``{"step": "orientation", "orientation": "RAS"}``, ``{"step": "crop",
+        "threshold": HU, "margin": voxels}``, ``{"step": "resample", "spacing_mm": [x, y, z],
+        "interpolation": "linear"}``, ``{"step": "intensity", ...the intensity block}``
+        (what ``medseg export``'s runner follows)."""
+        return [step.describe() for step in self.steps]
+
     def apply(
         self, image: Volume, label: Volume | None = None, device: Device = None
     ) -> Preprocessed:
@@ -186,6 +199,9 @@ class _Reorient:
         label = None if label is None else apply_orientation(label, transform)
         return image, label, Reoriented(transform)
 
+    def describe(self) -> dict[str, Any]:
+        return {"step": "orientation", "orientation": self.orientation}
+
 
 class _Crop:
     def __init__(self, threshold: float, margin: int) -> None:
@@ -197,6 +213,9 @@ class _Crop:
         image = image.crop(start, stop)
         label = None if label is None else label.crop(start, stop)
         return image, label, done
+
+    def describe(self) -> dict[str, Any]:
+        return {"step": "crop", "threshold": self.threshold, "margin": self.margin}
 
 
 class _Resample:
@@ -211,25 +230,20 @@ class _Resample:
             label = resample_to_grid(label, shape, affine, device=device)  # nearest: a LabelMap
         return image, label, done
 
+    def describe(self) -> dict[str, Any]:
+        return {"step": "resample", "spacing_mm": [float(s) for s in self.spacing_mm],
+                "interpolation": self.interpolation}
+
 
 class _Intensity:
     def __init__(self, spec: Mapping[str, Any]) -> None:
         self.spec = spec
 
     def apply(self, image: Volume, label: LabelMap | None, device: Device):
-        spec, array = self.spec, image.array
-        mask = None
-        if spec["mode"] == "mr":
-            mask = (array > float(spec.get("mask_threshold", 0.0))).any(axis=0)
-        if "clip_percentiles" in spec:
-            array = clip_percentiles(array, spec["clip_percentiles"], mask)
-        if spec["mode"] == "ct" and "mean_std" in spec:
-            array = ct_window_zscore(array, spec["window"], spec["mean_std"])
-        elif spec["mode"] == "ct":
-            array = ct_window(array, spec["window"], spec.get("output_range", (0.0, 1.0)))
-        elif spec["mode"] == "mr":
-            array = zscore(array, mask)
-        return image.with_array(np.asarray(array, dtype=np.float32)), label, None
+        return image.with_array(apply_intensity(image.array, self.spec)), label, None
+
+    def describe(self) -> dict[str, Any]:
+        return {"step": "intensity", **copy.deepcopy(dict(self.spec))}
 
 
 # -- config ------------------------------------------------------------------------

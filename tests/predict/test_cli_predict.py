@@ -254,7 +254,7 @@ def test_amp_flag_reaches_the_network(tmp_path, threshold_ckpt, nifti_case, monk
                                       flag, amp):
     """--amp/--no-amp set the precision policy; without either it is auto (None). The
     runtime resolved from them is the one the network runs under."""
-    from medseg.inference import predict as predict_module
+    from medseg.inference import backends as predict_module  # the predictor's door (torch)
     from medseg.runtime import Runtime
 
     seen, used = [], []
