@@ -30,6 +30,7 @@ SHARED = {
     "medseg.errors": "errors",
     "medseg.volume": "volume",
     "medseg.card": "card",
+    "medseg.confidence": "confidence",
     "medseg.transforms.grid": "grid",
     "medseg.transforms.orientation": "orientation",
     "medseg.transforms.crop": "crop",

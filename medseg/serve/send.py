@@ -46,11 +46,12 @@ def store_scu(path: Path, destination: Destination, calling_aet: str,
     ------
     SendError : the association is rejected or aborted, or the status is not a success.
     """
-    from pydicom import dcmread
     from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
     from pynetdicom import AE
 
-    ds = dcmread(path)
+    from medseg.io.dicom.files import read_dataset
+
+    ds = read_dataset(path, "result")
     ae = AE(ae_title=calling_aet)
     ae.add_requested_context(ds.SOPClassUID, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     where = f"{destination.ae_title}@{destination.host}:{destination.port}"
@@ -79,9 +80,11 @@ def stow_rs(path: Path, url: str) -> None:
     """
     import requests
     from dicomweb_client.api import DICOMwebClient
-    from pydicom import dcmread
 
+    from medseg.io.dicom.files import read_dataset
+
+    dataset = read_dataset(path, "result")
     try:
-        DICOMwebClient(url).store_instances([dcmread(path)])
+        DICOMwebClient(url).store_instances([dataset])
     except (requests.RequestException, OSError, ValueError) as exc:
         raise SendError(f"STOW-RS to {url} failed: {' '.join(str(exc).split())}", path) from exc

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -115,7 +116,10 @@ class Scan:
 
 
 #: What pydicom raises for a file it cannot parse (not DICOM, truncated, a malformed element).
-_PARSE_ERRORS = (InvalidDicomError, OSError, ValueError, EOFError)
+#: pydicom's parse errors, and what a malformed element makes it raise (an unknown VR:
+#: NotImplementedError; a truncated value: struct.error, KeyError, IndexError).
+_PARSE_ERRORS = (InvalidDicomError, OSError, ValueError, EOFError, NotImplementedError,
+                 struct.error, KeyError, IndexError)
 
 
 def read_dataset(

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +60,7 @@ from medseg.io.dicom.files import (
 from medseg.io.dicom.mosaic import is_mosaic, read_mosaic
 from medseg.io.dicom.multiframe import frame_members, narrow_integers, read_multiframe, read_slices
 from medseg.io.dicom.stack import SPACING_ATOL_MM, SPACING_RTOL, Stack, plan_stack, untilt
+from medseg.io.formats import error_reason
 from medseg.io.dicom.stacks import (
     Member,
     StackInfo,
@@ -79,7 +81,14 @@ log = logging.getLogger(__name__)
 
 #: GDCM (through SimpleITK) raises RuntimeError for a series it cannot read;
 #: :func:`medseg.io.read_volume` turns it into an ImageReadError naming the path.
-READ_ERRORS: tuple[type[BaseException], ...] = (RuntimeError,)
+#: What a malformed file makes the reading raise besides medseg's own errors: pydicom's
+#: parse and decode errors, and header values that are not what their VR promises (a
+#: PixelSpacing of "0.9765O25", a truncated element), met wherever a value is used. They
+#: become one ImageReadError naming the file (:func:`medseg.io.read_volume`).
+READ_ERRORS: tuple[type[BaseException], ...] = (
+    RuntimeError, ValueError, TypeError, AttributeError, KeyError, IndexError, EOFError,
+    NotImplementedError, struct.error,
+)
 
 #: What ``stack=`` takes: a 1-based number, a name ("phase", "echo2"), or None.
 StackChoice = int | str | None
@@ -143,9 +152,14 @@ def list_stacks(path: str | os.PathLike, series: str | None = None) -> list[Stac
 
     Raises
     ------
-    As :func:`read_dicom_image` (but not for several stacks).
+    As :func:`read_dicom_image` (but not for several stacks); a malformed header
+    (:data:`READ_ERRORS`) as one ImageReadError naming ``path``.
     """
-    return _find(path, series).stacks
+    try:
+        return _find(path, series).stacks
+    except READ_ERRORS as exc:
+        raise ImageReadError(f"cannot read the DICOM headers ({error_reason(exc)})",
+                             path) from exc
 
 
 def read_dicom_stacks(
