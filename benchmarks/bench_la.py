@@ -71,11 +71,24 @@ MEASURE_SHARE = 0.1
 
 def medseg(*args: str) -> float:
     """Run ``medseg ARGS`` (this interpreter); its wall seconds. A failure stops the bench."""
+    seconds, error = try_medseg(*args)
+    if error is not None:
+        raise SystemExit(f"medseg {' '.join(args)} failed: {error}")
+    return seconds
+
+
+def try_medseg(*args: str) -> tuple[float, str | None]:
+    """Run ``medseg ARGS``: (wall seconds, None), or (seconds, its last error line) when it
+    fails; its stderr is passed on."""
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "medseg", *args], check=False)
-    if proc.returncode != 0:
-        raise SystemExit(f"medseg {' '.join(args)} failed ({proc.returncode})")
-    return time.perf_counter() - start
+    proc = subprocess.run([sys.executable, "-m", "medseg", *args], check=False,
+                          stderr=subprocess.PIPE, text=True)
+    sys.stderr.write(proc.stderr)
+    seconds = time.perf_counter() - start
+    if proc.returncode == 0:
+        return seconds, None
+    lines = [t for t in proc.stderr.splitlines() if t.strip()]
+    return seconds, lines[-1] if lines else f"exit status {proc.returncode}"
 
 
 def subset_manifest(cases: int, out: Path) -> Path:
@@ -169,6 +182,10 @@ def nnunet_schedule(train_s: float, step_s: float, val_step_s: float, epoch_s: f
     """
     default_epoch = NNUNET_ITERATIONS * step_s + NNUNET_VAL_ITERATIONS * val_step_s + epoch_s
     full = NNUNET_EPOCHS * default_epoch
+    if train_s < step_s + val_step_s + epoch_s:
+        return Schedule(1, 1, 1, f"epochs {NNUNET_EPOCHS} -> 1 of 1 iteration and 1 validation "
+                        f"iteration: planning, preprocessing and the step measurement left "
+                        f"{train_s / 60:.1f} min, less than one step (this overruns the budget)")
     if train_s >= default_epoch:
         epochs = min(NNUNET_EPOCHS, int(train_s // default_epoch))
         return Schedule(epochs, NNUNET_ITERATIONS, NNUNET_VAL_ITERATIONS,
@@ -348,25 +365,45 @@ def describe_nnunet(nnunet: dict) -> None:
 
 
 def peer_run(args: argparse.Namespace, manifest: Path, minutes: float) -> int:
-    """medseg, then nnU-Net, on fold ``args.fold`` with ``minutes`` each; one table."""
+    """medseg, then nnU-Net, on fold ``args.fold`` with ``minutes`` each; one table. A medseg
+    step that fails is reported in the table (nnU-Net still runs, on the splits medseg's
+    training makes: ``kfold_splits`` of ``train.seed`` 0)."""
     fold = 0 if args.fold is None else args.fold
     plan, run = args.output / "plan", args.output / "run"
     row: dict = {}
-    row["plan_s"] = medseg("plan", str(manifest), "-o", str(plan), "--device", "cpu",
-                           "--time-budget", f"{minutes / 60:.6g}")
-    row["train_s"] = medseg("train", str(plan / "plan.yaml"), "-o", str(run), "--folds",
-                            str(FOLDS), "--fold", str(fold), "--device", "cpu", "--no-progress")
-    held, labels = held_out(manifest, run, fold, args.output / "held_out.csv")
     extra = [] if args.tta is None else ["--tta" if args.tta else "--no-tta"]
-    row["predict_s"], row["scores"] = predict_and_score(
-        str(run / f"fold_{fold}" / "best.safetensors"), held, labels, args.output / "medseg",
-        "cpu", extra)
+    row["plan_s"], error = try_medseg("plan", str(manifest), "-o", str(plan), "--device", "cpu",
+                                      "--time-budget", f"{minutes / 60:.6g}", "--no-2d")
+    if error is None:
+        row["train_s"], error = try_medseg(
+            "train", str(plan / "plan.yaml"), "-o", str(run), "--folds", str(FOLDS), "--fold",
+            str(fold), "--device", "cpu", "--no-progress")
+    if error is None:
+        held, labels = held_out(manifest, run, fold, args.output / "held_out.csv")
+        row["predict_s"], row["scores"] = predict_and_score(
+            str(run / f"fold_{fold}" / "best.safetensors"), held, labels,
+            args.output / "medseg", "cpu", extra)
+    else:
+        row["failed"] = error
+        ensure_splits(manifest, run)
+        held, labels = held_out(manifest, run, fold, args.output / "held_out.csv")
     nnunet = run_nnunet(manifest, run, fold, minutes, args.output / "nnunet", held, labels,
                         extra)
     cases = len(json.loads(manifest.read_text())["training"])
     print_table(row, nnunet, minutes, fold, cases)
     describe_nnunet(nnunet)
     return 0
+
+
+def ensure_splits(manifest: Path, run: Path) -> None:
+    """``RUN/splits.json`` as ``medseg train --folds 5`` writes it (``train.seed`` 0), when
+    medseg did not get that far."""
+    from medseg.data.manifest import load_manifest
+    from medseg.data.splits import cv_cases, kfold_splits, write_splits
+
+    if not (run / "splits.json").is_file():
+        ids = [c.case_id for c in cv_cases(load_manifest(manifest).cases)]
+        write_splits(run / "splits.json", kfold_splits(ids, FOLDS, 0))
 
 
 def main() -> int:

@@ -274,7 +274,8 @@ def _fit_time(plan: Plan, options: PlanOptions, channels, voxels, started: float
     run_s = float(hours) * 3600.0 - plan_s - START_MARGIN_S
     budget_s = run_s - cache_s
     validation_s = rules.validation_seconds(plan.median_shape, plan.design.patch, step,
-                                            _validation_cases(plan.fingerprint))
+                                            _validation_cases(plan.fingerprint),
+                                            plan.design.batch_size)
     validations = rules.validations_in(budget_s, validation_s)
     train_s = max(budget_s - validations * validation_s,
                   budget_s * (1 - rules.VALIDATION_SHARE))  # one long validation: overrun
