@@ -15,7 +15,7 @@ cohort is 0.625 mm isotropic, so voxels = mm / 0.625), against the published ref
 a fully supervised V-Net reaches about 0.91 Dice on the held-out 20 test cases (which we do
 not have: these numbers are cross-validation on the 80 training cases).
 
-``--peer nnunet`` trains nnU-Net v2 beside medseg on the same fold (``--fold``, default 0)
+``--peer nnunet`` trains nnU-Net v2 (first) and medseg on the same fold (``--fold``, default 0)
 with the same wall budget (``--minutes``, default 60: planning + training of each system) on
 the CPU, and prints both in one table (see :func:`run_nnunet`): nnU-Net's own fingerprint,
 default planner and preprocessing (``3d_fullres``), its ``splits_final.json`` written from
@@ -218,9 +218,13 @@ def measure_nnunet(dataset: str, fold: int, warmup: int, timed: int, limit_s: fl
     """Seconds of nnU-Net's own training machinery, on an instance that is then dropped:
     ``start`` (``on_train_start``), ``step`` (median of ``timed`` training steps after
     ``warmup``, medseg's plan's counts), ``val_step`` (median of two validation steps after
-    one) and ``epoch`` (``on_epoch_end``: checkpoint and progress plot). When the first step
-    says that the steps would take more than ``limit_s``, fewer are timed (one warm-up, at
-    least two timed; ``warmup`` and ``timed`` in the result say how many)."""
+    one) and ``epoch`` (``on_epoch_end``: checkpoint and progress plot).
+
+    Steps slower than the measurement's share of the budget (``limit_s`` in all) are timed
+    fewer times: as many as ``limit_s`` holds after one warm-up, at least one; a first step
+    that alone exceeds ``limit_s`` is the measurement (its warm-up cost included, so the
+    schedule errs short). ``warmup``, ``timed`` and ``val_timed`` in the result say what was
+    timed."""
     import torch
     from nnunet_model import new_trainer
 
@@ -236,18 +240,19 @@ def measure_nnunet(dataset: str, fold: int, warmup: int, timed: int, limit_s: fl
         outputs.append(trainer.train_step(next(trainer.dataloader_train)))
         steps.append(time.perf_counter() - t0)
         if len(steps) == 1 and (warmup + timed) * steps[0] > limit_s:
-            warmup, timed = 1, max(2, int(limit_s // steps[0]) - 1)
+            fits = int(limit_s // steps[0])
+            warmup, timed = (0, 1) if fits < 1 else (1, max(1, fits - 1))
     out.update(step=statistics.median(steps[warmup:]), warmup=warmup, timed=timed)
     trainer.on_train_epoch_end(outputs)
     val, val_outputs = [], []
     with torch.no_grad():
         trainer.on_validation_epoch_start()
-        for _ in range(3):
+        for _ in range(1 if warmup == 0 else 3):
             t0 = time.perf_counter()
             val_outputs.append(trainer.validation_step(next(trainer.dataloader_val)))
             val.append(time.perf_counter() - t0)
         trainer.on_validation_epoch_end(val_outputs)
-    out["val_step"] = statistics.median(val[1:])
+    out.update(val_step=statistics.median(val[1:] or val), val_timed=len(val[1:] or val))
     t0 = time.perf_counter()
     trainer.on_epoch_end()
     out["epoch"] = time.perf_counter() - t0
@@ -304,7 +309,8 @@ def run_nnunet(manifest: Path, run: Path, fold: int, minutes: float, work: Path,
             return row
     plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
     row["config"] = plans["configurations"][NNUNET_CONFIGURATION]
-    folder = work / "nnUNet_results" / dataset / f"nnUNetTrainer__nnUNetPlans__{NNUNET_CONFIGURATION}"
+    folder = (work / "nnUNet_results" / dataset
+              / f"nnUNetTrainer__nnUNetPlans__{NNUNET_CONFIGURATION}")
     row["predict_s"], row["scores"] = predict_and_score(
         f"nnunet:{folder}", held, labels, work / "held_out", "cpu",
         ["--folds", str(fold), "--checkpoint", "final", *extra_predict])
@@ -347,8 +353,9 @@ def describe_nnunet(nnunet: dict) -> None:
     if "measured" in nnunet:
         m = nnunet["measured"]
         print(f"nnU-Net measured on {nnunet['threads']} threads: {m['step']:.2f} s per training "
-              f"step (median of {m['timed']} after {m['warmup']} warm-up), {m['val_step']:.2f} s per validation step, {m['epoch']:.1f} s per epoch "
-              f"end, {m['start']:.1f} s to start")
+              f"step (median of {m['timed']} after {m['warmup']} warm-up), "
+              f"{m['val_step']:.2f} s per validation step (of {m['val_timed']}), "
+              f"{m['epoch']:.1f} s per epoch end, {m['start']:.1f} s to start")
     if "schedule" in nnunet:
         print(f"nnU-Net reduced: {nnunet['schedule'].reduced}; so that its training takes the "
               "minutes the budget leaves after its own planning and preprocessing, as "
@@ -365,13 +372,17 @@ def describe_nnunet(nnunet: dict) -> None:
 
 
 def peer_run(args: argparse.Namespace, manifest: Path, minutes: float) -> int:
-    """medseg, then nnU-Net, on fold ``args.fold`` with ``minutes`` each; one table. A medseg
-    step that fails is reported in the table (nnU-Net still runs, on the splits medseg's
-    training makes: ``kfold_splits`` of ``train.seed`` 0)."""
+    """nnU-Net, then medseg, on fold ``args.fold`` with ``minutes`` each; one table. Both use
+    the splits ``medseg train --folds 5`` makes (:func:`ensure_splits`, written first). A
+    step that fails is reported in the table and the other system still runs."""
     fold = 0 if args.fold is None else args.fold
     plan, run = args.output / "plan", args.output / "run"
-    row: dict = {}
     extra = [] if args.tta is None else ["--tta" if args.tta else "--no-tta"]
+    ensure_splits(manifest, run)
+    held, labels = held_out(manifest, run, fold, args.output / "held_out.csv")
+    nnunet = run_nnunet(manifest, run, fold, minutes, args.output / "nnunet", held, labels,
+                        extra)
+    row: dict = {}
     row["plan_s"], error = try_medseg("plan", str(manifest), "-o", str(plan), "--device", "cpu",
                                       "--time-budget", f"{minutes / 60:.6g}", "--no-2d")
     if error is None:
@@ -379,16 +390,11 @@ def peer_run(args: argparse.Namespace, manifest: Path, minutes: float) -> int:
             "train", str(plan / "plan.yaml"), "-o", str(run), "--folds", str(FOLDS), "--fold",
             str(fold), "--device", "cpu", "--no-progress")
     if error is None:
-        held, labels = held_out(manifest, run, fold, args.output / "held_out.csv")
         row["predict_s"], row["scores"] = predict_and_score(
             str(run / f"fold_{fold}" / "best.safetensors"), held, labels,
             args.output / "medseg", "cpu", extra)
     else:
         row["failed"] = error
-        ensure_splits(manifest, run)
-        held, labels = held_out(manifest, run, fold, args.output / "held_out.csv")
-    nnunet = run_nnunet(manifest, run, fold, minutes, args.output / "nnunet", held, labels,
-                        extra)
     cases = len(json.loads(manifest.read_text())["training"])
     print_table(row, nnunet, minutes, fold, cases)
     describe_nnunet(nnunet)
@@ -396,14 +402,16 @@ def peer_run(args: argparse.Namespace, manifest: Path, minutes: float) -> int:
 
 
 def ensure_splits(manifest: Path, run: Path) -> None:
-    """``RUN/splits.json`` as ``medseg train --folds 5`` writes it (``train.seed`` 0), when
-    medseg did not get that far."""
+    """``RUN/splits.json`` as ``medseg train --folds 5`` writes it (``kfold_splits`` of the
+    training cases with the default ``train.seed``; the plan sets no other), so that nnU-Net's
+    fold is medseg's; ``medseg train`` then reads it."""
+    from medseg.config import TrainConfig
     from medseg.data.manifest import load_manifest
     from medseg.data.splits import cv_cases, kfold_splits, write_splits
 
     if not (run / "splits.json").is_file():
         ids = [c.case_id for c in cv_cases(load_manifest(manifest).cases)]
-        write_splits(run / "splits.json", kfold_splits(ids, FOLDS, 0))
+        write_splits(run / "splits.json", kfold_splits(ids, FOLDS, TrainConfig().seed))
 
 
 def main() -> int:
