@@ -79,16 +79,18 @@ def medseg(*args: str) -> float:
 
 def try_medseg(*args: str) -> tuple[float, str | None]:
     """Run ``medseg ARGS``: (wall seconds, None), or (seconds, its last error line) when it
-    fails; its stderr is passed on."""
+    fails; its stderr is passed on as it comes."""
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "medseg", *args], check=False,
-                          stderr=subprocess.PIPE, text=True)
-    sys.stderr.write(proc.stderr)
+    last = ""
+    with subprocess.Popen([sys.executable, "-m", "medseg", *args], stderr=subprocess.PIPE,
+                          text=True) as proc:
+        for line in proc.stderr:
+            sys.stderr.write(line)
+            last = line.strip() or last
     seconds = time.perf_counter() - start
     if proc.returncode == 0:
         return seconds, None
-    lines = [t for t in proc.stderr.splitlines() if t.strip()]
-    return seconds, lines[-1] if lines else f"exit status {proc.returncode}"
+    return seconds, last or f"exit status {proc.returncode}"
 
 
 def subset_manifest(cases: int, out: Path) -> Path:
