@@ -171,3 +171,10 @@ def test_time_budgeted_2d_plan_trades_batch_for_steps(tmp_path, monkeypatch):
     assert "batch 12 -> 6: 1000 steps of 12 slices fit the time budget" in plan_2d.reason
     # both plans share the budget: max_minutes counts the planning of both
     assert plan_2d.max_minutes == pytest.approx(60 - (plan_2d.plan_seconds + 30) / 60, abs=0.01)
+
+
+def test_unknown_layout_names_the_closest(tmp_path, capsys):
+    manifest = write_dataset(tmp_path / "data", [(1.0, 1.0, 1.0)], (8, 8, 8))
+    assert main(["plan", str(manifest), "-o", str(tmp_path / "plan"), "--layout", "2D"]) == 2
+    assert "unknown layout '2D'" in capsys.readouterr().err
+    assert not (tmp_path / "plan").exists()
