@@ -36,8 +36,9 @@ from medseg.io import write_volume
 from medseg.io.atomic import atomic_write_text
 from medseg.volume import Volume
 
-__all__ = ["DATASET", "LABELS", "TRAINER", "build_model", "model_folder", "phantom_labels",
-           "run_predictor", "write_phantom_case"]
+__all__ = ["DATASET", "LABELS", "TRAINER", "build_model", "console_to", "model_folder",
+           "new_trainer", "nnunet_env", "phantom_labels", "plan_and_preprocess", "run_predictor",
+           "write_phantom_case"]
 
 DATASET = "Dataset901_MedsegPhantom"
 TRAINER = "nnUNetTrainer"
@@ -106,9 +107,9 @@ def build_model(root: Path, *, configurations: Sequence[str] = ("3d_fullres",),
             (root / stale).unlink(missing_ok=True)
         for part in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
             shutil.rmtree(root / part, ignore_errors=True)
-        with _nnunet_env(root), _console_to(root / "build.log"):
+        with nnunet_env(root), console_to(root / "build.log"):
             _write_raw(root / "nnUNet_raw" / DATASET, key)
-            _plan_and_preprocess(configurations)
+            plan_and_preprocess(int(DATASET[7:10]), configurations)
             for configuration in configurations:
                 for fold in folds if configuration == "3d_fullres" else folds[:1]:
                     _train(configuration, int(fold), int(iterations), int(seed))
@@ -146,7 +147,7 @@ def run_predictor(model_folder: Path, images: list[Path], out_dir: Path, *, fold
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = [_case_of(Path(p)) for p in images]
-    with _console_to(out_dir / "nnunet_predict.log"):
+    with console_to(out_dir / "nnunet_predict.log"):
         predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True,
                                     use_mirroring=mirroring, perform_everything_on_device=False,
                                     device=torch.device("cpu"), verbose=False,
@@ -206,7 +207,7 @@ def _cached(root: Path, key: dict) -> bool:
 
 
 @contextlib.contextmanager
-def _nnunet_env(root: Path) -> Iterator[None]:
+def nnunet_env(root: Path) -> Iterator[None]:
     """nnU-Net's path variables pointing into ``root``; no compile, no wandb."""
     saved = {name: os.environ.get(name) for name in _ENV}
     os.environ.update({"nnUNet_raw": str(root / "nnUNet_raw"),
@@ -225,7 +226,7 @@ def _nnunet_env(root: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _console_to(log: Path) -> Iterator[None]:
+def console_to(log: Path) -> Iterator[None]:
     """nnU-Net prints its progress; keep it in ``log`` instead of the test output."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a", encoding="utf-8") as handle, contextlib.redirect_stdout(handle), \
@@ -252,42 +253,54 @@ def _write_raw(folder: Path, key: dict) -> None:
     atomic_write_text(folder / "dataset.json", json.dumps(dataset, indent=1))
 
 
-def _plan_and_preprocess(configurations: Sequence[str]) -> None:
+def plan_and_preprocess(dataset_id: int, configurations: Sequence[str],
+                        num_processes: int = 1) -> None:
+    """nnU-Net's own fingerprint, default experiment planner and preprocessing of dataset
+    ``dataset_id`` (``nnUNetv2_plan_and_preprocess -d ID -c CONFIGURATIONS``, in this process;
+    its workers are ``spawn`` processes, hence the ``__main__`` guard of the caller). Needs
+    :func:`nnunet_env`."""
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (
         extract_fingerprints,
         plan_experiments,
         preprocess,
     )
 
-    dataset_id = int(DATASET[7:10])
-    extract_fingerprints([dataset_id], num_processes=1, check_dataset_integrity=True,
-                         show_progress_bar=False)
+    extract_fingerprints([dataset_id], num_processes=num_processes,
+                         check_dataset_integrity=True, show_progress_bar=False)
     plans = plan_experiments([dataset_id])
     preprocess([dataset_id], plans, configurations=tuple(configurations),
-               num_processes=[1] * len(configurations), show_progress_bar=False)
+               num_processes=[num_processes] * len(configurations), show_progress_bar=False)
 
 
-def _train(configuration: str, fold: int, iterations: int, seed: int) -> None:
-    """nnU-Net's default trainer on the CPU with a short schedule; writes ``fold_<fold>/``."""
+def new_trainer(dataset: str, configuration: str, fold: int, seed: int = 0):
+    """nnU-Net's default ``nnUNetTrainer`` of preprocessed ``dataset`` (e.g.
+    ``"Dataset901_MedsegPhantom"``) on the CPU, seeded with ``seed + fold``; its schedule
+    (``num_epochs``, ``num_iterations_per_epoch``, ``num_val_iterations_per_epoch``) is set
+    on the instance by the caller, as nnU-Net's ``nnUNetTrainer_Xepochs`` variants set it in
+    ``__init__``. Augmentation runs in this process (``nnUNet_n_proc_DA=0``: set here, for
+    training only, since 0 also reaches the planner's ``torch.set_num_threads``, which refuses
+    it; :func:`nnunet_env` restores it). Needs :func:`nnunet_env`."""
     import torch
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    preprocessed = Path(os.environ["nnUNet_preprocessed"]) / DATASET
+    preprocessed = Path(os.environ["nnUNet_preprocessed"]) / dataset
     plans = load_json(str(preprocessed / f"{PLANS}.json"))
     plans["continue_training"] = False
     random.seed(seed + fold)
     np.random.seed(seed + fold)
     torch.manual_seed(seed + fold)
-    trainer = nnUNetTrainer(plans=plans, configuration=configuration, fold=fold,
-                            dataset_json=load_json(str(preprocessed / "dataset.json")),
-                            device=torch.device("cpu"))
+    os.environ["nnUNet_n_proc_DA"] = "0"
+    return nnUNetTrainer(plans=plans, configuration=configuration, fold=fold,
+                         dataset_json=load_json(str(preprocessed / "dataset.json")),
+                         device=torch.device("cpu"))
+
+
+def _train(configuration: str, fold: int, iterations: int, seed: int) -> None:
+    """nnU-Net's default trainer on the CPU with a short schedule; writes ``fold_<fold>/``."""
+    trainer = new_trainer(DATASET, configuration, fold, seed)
     trainer.num_iterations_per_epoch = _ITERATIONS_PER_EPOCH
     trainer.num_epochs = max(1, -(-iterations // _ITERATIONS_PER_EPOCH))
     trainer.num_val_iterations_per_epoch = 1
     trainer.initial_lr = _INITIAL_LR
-    # Augmentation in this process (0 also reaches the planner's torch.set_num_threads, which
-    # refuses it, so it is set for training only; _nnunet_env restores it).
-    os.environ["nnUNet_n_proc_DA"] = "0"
     trainer.run_training()
-

@@ -1,5 +1,10 @@
 """``unet3d``: a configurable 3D U-Net (nnU-Net-like plain convolutional encoder/decoder).
 
+With ``kernel=(3, 3, 1)`` and no pooling along z (``pool`` factors ``(2, 2, 1)``) it is a
+per-slice 2D U-Net (nnU-Net's ``2d`` configuration): every convolution, normalisation and
+up-convolution of a one-slice input sees that slice only, so a 1-slice patch or window is a
+2D image (the weights are those of a 2D U-Net with 3 x 3 kernels).
+
 Accepts **any input size**: the input is zero-padded at the end of each axis
 to the next multiple of the total pooling factor on that axis and the logits
 are cropped back, so (B, C, x, y, z) always gives (B, K, x, y, z).
@@ -63,7 +68,10 @@ class UNet3d(nn.Module):
         ``maxpool`` when ``upsample='unpool'`` (which needs the pooling indices).
     pool : pooling factor per step, one (x, y, z) triple for all steps or a list
         of ``depth - 1`` triples, e.g. ``[(2, 2, 1), (2, 2, 2), ...]`` for thick-slice CT.
-    convs_per_stage : 3x3x3 ConvNormAct layers per level and decoder stage.
+    convs_per_stage : ConvNormAct layers per level and decoder stage.
+    kernel : convolution kernel (x, y, z) voxels of every block, one int or a triple, odd;
+        default 3. A 1 along an axis that is never pooled makes the network work on each
+        slice across that axis alone (``(3, 3, 1)``: a 2D U-Net per z-slice).
     deep_supervision : in training mode return ``[full-res logits, aux logits at
         1/2, 1/4, ... resolution]`` (``ds_levels`` aux outputs, each cropped to
         ceil(size / factor)); in eval mode always the full-resolution tensor.
@@ -87,9 +95,13 @@ class UNet3d(nn.Module):
         convs_per_stage: int = 2,
         deep_supervision: bool = False,
         ds_levels: int = 2,
+        kernel: Any = 3,
     ) -> None:
         super().__init__()
         check_positive_int(depth, "depth", 2)
+        kernel = as_triple(kernel, "kernel")
+        if any(k % 2 == 0 for k in kernel):
+            raise UsageError(f"kernel must be odd on every axis (same padding), got {kernel!r}")
         style = network_style(
             norm, act, in_channels=in_channels, out_channels=out_channels, width=width,
             max_width=max_width, convs_per_stage=convs_per_stage, ds_levels=ds_levels,
@@ -122,13 +134,13 @@ class UNet3d(nn.Module):
             layers = []
             ch_in = in_channels if level == 0 else channels[level - 1]
             if level > 0 and downsample == "conv":
-                layers.append(ConvNormAct(ch_in, ch, style, 3, pools[level - 1]))
+                layers.append(ConvNormAct(ch_in, ch, style, kernel, pools[level - 1]))
             else:
-                layers.append(ConvNormAct(ch_in, ch, style))
+                layers.append(ConvNormAct(ch_in, ch, style, kernel))
             if level > 0 and downsample == "maxpool":
                 pool_layer = nn.MaxPool3d(pools[level - 1], pools[level - 1], return_indices=True)
                 self.pooling.append(pool_layer)
-            layers += [ConvNormAct(ch, ch, style) for _ in range(convs_per_stage - 1)]
+            layers += [ConvNormAct(ch, ch, style, kernel) for _ in range(convs_per_stage - 1)]
             self.encoder.append(nn.Sequential(*layers))
 
         self.upsamplers = nn.ModuleList()
@@ -136,8 +148,8 @@ class UNet3d(nn.Module):
         for level in range(depth - 2, -1, -1):
             ch = channels[level]
             self.upsamplers.append(UpSample(channels[level + 1], ch, pools[level], upsample))
-            layers = [ConvNormAct(2 * ch, ch, style)]
-            layers += [ConvNormAct(ch, ch, style) for _ in range(convs_per_stage - 1)]
+            layers = [ConvNormAct(2 * ch, ch, style, kernel)]
+            layers += [ConvNormAct(ch, ch, style, kernel) for _ in range(convs_per_stage - 1)]
             self.decoder.append(nn.Sequential(*layers))
         self.head = nn.Conv3d(channels[0], out_channels, 1)
         self.aux_heads = nn.ModuleList(

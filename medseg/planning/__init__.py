@@ -6,8 +6,8 @@ budget), ``plan`` (assembly, time budget), ``render`` (the YAML with reasons, th
 """
 
 from medseg.planning.fingerprint import Fingerprint, compute_fingerprint
-from medseg.planning.plan import Plan, PlanOptions, make_plan, write_plan
+from medseg.planning.plan import Plan, PlanOptions, make_plan, make_plans, write_plan
 from medseg.planning.render import format_summary, plan_yaml
 
 __all__ = ["Fingerprint", "Plan", "PlanOptions", "compute_fingerprint", "format_summary",
-           "make_plan", "plan_yaml", "write_plan"]
+           "make_plan", "make_plans", "plan_yaml", "write_plan"]

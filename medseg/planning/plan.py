@@ -22,13 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from medseg.errors import UsageError
+from medseg.errors import UsageError, check_option
 from medseg.planning import rules
-from medseg.planning.design import CPU_WIDTH, WIDTH, Design, design, smallest_memory
+from medseg.planning.design import CPU_WIDTH, LAYOUTS, WIDTH, Design, design, smallest_memory
 from medseg.planning.fingerprint import Fingerprint, compute_fingerprint
 from medseg.planning.step_time import measure_step_seconds, plan_training
 
-__all__ = ["Plan", "PlanOptions", "make_plan", "write_plan"]
+__all__ = ["Plan", "PlanOptions", "make_plan", "make_plans", "write_plan"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,10 @@ class PlanOptions:
     ``device``: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
     ``gpu_memory_gb``: GiB the GPU offers (default: the device's memory).
     ``time_budget_h``: training hours; the schedule is fitted to a measured step time.
+    ``layout``: ``3d``, ``slab`` or ``2d`` (:data:`medseg.planning.design.LAYOUTS`); None:
+    ``slab`` above ``rules.ANISOTROPY_THRESHOLD``, else ``3d``.
+    ``plan_2d``: :func:`write_plan` also writes ``plan_2d.yaml`` (nnU-Net's ``2d``) beside a
+    3D or slab plan, as nnU-Net plans its 2d configuration beside 3d_fullres.
     """
 
     device: str = "auto"
@@ -70,6 +74,8 @@ class PlanOptions:
     time_budget_h: float | None = None
     seed: int = 0
     progress: bool = False
+    layout: str | None = None
+    plan_2d: bool = True
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,7 @@ class Plan:
     max_minutes: float | None = None  # the wall-clock contract of ``medseg train``
     plan_seconds: float | None = None  # what planning took of the budget
     cache_seconds: float | None = None  # estimated preprocessing-cache build (in the budget)
+    alternatives: tuple[Plan, ...] = ()  # the plans written beside it (plan_2d.yaml)
 
 
 def make_plan(manifest_path: str | os.PathLike, options: PlanOptions = PlanOptions()) -> Plan:
@@ -106,46 +113,84 @@ def make_plan(manifest_path: str | os.PathLike, options: PlanOptions = PlanOptio
     UsageError : a GPU budget below the smallest network's need; a time budget shorter
         than one epoch (the message says what would fit); a bad option.
     """
+    return make_plans(manifest_path, dataclasses.replace(options, plan_2d=False))[0]
+
+
+def make_plans(manifest_path: str | os.PathLike, options: PlanOptions = PlanOptions()
+               ) -> list[Plan]:
+    """:func:`make_plan` of ``options.layout``, then (``options.plan_2d``, and that plan not
+    2D) the ``2d`` plan of the same fingerprint. With a time budget, every plan's
+    ``train.max_minutes`` is the budget less the planning of all of them."""
     from medseg.data.manifest import load_manifest
 
+    if options.layout is not None:
+        check_option(options.layout, LAYOUTS, "layout")
     started = time.monotonic()
     manifest = load_manifest(manifest_path)
     fp = compute_fingerprint(manifest, options.seed, progress=options.progress)
     fingerprint_s = time.monotonic() - started
+    layout = options.layout or ("slab" if fp.anisotropy > rules.ANISOTROPY_THRESHOLD else "3d")
+    layouts = [layout] + (["2d"] if options.plan_2d and layout != "2d" else [])
+    plans = [_plan(fp, manifest.path, options, lay, started, fingerprint_s) for lay in layouts]
+    if options.time_budget_h is not None and len(plans) > 1:
+        plans = [_settle(plan, started) for plan in plans]
+    return plans
+
+
+def _plan(fp: Fingerprint, manifest: Path, options: PlanOptions, layout: str, started: float,
+          fingerprint_s: float) -> Plan:
+    """The plan of ``layout`` for fingerprint ``fp`` (planning began at ``started``)."""
     kind = _device_kind(options.device)
-    budget = _budget_bytes(kind, options, manifest.path)
+    budget = _budget_bytes(kind, options, manifest)
     spacing = rules.target_spacing(fp.spacings_mm, np.array([c.shape for c in fp.cases]))
     shapes = _resampled_shapes(fp, spacing)
     median = tuple(int(v) for v in np.median(np.array(shapes), axis=0))
     channels = (len(fp.channel_names), len(fp.label_names) + 1)
-    layout = "slab" if fp.anisotropy > rules.ANISOTROPY_THRESHOLD else "3d"
-    voxels = float(sum(np.prod(s) for s in shapes)) if kind == "cuda" else None
+    voxels = float(sum(np.prod(s) for s in shapes)) if kind == "cuda" or layout == "2d" else None
     width = CPU_WIDTH if kind == "cpu" and options.time_budget_h is not None else WIDTH
-    chosen = design(layout, median, spacing, channels, budget, voxels, width)
+    chosen = design(layout, median, spacing, channels, budget, voxels, width, kind == "cpu")
     if chosen is None:
-        _too_small(budget, spacing, channels, manifest.path)
-    reason = (f"anisotropy {fp.anisotropy:.1f} > {rules.ANISOTROPY_THRESHOLD:g}"
-              if layout == "slab" else "")
-    plan = Plan(fp, manifest.path, kind, spacing, median, chosen, budget,
-                _intensity(fp), reason=reason)
+        _too_small(budget, spacing, channels, manifest)
+    if layout == "slab" and options.layout is None:
+        reason = f"anisotropy {fp.anisotropy:.1f} > {rules.ANISOTROPY_THRESHOLD:g}"
+    elif layout == "2d":
+        reason = (f"nnU-Net's 2d: one slice across axis {chosen.slab_axis} (the coarsest), "
+                  f"3x3 kernels in the slice")
+    else:
+        reason = ""
+    plan = Plan(fp, manifest, kind, spacing, median, chosen, budget, _intensity(fp),
+                reason=reason)
     if options.time_budget_h is not None:
         plan = _fit_time(plan, options, channels, voxels, started, fingerprint_s)
     return plan
 
 
+def _settle(plan: Plan, started: float) -> Plan:
+    """``plan`` with ``train.max_minutes`` recomputed now that every plan is made (the later
+    plans' step measurements came out of the budget too); the schedule stays (the training
+    clock stops it)."""
+    plan_s = time.monotonic() - started
+    run_s = float(plan.time_budget_h) * 3600.0 - plan_s - START_MARGIN_S
+    return dataclasses.replace(plan, max_minutes=round(run_s / 60.0, 2), plan_seconds=plan_s)
+
+
 def write_plan(manifest_path: str | os.PathLike, out_dir: str | os.PathLike,
                options: PlanOptions = PlanOptions()) -> Plan:
-    """:func:`make_plan`, then write ``fingerprint.json`` and ``plan.yaml`` into ``out_dir``."""
+    """:func:`make_plans`, then write ``fingerprint.json``, ``plan.yaml`` and (``plan_2d``)
+    ``plan_2d.yaml`` into ``out_dir``; returns the plan of ``plan.yaml`` (the 2D one is its
+    ``.alternatives``)."""
     import json
 
     from medseg.io.atomic import atomic_write_text
     from medseg.planning.render import plan_yaml
 
-    plan = make_plan(manifest_path, options)
+    plan, *others = make_plans(manifest_path, options)
     out = Path(out_dir)
     atomic_write_text(out / "fingerprint.json", json.dumps(plan.fingerprint.to_dict(), indent=1))
+    for other in others:
+        atomic_write_text(out / f"plan_{other.design.layout}.yaml", plan_yaml(other))
     atomic_write_text(out / "plan.yaml", plan_yaml(plan))
-    return plan
+    return dataclasses.replace(plan, alternatives=tuple(others))
 
 
 def _resampled_shapes(fp: Fingerprint, spacing_mm) -> list[tuple[int, int, int]]:
@@ -229,7 +274,8 @@ def _fit_time(plan: Plan, options: PlanOptions, channels, voxels, started: float
     run_s = float(hours) * 3600.0 - plan_s - START_MARGIN_S
     budget_s = run_s - cache_s
     validation_s = rules.validation_seconds(plan.median_shape, plan.design.patch, step,
-                                            _validation_cases(plan.fingerprint))
+                                            _validation_cases(plan.fingerprint),
+                                            plan.design.batch_size)
     validations = rules.validations_in(budget_s, validation_s)
     train_s = max(budget_s - validations * validation_s,
                   budget_s * (1 - rules.VALIDATION_SHARE))  # one long validation: overrun
@@ -259,8 +305,11 @@ def _faster(plan: Plan, steps: int, channels, voxels) -> Plan:
     """A smaller patch whose estimated memory, hence step time, is ``steps / MIN_STEPS_3D``
     of the current one; when that 3D patch would span less than ``rules.MIN_CONTEXT`` of
     the median image along an axis, a coarser spacing first (:func:`_coarser`); else a thin
-    slab that fast; else the smallest slab."""
+    slab that fast; else the smallest slab. A 2D plan keeps its slice and takes a smaller
+    batch instead (:func:`_smaller_batch`)."""
     d = plan.design
+    if d.layout == "2d":
+        return _smaller_batch(plan, steps)
     budget = d.memory_bytes * steps / MIN_STEPS_3D
     why = f"{steps} steps of the memory-fitted patch fit the time budget"
     found = design(d.layout, plan.median_shape, plan.spacing_mm, channels, budget, voxels,
@@ -282,6 +331,25 @@ def _faster(plan: Plan, steps: int, channels, voxels) -> Plan:
         if found is not None:
             return dataclasses.replace(plan, design=found, reason=reason)
     return plan
+
+
+def _smaller_batch(plan: Plan, steps: int) -> Plan:
+    """A 2D plan whose batch (step time taken proportional to it) gives ``MIN_STEPS_3D``
+    steps, at least 2: the whole slice is the 2D configuration's context, so the patch stays."""
+    from medseg.planning.design import design_kwargs
+    from medseg.planning.memory import training_memory_bytes
+
+    d = plan.design
+    batch = max(2, int(d.batch_size * steps / MIN_STEPS_3D))
+    if batch >= d.batch_size:
+        return plan
+    c = plan.fingerprint
+    memory = training_memory_bytes("unet3d", design_kwargs(d), len(c.channel_names),
+                                   len(c.label_names) + 1, d.patch, batch)
+    why = (f"{plan.reason}; batch {d.batch_size} -> {batch}: {steps} steps of "
+           f"{d.batch_size} slices fit the time budget")
+    return dataclasses.replace(plan, design=dataclasses.replace(d, batch_size=batch,
+                                                                memory_bytes=memory), reason=why)
 
 
 def _enough_context(d: Design, median_shape) -> bool:

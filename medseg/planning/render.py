@@ -13,7 +13,7 @@ import math
 from typing import Any
 
 from medseg.planning import rules
-from medseg.planning.design import CPU_WIDTH, MAX_WIDTH, model_kwargs
+from medseg.planning.design import CPU_WIDTH, MAX_WIDTH, MAX_WIDTH_2D, design_kwargs
 
 __all__ = ["format_summary", "plan_dict", "plan_yaml"]
 
@@ -39,20 +39,24 @@ def _geometry(plan) -> list[Entry]:
         ("preprocessing", "intensity", plan.intensity, norm_why),
         ("preprocessing", "crop_foreground", False, "nnU-Net crops only zero borders"),
         ("model", "name", "unet3d", f"nnU-Net's plain U-Net ({d.layout} layout)"),
-        ("model", "kwargs", model_kwargs(d.pools, d.width), _pool_why(plan)),
+        ("model", "kwargs", design_kwargs(d), _pool_why(plan)),
         ("loss", "name", "dice_ce", "nnU-Net's Dice + cross-entropy"),
     ]
 
 
 def _pool_why(plan) -> str:
     d = plan.design
-    base = (f"widths {d.width}..{MAX_WIDTH}; pool an axis while its feature map stays >= "
+    top = MAX_WIDTH_2D if d.layout == "2d" else MAX_WIDTH
+    base = (f"widths {d.width}..{top}; pool an axis while its feature map stays >= "
             f"{rules.MIN_FEATURE_MAP} voxels and its spacing is within 2x of the finest")
     if d.width == CPU_WIDTH:
         base += ("; half nnU-Net's width: a time-budgeted CPU plan buys optimiser steps "
                  "(a convolution costs width squared)")
     if d.layout == "slab":
         base += f"; thin slab: axis {d.slab_axis} never pooled"
+    if d.layout == "2d":
+        base += (f"; 2D U-Net (nnU-Net's 2d): kernels 1 and no pooling along axis "
+                 f"{d.slab_axis}, each slice alone")
     return base
 
 
@@ -80,9 +84,7 @@ def _training(plan) -> list[Entry]:
         patch_why += f"; {plan.reason}"
     return [
         ("train", "patch_size", list(d.patch), patch_why),
-        ("train", "batch_size", d.batch_size, "what the memory holds, >= 2, <= 5 % of the "
-         "dataset's voxels" if plan.device == "cuda" else "2 (nnU-Net's minimum): on a CPU "
-         "a larger batch costs time"),
+        ("train", "batch_size", d.batch_size, _batch_why(plan)),
         ("train", "epochs", plan.epochs, schedule_why),
         ("train", "iterations_per_epoch", plan.iterations_per_epoch, schedule_why),
         ("train", "val_every", *_validation(plan)),
@@ -99,8 +101,17 @@ def _training(plan) -> list[Entry]:
          "GPU: load patches in parallel" if plan.device == "cuda" else "CPU: the cores train"),
         ("train", "augment", _augment(d), "nnU-Net's recipe: rotation, scaling, mirroring, "
          "noise, blur, brightness, contrast, low resolution, gamma and inverted gamma; "
-         "no rotation for a thin slab"),
+         "no rotation for a thin slab or 2D slices (medseg rotates about every axis)"),
     ]
+
+
+def _batch_why(plan) -> str:
+    if plan.device == "cuda":
+        return "what the memory holds, >= 2, <= 5 % of the dataset's voxels"
+    if plan.design.layout == "2d":
+        return ("slices: what the memory holds, >= 2, <= 5 % of the dataset's voxels and, "
+                "on a CPU, <= nnU-Net's 2D reference batch of 12")
+    return "2 (nnU-Net's minimum): on a CPU a larger batch costs time"
 
 
 def _augment(design) -> dict[str, Any]:
@@ -108,7 +119,7 @@ def _augment(design) -> dict[str, Any]:
     medseg's additive intensity change off (nnU-Net has none)."""
     from medseg.data.augment_config import AugmentConfig
 
-    slab = design.layout == "slab"
+    slab = design.layout in ("slab", "2d")
     out = dataclasses.asdict(AugmentConfig())
     out.update({"affine_prob": 0.2, "rotate_deg": 0.0 if slab else 30.0, "scale": 0.3,
                 "intensity_prob": 0.0, "gamma_prob": 0.3})
@@ -123,7 +134,9 @@ def _inference(plan) -> list[Entry]:
         ("inference", "roi_size", list(d.patch), "the training patch"),
         ("inference", "overlap", 0.5, "nnU-Net: half-window steps, Gaussian weights"),
         ("inference", "blend", "gaussian", "nnU-Net"),
-        ("inference", "batch_size", 2, "windows per network call"),
+        ("inference", "batch_size", d.batch_size if d.layout == "2d" else 2,
+         "windows (slices) per network call: the training batch" if d.layout == "2d"
+         else "windows per network call"),
         ("inference", "mirror_axes", mirror, "nnU-Net mirrors every axis at test time" if gpu
          else "CPU: no mirroring by default (8x slower); medseg predict --tta turns it on"),
         ("inference", "keep_largest", False, "post-processing is chosen by cross-validation, "

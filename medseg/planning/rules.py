@@ -182,16 +182,17 @@ def batch_size(budget_bytes: float, bytes_per_sample: float, patch: Sequence[int
     """Patches per optimiser step.
 
     Rule (nnU-Net): as many as the memory budget holds, at most ``MAX_BATCH_SHARE`` (5 %)
-    of the dataset's voxels per batch, and never fewer than 2 (instance statistics and the
-    foreground oversampling need two).
+    of the dataset's voxels per batch (rounded to the nearest, as nnU-Net's planner rounds
+    it), and never fewer than 2 (instance statistics and the foreground oversampling need
+    two). The memory share is rounded down: a budget is a limit.
 
     >>> batch_size(10e9, 1e9, (64, 64, 64), 1e9)  # 10 fit; 5 % of 1e9 = 190 patches
     10
-    >>> batch_size(10e9, 1e9, (64, 64, 64), 2e7)  # 5 % of 2e7 voxels: 3 patches
-    3
+    >>> batch_size(10e9, 1e9, (64, 64, 64), 2e7)  # 5 % of 2e7 voxels: 3.8 patches
+    4
     """
     by_memory = int(budget_bytes // bytes_per_sample)
-    by_data = int(MAX_BATCH_SHARE * dataset_voxels // math.prod(patch))
+    by_data = round(MAX_BATCH_SHARE * dataset_voxels / math.prod(patch))
     return max(2, min(by_memory, by_data))
 
 
