@@ -252,10 +252,12 @@ def _fit_time(plan: Plan, options: PlanOptions, channels, voxels, started: float
               cache_s: float) -> Plan:
     """Fit the run into ``time_budget_h`` of wall time, planning included.
 
-    Measure the step time of the planned network (median of :data:`TIMED_STEPS` after
-    :data:`WARMUP_STEPS`); when fewer than ``MIN_STEPS_3D`` steps fit, shrink the patch (step
-    time taken proportional to the estimated memory) and, when no 3D patch is fast enough,
-    use a thin slab. ``train.max_minutes`` is the budget less what planning took and
+    Time one step of the memory-fitted network (after one warm-up: only to decide whether
+    it must shrink; on la_mri that patch takes about a minute a step); when fewer than
+    ``MIN_STEPS_3D`` steps fit, shrink the patch (step time taken proportional to the
+    estimated memory) and, when no 3D patch is fast enough, use a thin slab. The chosen
+    network's step time is then measured robustly (median of :data:`TIMED_STEPS` after
+    :data:`WARMUP_STEPS`), so that two plans agree. ``train.max_minutes`` is the budget less what planning took and
     :data:`START_MARGIN_S`; the schedule (:func:`~medseg.planning.step_time.plan_training`,
     ``CPU_ITERATIONS`` per epoch) fills it less the preprocessing cache (estimated as long as
     the fingerprint's read of every case: ``cache_s``) and the validations
@@ -265,11 +267,11 @@ def _fit_time(plan: Plan, options: PlanOptions, channels, voxels, started: float
     hours = options.time_budget_h
     if not (isinstance(hours, (int, float)) and hours > 0):
         raise UsageError(f"--time-budget {hours!r}: expected a positive number of hours")
-    step = _measure(plan, options)
+    step = _measure(plan, options, timed=1, warmup=1)
     steps = plan_training(step, float(hours) * 3600.0, 1, 10**12)[1]
     if steps < MIN_STEPS_3D:
         plan = _faster(plan, steps, channels, voxels)
-        step = _measure(plan, options)
+    step = _measure(plan, options)
     plan_s = time.monotonic() - started
     run_s = float(hours) * 3600.0 - plan_s - START_MARGIN_S
     budget_s = run_s - cache_s
@@ -385,14 +387,16 @@ def _mm(spacing) -> str:
     return "x".join(f"{s:g}" for s in spacing)
 
 
-def _measure(plan: Plan, options: PlanOptions) -> float:
+def _measure(plan: Plan, options: PlanOptions, timed: int = TIMED_STEPS,
+             warmup: int = WARMUP_STEPS) -> float:
+    """Median seconds of one training step of ``plan``'s network on the planned device."""
     from medseg.config import parse_config
     from medseg.planning.render import plan_dict
     from medseg.runtime import Runtime
 
     cfg = parse_config(plan_dict(plan))
     runtime = Runtime.resolve(options.device if plan.device == "cuda" else "cpu", None)
-    seconds = measure_step_seconds(cfg, runtime, steps=TIMED_STEPS, warmup=WARMUP_STEPS)
+    seconds = measure_step_seconds(cfg, runtime, steps=timed, warmup=warmup)
     log.info("patch %s, batch %d: %.2f s per step on %s", plan.design.patch,
              plan.design.batch_size, seconds, runtime)
     return seconds

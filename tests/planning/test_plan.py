@@ -168,7 +168,7 @@ def test_time_budget_counts_the_validations(tmp_path, monkeypatch):
     from medseg.planning import plan as plan_module
 
     manifest = write_dataset(tmp_path / "la", [(0.625, 0.625, 1.25)] * 10, (320, 320, 88))
-    monkeypatch.setattr(plan_module, "_measure", lambda plan, options: 1.0)
+    monkeypatch.setattr(plan_module, "_measure", lambda plan, options, **_: 1.0)
     plan = make_plan(manifest, PlanOptions(device="cpu", time_budget_h=1.0))
     validations = -(-plan.epochs // plan.val_every)
     assert 1 <= validations <= 5
@@ -196,7 +196,7 @@ def test_cpu_time_budget_coarsens_the_spacing_for_context(tmp_path, monkeypatch,
     from medseg.planning import plan as plan_module
 
     manifest = write_dataset(tmp_path / "la", [(0.625, 0.625, 1.25)] * 2, (320, 320, 88))
-    monkeypatch.setattr(plan_module, "_measure", lambda plan, options: SECONDS_PER_GIB
+    monkeypatch.setattr(plan_module, "_measure", lambda plan, options, **_: SECONDS_PER_GIB
                         * plan.design.memory_bytes / 2**30)
     assert main(["plan", str(manifest), "-o", str(tmp_path / "plan"), "--device", "cpu",
                  "--time-budget", "1"]) == 0

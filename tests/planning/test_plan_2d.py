@@ -163,7 +163,7 @@ def test_time_budgeted_2d_plan_trades_batch_for_steps(tmp_path, monkeypatch):
 
     manifest = write_dataset(tmp_path / "data", [(1.0, 1.0, 3.5)] * 20, (64, 64, 40))
     monkeypatch.setattr(plan_module, "_measure",
-                        lambda plan, options: 0.25 * plan.design.batch_size)
+                        lambda plan, options, **_: 0.25 * plan.design.batch_size)
     _, plan_2d = make_plans(manifest, PlanOptions("cpu", time_budget_h=1.0))
     d = plan_2d.design
     assert d.layout == "2d" and d.patch == (64, 64, 1)
