@@ -26,6 +26,15 @@ def add_stack(parser: argparse.ArgumentParser, channels: bool = False) -> None:
         parser.add_argument("--stack", metavar="K|NAME", help=STACK_HELP)
 
 
+def add_dicom_input(parser: argparse.ArgumentParser) -> None:
+    """``--series UID``, ``--stack K|NAME`` and ``--no-tilt``: which DICOM volume an input
+    means, and whether a gantry tilt is resampled (:func:`medseg.io.read_volume`)."""
+    parser.add_argument("--series", metavar="UID", help="SeriesInstanceUID in a DICOM folder")
+    add_stack(parser)
+    parser.add_argument("--no-tilt", dest="tilt", action="store_false",
+                        help="refuse a gantry-tilted DICOM series instead of resampling it")
+
+
 def add_labels(parser: argparse.ArgumentParser, role: str) -> None:
     """``--labels FILE``: label names read by :func:`medseg.io.cases.read_label_names`;
     ``role`` says what the command does with them."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from medseg.cli._options import add_labels, add_stack
+from medseg.cli._options import add_labels, add_dicom_input
 
 HELP = "convert images and label maps between NIfTI, NRRD, MetaImage, DICOM-SEG and RTSTRUCT"
 log = logging.getLogger(__name__)
@@ -23,10 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                       "DICOM-SEG / RTSTRUCT .dcm")
     parser.add_argument("output", help="output file: .nii.gz, .nii, .nrrd, .nhdr, .mha, .mhd, "
                                        "or .dcm (DICOM-SEG / RTSTRUCT of a label map)")
-    parser.add_argument("--series", metavar="UID", help="SeriesInstanceUID in a DICOM folder")
-    add_stack(parser)
-    parser.add_argument("--no-tilt", dest="tilt", action="store_false",
-                        help="refuse a gantry-tilted DICOM series instead of resampling it")
+    add_dicom_input(parser)
     parser.add_argument("--reference", metavar="SERIES_DIR",
                         help="the DICOM image series the labels are on (for .dcm output, and "
                              "to read a DICOM-SEG / RTSTRUCT input)")

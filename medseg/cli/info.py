@@ -6,7 +6,7 @@ import argparse
 import os
 from typing import TYPE_CHECKING
 
-from medseg.cli._options import add_stack
+from medseg.cli._options import add_dicom_input
 
 if TYPE_CHECKING:
     import numpy as np
@@ -21,10 +21,7 @@ MAX_LABELS = 256
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", help="image file (.nii.gz, .nrrd, .mha, ...), DICOM folder, or "
                                      "a DICOM-SEG / RTSTRUCT file")
-    parser.add_argument("--series", metavar="UID", help="SeriesInstanceUID in a DICOM folder")
-    add_stack(parser)
-    parser.add_argument("--no-tilt", dest="tilt", action="store_false",
-                        help="refuse a gantry-tilted DICOM series instead of resampling it")
+    add_dicom_input(parser)
 
 
 def run(args: argparse.Namespace) -> int:

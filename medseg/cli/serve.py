@@ -15,13 +15,16 @@ HELP = ("a DICOM node: receive series from a PACS, segment them, send DICOM-SEG 
         "back")
 
 
+#: The node's config keys (medseg.serve.config), named in ``--help``.
+CONFIG_KEYS = ("ae_title, host, port, allowed_calling_aets, spool, series_timeout_s, routes, "
+               "destination, max_spool_gb, tls")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", type=Path, metavar="CONFIG.yaml",
-                        help="the node's config: ae_title, host, port, allowed_calling_aets, "
-                             "spool, series_timeout_s, routes, destination, max_spool_gb, tls")
-    parser.add_argument("--status", action="store_true",
-                        help="print the spool's jobs (queued, running, done, failed with "
-                             "reasons) and exit")
+                        help=f"the node's config: {CONFIG_KEYS}")
+    parser.add_argument("--status", action="store_true", help="print the spool's jobs "
+                        "(queued, running, done, failed with reasons) and exit")
 
 
 def run(args: argparse.Namespace) -> int:

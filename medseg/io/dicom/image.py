@@ -2,7 +2,7 @@
 
 :func:`read_dicom_image` takes
 
-* a folder: its image series (:func:`read_dicom_series`);
+* a folder: its image series (:func:`read_dicom_image`);
 * one single-frame file (a ``.dcm`` or any file with the DICM preamble): its
   own stack of the series it belongs to (the other files of its folder with its
   SeriesInstanceUID);
@@ -73,7 +73,7 @@ from medseg.io.sitk import sitk_to_volume
 from medseg.volume import Volume
 
 __all__ = [
-    "read_dicom_image", "read_dicom_series", "read_dicom_stacks", "list_series", "list_stacks",
+    "read_dicom_image", "read_dicom_stacks", "list_series", "list_stacks",
     "SeriesInfo", "StackInfo", "SPACING_RTOL", "SPACING_ATOL_MM", "READ_ERRORS",
 ]
 
@@ -129,19 +129,25 @@ def read_dicom_image(
 
     Returns
     -------
-    As :func:`read_dicom_series`: an (x, y, z) Volume, RAS+ mm affine; ``meta``
-    adds ``stack`` (its label, "" when it is the only one) and ``stack_index``.
+    Volume (x, y, z), RAS+ mm affine, whose z axis follows the slice positions (increasing
+    along the slice normal), with rescale slope/intercept applied (int16 for typical CT).
+    ``meta`` holds ``dicom_files`` (paths in slice order, index k of the z axis),
+    ``series_uid``, ``study_uid``, ``source``, ``format``, ``stack`` (its label, "" when it
+    is the only one) and ``stack_index``.
 
     Raises
     ------
     ImageReadError
-        as :func:`read_dicom_series`; a file that is a non-image object; several
-        stacks and no ``stack`` (lists them).
+        no DICOM image files (or only non-image objects: names them); several series and
+        no ``series``; several stacks and no ``stack`` (lists them); pixel data no
+        installed decoder handles; a malformed header (:data:`READ_ERRORS`, through
+        :func:`medseg.io.read_volume`).
     UsageError
         ``series`` is not the file's series, or not in the folder; ``stack`` out
         of range or unknown (lists the stacks).
     GeometryError
-        as :func:`read_dicom_series`.
+        missing slices, duplicated positions, uneven spacing, an irregular in-plane
+        drift, a tilt with ``tilt=False``, or no position tags.
     """
     found = _find(path, series)
     return _read(found, choose_stack(path, found.stacks, stack, found.own), tilt)
@@ -179,47 +185,6 @@ def list_series(folder: str | os.PathLike) -> list[SeriesInfo]:
         the folder holds no DICOM image files (the message says what it holds).
     """
     return _series_of(folder, scan_folder(folder))
-
-
-def read_dicom_series(
-    folder: str | os.PathLike,
-    series: str | None = None,
-    *,
-    stack: StackChoice = None,
-    tilt: bool = True,
-) -> Volume:
-    """Read the DICOM series in ``folder`` as a 3D Volume (RAS+, (x, y, z)).
-
-    Parameters
-    ----------
-    folder : folder holding the series' files.
-    series : SeriesInstanceUID to read when the folder holds several series.
-    stack : the stack to read when the series holds several (number or name).
-    tilt : resample a gantry-tilted series (True, with a warning) or refuse it.
-
-    Returns
-    -------
-    Volume whose z axis follows the slice positions (increasing along the
-    slice normal), with rescale slope/intercept applied (int16 for typical CT).
-    ``meta`` holds ``dicom_files`` (paths in slice order, index k of the z
-    axis), ``series_uid``, ``study_uid``, ``source``, ``format``, ``stack``
-    and ``stack_index``.
-
-    Raises
-    ------
-    ImageReadError
-        no DICOM image files (or only non-image objects: names them); several
-        series and no ``series``; several stacks and no ``stack``; pixel data
-        no installed decoder handles.
-    UsageError
-        ``series`` not found; ``stack`` out of range or unknown.
-    READ_ERRORS
-        GDCM cannot read the series (:func:`medseg.io.read_volume` names the folder).
-    GeometryError
-        missing slices, duplicated positions, uneven spacing, an irregular
-        in-plane drift, a tilt with ``tilt=False``, or no position tags.
-    """
-    return read_dicom_image(folder, series, stack=stack, tilt=tilt)
 
 
 # -- finding the stacks -------------------------------------------------------------------------
