@@ -252,10 +252,11 @@ def _fit_time(plan: Plan, options: PlanOptions, channels, voxels, started: float
               cache_s: float) -> Plan:
     """Fit the run into ``time_budget_h`` of wall time, planning included.
 
-    Time one step of the memory-fitted network (after one warm-up: only to decide whether
-    it must shrink; on la_mri that patch takes about a minute a step); when fewer than
-    ``MIN_STEPS_3D`` steps fit, shrink the patch (step time taken proportional to the
-    estimated memory) and, when no 3D patch is fast enough, use a thin slab. The chosen
+    Time two steps of the memory-fitted network (after one warm-up: only to decide whether
+    it must shrink; on la_mri that patch takes over half a minute a step); when fewer than
+    ``MIN_STEPS_3D`` steps fit, shrink the patch to the steps on a sqrt(2) grid
+    (:func:`_on_grid`; step time taken proportional to the estimated memory) and, when no
+    3D patch is fast enough, use a thin slab. The chosen
     network's step time is then measured robustly (median of :data:`TIMED_STEPS` after
     :data:`WARMUP_STEPS`), so that two plans agree. ``train.max_minutes`` is the budget less what planning took and
     :data:`START_MARGIN_S`; the schedule (:func:`~medseg.planning.step_time.plan_training`,
@@ -267,10 +268,10 @@ def _fit_time(plan: Plan, options: PlanOptions, channels, voxels, started: float
     hours = options.time_budget_h
     if not (isinstance(hours, (int, float)) and hours > 0):
         raise UsageError(f"--time-budget {hours!r}: expected a positive number of hours")
-    step = _measure(plan, options, timed=1, warmup=1)
+    step = _measure(plan, options, timed=2, warmup=1)
     steps = plan_training(step, float(hours) * 3600.0, 1, 10**12)[1]
     if steps < MIN_STEPS_3D:
-        plan = _faster(plan, steps, channels, voxels)
+        plan = _faster(plan, _on_grid(steps), channels, voxels)
     step = _measure(plan, options)
     plan_s = time.monotonic() - started
     run_s = float(hours) * 3600.0 - plan_s - START_MARGIN_S
@@ -295,6 +296,17 @@ def _fit_time(plan: Plan, options: PlanOptions, channels, voxels, started: float
                                validation_seconds=validation_s,
                                max_minutes=round(run_s / 60.0, 2), plan_seconds=plan_s,
                                cache_seconds=cache_s)
+
+
+def _on_grid(steps: int) -> int:
+    """``steps`` rounded down to a power of sqrt(2), so that step-time noise smaller than
+    that grid's step does not move the shrunk patch (two plans of la_mri timed the
+    memory-fitted patch at 39.1 and 33.9 s a step and chose different patches).
+
+    >>> _on_grid(76), _on_grid(88), _on_grid(100)
+    (64, 64, 90)
+    """
+    return max(1, int(2 ** (math.floor(2 * math.log2(max(steps, 1))) / 2)))
 
 
 def _validation_cases(fp: Fingerprint) -> int:
@@ -349,7 +361,7 @@ def _smaller_batch(plan: Plan, steps: int) -> Plan:
     memory = training_memory_bytes("unet3d", design_kwargs(d), len(c.channel_names),
                                    len(c.label_names) + 1, d.patch, batch)
     why = (f"{plan.reason}; batch {d.batch_size} -> {batch}: {steps} steps of "
-           f"{d.batch_size} slices fit the time budget")
+           f"{d.batch_size} slices fit the time budget (rounded down to a power of sqrt 2)")
     return dataclasses.replace(plan, design=dataclasses.replace(d, batch_size=batch,
                                                                 memory_bytes=memory), reason=why)
 

@@ -222,3 +222,12 @@ def test_cpu_time_budget_coarsens_the_spacing_for_context(tmp_path, monkeypatch,
     gpu = make_plan(manifest, PlanOptions(device="cuda", gpu_memory_gb=40))
     assert gpu.spacing_mm == (0.625, 0.625, 1.25) and gpu.spacing_reason == ""
     assert gpu.design.width == 32
+
+
+def test_shrink_steps_lie_on_a_sqrt2_grid():
+    """Two la_mri plans timed the memory-fitted patch at 39.1 and 33.9 s a step: 76 and 88
+    steps in an hour (3600 / (t * 1.2)). Both round down to 2^6 = 64, so both shrink to the
+    same patch; 100 rounds to 2^6.5 = 90.5 -> 90, and nothing goes below one step."""
+    from medseg.planning.plan import _on_grid
+
+    assert [_on_grid(n) for n in (76, 88, 100, 128, 1, 0)] == [64, 64, 90, 128, 1, 1]

@@ -157,8 +157,9 @@ def _probabilities(folder: Path, case: str) -> Path:
 def test_time_budgeted_2d_plan_trades_batch_for_steps(tmp_path, monkeypatch):
     # a modelled step (0.25 s per slice of the batch) so that the test does not depend on
     # the machine: 12 slices (the CPU cap; 5 % of the data would be 40) take 3 s, and an
-    # hour holds 3600 / (3 s * 1.2 overhead) = 1000 < 2000 steps, so the batch halves to
-    # 12 * 1000 / 2000 = 6 slices while the whole slice stays the patch
+    # hour holds 3600 / (3 s * 1.2 overhead) = 1000 < 2000 steps, rounded down to the sqrt(2)
+    # grid: 2^9.5 = 724, so the batch shrinks to int(12 * 724 / 2000) = 4 slices while the
+    # whole slice stays the patch
     from medseg.planning import plan as plan_module
 
     manifest = write_dataset(tmp_path / "data", [(1.0, 1.0, 3.5)] * 20, (64, 64, 40))
@@ -167,8 +168,8 @@ def test_time_budgeted_2d_plan_trades_batch_for_steps(tmp_path, monkeypatch):
     _, plan_2d = make_plans(manifest, PlanOptions("cpu", time_budget_h=1.0))
     d = plan_2d.design
     assert d.layout == "2d" and d.patch == (64, 64, 1)
-    assert d.batch_size == 6 and plan_2d.step_seconds == 1.5
-    assert "batch 12 -> 6: 1000 steps of 12 slices fit the time budget" in plan_2d.reason
+    assert d.batch_size == 4 and plan_2d.step_seconds == 1.0
+    assert "batch 12 -> 4: 724 steps of 12 slices fit the time budget" in plan_2d.reason
     # both plans share the budget: max_minutes counts the planning of both
     assert plan_2d.max_minutes == pytest.approx(60 - (plan_2d.plan_seconds + 30) / 60, abs=0.01)
 
