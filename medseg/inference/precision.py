@@ -5,7 +5,8 @@ switch) is :mod:`medseg.runtime`'s one table. Logits always leave the predictor
 as float32, so stitching and softmax are fp32 whatever the network ran in.
 
 An ensemble's predictor returns probabilities instead: per window batch, the mean over
-its members of softmax(logits), in float32 (:func:`make_ensemble_predictor`).
+its members of softmax(logits), in float32
+(:func:`mean_softmax` of the members' predictors).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch import nn
 
 from medseg.runtime import Runtime
 
-__all__ = ["Predictor", "make_ensemble_predictor", "make_predictor", "mean_softmax"]
+__all__ = ["Predictor", "make_predictor", "mean_softmax"]
 
 log = logging.getLogger(__name__)
 
@@ -36,20 +37,10 @@ def make_predictor(model: nn.Module, runtime: Runtime) -> Predictor:
     return run
 
 
-def make_ensemble_predictor(models: Sequence[nn.Module], runtime: Runtime) -> Predictor:
-    """Window batch (B, C, x, y, z) -> float32 probabilities (B, K, x, y, z): the mean over
-    ``models`` of softmax(logits) over channels, each member in ``runtime.precision``.
-
-    Peak memory beyond one member's forward pass: two (B, K, x, y, z) float32 arrays
-    (the running sum and one member's softmax), whatever the number of members.
-    """
-    return mean_softmax([make_predictor(model, runtime) for model in models])
-
-
 def mean_softmax(members: Sequence[Predictor]) -> Predictor:
     """Window batch -> float32 probabilities: the mean over ``members`` (logits predictors,
-    any backend) of softmax(logits) over channels (memory as
-    :func:`make_ensemble_predictor`)."""
+    any backend) of softmax(logits) over channels; one member's output at a time beside
+    the running sum, both float32 (B, K, x, y, z)."""
     log.debug("ensemble of %d networks: mean softmax per window batch", len(members))
 
     def run(batch: torch.Tensor) -> torch.Tensor:
