@@ -109,7 +109,8 @@ def train_folds(cfg: PipelineConfig, run_dir: str | Path, folds: int, fold: int 
             resume = options.resume and (folder / RESUME_FILE).is_file()
             log.info("fold %d of %d -> %s", index, folds, folder)
             results.append(train(fold_config(cfg, run_dir, index), folder,
-                                 dataclasses.replace(options, resume=resume), runtime))
+                                 dataclasses.replace(options, resume=resume,
+                                                     choose_postprocess=False), runtime))
         return results
     finally:
         shutdown(runtime)

@@ -11,7 +11,15 @@ into ``RUN_DIR``:
   validation Dice): self-describing checkpoints for ``medseg predict``;
 * ``last.resume.safetensors``: weights, optimiser, grad scaler, RNG states,
   epoch, step, sampler state and history, for ``--resume``;
-* ``log.csv``, ``curves.png``, ``config.yaml`` and TensorBoard events when installed.
+* ``log.csv``, ``curves.png``, ``config.yaml`` and TensorBoard events when installed;
+* ``postprocessing.json``: the post-processing chosen on the last validation (below).
+
+Post-processing: unless the config asks for one (``inference.keep_largest``) or the run is
+a cross-validation fold (the folds' choice is made out of fold, :mod:`medseg.crossval`),
+the last validation also scores keep-largest-component and small-component removal per
+label, and the choice nnU-Net's rule makes from it
+(:func:`medseg.inference.postprocess_choice.choose_postprocess`) goes into the model card
+of ``best`` and ``last``, so ``medseg predict`` applies it. It costs no extra inference.
 
 Determinism: the model is initialised from ``train.seed``; patch ``i`` of epoch
 ``e`` on rank ``r`` comes from seed ``(seed, e, r, i)``; augmentation of step
@@ -40,7 +48,7 @@ import torch
 
 from medseg.card import ModelCard, NetworkSpec
 from medseg.confidence import Cohort, Confidence
-from medseg.checkpoint import save_checkpoint
+from medseg.checkpoint import save_checkpoint, update_card
 from medseg.config import PipelineConfig
 from medseg.data.augment import Augmenter
 from medseg.data.sampling import PatchDataset, PatchSampler, collate_batch
@@ -58,7 +66,7 @@ from medseg.training.resume import (
     save_resume_state,
 )
 from medseg.training.supervision import deep_supervision_loss
-from medseg.training.validation import validate
+from medseg.training.validation import PostprocessEvidence, validate
 
 __all__ = ["TrainOptions", "TrainResult", "train"]
 
@@ -80,6 +88,8 @@ class TrainOptions:
     ``max_minutes``: wall-clock budget; the run stops (validating and saving) after the
     last epoch that is expected to finish within it. ``--resume`` continues later. With
     ``train.max_minutes`` in the config too, the smaller one holds.
+    ``choose_postprocess``: choose post-processing on the last validation (see the module
+    docstring); cross-validation folds turn it off.
     """
 
     resume: bool = False
@@ -87,6 +97,7 @@ class TrainOptions:
     debug_param_hashes: bool = False
     debug_kill_after_epoch: int | None = None
     max_minutes: float | None = None
+    choose_postprocess: bool = True
 
 
 @dataclass
@@ -153,6 +164,7 @@ class _Trainer:
         self.augment = Augmenter(cfg.train.augment)
         self.epoch, self.step = 0, 0
         self._longest_validation = 0.0  # seconds
+        self._evidence: PostprocessEvidence | None = None
         self.best_score, self.best_epoch = -math.inf, 0
         self.history: list[dict[str, Any]] = []
         if options.resume:
@@ -351,8 +363,10 @@ class _Trainer:
         if not (due and self.data.val):
             return {}
         began = time.monotonic()
+        if final and self._chooses_postprocess:
+            self._evidence = PostprocessEvidence(range(1, self.data.num_classes))
         dice = validate(self.model, self.data.val, self.card.window, self.data.num_classes,
-                        self.runtime)
+                        self.runtime, collect=self._evidence if final else None)
         self._longest_validation = max(self._longest_validation, time.monotonic() - began)
         row = {"val_mean_dice": float(np.nanmean(dice)) if np.isfinite(dice).any() else math.nan}
         for value, score in zip(range(1, self.data.num_classes), dice):
@@ -395,7 +409,7 @@ class _Trainer:
             out_of_time = epoch < t.epochs and self._out_of_time(start, began)
             row: dict[str, Any] = {"epoch": epoch, "step": self.step, "train_loss": loss,
                                    "lr": lr_at(self.step, t, self._time_fraction())}
-            row.update(self._validate(epoch, final=out_of_time))
+            row.update(self._validate(epoch, final=out_of_time or epoch == t.epochs))
             row["seconds"] = round(time.monotonic() - began, 2)
             self.epoch = epoch
             self.history.append(row)
@@ -413,9 +427,35 @@ class _Trainer:
         if self._clock[1] is not None and not out_of_time:
             log.info("time budget %.1f min: all %d epochs done in %.1f min", self._clock[1],
                      t.epochs, (time.monotonic() - start) / 60)
+        self._choose_postprocess()
         self.tensorboard.close()
         return TrainResult(self.run_dir, self.epoch, self.best_score, self.best_epoch,
                            list(self.history))
+
+    @property
+    def _chooses_postprocess(self) -> bool:
+        return (self.options.choose_postprocess and not self.cfg.inference.keep_largest
+                and bool(self.data.val))
+
+    def _choose_postprocess(self) -> None:
+        """The post-processing the last validation supports -> ``postprocessing.json`` and
+        the cards of ``best`` and ``last`` (the module docstring)."""
+        if self._evidence is None:
+            return
+        choice = self._evidence.gather(self.runtime).choose()
+        if self.runtime.is_main:
+            names = {v: n for v, n in self.card.labels.items() if v != 0}
+            atomic_write_text(self.run_dir / "postprocessing.json",
+                              json.dumps(choice.to_dict(names), indent=1) + "\n")
+            self.card = self.card.replace(postprocess=choice.postprocess)
+            for name in ("best.safetensors", "last.safetensors"):
+                if (self.run_dir / name).is_file():
+                    update_card(self.run_dir / name, self.card)
+            log.info("post-processing chosen on %d validation cases: %s (mean Dice %.4f -> "
+                     "%.4f on the preprocessed grid)", len(self._evidence.dice),
+                     choice.postprocess.to_dict() or "none", choice.mean_dice(chosen=False),
+                     choice.mean_dice())
+        barrier(self.runtime)
 
     def _budget_minutes(self) -> float | None:
         """The wall-clock budget in minutes: the smaller of ``--max-minutes`` and

@@ -9,7 +9,8 @@ preprocessed grid (the grid the network sees).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
 import numpy as np
 import torch
 
@@ -18,7 +19,7 @@ from medseg.data.cache import CachedCase
 from medseg.runtime import Runtime
 from medseg.training.distributed import all_reduce_sum
 
-__all__ = ["dice_per_label", "validate"]
+__all__ = ["Collector", "PostprocessEvidence", "dice_per_label", "validate"]
 
 
 def dice_per_label(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -46,20 +47,29 @@ def _predict(model: torch.nn.Module, case: CachedCase, window: WindowSettings,
     return logits[0].argmax(dim=0)
 
 
+Collector = Callable[[CachedCase, np.ndarray, np.ndarray], None]
+"""Called with each validation case and its (x, y, z) predicted and true label maps."""
+
+
 @torch.no_grad()
 def validate(model: torch.nn.Module, cases: Sequence[CachedCase], window: WindowSettings,
-             num_classes: int, runtime: Runtime) -> np.ndarray:
+             num_classes: int, runtime: Runtime, collect: Collector | None = None
+             ) -> np.ndarray:
     """Mean Dice per label (K - 1,) over ``cases``, the cases shared out over the ranks.
 
     The sliding window runs with ``window``, the model card's settings (the same
-    ``medseg predict`` uses), in ``runtime``'s precision.
+    ``medseg predict`` uses), in ``runtime``'s precision. ``collect``, when given, sees
+    every case this rank predicts (the post-processing choice of a run's last validation).
     """
     was_training = model.training
     model.eval()
     sums = torch.zeros(2, num_classes - 1, dtype=torch.float64)  # [sum of Dice, count]
     for case in list(cases)[runtime.rank :: runtime.world_size]:
         pred = _predict(model, case, window, runtime)
-        dice = dice_per_label(pred, torch.from_numpy(np.array(case.label)), num_classes)
+        true = torch.from_numpy(np.array(case.label))
+        dice = dice_per_label(pred, true, num_classes)
+        if collect is not None:
+            collect(case, pred.numpy(), true.numpy())
         valid = ~torch.isnan(dice)
         sums[0] += torch.where(valid, dice, torch.zeros_like(dice))
         sums[1] += valid.double()
@@ -68,3 +78,45 @@ def validate(model: torch.nn.Module, cases: Sequence[CachedCase], window: Window
         sums = all_reduce_sum(sums.to(runtime.device), runtime).cpu()
     with np.errstate(invalid="ignore", divide="ignore"):
         return (sums[0] / sums[1]).numpy()
+
+
+class PostprocessEvidence:
+    """The evidence for choosing post-processing, gathered during a run's last validation.
+
+    A :data:`Collector`: for every validation case, the Dice of each label without and
+    with keep-largest (:func:`~medseg.inference.postprocess_choice.postprocess_dice`) and its
+    predicted components (:func:`~medseg.inference.postprocess_choice.case_components`, on
+    the preprocessed grid, whose spacing in mm is the norm of each affine column).
+    :meth:`choose` weighs them with nnU-Net's rule, as the out-of-fold evaluation of a
+    cross-validation run does.
+    """
+
+    def __init__(self, labels: Sequence[int]) -> None:
+        self.labels = [int(v) for v in labels]
+        self.dice: list[dict] = []
+        self.components: list[dict] = []
+
+    def __call__(self, case: CachedCase, pred: np.ndarray, true: np.ndarray) -> None:
+        from medseg.inference.postprocess_choice import case_components, postprocess_dice
+
+        spacing_mm = np.linalg.norm(np.asarray(case.affine)[:3, :3], axis=0)
+        self.dice.append(postprocess_dice(pred, true, self.labels))
+        self.components.append(case_components(pred, true, self.labels, spacing_mm))
+
+    def gather(self, runtime: Runtime) -> PostprocessEvidence:
+        """Every rank's cases together (under DDP; this object unchanged otherwise)."""
+        if runtime.distributed:
+            import torch.distributed as dist
+
+            parts: list = [None] * runtime.world_size
+            dist.all_gather_object(parts, (self.dice, self.components))
+            self.dice = [d for part in parts for d in part[0]]
+            self.components = [c for part in parts for c in part[1]]
+        return self
+
+    def choose(self):
+        """The :class:`~medseg.inference.postprocess_choice.PostprocessChoice` these cases
+        support."""
+        from medseg.inference.postprocess_choice import choose_postprocess
+
+        return choose_postprocess(self.dice, self.components)

@@ -18,7 +18,8 @@ from medseg.data.splits import fold_cases, kfold_splits, read_splits, write_spli
 from medseg.errors import ConfigError
 from medseg.inference.postprocess import apply_postprocess, remove_small_components
 from medseg.runtime import Runtime
-from medseg.crossval import case_components, choose_min_size, choose_postprocess, postprocess_dice
+from medseg.inference.postprocess_choice import (
+    case_components, choose_min_size, choose_postprocess, postprocess_dice)
 from medseg.training.data import prepare_data
 
 from .training_helpers import tiny_config, weights_of, write_config

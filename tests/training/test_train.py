@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -137,6 +138,14 @@ def test_time_budget_stops_after_an_epoch_and_still_validates(tmp_path, capsys):
     assert rows[0]["val_mean_dice"] not in ("", None)
     assert load_checkpoint(run / "best.safetensors").epoch == 1
     assert load_checkpoint(run / "last.safetensors").epoch == 1
+    # the last validation chose the post-processing: its Dice without any is the logged
+    # validation Dice (the same predictions), and the choice is in both cards
+    chosen = json.loads((run / "postprocessing.json").read_text())
+    assert chosen["mean_dice_without"] == pytest.approx(float(rows[0]["val_mean_dice"]),
+                                                        rel=1e-5)  # log.csv rounds
+    for name in ("best", "last"):
+        card = load_checkpoint(run / f"{name}.safetensors").card
+        assert card.postprocess.to_dict() == chosen["postprocess"]
     # --resume without a budget continues to the configured 4 epochs.
     assert main(["train", str(config), "-o", str(run), "--no-progress", "--resume"]) == 0
     assert [r["epoch"] for r in _rows(run)] == ["1", "2", "3", "4"]
@@ -169,3 +178,31 @@ def test_lr_follows_the_larger_of_the_step_and_the_clock():
     assert lr_at(10, cfg, time_fraction=0.05) == pytest.approx(0.9 ** 0.9)  # steps lead
     assert lr_at(10, cfg, time_fraction=0.5) == pytest.approx(0.5 ** 0.9)  # the clock leads
     assert lr_at(10, cfg, time_fraction=3.0) == 0.0  # over budget: the schedule's end
+
+
+def test_last_validation_evidence_keeps_the_largest_component_where_it_raises_dice():
+    """Hand case: a 2x2x2 cube of label 1 predicted exactly plus a far 1-voxel island
+    (Dice 16/17 without, 1 with keep-largest) in one case; in the other, label 1 is exact
+    and label 2 is two 1-voxel parts, predicted exactly (Dice 1 without, 2/3 with). Keep-largest is chosen for label 1 only; the island is 1 voxel of
+    2 x 1 x 1 mm = 0.002 mL."""
+    from types import SimpleNamespace
+
+    from medseg.training.validation import PostprocessEvidence
+
+    affine = np.diag([2.0, 1.0, 1.0, 1.0])
+    gt = np.zeros((8, 8, 8), np.uint8)
+    gt[1:3, 1:3, 1:3] = 1
+    pred = gt.copy()
+    pred[7, 7, 7] = 1
+    gt2, pred2 = gt.copy(), gt.copy()
+    gt2[5, 5, 5] = gt2[5, 5, 7] = 2  # a structure of two separate parts, found exactly
+    pred2[5, 5, 5] = pred2[5, 5, 7] = 2
+    evidence = PostprocessEvidence([1, 2])
+    evidence(SimpleNamespace(affine=affine), pred, gt)
+    evidence(SimpleNamespace(affine=affine), pred2, gt2)
+    assert evidence.dice[0][1] == pytest.approx((16 / 17, 1.0))
+    assert evidence.dice[1][2] == pytest.approx((1.0, 2 / 3))
+    assert evidence.components[0][1].false_positive_ml() == pytest.approx([0.002])
+    choice = evidence.choose()
+    assert choice.postprocess.largest_only == (1,)
+    assert choice.dice_without[1] == pytest.approx((16 / 17 + 1) / 2)
