@@ -133,7 +133,7 @@ def read_dicom_image(
     along the slice normal), with rescale slope/intercept applied (int16 for typical CT).
     ``meta`` holds ``dicom_files`` (paths in slice order, index k of the z axis),
     ``series_uid``, ``study_uid``, ``source``, ``format``, ``stack`` (its label, "" when it
-    is the only one) and ``stack_index``.
+    is the only one), ``stack_index`` and ``stack_names`` (the names ``stack=`` takes).
 
     Raises
     ------
@@ -255,7 +255,8 @@ def _read(found: _Found, info: StackInfo, tilt: bool) -> Volume:
         volume = read_mosaic(first.file, source)
     else:
         volume = _read_slices(found, info, source, tilt)
-    meta = {**volume.meta, "stack": info.label, "stack_index": info.index}
+    meta = {**volume.meta, "stack": info.label, "stack_index": info.index,
+            "stack_names": info.names}
     if len(found.stacks) > 1:
         log.debug("%s: read stack %s of %d", found.source, info, len(found.stacks))
     return Volume(volume.array, volume.affine, meta)
