@@ -162,7 +162,7 @@ def test_manifests_name_the_stacks_of_their_cases(tmp_path, dixon, models, stack
 
 def test_manifest_stack_errors_name_the_manifest_the_entry_and_the_stacks(
         tmp_path, dixon, models, capsys):
-    from medseg.data.manifest import load_manifest, read_case
+    from medseg.data.manifest import load_manifest, read_case, validate_manifest
     from medseg.errors import ConfigError, UsageError
 
     csv = tmp_path / "cases.csv"
@@ -176,6 +176,9 @@ def test_manifest_stack_errors_name_the_manifest_the_entry_and_the_stacks(
     assert str(info.value) == (
         f"{csv}: row 3 (case 'x'): {dixon}: stack 5 is out of range: it holds 2 stack(s), "
         "numbered from 1: 1 water (8 slices), 2 fat (8 slices)")
+    (problem,) = validate_manifest(load_manifest(csv))
+    assert problem.case_id == "x" and "stack 5 is out of range" in problem.message
+    assert "name one of the stacks listed in the 'stack' of cases.csv" in problem.fix
     out = tmp_path / "out"
     assert predict("-m", models["named"], "-i", csv, "-o", out, "--stack", "1",
                    "--stack", "2") == 2
