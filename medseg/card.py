@@ -10,6 +10,7 @@ setting it holds is used at prediction time, and nothing else is needed::
         preprocessing=Preprocessing({...}),  # typed: medseg.transforms.Preprocessing, or
                                              # medseg.transforms.nnunet.NnunetPreprocessing
         labels={0: "background", 1: "liver", ...},
+        channels=("water", "fat"),           # optional: the input channels' names, in order
         window=WindowSettings(roi_size=(96, 96, 96), overlap=0.5, blend="gaussian",
                               batch_size=4, mirror_axes=()),
         postprocess=Postprocess(keep_largest=False),
@@ -22,6 +23,7 @@ JSON form (``to_dict`` / ``from_dict``, exact round trip)::
      "window": {"roi_size": [96, 96, 96], "overlap": 0.5, "blend": "gaussian",
                 "batch_size": 4, "mirror_axes": []},
      "postprocess": {"keep_largest": false},
+     "channels": ["water", "fat"],  # optional: the input channels' names, in order
      "confidence": {...}}   # optional: medseg.confidence.Confidence (cohort, QC, temperature)
 
 The preprocessing is typed: each kind knows its own ``apply`` (-> the network input and
@@ -265,6 +267,10 @@ class ModelCard:
     confidence : the training cohort, QC thresholds and calibration temperature
         (:class:`medseg.confidence.Confidence`; a mapping is read as its JSON form); None
         for a model trained before medseg recorded them (QC then works with what it has).
+    channels : the names of the input channels in the network's order, as the training
+        manifest names them (``channel_names`` / ``modality``: ``("water", "fat")``,
+        ``("T2", "ADC")``); empty when it names none. ``predict`` checks DICOM stacks
+        given as channels against them.
     """
 
     model: NetworkSpec
@@ -273,8 +279,14 @@ class ModelCard:
     window: WindowSettings
     postprocess: Postprocess = Postprocess()
     confidence: Confidence | None = None
+    channels: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        channels = tuple(str(c) for c in self.channels)
+        if channels and len(channels) != self.in_channels:
+            raise UsageError(f"model card: {len(channels)} channel names {list(channels)} for "
+                             f"a network of {self.in_channels} input channel(s)")
+        object.__setattr__(self, "channels", channels)
         labels = {int(k): str(v) for k, v in dict(self.labels).items()}
         labels.setdefault(0, "background")
         object.__setattr__(self, "labels", dict(sorted(labels.items())))
@@ -307,6 +319,8 @@ class ModelCard:
                "window": self.window.to_dict(), "postprocess": self.postprocess.to_dict()}
         if self.confidence is not None:
             out["confidence"] = self.confidence.to_dict()
+        if self.channels:
+            out["channels"] = list(self.channels)
         return out
 
     @classmethod
@@ -316,12 +330,12 @@ class ModelCard:
         ``source`` (the checkpoint file) and the entry."""
         try:
             check_keywords(data, ["model", "preprocessing", "labels", "window", "postprocess",
-                                  "confidence"], "model card")
+                                  "confidence", "channels"], "model card")
             return cls(NetworkSpec.from_dict(data["model"]), dict(data["preprocessing"]),
                        {int(k): str(v) for k, v in dict(data["labels"]).items()},
                        _window(data["window"]),
                        Postprocess(**dict(data.get("postprocess") or {})),
-                       data.get("confidence"))
+                       data.get("confidence"), tuple(data.get("channels") or ()))
         except KeyError as exc:
             raise CheckpointError(f"model card lacks {exc}", source) from None
         except (MedsegError, TypeError, ValueError) as exc:

@@ -181,11 +181,13 @@ class PipelineConfig:
         return WindowSettings(tuple(i.roi_size or self.train.patch_size), i.overlap, i.blend,
                               i.batch_size, tuple(i.mirror_axes))
 
-    def model_card(self, network: NetworkSpec, labels: Mapping[int, str]) -> ModelCard:
+    def model_card(self, network: NetworkSpec, labels: Mapping[int, str],
+                   channels: Sequence[str] = ()) -> ModelCard:
         """The card of a model trained with this config: ``network`` (the built model's
-        spec) and ``labels`` (value -> name) come from the data; the rest from here."""
+        spec), ``labels`` (value -> name) and ``channels`` (the input channels' names, in
+        order; empty when the data names none) come from the data; the rest from here."""
         return ModelCard(network, dict(self.preprocessing), dict(labels), self.window(),
-                         Postprocess(self.inference.keep_largest))
+                         Postprocess(self.inference.keep_largest), channels=tuple(channels))
 
 
 # -- validation --------------------------------------------------------------------------------

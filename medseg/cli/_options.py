@@ -10,7 +10,7 @@ LABELS_FORMS = ('a label-name file: {"1": "liver"}, {"liver": 1}, or a dataset.j
 
 STACK_HELP = ("the image stack of a DICOM series or object that holds several (magnitude and "
               "phase, echoes, Dixon images, time points): its number from 1, or a name such as "
-              "phase, echo2, water; 'medseg info' lists them (default: the only stack, or a "
+              "phase, echo2, water, b1000; 'medseg info' lists them (default: the only stack, or a "
               "single file's own)")
 
 
@@ -21,7 +21,9 @@ def add_stack(parser: argparse.ArgumentParser, channels: bool = False) -> None:
         parser.add_argument("--stack", action="append", metavar="K|NAME",
                             help=f"{STACK_HELP}; repeat it to give several stacks as the "
                                  "model's input channels, in the order of its channels "
-                                 "(e.g. --stack water --stack fat)")
+                                 "(e.g. --stack water --stack fat; a stack named as another "
+                                 "of the model card's channels is refused, never reordered); "
+                                 "a manifest case may name its own (column or key 'stack')")
     else:
         parser.add_argument("--stack", metavar="K|NAME", help=STACK_HELP)
 

@@ -110,12 +110,15 @@ class CachedCase:
 
 
 def cache_key(case: Case, preprocessing_config: dict[str, Any], max_per_class: int) -> str:
-    """Hex digest of the preprocessing config and the source files' path/size/mtime."""
+    """Hex digest of the preprocessing config, the source files' path/size/mtime and the
+    DICOM stacks the case names."""
     sources = []
     for path in [*case.images, *([case.label] if case.label else [])]:
         stat = Path(path).stat()
         sources.append([str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns])
     doc = {"v": CACHE_VERSION, "pre": preprocessing_config, "src": sources, "max": max_per_class}
+    if case.stack:  # the DICOM stacks read (absent otherwise, so older keys stay valid)
+        doc["stack"] = [str(s) for s in case.stack]
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 

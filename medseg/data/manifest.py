@@ -14,6 +14,13 @@ Two forms are read (see ``data_manifests/README.md``):
   ``train``, ``val`` or ``test``; ``case_id`` optional). Several channel files
   of one case are joined with ``;`` in the ``image`` column.
 
+A case whose image is one DICOM series or object holding several image stacks
+(magnitude / phase, echoes, Dixon water / fat; :mod:`medseg.io.dicom.stacks`)
+names the one to read: an optional ``stack`` column in the CSV, a ``"stack"``
+key in a ``dataset.json`` entry. A stack is a number from 1 or a name
+(``phase``, ``echo2``, ``water``); several (``water;fat`` in the CSV, a list in
+JSON) are the case's channels, in that order.
+
 Relative paths are resolved against the manifest's folder.
 :func:`validate_manifest` checks every case and returns every problem found,
 each with its fix.
@@ -83,6 +90,11 @@ class Problem:
         return f"[{self.case_id}] {where}{self.message} -> fix: {self.fix}"
 
 
+#: Keys of a dataset.json entry and columns of a CSV manifest.
+_ENTRY_KEYS = ("image", "label", "case_id", "stack")
+_CSV_COLUMNS = ("image", "label", "split", "case_id", "stack")
+
+
 # -- loading ----------------------------------------------------------------------------------
 def load_manifest(path: str | os.PathLike) -> Manifest:
     """Read an MSD/nnU-Net ``dataset.json`` or a CSV manifest (chosen by the extension)."""
@@ -125,10 +137,10 @@ def _entries(doc: dict[str, Any], key: str, split: str, base: Path, path: Path) 
         if not isinstance(item, dict) or "image" not in item:
             raise ConfigError(f"{where}: expected {{\"image\": ..., \"label\": ...}}, got {item!r}",
                               path)
-        unknown = set(item) - {"image", "label", "case_id"}
+        unknown = set(item) - set(_ENTRY_KEYS)
         if unknown:
             key0 = sorted(unknown)[0]
-            hint = closest(key0, ["image", "label", "case_id"])
+            hint = closest(key0, list(_ENTRY_KEYS))
             raise ConfigError(f"{where}: unknown key {key0!r}"
                               + (f"; did you mean {hint!r}?" if hint else ""), path)
         raw_images = item["image"] if isinstance(item["image"], list) else [item["image"]]
@@ -138,8 +150,35 @@ def _entries(doc: dict[str, Any], key: str, split: str, base: Path, path: Path) 
         if split != "test" and label_path is None:
             raise ConfigError(f"{where}: a {split} case needs a 'label'", path)
         case_id = str(item.get("case_id") or case_name(images[0], strip_channel=True))
-        cases.append(Case(case_id, images, label_path, split))
+        stack = _stack_entry(item.get("stack"), images, path, where)
+        cases.append(Case(case_id, images, label_path, split, stack, path, where))
     return cases
+
+
+def _stack_entry(value: Any, images: tuple[Path, ...], path: Path, where: str
+                 ) -> tuple[int | str, ...]:
+    """The ``stack`` of an entry (a number from 1, a name, or a list of them: one per
+    channel) as a tuple; empty when the entry names none.
+
+    Raises
+    ------
+    ConfigError
+        Not a positive integer, a name or a non-empty list of them, or named for a case of
+        several image files (stacks are of one DICOM input), naming the manifest and entry.
+    """
+    if value is None or value == "":
+        return ()
+    values = value if isinstance(value, list) else [value]
+    good = values and all(
+        (isinstance(v, int) and not isinstance(v, bool) and v >= 1)
+        or (isinstance(v, str) and v.strip()) for v in values)
+    if not good:
+        raise ConfigError(f"{where}: stack {value!r}: expected a stack number from 1, a name "
+                          "('phase', 'echo2', 'water') or a list of them (one per channel)", path)
+    if len(images) != 1:
+        raise ConfigError(f"{where}: stack {value!r} picks stacks of one DICOM input; this case "
+                          f"lists {len(images)} image files (one per channel)", path)
+    return tuple(v.strip() if isinstance(v, str) else v for v in values)
 
 
 def _nnunet_v2_cases(doc: dict[str, Any], base: Path, n_channels: int) -> list[Case]:
@@ -192,8 +231,8 @@ def _load_csv(path: Path) -> Manifest:
                               + (f"; did you mean 'image' for {columns[0]!r}?" if hint else ""),
                               path)
         for col in columns:
-            if col not in ("image", "label", "split", "case_id"):
-                hint = closest(col, ["image", "label", "split", "case_id"])
+            if col not in _CSV_COLUMNS:
+                hint = closest(col, list(_CSV_COLUMNS))
                 raise ConfigError(f"unknown CSV column {col!r}"
                                   + (f"; did you mean {hint!r}?" if hint else ""), path)
         cases = []
@@ -209,7 +248,10 @@ def _load_csv(path: Path) -> Manifest:
             if split != "test" and label is None:
                 raise ConfigError(f"{where}: a {split} case needs a label", path)
             case_id = row.get("case_id") or case_name(images[0], strip_channel=True)
-            cases.append(Case(case_id, images, label, split))
+            stack = [v.strip() for v in row.get("stack", "").split(";")] if row.get("stack") \
+                else None
+            stack = _stack_entry(stack, images, path, where)
+            cases.append(Case(case_id, images, label, split, stack, path, where))
     if not cases:
         raise ConfigError("manifest lists no cases", path)
     labels_file = path.with_suffix(".labels.json")
@@ -242,8 +284,8 @@ def read_case_label(case: Case) -> Volume:
 def validate_manifest(manifest: Manifest) -> list[Problem]:
     """Check every case; return every problem (empty list: the dataset is usable).
 
-    Checks: files exist and are readable, channel files share a grid, the
-    channel count matches ``channel_names``, image and label share a grid
+    Checks: files exist and are readable (with the stacks a case names), channel files
+    share a grid, the channel count matches ``channel_names``, image and label share a grid
     (:meth:`Volume.same_grid`), label values are integers listed in ``labels``.
     """
     problems: list[Problem] = []
@@ -267,10 +309,13 @@ def _check_case(case: Case, manifest: Manifest) -> list[Problem]:
     vols: dict[Path, Volume] = {}
     for path in [*case.images, *([case.label] if case.label else [])]:
         try:
-            vols[path] = read_case_label(case) if path == case.label else read_volume(path)
+            vols[path] = (read_case_label(case) if path == case.label
+                          else read_case_image(case) if case.stack else read_volume(path))
         except MedsegError as exc:
-            found.append(Problem(case.case_id, path, f"cannot be read: {exc.message}",
-                                 "re-export it as NIfTI (.nii.gz), NRRD or MHA, or replace it"))
+            fix = (f"name one of the stacks listed in the 'stack' of {manifest.path.name}"
+                   if case.stack and "stack" in exc.message else
+                   "re-export it as NIfTI (.nii.gz), NRRD or MHA, or replace it")
+            found.append(Problem(case.case_id, path, f"cannot be read: {exc.message}", fix))
     if found:
         return found
     first = vols[case.images[0]]

@@ -134,7 +134,10 @@ class CaseFiles:
     preview : also write ``<case>_preview.png`` overlays.
     dicom_format : what a ``.dcm`` output is: ``"seg"`` (DICOM-SEG) or ``"rtstruct"``.
     stack : the image stack(s) of a DICOM input holding several (numbers from 1 or
-        names, ``--stack``); several are the input channels, in the model's order.
+        names, ``--stack``); several are the input channels, in the model's order:
+        their number must be the model's channel count, and a stack named as another of
+        the card's channels is refused (:mod:`medseg.sources.channels`). A manifest case
+        that names its own stack(s) is read with those (giving both is an error).
     """
 
     series: str | None = None
@@ -216,7 +219,7 @@ def predict_cases(
 
     Returns the outputs this rank wrote.
     """
-    from medseg.sources import load_model
+    from medseg.sources import check_stack_count, load_model
     from medseg.inference.predict import PredictOptions, predict_case
     from medseg.runtime import Runtime
 
@@ -227,6 +230,7 @@ def predict_cases(
     cases = list_cases(input_path)
     mine = shard_cases(cases, runtime.rank, runtime.world_size)
     loaded = load_model(model, runtime)
+    check_stack_count(files.stack, loaded.card, str(loaded.source), input_path)
     algorithm = f"medseg {loaded.card.model.name}"
     if loaded.is_ensemble:
         algorithm += f" ensemble of {len(loaded.networks)}"

@@ -56,13 +56,20 @@ class Case:
     ``images`` holds one path (a file, possibly multi-channel, a DICOM series
     folder, or one DICOM file standing for its series) or one file per channel,
     all on one grid. ``label`` is the (x, y, z) label map, None for cases to
-    predict. ``split``: ``train``, ``val`` or ``test``.
+    predict. ``split``: ``train``, ``val`` or ``test``. ``stack``: the image
+    stack(s) of a DICOM input that holds several, as a manifest names them (a
+    number from 1 or a name; several are the channels, in order); empty for the
+    input's only stack. ``manifest`` and ``entry`` say where a manifest lists the
+    case (``"row 3"``, ``"training[2]"``), for error messages; None and "" otherwise.
     """
 
     case_id: str
     images: tuple[Path, ...]
     label: Path | None = None
     split: str = "train"
+    stack: tuple[int | str, ...] = ()
+    manifest: Path | None = None
+    entry: str = ""
 
     @property
     def is_dicom(self) -> bool:
@@ -190,31 +197,64 @@ def read_case_image(
     ``tilt``: resample a gantry-tilted DICOM series (True) or refuse it.
     ``stack``: the image stack of a DICOM input holding several (a number from 1
     or a name, :func:`medseg.io.read_volume`), or a sequence of them: one
-    channel each, in the order given (``--stack water --stack fat``).
-    The affine and ``meta`` are those of the first file (or stack).
+    channel each, in the order given (``--stack water --stack fat``). A case whose
+    manifest names its stack(s) (``case.stack``) is read with those.
+    The affine and ``meta`` are those of the first file (or stack); for a DICOM
+    input ``meta["channel_stacks"]`` holds ``(label, names)`` of each channel's
+    stack (:class:`medseg.io.dicom.stacks.StackInfo`), which the model's channel
+    names are checked against.
 
     Raises
     ------
     GeometryError
         A channel file is not on the grid of the first one (names the file).
     ImageReadError, UsageError
-        As :func:`medseg.io.read_volume`.
+        As :func:`medseg.io.read_volume`; a stack the manifest names that the input
+        lacks names the manifest, the entry and the stacks there are; ``stack`` given
+        for a case whose manifest names its own, or for a case of one file per channel.
     """
     from medseg.io import read_volume
 
-    stacks = [stack] if stack is None or isinstance(stack, (int, str)) else list(stack)
+    stacks = _stacks_of(case, stack)
     if len(case.images) == 1:  # a file refuses series= (UsageError), a DICOM folder uses it
-        vols = [read_volume(case.images[0], series=series, tilt=tilt, stack=s)
-                for s in stacks or [None]]
+        try:
+            vols = [read_volume(case.images[0], series=series, tilt=tilt, stack=s)
+                    for s in stacks]
+        except UsageError as exc:
+            if not case.stack:
+                raise
+            raise _in_manifest(case, exc) from None
         if len(vols) == 1:
-            return _channel_first(vols[0])
-        channels = [f"stack {s!r}" for s in stacks]
-        return _concatenate(vols, channels, case.images[0], channels[0])
+            image = _channel_first(vols[0])
+        else:
+            channels = [f"stack {s!r}" for s in stacks]
+            image = _concatenate(vols, channels, case.images[0], channels[0])
+        if all("stack_names" in v.meta for v in vols):
+            image.meta["channel_stacks"] = [(v.meta["stack"], v.meta["stack_names"])
+                                            for v in vols]
+        return image
     if stacks != [None]:
-        raise UsageError(f"stack={stack!r} picks stacks of one DICOM input; this case has one "
+        raise UsageError(f"stack={stacks!r} picks stacks of one DICOM input; this case has one "
                          f"file per channel", case.images[0])
     vols = [read_volume(p) for p in case.images]
     return _concatenate(vols, list(case.images), None, case.images[0].name)
+
+
+def _stacks_of(case: Case, stack: int | str | Sequence[int | str] | None) -> list:
+    """The stacks to read, one per channel (``[None]``: the input's only or own stack)."""
+    given = [] if stack is None else [stack] if isinstance(stack, (int, str)) else list(stack)
+    if case.stack and given:
+        raise UsageError(f"case {case.case_id!r} names its stack(s) {list(case.stack)} in "
+                         f"{case.manifest} ({case.entry}) and --stack (stack=) gives "
+                         f"{given}: give them in one place", case.images[0])
+    return list(case.stack) or given or [None]
+
+
+def _in_manifest(case: Case, exc: UsageError) -> UsageError:
+    """``exc`` (a stack the input lacks) as said of the manifest entry that names it."""
+    what = f"{exc.path}: " if exc.path else ""
+    return UsageError(f"{case.entry} (case {case.case_id!r}): {what}"
+                      f"{exc.message.removeprefix('--')}", case.manifest)
 
 
 def _concatenate(vols: list[Volume], names: list, source, first: str) -> Volume:

@@ -18,10 +18,11 @@ from __future__ import annotations
 from typing import Any
 
 from medseg.runtime import Runtime
+from medseg.sources.channels import check_stack_count
 from medseg.sources.loaded import COMBINES, LoadedModel, check_image, run_checkpoints
 
-__all__ = ["COMBINES", "SOURCES", "LoadedModel", "check_image", "load_model",
-           "run_checkpoints", "save_confidence"]
+__all__ = ["COMBINES", "SOURCES", "LoadedModel", "check_image", "check_stack_count",
+           "load_model", "run_checkpoints", "save_confidence"]
 
 
 def _nnunet(model: Any, runtime: Runtime) -> LoadedModel | None:

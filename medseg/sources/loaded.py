@@ -247,18 +247,29 @@ def image_source(volume: Volume) -> str | None:
 
 
 def check_image(volume: Volume, model: LoadedModel) -> None:
-    """Refuse an image the network cannot take: wrong channel count, NaN or inf voxels.
+    """Refuse an image the network cannot take: wrong channel count, NaN or inf voxels,
+    DICOM stacks given as channels in another order than the card's channel names say
+    (:mod:`medseg.sources.channels`).
 
     Raises
     ------
     DataError naming the image file (and the checkpoint in the message).
+    UsageError
+        stacks in another order than the card's channel names (names the right order).
     """
+    from medseg.sources.channels import channels_text, stack_order_problem
+
     source = image_source(volume)
     channels = volume.shape[0] if volume.has_channels else 1
-    expected = model.card.in_channels
-    if channels != expected:
-        raise DataError(f"checkpoint {model.source} expects {expected} input channels, image "
-                        f"has {channels}", source)
+    stacks = volume.meta.get("channel_stacks")
+    if channels != model.card.in_channels:
+        hint = ("; a DICOM input gives one stack per channel with --stack K|NAME, repeated in "
+                "the model's channel order" if stacks else "")
+        raise DataError(f"checkpoint {model.source} expects {channels_text(model.card)}, image "
+                        f"has {channels}{hint}", source)
+    problem = stack_order_problem(stacks or [], model.card.channels)
+    if problem:
+        raise UsageError(f"{problem} (model {model.source})", source)
     array = volume.array
     if array.dtype.kind in "fc":
         bad = int(np.count_nonzero(~np.isfinite(array)))

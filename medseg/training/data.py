@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 class TrainingData:
     """Cached cases and what describes them. ``label_names``: value -> name, 0 included;
     ``train_cases``: the training cases' files (the cohort is measured from them);
-    ``modality``: the manifest's channel names ("CT", "MRI"), None when it names none."""
+    ``modality``: the manifest's channel names ("CT", "MRI"), None when it names none;
+    ``channels``: those names one per input channel (the model card's), empty when the
+    manifest names none or not one per channel."""
 
     train: list[CachedCase]
     val: list[CachedCase]
@@ -41,6 +43,7 @@ class TrainingData:
     in_channels: int
     train_cases: list[Case] = field(default_factory=list)
     modality: str | None = None
+    channels: tuple[str, ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -96,8 +99,9 @@ def prepare_data(cfg: PipelineConfig, preprocessing, cache_dir: Path, info: Runt
     in_channels = int(cached[0].image.shape[0])
     _check_labels(cached, label_names, manifest_file)
     names = [n for n in manifest.channel_names if n != "image"]
+    channels = tuple(names) if len(names) == in_channels else ()
     return TrainingData(cached[: len(train_cases)], cached[len(train_cases) :], label_names,
-                        in_channels, list(train_cases), ", ".join(names) or None)
+                        in_channels, list(train_cases), ", ".join(names) or None, channels)
 
 
 def _cache(cases, preprocessing, cache_dir, cfg, progress) -> list[CachedCase]:

@@ -154,7 +154,7 @@ class _Trainer:
                                                progress=self._show_progress)
         self.model = self._build_model().to(self.device)
         self.card: ModelCard = cfg.model_card(NetworkSpec.of(self.model),
-                                              self.data.label_names)
+                                              self.data.label_names, self.data.channels)
         if runtime.is_main:
             self.card = self.card.replace(confidence=Confidence(cohort=self._cohort()))
         self.loss_fn = self._build_loss()

@@ -73,6 +73,21 @@ def test_card_json_round_trip_is_exact():
     assert ModelCard.from_dict(json.loads(text)).window.mirror_axes == (0, 2)
 
 
+def test_card_channel_names_round_trip_and_must_match_the_network():
+    from medseg.errors import CheckpointError, UsageError
+
+    assert "channels" not in CARD.to_dict()  # a card naming none is written as before
+    two = ModelCard(NetworkSpec("tiny", 2, 3), {}, {1: "liver"}, WindowSettings(16, 0.5),
+                    channels=["water", "fat"])
+    doc = json.loads(json.dumps(two.to_dict()))
+    assert doc["channels"] == ["water", "fat"]
+    assert ModelCard.from_dict(doc) == two and ModelCard.from_dict(doc).channels == ("water", "fat")
+    with pytest.raises(UsageError, match=r"1 channel names \['water'\] for a network of 2 input"):
+        two.replace(channels=("water",))
+    with pytest.raises(CheckpointError, match="model card: 3 channel names"):
+        ModelCard.from_dict({**doc, "channels": ["a", "b", "c"]})
+
+
 def _write_v1(path, net, inference):
     """A checkpoint as medseg wrote it before the model card (format_version 1)."""
     from safetensors.torch import save_file

@@ -68,6 +68,7 @@ def test_killed_run_resumes_to_identical_weights(shared):
     assert ckpt.card.labels == {0: "background", 1: "liver", 2: "spleen",
                                 3: "kidney_left", 4: "kidney_right", 5: "aorta"}
     assert ckpt.card.window == WindowSettings((16, 16, 16), 0.25, "gaussian", 2)
+    assert ckpt.card.channels == ("CT",)  # the manifest's modality names the one channel
     assert ckpt.card.preprocessing.to_dict()["orientation"] == "RAS"
     assert ckpt.train_config["train"]["epochs"] == 2 and "val_mean_dice" in ckpt.metrics
     rows = _rows(full)

@@ -47,7 +47,7 @@ HEADER_TAGS = [
     "ImagePositionPatient", "ImageOrientationPatient", "SeriesInstanceUID", "StudyInstanceUID",
     "SeriesDescription", "SOPClassUID", "Modality", "ImageType", "PixelSpacing", "Rows",
     "Columns", "NumberOfFrames", "SeriesNumber", "EchoNumbers", "AcquisitionNumber",
-    "TemporalPositionIdentifier", "InstanceNumber",
+    "TemporalPositionIdentifier", "InstanceNumber", "DiffusionBValue",
 ]
 #: SOP classes of objects that are not images medseg reads as volumes.
 NON_IMAGE_CLASSES = {

@@ -57,7 +57,7 @@ from medseg.io.dicom.files import (
     scan_folder,
     sop_class,
 )
-from medseg.io.dicom.mosaic import is_mosaic, read_mosaic
+from medseg.io.dicom.mosaic import csa_b_value, is_mosaic, read_mosaic
 from medseg.io.dicom.multiframe import frame_members, narrow_integers, read_multiframe, read_slices
 from medseg.io.dicom.stack import SPACING_ATOL_MM, SPACING_RTOL, Stack, plan_stack, untilt
 from medseg.io.formats import error_reason
@@ -133,7 +133,7 @@ def read_dicom_image(
     along the slice normal), with rescale slope/intercept applied (int16 for typical CT).
     ``meta`` holds ``dicom_files`` (paths in slice order, index k of the z axis),
     ``series_uid``, ``study_uid``, ``source``, ``format``, ``stack`` (its label, "" when it
-    is the only one) and ``stack_index``.
+    is the only one), ``stack_index`` and ``stack_names`` (the names ``stack=`` takes).
 
     Raises
     ------
@@ -203,9 +203,7 @@ def _find(path: str | os.PathLike, series: str | None) -> _Found:
         members = frame_members(read_dataset(path, pixels=False), path)
         return _Found(path, group_stacks(members), uid=uid)
     if is_mosaic(header):
-        member = Member(os.fspath(path), None, None, None, slice_attributes(header),
-                        os.fspath(path))
-        return _Found(path, group_stacks([member]), uid=uid)
+        return _Found(path, group_stacks([_mosaic_member(path)]), uid=uid)
     found = _find_in_folder(Path(path).parent, path, uid)
     found.own = own_stack(found.stacks, path)
     return found
@@ -225,7 +223,7 @@ def _find_in_folder(folder: str | os.PathLike, source, uid: str | None) -> _Foun
         if is_multiframe(header):
             members.extend(frame_members(read_dataset(path, pixels=False), path))
         elif is_mosaic(header):
-            members.append(Member(path, None, None, None, slice_attributes(header), path))
+            members.append(_mosaic_member(path))
         else:
             slices.append(header)
     if slices:
@@ -233,6 +231,13 @@ def _find_in_folder(folder: str | os.PathLike, source, uid: str | None) -> _Foun
         members.extend(_slice_member(h) for h in slices)
     return _Found(source, group_stacks(members), None, {str(h.filename): h for h in slices},
                   scan, chosen.uid, str(headers[0].get("StudyInstanceUID", "")))
+
+
+def _mosaic_member(path: str | os.PathLike) -> Member:
+    """A Siemens mosaic as one member (a whole volume), its b-value from the CSA header."""
+    header = read_dataset(path, pixels=False)
+    return Member(os.fspath(path), None, None, None,
+                  slice_attributes(header, csa_b_value(header)), os.fspath(path))
 
 
 def _slice_member(header: pydicom.Dataset) -> Member:
@@ -255,7 +260,8 @@ def _read(found: _Found, info: StackInfo, tilt: bool) -> Volume:
         volume = read_mosaic(first.file, source)
     else:
         volume = _read_slices(found, info, source, tilt)
-    meta = {**volume.meta, "stack": info.label, "stack_index": info.index}
+    meta = {**volume.meta, "stack": info.label, "stack_index": info.index,
+            "stack_names": info.names}
     if len(found.stacks) > 1:
         log.debug("%s: read stack %s of %d", found.source, info, len(found.stacks))
     return Volume(volume.array, volume.affine, meta)

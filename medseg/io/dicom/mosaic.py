@@ -84,6 +84,19 @@ def read_mosaic(path: str | os.PathLike, source: str | os.PathLike | None = None
     return Volume(array, LPS_TO_RAS @ _affine_lps(ds, normal, size), meta)
 
 
+def csa_b_value(ds: pydicom.Dataset) -> float | None:
+    """The diffusion b-value (s/mm^2) of a Siemens CSA image header, None where the
+    dataset has none (no CSA header, no B_value, or one nibabel cannot read)."""
+    with warnings.catch_warnings():  # nibabel.nicom warns that its readers are experimental
+        warnings.simplefilter("ignore", UserWarning)
+        from nibabel.nicom import csareader
+    try:
+        csa = csareader.get_csa_header(ds)
+        return None if not csa else csareader.get_b_value(csa)
+    except (csareader.CSAReadError, KeyError, TypeError, ValueError, IndexError):
+        return None
+
+
 def _csa(ds: pydicom.Dataset, path) -> tuple[int, np.ndarray | None]:
     """(NumberOfImagesInMosaic, SliceNormalVector or None) from the CSA image header."""
     with warnings.catch_warnings():  # nibabel.nicom warns that its readers are experimental

@@ -130,7 +130,7 @@ def frame_members(ds: pydicom.Dataset, path: str | os.PathLike) -> list[Member]:
 
     Attributes per frame (functional groups, per frame or shared): FrameType and
     ComplexImageComponent of the frame-type group, the rank of a positive
-    EffectiveEchoTime, TemporalPositionIndex, FrameAcquisitionNumber, and the
+    EffectiveEchoTime, DiffusionBValue, TemporalPositionIndex, FrameAcquisitionNumber, and the
     DimensionIndexValues other than in-stack position and plane position. A frame
     without position or orientation gets none (reading it names the problem).
     """
@@ -151,6 +151,7 @@ def frame_members(ds: pydicom.Dataset, path: str | os.PathLike) -> list[Member]:
             "type": image_type(kind[0]) or None,
             "component": kind[1],
             "echo": ranks.get(float(echo_times[i])) if echo_times[i] is not None else None,
+            "bvalue": _int(_frame_value(ds, i, "MRDiffusionSequence", "DiffusionBValue")),
             "temporal": _int(_frame_value(ds, i, "FrameContentSequence",
                                           "TemporalPositionIndex")),
             "dimension": tuple(int(dims[k]) for k in keep if k < len(dims)) or None,

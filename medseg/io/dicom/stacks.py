@@ -21,17 +21,22 @@ type          ImageType (FrameType per frame): M / P, WATER / FAT / IN_PHASE /
               OPP_PHASE, FIELD_MAP, ...
 component     ComplexImageComponent of a frame (MAGNITUDE, PHASE, REAL, ...)
 echo          EchoNumbers (a file), the rank of EffectiveEchoTime (a frame)
+bvalue        the diffusion b-value (s/mm^2): DiffusionBValue (a file; of the
+              MRDiffusionSequence for a frame), B_value of a Siemens mosaic's
+              CSA header
 temporal      TemporalPositionIdentifier (a file), TemporalPositionIndex (a frame)
 dimension     the other values of a frame's DimensionIndexValues (in-stack
               position left out); private dimensions such as Philips' image type
 acquisition   AcquisitionNumber, used only when the above leave positions repeated
+syntax        the file's transfer syntax, used only when nothing above tells
+              apart files repeating positions (one image saved in several syntaxes)
 ============  =================================================================
 
 :func:`group_stacks` keeps the frames of one object (or a mosaic) together and
 splits a group only when its positions repeat, so a series or object that read
 as one volume before still does. Stacks are numbered from 1 and named by the
 attributes that tell them apart (``magnitude``, ``phase``, ``echo2``, ``water``,
-``t3``, ``series7``); :func:`choose_stack` takes a number or a name, and an
+``b1000``, ``t3``, ``series7``); :func:`choose_stack` takes a number or a name, and an
 input with several stacks and none chosen is refused in one line that lists them.
 """
 
@@ -53,11 +58,13 @@ __all__ = [
 ]
 
 #: Attributes that split a group with repeated positions, in naming order.
-ATTRIBUTES = ("series", "type", "component", "echo", "temporal", "dimension")
+ATTRIBUTES = ("series", "type", "component", "echo", "bvalue", "temporal", "dimension")
 #: Used only when :data:`ATTRIBUTES` leave a stack with repeated positions.
-FALLBACK = ("acquisition",)
+FALLBACK = ("acquisition", "syntax")
+#: The order in which attributes name stacks: a file's name before its transfer syntax.
+_NAMING = ATTRIBUTES + ("acquisition", "file", "syntax")
 #: Numbered attributes that order the stacks (then the order the input holds them in).
-_ORDER = ("series", "echo", "temporal", "dimension", "acquisition")
+_ORDER = ("series", "echo", "bvalue", "temporal", "dimension", "acquisition")
 #: Two planes closer than this along the slice normal (mm) share a position.
 SAME_POSITION_MM = 0.01
 
@@ -148,16 +155,22 @@ def image_type(value) -> tuple[str, ...]:
     return tuple(str(v).strip().upper() for v in values if str(v).strip())
 
 
-def slice_attributes(header) -> dict:
-    """The stack attributes of a single-frame file's header (None where a tag is absent)."""
+def slice_attributes(header, b_value: float | None = None) -> dict:
+    """The stack attributes of a single-frame file's (or a mosaic's) header, None where a
+    tag is absent; ``b_value`` (s/mm^2, from a Siemens CSA header) where the header has no
+    DiffusionBValue."""
+    bvalue = _number(header.get("DiffusionBValue"))
+    syntax = getattr(getattr(header, "file_meta", None), "TransferSyntaxUID", None)
     return {
         "series": _number(header.get("SeriesNumber")),
         "type": image_type(header.get("ImageType")) or None,
         "component": None,
         "echo": _number(header.get("EchoNumbers")),
+        "bvalue": bvalue if bvalue is not None else _number(b_value),
         "temporal": _number(header.get("TemporalPositionIdentifier")),
         "dimension": None,
         "acquisition": _number(header.get("AcquisitionNumber")),
+        "syntax": (syntax.keyword or str(syntax)) if syntax else None,
     }
 
 
@@ -254,7 +267,7 @@ def _named(parts: list[list[Member]]) -> list[StackInfo]:
     values = [{n: _common(part, n) for n in ATTRIBUTES + FALLBACK} for part in parts]
     for value, part in zip(values, parts):
         value["file"] = Path(part[0].file).name if len({m.file for m in part}) == 1 else None
-    varying = [n for n in ATTRIBUTES + FALLBACK + ("file",)
+    varying = [n for n in _NAMING
                if len({_key(v[n]) for v in values}) > 1]
     types = [v["type"] or () for v in values]
     shown = _distinguishing(values, varying)
@@ -263,7 +276,7 @@ def _named(parts: list[list[Member]]) -> list[StackInfo]:
         labels = [_label(n, value[n], kind, types) for n in shown]
         names = {str(index)}
         for n in varying:
-            if n in shown or n not in ("dimension", "acquisition"):
+            if n in shown or n not in ("dimension", "acquisition", "syntax"):
                 names.update(_names(n, value[n], kind, types))
         label = " ".join(label for label in labels if label)
         names.update({label.lower(), label.lower().replace(" ", "_")} - {""})
@@ -307,8 +320,9 @@ def _label(name: str, value, kind: tuple[str, ...], types) -> str:
         return "dimension " + ",".join(str(v) for v in value)
     if name == "file":
         return str(value)
-    short = {"series": "series", "echo": "echo", "temporal": "t", "acquisition": "acquisition"}
-    return f"{short[name]} {value}" if name != "temporal" else f"t{value}"
+    if name in ("temporal", "bvalue"):
+        return f"{'t' if name == 'temporal' else 'b'}{value}"
+    return f"{name} {value}"
 
 
 def _names(name: str, value, kind: tuple[str, ...], types) -> set[str]:
@@ -327,8 +341,10 @@ def _names(name: str, value, kind: tuple[str, ...], types) -> set[str]:
         return {str(value).lower(), Path(str(value)).stem.lower()}
     if name == "dimension":
         return {_label(name, value, kind, types).replace(" ", "")}
-    prefixes = {"series": ("series",), "echo": ("echo", "e"), "temporal": ("t", "time"),
-                "acquisition": ("acquisition", "acq")}
+    if name == "syntax":
+        return {str(value).lower(), f"syntax_{str(value).lower()}"}
+    prefixes = {"series": ("series",), "echo": ("echo", "e"), "bvalue": ("b",),
+                "temporal": ("t", "time"), "acquisition": ("acquisition", "acq")}
     return {f"{p}{value}" for p in prefixes[name]}
 
 

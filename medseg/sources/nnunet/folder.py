@@ -153,6 +153,14 @@ class NnunetFolder:
         return len(_channel_names(self.dataset, self.path / "dataset.json"))
 
     @property
+    def channel_names(self) -> tuple[str, ...]:
+        """The input channels' names in channel order (``dataset.json["channel_names"]``:
+        ``{"0": "T2", "1": "ADC"}`` -> ``("T2", "ADC")``)."""
+        names = _channel_names(self.dataset, self.path / "dataset.json")
+        return tuple(str(names[k]) for k in sorted(names, key=lambda k: int(k)
+                                                   if str(k).isdigit() else 0))
+
+    @property
     def num_outputs(self) -> int:
         """Output channels: the foreground regions, or else the label values (with 0)."""
         regions = regions_of(self.dataset)

@@ -96,7 +96,7 @@ def nnunet_card(folder: Any, mirror_axes: Sequence[int] | None) -> ModelCard:
     preprocessing = NnunetPreprocessing.from_plans(folder.plans, folder.configuration,
                                                    folder.dataset, folder.path / "plans.json")
     return ModelCard(network, preprocessing, folder.label_names(), window,
-                     _postprocess(folder))
+                     _postprocess(folder), channels=folder.channel_names)
 
 
 def _postprocess(folder: Any) -> Postprocess:

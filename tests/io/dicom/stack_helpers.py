@@ -45,11 +45,13 @@ def run_dcm2niix(folder: Path, out: Path) -> list[Path]:
     return sorted(out.glob("*.nii"))
 
 
-def nibabel_mosaic() -> pydicom.Dataset:
-    """nibabel's Siemens DWI mosaic (896 x 896 frame, 48 tiles of 128 x 128), as a dataset."""
-    if not NIBABEL_DWI.exists():
-        pytest.skip(f"nibabel's test mosaic {NIBABEL_DWI} is not installed")
-    return pydicom.dcmread(io.BytesIO(gzip.open(NIBABEL_DWI).read()))
+def nibabel_mosaic(b_value: int = 0) -> pydicom.Dataset:
+    """nibabel's Siemens DWI mosaic (896 x 896 frame, 48 tiles of 128 x 128) of b-value 0
+    or 1000 s/mm^2 (its CSA header's B_value), as a dataset."""
+    path = NIBABEL_DWI.with_name(f"siemens_dwi_{b_value}.dcm.gz")
+    if not path.exists():
+        pytest.skip(f"nibabel's test mosaic {path} is not installed")
+    return pydicom.dcmread(io.BytesIO(gzip.open(path).read()))
 
 
 def on_reference_grid(affine: np.ndarray, array: np.ndarray, ref: nib.Nifti1Image,

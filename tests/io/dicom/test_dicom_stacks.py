@@ -182,6 +182,47 @@ def test_dixon_stacks_as_channels_in_the_order_given(tmp_path):
     _assert_slices(read_volume(folder, stack="op"), written[3])
 
 
+def test_diffusion_b_values_name_stacks(tmp_path):
+    folder = tmp_path / "dwi"
+    written = _write_stacks(folder, [{"DiffusionBValue": 1000}, {"DiffusionBValue": 0},
+                                     {"DiffusionBValue": 50}])
+    stacks = list_stacks(folder)
+    assert [s.label for s in stacks] == ["b0", "b50", "b1000"]
+    _assert_slices(read_volume(folder, stack="b1000"), written[0])
+    _assert_slices(read_volume(folder, stack=2), written[2])
+    with pytest.raises(UsageError, match=r"no stack named 'b100'; did you mean 'b1000'\?"):
+        read_volume(folder, stack="b100")
+
+
+def test_one_slice_in_several_transfer_syntaxes_each_file_alone_is_its_own(tmp_path):
+    """The same single-frame image saved in several transfer syntaxes, one UID and one
+    SeriesNumber (as the team's QA cases hold it): nothing but the syntax tells the files
+    apart, so each is a stack of its own, and a file alone reads as itself."""
+    rng = np.random.default_rng(12)
+    pixels = rng.integers(-1000, 2000, (6, 8)).astype(np.int16)
+    folder = tmp_path / "syntaxes"
+    files = []
+    for syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian,
+                   DeflatedExplicitVRLittleEndian, RLELossless):
+        ds = ct_slice(pixels, (10, 20, 0.0), SeriesNumber=5)
+        try:
+            if syntax.is_compressed:
+                ds.compress(syntax)
+            else:
+                ds.file_meta.TransferSyntaxUID = syntax
+            files.append(save(ds, folder / f"{syntax.keyword}.dcm"))
+        except (RuntimeError, NotImplementedError, ValueError) as exc:
+            pytest.skip(f"pydicom cannot encode {syntax.name} here: {exc}")
+    for path in files:
+        _assert_slices(read_volume(path), [pixels])
+    stacks = list_stacks(folder)
+    assert sorted(s.label for s in stacks) == sorted(p.name for p in files)
+    _assert_slices(read_volume(folder, stack="rlelossless"), [pixels])
+    with pytest.raises(UsageError, match=r"--stack 9 is out of range: it holds 4 stack\(s\), "
+                                         r"numbered from 1: 1 .*\.dcm \(1 slices\)"):
+        read_volume(folder, stack=9)
+
+
 def test_a_series_without_repeated_positions_stays_one_stack(tmp_path):
     """Split only where positions repeat: differing ImageType alone splits nothing."""
     folder = tmp_path / "series"
@@ -204,10 +245,11 @@ def test_repeated_positions_with_nothing_to_tell_them_apart_name_the_given_file(
 
 
 # -- Siemens mosaics ----------------------------------------------------------------------------
-def _mosaic_file(path, volume_zrc, syntax=ExplicitVRLittleEndian, series_uid=None):
-    """nibabel's Siemens mosaic header (real CSA: 48 tiles, slice normal) holding
-    ``volume_zrc`` (48, 128, 128 as slice, row, column), tiled 7 x 7 into its frame."""
-    ds = nibabel_mosaic()
+def _mosaic_file(path, volume_zrc, syntax=ExplicitVRLittleEndian, series_uid=None, b_value=0):
+    """nibabel's Siemens mosaic header (real CSA: 48 tiles, slice normal, B_value
+    ``b_value``) holding ``volume_zrc`` (48, 128, 128 as slice, row, column), tiled 7 x 7
+    into its frame."""
+    ds = nibabel_mosaic(b_value)
     frame = np.zeros((896, 896), np.uint16)
     for k, tile in enumerate(volume_zrc):
         frame[(k // 7) * 128:(k // 7 + 1) * 128, (k % 7) * 128:(k % 7 + 1) * 128] = tile
@@ -276,6 +318,19 @@ def test_one_mosaic_in_several_transfer_syntaxes_sharing_a_series(tmp_path):
     assert sorted(s.label for s in stacks) == sorted(p.name for p in files)
     np.testing.assert_array_equal(read_volume(folder, stack=files[3].stem).array,
                                   known.transpose(2, 1, 0))
+
+
+def test_diffusion_mosaics_are_named_by_their_csa_b_value(tmp_path):
+    """Two of nibabel's real Siemens DWI headers (CSA B_value 0 and 1000) in one series."""
+    uid = generate_uid()
+    known = {b: _known_volume(b + 1) for b in (0, 1000)}
+    for b in (1000, 0):
+        _mosaic_file(tmp_path / "dwi" / f"dwi{b}.dcm", known[b], series_uid=uid, b_value=b)
+    stacks = list_stacks(tmp_path / "dwi")
+    assert [s.label for s in stacks] == ["b0", "b1000"]  # ordered by b-value
+    for b in (0, 1000):
+        np.testing.assert_array_equal(read_volume(tmp_path / "dwi", stack=f"b{b}").array,
+                                      known[b].transpose(2, 1, 0))
 
 
 def test_mosaic_without_csa_is_one_line(tmp_path):
