@@ -103,6 +103,11 @@ class TrainConfig:
     budget's share (:func:`medseg.training.optim.lr_at`), so a slow machine still ends on a
     decayed rate. ``medseg plan --time-budget`` writes it; ``medseg train --max-minutes``
     takes the smaller of the two.
+    ``fill_budget``: with a budget, the budget is the schedule: training goes on past
+    ``epochs`` (then only the planned estimate: the validation rhythm and the ETA) for as
+    long as another epoch fits, and the learning rate's progress is the budget's share alone,
+    so a machine faster than planned spends the hour too (budgeted training with a
+    budget-aware decay, Li et al., ICLR 2020). ``medseg plan --time-budget`` writes true.
     """
 
     epochs: int = 100
@@ -127,6 +132,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     deterministic: bool = True
     max_minutes: float | None = None
+    fill_budget: bool = False
 
 
 @dataclass

@@ -89,6 +89,10 @@ def _training(plan) -> list[Entry]:
         ("train", "iterations_per_epoch", plan.iterations_per_epoch, schedule_why),
         ("train", "val_every", *_validation(plan)),
         ("train", "max_minutes", plan.max_minutes, _contract(plan)),
+        ("train", "fill_budget", plan.max_minutes is not None,
+         "the budget is the schedule: a faster machine trains on past the planned epochs, the "
+         "rate decays with the budget's share" if plan.max_minutes is not None
+         else "no budget: the epochs are the schedule"),
         ("train", "optimizer", "sgd", "nnU-Net: SGD, Nesterov momentum 0.99"),
         ("train", "lr", 0.01, "nnU-Net's initial learning rate"),
         ("train", "momentum", 0.99, "nnU-Net"),

@@ -393,7 +393,7 @@ class _Trainer:
     # -- the run ---------------------------------------------------------------------------------
     def run(self) -> TrainResult:
         t = self.cfg.train
-        if self.epoch >= t.epochs:
+        if self.epoch >= t.epochs and not self._fills_budget:
             log.info("already trained %d of %d epochs: nothing to do (raise train.epochs "
                      "with --set train.epochs=N to continue)", self.epoch, t.epochs)
         start = self._clock[0]
@@ -402,11 +402,12 @@ class _Trainer:
                      "validates and saves within it", self._clock[1],
                      (time.monotonic() - start) / 60)
         first, run_start = self.epoch + 1, time.monotonic()
+        last = sys.maxsize if self._fills_budget else t.epochs
         out_of_time = False
-        for epoch in range(first, t.epochs + 1):
+        for epoch in range(first, last + 1):
             began = time.monotonic()
             loss = self._train_epoch(epoch)
-            out_of_time = epoch < t.epochs and self._out_of_time(start, began)
+            out_of_time = epoch < last and self._out_of_time(start, began)
             row: dict[str, Any] = {"epoch": epoch, "step": self.step, "train_loss": loss,
                                    "lr": lr_at(self.step, t, self._time_fraction())}
             row.update(self._validate(epoch, final=out_of_time or epoch == t.epochs))
@@ -419,6 +420,11 @@ class _Trainer:
             self._log_epoch(row, run_start, epoch - first + 1)
             if self.options.debug_kill_after_epoch == epoch:
                 os.kill(os.getpid(), signal.SIGKILL)
+            if out_of_time and self._fills_budget:
+                log.info("time budget of %.1f min filled: %d epochs (%d planned) in %.1f min, "
+                         "with validation and checkpoints", self._clock[1], epoch, t.epochs,
+                         (time.monotonic() - start) / 60)
+                break
             if out_of_time:
                 log.warning("time budget of %.1f min: stopped after epoch %d of %d, in %.1f min "
                             "with validation and checkpoints (continue with --resume)",
@@ -431,6 +437,11 @@ class _Trainer:
         self.tensorboard.close()
         return TrainResult(self.run_dir, self.epoch, self.best_score, self.best_epoch,
                            list(self.history))
+
+    @property
+    def _fills_budget(self) -> bool:
+        """``train.fill_budget`` with a budget: the run lasts as long as the budget."""
+        return self.cfg.train.fill_budget and self._clock[1] is not None
 
     @property
     def _chooses_postprocess(self) -> bool:
@@ -493,7 +504,10 @@ class _Trainer:
             return
         remaining = self.cfg.train.epochs - row["epoch"]
         eta = (time.monotonic() - start) / done * remaining
+        if self._fills_budget:  # the budget is the schedule
+            eta = max(self._clock[0] + 60.0 * self._clock[1] - time.monotonic(), 0.0)
         dice = row.get("val_mean_dice")
         val = f", val mean Dice {dice:.4f}" if isinstance(dice, float) else ""
-        log.info("epoch %d/%d: loss %.4f%s (%.1f s, ETA %.0f s)", row["epoch"],
+        epoch = "epoch %d (%d planned)" if self._fills_budget else "epoch %d/%d"
+        log.info(epoch + ": loss %.4f%s (%.1f s, ETA %.0f s)", row["epoch"],
                  self.cfg.train.epochs, row["train_loss"], val, row["seconds"], eta)

@@ -34,12 +34,13 @@ def lr_at(step: int, cfg: TrainConfig, time_fraction: float | None = None) -> fl
     spent. The schedule's progress is the larger of the steps' share and this, so a machine
     slower than planned still ends its budget at the schedule's end (a decayed rate); on a
     machine as fast as planned the steps lead and the rates (hence the weights) are the
-    same as without a budget.
+    same as without a budget. With ``cfg.fill_budget`` the progress is the budget's share
+    alone (the run goes on past ``epochs`` while the budget allows).
     """
     total = max(cfg.epochs * cfg.iterations_per_epoch, 1)
     t = min(max(step, 0), total) / total
     if time_fraction is not None:
-        t = min(max(t, float(time_fraction)), 1.0)
+        t = min(float(time_fraction) if cfg.fill_budget else max(t, float(time_fraction)), 1.0)
     if cfg.schedule == "poly":
         factor = (1.0 - t) ** cfg.poly_exponent
     elif cfg.schedule == "cosine":

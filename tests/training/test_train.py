@@ -207,3 +207,42 @@ def test_last_validation_evidence_keeps_the_largest_component_where_it_raises_di
     choice = evidence.choose()
     assert choice.postprocess.largest_only == (1,)
     assert choice.dice_without[1] == pytest.approx((16 / 17 + 1) / 2)
+
+
+def test_fill_budget_trains_past_the_planned_epochs_and_decays_with_the_clock(tmp_path,
+                                                                                 monkeypatch):
+    """``train.fill_budget`` (what ``medseg plan --time-budget`` writes): on a clock where
+    every epoch takes 10 s and nothing else takes time, a 1-minute budget with 2 planned
+    epochs trains 6 (after epoch k, k*10 + 10 > 60 first holds at k = 6), and each epoch's
+    rate is poly of the clock's share alone: 0.01 * (1 - 10k/60)^0.9."""
+    import types
+
+    from medseg.training import loop
+
+    clock = [1000.0]
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    real_epoch = loop._Trainer._train_epoch
+
+    def ten_seconds(self, epoch):
+        loss = real_epoch(self, epoch)
+        clock[0] += 10.0
+        return loss
+
+    monkeypatch.setattr(loop._Trainer, "_train_epoch", ten_seconds)
+    raw = tiny_config(epochs=2, val_every=1, max_minutes=1.0, fill_budget=True)
+    raw["data"]["cache_dir"] = str(tmp_path / "cache")
+    run = tmp_path / "run"
+    assert main(["train", str(write_config(tmp_path / "tiny.yaml", raw)), "-o", str(run),
+                 "--no-progress"]) == 0
+    rows = _rows(run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    for k, row in enumerate(rows, start=1):
+        assert float(row["lr"]) == pytest.approx(0.01 * (1 - 10 * k / 60) ** 0.9, abs=1e-9)
+    # without fill_budget the 2 planned epochs are the schedule (steps lead: 3 of 6 at k=1)
+    raw["train"]["fill_budget"] = False
+    clock[0] = 1000.0
+    other = tmp_path / "other"
+    assert main(["train", str(write_config(tmp_path / "b.yaml", raw)), "-o", str(other),
+                 "--no-progress"]) == 0
+    assert [float(r["lr"]) for r in _rows(other)] == pytest.approx(
+        [0.01 * (1 - 0.5) ** 0.9, 0.0], abs=1e-9)
