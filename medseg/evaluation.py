@@ -271,7 +271,9 @@ def _run(jobs: list[tuple], workers: int) -> list[tuple[list[ResultRow], dict]]:
 def pair_cases(
     pred: str | os.PathLike, gt: str | os.PathLike, missing_as_empty: bool = False
 ) -> list[tuple[str, Path | None, Path]]:
-    """``(case, pred_path or None, gt_path)`` for two files or two folders paired by case name."""
+    """``(case, pred_path or None, gt_path)`` for two files or two folders paired by case name;
+    the probabilities and uncertainty maps ``medseg predict`` writes beside its label maps
+    are not predictions (:data:`medseg.io.cases.SIDE_OUTPUTS`)."""
     pred, gt = Path(pred), Path(gt)
     for path, what in ((pred, "prediction"), (gt, "ground truth")):
         if not path.exists():
@@ -281,7 +283,7 @@ def pair_cases(
     if not (pred.is_dir() and gt.is_dir()):
         raise UsageError(f"--pred {pred} and --gt {gt} must be two files or two folders")
     pairs = pair_folders(pred, gt, ("a prediction", "a ground truth"),
-                         missing_first=missing_as_empty)
+                         missing_first=missing_as_empty, predictions=True)
     for case, _, _ in (p for p in pairs if p[1] is None):
         log.warning("%s: no prediction, scored as empty (--missing-as-empty)", case)
     return pairs
