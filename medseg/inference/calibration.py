@@ -36,16 +36,21 @@ import numpy as np
 
 from medseg.confidence import Confidence, label_scaled
 from medseg.errors import UsageError
-from medseg.metrics.calibration import ECE_BINS, Reliability, near_foreground, reliability
+from medseg.metrics.calibration import (
+    ECE_BINS,
+    MARGIN_MM,
+    Reliability,
+    near_foreground,
+    reliability,
+)
 
 __all__ = ["Calibration", "LabelChoice", "calibrate", "calibrate_folds", "split_halves",
            "choose_label_temperatures", "fit_temperature", "sample_voxels"]
 
 log = logging.getLogger(__name__)
 
-#: Voxels at most sampled per case, and the margin (mm) around foreground they come from.
+#: Voxels at most sampled per case (from within MARGIN_MM of foreground).
 VOXELS_PER_CASE = 200_000
-MARGIN_MM = 5.0
 #: The temperatures searched (a bounded 1D search on log T).
 T_RANGE = (0.05, 20.0)
 #: A label gets its own temperature only with at least this many voxels predicted as it in

@@ -31,10 +31,9 @@ from typing import Any
 import torch
 
 from medseg.card import WindowSettings
-from medseg.inference.precision import Predictor, make_predictor
-from medseg.runtime import Runtime
+from medseg.inference.precision import Predictor
 
-__all__ = ["MemberRun", "Temperatures", "label_temperature", "member_predictors", "run_members",
+__all__ = ["MemberRun", "Temperatures", "label_temperature", "run_members",
            "temper_"]
 
 ALL_AXES = (0, 1, 2)
@@ -101,13 +100,14 @@ def _mirrored(predictor: Predictor, axes: Sequence[int]) -> Predictor:
     return run
 
 
-def member_predictors(networks: Sequence[torch.nn.Module], window: WindowSettings,
-                      runtime: Runtime) -> tuple[list[tuple[Predictor, WindowSettings]], str, int]:
+def _members(predictors: Sequence[Predictor], window: WindowSettings
+             ) -> tuple[list[tuple[Predictor, WindowSettings]], str, int]:
     """The members' (predictor, window settings), their kind and the index of the member
-    that alone is the prediction (-1: all of them combined; see the module docstring)."""
-    if len(networks) > 1:
-        return [(make_predictor(n, runtime), window) for n in networks], "networks", -1
-    plain = make_predictor(networks[0], runtime)
+    that alone is the prediction (-1: all of them combined; see the module docstring);
+    ``predictors``: one per network, on the backend the prediction runs on."""
+    if len(predictors) > 1:
+        return [(p, window) for p in predictors], "networks", -1
+    plain = predictors[0]
     flat = replace(window, mirror_axes=())
     if window.mirror_axes:
         from medseg.inference.windows import arithmetic_for
@@ -117,21 +117,23 @@ def member_predictors(networks: Sequence[torch.nn.Module], window: WindowSetting
     return [(plain, flat), (_mirrored(plain, ALL_AXES), flat)], "mirrors", 0
 
 
-def run_members(networks: Sequence[torch.nn.Module], combine: str, image: torch.Tensor,
-                window: WindowSettings, runtime: Runtime, temperature: Temperatures,
+def run_members(predictors: Sequence[Predictor], combine: str, image: torch.Tensor,
+                window: WindowSettings, temperature: Temperatures,
                 window_kwargs: dict[str, Any]) -> MemberRun:
     """Run every member's sliding window over ``image`` (1, C, x', y', z') and keep what
     QC and the prediction need (:class:`MemberRun`).
 
-    ``combine`` is the model's ensemble rule (``"mean_softmax"``: the members' softmax are
-    averaged, then calibrated, as the plain prediction does; anything else, and the
-    mirrorings of one network: their logits). ``window_kwargs`` are
+    ``predictors``: each network's logits predictor, on the backend the prediction runs on
+    (:func:`medseg.inference.backends.member_predictors`). ``combine`` is the model's
+    ensemble rule (``"mean_softmax"``: the members' softmax are averaged, then calibrated,
+    as the plain prediction does; anything else, and the mirrorings of one network: their
+    logits). ``window_kwargs`` are
     :func:`~medseg.inference.sliding_window.sliding_window`'s keyword options (device,
     out_device, progress).
     """
     from medseg.inference.sliding_window import sliding_window
 
-    members, kind, alone = member_predictors(networks, window, runtime)
+    members, kind, alone = _members(predictors, window)
     mean_softmax = kind == "networks" and combine == "mean_softmax"
     total: torch.Tensor | None = None
     probs = torch.zeros(0)

@@ -309,8 +309,8 @@ def _members(loaded: LoadedModel, prepared, card: ModelCard, options: PredictOpt
               "progress": options.progress}
     temperature = _temperature(card)
     with torch.inference_mode():
-        run = run_members(loaded.networks, loaded.combine, image, card.window, runtime,
-                          temperature, kwargs)
+        run = run_members(_member_predictors(loaded, card, options, runtime), loaded.combine,
+                          image, card.window, temperature, kwargs)
         predicted = run.combined.argmax(dim=0)
         affine = prepared.image.affine
         if run.is_logits and card.preprocessing.resamples_logits:
