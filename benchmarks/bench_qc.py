@@ -53,6 +53,17 @@ def link_folder(folder: Path, files: list[Path]) -> Path:
     return folder
 
 
+def single_temperature(model: Path, copy: Path) -> Path:
+    """A copy of the calibrated ``model`` with its single temperature only (no label's own),
+    to measure what the label temperatures add."""
+    from medseg.checkpoint import load_checkpoint, update_card
+
+    shutil.copy(model, copy)
+    card = load_checkpoint(copy).card
+    update_card(copy, card.replace(confidence=card.confidence.replace(label_temperatures={})))
+    return copy
+
+
 def held_out_ece(model: Path, cases, device: str) -> float:
     from medseg.inference.calibration import calibrate
     from medseg.runtime import Runtime
@@ -122,6 +133,8 @@ def main() -> int:
         "--labels", str(link_folder(out / "calib_labels", [c.label for c in calib])))
     ece_before = held_out_ece(original, val, args.device)
     ece_after = held_out_ece(model, val, args.device)
+    ece_single = held_out_ece(single_temperature(model, out / "model_single_t.safetensors"),
+                              val, args.device)
 
     # 2. plain and --qc prediction of the held-out cases
     images = link_folder(out / "held_out_images", [c.images[0] for c in val])
@@ -161,6 +174,8 @@ def main() -> int:
     print(f"clean Dice >= 0.85 flagged     {good_flagged}/{len(good)}   target <= 15 %")
     print(f"ECE held-out before / after    {show(ece_before)} / {show(ece_after)}   "
           "target after <= before / 2")
+    print(f"ECE held-out, one temperature  {show(ece_single)}   (label temperatures kept: "
+          f"{json.loads((out / 'calibration.json').read_text())['label_temperatures'] or 'none'})")
     ratio = times["predict --qc"] / times["predict"]
     print(f"--qc time / plain predict      {ratio:.2f}   target <= 2 (process start included)")
     return 0

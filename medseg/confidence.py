@@ -11,8 +11,19 @@ A :class:`Confidence` travels in the model card (:class:`medseg.card.ModelCard`,
 * ``temperature``: the calibration temperature T (1 = none). Calibrated probabilities are
   ``p^(1/T) / sum_k p_k^(1/T)``, i.e. ``softmax(log p / T)``: for one network this is
   temperature scaling of its logits (``softmax(z / T)``), for an ensemble it scales the log of
-  its combined probabilities. One T for all labels: it never moves an argmax, so calibration
-  never changes a segmentation (a temperature per label would).
+  its combined probabilities.
+* ``label_temperatures``: label -> T_c, kept only for the labels where its own temperature
+  calibrates better than the single one (:mod:`medseg.inference.calibration`). The
+  formulation is *top-label* (Gupta & Ramdas 2022, "Top-label calibration and multiclass-to-
+  binary reductions"): a voxel whose predicted label (the argmax) is ``c`` is scaled by T_c,
+  ``softmax(log p / T_c)``, every channel of it. Within a voxel there is still one
+  temperature, so calibration never moves an argmax and never changes a segmentation on the
+  network grid; what changes per label is how confident the voxels predicted as that label
+  are, which is what top-label reliability (:mod:`medseg.metrics.calibration`) and QC's
+  estimated Dice read. (Scaling each *channel* by its own T would move argmaxes, and on
+  log-probabilities it is not even the same as on logits; a one-vs-rest temperature per
+  label needs a renormalisation that mixes the labels again.) :func:`label_scaled` applies
+  it; the labels without an entry use ``temperature``.
 
 The per-case measurements that build the cohort and that QC compares with it live here
 too, as pure array functions (:func:`label_measures`, :func:`image_measures`), so that the
@@ -23,7 +34,7 @@ training cohort and a prediction are measured by the same code. JSON form
                 "labels": {"1": {"volume_ml": {...Summary}, "components": {...}}},
                 "image": [{"p01": {...}, "p50": {...}, "p99": {...},
                            "median_position": {...}}]},
-     "thresholds": {...}, "temperature": 1.0}
+     "thresholds": {...}, "temperature": 1.0, "label_temperatures": {"1": 1.8}}
 """
 
 from __future__ import annotations
@@ -39,7 +50,7 @@ import numpy as np
 from medseg.errors import UsageError, check_keywords
 
 __all__ = ["Cohort", "Confidence", "IMAGE_STATS", "LabelCohort", "QcThresholds", "Summary",
-           "image_measures", "label_measures", "large_components"]
+           "image_measures", "label_measures", "label_scaled", "large_components"]
 
 #: Quantiles a :class:`Summary` keeps (fractions).
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -229,33 +240,80 @@ class QcThresholds:
 
 @dataclass(frozen=True)
 class Confidence:
-    """The card's ``confidence`` field: the cohort (None: not measured), the QC thresholds
-    and the calibration temperature (module docstring)."""
+    """The card's ``confidence`` field: the cohort (None: not measured), the QC thresholds,
+    the calibration temperature and the labels' own temperatures (module docstring)."""
 
     cohort: Cohort | None = None
     thresholds: QcThresholds = QcThresholds()
     temperature: float = 1.0
+    label_temperatures: Mapping[int, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        t = self.temperature
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < math.inf:
-            raise UsageError(f"temperature must be a positive number, got {t!r}")
-        object.__setattr__(self, "temperature", float(t))
+        object.__setattr__(self, "temperature", _positive(self.temperature, "temperature"))
+        labels = {}
+        for label, t in dict(self.label_temperatures).items():
+            if isinstance(label, bool) or int(label) < 0 or int(label) != float(label):
+                raise UsageError(f"label_temperatures: label {label!r} is not a label value")
+            labels[int(label)] = _positive(t, f"temperature of label {label}")
+        object.__setattr__(self, "label_temperatures", labels)
+
+    def temperatures(self, num_classes: int) -> float | tuple[float, ...]:
+        """T per output channel (label value = channel), or the one T when no label has its
+        own (the form :func:`label_scaled` and :mod:`medseg.inference.members` take)."""
+        if not any(0 <= c < num_classes for c in self.label_temperatures):
+            return self.temperature
+        return tuple(self.label_temperatures.get(c, self.temperature)
+                     for c in range(num_classes))
 
     def replace(self, **changes: Any) -> Confidence:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         return {"cohort": None if self.cohort is None else self.cohort.to_dict(),
-                "thresholds": self.thresholds.to_dict(), "temperature": self.temperature}
+                "thresholds": self.thresholds.to_dict(), "temperature": self.temperature,
+                "label_temperatures": {str(k): v for k, v in
+                                       sorted(self.label_temperatures.items())}}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Confidence:
-        check_keywords(data, ["cohort", "thresholds", "temperature"], "model card confidence")
+        check_keywords(data, ["cohort", "thresholds", "temperature", "label_temperatures"],
+                       "model card confidence")
         cohort = data.get("cohort")
+        labels = dict(data.get("label_temperatures") or {})
+        try:
+            labels = {int(k): v for k, v in labels.items()}
+        except ValueError:
+            raise UsageError(f"label_temperatures: keys must be label values, got "
+                             f"{sorted(labels)}") from None
         return cls(None if cohort is None else Cohort.from_dict(cohort),
                    QcThresholds(**dict(data.get("thresholds") or {})),
-                   data.get("temperature", 1.0))
+                   data.get("temperature", 1.0), labels)
+
+
+def _positive(t: Any, what: str) -> float:
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < math.inf:
+        raise UsageError(f"{what} must be a positive number, got {t!r}")
+    return float(t)
+
+
+def label_scaled(values: np.ndarray, temperatures: float | Sequence[float]) -> np.ndarray:
+    """``values / T[argmax(values)]`` over axis 0 of (K, ...) logits or log-probabilities
+    (module docstring): a softmax of the result is the calibrated probabilities. One T
+    (a number) divides everything; a new float array either way.
+
+    Examples
+    --------
+    >>> label_scaled(np.array([[2.0, 0.0], [0.0, 1.0]]), (2.0, 4.0))
+    array([[1.  , 0.  ],
+           [0.  , 0.25]])
+    """
+    values = np.asarray(values)
+    if np.ndim(temperatures) == 0:
+        return values / float(temperatures)
+    t = np.asarray(temperatures, dtype=values.dtype if values.dtype.kind == "f" else None)
+    if t.shape != (values.shape[0],):
+        raise UsageError(f"{t.size} temperatures for {values.shape[0]} channels")
+    return values / t[np.argmax(values, axis=0)][None]
 
 
 # -- measurements (the cohort's and a prediction's) ------------------------------------------

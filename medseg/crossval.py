@@ -14,8 +14,9 @@
    goes to ``RUN/cv/postprocessing.json`` (with the Dice with and without) and into the
    model card of every fold's best checkpoint (:func:`medseg.checkpoint.update_card`), so
    ``medseg predict`` applies it;
-4. a temperature is fitted on the held-out probabilities of every fold, pooled
-   (:func:`medseg.inference.calibration.calibrate_folds`, foreground-near voxels), and
+4. a temperature (and one per label where it helps) is fitted on the held-out probabilities
+   of every fold, pooled (:func:`medseg.inference.calibration.calibrate_folds`,
+   foreground-near voxels), and
    stored in the same cards; the expected calibration error before and after and the
    reliability curves go to ``RUN/cv/calibration.json``.
 
@@ -84,8 +85,7 @@ def evaluate_cv(cfg: PipelineConfig, run_dir: str | os.PathLike,
                              cv, runtime)
     for path in best:
         card = load_checkpoint(path).card
-        confidence = (card.confidence or Confidence()).replace(
-            temperature=calibration.temperature)
+        confidence = calibration.apply(card.confidence or Confidence())
         update_card(path, card.replace(postprocess=choice.postprocess, confidence=confidence))
     log.info("out-of-fold mean Dice %.4f (post-processing %s: %.4f) -> %s",
              choice.mean_dice(chosen=False), choice.postprocess.to_dict(),

@@ -35,7 +35,8 @@ from medseg.results import RESULT_COLUMNS, SUMMARY_COLUMNS, ResultRow, Results, 
 
 __all__ = [
     "RESULT_COLUMNS", "SUMMARY_COLUMNS", "LESION_COLUMNS", "EvaluateOptions", "LesionOptions",
-    "evaluate_folders", "evaluate_case", "evaluate_case_lesions", "pair_cases",
+    "evaluate_folders", "evaluate_case", "evaluate_reliability", "read_qc_table",
+    "evaluate_case_lesions", "pair_cases",
     "summarize_lesions",
 ]
 
@@ -271,7 +272,9 @@ def _run(jobs: list[tuple], workers: int) -> list[tuple[list[ResultRow], dict]]:
 def pair_cases(
     pred: str | os.PathLike, gt: str | os.PathLike, missing_as_empty: bool = False
 ) -> list[tuple[str, Path | None, Path]]:
-    """``(case, pred_path or None, gt_path)`` for two files or two folders paired by case name."""
+    """``(case, pred_path or None, gt_path)`` for two files or two folders paired by case name;
+    the probabilities and uncertainty maps ``medseg predict`` writes beside its label maps
+    are not predictions (:data:`medseg.io.cases.SIDE_OUTPUTS`)."""
     pred, gt = Path(pred), Path(gt)
     for path, what in ((pred, "prediction"), (gt, "ground truth")):
         if not path.exists():
@@ -281,7 +284,7 @@ def pair_cases(
     if not (pred.is_dir() and gt.is_dir()):
         raise UsageError(f"--pred {pred} and --gt {gt} must be two files or two folders")
     pairs = pair_folders(pred, gt, ("a prediction", "a ground truth"),
-                         missing_first=missing_as_empty)
+                         missing_first=missing_as_empty, predictions=True)
     for case, _, _ in (p for p in pairs if p[1] is None):
         log.warning("%s: no prediction, scored as empty (--missing-as-empty)", case)
     return pairs
@@ -373,6 +376,29 @@ def _write_lesions(out_csv: str | os.PathLike, by_case: Mapping[str, Mapping[int
 
 
 # -- QC against the truth -------------------------------------------------------------------
+def read_qc_table(qc_csv: str | os.PathLike) -> list[dict[str, str]]:
+    """The rows of ``medseg predict --qc``'s table (column -> text).
+
+    Raises
+    ------
+    ImageReadError : the file cannot be read. DataError : a column QC needs is missing.
+    """
+    import csv
+
+    path = Path(qc_csv)
+    try:
+        with path.open(newline="") as handle:
+            table = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ImageReadError(f"cannot read the QC table: {getattr(exc, 'strerror', None) or exc}",
+                             path) from exc
+    need = {"case", "label", "estimated_dice", "flag"}
+    if table and not need <= set(table[0]):
+        raise DataError(f"QC table lacks column(s) {', '.join(sorted(need - set(table[0])))}",
+                        path)
+    return table
+
+
 def evaluate_qc(qc_csv: str | os.PathLike, rows: Sequence[Mapping[str, Any]],
                 out_json: str | os.PathLike | None = None) -> dict[str, Any]:
     """Join ``medseg predict --qc``'s table to scored rows (``case``, ``label``, ``dice``, as
@@ -383,22 +409,13 @@ def evaluate_qc(qc_csv: str | os.PathLike, rows: Sequence[Mapping[str, Any]],
     ------
     DataError : the QC table lacks a column, or no (case, label) of it was scored.
     """
-    import csv
     import json
 
     from medseg.io.atomic import atomic_write_text
     from medseg.metrics.qc import qc_agreement
 
     path = Path(qc_csv)
-    try:
-        with path.open(newline="") as handle:
-            table = list(csv.DictReader(handle))
-    except OSError as exc:
-        raise ImageReadError(f"cannot read the QC table: {exc.strerror or exc}", path) from exc
-    need = {"case", "label", "estimated_dice", "flag"}
-    if table and not need <= set(table[0]):
-        raise DataError(f"QC table lacks column(s) {', '.join(sorted(need - set(table[0])))}",
-                        path)
+    table = read_qc_table(path)
     true = {(str(r["case"]), int(r["label"])): float(r.get("dice", np.nan)) for r in rows}
     joined = [(float(q["estimated_dice"] or "nan"), true[(q["case"], int(q["label"]))],
                q["flag"]) for q in table if (q["case"], int(q["label"])) in true]
@@ -411,4 +428,54 @@ def evaluate_qc(qc_csv: str | os.PathLike, rows: Sequence[Mapping[str, Any]],
     if out_json is not None:
         plain = {k: _json_number(v) if isinstance(v, float) else v for k, v in result.items()}
         atomic_write_text(out_json, json.dumps(plain, indent=1) + "\n")
+    return result
+
+
+# -- calibration of saved probabilities -------------------------------------------------------
+#: The file :func:`evaluate_reliability` writes beside the results.
+RELIABILITY_JSON = "reliability.json"
+
+
+def evaluate_reliability(pred: str | os.PathLike, gt: str | os.PathLike,
+                         out_json: str | os.PathLike | None = None) -> dict[str, Any] | None:
+    """The top-label reliability (:mod:`medseg.metrics.calibration`: 15 bins, voxels within
+    5 mm of foreground) of the probabilities ``medseg predict --save-probabilities`` wrote
+    beside its label maps (``<case>_probabilities``) in the folder ``pred``, against the
+    ground truth of the same case in ``gt``, pooled over the cases; written to ``out_json``
+    when given. None when ``pred`` is not a folder or holds no probabilities of a case
+    of ``gt``.
+
+    These are the probabilities as the model's card calibrates them: their ECE is the
+    calibration *after* (the *before* is in the calibration report of ``medseg calibrate``).
+    """
+    import json
+
+    from medseg.io import read_volume
+    from medseg.io.atomic import atomic_write_text
+    from medseg.io.cases import images_by_case, side_output_name
+    from medseg.metrics.calibration import ECE_BINS, MARGIN_MM, Reliability, case_reliability
+
+    if not (Path(pred).is_dir() and Path(gt).is_dir()):
+        return None
+    files, truths = images_by_case(pred), images_by_case(gt)
+    curves = []
+    for case in sorted(truths):
+        path = files.get(side_output_name(case, "probabilities"))
+        if path is None:
+            continue
+        probabilities, truth = read_volume(path), read_volume(truths[case], channels=False)
+        if not probabilities.has_channels or probabilities.spatial_shape != truth.shape:
+            raise DataError(f"probabilities {probabilities.shape} are not (K, x, y, z) on the "
+                            f"ground truth's grid {truth.shape}", path)
+        curves.append(case_reliability(probabilities.array, truth.array, truth.spacing_mm))
+    if not curves:
+        return None
+    pooled = Reliability.pooled(curves)
+    result = {"cases": len(curves), "voxels": int(pooled.counts.sum()), "bins": ECE_BINS,
+              "margin_mm": MARGIN_MM, "ece": _json_number(pooled.ece),
+              "reliability": pooled.to_dict()}
+    if out_json is not None:
+        atomic_write_text(out_json, json.dumps(result, indent=1) + "\n")
+    log.info("calibration of the saved probabilities of %d cases: ECE %.4f on %d voxels",
+             len(curves), pooled.ece, result["voxels"])
     return result

@@ -50,6 +50,21 @@ def test_bad_confidence_names_the_entry():
         QcThresholds(uncertain_probability=0.6)
 
 
+def test_label_temperatures_round_trip_and_old_confidence_has_none():
+    card = _card(confidence=Confidence(temperature=1.5, label_temperatures={2: 2.25}))
+    data = json.loads(json.dumps(card.to_dict()))
+    assert data["confidence"]["label_temperatures"] == {"2": 2.25}
+    again = ModelCard.from_dict(data)
+    assert again == card and again.confidence.temperatures(3) == (1.5, 1.5, 2.25)
+    old = _card().to_dict()
+    old["confidence"] = {"temperature": 1.7}  # a card written before label temperatures
+    conf = ModelCard.from_dict(old).confidence
+    assert conf.label_temperatures == {} and conf.temperatures(3) == 1.7
+    old["confidence"] = {"temperature": 1.7, "label_temperatures": {"1": 0}}
+    with pytest.raises(CheckpointError, match="temperature of label 1 must be a positive"):
+        ModelCard.from_dict(old, "x.safetensors")
+
+
 def test_summary_against_numpy():
     values = [3.0, 1.0, 4.0, 1.0, 5.0]
     s = Summary.of(values)

@@ -193,6 +193,28 @@ def test_unpaired_prediction_is_listed(folders):
         evaluate_folders(pred, gt, tmp / "r.csv")
 
 
+def test_probabilities_and_uncertainty_maps_beside_predictions_are_not_cases(folders):
+    """``medseg predict --save-probabilities --save-uncertainty`` writes
+    ``<case>_probabilities`` / ``<case>_uncertainty`` beside ``<case>``: they are skipped, and
+    the scores are those without them; a ``*_uncertainty`` file without its case is still
+    an unpaired prediction."""
+    pred, gt, tmp = folders
+    plain, _ = evaluate_folders(pred, gt, tmp / "plain.csv")
+    for i in range(2):
+        _save(np.random.default_rng(i).random((2, 30, 30, 20)),
+              pred / f"case_{i}_probabilities.nii.gz", dtype=np.float32)
+        _save(np.ones((30, 30, 20)), pred / f"case_{i}_uncertainty.nii.gz", dtype=np.float32)
+    rows, summary = evaluate_folders(pred, gt, tmp / "r.csv")
+    assert summary["n_cases"] == 2
+    assert [(r["case"], r["label"], r["dice"]) for r in rows] == [
+        (r["case"], r["label"], r["dice"]) for r in plain]
+    _save(np.ones((30, 30, 20)), pred / "other_uncertainty.nii.gz")
+    from medseg.errors import UsageError
+
+    with pytest.raises(UsageError, match="1 without a ground truth .*: other_uncertainty"):
+        evaluate_folders(pred, gt, tmp / "r.csv")
+
+
 # -- the both-empty policy -------------------------------------------------------------------------
 def test_include_both_empty_keyword_and_options(folders):
     from medseg.evaluation import EvaluateOptions

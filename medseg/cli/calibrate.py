@@ -1,4 +1,5 @@
-"""``medseg calibrate MODEL --images DIR --labels DIR``: fit a model's temperature on labelled
+"""``medseg calibrate MODEL --images DIR --labels DIR``: fit a model's temperature (and one per
+label where it helps, :mod:`medseg.inference.calibration`) on labelled
 cases and give it a training cohort for QC when it has none.
 
 ``MODEL`` is anything ``medseg predict -m`` takes (a checkpoint, a cross-validation run
@@ -73,9 +74,10 @@ def run(args: argparse.Namespace) -> int:
         from medseg.inference.calibration import calibrate
 
         result = calibrate(loaded, cases, runtime, seed=args.seed, progress=progress)
-        confidence = confidence.replace(temperature=result.temperature)
-        log.info("temperature %.4f; expected calibration error %.4f -> %.4f",
-                 result.temperature, result.before.ece, result.after.ece)
+        confidence = result.apply(confidence)
+        log.info("temperature %.4f, per label %s; expected calibration error %.4f -> %.4f",
+                 result.temperature, result.label_temperatures or "none", result.before.ece,
+                 result.after.ece)
         if args.report is not None:
             atomic_write_text(args.report, json.dumps(result.to_dict(), indent=1) + "\n")
     for path in save_confidence(model, confidence):

@@ -43,6 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the QC table of `medseg predict --qc`: Spearman and mean absolute "
                              "error of estimated vs true Dice, AUROC of flag != ok for true "
                              "Dice < 0.8 -> qc_evaluation.json beside the results")
+    parser.add_argument("--calibration", metavar="JSON", default=None,
+                        help="with --report: a calibration report (medseg calibrate --report, "
+                             "RUN/cv/calibration.json) whose ECE and reliability before and "
+                             "after calibration the report shows")
     parser.add_argument("--report", nargs="?", const="", default=None, metavar="PATH",
                         help="also write a self-contained HTML report (default PATH: report.html "
                              "beside the results CSV); folders --pred/--gt add worst-case overlays")
@@ -68,11 +72,27 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("medseg").info("%s", line)
     if args.qc is not None:
         _evaluate_qc(args, rows)
+    _evaluate_reliability(args)
     if args.report is not None:
         _write_report(args)
-    elif args.images is not None:
-        logging.getLogger("medseg").warning("--images is only used with --report: ignored")
+    else:
+        for option in ("images", "calibration"):
+            if getattr(args, option) is not None:
+                logging.getLogger("medseg").warning("--%s is only used with --report: ignored",
+                                                    option)
     return 0
+
+
+def _evaluate_reliability(args: argparse.Namespace) -> None:
+    """The calibration of the probabilities saved beside the predictions, when there are
+    any: ``reliability.json`` beside the results (and in the report)."""
+    from pathlib import Path
+
+    from medseg.evaluation import RELIABILITY_JSON, evaluate_reliability
+
+    out = Path(args.output).with_name(RELIABILITY_JSON)
+    if evaluate_reliability(args.pred, args.gt, out) is None and out.is_file():
+        out.unlink()  # an earlier run's: not of these predictions
 
 
 def _evaluate_qc(args: argparse.Namespace, rows) -> None:
@@ -142,6 +162,8 @@ def _check_report_args(args: argparse.Namespace) -> None:
                          f"per case), got {args.pred} and {args.gt}")
     if args.images is not None and not Path(args.images).is_dir():
         raise ImageReadError("--images: folder does not exist", args.images)
+    if args.calibration is not None and not Path(args.calibration).is_file():
+        raise ImageReadError("--calibration: file does not exist", args.calibration)
     check_parent(_report_path(args))
 
 
@@ -157,5 +179,6 @@ def _write_report(args: argparse.Namespace) -> None:
         logging.getLogger("medseg").info("--pred/--gt are files: report without overlays")
     worst = WorstCases(images_dir=args.images, pred_dir=args.pred if folders else None,
                        gt_dir=args.gt if folders else None)
-    path = write_report(args.output, _report_path(args), labels=args.labels, worst=worst)
+    path = write_report(args.output, _report_path(args), labels=args.labels, worst=worst,
+                        qc=args.qc, calibration=args.calibration)
     logging.getLogger("medseg").info("report: %s", path)

@@ -25,6 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "1st-99th percentile)")
     parser.add_argument("--compare", type=Path, metavar="compare.json",
                         help="add the paired comparison written by 'medseg compare'")
+    parser.add_argument("--qc", type=Path, metavar="qc.csv",
+                        help="QC table of medseg predict --qc: cases by risk, flagged cases' "
+                             "error beside uncertainty overlays (<case>_uncertainty in --pred)")
+    parser.add_argument("--calibration", type=Path, metavar="JSON",
+                        help="calibration report (medseg calibrate --report): ECE and "
+                             "reliability diagram before and after")
     parser.add_argument("-o", "--out", type=Path, required=True, help="output report.html")
 
 
@@ -49,5 +55,6 @@ def run(args: argparse.Namespace) -> int:
 
     worst = WorstCases(n=args.worst, images_dir=args.images, pred_dir=args.pred, gt_dir=args.gt,
                        window=parse_window(args.window))
-    write_report(args.results, args.out, labels=args.labels, worst=worst, compare=args.compare)
+    write_report(args.results, args.out, labels=args.labels, worst=worst, compare=args.compare,
+                 qc=args.qc, calibration=args.calibration)
     return 0

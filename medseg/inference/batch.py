@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medseg.data.inputs import list_cases
-from medseg.io.cases import Case, case_name, read_case_image
+from medseg.io.cases import SIDE_OUTPUTS, Case, case_name, read_case_image, side_output_name
 
 if TYPE_CHECKING:
     from medseg.inference.predict import PredictOptions, Prediction
@@ -71,8 +71,9 @@ def outputs_for(case: Case, out: Path, file_mode: bool) -> CaseOutputs:
     else:
         stem, folder = case.case_id, out
         prediction = out / f"{case.case_id}.nii.gz"
-    return CaseOutputs(prediction, folder / f"{stem}_probabilities.nii.gz",
-                       folder / f"{stem}_preview.png", folder / f"{stem}_uncertainty.nii.gz")
+    side = {kind: folder / f"{side_output_name(stem, kind)}.nii.gz" for kind in SIDE_OUTPUTS}
+    return CaseOutputs(prediction, side["probabilities"], folder / f"{stem}_preview.png",
+                       side["uncertainty"])
 
 
 def qc_path(out: Path, file_mode: bool, rank: int = 0, world_size: int = 1) -> Path:

@@ -31,10 +31,10 @@ from typing import Any
 import torch
 
 from medseg.card import WindowSettings
-from medseg.inference.precision import Predictor, make_predictor
-from medseg.runtime import Runtime
+from medseg.inference.precision import Predictor
 
-__all__ = ["MemberRun", "member_predictors", "run_members", "temper_"]
+__all__ = ["MemberRun", "Temperatures", "label_temperature", "run_members",
+           "temper_"]
 
 ALL_AXES = (0, 1, 2)
 
@@ -63,12 +63,29 @@ class MemberRun:
     kind: str
 
 
-def temper_(probabilities: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Calibrate probabilities (K, ...) in place: ``p^(1/T) / sum_k p_k^(1/T)``
-    (:mod:`medseg.confidence`); T = 1 returns them untouched."""
-    if temperature == 1.0:
+#: The temperature(s) of a prediction: one T, or one per channel applied by the voxel's
+#: predicted label (:meth:`medseg.confidence.Confidence.temperatures`).
+Temperatures = float | Sequence[float]
+
+
+def label_temperature(values: torch.Tensor, temperatures: Temperatures
+                      ) -> float | torch.Tensor:
+    """What to divide (K, ...) logits or log-probabilities by: the one T, or (1, ...) the T of
+    each voxel's predicted label (:func:`medseg.confidence.label_scaled`, in torch)."""
+    if isinstance(temperatures, (int, float)):
+        return float(temperatures)
+    t = torch.as_tensor(temperatures, dtype=values.dtype, device=values.device)
+    return t[values.argmax(dim=0)].unsqueeze(0)
+
+
+def temper_(probabilities: torch.Tensor, temperatures: Temperatures) -> torch.Tensor:
+    """Calibrate probabilities (K, ...) in place: ``softmax(log p / T)``, T the one
+    temperature or that of each voxel's predicted label (:mod:`medseg.confidence`); T = 1
+    returns them untouched."""
+    if isinstance(temperatures, (int, float)) and temperatures == 1.0:
         return probabilities
-    logp = probabilities.clamp_(min=1e-30).log_().div_(temperature)
+    logp = probabilities.clamp_(min=1e-30).log_()
+    logp.div_(label_temperature(logp, temperatures))
     logp.sub_(logp.max(dim=0, keepdim=True).values).exp_()
     return logp.div_(logp.sum(dim=0, keepdim=True))
 
@@ -83,13 +100,14 @@ def _mirrored(predictor: Predictor, axes: Sequence[int]) -> Predictor:
     return run
 
 
-def member_predictors(networks: Sequence[torch.nn.Module], window: WindowSettings,
-                      runtime: Runtime) -> tuple[list[tuple[Predictor, WindowSettings]], str, int]:
+def _members(predictors: Sequence[Predictor], window: WindowSettings
+             ) -> tuple[list[tuple[Predictor, WindowSettings]], str, int]:
     """The members' (predictor, window settings), their kind and the index of the member
-    that alone is the prediction (-1: all of them combined; see the module docstring)."""
-    if len(networks) > 1:
-        return [(make_predictor(n, runtime), window) for n in networks], "networks", -1
-    plain = make_predictor(networks[0], runtime)
+    that alone is the prediction (-1: all of them combined; see the module docstring);
+    ``predictors``: one per network, on the backend the prediction runs on."""
+    if len(predictors) > 1:
+        return [(p, window) for p in predictors], "networks", -1
+    plain = predictors[0]
     flat = replace(window, mirror_axes=())
     if window.mirror_axes:
         from medseg.inference.windows import arithmetic_for
@@ -99,28 +117,32 @@ def member_predictors(networks: Sequence[torch.nn.Module], window: WindowSetting
     return [(plain, flat), (_mirrored(plain, ALL_AXES), flat)], "mirrors", 0
 
 
-def run_members(networks: Sequence[torch.nn.Module], combine: str, image: torch.Tensor,
-                window: WindowSettings, runtime: Runtime, temperature: float,
+def run_members(predictors: Sequence[Predictor], combine: str, image: torch.Tensor,
+                window: WindowSettings, temperature: Temperatures,
                 window_kwargs: dict[str, Any]) -> MemberRun:
     """Run every member's sliding window over ``image`` (1, C, x', y', z') and keep what
     QC and the prediction need (:class:`MemberRun`).
 
-    ``combine`` is the model's ensemble rule (``"mean_softmax"``: the members' softmax are
-    averaged, then calibrated, as the plain prediction does; anything else, and the
-    mirrorings of one network: their logits). ``window_kwargs`` are
+    ``predictors``: each network's logits predictor, on the backend the prediction runs on
+    (:func:`medseg.inference.backends.member_predictors`). ``combine`` is the model's
+    ensemble rule (``"mean_softmax"``: the members' softmax are averaged, then calibrated,
+    as the plain prediction does; anything else, and the mirrorings of one network: their
+    logits). ``window_kwargs`` are
     :func:`~medseg.inference.sliding_window.sliding_window`'s keyword options (device,
     out_device, progress).
     """
     from medseg.inference.sliding_window import sliding_window
 
-    members, kind, alone = member_predictors(networks, window, runtime)
+    members, kind, alone = _members(predictors, window)
     mean_softmax = kind == "networks" and combine == "mean_softmax"
     total: torch.Tensor | None = None
     probs = torch.zeros(0)
     entropy = torch.zeros(0)
     for i, (predictor, settings) in enumerate(members):
         out = sliding_window(predictor, image, settings, **window_kwargs)[0]
-        logp = torch.log_softmax(out.float() / temperature, dim=0)
+        logits = out.float()
+        logp = torch.log_softmax(logits / label_temperature(logits, temperature), dim=0)
+        del logits
         p = logp.exp()
         h = -(p * logp).sum(dim=0)
         entropy = h if i == 0 else entropy.add_(h)

@@ -54,7 +54,7 @@ import torch
 from medseg.argmax import label_dtype
 from medseg.card import ModelCard, Postprocess, WindowSettings
 from medseg.errors import UsageError, check_option
-from medseg.inference.members import MemberRun, temper_
+from medseg.inference.members import MemberRun, Temperatures, label_temperature, temper_
 from medseg.inference.precision import Predictor, mean_softmax
 from medseg.runtime import Runtime
 from medseg.sources import LoadedModel, check_image, load_model
@@ -274,14 +274,14 @@ def _window(loaded: LoadedModel, prepared, card: ModelCard, options: PredictOpti
             temperature = _temperature(card)
             if logits:
                 if temperature != 1.0:
-                    blended = blended.div_(temperature)
+                    blended = blended.div_(label_temperature(blended, temperature))
                 out: LabelMap | Probabilities | Logits = Logits(blended.cpu().numpy(), affine)
             else:
                 blended = blended.float()
                 if gives_probabilities:
                     blended = temper_(blended, temperature)
                 else:
-                    blended = _softmax_(blended.div_(temperature))
+                    blended = _softmax_(blended.div_(label_temperature(blended, temperature)))
                 out = Probabilities(blended.cpu().numpy(), affine)
         else:
             predictor, _ = _predictor(loaded, card, options, runtime)
@@ -309,16 +309,19 @@ def _members(loaded: LoadedModel, prepared, card: ModelCard, options: PredictOpt
               "progress": options.progress}
     temperature = _temperature(card)
     with torch.inference_mode():
-        run = run_members(loaded.networks, loaded.combine, image, card.window, runtime,
-                          temperature, kwargs)
+        run = run_members(_member_predictors(loaded, card, options, runtime), loaded.combine,
+                          image, card.window, temperature, kwargs)
         predicted = run.combined.argmax(dim=0)
         affine = prepared.image.affine
         if run.is_logits and card.preprocessing.resamples_logits:
-            combined = run.combined.div_(temperature) if temperature != 1.0 else run.combined
+            combined = run.combined
+            if temperature != 1.0:
+                combined = combined.div_(label_temperature(combined, temperature))
             out: Probabilities | Logits = Logits(combined.cpu().numpy(), affine)
         elif run.is_logits:
-            out = Probabilities(_softmax_(run.combined.float().div_(temperature)).cpu().numpy(),
-                                affine)
+            logits = run.combined.float()
+            logits = logits.div_(label_temperature(logits, temperature))
+            out = Probabilities(_softmax_(logits).cpu().numpy(), affine)
         else:
             out = Probabilities(run.combined.cpu().numpy(), affine)
     run.combined = torch.zeros(0)  # no longer needed: free it
@@ -346,9 +349,12 @@ def _confidence(run: MemberRun, predicted: torch.Tensor, history, volume: Volume
     return result
 
 
-def _temperature(card: ModelCard) -> float:
-    """The card's calibration temperature (1: none)."""
-    return 1.0 if card.confidence is None else card.confidence.temperature
+def _temperature(card: ModelCard) -> Temperatures:
+    """The card's calibration temperature (1: none), or one per channel where labels have
+    their own (:meth:`medseg.confidence.Confidence.temperatures`)."""
+    if card.confidence is None:
+        return 1.0
+    return card.confidence.temperatures(card.num_classes)
 
 
 def _blend(loaded: LoadedModel, image: torch.Tensor, card: ModelCard, options: PredictOptions,

@@ -11,6 +11,9 @@ share:
 * :func:`images_by_case`, :func:`find_case_file`: the image files of a
   folder by case name (the cases an input path describes, manifests included,
   are listed by :func:`medseg.data.inputs.list_cases`);
+* :data:`SIDE_OUTPUTS`, :func:`side_output_name`: the names of what ``medseg predict``
+  writes beside a case's label map (``<case>_probabilities.nii.gz``,
+  ``<case>_uncertainty.nii.gz``), which a folder of predictions must not take for cases;
 * :func:`read_case_image`: a case's image as one (C, x, y, z) volume;
 * :func:`read_label_names` / :func:`label_names_from_mapping`: the one parser
   of label names, ``{"1": "liver"}`` (MSD) or ``{"liver": 1}`` (nnU-Net v2).
@@ -38,6 +41,8 @@ __all__ = [
     "Case",
     "case_name",
     "images_by_case",
+    "side_output_name",
+    "SIDE_OUTPUTS",
     "pair_folders",
     "find_case_file",
     "read_case_image",
@@ -47,6 +52,9 @@ __all__ = [
 ]
 
 _CHANNEL_SUFFIX = re.compile(r"_\d{4}$")  # nnU-Net: case_0000.nii.gz is channel 0 of "case"
+
+#: What ``medseg predict`` writes beside a case's label map, by the suffix of its name.
+SIDE_OUTPUTS = ("probabilities", "uncertainty")
 
 
 @dataclass(frozen=True)
@@ -95,10 +103,27 @@ def case_name(path: str | os.PathLike, strip_channel: bool = False) -> str:
     return _CHANNEL_SUFFIX.sub("", stem) if strip_channel and ext else stem
 
 
-def images_by_case(folder: str | os.PathLike, strip_channel: bool = False) -> dict[str, Path]:
+def side_output_name(case: str, kind: str) -> str:
+    """The case name of ``case``'s side output ``kind`` (:data:`SIDE_OUTPUTS`):
+    ``side_output_name("ct_1", "uncertainty") == "ct_1_uncertainty"``."""
+    if kind not in SIDE_OUTPUTS:
+        raise UsageError(f"side output {kind!r}: expected one of {', '.join(SIDE_OUTPUTS)}")
+    return f"{case}_{kind}"
+
+
+def _without_side_outputs(found: dict[str, Path]) -> dict[str, Path]:
+    """``found`` less the side outputs of its cases (``<case>_<kind>`` beside ``<case>``)."""
+    side = {side_output_name(case, kind) for case in found for kind in SIDE_OUTPUTS}
+    return {case: path for case, path in found.items() if case not in side}
+
+
+def images_by_case(folder: str | os.PathLike, strip_channel: bool = False,
+                   predictions: bool = False) -> dict[str, Path]:
     """The image files of ``folder`` keyed by :func:`case_name`, in sorted name order.
 
-    Hidden files and files without a supported extension are skipped.
+    Hidden files and files without a supported extension are skipped; with
+    ``predictions`` (a folder ``medseg predict`` wrote) so are the side outputs
+    (:data:`SIDE_OUTPUTS`) of its cases.
 
     Raises
     ------
@@ -114,7 +139,7 @@ def images_by_case(folder: str | os.PathLike, strip_channel: bool = False) -> di
             raise DataError(f"two images for case {case!r}: {found[case].name} and {path.name}",
                             folder)
         found[case] = path
-    return found
+    return _without_side_outputs(found) if predictions else found
 
 
 def pair_folders(
@@ -124,6 +149,7 @@ def pair_folders(
     *,
     strip_channel: bool = False,
     missing_first: bool = False,
+    predictions: bool = False,
 ) -> list[tuple[str, Path | None, Path]]:
     """The cases of two folders paired by case name: ``(case, first's file, second's file)``.
 
@@ -135,6 +161,8 @@ def pair_folders(
     strip_channel : the first folder's files may carry nnU-Net's ``_0000`` channel suffix.
     missing_first : a case of ``second`` without a file in ``first`` pairs with None
         instead of being an error.
+    predictions : ``first`` is a folder of ``medseg predict``: its side outputs
+        (probabilities, uncertainty maps) are not cases.
 
     Returns
     -------
@@ -145,7 +173,7 @@ def pair_folders(
     ImageReadError : ``second`` holds no image files.
     UsageError : unpaired cases, every one listed, on each side.
     """
-    firsts = images_by_case(first, strip_channel=strip_channel)
+    firsts = images_by_case(first, strip_channel=strip_channel, predictions=predictions)
     seconds = images_by_case(second)
     if not seconds:
         raise ImageReadError("folder holds no image files", second)

@@ -23,11 +23,13 @@ import numpy as np
 
 from medseg.errors import UsageError
 
-__all__ = ["ECE_BINS", "Reliability", "expected_calibration_error", "near_foreground",
-           "reliability"]
+__all__ = ["ECE_BINS", "MARGIN_MM", "Reliability", "expected_calibration_error", "near_foreground",
+           "reliability", "case_reliability"]
 
 #: Bins of the expected calibration error (the issue's and Guo et al.'s 15).
 ECE_BINS = 15
+#: The margin (mm) around foreground within which calibration is measured.
+MARGIN_MM = 5.0
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,30 @@ class Reliability:
         return {"edges": self.edges.tolist(), "counts": self.counts.tolist(),
                 "confidence": [None if np.isnan(v) else float(v) for v in self.confidence],
                 "accuracy": [None if np.isnan(v) else float(v) for v in self.accuracy]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, list]) -> Reliability:
+        """The inverse of :meth:`to_dict` (None -> NaN)."""
+        def values(key: str) -> np.ndarray:
+            return np.array([np.nan if v is None else v for v in data[key]], dtype=np.float64)
+
+        return cls(np.asarray(data["counts"], dtype=np.int64), values("confidence"),
+                   values("accuracy"), np.asarray(data["edges"], dtype=np.float64))
+
+    @classmethod
+    def pooled(cls, curves: Sequence[Reliability]) -> Reliability:
+        """The curve of all the voxels of ``curves`` (same bins) together: counts add,
+        confidence and accuracy are the count-weighted means (exactly :func:`reliability`
+        of the concatenated voxels, up to rounding)."""
+        if not curves:
+            raise UsageError("pooling reliability curves needs at least one")
+        counts = np.sum([c.counts for c in curves], axis=0)
+        def weighted(key: str) -> np.ndarray:
+            total = np.sum([np.nan_to_num(getattr(c, key)) * c.counts for c in curves], axis=0)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return total / counts
+
+        return cls(counts, weighted("confidence"), weighted("accuracy"), curves[0].edges)
 
 
 def reliability(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS
@@ -83,7 +109,7 @@ def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray,
 
 
 def near_foreground(predicted: np.ndarray, truth: np.ndarray, spacing_mm: Sequence[float],
-                    margin_mm: float) -> np.ndarray:
+                    margin_mm: float = MARGIN_MM) -> np.ndarray:
     """Voxels (x, y, z) within ``margin_mm`` (Euclidean, in mm) of a voxel that either label
     map calls foreground (> 0); all False when both are empty."""
     from scipy import ndimage
@@ -93,3 +119,18 @@ def near_foreground(predicted: np.ndarray, truth: np.ndarray, spacing_mm: Sequen
         return foreground
     distance = ndimage.distance_transform_edt(~foreground, sampling=tuple(spacing_mm))
     return distance <= margin_mm
+
+
+def case_reliability(probabilities: np.ndarray, truth: np.ndarray,
+                     spacing_mm: Sequence[float], margin_mm: float = MARGIN_MM,
+                     bins: int = ECE_BINS) -> Reliability:
+    """The reliability curve of one case's probabilities (K, x, y, z) against its true label
+    map (x, y, z) over its foreground-near voxels (:func:`near_foreground` of the
+    probabilities' argmax and the truth)."""
+    p = np.asarray(probabilities)
+    y = np.asarray(truth)
+    if p.ndim != 4 or p.shape[1:] != y.shape:
+        raise UsageError(f"probabilities (K, x, y, z) and labels (x, y, z) on one grid needed, "
+                         f"got {p.shape} and {y.shape}")
+    near = near_foreground(p.argmax(axis=0), y, spacing_mm, margin_mm)
+    return reliability(p[:, near].T, y[near], bins)

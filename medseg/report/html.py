@@ -79,6 +79,8 @@ def write_report(
     labels: str | os.PathLike | Mapping[int, str] | None = None,
     worst: WorstCases | None = None,
     compare: str | os.PathLike | None = None,
+    qc: str | os.PathLike | None = None,
+    calibration: str | os.PathLike | None = None,
 ) -> Path:
     """Write a self-contained HTML report of ``results_csv`` to ``out_html``.
 
@@ -94,6 +96,14 @@ def write_report(
     worst : :class:`WorstCases` (default: 5 cases, no overlays).
     compare : a ``compare.json`` of ``medseg compare``: adds its section
         (:mod:`medseg.report.compare`) at the end.
+    qc : the ``qc.csv`` of ``medseg predict --qc``: adds the QC section
+        (:mod:`medseg.report.qc`): the rows by risk with the true Dice (and the agreement
+        of ``qc_evaluation.json`` beside the results when present), and for the flagged
+        cases the error overlay beside the uncertainty overlay (folders in ``worst``).
+    calibration : a calibration report (``medseg calibrate --report``,
+        ``RUN/cv/calibration.json``): ECE and reliability before and after calibration in
+        the calibration section, which also shows ``reliability.json`` beside the results
+        (``medseg evaluate`` writes it from saved probabilities) when present.
 
     Returns
     -------
@@ -115,12 +125,14 @@ def write_report(
     names = _label_names(rows, labels)
     columns = [c for c in TITLES if any(c in r.metrics for r in rows)]
     dirs = (images_dir, pred_dir, gt_dir) if overlays else None
+    confidence = _confidence_sections(results_csv, rows, qc, calibration, dirs, names, window)
     body = "\n".join([
-        _header(Path(results_csv), rows, names),
+        _header(Path(results_csv), rows, names, _nav(confidence)),
         _summary_section(results.summary, names, columns),
         _plots_section(rows, names, columns),
         _volumes_section(rows, results.summary, names),
         _worst_section(results, names, worst_n, dirs, window),
+        *confidence,
         _cases_section(rows, names, columns),
         *extra,
     ])
@@ -156,7 +168,50 @@ def _compare_section(compare: str | os.PathLike | None) -> list[str]:
     return [compare_section(load_comparison(compare))]
 
 
-def _header(results_csv: Path, rows: list[ResultRow], names: dict[int, str]) -> str:
+def _confidence_sections(results_csv, rows, qc, calibration, dirs, names, window
+                         ) -> list[str]:
+    """The calibration and QC sections (:mod:`medseg.report.qc`) of what is given or lies
+    beside the results."""
+    from medseg.evaluation import RELIABILITY_JSON, read_qc_table
+    from medseg.report.qc import calibration_section, read_json, risk_rows, risk_section
+
+    folder = Path(results_csv) if Path(results_csv).is_dir() else Path(results_csv).parent
+    evaluated = _beside(folder / RELIABILITY_JSON, read_json)
+    sections = []
+    if calibration is not None or evaluated is not None:
+        known = None if calibration is None else _calibration_report(calibration, read_json)
+        sections.append(calibration_section(known, evaluated))
+    if qc is not None:
+        agreement = _beside(folder / "qc_evaluation.json", read_json)
+        sections.append(risk_section(risk_rows(read_qc_table(qc), rows), agreement, dirs,
+                                     names, window))
+    return sections
+
+
+def _nav(sections: list[str]) -> str:
+    """Links to the confidence sections present."""
+    links = (("calibration", "Calibration"), ("qc", "QC by risk"))
+    return "".join(f"<a href=\"#{ident}\">{title}</a>" for ident, title in links
+                   if any(f"id=\"{ident}\"" in s for s in sections))
+
+
+def _beside(path: Path, read):
+    return read(path) if path.is_file() else None
+
+
+def _calibration_report(path, read) -> dict:
+    from medseg.errors import DataError
+
+    data = read(path)
+    need = {"temperature", "reliability_before", "reliability_after"}
+    if not isinstance(data, dict) or not need <= set(data):
+        raise DataError(f"not a calibration report (medseg calibrate --report): it needs "
+                        f"{', '.join(sorted(need))}", path)
+    return data
+
+
+def _header(results_csv: Path, rows: list[ResultRow], names: dict[int, str],
+            extra_nav: str = "") -> str:
     n_cases = len({r.case for r in rows})
     return (
         "<h1>medseg quality-control report</h1>\n"
@@ -164,7 +219,8 @@ def _header(results_csv: Path, rows: list[ResultRow], names: dict[int, str]) -> 
         f"{len(rows)} rows &middot; medseg {escape(__version__)}</p>\n"
         "<nav><a href=\"#summary-section\">Summary</a><a href=\"#plots\">Plots</a>"
         "<a href=\"#volumes\">Volume agreement</a>"
-        "<a href=\"#worst\">Worst cases</a><a href=\"#per-case\">Per-case table</a></nav>"
+        f"<a href=\"#worst\">Worst cases</a>{extra_nav}"
+        "<a href=\"#per-case\">Per-case table</a></nav>"
     )
 
 

@@ -10,6 +10,10 @@ one point, the image at a display window, and contours:
 * a single label map (``medseg predict --preview``): one colour per label,
   planes through the centre of the biggest structure.
 
+Either can carry an uncertainty map (``medseg predict --save-uncertainty``, its first
+channel: the normalised entropy, 0-1) as a heat layer (magma, voxels above 0.05), so that
+the report can set the uncertainty beside the error through the same planes.
+
 Display window: a CT window W400/L40 (``[-160, 240]`` HU) when the image looks
 like CT (minimum below -500), else the 1st to 99th percentile (MR).
 """
@@ -37,6 +41,7 @@ Window = str | tuple[float, float] | None
 GT_COLOUR = "#2ee64d"
 PRED_COLOUR = "#ff3b3b"
 CT_WINDOW = (40.0 - 200.0, 40.0 + 200.0)  # W400 / L40
+UNCERTAINTY_SHOWN = 0.05  # the heat layer shows uncertainty above this (0-1)
 
 
 def choose_window(image: np.ndarray, window: Window = None) -> tuple[float, float]:
@@ -110,9 +115,12 @@ def overlay_png(
     label_names: Mapping[int, str] | None = None,
     window: Window = None,
     title: str | None = None,
+    uncertainty: Volume | None = None,
 ) -> bytes:
-    """PNG bytes of :func:`render_overlay_png`; ``image`` None gives a black background."""
-    grid = _ras_grid(image, label, pred)
+    """PNG bytes of :func:`render_overlay_png`; ``image`` None gives a black background;
+    ``uncertainty`` (on the label's grid; channel 0 when it has channels) adds its heat
+    layer (module docstring) without moving the planes."""
+    grid = _ras_grid(image, label, pred, uncertainty)
     names = dict(label_names or {})
     arrays = grid.arrays
     centre = None
@@ -134,12 +142,12 @@ def overlay_png(
     return _draw(planes, low_high, names, title, caption)
 
 
-def _ras_grid(image: Volume | None, label: Volume, pred: Volume | None) -> RasGrid:
+def _ras_grid(image: Volume | None, label: Volume, pred: Volume | None,
+              uncertainty: Volume | None = None) -> RasGrid:
     volumes = {"gt": _spatial(label, "label")}
-    if pred is not None:
-        volumes["pred"] = _spatial(pred, "pred")
-    if image is not None:
-        volumes["image"] = _spatial(image, "image")
+    for key, volume in (("pred", pred), ("image", image), ("uncertainty", uncertainty)):
+        if volume is not None:
+            volumes[key] = _spatial(volume, key)
     first = volumes["gt"]
     for key, vol in volumes.items():
         if not first.same_grid(vol):
@@ -186,7 +194,7 @@ def _draw(
     for i, plane in enumerate(planes):
         ax = fig.add_subplot(grid[0, i])
         present |= _draw_plane(ax, plane, window, compare)
-    _legend(fig, compare, present, names)
+    _legend(fig, compare, present, names, "uncertainty" in planes[0].slices)
     heading = " — ".join(t for t in (title, caption) if t)
     if heading:
         fig.suptitle(heading, color="white", fontsize=10, y=0.985)
@@ -201,6 +209,11 @@ def _draw_plane(ax, plane: Plane, window: tuple[float, float], compare: bool) ->
         background = np.zeros_like(plane.slices["gt"], dtype=np.float32)
     ax.imshow(background, cmap="gray", vmin=window[0], vmax=window[1], extent=extent,
               interpolation="bilinear")
+    if "uncertainty" in plane.slices:
+        heat = np.ma.masked_less_equal(plane.slices["uncertainty"].astype(np.float32),
+                                       UNCERTAINTY_SHOWN)
+        ax.imshow(heat, cmap="magma", vmin=0.0, vmax=1.0, alpha=0.7, extent=extent,
+                  interpolation="nearest")
     rows, cols = plane.slices["gt"].shape
     xs = (np.arange(cols) + 0.5) * plane.pixel_mm[1]
     ys = (np.arange(rows) + 0.5) * plane.pixel_mm[0]
@@ -247,8 +260,10 @@ def _edge_letters(ax, edges: tuple[str, str, str, str]) -> None:
     ax.text(0.5, 0.015, bottom, ha="center", va="bottom", **style)
 
 
-def _legend(fig, compare: bool, present: set[int], names: dict[int, str]) -> None:
+def _legend(fig, compare: bool, present: set[int], names: dict[int, str],
+            uncertainty: bool = False) -> None:
     from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     if compare:
         handles = [
@@ -259,6 +274,10 @@ def _legend(fig, compare: bool, present: set[int], names: dict[int, str]) -> Non
     else:
         handles = [Line2D([], [], color=_label_colour(v), lw=2, label=names.get(v, f"label {v}"))
                    for v in sorted(present)[:12]]
+    if uncertainty:
+        from matplotlib import colormaps
+
+        handles.append(Patch(color=colormaps["magma"](0.75), label="uncertainty (entropy)"))
     if handles:
         legend = fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6),
                             frameon=False, fontsize=8)

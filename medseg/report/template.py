@@ -36,6 +36,8 @@ tbody tr:nth-child(even) { background: #f6f8fa; }
 .scroll { max-height: 640px; overflow: auto; display: inline-block; max-width: 100%;
           border: 1px solid #dfe3e8; }
 .status { border-radius: 8px; padding: 0 7px; font-size: 11.5px; color: white; }
+.s-qc-fail { background: #c62828; } .s-qc-review { background: #d68910; }
+.s-qc-ok { background: #2e8540; }
 .s-ok { background: #2e8540; } .s-empty_pred { background: #c62828; }
 .s-empty_gt { background: #e07b00; } .s-both_empty { background: #7a8590; }
 .plots { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }

@@ -89,6 +89,33 @@ def test_runner_on_a_fold_ensemble(work, tmp_path):
     assert np.abs(alone.probabilities.array - reference.probabilities.array).max() > 1e-2
 
 
+@pytest.mark.parametrize("folds", [1, 2])
+def test_runner_applies_the_card_temperatures_as_predict_does(work, tmp_path, folds):
+    """A card with a temperature and a label's own (top-label): the runner's probabilities
+    equal medseg predict's calibrated ones (one network: logits scaled; a fold ensemble:
+    its mean softmax tempered), and differ from the uncalibrated ones."""
+    from medseg.checkpoint import load_checkpoint, update_card
+    from medseg.confidence import Confidence
+    from medseg.export import export_model
+
+    run = tmp_path / "run"
+    paths = [save_model(run / f"fold_{i}" / "best.safetensors", seed=i + 1)
+             for i in range(folds)]
+    model = run if folds > 1 else paths[0]
+    plain = medseg_prediction(model, work["image"])
+    for path in paths:
+        card = load_checkpoint(path).card
+        update_card(path, card.replace(confidence=Confidence(
+            temperature=0.5, label_temperatures={1: 0.25})))
+    folder = export_model(model, tmp_path / "export")
+    out = tmp_path / "labels.nii.gz"
+    result = run_runner(folder, work["image"], out)
+    assert result.returncode == 0, result.stderr
+    reference = medseg_prediction(model, work["image"])
+    assert_agrees(out, work["image"], reference)
+    assert np.abs(plain.probabilities.array - reference.probabilities.array).max() > 0.1
+
+
 def test_cli_export_and_fp16_agreement(work, tmp_path):
     """``medseg export --fp16``: half-precision networks; the labels still agree on
     >= 99 % of voxels and the probabilities within 1e-2 (stated, not the fp32 target)."""

@@ -72,3 +72,36 @@ def test_cli_predict_with_onnxruntime_backend(tmp_path):
                      "--backend", backend]) == 0
     ours, theirs = (read_volume(tmp_path / f"{b}.nii.gz").array for b in ("onnxruntime", "torch"))
     assert np.mean(ours == theirs) >= 0.999
+
+
+def test_qc_and_uncertainty_run_on_the_chosen_backend(monkeypatch):
+    """``--qc --backend onnxruntime``: the members run in ONNX Runtime (its predictor is
+    built and called), and the QC rows and the uncertainty map equal torch's."""
+    from medseg.inference import backends
+
+    calls = []
+    real = backends.onnx_predictor
+
+    def counting(*args, **kwargs):
+        predictor = real(*args, **kwargs)
+
+        def run(batch):
+            calls.append(batch.shape[0])
+            return predictor(batch)
+
+        return run
+
+    monkeypatch.setattr(backends, "onnx_predictor", counting)
+    model, image = _model(), _phantom()
+    options = {"qc": True, "uncertainty": True}
+    runs = {name: predict_case(model, image, PredictOptions(backend=name, **options),
+                               Runtime.cpu()) for name in ("torch", "onnxruntime")}
+    assert calls  # the members ran in ONNX Runtime
+    torch_run, onnx_run = runs["torch"], runs["onnxruntime"]
+    assert np.mean(onnx_run.labels.array == torch_run.labels.array) >= 0.999
+    for a, b in zip(torch_run.qc.rows, onnx_run.qc.rows):
+        assert a["flag"] == b["flag"]
+        assert a["estimated_dice"] == pytest.approx(b["estimated_dice"], abs=1e-3)
+    diff = np.abs(onnx_run.qc.uncertainty.array.astype(np.float32)
+                  - torch_run.qc.uncertainty.array.astype(np.float32))
+    assert diff.max() <= 2e-3

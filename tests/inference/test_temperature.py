@@ -4,8 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from medseg.inference.calibration import _tempered, fit_temperature
-from medseg.inference.members import temper_
+from medseg.confidence import Confidence
+from medseg.inference.calibration import (
+    _calibration,
+    _tempered,
+    choose_label_temperatures,
+    fit_temperature,
+    split_halves,
+)
+from medseg.inference.members import label_temperature, temper_
 from medseg.metrics.calibration import expected_calibration_error
 
 
@@ -46,3 +53,79 @@ def test_temper_is_softmax_of_scaled_logits_and_keeps_the_argmax():
     tempered = temper_(p.clone(), 2.5)
     assert torch.allclose(tempered, torch.softmax(z / 2.5, 0), atol=1e-6)
     assert torch.equal(tempered.argmax(0), p.argmax(0))
+
+
+# -- a temperature per label (top-label: by the voxel's predicted label) ----------------------
+FACTORS = (1.5, 2.5, 4.0)
+
+
+def _overconfident_per_label(n=60000, factors=FACTORS, seed=1):
+    """Labels drawn from softmax(z); a voxel whose argmax is c is reported as
+    softmax(factors[c] * z): each predicted label overconfident by its own known factor."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0, 1.5, (n, len(factors)))
+    p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    y = (rng.random(n)[:, None] > np.cumsum(p, 1)).sum(1)  # inverse-CDF draw per row
+    scaled = np.asarray(factors)[z.argmax(1)][:, None] * z
+    logp = scaled - np.log(np.exp(scaled).sum(1, keepdims=True))
+    return logp, y
+
+
+def test_label_temperatures_recover_each_factor_where_one_temperature_cannot():
+    logp, y = _overconfident_per_label()
+    held_out = split_halves(np.zeros(len(y), int), np.random.default_rng(0))
+    single, own, choices = choose_label_temperatures(logp, y, held_out)
+    assert sorted(own) == [0, 1, 2] and all(c.kept for c in choices)
+    for c, factor in enumerate(FACTORS):
+        assert own[c] == pytest.approx(factor, rel=0.04)
+        assert choices[c].nll_label < choices[c].nll_single
+    # the single T lies between the factors: at least 25 % off the outer ones
+    assert FACTORS[0] < single < FACTORS[-1]
+    assert min(abs(single / f - 1) for f in (FACTORS[0], FACTORS[-1])) > 0.25
+    per_label = _tempered(logp, tuple(own[c] for c in range(3)))
+    one = _tempered(logp, single)
+    ece_label = expected_calibration_error(per_label, y)
+    ece_one = expected_calibration_error(one, y)
+    assert ece_label == pytest.approx(_ece_by_hand(per_label, y))
+    assert ece_label < 0.6 * ece_one
+    np.testing.assert_array_equal(per_label.argmax(1), logp.argmax(1))  # argmax kept
+
+
+def test_label_temperatures_are_not_kept_when_they_do_not_help():
+    """One factor for all labels: on the held-out half no label's own T beats the single one
+    by two standard errors, so none is kept; the single T recovers the factor."""
+    logp, y = _overconfident_per_label(factors=(2.5, 2.5, 2.5), seed=3)
+    groups = np.repeat(np.arange(4), len(y) // 4)  # four "cases": even fit, odd held out
+    held_out = split_halves(groups, np.random.default_rng(0))
+    np.testing.assert_array_equal(held_out, groups % 2 == 1)
+    single, own, choices = choose_label_temperatures(logp, y, held_out)
+    assert own == {} and not any(c.kept for c in choices)
+    assert single == pytest.approx(2.5, rel=0.04)
+
+
+def test_calibration_composes_with_the_model_temperatures():
+    """The predicted probabilities already carry the card's temperatures: new = old x
+    fitted factor, per label; labels without their own keep the single T."""
+    logp, y = _overconfident_per_label()
+    old = Confidence(temperature=2.0, label_temperatures={2: 3.0})
+    result = _calibration(logp, y, old, 1.5, {1: 1.2}, (), 1)
+    assert result.temperature == pytest.approx(3.0)
+    assert result.label_temperatures == pytest.approx({1: 2.4, 2: 4.5})
+    conf = result.apply(old)
+    assert conf.temperatures(3) == pytest.approx((3.0, 2.4, 4.5))
+
+
+def test_numpy_and_torch_label_temperatures_agree():
+    from medseg.confidence import label_scaled
+
+    z = torch.randn(3, 5, 6, 7, generator=torch.Generator().manual_seed(2))
+    temps = (1.0, 2.0, 0.5)
+    expected = torch.softmax(z / torch.tensor(temps)[z.argmax(0)][None], 0)
+    tempered = temper_(torch.softmax(z, 0), temps)
+    assert torch.allclose(tempered, expected, atol=1e-5)
+    assert torch.equal(tempered.argmax(0), z.argmax(0))
+    by_numpy = label_scaled(np.log(torch.softmax(z, 0).numpy()), temps)
+    e = np.exp(by_numpy - by_numpy.max(0))
+    np.testing.assert_allclose(e / e.sum(0), expected.numpy(), atol=1e-5)
+    assert torch.allclose(z / label_temperature(z, temps), torch.from_numpy(
+        label_scaled(z.numpy(), temps)))

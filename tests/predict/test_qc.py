@@ -181,3 +181,9 @@ def test_calibrate_cli_writes_cohort_and_temperature(tmp_path, ckpt_dir):
     result = json.loads(report.read_text())
     assert result["ece_after"] < result["ece_before"]
     assert result["temperature"] == pytest.approx(card.confidence.temperature)
+    # every label was weighed for its own temperature on held-out cases; the kept ones are
+    # in the card
+    assert [c["label"] for c in result["labels"]] == [0, 1, 2]
+    assert card.confidence.label_temperatures == pytest.approx(
+        {int(k): v for k, v in result["label_temperatures"].items()})
+    assert result["ece_after"] <= result["ece_single"] or not result["label_temperatures"]

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from medseg.card import Postprocess, WindowSettings
+from medseg.confidence import Confidence, label_scaled
 from medseg.errors import CheckpointError, DataError
 from medseg.export.runtime.networks import OnnxNetwork, mean_softmax, softmax
 from medseg.export.runtime.resample import iter_resampled_slabs, resample_to_grid
@@ -106,6 +107,12 @@ class ExportedModel:
         return window
 
     @property
+    def temperatures(self) -> float | tuple[float, ...]:
+        """The card's calibration temperature(s) (:meth:`Confidence.temperatures`; 1: none)."""
+        data = self.card.get("confidence")
+        return 1.0 if not data else Confidence.from_dict(data).temperatures(self.num_classes)
+
+    @property
     def postprocess(self) -> Postprocess:
         return Postprocess(**dict(self.card.get("postprocess") or {}))
 
@@ -162,7 +169,9 @@ def _check(volume: Volume, channels: int) -> None:
 def _network_output(model: ExportedModel, image: np.ndarray, window: WindowSettings
                     ) -> np.ndarray:
     """Probabilities (medseg's cards) or logits (nnU-Net's) on the network grid, the
-    members combined as the manifest's rule says (:func:`medseg.inference.predict._blend`)."""
+    members combined as the manifest's rule says (:func:`medseg.inference.predict._blend`),
+    calibrated by the card's temperature(s) as ``medseg predict`` does
+    (:func:`medseg.confidence.label_scaled`)."""
     members = model.networks
     combine = model.manifest.get("combine", "mean_softmax")
     if len(members) > 1 and combine == "mean_logits":
@@ -175,9 +184,14 @@ def _network_output(model: ExportedModel, image: np.ndarray, window: WindowSetti
         blended, is_probabilities = sliding_window(mean_softmax(members), image, window), True
     else:
         blended, is_probabilities = sliding_window(members[0], image, window), False
-    if model.card["preprocessing"].get("kind") == "nnunet" or is_probabilities:
-        return blended
-    return softmax(blended, 0)
+    temperatures = model.temperatures
+    if model.card["preprocessing"].get("kind") == "nnunet":
+        return blended if temperatures == 1.0 else label_scaled(blended, temperatures)
+    if is_probabilities:
+        if temperatures == 1.0:
+            return blended
+        blended = np.log(np.clip(blended, 1e-30, None))
+    return softmax(label_scaled(blended, temperatures), 0)
 
 
 def _add(total: np.ndarray, out: np.ndarray) -> np.ndarray:
