@@ -266,7 +266,7 @@ def check_image(volume: Volume, model: LoadedModel) -> None:
         hint = ("; a DICOM input gives one stack per channel with --stack K|NAME, repeated in "
                 "the model's channel order" if stacks else "")
         raise DataError(f"checkpoint {model.source} expects {channels_text(model.card)}, image "
-                        f"has {channels}{hint}", source)
+                        f"has {channels} channel{'s' if channels != 1 else ''}{hint}", source)
     problem = stack_order_problem(stacks or [], model.card.channels)
     if problem:
         raise UsageError(f"{problem} (model {model.source})", source)

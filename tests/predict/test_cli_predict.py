@@ -179,7 +179,7 @@ def test_channel_mismatch(tmp_path, two_channel_ckpt, nifti_case, capsys):
     assert predict("-m", two_channel_ckpt, "-i", src, "-o", out) == 1
     line = error_line(capsys)
     assert line.startswith(f"medseg: error: {src}: checkpoint ")
-    assert "expects 2 input channels, image has 1" in line
+    assert "expects 2 input channels, image has 1 channel" in line
     assert files_in(out) == []
 
 

@@ -87,7 +87,7 @@ def test_channel_mismatch_names_image_and_checkpoint(two_channel_ckpt, phantom):
     with pytest.raises(DataError) as err:
         predict_case(two_channel_ckpt, image, runtime=CPU)
     assert str(err.value).startswith("/data/ct_1.nii.gz: checkpoint ")
-    assert "expects 2 input channels, image has 1" in str(err.value)
+    assert "expects 2 input channels, image has 1 channel" in str(err.value)
     assert str(two_channel_ckpt) in str(err.value)
     two = Volume(np.stack([case.image.array] * 2), case.image.affine)
     labels = predict_case(two_channel_ckpt, two, runtime=CPU).labels  # channel 0 thresholds
