@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,10 @@ SCHEMES = {"dicomweb": "http", "dicomwebs": "https"}
 _QUERY_KEYS = ("StudyInstanceUID", "SeriesInstanceUID")
 #: (connect, read) timeouts of every request, in seconds.
 TIMEOUT_S = (10.0, 300.0)
+#: Attempts of a request that fails to connect or answers 408, 429, 503 or 504
+#: (dicomweb-client's retry), and the first pause in ms, doubled before each further
+#: attempt (1, 2 and 4 s with these values; the library's own default waits 30 s in all).
+RETRY_ATTEMPTS, RETRY_WAIT_MS = 4, 500
 #: QIDO-RS JSON tags (PS3.18 F.2): what a series answer carries.
 _SERIES_UID, _MODALITY, _DESCRIPTION, _INSTANCES = "0020000E", "00080060", "0008103E", "00201209"
 
@@ -138,14 +143,18 @@ def _uid(value: str, key: str, text: str) -> str:
 
 
 def dicomweb_client(url: str):  # -> dicomweb_client.DICOMwebClient
-    """The client of the service at ``url`` (http or https), with :data:`TIMEOUT_S`; the
-    library's own log (a line per request) is kept below medseg's INFO lines."""
+    """The client of the service at ``url`` (http or https), with :data:`TIMEOUT_S` and
+    :data:`RETRY_ATTEMPTS`; the library's own log (a line per request) is kept below
+    medseg's INFO lines."""
     from dicomweb_client.api import DICOMwebClient
 
     library_log = logging.getLogger("dicomweb_client")
     if library_log.level == logging.NOTSET:
         library_log.setLevel(logging.WARNING)
-    return DICOMwebClient(url, timeout=TIMEOUT_S)
+    client = DICOMwebClient(url, timeout=TIMEOUT_S)
+    client.set_http_retry_params(max_attempts=RETRY_ATTEMPTS,
+                                 wait_exponential_multiplier=RETRY_WAIT_MS)
+    return client
 
 
 @contextlib.contextmanager
@@ -155,6 +164,10 @@ def answering(url: str, what: str) -> Iterator[None]:
 
     try:
         yield
+    except requests.ConnectionError as exc:  # requests' text holds the pool's repr
+        errno = re.search(r"\[Errno -?\d+\] [^'\")]+", str(exc))
+        reason = errno.group(0) if errno else " ".join(str(exc).split())
+        raise DicomwebError(f"{what} at {url} failed: cannot connect ({reason})") from exc
     except (requests.RequestException, OSError, ValueError) as exc:
         detail = " ".join(str(exc).split()) or type(exc).__name__
         raise DicomwebError(f"{what} at {url} failed: {detail}") from exc

@@ -9,6 +9,7 @@ slice's pixels (pydicom); the re-run against Orthanc's own instance count."""
 from __future__ import annotations
 
 import io
+import tempfile
 from pathlib import Path
 
 import highdicom as hd
@@ -120,11 +121,14 @@ def test_pull_stores_the_seg_and_a_rerun_replaces_it(dicomweb, serve_model, ct_f
     assert local.SOPInstanceUID == seg.SOPInstanceUID and _instances(orthanc) == before + 1
 
 
-def test_pull_rtstruct_is_another_object(dicomweb, serve_model, ct_files):
+def test_pull_rtstruct_is_another_object(dicomweb, serve_model, ct_files, tmp_path):
+    """``--dicom-format rtstruct``: the RTSTRUCT of the series (4 of its slices: contouring
+    all 20 takes half a minute) under the UIDs of the rtstruct route."""
     orthanc, base = dicomweb
-    orthanc.upload(ct_files)
-    series_uid = series_uid_of(ct_files)
-    study = f"{base}?StudyInstanceUID={_study_of(ct_files)}"
+    files, series_uid = copy_series(ct_files, tmp_path / "four", "pull rtstruct",
+                                    keep=lambda i: 8 <= i < 12)
+    orthanc.upload(files)
+    study = f"{base}?StudyInstanceUID={_study_of(files)}"
     assert _predict("-m", str(serve_model), "-i", study, "-o", base,
                     "--dicom-format", "rtstruct") == 0
     (found,) = orthanc.find_series({"Modality": "RTSTRUCT"})
@@ -134,14 +138,22 @@ def test_pull_rtstruct_is_another_object(dicomweb, serve_model, ct_files):
     contours = rt.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
     assert contours.RTReferencedSeriesSequence[0].SeriesInstanceUID == series_uid
     assert {int(r.ROINumber): str(r.ROIName) for r in rt.StructureSetROISequence} == LABEL_NAMES
+    contoured = {c.ContourImageSequence[0].ReferencedSOPInstanceUID
+                 for roi in rt.ROIContourSequence for c in roi.ContourSequence}
+    assert contoured == {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID)
+                         for f in files}
 
 
 def test_a_bad_series_is_one_line_and_the_others_go_through(dicomweb, serve_model, ct_files,
-                                                            tmp_path, capfd):
+                                                            tmp_path, capfd, monkeypatch):
     """A study with the good series and a copy missing slice 10: the good one is written
     into a local folder as `medseg predict` writes it, the broken one fails in one line,
-    the exit code is 1; `&SeriesInstanceUID=` reads the good one alone."""
+    the exit code is 1, and the downloads are gone; `&SeriesInstanceUID=` reads the good
+    one alone."""
     orthanc, base = dicomweb
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     broken, broken_uid = copy_series(ct_files, tmp_path / "broken", "pull broken",
                                      keep=lambda i: i != 10)
     for path in broken:  # into the good series' study
@@ -172,14 +184,18 @@ def test_a_bad_series_is_one_line_and_the_others_go_through(dicomweb, serve_mode
                     "-o", str(one)) == 0
     np.testing.assert_array_equal(read_volume(one).array, read_volume(reference).array)
     assert _instances(orthanc) == len(ct_files) + len(broken)  # nothing stored
+    assert list(scratch.iterdir()) == []
 
 
-def test_unknown_study_and_unreachable_service_are_one_line(dicomweb, serve_model, capfd):
+def test_unknown_study_and_unreachable_service_are_one_line(dicomweb, serve_model, capfd,
+                                                           monkeypatch):
+    monkeypatch.setattr("medseg.serve.dicomweb.RETRY_ATTEMPTS", 1)  # no 7 s of back-off
     orthanc, base = dicomweb
     nobody = f"dicomweb://127.0.0.1:{free_port()}/dicom-web"
     cases = [
         (f"{base}?StudyInstanceUID=1.2.3.4", base, 1, "no such study"),
-        (f"{nobody}?StudyInstanceUID=1.2.3.4", base, 1, "QIDO-RS"),
+        (f"{nobody}?StudyInstanceUID=1.2.3.4", base, 1, "cannot connect"),
+        (f"{base}?StudyInstanceUID=1.2.3", f"{nobody}", 1, "no such study"),
         (f"{base}?StudyUID=1.2.3", base, 2, "did you mean 'StudyInstanceUID'"),
         (f"{base}?StudyInstanceUID=1.2.3", f"{base}?StudyInstanceUID=1.2.3", 2, "no query"),
     ]
