@@ -6,7 +6,8 @@
                             -o dicomweb://pacs:8042/dicom-web
 
 :func:`predict_dicomweb` lists the study's series with QIDO-RS (or takes the one series of
-``&SeriesInstanceUID=R``), fetches each image series with WADO-RS into a temporary folder
+``&SeriesInstanceUID=R``), fetches each image series (under torchrun: this rank's share,
+as :func:`medseg.inference.batch.shard_cases` deals cases) with WADO-RS into a temporary folder
 (removed after the series, and the whole folder at the end), predicts it as ``medseg
 predict`` predicts a DICOM folder, and stores the result with STOW-RS: a DICOM-SEG, or an
 RTSTRUCT with ``--dicom-format rtstruct``. The output may instead be a local folder (each
@@ -104,7 +105,7 @@ def predict_dicomweb(model, input_path: str | os.PathLike, output: str | os.Path
     DicomwebError : the service is unreachable or holds no such study or series.
     DataError : the input holds no image series at all.
     """
-    from medseg.inference.batch import CaseFiles
+    from medseg.inference.batch import CaseFiles, shard_cases
     from medseg.inference.predict import PredictOptions
     from medseg.runtime import Runtime
 
@@ -117,7 +118,7 @@ def predict_dicomweb(model, input_path: str | os.PathLike, output: str | os.Path
         items = _items(input_path, files, Path(scratch), report)
         sink = _sink(stow_url or Path(output), items, model, options, runtime, files,
                      Path(scratch))
-        for item in items:
+        for item in shard_cases(items, runtime.rank, runtime.world_size):
             _predict_item(item, sink, options, runtime, files, report)
         sink.finish()
     log.info("%d series predicted, %d skipped, %d failed", len(report.done),
@@ -230,7 +231,7 @@ def _sink(output: str | Path, items: Sequence[_Item], model, options, runtime, f
     loaded = load_model(model, runtime)
     fetched = any(i.fetch is not None for i in items)  # DICOM, once fetched
     return _Folder(output, [i.case for i in items], loaded, algorithm_name(loaded), files,
-                   options, True if fetched else None)
+                   options, runtime, True if fetched else None)
 
 
 class _Stow:
@@ -260,12 +261,12 @@ class _Folder:
     """Write each case as :func:`medseg.inference.batch.predict_cases` does (and ``qc.csv``
     at the end)."""
 
-    def __init__(self, out: Path, cases, loaded, algorithm: str, files, options,
+    def __init__(self, out: Path, cases, loaded, algorithm: str, files, options, runtime,
                  dicom: bool | None) -> None:
         from medseg.inference.batch import prepare_output
 
         self.out, self.loaded, self.algorithm, self.files = out, loaded, algorithm, files
-        self.options = options
+        self.options, self.runtime = options, runtime
         self.file_mode = prepare_output(out, cases, dicom=dicom)
         self.qc_rows: list[dict] = []
 
@@ -283,7 +284,8 @@ class _Folder:
         from medseg.inference.batch import qc_path, write_qc
 
         if self.options.qc:
-            write_qc(self.qc_rows, qc_path(self.out, self.file_mode), self.loaded.card)
+            path = qc_path(self.out, self.file_mode, self.runtime.rank, self.runtime.world_size)
+            write_qc(self.qc_rows, path, self.loaded.card)
 
 
 def model_key(model) -> str:
