@@ -117,7 +117,7 @@ def predict_dicomweb(model, input_path: str | os.PathLike, output: str | os.Path
     with tempfile.TemporaryDirectory(prefix="medseg-dicomweb-") as scratch:
         items = _items(input_path, files, Path(scratch), report)
         sink = _sink(stow_url or Path(output), items, model, options, runtime, files,
-                     Path(scratch))
+                     Path(scratch), str(input_path))
         for item in shard_cases(items, runtime.rank, runtime.world_size):
             _predict_item(item, sink, options, runtime, files, report)
         sink.finish()
@@ -191,6 +191,15 @@ def _fetcher(location: DicomwebLocation, series: RemoteSeries, folder: Path):
 
 
 # -- where results go -------------------------------------------------------------------------
+def _load(model, runtime, files, source: str):
+    """The model, loaded once, with ``--stack`` checked against its channels."""
+    from medseg.sources import check_stack_count, load_model
+
+    loaded = load_model(model, runtime)
+    check_stack_count(files.stack, loaded.card, str(loaded.source), source)
+    return loaded
+
+
 def _stow_url(output, options, files) -> str:
     """The service a DICOMweb ``output`` names, checked before anything is fetched.
 
@@ -213,22 +222,21 @@ def _stow_url(output, options, files) -> str:
 
 
 def _sink(output: str | Path, items: Sequence[_Item], model, options, runtime, files,
-          scratch: Path):
+          scratch: Path, source: str):
     """The STOW-RS sink of a service URL (``str``) or the sink of a local ``Path``, the
     model loaded once."""
     from medseg.inference.batch import algorithm_name
-    from medseg.sources import load_model
 
     if isinstance(output, str):
         local = [i.case for i in items if i.fetch is None and not i.case.is_dicom]
         if local:
             raise UsageError(f"{local[0].images[0]}: a DICOMweb output stores DICOM-SEG / "
                              "RTSTRUCT, which needs a DICOM series as input")
-        loaded = load_model(model, runtime)
+        loaded = _load(model, runtime, files, source)
         route = Route(model=model_key(model), format=files.dicom_format)
         return _Stow(output, RouteModel(route, loaded, options, algorithm_name(loaded)),
                      scratch / "results")
-    loaded = load_model(model, runtime)
+    loaded = _load(model, runtime, files, source)
     fetched = any(i.fetch is not None for i in items)  # DICOM, once fetched
     return _Folder(output, [i.case for i in items], loaded, algorithm_name(loaded), files,
                    options, runtime, True if fetched else None)
