@@ -12,6 +12,15 @@ cross-validation run folder (the ensemble of its folds), or several checkpoints
 nnunet:FOLDER`` runs an nnU-Net v2 trained-model folder (``--folds``, ``--checkpoint``)
 with nnU-Net's own preprocessing, window and export, so that its labels and probabilities
 are nnUNetPredictor's.
+
+``IN`` may also be a study (or one series) on a DICOMweb service,
+``dicomweb://HOST[:PORT]/PATH?StudyInstanceUID=UID[&SeriesInstanceUID=UID]``
+(``dicomwebs://`` for https), and ``OUT`` the service ``dicomweb://HOST[:PORT]/PATH``:
+QIDO-RS lists the series, WADO-RS fetches each image series into a temporary folder, and
+STOW-RS stores its DICOM-SEG (or RTSTRUCT) with UIDs derived from the series, the model and
+the format, so a re-run replaces it (:mod:`medseg.serve.pull`). A series that is no image
+series is skipped, one that fails is one line on stderr, and the others go on; the exit
+code is 1 when any series failed.
 """
 
 from __future__ import annotations
@@ -35,11 +44,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(their softmax is averaged); nnunet:FOLDER = an nnU-Net v2 "
                              "trained-model folder (plans.json, dataset.json, fold_*)")
     add_nnunet_arguments(parser)
-    parser.add_argument("-i", "--input", required=True, type=Path, metavar="IN",
-                        help="image file, DICOM folder, folder of images, or manifest (.json/.csv)")
-    parser.add_argument("-o", "--output", required=True, type=Path, metavar="OUT",
+    parser.add_argument("-i", "--input", required=True, metavar="IN",
+                        help="image file, DICOM folder, folder of images, manifest (.json/.csv), "
+                             "or a study on a DICOMweb service: dicomweb://HOST[:PORT]/PATH?"
+                             "StudyInstanceUID=UID[&SeriesInstanceUID=UID] (dicomwebs:// for "
+                             "https)")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT",
                         help="output file (one case; .dcm = DICOM-SEG / RTSTRUCT for DICOM input) "
-                             "or folder")
+                             "or folder, or dicomweb://HOST[:PORT]/PATH: each DICOM series' "
+                             "DICOM-SEG / RTSTRUCT stored with STOW-RS (a re-run replaces it)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument("--overlap", type=float, default=None,
                         help="sliding-window overlap in [0, 1) (default: the checkpoint's)")
@@ -97,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
     from medseg.inference.batch import CaseFiles, predict_cases
     from medseg.inference.predict import PredictOptions
     from medseg.runtime import Runtime
+    from medseg.serve.dicomweb import is_dicomweb
 
     runtime = Runtime.resolve(args.device, args.amp)
     options = PredictOptions(
@@ -108,7 +122,13 @@ def run(args: argparse.Namespace) -> int:
     )
     files = CaseFiles(series=args.series, tilt=args.tilt, preview=args.preview,
                       dicom_format=args.dicom_format, stack=tuple(args.stack or ()))
-    predict_cases(model_argument(args.model, args), args.input, args.output, options, runtime, files)
+    model = model_argument(args.model, args)
+    if is_dicomweb(args.input) or is_dicomweb(args.output):
+        from medseg.serve.pull import predict_dicomweb
+
+        report = predict_dicomweb(model, args.input, args.output, options, runtime, files)
+        return 1 if report.failed else 0
+    predict_cases(model, args.input, args.output, options, runtime, files)
     return 0
 
 

@@ -31,7 +31,8 @@ if TYPE_CHECKING:
     from medseg.runtime import Runtime
     from medseg.volume import Volume
 
-__all__ = ["CaseFiles", "CaseOutputs", "shard_cases", "outputs_for", "predict_cases"]
+__all__ = ["CaseFiles", "CaseOutputs", "shard_cases", "outputs_for", "predict_cases",
+           "algorithm_name", "prepare_output", "write_case_outputs", "write_qc"]
 
 log = logging.getLogger(__name__)
 
@@ -87,15 +88,19 @@ def qc_path(out: Path, file_mode: bool, rank: int = 0, world_size: int = 1) -> P
     return folder / (f"{name}_rank{rank}.csv" if world_size > 1 else f"{name}.csv")
 
 
-def _prepare_output(out: Path, cases: Sequence[Case]) -> bool:
-    """Check OUT against the cases and create its folder; return True for a single output file."""
+def prepare_output(out: Path, cases: Sequence[Case], dicom: bool | None = None) -> bool:
+    """Check OUT against the cases and create its folder; return True for a single output file.
+
+    ``dicom``: whether the input is DICOM (None: as the first case's files say; a caller
+    that fetches its series later says so itself).
+    """
     from medseg.errors import ImageWriteError, UsageError
 
     file_mode = _output_is_file(out)
     if file_mode and len(cases) != 1:
         raise UsageError(f"{out}: output is a file but the input holds {len(cases)} cases; "
                          "give an output folder")
-    if out.suffix.lower() == ".dcm" and not cases[0].is_dicom:
+    if out.suffix.lower() == ".dcm" and not (cases[0].is_dicom if dicom is None else dicom):
         raise UsageError(f"{out}: a DICOM-SEG / RTSTRUCT (.dcm) output needs a DICOM series as "
                          f"input, got {cases[0].images[0]}")
     folder = out.parent if file_mode else out
@@ -154,7 +159,7 @@ class CaseFiles:
         check_option(self.dicom_format, DICOM_FORMATS, "DICOM format")
 
 
-def _write_case(image: Volume, result: Prediction, outputs: CaseOutputs, files: CaseFiles,
+def write_case_outputs(image: Volume, result: Prediction, outputs: CaseOutputs, files: CaseFiles,
                 label_names: Mapping[int, str], algorithm: str) -> None:
     """Write one case's outputs; on any failure none of them is left behind.
 
@@ -232,10 +237,8 @@ def predict_cases(
     mine = shard_cases(cases, runtime.rank, runtime.world_size)
     loaded = load_model(model, runtime)
     check_stack_count(files.stack, loaded.card, str(loaded.source), input_path)
-    algorithm = f"medseg {loaded.card.model.name}"
-    if loaded.is_ensemble:
-        algorithm += f" ensemble of {len(loaded.networks)}"
-    file_mode = _prepare_output(output, cases)
+    algorithm = algorithm_name(loaded)
+    file_mode = prepare_output(output, cases)
     log.info("rank %d/%d: %d of %d cases on %s", runtime.rank, runtime.world_size, len(mine),
              len(cases), runtime)
     if options.qc and (loaded.card.confidence is None or loaded.card.confidence.cohort is None):
@@ -247,18 +250,24 @@ def predict_cases(
         image = read_case_image(case, files.series, tilt=files.tilt, stack=files.stack)
         result = predict_case(loaded, image, options, runtime)
         outputs = outputs_for(case, output, file_mode)
-        _write_case(image, result, outputs, files, loaded.card.labels, algorithm)
+        write_case_outputs(image, result, outputs, files, loaded.card.labels, algorithm)
         log.info("%s -> %s", case.case_id, outputs.prediction)
         written.append(outputs)
         if options.qc and result.qc is not None:
             qc_rows.extend({"case": case.case_id, **row} for row in result.qc.rows)
     if options.qc:
-        _write_qc(qc_rows, qc_path(output, file_mode, runtime.rank, runtime.world_size),
+        write_qc(qc_rows, qc_path(output, file_mode, runtime.rank, runtime.world_size),
                   loaded.card)
     return written
 
 
-def _write_qc(rows: list[dict], path: Path, card) -> None:
+def algorithm_name(loaded) -> str:
+    """The algorithm a DICOM-SEG / RTSTRUCT names: ``medseg <network>`` (``ensemble of N``)."""
+    name = f"medseg {loaded.card.model.name}"
+    return name + (f" ensemble of {len(loaded.networks)}" if loaded.is_ensemble else "")
+
+
+def write_qc(rows: list[dict], path: Path, card) -> None:
     """``qc.csv`` (atomic) and the summary: flags per case and the thresholds that decided."""
     from medseg.confidence import Confidence
     from medseg.inference.qc import QC_COLUMNS, qc_summary

@@ -12,7 +12,9 @@ the stages below it.
 * :mod:`~medseg.serve.jobs`: a job's states, the JSON-lines log, ``--status``;
 * :mod:`~medseg.serve.process`: route, predict, write the result (deterministic UIDs);
 * :mod:`~medseg.serve.send`: C-STORE or STOW-RS;
-* :mod:`~medseg.serve.node`: the threads that tie them together and the restart.
+* :mod:`~medseg.serve.node`: the threads that tie them together and the restart;
+* :mod:`~medseg.serve.dicomweb`: DICOMweb URLs, QIDO-RS and WADO-RS;
+* :mod:`~medseg.serve.pull`: `medseg predict` with a DICOMweb input or output.
 """
 
 from medseg.serve.config import ServeConfig, load_serve_config

@@ -41,7 +41,7 @@ from typing import Any
 from medseg.config import build_section, read_yaml
 from medseg.errors import ConfigError, UsageError, check_keywords, check_option
 
-__all__ = ["FORMATS", "Match", "Route", "Destination", "Tls", "ServeConfig",
+__all__ = ["FORMATS", "Match", "Route", "Destination", "Tls", "ServeConfig", "resolve_model",
            "load_serve_config", "parse_serve_config"]
 
 #: What a route writes: DICOM-SEG or RTSTRUCT (medseg.io.labels.DICOM_FORMATS).
@@ -178,7 +178,7 @@ def parse_serve_config(raw: dict[str, Any], source: str | os.PathLike | None = N
             if getattr(cfg.tls, key):
                 setattr(cfg.tls, key, str(_resolve(getattr(cfg.tls, key), base)))
     for route in cfg.routes:
-        route.model = _resolve_model(route.model, base)
+        route.model = resolve_model(route.model, base)
     return cfg
 
 
@@ -187,7 +187,7 @@ def _resolve(value: str, base: Path) -> Path:
     return path if path.is_absolute() else base / path
 
 
-def _resolve_model(model: str, base: Path) -> str:
+def resolve_model(model: str, base: Path) -> str:
     """A route's model with a relative path made absolute (``nnunet:FOLDER`` too)."""
     prefix, sep, rest = model.partition(":")
     if sep and prefix == "nnunet":

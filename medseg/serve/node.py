@@ -259,7 +259,7 @@ class Node:
 
     def _predict(self, job: Job) -> bool:
         """Route and predict ``job``; True when its result is in the spool (state sending)."""
-        from medseg.serve.process import match_route, segment_series
+        from medseg.serve.process import SERIES_ERRORS, match_route, segment_series
 
         route = match_route(self.cfg.routes, job.header)
         if route is None:
@@ -275,7 +275,7 @@ class Node:
             path = segment_series(self.spool.instances(job.series_uid), job.series_uid,
                                   self._routes[route], self.spool.results(job.series_uid),
                                   self._runtime)
-        except (MedsegError, RuntimeError, ValueError, OSError) as exc:
+        except SERIES_ERRORS as exc:
             with self._lock:
                 self._fail(job, " ".join(str(exc).split()))
             return False

@@ -17,13 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medseg.errors import DataError
+from medseg.errors import DataError, MedsegError
 from medseg.serve.config import Route, ServeConfig, route_options
 
-__all__ = ["RouteModel", "load_routes", "match_route", "result_uids", "segment_series",
-           "series_header"]
+__all__ = ["SERIES_ERRORS", "RouteModel", "load_routes", "match_route", "result_uids", "segment_series",
+           "series_header", "write_result"]
 
 log = logging.getLogger(__name__)
+
+#: What reading, predicting or writing one series may raise without stopping the others
+#: (the node's next series, a batch's next series): medseg's one-line errors, and what a
+#: decoder or the network raises on data it cannot take (RuntimeError, ValueError, OSError).
+SERIES_ERRORS = (MedsegError, RuntimeError, ValueError, OSError)
 
 
 @dataclass
@@ -38,6 +43,7 @@ class RouteModel:
 
 def load_routes(cfg: ServeConfig, runtime) -> list[RouteModel]:
     """Load every route's model once (routes naming the same model share it)."""
+    from medseg.inference.batch import algorithm_name
     from medseg.sources import load_model
 
     cache: dict[str, Any] = {}
@@ -47,8 +53,7 @@ def load_routes(cfg: ServeConfig, runtime) -> list[RouteModel]:
             parts = [p for p in route.model.split(",") if p]
             cache[route.model] = load_model(parts if len(parts) > 1 else parts[0], runtime)
         loaded = cache[route.model]
-        algorithm = f"medseg {loaded.card.model.name}"
-        routes.append(RouteModel(route, loaded, route_options(route), algorithm))
+        routes.append(RouteModel(route, loaded, route_options(route), algorithm_name(loaded)))
         log.info("route %d: %s (%s)", len(routes) - 1, route.model, route.format)
     return routes
 
@@ -95,19 +100,36 @@ def segment_series(folder: Path, series_uid: str, route_model: RouteModel, out_f
     """
     from medseg.inference.predict import predict_case
     from medseg.io import read_volume
-    from medseg.io.dicom.derived import DerivedSeries
 
-    route = route_model.route
     image = read_volume(folder)
     if image.meta.get("series_uid") != series_uid:
         raise DataError(f"the instances read as series {image.meta.get('series_uid')!r}, "
                         f"expected {series_uid!r}", folder)
     prediction = predict_case(route_model.loaded, image, route_model.options, runtime)
+    return write_result(prediction.labels, image, route_model, out_folder)
+
+
+def write_result(labels, image, route_model: RouteModel, out_folder: Path) -> Path:
+    """Write ``labels`` (a label map on the grid of ``image``, a DICOM series read by
+    :func:`medseg.io.read_volume`) as the route's DICOM-SEG / RTSTRUCT of that series,
+    ``out_folder/<SOP Instance UID>.dcm``, its UIDs from :func:`result_uids`.
+
+    Raises
+    ------
+    DataError : ``image`` is not a DICOM series, or the labels have no foreground.
+    """
+    from medseg.io.dicom.derived import DerivedSeries
+
+    series_uid, files = image.meta.get("series_uid"), image.meta.get("dicom_files")
+    if not series_uid or not files:
+        raise DataError("a DICOM-SEG / RTSTRUCT needs a DICOM series as input",
+                        image.meta.get("source"))
+    route = route_model.route
     series, instance = result_uids(series_uid, route)
-    derived = DerivedSeries(image.meta["dicom_files"], route_model.loaded.card.labels,
-                            route_model.algorithm, series_uid=series, instance_uid=instance)
+    derived = DerivedSeries(files, route_model.loaded.card.labels, route_model.algorithm,
+                            series_uid=series, instance_uid=instance)
     if route.format == "seg":
         from medseg.io.dicom.seg import write_dicom_seg as writer
     else:
         from medseg.io.dicom.rtstruct import write_rtstruct as writer
-    return writer(prediction.labels, out_folder / f"{instance}.dcm", derived)
+    return writer(labels, out_folder / f"{instance}.dcm", derived)

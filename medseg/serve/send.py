@@ -1,5 +1,5 @@
 """Sending a result: C-STORE to a DICOM node (pynetdicom) or STOW-RS to a DICOMweb service
-(dicomweb-client).
+(dicomweb-client, through :func:`medseg.serve.dicomweb.dicomweb_client`).
 
 Both raise :class:`SendError` with one line when the destination does not take the
 object; the node then keeps the job in ``sending`` and tries again later. Since a result's
@@ -78,13 +78,12 @@ def stow_rs(path: Path, url: str) -> None:
     ------
     SendError : the service is unreachable or answers an HTTP error.
     """
-    import requests
-    from dicomweb_client.api import DICOMwebClient
-
     from medseg.io.dicom.files import read_dataset
+    from medseg.serve.dicomweb import DicomwebError, answering, dicomweb_client
 
     dataset = read_dataset(path, "result")
     try:
-        DICOMwebClient(url).store_instances([dataset])
-    except (requests.RequestException, OSError, ValueError) as exc:
-        raise SendError(f"STOW-RS to {url} failed: {' '.join(str(exc).split())}", path) from exc
+        with answering(url, "STOW-RS"):
+            dicomweb_client(url).store_instances([dataset])
+    except DicomwebError as exc:
+        raise SendError(exc.message, path) from exc
