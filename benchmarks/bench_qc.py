@@ -5,9 +5,12 @@ self-configured plan (``medseg plan --time-budget``, then ``medseg train --folds
 or one given with ``--model RUN`` (a run folder of ``bench_la.py``: ``RUN/fold_F/
 best.safetensors`` and ``RUN/splits.json``):
 
-1. calibration: ``medseg calibrate`` on ``--calibration-cases`` training cases of the fold
-   (a copy of the checkpoint: the given model is not changed); the expected calibration
-   error (15 bins, foreground-near voxels) on the held-out cases before and after;
+1. calibration: ``medseg calibrate`` on ``--calibration-cases`` cases the model did not train
+   on where the run has them (a single run's own validation cases, ``data.val_fraction`` of
+   its ``config.yaml``), else on training cases of the fold (a model is more confident on
+   its training cases: the fitted temperature is then too low); a copy of the checkpoint, the
+   given model is not changed; the expected calibration error (15 bins, foreground-near
+   voxels) on the held-out cases before and after;
 2. ``medseg predict`` of the held-out cases, plain and with ``--qc`` (timed: the ratio is a
    target), with the model's card settings (``--tta`` follows the card);
 3. ``medseg evaluate --qc``: Spearman and MAE of estimated vs true Dice on the clean cases,
@@ -41,6 +44,23 @@ def fold_cases(run: Path, fold: int):
 
     cases = load_manifest(DATA).cases
     return split(cases, read_splits(run / "splits.json"), fold)
+
+
+def run_validation_cases(run_dir: Path):
+    """The validation cases a single run (``RUN/config.yaml`` with ``data.val_fraction`` and
+    no split file) held out of its training, or None."""
+    from medseg.config import load_config
+    from medseg.data.manifest import load_manifest
+    from medseg.data.splits import split_train_val
+
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return None
+    cfg = load_config(path)
+    if cfg.data.split_file is not None or not cfg.data.val_fraction or not cfg.data.manifest:
+        return None
+    return split_train_val(load_manifest(cfg.data.manifest).cases, cfg.data.val_fraction,
+                           cfg.train.seed)[1] or None
 
 
 def link_folder(folder: Path, files: list[Path]) -> Path:
@@ -109,6 +129,7 @@ def main() -> int:
         print(f"skipped: {DATA} is absent")
         return 0
     out, times = args.output, {}
+    out.mkdir(parents=True, exist_ok=True)
     run = args.model
     if run is None:
         run = out / "run"
@@ -125,7 +146,10 @@ def main() -> int:
     shutil.copy(model, original)
 
     # 1. calibration on training cases, ECE on the held-out ones
-    calib = train[: args.calibration_cases]
+    own = run_validation_cases(run / f"fold_{args.fold}")
+    calib = (own or train)[: args.calibration_cases]
+    print(f"calibration on {len(calib)} {'validation' if own else 'training'} cases of the "
+          "model")
     times["calibrate"] = medseg(
         "calibrate", str(model), "--device", args.device, "--report",
         str(out / "calibration.json"),
