@@ -19,7 +19,9 @@
     tls: {certificate: node.pem, key: node.key, ca: hospital-ca.pem}  # optional
 
 and, with defaults: ``retention_h`` (24: done and failed series leave the spool after
-this many hours; their job records stay), ``queue_size`` (4: series handed to the worker
+this many hours; their job records stay), ``max_associations`` (32: associations open at
+once; one more is rejected with "local limit exceeded", which a PACS retries),
+``queue_size`` (4: series handed to the worker
 at once; the rest wait in the spool), ``send_attempts`` (5) and ``retry_s`` (30: the
 pause between them), ``device`` (``auto``), ``log`` (the JSON-lines log; default
 ``SPOOL/serve.jsonl``).
@@ -128,6 +130,7 @@ class ServeConfig:
     max_spool_gb: float = 20.0
     tls: Tls | None = None
     retention_h: float = 24.0
+    max_associations: int = 32
     queue_size: int = 4
     send_attempts: int = 5
     retry_s: float = 30.0
@@ -205,7 +208,7 @@ def _check(cfg: ServeConfig, src: str | None) -> None:
         check_ae_title(aet, f"allowed_calling_aets[{i}]", src)
     for key in ("series_timeout_s", "max_spool_gb", "retention_h", "retry_s"):
         _require(getattr(cfg, key) > 0, key, getattr(cfg, key), "> 0", src)
-    for key in ("queue_size", "send_attempts"):
+    for key in ("queue_size", "send_attempts", "max_associations"):
         _require(getattr(cfg, key) >= 1, key, getattr(cfg, key), ">= 1", src)
     if not cfg.routes:
         raise ConfigError("routes is empty: give at least one {match, model, format}", src)

@@ -116,9 +116,8 @@ class Node:
             self.journal.write("recovered", jobs=pending)
 
     # -- receiving ----------------------------------------------------------------------------
-    def _on_rejected(self, calling_aet: str, address: str) -> None:
-        self.journal.write("rejected", calling_aet=calling_aet, address=address,
-                           reason="calling AE title not in allowed_calling_aets")
+    def _on_rejected(self, calling_aet: str, address: str, reason: str) -> None:
+        self.journal.write("rejected", calling_aet=calling_aet, address=address, reason=reason)
 
     def _on_store(self, event) -> int:
         """A C-STORE: the instance on disk, then the status (pynetdicom sends it)."""

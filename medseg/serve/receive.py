@@ -4,7 +4,8 @@ Association policy is the AE's (``require_calling_aet``: an AE title that is not
 ``allowed_calling_aets`` is rejected while associating, before any data arrives), and each
 event has one small handler, as in pynetdicom's Storage SCP examples: C-STORE hands the
 instance's bytes to the node (which writes them to the spool durably) and returns the
-status; C-ECHO answers; a rejected association is logged.
+status; C-ECHO answers; a rejected association is logged with its reason
+(:func:`rejection_reason`: pynetdicom's event does not carry it).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Callable
 
 from medseg.serve.config import ServeConfig
 
-__all__ = ["STATUS", "server_ssl_context", "start_scp"]
+__all__ = ["STATUS", "rejection_reason", "server_ssl_context", "start_scp"]
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +40,22 @@ def server_ssl_context(cfg: ServeConfig) -> ssl.SSLContext | None:
     return context
 
 
+def rejection_reason(cfg: ServeConfig, calling_aet: str, called_aet: str) -> str:
+    """Why the SCP rejected an association from ``calling_aet`` to ``called_aet``, in the
+    order pynetdicom's acceptor checks (PS3.8 9.3.4: calling AE title, called AE title,
+    then its local limit of ``max_associations``)."""
+    if calling_aet not in cfg.allowed_calling_aets:
+        return "calling AE title not in allowed_calling_aets"
+    if called_aet != cfg.ae_title.strip():
+        return f"called AE title {called_aet!r} is not this node's ({cfg.ae_title!r})"
+    return f"more than max_associations ({cfg.max_associations}) associations at once"
+
+
 def start_scp(cfg: ServeConfig, on_store: Callable, on_rejected: Callable):
     """Start the Storage SCP in its own threads; returns pynetdicom's server (``shutdown()``).
 
     ``on_store(event) -> int`` takes a pynetdicom C-STORE event and returns its status;
-    ``on_rejected(calling_aet, address)`` is told of each rejected association.
+    ``on_rejected(calling_aet, address, reason)`` is told of each rejected association.
     """
     from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, StoragePresentationContexts, evt
     from pynetdicom.sop_class import Verification
@@ -51,13 +63,17 @@ def start_scp(cfg: ServeConfig, on_store: Callable, on_rejected: Callable):
     ae = AE(ae_title=cfg.ae_title)
     ae.require_calling_aet = list(cfg.allowed_calling_aets)
     ae.require_called_aet = True
+    ae.maximum_associations = cfg.max_associations
     for context in StoragePresentationContexts:
         ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification)
 
     def rejected(event) -> None:
         requestor = event.assoc.requestor
-        on_rejected(str(requestor.ae_title).strip(), f"{requestor.address}:{requestor.port}")
+        calling = str(requestor.ae_title).strip()
+        called = str(requestor.primitive.called_ae_title).strip()
+        on_rejected(calling, f"{requestor.address}:{requestor.port}",
+                    rejection_reason(cfg, calling, called))
 
     handlers = [(evt.EVT_C_STORE, on_store), (evt.EVT_REJECTED, rejected)]
     return ae.start_server((cfg.host, cfg.port), block=False, evt_handlers=handlers,

@@ -23,7 +23,6 @@ from .serve_helpers import (
     NODE_AET,
     WAIT_S,
     dciodvfy_errors,
-    copy_series,
     seg_frames_by_position,
     segs_for,
     series_uid_of,
@@ -157,22 +156,6 @@ def test_kill_mid_send_restart_and_the_seg_arrives_once(orthanc, serve_model, ct
     (again,) = segs_for(orthanc, series_uid)
     assert again.SOPInstanceUID == seg.SOPInstanceUID
     assert len(orthanc.seg_instances()) == 1
-
-
-def test_concurrent_series_each_come_back_once(orthanc, serve_model, ct_files, nodes, tmp_path):
-    node = start_node(nodes, tmp_path, serve_model, orthanc, queue_size=2)
-    series = []
-    for k in range(4):
-        files, uid = copy_series(ct_files, tmp_path / f"copy{k}", f"concurrent {k}")
-        series.append(uid)
-        uploaded = orthanc.upload(files)
-        assert orthanc.store("medseg", [uploaded[0]["ParentSeries"]], synchronous=False).ok
-    for uid in series:
-        wait_done(node, uid)
-    for uid in series:
-        assert len(segs_for(orthanc, uid)) == 1
-    assert len(orthanc.seg_instances()) == 4
-    assert node.status().splitlines()[0].endswith("done 4  failed 0")
 
 
 def test_dicomweb_destination_stores_with_stow_rs(orthanc, serve_model, ct_files, nodes,
