@@ -100,7 +100,11 @@ class Node:
         self.journal.close()
 
     def _recover(self) -> None:
-        """Take up the jobs a previous node left in the spool."""
+        """Take up the jobs a previous node left in the spool (and remove the temporary files
+        of its interrupted writes)."""
+        torn = self.spool.remove_torn_writes()
+        if torn:
+            self.journal.write("torn_writes_removed", files=torn)
         now = time.time()
         for job in self.spool.jobs():
             if job.state == RUNNING:
