@@ -195,3 +195,61 @@ def test_kill_9_at_seeded_random_moments_loses_and_doubles_nothing(orthanc, smal
     assert not list((node.folder / "spool").rglob(".*.tmp*"))  # no torn write left behind
     assert node.status().splitlines()[0] == \
         "receiving 0  queued 0  running 0  sending 0  done 6  failed 0"
+
+
+def _drip(port: int, datasets, until: threading.Event, interval_s: float) -> None:
+    """Send ``datasets`` one per association every ``interval_s`` while ``until`` is not
+    set (the series stays in 'receiving'), then the rest at once."""
+    for ds in datasets:
+        assert push(port, [ds]) == [0x0000]
+        until.wait(interval_s)
+
+
+def _spool_files(node, uid: str) -> list[str]:
+    return sorted(p.name for p in (node.folder / "spool" / "series" / uid).rglob("*.dcm"))
+
+
+def test_retention_purge_removes_finished_series_and_keeps_unfinished(
+        orthanc, small_model, ct_files, nodes, tmp_path):
+    """``retention_h`` of 1.5 s: a done series and a failed one leave the spool (their job
+    records stay, marked purged) while a series still arriving (one slice a second) keeps
+its instances; that
+    one is purged in its turn once done. Orthanc keeps both SEGs."""
+    node = start_node(nodes, tmp_path, small_model, orthanc, series_timeout_s=3,
+                      retention_h=1.5 / 3600)
+    (done_ds, done_uid), (mr_ds, mr_uid) = _series_set(ct_files, tmp_path, 2, "retention")
+    files, open_uid = copy_series(ct_files, tmp_path / "open", "retention open")
+    open_ds = [pydicom.dcmread(f) for f in files]  # all 20 slices: 20 s of dripping at most
+    for ds in mr_ds:
+        ds.Modality = "MR"  # no route: the job fails
+    purged = threading.Event()
+    dripping = threading.Thread(target=_drip, args=(node.port, open_ds, purged, 1.0))
+    dripping.start()
+    assert push(node.port, done_ds) == [0x0000] * len(done_ds)
+    assert push(node.port, mr_ds) == [0x0000] * len(mr_ds)
+
+    def purged_now(uid):
+        return [e for e in node.events() if e["event"] == "purged" and e["series"] == uid]
+    wait_until(lambda: purged_now(done_uid) and purged_now(mr_uid), WAIT_S, "the purges")
+    open_files = _spool_files(node, open_uid)  # before the rest of the series arrives
+    open_job = json.loads((node.folder / "spool" / "series" / open_uid / "job.json").read_text())
+    purged.set()
+    dripping.join()
+    assert _spool_files(node, done_uid) == _spool_files(node, mr_uid) == []
+    jobs = {uid: json.loads((node.folder / "spool" / "series" / uid / "job.json").read_text())
+            for uid in (done_uid, mr_uid)}
+    assert {uid: (j["state"], j["purged"]) for uid, j in jobs.items()} == \
+        {done_uid: ("done", True), mr_uid: ("failed", True)}
+    # unfinished (still receiving, or queued or running on what had come by then): kept
+    assert open_job["state"] not in ("done", "failed") and not open_job["purged"]
+    assert 1 <= len(open_files) < len(open_ds)
+    assert set(open_files) <= {f"{ds.SOPInstanceUID}.dcm" for ds in open_ds}
+    # the series still arriving finishes and is purged in its turn
+    wait_done(node, open_uid)
+    wait_until(lambda: purged_now(open_uid), WAIT_S, "the purge of the last series")
+    assert _spool_files(node, open_uid) == []
+    segs = segs_by_series(orthanc)
+    assert {uid: len(segs.get(uid, [])) for uid in (done_uid, open_uid, mr_uid)} == \
+        {done_uid: 1, open_uid: 1, mr_uid: 0}
+    assert node.status().splitlines()[0] == \
+        "receiving 0  queued 0  running 0  sending 0  done 2  failed 1"
