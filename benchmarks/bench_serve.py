@@ -36,6 +36,7 @@ import argparse
 import io
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -158,6 +159,7 @@ def main() -> int:
                         help="series sent one at a time (node and peer latency)")
     parser.add_argument("--slices", type=int, default=20, help="slices per series (<= 20)")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop the node and Orthanc too
     ct = sorted((DATA / "ct_dicom").resolve().glob("*.dcm")) if (DATA / "ct_dicom").is_dir() \
         else []
     for missing, what in ((not os.path.exists(ORTHANC), "Orthanc"),

@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,27 @@ class Tls:
     key: str = ""
     ca: str | None = None
 
+    def server_context(self, source: str | None = None) -> ssl.SSLContext:
+        """The TLS context for receiving: this node's certificate and key; with ``ca``
+        callers must present a certificate that CA signed.
+
+        Raises
+        ------
+        ConfigError
+            naming ``source`` (the config file) and the PEM files: one cannot be read, is
+            not PEM, or the key does not belong to the certificate.
+        """
+        try:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=self.ca or None)
+            context.load_cert_chain(self.certificate, self.key)
+        except OSError as exc:  # ssl.SSLError is one
+            files = f"certificate {self.certificate}, key {self.key}" + (
+                f", ca {self.ca}" if self.ca else "")
+            raise ConfigError(f"tls: cannot load {files}: {exc.strerror or exc}", source) \
+                from None
+        context.verify_mode = ssl.CERT_REQUIRED if self.ca else ssl.CERT_NONE
+        return context
+
 
 @dataclass
 class ServeConfig:
@@ -180,6 +202,7 @@ def parse_serve_config(raw: dict[str, Any], source: str | os.PathLike | None = N
         for key in ("certificate", "key", "ca"):
             if getattr(cfg.tls, key):
                 setattr(cfg.tls, key, str(_resolve(getattr(cfg.tls, key), base)))
+        cfg.tls.server_context(src)  # the PEM files load, or a one-line ConfigError now
     for route in cfg.routes:
         route.model = _resolve_model(route.model, base)
     return cfg

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from medseg.serve.config import ServeConfig
 
-__all__ = ["STATUS", "rejection_reason", "server_ssl_context", "start_scp"]
+__all__ = ["STATUS", "rejection_reason", "start_scp"]
 
 log = logging.getLogger(__name__)
 
@@ -35,21 +35,10 @@ STATUS = {
 }
 
 
-def server_ssl_context(cfg: ServeConfig) -> ssl.SSLContext | None:
-    """The TLS context for receiving (None without ``tls``): the node's certificate and key;
-    with ``tls.ca`` callers must present a certificate that CA signed."""
-    if cfg.tls is None:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=cfg.tls.ca or None)
-    context.load_cert_chain(cfg.tls.certificate, cfg.tls.key)
-    context.verify_mode = ssl.CERT_REQUIRED if cfg.tls.ca else ssl.CERT_NONE
-    return context
-
-
 def rejection_reason(cfg: ServeConfig, calling_aet: str, called_aet: str) -> str:
     """Why the SCP rejected an association from ``calling_aet`` to ``called_aet``, in the
-    order pynetdicom's acceptor checks (PS3.8 9.3.4: calling AE title, called AE title,
-    then its local limit of ``max_associations``)."""
+    order pynetdicom's acceptor checks them: calling AE title, called AE title, then its
+    local limit of ``max_associations``."""
     if calling_aet not in cfg.allowed_calling_aets:
         return "calling AE title not in allowed_calling_aets"
     if called_aet != cfg.ae_title.strip():
@@ -83,7 +72,7 @@ def start_scp(cfg: ServeConfig, on_store: Callable, on_rejected: Callable):
                     rejection_reason(cfg, calling, called))
 
     handlers = [(evt.EVT_C_STORE, on_store), (evt.EVT_REJECTED, rejected)]
-    server = ae.make_server((cfg.host, cfg.port), ssl_context=server_ssl_context(cfg),
+    server = ae.make_server((cfg.host, cfg.port), ssl_context=cfg.tls and cfg.tls.server_context(cfg.source),
                             evt_handlers=handlers,
                             server_class=_server_class(on_rejected, ae.acse_timeout))
     ae._servers.append(server)  # as AE.start_server does: server.shutdown() takes it out

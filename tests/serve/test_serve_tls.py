@@ -103,3 +103,22 @@ def test_tls_association_with_a_ca_signed_certificate_and_no_plain_one(
     # nothing of the refused handshakes reached the spool or the jobs
     assert node.status().splitlines()[0] == \
         "receiving 0  queued 0  running 0  sending 0  done 1  failed 0"
+
+
+@pytest.mark.parametrize("broken", ["missing key", "key of another certificate", "not PEM"])
+def test_unusable_tls_files_are_one_config_error(tmp_path, pki, broken, capsys):
+    import yaml
+
+    from medseg.cli import main
+
+    key = {"missing key": tmp_path / "absent.key", "key of another certificate":
+           pki["client_key"], "not PEM": pki["node"].with_suffix(".csr").with_name("node.ext")}
+    config = {"allowed_calling_aets": ["ORTHANC"], "routes": [{"model": "m.safetensors"}],
+              "destination": {"ae_title": "PACS", "host": "h", "port": 104},
+              "tls": {"certificate": str(pki["node"]), "key": str(key[broken])}}
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["serve", str(path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"medseg: error: {path}: tls: cannot load "
+                                               f"certificate {pki['node']}, key {key[broken]}")
