@@ -193,6 +193,11 @@ def copy_series(files: list[Path], dest: Path, key: str, keep=None) -> tuple[lis
     return out, series
 
 
+def slice_hu(ds: pydicom.Dataset) -> np.ndarray:
+    """A CT slice's (rows, columns) values in HU, from its pixels and rescale (pydicom)."""
+    return ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+
+
 def seg_frames_by_position(seg) -> dict[tuple, np.ndarray]:
     """(rounded LPS position) -> (rows, cols) label-value frame of a BINARY SEG written by
     medseg (segment n holds the label its Segment Label names)."""

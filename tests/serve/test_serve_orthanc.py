@@ -29,6 +29,7 @@ from .serve_helpers import (
     seg_frames_by_position,
     segs_for,
     series_uid_of,
+    slice_hu,
     start_node,
     wait_done,
 )
@@ -54,7 +55,7 @@ def _check_seg_is_prediction(seg: pydicom.Dataset, files: list[Path], model: Pat
     frames = seg_frames_by_position(seg)
     for path in files:
         ds = pydicom.dcmread(path)
-        hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        hu = slice_hu(ds)
         pos = tuple(np.round(np.array(ds.ImagePositionPatient, float), 2))
         frame = frames.get(pos, np.zeros(hu.shape, np.uint8))
         np.testing.assert_array_equal(frame, threshold_labels(hu), err_msg=path.name)
@@ -220,10 +221,8 @@ def test_an_rtstruct_route_sends_an_rtstruct_that_rt_utils_reads(orthanc, small_
     # rt-utils' slices follow the normal; ours by position along it, from the tags
     order = np.argsort([float(np.dot(np.cross(*np.reshape(d.ImageOrientationPatient, (2, 3))),
                                      d.ImagePositionPatient)) for d in datasets])
-    expected = np.stack([threshold_labels(datasets[k].pixel_array
-                                          * float(datasets[k].RescaleSlope)
-                                          + float(datasets[k].RescaleIntercept))
-                         for k in order], axis=-1)  # (rows, columns, slices)
+    expected = np.stack([threshold_labels(slice_hu(datasets[k])) for k in order],
+                        axis=-1)  # (rows, columns, slices)
     for value, name in LABEL_NAMES.items():
         mask = rt.get_roi_mask_by_name(name)
         np.testing.assert_array_equal(mask, expected == value, err_msg=name)

@@ -27,20 +27,18 @@ from .serve_helpers import (
     NODE_AET,
     seg_frames_by_position,
     segs_by_series,
+    slice_hu,
     start_node,
     wait_done,
 )
 
-SLICES = FEW_SLICES
-
-
 def _series_set(ct_files, tmp_path, count: int, tag: str):
-    """``count`` copies of slices SLICES of the shared series, each under UIDs of its own
+    """``count`` copies of slices FEW_SLICES of the shared series, each under UIDs of its own
     derived from ``tag`` and its index: [(datasets, series_uid)]."""
     out = []
     for k in range(count):
         files, uid = copy_series(ct_files, tmp_path / f"{tag}{k}", f"{tag} {k}",
-                                 keep=lambda i: i in SLICES)
+                                 keep=lambda i: i in FEW_SLICES)
         out.append(([pydicom.dcmread(f) for f in files], uid))
     return out
 
@@ -49,8 +47,8 @@ def _expected_frames(datasets) -> dict[tuple, np.ndarray]:
     """(rounded LPS position) -> the threshold rule on that slice's pixels (pydicom)."""
     out = {}
     for ds in datasets:
-        hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
-        out[tuple(np.round(np.array(ds.ImagePositionPatient, float), 2))] = threshold_labels(hu)
+        pos = tuple(np.round(np.array(ds.ImagePositionPatient, float), 2))
+        out[pos] = threshold_labels(slice_hu(ds))
     return out
 
 
@@ -89,7 +87,7 @@ def test_twenty_series_pushed_at_once_each_come_back_once(orthanc, small_model, 
         thread.start()
     for thread in threads:
         thread.join()
-    assert statuses == {uid: [0x0000] * len(SLICES) for _, uid in series}
+    assert statuses == {uid: [0x0000] * len(FEW_SLICES) for _, uid in series}
     for _, uid in series:
         wait_done(node, uid)
     _check_each_came_back_once(orthanc, series)
