@@ -19,7 +19,9 @@
     tls: {certificate: node.pem, key: node.key, ca: hospital-ca.pem}  # optional
 
 and, with defaults: ``retention_h`` (24: done and failed series leave the spool after
-this many hours; their job records stay), ``queue_size`` (4: series handed to the worker
+this many hours; their job records stay), ``max_associations`` (32: associations open at
+once; one more is rejected with "local limit exceeded", which a PACS retries),
+``queue_size`` (4: series handed to the worker
 at once; the rest wait in the spool), ``send_attempts`` (5) and ``retry_s`` (30: the
 pause between them), ``device`` (``auto``), ``log`` (the JSON-lines log; default
 ``SPOOL/serve.jsonl``).
@@ -34,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,6 +115,27 @@ class Tls:
     key: str = ""
     ca: str | None = None
 
+    def server_context(self, source: str | None = None) -> ssl.SSLContext:
+        """The TLS context for receiving: this node's certificate and key; with ``ca``
+        callers must present a certificate that CA signed.
+
+        Raises
+        ------
+        ConfigError
+            naming ``source`` (the config file) and the PEM files: one cannot be read, is
+            not PEM, or the key does not belong to the certificate.
+        """
+        try:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=self.ca or None)
+            context.load_cert_chain(self.certificate, self.key)
+        except OSError as exc:  # ssl.SSLError is one
+            files = f"certificate {self.certificate}, key {self.key}" + (
+                f", ca {self.ca}" if self.ca else "")
+            raise ConfigError(f"tls: cannot load {files}: {exc.strerror or exc}", source) \
+                from None
+        context.verify_mode = ssl.CERT_REQUIRED if self.ca else ssl.CERT_NONE
+        return context
+
 
 @dataclass
 class ServeConfig:
@@ -128,6 +152,7 @@ class ServeConfig:
     max_spool_gb: float = 20.0
     tls: Tls | None = None
     retention_h: float = 24.0
+    max_associations: int = 32
     queue_size: int = 4
     send_attempts: int = 5
     retry_s: float = 30.0
@@ -177,6 +202,7 @@ def parse_serve_config(raw: dict[str, Any], source: str | os.PathLike | None = N
         for key in ("certificate", "key", "ca"):
             if getattr(cfg.tls, key):
                 setattr(cfg.tls, key, str(_resolve(getattr(cfg.tls, key), base)))
+        cfg.tls.server_context(src)  # the PEM files load, or a one-line ConfigError now
     for route in cfg.routes:
         route.model = resolve_model(route.model, base)
     return cfg
@@ -205,7 +231,7 @@ def _check(cfg: ServeConfig, src: str | None) -> None:
         check_ae_title(aet, f"allowed_calling_aets[{i}]", src)
     for key in ("series_timeout_s", "max_spool_gb", "retention_h", "retry_s"):
         _require(getattr(cfg, key) > 0, key, getattr(cfg, key), "> 0", src)
-    for key in ("queue_size", "send_attempts"):
+    for key in ("queue_size", "send_attempts", "max_associations"):
         _require(getattr(cfg, key) >= 1, key, getattr(cfg, key), ">= 1", src)
     if not cfg.routes:
         raise ConfigError("routes is empty: give at least one {match, model, format}", src)

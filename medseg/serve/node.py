@@ -100,7 +100,11 @@ class Node:
         self.journal.close()
 
     def _recover(self) -> None:
-        """Take up the jobs a previous node left in the spool."""
+        """Take up the jobs a previous node left in the spool (and remove the temporary files
+        of its interrupted writes)."""
+        torn = self.spool.remove_torn_writes()
+        if torn:
+            self.journal.write("torn_writes_removed", files=torn)
         now = time.time()
         for job in self.spool.jobs():
             if job.state == RUNNING:
@@ -116,9 +120,8 @@ class Node:
             self.journal.write("recovered", jobs=pending)
 
     # -- receiving ----------------------------------------------------------------------------
-    def _on_rejected(self, calling_aet: str, address: str) -> None:
-        self.journal.write("rejected", calling_aet=calling_aet, address=address,
-                           reason="calling AE title not in allowed_calling_aets")
+    def _on_rejected(self, calling_aet: str, address: str, reason: str) -> None:
+        self.journal.write("rejected", calling_aet=calling_aet, address=address, reason=reason)
 
     def _on_store(self, event) -> int:
         """A C-STORE: the instance on disk, then the status (pynetdicom sends it)."""

@@ -4,18 +4,25 @@ Association policy is the AE's (``require_calling_aet``: an AE title that is not
 ``allowed_calling_aets`` is rejected while associating, before any data arrives), and each
 event has one small handler, as in pynetdicom's Storage SCP examples: C-STORE hands the
 instance's bytes to the node (which writes them to the spool durably) and returns the
-status; C-ECHO answers; a rejected association is logged.
+status; C-ECHO answers; a rejected association is logged with its reason
+(:func:`rejection_reason`: pynetdicom's event does not carry it).
+
+With ``tls`` the TLS handshake runs in the association's own thread (:func:`_server_class`),
+not in pynetdicom's one accepting thread, where a caller that opens a TCP connection and
+says nothing kept every other association out; a failed or silent handshake is rejected
+and logged like an unknown AE title.
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
+import threading
 from collections.abc import Callable
 
 from medseg.serve.config import ServeConfig
 
-__all__ = ["STATUS", "server_ssl_context", "start_scp"]
+__all__ = ["STATUS", "rejection_reason", "start_scp"]
 
 log = logging.getLogger(__name__)
 
@@ -28,22 +35,23 @@ STATUS = {
 }
 
 
-def server_ssl_context(cfg: ServeConfig) -> ssl.SSLContext | None:
-    """The TLS context for receiving (None without ``tls``): the node's certificate and key;
-    with ``tls.ca`` callers must present a certificate that CA signed."""
-    if cfg.tls is None:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=cfg.tls.ca or None)
-    context.load_cert_chain(cfg.tls.certificate, cfg.tls.key)
-    context.verify_mode = ssl.CERT_REQUIRED if cfg.tls.ca else ssl.CERT_NONE
-    return context
+def rejection_reason(cfg: ServeConfig, calling_aet: str, called_aet: str) -> str:
+    """Why the SCP rejected an association from ``calling_aet`` to ``called_aet``, in the
+    order pynetdicom's acceptor checks them: calling AE title, called AE title, then its
+    local limit of ``max_associations``."""
+    if calling_aet not in cfg.allowed_calling_aets:
+        return "calling AE title not in allowed_calling_aets"
+    if called_aet != cfg.ae_title.strip():
+        return f"called AE title {called_aet!r} is not this node's ({cfg.ae_title!r})"
+    return f"more than max_associations ({cfg.max_associations}) associations at once"
 
 
 def start_scp(cfg: ServeConfig, on_store: Callable, on_rejected: Callable):
     """Start the Storage SCP in its own threads; returns pynetdicom's server (``shutdown()``).
 
     ``on_store(event) -> int`` takes a pynetdicom C-STORE event and returns its status;
-    ``on_rejected(calling_aet, address)`` is told of each rejected association.
+    ``on_rejected(calling_aet, address, reason)`` is told of each rejected association
+    (``calling_aet`` is empty when the TLS handshake failed, before any DICOM arrived).
     """
     from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, StoragePresentationContexts, evt
     from pynetdicom.sop_class import Verification
@@ -51,14 +59,53 @@ def start_scp(cfg: ServeConfig, on_store: Callable, on_rejected: Callable):
     ae = AE(ae_title=cfg.ae_title)
     ae.require_calling_aet = list(cfg.allowed_calling_aets)
     ae.require_called_aet = True
+    ae.maximum_associations = cfg.max_associations
     for context in StoragePresentationContexts:
         ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification)
 
     def rejected(event) -> None:
         requestor = event.assoc.requestor
-        on_rejected(str(requestor.ae_title).strip(), f"{requestor.address}:{requestor.port}")
+        calling = str(requestor.ae_title).strip()
+        called = str(requestor.primitive.called_ae_title).strip()
+        on_rejected(calling, f"{requestor.address}:{requestor.port}",
+                    rejection_reason(cfg, calling, called))
 
     handlers = [(evt.EVT_C_STORE, on_store), (evt.EVT_REJECTED, rejected)]
-    return ae.start_server((cfg.host, cfg.port), block=False, evt_handlers=handlers,
-                           ssl_context=server_ssl_context(cfg))
+    server = ae.make_server((cfg.host, cfg.port), ssl_context=cfg.tls and cfg.tls.server_context(cfg.source),
+                            evt_handlers=handlers,
+                            server_class=_server_class(on_rejected, ae.acse_timeout))
+    ae._servers.append(server)  # as AE.start_server does: server.shutdown() takes it out
+    threading.Thread(target=server.serve_forever, name="medseg-scp", daemon=True).start()
+    return server
+
+
+def _server_class(on_rejected: Callable, handshake_timeout_s: float):
+    """pynetdicom's threaded association server with the TLS handshake moved from the
+    accepting thread (its ``get_request`` wraps the socket with the handshake on connect,
+    without a timeout) into the association's thread, within ``handshake_timeout_s``."""
+    from pynetdicom.transport import ThreadedAssociationServer
+
+    class Server(ThreadedAssociationServer):
+        def get_request(self):
+            client, address = self.socket.accept()
+            if self.ssl_context:
+                client = self.ssl_context.wrap_socket(client, server_side=True,
+                                                      do_handshake_on_connect=False)
+            return client, address
+
+        def finish_request(self, request, client_address) -> None:
+            if isinstance(request, ssl.SSLSocket):
+                timeout = request.gettimeout()
+                request.settimeout(handshake_timeout_s)
+                try:
+                    request.do_handshake()
+                except OSError as exc:  # ssl.SSLError and TimeoutError are OSErrors
+                    on_rejected("", f"{client_address[0]}:{client_address[1]}",
+                                f"TLS handshake failed: {' '.join(str(exc).split()) or 'closed'}")
+                    self.shutdown_request(request)
+                    return
+                request.settimeout(timeout)
+            super().finish_request(request, client_address)
+
+    return Server

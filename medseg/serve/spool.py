@@ -9,7 +9,8 @@
 Every file is written through :mod:`medseg.io.atomic` with ``durable=True`` (temporary
 file, fsync, rename, fsync of the folder), so an instance is on the disk before its
 C-STORE is acknowledged (as Orthanc and dcm4che do) and a kill leaves either the old
-file or the new one. UIDs arrive from the network: :func:`check_uid` holds them to the
+file or the new one, and at most a torn temporary file beside it, which the next node
+on the folder removes before it starts (:meth:`Spool.remove_torn_writes`). UIDs arrive from the network: :func:`check_uid` holds them to the
 DICOM UID grammar (PS3.5 9.1: digits and dots, no leading zeros, at most 64 characters)
 before they name a folder or a file, so ``../`` or ``/`` can never reach a path.
 """
@@ -86,6 +87,20 @@ class Spool:
     def used_bytes(self) -> int:
         """Bytes of DICOM files in the spool now."""
         return self._used
+
+    def remove_torn_writes(self) -> int:
+        """Remove the temporary files that writes interrupted by a kill left in the spool
+        (:func:`medseg.io.atomic.atomic_path` names them ``.NAME.RANDOM.tmpSUFFIX``); returns
+        how many. Only while nothing writes here: a node calls it before it listens (never
+        ``--status``, which may run beside a node)."""
+        torn = [p for p in self.series_root.rglob(".*.tmp*") if p.is_file()]
+        for path in torn:
+            with contextlib.suppress(OSError):
+                size = path.stat().st_size if path.suffix == ".dcm" else 0
+                path.unlink()
+                with self._lock:
+                    self._used = max(0, self._used - size)
+        return len(torn)
 
     # -- instances -----------------------------------------------------------------------------
     def store_instance(self, series_uid: str, sop_uid: str, data: bytes) -> Path:

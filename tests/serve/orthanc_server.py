@@ -128,10 +128,10 @@ class Orthanc:
         response.raise_for_status()
         return response.json()
 
-    def seg_instances(self) -> list[str]:
-        """Orthanc IDs of every instance of every SEG series it holds."""
+    def seg_instances(self, modality: str = "SEG") -> list[str]:
+        """Orthanc IDs of every instance of every SEG (or ``modality``) series it holds."""
         ids = []
-        for series in self.find_series({"Modality": "SEG"}):
+        for series in self.find_series({"Modality": modality}):
             ids.extend(series["Instances"])
         return ids
 

@@ -125,18 +125,41 @@ def start_node(nodes, tmp_path, model, orthanc, name="node", **overrides) -> Nod
     return node
 
 
+def push(port: int, datasets: list[pydicom.Dataset], aet: str = "TESTSCU",
+         tls_args=None) -> list[int]:
+    """C-STORE ``datasets`` to the node in one association as the modality ``aet`` (as a
+    modality would: pynetdicom's StoreSCU); their statuses. ``tls_args``: pynetdicom's
+    ``(ssl_context, server_hostname)`` for DICOM over TLS."""
+    from pynetdicom import AE
+
+    ae = AE(ae_title=aet)
+    for ds in datasets:
+        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    ae.requested_contexts = list({(c.abstract_syntax, tuple(c.transfer_syntax)): c
+                                  for c in ae.requested_contexts}.values())
+    assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AET, tls_args=tls_args)
+    assert assoc.is_established
+    statuses = [int(assoc.send_c_store(ds).Status) for ds in datasets]
+    assoc.release()
+    return statuses
+
+
 def series_uid_of(files) -> str:
     return str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
 
 
-def segs_for(orthanc, series_uid: str) -> list[pydicom.Dataset]:
-    """Every SEG instance in Orthanc that references ``series_uid``."""
-    out = []
+def segs_by_series(orthanc) -> dict[str, list[pydicom.Dataset]]:
+    """Every SEG instance in Orthanc (each downloaded once), by the series it references."""
+    out: dict[str, list[pydicom.Dataset]] = {}
     for instance in orthanc.seg_instances():
         seg = pydicom.dcmread(io.BytesIO(orthanc.instance_file(instance)))
-        if seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series_uid:
-            out.append(seg)
+        out.setdefault(str(seg.ReferencedSeriesSequence[0].SeriesInstanceUID), []).append(seg)
     return out
+
+
+def segs_for(orthanc, series_uid: str) -> list[pydicom.Dataset]:
+    """Every SEG instance in Orthanc that references ``series_uid``."""
+    return segs_by_series(orthanc).get(series_uid, [])
 
 
 def wait_done(node: NodeProcess, series_uid: str, count: int = 1) -> None:
@@ -168,6 +191,11 @@ def copy_series(files: list[Path], dest: Path, key: str, keep=None) -> tuple[lis
         ds.save_as(target)
         out.append(target)
     return out, series
+
+
+def slice_hu(ds: pydicom.Dataset) -> np.ndarray:
+    """A CT slice's (rows, columns) values in HU, from its pixels and rescale (pydicom)."""
+    return ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
 
 
 def seg_frames_by_position(seg) -> dict[tuple, np.ndarray]:

@@ -11,25 +11,9 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from .orthanc_server import wait_until
-from .serve_helpers import NODE_AET, WAIT_S, copy_series, segs_for, start_node, wait_done
+from .serve_helpers import WAIT_S, copy_series, push, segs_for, start_node, wait_done
 
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
-
-
-def _send(port: int, datasets: list[Dataset]) -> list[int]:
-    """C-STORE ``datasets`` to the node as the modality TESTSCU; their statuses."""
-    from pynetdicom import AE
-
-    ae = AE(ae_title="TESTSCU")
-    for ds in datasets:
-        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-    ae.requested_contexts = list({(c.abstract_syntax, tuple(c.transfer_syntax)): c
-                                  for c in ae.requested_contexts}.values())
-    assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AET)
-    assert assoc.is_established
-    statuses = [int(assoc.send_c_store(ds).Status) for ds in datasets]
-    assoc.release()
-    return statuses
 
 
 def _text_report() -> Dataset:
@@ -81,11 +65,11 @@ def test_bad_series_fail_with_reasons_and_the_node_goes_on(orthanc, serve_model,
         "report": ([report], str(report.SeriesInstanceUID)),
     }
     for datasets, _ in bad.values():
-        assert set(_send(node.port, datasets)) == {0x0000}
+        assert set(push(node.port, datasets)) == {0x0000}
     # UIDs that are not UIDs never become paths: refused (0xC000), nothing written
     evil = _series(ct_files, tmp_path, "evil", keep=lambda i: i == 0)[0]
     evil[0].SeriesInstanceUID = "../../../escaped"
-    assert _send(node.port, evil) == [0xC000]
+    assert push(node.port, evil) == [0xC000]
     assert not list(tmp_path.rglob("escaped*"))
 
     ends = {name: wait_until(lambda uid=uid: node.finished(uid), WAIT_S, f"the {name} job")
@@ -100,7 +84,7 @@ def test_bad_series_fail_with_reasons_and_the_node_goes_on(orthanc, serve_model,
     assert all("\n" not in reason for reason in reasons.values())
     # the node still listens and segments a good series; nothing of the bad ones was sent
     good, good_uid = _series(ct_files, tmp_path, "good")
-    assert set(_send(node.port, good)) == {0x0000}
+    assert set(push(node.port, good)) == {0x0000}
     wait_done(node, good_uid)
     assert len(segs_for(orthanc, good_uid)) == 1
     assert len(orthanc.seg_instances()) == 1
@@ -115,7 +99,7 @@ def test_a_full_spool_refuses_the_series_and_the_node_goes_on(orthanc, serve_mod
     A700 (out of resources), the series fails, its instances leave the spool."""
     node = start_node(nodes, tmp_path, serve_model, orthanc, max_spool_gb=0.001)
     datasets, uid = _series(ct_files, tmp_path, "big")
-    statuses = _send(node.port, datasets)
+    statuses = push(node.port, datasets)
     sizes = [f.stat().st_size for f in sorted((tmp_path / "big").glob("*.dcm"))]
     fits = next(k for k in range(len(sizes) + 1) if sum(sizes[:k + 1]) > 1e6)
     assert statuses == [0x0000] * fits + [0xA700] * (len(datasets) - fits)

@@ -13,20 +13,23 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from predict.predict_helpers import threshold_labels
+from predict.predict_helpers import LABEL_NAMES, threshold_labels
 
 from medseg.serve.config import Route
 from medseg.serve.process import result_uids
 
+from .conftest import FEW_SLICES
 from .orthanc_server import free_port, wait_until
 from .serve_helpers import (
     NODE_AET,
+    copy_series,
+    push,
     WAIT_S,
     dciodvfy_errors,
-    copy_series,
     seg_frames_by_position,
     segs_for,
     series_uid_of,
+    slice_hu,
     start_node,
     wait_done,
 )
@@ -52,7 +55,7 @@ def _check_seg_is_prediction(seg: pydicom.Dataset, files: list[Path], model: Pat
     frames = seg_frames_by_position(seg)
     for path in files:
         ds = pydicom.dcmread(path)
-        hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        hu = slice_hu(ds)
         pos = tuple(np.round(np.array(ds.ImagePositionPatient, float), 2))
         frame = frames.get(pos, np.zeros(hu.shape, np.uint8))
         np.testing.assert_array_equal(frame, threshold_labels(hu), err_msg=path.name)
@@ -84,10 +87,12 @@ def test_orthanc_pushes_a_series_and_gets_its_seg(orthanc, serve_model, ct_files
 
 
 def test_unknown_calling_ae_is_refused(orthanc, serve_model, nodes, tmp_path):
+    """Unknown calling AE titles, a wrong called AE title and one association over
+    ``max_associations`` are rejected, each logged with its own reason."""
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification
 
-    node = start_node(nodes, tmp_path, serve_model, orthanc)
+    node = start_node(nodes, tmp_path, serve_model, orthanc, max_associations=2)
     results = {}
     for aet in ("STRANGER", "TESTSCU"):
         ae = AE(ae_title=aet)
@@ -98,10 +103,20 @@ def test_unknown_calling_ae_is_refused(orthanc, serve_model, nodes, tmp_path):
             assert assoc.send_c_echo().Status == 0x0000
             assoc.release()
     assert results == {"STRANGER": False, "TESTSCU": True}
+    ae = AE(ae_title="TESTSCU")  # an allowed caller that names another node
+    ae.add_requested_context(Verification)
+    assert not ae.associate("127.0.0.1", node.port, ae_title="OTHERNODE").is_established
+    held = [ae.associate("127.0.0.1", node.port, ae_title=NODE_AET) for _ in range(3)]
+    assert [a.is_established for a in held] == [True, True, False]  # the limit is 2
+    for assoc in held[:2]:
+        assoc.release()
     # Orthanc itself is allowed: its C-ECHO through the REST API succeeds
     assert orthanc.post("/modalities/medseg/echo", {}).ok
     rejected = [e for e in node.events() if e["event"] == "rejected"]
-    assert [e["calling_aet"] for e in rejected] == ["STRANGER"]
+    assert [(e["calling_aet"], e["reason"]) for e in rejected] == [
+        ("STRANGER", "calling AE title not in allowed_calling_aets"),
+        ("TESTSCU", "called AE title 'OTHERNODE' is not this node's ('MEDSEG')"),
+        ("TESTSCU", "more than max_associations (2) associations at once")]
 
 
 def test_kill_mid_series_restart_and_the_seg_arrives_once(orthanc, serve_model, ct_files, nodes,
@@ -159,22 +174,6 @@ def test_kill_mid_send_restart_and_the_seg_arrives_once(orthanc, serve_model, ct
     assert len(orthanc.seg_instances()) == 1
 
 
-def test_concurrent_series_each_come_back_once(orthanc, serve_model, ct_files, nodes, tmp_path):
-    node = start_node(nodes, tmp_path, serve_model, orthanc, queue_size=2)
-    series = []
-    for k in range(4):
-        files, uid = copy_series(ct_files, tmp_path / f"copy{k}", f"concurrent {k}")
-        series.append(uid)
-        uploaded = orthanc.upload(files)
-        assert orthanc.store("medseg", [uploaded[0]["ParentSeries"]], synchronous=False).ok
-    for uid in series:
-        wait_done(node, uid)
-    for uid in series:
-        assert len(segs_for(orthanc, uid)) == 1
-    assert len(orthanc.seg_instances()) == 4
-    assert node.status().splitlines()[0].endswith("done 4  failed 0")
-
-
 def test_dicomweb_destination_stores_with_stow_rs(orthanc, serve_model, ct_files, nodes,
                                                   tmp_path):
     if not orthanc.has_dicomweb:
@@ -188,3 +187,42 @@ def test_dicomweb_destination_stores_with_stow_rs(orthanc, serve_model, ct_files
     (seg,) = segs_for(orthanc, series_uid)
     route = Route(model=str(serve_model), format="seg")
     assert seg.SOPInstanceUID == result_uids(series_uid, route)[1]
+
+
+def test_an_rtstruct_route_sends_an_rtstruct_that_rt_utils_reads(orthanc, small_model, ct_files,
+                                                                 nodes, tmp_path):
+    """``format: rtstruct``: the RTSTRUCT in Orthanc references the series (study, frame of
+    reference, every slice), and rt-utils (TotalSegmentator's RTSTRUCT library) reads back
+    the card's ROI names and, on every slice, the threshold rule applied to the pixels."""
+    rt_utils = pytest.importorskip("rt_utils", reason="rt-utils (the oracle) is not installed")
+    routes = [{"match": {"modality": "CT"}, "model": str(small_model), "format": "rtstruct"}]
+    node = start_node(nodes, tmp_path, small_model, orthanc, routes=routes)
+    files, uid = copy_series(ct_files, tmp_path / "series", "rtstruct",
+                             keep=lambda i: i in FEW_SLICES)
+    datasets = [pydicom.dcmread(f) for f in files]
+    assert push(node.port, datasets) == [0x0000] * len(datasets)
+    wait_done(node, uid)
+    (instance,) = orthanc.seg_instances("RTSTRUCT")
+    assert orthanc.seg_instances() == []  # no SEG besides
+    rt_file = tmp_path / "returned_rtstruct.dcm"
+    rt_file.write_bytes(orthanc.instance_file(instance))
+    ds = pydicom.dcmread(rt_file)
+    assert (ds.Modality, ds.StudyInstanceUID) == ("RTSTRUCT", datasets[0].StudyInstanceUID)
+    assert (ds.SeriesInstanceUID, ds.SOPInstanceUID) == result_uids(
+        uid, Route(model=str(small_model), format="rtstruct"))
+    frame = ds.ReferencedFrameOfReferenceSequence[0]
+    assert frame.FrameOfReferenceUID == datasets[0].FrameOfReferenceUID
+    referenced = frame.RTReferencedStudySequence[0].RTReferencedSeriesSequence[0]
+    assert referenced.SeriesInstanceUID == uid
+    assert {c.ReferencedSOPInstanceUID for c in referenced.ContourImageSequence} == \
+        {str(d.SOPInstanceUID) for d in datasets}
+    rt = rt_utils.RTStructBuilder.create_from(str(files[0].parent), str(rt_file))
+    assert rt.get_roi_names() == [LABEL_NAMES[1], LABEL_NAMES[2]]
+    # rt-utils' slices follow the normal; ours by position along it, from the tags
+    order = np.argsort([float(np.dot(np.cross(*np.reshape(d.ImageOrientationPatient, (2, 3))),
+                                     d.ImagePositionPatient)) for d in datasets])
+    expected = np.stack([threshold_labels(slice_hu(datasets[k])) for k in order],
+                        axis=-1)  # (rows, columns, slices)
+    for value, name in LABEL_NAMES.items():
+        mask = rt.get_roi_mask_by_name(name)
+        np.testing.assert_array_equal(mask, expected == value, err_msg=name)

@@ -57,3 +57,22 @@ def test_jobs_round_trip_and_status_counts(tmp_path):
     assert lines[0] == "receiving 0  queued 1  running 0  sending 0  done 2  failed 1"
     assert lines[1:] == [f"queued    {jobs[2].series_uid}  CT Body",
                          f"failed    {jobs[3].series_uid}  (no route matches modality 'MR')"]
+
+
+def test_torn_temporary_files_of_a_kill_are_removed_and_uncounted(tmp_path):
+    """What a kill -9 inside atomic_path leaves: the temporary file beside the final name
+    (counted by nothing once removed); complete instances and job records stay."""
+    spool = Spool(tmp_path, 10**6)
+    series = generate_uid()
+    kept = spool.store_instance(series, "1.2.3", b"a" * 100)
+    spool.save(Job(series))
+    folder = kept.parent
+    (folder / ".1.2.4.dcm.k3j_x.tmp.dcm").write_bytes(b"b" * 40)      # an instance, torn
+    (folder.parent / ".job.json.q9z1.tmp.json").write_text("{")      # a job record, torn
+    restarted = Spool(tmp_path, 10**6)
+    assert restarted.used_bytes == 140  # the torn instance counts until it is removed
+    assert restarted.remove_torn_writes() == 2
+    assert restarted.used_bytes == 100
+    assert sorted(p.name for p in (tmp_path / "series").rglob("*")) == sorted(
+        ["1.2.3.dcm", "instances", "job.json", series])
+    assert restarted.jobs() == [Job.from_json((folder.parent / "job.json").read_text())]
