@@ -123,7 +123,7 @@ def _write_network(network: Any, stem: Path, card: Any, format: str, fp16: bool)
         import openvino as ov
     except ImportError:
         raise UsageError("--format openvino needs openvino: pip install openvino "
-                         "(or medseg[openvino])") from None
+                         "(or medseg[deploy])") from None
     xml = stem.with_suffix(".xml")
     # float32 weights stay float32 (save_model would halve them by default)
     ov.save_model(ov.convert_model(onnx), xml, compress_to_fp16=False)
