@@ -192,8 +192,14 @@ def main() -> int:
     print(f"bench_export: {title}, {os.environ.get('OMP_NUM_THREADS', 'all')} threads, "
           f"{args.repeat} round(s), {len(images)} case(s)", flush=True)
     commands = _commands(args, model, work)
-    rounds = [[_run_all(commands, images, work, name) for name in commands]
-              for _ in range(args.repeat)]
+    rounds = []
+    for number in range(args.repeat):
+        rounds.append([])
+        for name in commands:
+            rounds[-1].append(_run_all(commands, images, work, name))
+            print(f"  round {number + 1}: {name}: {rounds[-1][-1]['wall_s']:.2f} s "
+                  f"({rounds[-1][-1]['wall_s'] / rounds[-1][0]['wall_s']:.2f}x torch's), "
+                  f"peak {rounds[-1][-1]['peak_rss_gb']:.2f} GB", flush=True)
     _report(commands, rounds, images, work)
     if not args.no_venv:
         folder = export_model_cached(model, work, "onnx", False)
