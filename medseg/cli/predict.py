@@ -87,9 +87,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the CPU")
     parser.add_argument("--backend", default="torch",
                         help="where the networks run: torch (default), onnxruntime (an ONNX "
-                             "export in ONNX Runtime; CPU, fp32) or auto (ONNX Runtime on the "
-                             "CPU when it is installed and measurably faster on one window "
-                             "batch, else torch)")
+                             "export in ONNX Runtime; CPU, fp32), openvino (the ONNX export "
+                             "in OpenVINO; CPU, fp32 or bf16 with --amp) or auto (the fastest "
+                             "installed for the device, as benchmarks/bench_export.py "
+                             "measured: openvino, then torch, on the CPU; torch on GPUs)")
     parser.add_argument("--label-interp", choices=["linear", "nearest"], default="linear",
                         help="when the checkpoint resamples the image: bring the label map "
                              "back by interpolating class probabilities (linear, default, as "

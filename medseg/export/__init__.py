@@ -10,9 +10,13 @@ a list of checkpoints: a fold ensemble, ``nnunet:FOLDER``, a
     DIR/model.json         the manifest: format, network files, ensemble combine rule,
                            medseg's preprocessing steps resolved (or nnU-Net's reader), fp16
     DIR/networks/member_<i>.onnx   one ONNX network per ensemble member (opset 17,
-                           dynamic batch and spatial axes; input "image", output "logits")
-    DIR/requirements.txt   what the runner needs: numpy, scipy, nibabel, onnxruntime
-                           (and scikit-image for nnU-Net's resampling); never torch or medseg
+                           dynamic batch and spatial axes; input "image", output "logits"),
+                           or member_<i>.xml and .bin with ``format="openvino"``: OpenVINO IR,
+                           converted from that ONNX network (``openvino.convert_model``,
+                           weights kept in float32 unless ``fp16``)
+    DIR/requirements.txt   what the runner needs: numpy, scipy, nibabel, and onnxruntime or
+                           openvino (and scikit-image for nnU-Net's resampling); never torch
+                           or medseg
 
 The runner does what ``medseg predict`` does for NIfTI (:mod:`medseg.export.runtime.pipeline`).
 The folder is built beside ``DIR`` and renamed into place, so a failed export leaves
@@ -35,9 +39,11 @@ __all__ = ["FORMATS", "REQUIREMENTS", "export_model"]
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("onnx",)
-#: What the runner imports, by what it does (scikit-image: nnU-Net's resampling matrices).
-REQUIREMENTS = ("numpy>=1.24", "scipy>=1.10", "nibabel>=5.0", "onnxruntime>=1.17")
+FORMATS = ("onnx", "openvino")
+#: What the runner imports, by what it does (scikit-image: nnU-Net's resampling matrices;
+#: the engine of the export's format: :data:`ENGINE_REQUIREMENTS`).
+REQUIREMENTS = ("numpy>=1.24", "scipy>=1.10", "nibabel>=5.0")
+ENGINE_REQUIREMENTS = {"onnx": "onnxruntime>=1.17", "openvino": "openvino>=2024.0"}
 NNUNET_REQUIREMENTS = ("scikit-image>=0.21",)
 
 
@@ -49,7 +55,8 @@ def export_model(model: Any, output: str | os.PathLike, format: str = "onnx",
     ----------
     model : anything :func:`medseg.sources.load_model` takes.
     output : the export folder (created; an earlier export there is replaced).
-    format : ``"onnx"``.
+    format : ``"onnx"`` (the runner uses ONNX Runtime) or ``"openvino"`` (OpenVINO IR;
+        the runner uses OpenVINO, and the export needs openvino installed).
     fp16 : store and run the networks in half precision (the runner's labels then agree
         with torch fp32 less closely: see ``benchmarks/bench_export.py``).
 
@@ -65,7 +72,6 @@ def export_model(model: Any, output: str | os.PathLike, format: str = "onnx",
     """
     from medseg.export.runtime.pipeline import CARD, MANIFEST
     from medseg.export.vendor import write_runner
-    from medseg.inference.backends import network_to_onnx
     from medseg.io.atomic import atomic_write_text
     from medseg.runtime import Runtime
     from medseg.sources import load_model
@@ -78,16 +84,15 @@ def export_model(model: Any, output: str | os.PathLike, format: str = "onnx",
     target.parent.mkdir(parents=True, exist_ok=True)
     build = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        names = []
-        for i, network in enumerate(loaded.networks):
-            name = f"networks/member_{i}.onnx"
-            (build / name).parent.mkdir(exist_ok=True)
-            network_to_onnx(network, build / name, card.in_channels, card.window.roi_size, fp16)
-            names.append(name)
+        (build / "networks").mkdir()
+        names = [_write_network(network, build / "networks" / f"member_{i}", card, format,
+                                fp16) for i, network in enumerate(loaded.networks)]
+        names = [path.relative_to(build).as_posix() for path in names]
         atomic_write_text(build / CARD, json.dumps(card.to_dict(), indent=1) + "\n")
         atomic_write_text(build / MANIFEST,
-                          json.dumps(_manifest(loaded, names, fp16), indent=1) + "\n")
-        atomic_write_text(build / "requirements.txt", "\n".join(requirements(card)) + "\n")
+                          json.dumps(_manifest(loaded, names, format, fp16), indent=1) + "\n")
+        atomic_write_text(build / "requirements.txt",
+                          "\n".join(requirements(card, format)) + "\n")
         write_runner(build)
         _replace(build, target)
     except BaseException:
@@ -97,20 +102,44 @@ def export_model(model: Any, output: str | os.PathLike, format: str = "onnx",
     return target
 
 
-def requirements(card: Any) -> list[str]:
-    """The runner's requirements for ``card`` (:data:`REQUIREMENTS`, and scikit-image for
-    nnU-Net's preprocessing)."""
+def requirements(card: Any, format: str = "onnx") -> list[str]:
+    """The runner's requirements for ``card`` in ``format`` (:data:`REQUIREMENTS`, the
+    format's engine, and scikit-image for nnU-Net's preprocessing)."""
     extra = NNUNET_REQUIREMENTS if card.preprocessing.kind == "nnunet" else ()
-    return [*REQUIREMENTS, *extra]
+    return [*REQUIREMENTS, ENGINE_REQUIREMENTS[format], *extra]
 
 
-def _manifest(loaded: Any, networks: list[str], fp16: bool) -> dict[str, Any]:
+def _write_network(network: Any, stem: Path, card: Any, format: str, fp16: bool) -> Path:
+    """``network`` as ``stem.onnx``, or for ``"openvino"`` as OpenVINO IR ``stem.xml`` (and
+    ``.bin``) converted from that ONNX file, which is then removed; returns the file the
+    manifest names."""
+    from medseg.inference.backends import network_to_onnx
+
+    onnx = stem.with_suffix(".onnx")
+    network_to_onnx(network, onnx, card.in_channels, card.window.roi_size, fp16)
+    if format == "onnx":
+        return onnx
+    try:
+        import openvino as ov
+    except ImportError:
+        raise UsageError("--format openvino needs openvino: pip install openvino "
+                         "(or medseg[deploy])") from None
+    xml = stem.with_suffix(".xml")
+    # float32 weights stay float32 (save_model would halve them by default)
+    ov.save_model(ov.convert_model(onnx), xml, compress_to_fp16=False)
+    onnx.unlink()
+    return xml
+
+
+def _manifest(loaded: Any, networks: list[str], format: str, fp16: bool
+              ) -> dict[str, Any]:
     import medseg
-    from medseg.inference.backends import INPUT, OPSET, OUTPUT
+    from medseg.inference.backends import OPSET
+    from medseg.inference.engines import INPUT, OUTPUT
 
     pre = loaded.card.preprocessing
     manifest: dict[str, Any] = {
-        "format": "onnx", "opset": OPSET, "fp16": bool(fp16), "input": INPUT,
+        "format": format, "opset": OPSET, "fp16": bool(fp16), "input": INPUT,
         "output": OUTPUT, "networks": networks, "combine": loaded.combine,
         "source": str(loaded.source), "medseg_version": medseg.__version__,
     }

@@ -39,6 +39,7 @@ SHARED = {
     "medseg.transforms.resample_nnunet": "resample_nnunet",
     "medseg.inference.placement": "placement",
     "medseg.inference.postprocess": "postprocess",
+    "medseg.inference.engines": "engines",
     "medseg.export.runtime.resample": "resample",
     "medseg.export.runtime.window": "window",
     "medseg.export.runtime.networks": "networks",

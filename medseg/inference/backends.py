@@ -1,16 +1,21 @@
-"""Where the network runs: torch, or an ONNX export of it in ONNX Runtime.
+"""Where the network runs: torch, or an ONNX export of it in ONNX Runtime or OpenVINO.
 
-``medseg predict --backend torch|onnxruntime|auto`` picks how each network of a
+``medseg predict --backend torch|onnxruntime|openvino|auto`` picks how each network of a
 :class:`~medseg.sources.LoadedModel` becomes the sliding window's predictor (a window
 batch (B, C, x, y, z) in, float32 logits (B, K, x, y, z) out):
 
 * ``"torch"``: the module itself, in the runtime's precision
   (:func:`medseg.inference.precision.make_predictor`);
-* ``"onnxruntime"``: the module exported to ONNX (:func:`network_to_onnx`: opset
-  :data:`OPSET`, dynamic batch and spatial axes) and run by an ONNX Runtime CPU session,
-  float32; the export and the session are made once per network and kept while it lives;
-* ``"auto"``: on the CPU, ONNX Runtime when it is installed and measurably faster on one
-  window batch of this model (:data:`FASTER`), else torch; torch on GPUs.
+* ``"onnxruntime"``, ``"openvino"``: the module exported to ONNX (:func:`network_to_onnx`:
+  opset :data:`OPSET`, dynamic batch and spatial axes) and run on the CPU by that engine
+  (:mod:`medseg.inference.engines`: the runner of ``medseg export`` runs the same code);
+  ONNX Runtime in float32, OpenVINO in the runtime's precision (fp32, or bf16 with
+  ``--amp``); the export and the engine are made once per network and kept while it lives;
+* ``"auto"``: the first installed backend of :data:`PREFERENCE` for the device, an order
+  measured by ``benchmarks/bench_export.py`` (not a race at run time): on the CPU OpenVINO
+  (about 0.3x torch's time per window batch on 2 cores, whole predict in the bench), then
+  torch; ONNX Runtime is not in it, because it is no faster than torch there (1.0x); on
+  GPUs torch. A network ONNX cannot express runs in torch under ``auto``.
 
 :func:`network_to_onnx` is also what ``medseg export`` writes; a network with a layer ONNX
 cannot express raises :class:`~medseg.errors.ExportError` naming the layer and the format
@@ -20,10 +25,10 @@ that can run it.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import io
 import logging
 import os
-import time
 import weakref
 from collections.abc import Sequence
 
@@ -31,23 +36,24 @@ import torch
 from torch import nn
 
 from medseg.errors import ExportError, UsageError, check_option
+from medseg.inference.engines import INPUT, OUTPUT
 from medseg.inference.precision import Predictor, make_predictor
 from medseg.runtime import Runtime
 
-__all__ = ["BACKENDS", "OPSET", "member_predictors", "network_to_onnx", "onnx_predictor",
-           "resolve_backend"]
+__all__ = ["BACKENDS", "OPSET", "PREFERENCE", "engine_predictor", "member_predictors",
+           "network_to_onnx", "resolve_backend"]
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "onnxruntime", "auto")
+BACKENDS = ("torch", "onnxruntime", "openvino", "auto")
+#: ``auto``'s order per device type, fastest first (``benchmarks/bench_export.py``); the
+#: first installed is taken (torch always is).
+PREFERENCE = {"cpu": ("openvino", "torch"), "cuda": ("torch",)}
 #: ONNX opset of every export.
 OPSET = 17
-#: ``auto`` takes ONNX Runtime when its window batch takes at most this fraction of torch's.
-FASTER = 0.9
-INPUT, OUTPUT = "image", "logits"
 
-_SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_CHOICES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: network -> {(engine, precision, roi): engine}
+_ENGINES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class _Fp16(nn.Module):
@@ -136,92 +142,68 @@ def _first_line(error: Exception) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def onnx_predictor(network: nn.Module, in_channels: int, roi_size: Sequence[int]
-                   ) -> Predictor:
-    """``network`` as an ONNX Runtime CPU session: window batch (B, C, x, y, z) -> float32
-    logits (B, K, x, y, z) as torch tensors on the CPU. The export and session are cached
-    per network."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise UsageError("--backend onnxruntime needs onnxruntime: pip install onnxruntime") \
-            from None
-    session = _SESSIONS.get(network)
-    if session is None:
+def engine_predictor(engine: str, network: nn.Module, in_channels: int,
+                     roi_size: Sequence[int], runtime: Runtime) -> Predictor:
+    """``network`` exported to ONNX (in memory) and run by ``engine`` (``"onnxruntime"`` or
+    ``"openvino"``, :mod:`medseg.inference.engines`) on the CPU with the runtime's threads
+    (``torch.get_num_threads()``) and, for OpenVINO, its precision: window batch
+    (B, C, x, y, z) -> float32 logits (B, K, x, y, z) as torch tensors on the batch's
+    device. The export and the engine are made once per network and kept while it lives."""
+    from medseg.inference.engines import load_engine
+
+    roi = tuple(int(r) for r in roi_size)
+    key = (engine, runtime.precision, roi)
+    engines = _ENGINES.setdefault(network, {})
+    if key not in engines:
         buffer = io.BytesIO()
-        network_to_onnx(network, buffer, in_channels, roi_size)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        options.log_severity_level = 3
-        session = ort.InferenceSession(buffer.getvalue(), options,
-                                       providers=["CPUExecutionProvider"])
-        _SESSIONS[network] = session
+        network_to_onnx(network, buffer, in_channels, roi)
+        engines[key] = load_engine(engine, buffer.getvalue(), torch.get_num_threads(),
+                                   runtime.precision, (int(in_channels), *roi),
+                                   what=f"--backend {engine}")
+    run_engine = engines[key]
 
     def run(batch: torch.Tensor) -> torch.Tensor:
         array = batch.detach().to("cpu", torch.float32).contiguous().numpy()
-        (out,) = session.run([OUTPUT], {INPUT: array})
-        return torch.from_numpy(out).to(batch.device)
+        return torch.from_numpy(run_engine(array)).to(batch.device)
 
     return run
 
 
-def resolve_backend(backend: str, network: nn.Module, runtime: Runtime, in_channels: int,
-                    roi_size: Sequence[int], batch_size: int = 1) -> str:
-    """``"torch"`` or ``"onnxruntime"`` for ``backend``; ``"auto"`` times one window batch
-    of ``network`` both ways on the CPU (after one warm-up call each) and takes ONNX Runtime
-    when it needs at most :data:`FASTER` of torch's time (cached per network)."""
+def resolve_backend(backend: str, runtime: Runtime) -> str:
+    """``"torch"``, ``"onnxruntime"`` or ``"openvino"`` for ``backend``: ``"auto"`` is the
+    first of :data:`PREFERENCE` for the runtime's device that is installed."""
     backend = check_option(backend, BACKENDS, "backend")
-    if backend != "auto":
-        if backend == "onnxruntime" and runtime.device.type != "cpu":
-            raise UsageError(f"--backend onnxruntime runs on the CPU; the runtime is "
-                             f"{runtime.device}: use --device cpu or --backend torch")
-        return backend
-    if runtime.device.type != "cpu" or runtime.precision != "fp32":
-        return "torch"
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return "torch"
-    chosen = _CHOICES.get(network)
-    if chosen is None:
-        chosen = _time_both(network, runtime, in_channels, roi_size, batch_size)
-        _CHOICES[network] = chosen
-    return chosen
+    device = runtime.device.type
+    if backend == "auto":
+        return next(name for name in PREFERENCE.get(device, ("torch",)) if _installed(name))
+    if backend != "torch" and device != "cpu":
+        raise UsageError(f"--backend {backend} runs on the CPU; the runtime is "
+                         f"{runtime.device}: use --device cpu or --backend torch")
+    if backend == "onnxruntime" and runtime.precision != "fp32":
+        raise UsageError(f"--backend onnxruntime runs float32; the runtime asks for "
+                         f"{runtime.precision}: use --no-amp or --backend openvino|torch")
+    return backend
 
 
-def _time_both(network: nn.Module, runtime: Runtime, in_channels: int,
-               roi_size: Sequence[int], batch_size: int) -> str:
-    batch = torch.randn((int(batch_size), int(in_channels), *(int(r) for r in roi_size)),
-                        generator=torch.Generator().manual_seed(0))
-    try:
-        candidates = {"torch": make_predictor(network, runtime),
-                      "onnxruntime": onnx_predictor(network, in_channels, roi_size)}
-    except ExportError as exc:
-        log.info("backend auto: torch (%s)", exc.message)
-        return "torch"
-    seconds: dict[str, float] = {}
-    with torch.inference_mode():
-        for name, predictor in candidates.items():
-            predictor(batch)  # warm-up (allocations, ONNX Runtime's graph optimisation)
-            start = time.perf_counter()
-            predictor(batch)
-            seconds[name] = time.perf_counter() - start
-    chosen = "onnxruntime" if seconds["onnxruntime"] <= FASTER * seconds["torch"] else "torch"
-    log.info("backend auto: %s (one batch of %d windows %s: torch %.3f s, onnxruntime %.3f s)",
-             chosen, batch_size, "x".join(map(str, roi_size)), seconds["torch"],
-             seconds["onnxruntime"])
-    return chosen
+def _installed(name: str) -> bool:
+    return name == "torch" or importlib.util.find_spec(name) is not None
 
 
 def member_predictors(networks: Sequence[nn.Module], runtime: Runtime, backend: str,
-                      in_channels: int, roi_size: Sequence[int], batch_size: int = 1
-                      ) -> list[Predictor]:
-    """One logits predictor per network, each on the backend ``backend`` resolves to."""
+                      in_channels: int, roi_size: Sequence[int]) -> list[Predictor]:
+    """One logits predictor per network, on the backend ``backend`` resolves to; under
+    ``"auto"``, a network that ONNX cannot express runs in torch (logged)."""
+    chosen = resolve_backend(backend, runtime)
     predictors: list[Predictor] = []
     for network in networks:
-        chosen = resolve_backend(backend, network, runtime, in_channels, roi_size, batch_size)
-        predictors.append(onnx_predictor(network, in_channels, roi_size)
-                          if chosen == "onnxruntime" else make_predictor(network, runtime))
+        if chosen == "torch":
+            predictors.append(make_predictor(network, runtime))
+            continue
+        try:
+            predictors.append(engine_predictor(chosen, network, in_channels, roi_size, runtime))
+        except ExportError as exc:
+            if backend != "auto":
+                raise
+            log.info("backend auto: torch (%s)", exc.message)
+            predictors.append(make_predictor(network, runtime))
     return predictors
-
-

@@ -105,8 +105,9 @@ class PredictOptions:
     uncertainty : also return the uncertainty map (2, x, y, z) float16 on the input grid
         (the entropy of the members' mean probabilities, and their disagreement).
     backend : where the networks run (:mod:`medseg.inference.backends`): ``"torch"``
-        (default), ``"onnxruntime"`` (an ONNX export in ONNX Runtime, CPU, fp32) or
-        ``"auto"`` (ONNX Runtime on the CPU when installed and measurably faster).
+        (default), ``"onnxruntime"`` (an ONNX export in ONNX Runtime, CPU, fp32),
+        ``"openvino"`` (the ONNX export in OpenVINO, CPU, the runtime's fp32 or bf16) or
+        ``"auto"`` (the fastest installed for the device: OpenVINO, then torch, on the CPU).
     """
 
     overlap: float | None = None
@@ -384,7 +385,7 @@ def _member_predictors(loaded: LoadedModel, card: ModelCard, options: PredictOpt
     from medseg.inference.backends import member_predictors
 
     return member_predictors(loaded.networks, runtime, options.backend, card.in_channels,
-                             card.window.roi_size, card.window.batch_size)
+                             card.window.roi_size)
 
 
 def _predictor(loaded: LoadedModel, card: ModelCard, options: PredictOptions,

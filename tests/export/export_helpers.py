@@ -3,6 +3,7 @@ and the comparison with ``medseg predict`` (torch, fp32)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -10,6 +11,18 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+
+#: The export formats and the engine each runner needs.
+FORMATS = {"onnx": "onnxruntime", "openvino": "openvino"}
+
+
+def needs_engine(fmt: str) -> None:
+    """Skip unless the engine of export format ``fmt`` is installed."""
+    import pytest
+
+    if importlib.util.find_spec(FORMATS[fmt]) is None:
+        pytest.skip(f"{FORMATS[fmt]} not installed (runs {fmt} exports)")
+
 
 #: The runner's agreement with medseg predict (torch fp32): the issue's target.
 MIN_AGREEMENT = 0.999

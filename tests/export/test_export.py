@@ -1,7 +1,8 @@
 """``medseg export``: the runner (a subprocess, no medseg import) against ``medseg predict``
 (torch, fp32) on the same image: labels on >= 99.9 % of voxels, probabilities within 1e-3,
-for a medseg checkpoint (with and without mirroring TTA) and a fold ensemble; the folder's
-contents; one-line errors and nothing partial; the fp16 export's agreement."""
+for a medseg checkpoint (with and without mirroring TTA) and a fold ensemble, in each format
+(ONNX in ONNX Runtime, OpenVINO IR in OpenVINO; each skips when its engine is missing); the
+folder's contents; one-line errors and nothing partial; the fp16 export's agreement."""
 
 from __future__ import annotations
 
@@ -14,15 +15,16 @@ import pytest
 import torch
 
 from .export_helpers import (
+    FORMATS,
     assert_agrees,
     medseg_prediction,
+    needs_engine,
     read_runner_output,
     run_runner,
     save_model,
     write_phantom,
 )
 
-pytest.importorskip("onnxruntime")
 
 
 @pytest.fixture(scope="module")
@@ -32,52 +34,85 @@ def work(tmp_path_factory):
             "image": write_phantom(root / "case.nii.gz")}
 
 
+@pytest.fixture(scope="module", params=list(FORMATS))
+def exported_as(work, request):
+    """The checkpoint exported in each format."""
+    from medseg.export import export_model
+
+    needs_engine(request.param)
+    return export_model(work["ckpt"], work["root"] / f"export_{request.param}", request.param)
+
+
 @pytest.fixture(scope="module")
 def exported(work):
     from medseg.export import export_model
 
+    needs_engine("onnx")
     return export_model(work["ckpt"], work["root"] / "export")
 
 
-def test_folder_holds_networks_card_runner_and_requirements(exported, work):
-    import onnx
-
+def test_folder_holds_networks_card_runner_and_requirements(exported_as, work):
     from medseg.card import ModelCard
     from medseg.checkpoint import load_checkpoint
 
-    manifest = json.loads((exported / "model.json").read_text())
-    assert manifest["networks"] == ["networks/member_0.onnx"]
+    manifest = json.loads((exported_as / "model.json").read_text())
+    fmt = manifest["format"]
+    suffix = {"onnx": ".onnx", "openvino": ".xml"}[fmt]
+    assert manifest["networks"] == [f"networks/member_0{suffix}"]
+    assert sorted(p.name for p in (exported_as / "networks").iterdir()) == (
+        ["member_0.onnx"] if fmt == "onnx" else ["member_0.bin", "member_0.xml"])
     assert manifest["combine"] == "mean_softmax"
     assert [s["step"] for s in manifest["steps"]] == ["orientation", "crop", "resample",
                                                       "intensity"]
-    graph = onnx.load(str(exported / manifest["networks"][0]))
-    assert graph.opset_import[0].version >= 17
-    dims = graph.graph.input[0].type.tensor_type.shape.dim
-    assert [d.dim_param for d in dims] == ["batch", "", "x", "y", "z"]  # dynamic axes
-    card = ModelCard.from_dict(json.loads((exported / "card.json").read_text()))
+    _check_network(exported_as / manifest["networks"][0], fmt)
+    card = ModelCard.from_dict(json.loads((exported_as / "card.json").read_text()))
     assert card == load_checkpoint(work["ckpt"]).card
-    requirements = (exported / "requirements.txt").read_text().split()
+    requirements = (exported_as / "requirements.txt").read_text().split()
     assert [r.split(">=")[0] for r in requirements] == ["numpy", "scipy", "nibabel",
-                                                        "onnxruntime"]
-    assert (exported / "predict.py").is_file()
+                                                        FORMATS[fmt]]
+    assert (exported_as / "predict.py").is_file()
+
+
+def _check_network(path, fmt: str) -> None:
+    """Opset >= 17 and dynamic batch and spatial axes; OpenVINO IR: weights in float32
+    (``save_model`` would compress them to float16 unless told not to)."""
+    if fmt == "onnx":
+        import onnx
+
+        graph = onnx.load(str(path))
+        assert graph.opset_import[0].version >= 17
+        dims = graph.graph.input[0].type.tensor_type.shape.dim
+        assert [d.dim_param for d in dims] == ["batch", "", "x", "y", "z"]  # dynamic axes
+        return
+    import openvino as ov
+
+    model = ov.Core().read_model(str(path))
+    assert str(model.input(0).get_partial_shape()) == "[?,1,?,?,?]"
+    assert model.input(0).get_any_name() == "image"
+    weights = {op.get_element_type().get_type_name() for op in model.get_ops()
+               if op.get_type_name() == "Constant" and op.get_output_size() == 1
+               and len(op.get_output_shape(0)) == 5}  # the convolution kernels
+    assert weights == {"f32"}
 
 
 @pytest.mark.parametrize("tta", [False, True])
-def test_runner_agrees_with_medseg_predict(exported, work, tmp_path, tta):
+def test_runner_agrees_with_medseg_predict(exported_as, work, tmp_path, tta):
     torch.set_num_threads(1)
     out = tmp_path / "labels.nii.gz"
-    result = run_runner(exported, work["image"], out, "--tta" if tta else "--no-tta")
+    result = run_runner(exported_as, work["image"], out, "--tta" if tta else "--no-tta")
     assert result.returncode == 0, result.stderr
     assert_agrees(out, work["image"], medseg_prediction(work["ckpt"], work["image"], tta))
 
 
-def test_runner_on_a_fold_ensemble(work, tmp_path):
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_runner_on_a_fold_ensemble(work, tmp_path, fmt):
     from medseg.export import export_model
 
+    needs_engine(fmt)
     run = tmp_path / "run"
     for fold, seed in ((0, 1), (1, 2)):
         save_model(run / f"fold_{fold}" / "best.safetensors", seed=seed)
-    folder = export_model(run, tmp_path / "export")
+    folder = export_model(run, tmp_path / "export", fmt)
     assert len(json.loads((folder / "model.json").read_text())["networks"]) == 2
     out = tmp_path / "labels.nii.gz"
     result = run_runner(folder, work["image"], out)
@@ -116,13 +151,16 @@ def test_runner_applies_the_card_temperatures_as_predict_does(work, tmp_path, fo
     assert np.abs(plain.probabilities.array - reference.probabilities.array).max() > 0.1
 
 
-def test_cli_export_and_fp16_agreement(work, tmp_path):
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_cli_export_and_fp16_agreement(work, tmp_path, fmt):
     """``medseg export --fp16``: half-precision networks; the labels still agree on
     >= 99 % of voxels and the probabilities within 1e-2 (stated, not the fp32 target)."""
     from medseg.cli import main
 
+    needs_engine(fmt)
     folder = tmp_path / "fp16"
-    assert main(["export", str(work["ckpt"]), "-o", str(folder), "--fp16"]) == 0
+    assert main(["export", str(work["ckpt"]), "-o", str(folder), "--fp16", "--format",
+                 fmt]) == 0
     assert json.loads((folder / "model.json").read_text())["fp16"] is True
     out = tmp_path / "labels.nii.gz"
     result = run_runner(folder, work["image"], out)
@@ -146,6 +184,14 @@ def test_runner_errors_are_one_line_and_leave_nothing(exported, work, tmp_path):
         assert lines == [f"predict.py: error: {image}: {lines[0].split(': ', 3)[-1]}"]
         assert what in lines[0]
         assert list(out_dir.iterdir()) == []  # no output, no temporary file
+
+
+def test_runner_bf16_needs_an_openvino_export(exported, work, tmp_path):
+    result = run_runner(exported, work["image"], tmp_path / "labels.nii.gz", "--bf16")
+    assert result.returncode == 2  # a usage error
+    assert result.stderr.strip() == ("predict.py: error: bf16 runs in OpenVINO; this export "
+                                     "is onnx: export it again with --format openvino")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_runner_refuses_wrong_channels(exported, work, tmp_path):

@@ -1,5 +1,6 @@
 """The runner installed into a fresh virtualenv with only its ``requirements.txt`` (no torch,
-no medseg) agrees with ``medseg predict`` (torch, fp32), and that environment has no torch."""
+no medseg) agrees with ``medseg predict`` (torch, fp32), and that environment has no torch;
+for each export format (ONNX: onnxruntime, OpenVINO IR: openvino)."""
 
 from __future__ import annotations
 
@@ -10,25 +11,26 @@ import venv
 import pytest
 
 from .export_helpers import (
+    FORMATS,
     assert_agrees,
     clean_env,
     medseg_prediction,
+    needs_engine,
     run_runner,
     save_model,
     write_phantom,
 )
 
-pytest.importorskip("onnxruntime")
-
-
-@pytest.fixture(scope="module")
-def fresh(tmp_path_factory):
+@pytest.fixture(scope="module", params=list(FORMATS))
+def fresh(tmp_path_factory, request):
     """An exported model and a virtualenv holding only its requirements (pip as configured
     on this machine: its local index and wheels; skipped with the reason when it fails)."""
     from medseg.export import export_model
 
+    needs_engine(request.param)
     root = tmp_path_factory.mktemp("fresh")
-    folder = export_model(save_model(root / "model.safetensors", seed=0), root / "export")
+    folder = export_model(save_model(root / "model.safetensors", seed=0), root / "export",
+                          request.param)
     env = root / "venv"
     venv.EnvBuilder(with_pip=True).create(env)
     python = env / "bin" / "python"
@@ -39,6 +41,7 @@ def fresh(tmp_path_factory):
         pytest.skip("cannot install the runner's requirements into a fresh virtualenv: "
                     + (install.stderr.strip().splitlines() or ["pip failed"])[-1])
     return {"root": root, "folder": folder, "python": str(python),
+            "engine": FORMATS[request.param],
             "image": write_phantom(root / "case.nii.gz")}
 
 
@@ -47,7 +50,7 @@ def test_fresh_virtualenv_has_no_torch_nor_medseg(fresh):
         probe = subprocess.run([fresh["python"], "-c", f"import {module}"], capture_output=True,
                                cwd=fresh["root"], env=clean_env())
         assert probe.returncode != 0, module
-    probe = subprocess.run([fresh["python"], "-c", "import onnxruntime, nibabel, scipy"],
+    probe = subprocess.run([fresh["python"], "-c", f"import {fresh['engine']}, nibabel, scipy"],
                            capture_output=True, env=clean_env())
     assert probe.returncode == 0
     assert fresh["python"] != sys.executable

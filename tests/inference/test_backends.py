@@ -1,17 +1,29 @@
-"""``medseg predict --backend``: the network in ONNX Runtime gives torch's outputs (same
-image, same model): probabilities within 1e-4 and labels on >= 99.9 % of voxels; ``auto``
-picks one of the two; a bad name gets the closest valid one."""
+"""``medseg predict --backend``: the network in ONNX Runtime or OpenVINO gives torch's
+outputs (same image, same model, fp32): probabilities within 1e-4 and labels on >= 99.9 % of
+voxels, for one checkpoint and a fold ensemble; ``auto`` takes the first installed backend
+of the documented preference; OpenVINO runs the runtime's precision; a bad name gets the
+closest valid one. Each engine's tests skip when it is not installed."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
+import torch
 
 from medseg.errors import UsageError
 from medseg.inference.predict import PredictOptions, predict_case
 from medseg.runtime import Runtime
 
-pytest.importorskip("onnxruntime")
+ENGINES = ("onnxruntime", "openvino")
+
+
+def _needs(backend: str) -> None:
+    """Skip unless ``backend`` (an engine, or ``auto``: OpenVINO or ONNX Runtime) runs here."""
+    wanted = ENGINES if backend == "auto" else (backend,)
+    if not any(importlib.util.find_spec(name) for name in wanted):
+        pytest.skip(f"{' / '.join(wanted)} not installed")
 
 
 def _model(seed=0):
@@ -32,9 +44,23 @@ def _phantom():
     return make_phantom((40, 36, 20), (4.0, 4.5, 5.0), seed=3, noise_hu=20.0).image
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "auto"])
-def test_backend_agrees_with_torch(backend):
-    model, image = _model(), _phantom()
+def _ensemble(tmp_path):
+    """A fold ensemble (``mean_softmax``): a run folder of two seeded checkpoints."""
+    from medseg.checkpoint import save_checkpoint
+
+    for fold, seed in ((0, 1), (1, 2)):
+        member = _model(seed)
+        (tmp_path / f"fold_{fold}").mkdir(parents=True)
+        save_checkpoint(tmp_path / f"fold_{fold}" / "best.safetensors", member.network,
+                        member.card)
+    return tmp_path
+
+
+@pytest.mark.parametrize("ensemble", [False, True], ids=["checkpoint", "fold-ensemble"])
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino", "auto"])
+def test_backend_agrees_with_torch(backend, ensemble, tmp_path):
+    _needs(backend)
+    model, image = (_ensemble(tmp_path) if ensemble else _model()), _phantom()
     runs = {name: predict_case(model, image, PredictOptions(save_probabilities=True,
                                                             backend=name), Runtime.cpu())
             for name in ("torch", backend)}
@@ -44,13 +70,46 @@ def test_backend_agrees_with_torch(backend):
     assert np.unique(torch_run.labels.array).size >= 2
 
 
-def test_resolve_backend_auto_is_torch_or_onnxruntime_and_cached():
+def test_auto_takes_the_first_installed_of_the_preference(monkeypatch):
     from medseg.inference import backends
 
-    model = _model(1)
-    chosen = backends.resolve_backend("auto", model.network, Runtime.cpu(), 1, (16, 16, 16), 2)
-    assert chosen in ("torch", "onnxruntime")
-    assert backends._CHOICES[model.network] == chosen
+    assert backends.PREFERENCE["cpu"][0] == "openvino"
+    assert backends.PREFERENCE["cpu"][-1] == backends.PREFERENCE["cuda"][-1] == "torch"
+    cpu, gpu = Runtime.cpu(), Runtime(torch.device("cuda"), "bf16")
+    monkeypatch.setattr(backends, "_installed", lambda name: True)
+    assert backends.resolve_backend("auto", cpu) == "openvino"
+    assert backends.resolve_backend("auto", gpu) == "torch"
+    monkeypatch.setattr(backends, "_installed", lambda name: name != "openvino")
+    assert backends.resolve_backend("auto", cpu) == "torch"
+
+
+def test_engines_refuse_gpus_and_onnxruntime_refuses_bf16():
+    from medseg.inference.backends import resolve_backend
+
+    with pytest.raises(UsageError, match="--backend openvino runs on the CPU"):
+        resolve_backend("openvino", Runtime(torch.device("cuda"), "bf16"))
+    with pytest.raises(UsageError, match="onnxruntime runs float32"):
+        resolve_backend("onnxruntime", Runtime(torch.device("cpu"), "bf16"))
+
+
+@pytest.mark.parametrize("precision, hint", [("fp32", "f32"), ("bf16", "bf16")])
+def test_openvino_runs_the_runtime_precision(precision, hint):
+    """OpenVINO's own default on AMX / AVX-512 BF16 CPUs is bf16: fp32 must be asked for."""
+    _needs("openvino")
+    from medseg.inference import backends
+
+    model = _model(3)
+    runtime = Runtime(torch.device("cpu"), precision)
+    run = backends.engine_predictor("openvino", model.network, 1, (16, 16, 16), runtime)
+    (engine,) = backends._ENGINES[model.network].values()
+    assert engine.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() == hint
+    batch = torch.randn((3, 1, 16, 16, 16), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = model.network(batch)
+    got = run(batch)
+    assert got.shape == expected.shape == (3, 3, 16, 16, 16)  # an odd batch, one per stream
+    diff = float((got - expected).abs().max())
+    assert diff <= 1e-3 if precision == "fp32" else 1e-3 < diff < 0.5
 
 
 def test_bad_backend_name_suggests_the_closest():
@@ -58,7 +117,9 @@ def test_bad_backend_name_suggests_the_closest():
         PredictOptions(backend="onnxrt")
 
 
-def test_cli_predict_with_onnxruntime_backend(tmp_path):
+@pytest.mark.parametrize("backend", ENGINES)
+def test_cli_predict_with_an_engine_backend(tmp_path, backend):
+    _needs(backend)
     from medseg.checkpoint import save_checkpoint
     from medseg.cli import main
     from medseg.io import read_volume, write_volume
@@ -66,11 +127,11 @@ def test_cli_predict_with_onnxruntime_backend(tmp_path):
     model = _model()
     ckpt = save_checkpoint(tmp_path / "m.safetensors", model.network, model.card)
     image = write_volume(_phantom(), tmp_path / "case.nii.gz")
-    for backend in ("torch", "onnxruntime"):
+    for name in ("torch", backend):
         assert main(["predict", "-m", str(ckpt), "-i", str(image), "-o",
-                     str(tmp_path / f"{backend}.nii.gz"), "--device", "cpu",
-                     "--backend", backend]) == 0
-    ours, theirs = (read_volume(tmp_path / f"{b}.nii.gz").array for b in ("onnxruntime", "torch"))
+                     str(tmp_path / f"{name}.nii.gz"), "--device", "cpu",
+                     "--backend", name]) == 0
+    ours, theirs = (read_volume(tmp_path / f"{b}.nii.gz").array for b in (backend, "torch"))
     assert np.mean(ours == theirs) >= 0.999
 
 

@@ -9,7 +9,8 @@ against the torch engine they mirror.
 * :mod:`.resample` -- medseg's separable grid resampling (the torch engine of
   :mod:`medseg.transforms.resample`) in NumPy;
 * :mod:`.window` -- the sliding window with medseg's or nnU-Net's arithmetic;
-* :mod:`.networks` -- the exported networks in ONNX Runtime;
+* :mod:`.networks` -- the exported networks in their engine (ONNX Runtime or OpenVINO:
+  :mod:`medseg.inference.engines`, shared with ``medseg predict --backend``);
 * :mod:`.pipeline` -- one image in, its labels (and probabilities) out, as ``medseg
   predict`` does;
 * :mod:`.main` -- ``python DIR/predict.py INPUT OUTPUT [--tta]``.

@@ -1,46 +1,46 @@
-"""The exported networks as predictors: ONNX files run by ONNX Runtime on the CPU.
+"""The exported networks as predictors: ONNX files in ONNX Runtime, or OpenVINO IR in
+OpenVINO, on the CPU.
 
 Each network maps a window batch (n, C, x, y, z) float32 to logits (n, K, x, y, z)
-float32 (a ``--fp16`` export casts inside the graph). The members of an ensemble combine
-as the manifest's ``combine`` says (:func:`ensemble`), as ``medseg predict`` combines them
+float32 (a ``--fp16`` export casts inside the graph), through the engine medseg's own
+``--backend onnxruntime|openvino`` uses (:mod:`medseg.inference.engines`, configured
+there). The members of an ensemble combine as the manifest's ``combine`` says
+(:func:`mean_softmax`), as ``medseg predict`` combines them
 (:data:`medseg.sources.COMBINES`).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from medseg.errors import UsageError
+from medseg.errors import CheckpointError, UsageError
+from medseg.inference.engines import load_engine
 
-__all__ = ["OnnxNetwork", "mean_softmax", "softmax"]
+__all__ = ["ENGINE_OF_FORMAT", "load_networks", "mean_softmax", "softmax"]
 
-INPUT, OUTPUT = "image", "logits"
+#: The manifest's ``format`` -> the engine that runs it.
+ENGINE_OF_FORMAT = {"onnx": "onnxruntime", "openvino": "openvino"}
 
 
-class OnnxNetwork:
-    """One ONNX network in an ``onnxruntime.InferenceSession`` (CPU); ``threads`` 0 lets
-    ONNX Runtime choose."""
-
-    def __init__(self, path: str | os.PathLike, threads: int = 0) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise UsageError("the runner needs onnxruntime: pip install onnxruntime "
-                             "(see requirements.txt)") from None
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(threads)
-        options.log_severity_level = 3
-        self.path = os.fspath(path)
-        self.session = ort.InferenceSession(self.path, options,
-                                            providers=["CPUExecutionProvider"])
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        (out,) = self.session.run([OUTPUT], {INPUT: np.ascontiguousarray(batch,
-                                                                         dtype=np.float32)})
-        return out.astype(np.float32, copy=False)
+def load_networks(folder: Path, manifest: dict[str, Any], window: Sequence[int],
+                  threads: int = 0, precision: str = "fp32") -> list[Any]:
+    """The manifest's networks, each in the engine of its ``format``; ``window`` is the
+    input of one window (C, x, y, z voxels), ``threads`` 0 the engine's choice (all cores),
+    ``precision`` ``"bf16"`` for OpenVINO's bf16 (faster on CPUs with AMX; labels move)."""
+    fmt = manifest.get("format")
+    if fmt not in ENGINE_OF_FORMAT:
+        raise CheckpointError(f"format {fmt!r}: this runner runs "
+                              f"{' or '.join(ENGINE_OF_FORMAT)} networks", folder / "model.json")
+    engine = ENGINE_OF_FORMAT[fmt]
+    if precision != "fp32" and engine != "openvino":
+        raise UsageError(f"{precision} runs in OpenVINO; this export is {fmt}: export it again "
+                         "with --format openvino")
+    return [load_engine(engine, folder / name, threads, precision, window)
+            for name in manifest["networks"]]
 
 
 def softmax(logits: np.ndarray, axis: int) -> np.ndarray:
@@ -51,7 +51,7 @@ def softmax(logits: np.ndarray, axis: int) -> np.ndarray:
     return values
 
 
-def mean_softmax(members: Sequence[OnnxNetwork]):
+def mean_softmax(members: Sequence[Any]):
     """The predictor of a ``mean_softmax`` ensemble: per window batch, the mean over
     ``members`` of softmax(logits) over channels (float32 probabilities)."""
 

@@ -32,7 +32,7 @@ import numpy as np
 from medseg.card import Postprocess, WindowSettings
 from medseg.confidence import Confidence, label_scaled
 from medseg.errors import CheckpointError, DataError
-from medseg.export.runtime.networks import OnnxNetwork, mean_softmax, softmax
+from medseg.export.runtime.networks import load_networks, mean_softmax, softmax
 from medseg.export.runtime.resample import iter_resampled_slabs, resample_to_grid
 from medseg.export.runtime.window import sliding_window
 from medseg.inference.postprocess import apply_postprocess
@@ -76,15 +76,15 @@ class ExportedModel:
     networks: list[Any]
 
     @classmethod
-    def load(cls, folder: str | os.PathLike, threads: int = 0) -> ExportedModel:
-        """Read ``folder`` (CheckpointError naming the file that is missing or unreadable)."""
+    def load(cls, folder: str | os.PathLike, threads: int = 0, precision: str = "fp32"
+             ) -> ExportedModel:
+        """Read ``folder`` (CheckpointError naming the file that is missing or unreadable);
+        ``threads`` and ``precision`` as :func:`~medseg.export.runtime.networks.load_networks`
+        takes them."""
         folder = Path(folder)
         card, manifest = (_read_json(folder / name) for name in (CARD, MANIFEST))
-        fmt = manifest.get("format")
-        if fmt != "onnx":
-            raise CheckpointError(f"format {fmt!r}: this runner runs ONNX networks",
-                                  folder / MANIFEST)
-        networks = [OnnxNetwork(folder / name, threads) for name in manifest["networks"]]
+        window = (int(card["model"]["in_channels"]), *card["window"]["roi_size"])
+        networks = load_networks(folder, manifest, window, threads, precision)
         return cls(folder, card, manifest, networks)
 
     @property
