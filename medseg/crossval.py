@@ -8,16 +8,15 @@
    are listed in ``RUN/cv/folds/fold_<i>.csv``);
 2. :func:`medseg.evaluation.evaluate_folders` scores them against the labels (linked
    into ``RUN/cv/labels/``): ``RUN/cv/results.csv``, ``summary.csv``, ``summary.json``;
-3. :func:`choose_postprocess` keeps the largest connected component of exactly the labels
+3. :func:`~medseg.inference.postprocess_choice.choose_postprocess` keeps the largest connected component of exactly the labels
    whose mean out-of-fold Dice it raises; for the other labels it removes the components
-   under a volume (:func:`choose_min_size`) where that raises their mean Dice. The choice
+   under a volume (:func:`~medseg.inference.postprocess_choice.choose_min_size`) where that raises their mean Dice. The choice
    goes to ``RUN/cv/postprocessing.json`` (with the Dice with and without) and into the
    model card of every fold's best checkpoint (:func:`medseg.checkpoint.update_card`), so
    ``medseg predict`` applies it;
 4. a temperature (and one per label where it helps) is fitted on the held-out probabilities
    of every fold, pooled (:func:`medseg.inference.calibration.calibrate_folds`,
-   foreground-near voxels), and
-   stored in the same cards; the expected calibration error before and after and the
+   foreground-near voxels), and stored in the same cards; the expected calibration error before and after and the
    reliability curves go to ``RUN/cv/calibration.json``.
 
 The rule is nnU-Net's ``determine_postprocessing`` (a step is kept only where it raises
@@ -41,16 +40,14 @@ from medseg.data.manifest import load_manifest
 from medseg.data.splits import cv_cases, read_splits
 from medseg.errors import UsageError
 from medseg.inference.postprocess_choice import (
-    LabelComponents, PostprocessChoice, case_components, choose_min_size, choose_postprocess,
-    postprocess_dice)
+    LabelComponents, PostprocessChoice, case_components, choose_postprocess, postprocess_dice)
 from medseg.io.atomic import atomic_write_text
 from medseg.io.cases import Case
 from medseg.runtime import Runtime
 from medseg.training.data import manifest_path
 from medseg.training.folds import SPLITS_FILE, fold_dir, with_cache
 
-__all__ = ["LabelComponents", "PostprocessChoice", "case_components", "choose_min_size",
-           "choose_postprocess", "evaluate_cv", "postprocess_dice"]
+__all__ = ["evaluate_cv"]
 
 log = logging.getLogger(__name__)
 BEST = "best.safetensors"

@@ -410,7 +410,7 @@ class _Trainer:
             out_of_time = epoch < last and self._out_of_time(start, began)
             row: dict[str, Any] = {"epoch": epoch, "step": self.step, "train_loss": loss,
                                    "lr": lr_at(self.step, t, self._time_fraction())}
-            row.update(self._validate(epoch, final=out_of_time or epoch == t.epochs))
+            row.update(self._validate(epoch, final=out_of_time or epoch == last))
             row["seconds"] = round(time.monotonic() - began, 2)
             self.epoch = epoch
             self.history.append(row)
