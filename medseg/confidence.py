@@ -5,7 +5,8 @@ A :class:`Confidence` travels in the model card (:class:`medseg.card.ModelCard`,
 
 * :class:`Cohort`: the training cohort, per label the distribution over training cases of
   the structure's volume (mL) and of its count of large connected components, and per image
-  channel the distribution over cases of the intensity statistics of :func:`image_measures`;
+  channel the distribution over cases of the intensity statistics of :func:`image_measures`,
+  and the distribution of the field of view (:func:`extent_measures`, mm);
 * :class:`QcThresholds`: the limits that turn a QC row into ``ok`` / ``review`` / ``fail``
   (defaults documented on the class);
 * ``temperature``: the calibration temperature T (1 = none). Calibrated probabilities are
@@ -24,6 +25,12 @@ A :class:`Confidence` travels in the model card (:class:`medseg.card.ModelCard`,
   log-probabilities it is not even the same as on logits; a one-vs-rest temperature per
   label needs a renormalisation that mixes the labels again.) :func:`label_scaled` applies
   it; the labels without an entry use ``temperature``.
+* ``reference``: label -> :class:`LabelReference`, what QC's raw measures (soft Dice,
+  uncertain fraction) were on the calibration cases against their true Dice: the offset that
+  makes ``estimated_dice`` unbiased and the spread an uncertain fraction is judged against.
+  Fitted by :func:`medseg.inference.calibration.calibrate` after the temperatures (a fixed
+  threshold on either would flag every case of a calibrated model: its boundary voxels are
+  honestly unsure).
 
 The per-case measurements that build the cohort and that QC compares with it live here
 too, as pure array functions (:func:`label_measures`, :func:`image_measures`), so that the
@@ -33,8 +40,10 @@ training cohort and a prediction are measured by the same code. JSON form
     {"cohort": {"cases": 80, "modality": "MRI",
                 "labels": {"1": {"volume_ml": {...Summary}, "components": {...}}},
                 "image": [{"p01": {...}, "p50": {...}, "p99": {...},
-                           "median_position": {...}}]},
-     "thresholds": {...}, "temperature": 1.0, "label_temperatures": {"1": 1.8}}
+                           "median_position": {...}}],
+                "extent": {"extent_lr": {...}, "extent_ap": {...}, "extent_si": {...}}},
+     "thresholds": {...}, "temperature": 1.0, "label_temperatures": {"1": 1.8},
+     "reference": {"1": {"cases": 10, "dice_offset": 0.04, "uncertain_fraction": {...}}}}
 """
 
 from __future__ import annotations
@@ -49,14 +58,19 @@ import numpy as np
 
 from medseg.errors import UsageError, check_keywords
 
-__all__ = ["Cohort", "Confidence", "IMAGE_STATS", "LabelCohort", "QcThresholds", "Summary",
-           "image_measures", "label_measures", "label_scaled", "large_components"]
+__all__ = ["Cohort", "Confidence", "EXTENT_STATS", "IMAGE_STATS", "LabelCohort",
+           "LabelReference", "QcThresholds", "Summary", "extent_measures", "image_measures",
+           "label_measures", "label_scaled", "large_components"]
 
 #: Quantiles a :class:`Summary` keeps (fractions).
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 #: The image statistics of :func:`image_measures`, per channel.
 IMAGE_STATS = ("p01", "p50", "p99", "median_position")
+
+#: The field-of-view statistics of :func:`extent_measures` (mm along the world axes R-L,
+#: A-P, S-I).
+EXTENT_STATS = ("extent_lr", "extent_ap", "extent_si")
 
 #: At most this many voxels enter :func:`image_measures` (an evenly strided subsample).
 IMAGE_SAMPLE = 1 << 20
@@ -141,12 +155,15 @@ class Cohort:
     labels: Mapping[int, LabelCohort]
     image: tuple[Mapping[str, Summary], ...]
     modality: str | None = None
+    extent: Mapping[str, Summary] | None = None
 
     @classmethod
     def of(cls, labels: Sequence[Mapping[int, tuple[float, int]]],
            images: Sequence[Sequence[Mapping[str, float]]], label_values: Sequence[int],
-           modality: str | None = None) -> Cohort:
-        """The cohort of per-case :func:`label_measures` and :func:`image_measures`."""
+           modality: str | None = None,
+           extents: Sequence[Mapping[str, float]] | None = None) -> Cohort:
+        """The cohort of per-case :func:`label_measures`, :func:`image_measures` and (when
+        given) :func:`extent_measures`."""
         if not labels or len(labels) != len(images):
             raise UsageError(f"a cohort needs the same number (>= 1) of label and image "
                              f"measures, got {len(labels)} and {len(images)}")
@@ -159,19 +176,57 @@ class Cohort:
         channels = len(images[0])
         image = tuple({s: Summary.of([case[c][s] for case in images]) for s in IMAGE_STATS}
                       for c in range(channels))
-        return cls(len(labels), per_label, image, modality)
+        extent = None if not extents else {
+            s: Summary.of([case[s] for case in extents]) for s in EXTENT_STATS}
+        return cls(len(labels), per_label, image, modality, extent)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"cases": self.cases, "modality": self.modality,
-                "labels": {str(k): v.to_dict() for k, v in self.labels.items()},
-                "image": [{s: v.to_dict() for s, v in channel.items()} for channel in self.image]}
+        out = {"cases": self.cases, "modality": self.modality,
+               "labels": {str(k): v.to_dict() for k, v in self.labels.items()},
+               "image": [{s: v.to_dict() for s, v in channel.items()} for channel in self.image]}
+        if self.extent is not None:
+            out["extent"] = {s: v.to_dict() for s, v in self.extent.items()}
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Cohort:
         labels = {int(k): LabelCohort.from_dict(v) for k, v in dict(data["labels"]).items()}
         image = tuple({s: Summary.from_dict(v) for s, v in dict(channel).items()}
                       for channel in data["image"])
-        return cls(int(data["cases"]), labels, image, data.get("modality"))
+        extent = data.get("extent")
+        extent = None if extent is None else {s: Summary.from_dict(v)
+                                              for s, v in dict(extent).items()}
+        return cls(int(data["cases"]), labels, image, data.get("modality"), extent)
+
+
+@dataclass(frozen=True)
+class LabelReference:
+    """How QC's raw measures of one label behaved on labelled cases the model did not train
+    on (the calibration cases of :func:`medseg.inference.calibration.calibrate`, measured
+    with the fitted temperatures).
+
+    Attributes
+    ----------
+    cases : the (case, label) rows measured (the truth or the prediction not empty).
+    dice_offset : the median of (true Dice - soft Dice) over those rows: QC's
+        ``estimated_dice`` is the soft Dice plus this, clipped to [0, 1] (the soft Dice of a
+        calibrated model is biased low by the boundary's partial-volume probabilities).
+    uncertain_fraction : the distribution of the uncertain fraction over those rows; a
+        prediction is reviewed when its own lies more than ``uncertain_z_review`` SD above.
+    """
+
+    cases: int
+    dice_offset: float
+    uncertain_fraction: Summary
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"cases": self.cases, "dice_offset": self.dice_offset,
+                "uncertain_fraction": self.uncertain_fraction.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LabelReference:
+        return cls(int(data["cases"]), float(data["dice_offset"]),
+                   Summary.from_dict(data["uncertain_fraction"]))
 
 
 @dataclass(frozen=True)
@@ -189,7 +244,10 @@ class QcThresholds:
         label is reviewed [3] or failed [5].
     input_z_review, input_z_fail : the largest |z| of the image statistics against the
         training images above which every label of the case is reviewed [4] or failed [8].
-    uncertain_review : uncertain fraction above which a label is reviewed [0.5].
+    uncertain_review : uncertain fraction above which a label is reviewed [0.5], for a label
+        without a calibration reference (:class:`LabelReference`).
+    uncertain_z_review : with a reference: z of the uncertain fraction against the
+        calibration cases above which a label is reviewed [3].
     absent_fail : a label predicted empty fails when at least this fraction of training
         cases holds it [0.95].
     uncertain_probability : t in [0, 0.5): a voxel is uncertain for a label when its
@@ -210,6 +268,7 @@ class QcThresholds:
     input_z_review: float = 4.0
     input_z_fail: float = 8.0
     uncertain_review: float = 0.5
+    uncertain_z_review: float = 3.0
     absent_fail: float = 0.95
     uncertain_probability: float = 0.1
     component_fraction: float = 0.1
@@ -235,18 +294,21 @@ class QcThresholds:
         return (f"estimated Dice review < {self.dice_review:g}, fail < {self.dice_fail:g}; "
                 f"|volume z| review > {self.volume_z_review:g}, fail > {self.volume_z_fail:g}; "
                 f"|input z| review > {self.input_z_review:g}, fail > {self.input_z_fail:g}; "
-                f"uncertain fraction review > {self.uncertain_review:g}")
+                f"uncertain fraction review > {self.uncertain_review:g} (with a calibration "
+                f"reference: z > {self.uncertain_z_review:g})")
 
 
 @dataclass(frozen=True)
 class Confidence:
     """The card's ``confidence`` field: the cohort (None: not measured), the QC thresholds,
-    the calibration temperature and the labels' own temperatures (module docstring)."""
+    the calibration temperature, the labels' own temperatures and the labels' QC reference
+    from the calibration cases (module docstring)."""
 
     cohort: Cohort | None = None
     thresholds: QcThresholds = QcThresholds()
     temperature: float = 1.0
     label_temperatures: Mapping[int, float] = field(default_factory=dict)
+    reference: Mapping[int, LabelReference] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "temperature", _positive(self.temperature, "temperature"))
@@ -272,12 +334,13 @@ class Confidence:
         return {"cohort": None if self.cohort is None else self.cohort.to_dict(),
                 "thresholds": self.thresholds.to_dict(), "temperature": self.temperature,
                 "label_temperatures": {str(k): v for k, v in
-                                       sorted(self.label_temperatures.items())}}
+                                       sorted(self.label_temperatures.items())},
+                "reference": {str(k): v.to_dict() for k, v in sorted(self.reference.items())}}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Confidence:
-        check_keywords(data, ["cohort", "thresholds", "temperature", "label_temperatures"],
-                       "model card confidence")
+        check_keywords(data, ["cohort", "thresholds", "temperature", "label_temperatures",
+                              "reference"], "model card confidence")
         cohort = data.get("cohort")
         labels = dict(data.get("label_temperatures") or {})
         try:
@@ -285,9 +348,11 @@ class Confidence:
         except ValueError:
             raise UsageError(f"label_temperatures: keys must be label values, got "
                              f"{sorted(labels)}") from None
+        reference = {int(k): LabelReference.from_dict(v)
+                     for k, v in dict(data.get("reference") or {}).items()}
         return cls(None if cohort is None else Cohort.from_dict(cohort),
                    QcThresholds(**dict(data.get("thresholds") or {})),
-                   data.get("temperature", 1.0), labels)
+                   data.get("temperature", 1.0), labels, reference)
 
 
 def _positive(t: Any, what: str) -> float:
@@ -344,6 +409,21 @@ def label_measures(labels: np.ndarray, voxel_ml: float, values: Sequence[int],
         comps = large_components(labels == value, component_fraction) if n else 0
         out[int(value)] = (n * voxel_ml, comps)
     return out
+
+
+def extent_measures(affine: np.ndarray, shape: Sequence[int]) -> dict[str, float]:
+    """The field of view of an image: the size in mm of its box of voxels along each world
+    axis (:data:`EXTENT_STATS`), ``sum_j |A[i, j]| * shape[j]`` for the 3 x 3 part ``A`` of
+    the affine (voxel axes (x, y, z) -> world mm); for an oblique image, the box's extent.
+
+    Examples
+    --------
+    >>> extent_measures(np.diag([0.5, 0.5, 2.0, 1.0]), (100, 200, 30))
+    {'extent_lr': 50.0, 'extent_ap': 100.0, 'extent_si': 60.0}
+    """
+    size = np.abs(np.asarray(affine, dtype=np.float64)[:3, :3]) @ np.asarray(shape[-3:],
+                                                                              dtype=np.float64)
+    return {name: float(v) for name, v in zip(EXTENT_STATS, size)}
 
 
 def image_measures(array: np.ndarray, channels: bool) -> list[dict[str, float]]:

@@ -8,7 +8,8 @@ import pytest
 from scipy import ndimage
 
 from medseg.card import ModelCard, NetworkSpec, WindowSettings
-from medseg.confidence import (Cohort, Confidence, QcThresholds, Summary, image_measures,
+from medseg.confidence import (Cohort, Confidence, LabelReference, QcThresholds, Summary,
+                               extent_measures, image_measures,
                                label_measures, large_components)
 from medseg.errors import CheckpointError, UsageError
 
@@ -20,9 +21,7 @@ def _card(**kwargs) -> ModelCard:
 
 
 def _cohort() -> Cohort:
-    labels = [{1: (10.0, 1), 2: (0.0, 0)}, {1: (14.0, 2), 2: (3.0, 1)}, {1: (12.0, 1), 2: (0.0, 0)}]
-    images = [[{"p01": -1000.0 + i, "p50": 20.0 * i, "p99": 300.0, "median_position": 0.8}]
-              for i in range(3)]
+    labels, images = _cohort_parts()
     return Cohort.of(labels, images, [1, 2], "CT")
 
 
@@ -105,3 +104,40 @@ def test_image_measures_by_hand():
     inverted = image_measures(100 - skewed, False)[0]  # 1.99, 75, 99.99: flips the position
     assert inverted["median_position"] == pytest.approx(73.01 / 98)
     assert image_measures(np.zeros((4, 4, 4)), False)[0]["median_position"] == 0.5
+
+
+def test_extent_and_reference_round_trip_and_old_cohorts_have_no_extent():
+    extents = [extent_measures(np.diag([0.5, 0.5, 2.0, 1.0]), (100 + 10 * i, 200, 30))
+               for i in range(3)]
+    labels, images = _cohort_parts()
+    cohort = Cohort.of(labels, images, [1, 2], "CT", extents)
+    assert cohort.extent["extent_lr"].mean == pytest.approx(55.0)  # 50, 55, 60 mm
+    assert cohort.extent["extent_si"].sd == 0.0
+    reference = {1: LabelReference(4, 0.035, Summary.of([0.5, 0.6, 0.7, 0.6]))}
+    card = _card(confidence=Confidence(cohort, reference=reference))
+    again = ModelCard.from_dict(json.loads(json.dumps(card.to_dict())))
+    assert again == card and again.confidence.reference[1].dice_offset == 0.035
+    old = card.to_dict()
+    del old["confidence"]["cohort"]["extent"], old["confidence"]["reference"]
+    conf = ModelCard.from_dict(old).confidence
+    assert conf.cohort.extent is None and conf.reference == {}
+
+
+def _cohort_parts():
+    labels = [{1: (10.0, 1), 2: (0.0, 0)}, {1: (14.0, 2), 2: (3.0, 1)}, {1: (12.0, 1), 2: (0.0, 0)}]
+    images = [[{"p01": -1000.0 + i, "p50": 20.0 * i, "p99": 300.0, "median_position": 0.8}]
+              for i in range(3)]
+    return labels, images
+
+
+def test_extent_of_an_oblique_image_by_hand():
+    """A 90 degree turn about S swaps the voxel axes' world directions; 30 degrees gives the
+    box around the rotated field of view: 100 x cos 30 + 50 x sin 30 along R-L."""
+    turned = np.array([[0, -2.0, 0, 0], [1.0, 0, 0, 0], [0, 0, 3.0, 0], [0, 0, 0, 1]])
+    assert extent_measures(turned, (100, 25, 10)) == {"extent_lr": 50.0, "extent_ap": 100.0,
+                                                     "extent_si": 30.0}
+    c, s = np.cos(np.pi / 6), np.sin(np.pi / 6)
+    oblique = np.array([[c, -s, 0, 0], [s, c, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1]])
+    got = extent_measures(oblique, (100, 50, 1))
+    assert got["extent_lr"] == pytest.approx(100 * c + 50 * s)
+    assert got["extent_ap"] == pytest.approx(100 * s + 50 * c)

@@ -4,8 +4,9 @@ Training (:mod:`medseg.training`) measures its training cases once and writes th
 into the model card; ``medseg calibrate`` does the same for a model that lacks one. Each
 case is read as prediction reads it (:func:`medseg.data.manifest.read_case`) and measured
 by the same functions QC applies to a prediction (:func:`medseg.confidence.label_measures`,
-:func:`medseg.confidence.image_measures`): volumes and large components of each label on the
-label's own grid, intensity statistics of the image as given (before any preprocessing).
+:func:`medseg.confidence.image_measures`, :func:`medseg.confidence.extent_measures`): volumes
+and large components of each label on the label's own grid, intensity statistics and field
+of view of the image as given (before any preprocessing).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import logging
 import sys
 from collections.abc import Iterator, Sequence
 
-from medseg.confidence import Cohort, QcThresholds, image_measures, label_measures
+from medseg.confidence import (Cohort, QcThresholds, extent_measures, image_measures,
+                               label_measures)
 from medseg.data.manifest import read_case
 from medseg.io.cases import Case
 from medseg.volume import Volume
@@ -42,12 +44,13 @@ def measure_cohort(cases: Sequence[Case], label_values: Sequence[int],
     UsageError : no case; DataError / ImageReadError naming a case's unreadable file.
     """
     values = [int(v) for v in label_values if int(v) != 0]
-    labels, images = [], []
+    labels, images, extents = [], [], []
     for _, image, label in read_labelled(cases, "training cohort", progress):
         labels.append(label_measures(label.array, label.voxel_volume_ml, values,
                                      component_fraction))
         images.append(image_measures(image.array, image.has_channels))
-    cohort = Cohort.of(labels, images, values, modality)
+        extents.append(extent_measures(image.affine, image.spatial_shape))
+    cohort = Cohort.of(labels, images, values, modality, extents)
     log.info("training cohort: %d cases, %d labels", cohort.cases, len(values))
     return cohort
 

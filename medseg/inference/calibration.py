@@ -19,6 +19,12 @@ it lowers the mean negative log-likelihood against T by more than twice the stan
 of the paired per-voxel difference (NLL: a proper score, less noisy than the binned ECE). The
 kept T_c and T are then refitted on all voxels.
 
+QC's reference (:func:`qc_reference`): with the new temperatures in place, the same cases
+are predicted once more with QC, exactly as ``medseg predict --qc`` does, and per label the
+median gap between true and soft Dice (QC's ``estimated_dice`` offset) and the spread of the
+uncertain fraction are stored in the card (:class:`medseg.confidence.LabelReference`): what
+QC's verdict then judges a new prediction against, instead of fixed absolute limits.
+
 Called on out-of-fold predictions after ``medseg train --folds`` (:mod:`medseg.crossval`)
 and by ``medseg calibrate`` for any model, nnU-Net folders included.
 """
@@ -34,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from medseg.confidence import Confidence, label_scaled
+from medseg.confidence import Confidence, LabelReference, label_scaled
 from medseg.errors import UsageError
 from medseg.metrics.calibration import (
     ECE_BINS,
@@ -45,7 +51,7 @@ from medseg.metrics.calibration import (
 )
 
 __all__ = ["Calibration", "LabelChoice", "calibrate", "calibrate_folds", "split_halves",
-           "choose_label_temperatures", "fit_temperature", "sample_voxels"]
+           "choose_label_temperatures", "fit_temperature", "qc_reference", "sample_voxels"]
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +106,8 @@ class Calibration:
         T differs from ``temperature``).
     labels : per label, the choice of its own temperature (:class:`LabelChoice`).
     single : reliability with ``factor`` alone (equal to ``after`` when no label kept its own).
+    reference : per label, QC's measures on the same cases under the new temperatures
+        (:func:`qc_reference`).
     """
 
     temperature: float
@@ -111,11 +119,13 @@ class Calibration:
     label_temperatures: dict[int, float] = dataclasses.field(default_factory=dict)
     labels: tuple[LabelChoice, ...] = ()
     single: Reliability | None = None
+    reference: dict[int, LabelReference] = dataclasses.field(default_factory=dict)
 
     def apply(self, confidence: Confidence) -> Confidence:
-        """``confidence`` with these temperatures in place of its own."""
+        """``confidence`` with these temperatures (and QC reference) in place of its own."""
         return confidence.replace(temperature=self.temperature,
-                                  label_temperatures=self.label_temperatures)
+                                  label_temperatures=self.label_temperatures,
+                                  reference=self.reference)
 
     def to_dict(self) -> dict[str, Any]:
         single = self.single or self.after
@@ -126,6 +136,7 @@ class Calibration:
                 "bins": len(self.before.counts), "margin_mm": MARGIN_MM,
                 "voxels": self.voxels, "cases": self.cases,
                 "labels": [c.to_dict() for c in self.labels],
+                "reference": {str(k): v.to_dict() for k, v in self.reference.items()},
                 "reliability_before": self.before.to_dict(),
                 "reliability_after": self.after.to_dict()}
 
@@ -253,15 +264,16 @@ def calibrate_folds(folds: Sequence[tuple[Any, Sequence[Any]]], runtime: Any = N
     from medseg.sources import load_model
 
     runtime = runtime or Runtime.resolve("auto")
-    options = dataclasses.replace(options or PredictOptions(), save_probabilities=True,
-                                  qc=False, uncertainty=False)
+    options = options or PredictOptions()
+    fit_options = dataclasses.replace(options, save_probabilities=True, qc=False,
+                                      uncertainty=False)
     rng = np.random.default_rng(seed)
     parts, labels, groups, old = [], [], [], None
-    for model, cases in folds:
-        loaded = load_model(model, runtime)
+    loaded_folds = [(load_model(model, runtime), cases) for model, cases in folds]
+    for loaded, cases in loaded_folds:
         old = loaded.card.confidence or Confidence()
         for _, image, truth in read_labelled(cases, "calibrate", progress):
-            probs = predict_case(loaded, image, options, runtime).probabilities
+            probs = predict_case(loaded, image, fit_options, runtime).probabilities
             logp, y = sample_voxels(probs.array, truth.array, truth.spacing_mm, rng)
             parts.append(logp)
             labels.append(y)
@@ -273,11 +285,57 @@ def calibrate_folds(folds: Sequence[tuple[Any, Sequence[Any]]], runtime: Any = N
     factor, own, choices = choose_label_temperatures(logp, y,
                                                      split_halves(np.concatenate(groups), rng))
     result = _calibration(logp, y, old, factor, own, choices, len(groups))
+    reference = qc_reference(loaded_folds, result.apply(old), runtime, options, progress)
+    result = dataclasses.replace(result, reference=reference)
     log.info("calibration on %d voxels of %d cases: temperature %.3f (x%.3f), ECE %.4f -> "
              "%.4f (single temperature: %.4f); labels with their own: %s", result.voxels,
              result.cases, result.temperature, factor, result.before.ece, result.after.ece,
              result.single.ece, result.label_temperatures or "none")
     return result
+
+
+def qc_reference(folds: Sequence[tuple[Any, Sequence[Any]]], confidence: Confidence,
+                 runtime: Any, options: Any = None, progress: bool | None = None
+                 ) -> dict[int, LabelReference]:
+    """Per label, how QC's raw measures behave on labelled cases (module docstring): each
+    case is predicted with ``--qc`` exactly as ``medseg predict`` does, under ``confidence``
+    (the fitted temperatures, no reference), and its final labels are scored against the
+    truth. Rows where the label is in neither count nowhere.
+
+    Parameters
+    ----------
+    folds : (a :class:`~medseg.sources.LoadedModel`, its labelled cases) pairs.
+    confidence : the confidence to measure under (its ``reference`` is ignored).
+    """
+    from medseg.confidence import Summary
+    from medseg.data.cohort import read_labelled
+    from medseg.inference.predict import PredictOptions, predict_case
+
+    raw = confidence.replace(reference={})
+    options = dataclasses.replace(options or PredictOptions(), qc=True, uncertainty=False,
+                                  save_probabilities=False)
+    gaps: dict[int, list[float]] = {}
+    unsure: dict[int, list[float]] = {}
+    for loaded, cases in folds:
+        model = dataclasses.replace(loaded, card=loaded.card.replace(confidence=raw))
+        for _, image, truth in read_labelled(cases, "QC reference", progress):
+            result = predict_case(model, image, options, runtime)
+            for row in result.qc.rows:
+                true = _dice(result.labels.array, truth.array, row["label"])
+                if true is None or not math.isfinite(row["estimated_dice"]):
+                    continue
+                gaps.setdefault(row["label"], []).append(true - row["estimated_dice"])
+                unsure.setdefault(row["label"], []).append(row["uncertain_fraction"])
+    return {label: LabelReference(len(gap), float(np.median(gap)), Summary.of(unsure[label]))
+            for label, gap in sorted(gaps.items())}
+
+
+def _dice(predicted: np.ndarray, truth: np.ndarray, label: int) -> float | None:
+    """Dice of one label between two label maps of the same grid; None when it is in
+    neither."""
+    a, b = np.asarray(predicted) == label, np.asarray(truth) == label
+    total = int(a.sum()) + int(b.sum())
+    return None if total == 0 else 2.0 * int((a & b).sum()) / total
 
 
 def _calibration(logp: np.ndarray, y: np.ndarray, old: Confidence, factor: float,

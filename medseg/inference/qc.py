@@ -12,14 +12,18 @@ the final label map, the image and the training cohort the model card carries
   against labels drawn voxel by voxel from ``q`` (numerator and denominator in
   expectation). Members that disagree, and a calibrated model that is unsure, lower it.
   When nothing is predicted, ``prod_v (1 - q_l(v))``: the chance that the truth is empty
-  too (Dice 1; else 0).
+  too (Dice 1; else 0). With a calibration reference (the card's
+  :class:`~medseg.confidence.LabelReference`), plus its ``dice_offset`` (clipped to [0, 1]):
+  the soft Dice of a calibrated model is biased low, and the offset measured on its
+  calibration cases removes the bias (it does not change the ranking of cases).
 * ``uncertain_fraction``: of the voxels where ``q_l > t``, the fraction where
   ``t < q_l < 1 - t`` (``t`` = ``uncertain_probability``, 0.1); 0 where no voxel has
   ``q_l > t``.
 * ``volume_ml`` and ``components`` (large connected components,
   :func:`medseg.confidence.large_components`) of the final label map on the input grid.
 * ``volume_z``: the volume's z score against the training volumes; ``input_z``: of the
-  image statistics (:func:`medseg.confidence.image_measures`) against the training
+  image statistics (:func:`medseg.confidence.image_measures`, and the field of view of
+  :func:`medseg.confidence.extent_measures`, only where smaller) against the training
   images, the one furthest from the cohort (signed); both empty without a cohort.
 * ``flag`` (``ok`` / ``review`` / ``fail``) and ``reasons`` as the card's
   :class:`~medseg.confidence.QcThresholds` decide (:func:`verdict`).
@@ -41,8 +45,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from medseg.confidence import (IMAGE_STATS, Cohort, Confidence, QcThresholds, image_measures,
-                               label_measures)
+from medseg.confidence import (IMAGE_STATS, Cohort, Confidence, LabelReference, QcThresholds,
+                               extent_measures, image_measures, label_measures)
 from medseg.volume import LabelMap, Volume
 
 __all__ = ["FLAGS", "QC_COLUMNS", "CaseQc", "grid_measures", "qc_rows", "verdict"]
@@ -93,20 +97,30 @@ def grid_measures(mean_probabilities: torch.Tensor, predicted: torch.Tensor,
 def input_z(image: Volume, cohort: Cohort | None, margin: float
             ) -> tuple[float, str | None, bool]:
     """(z, statistic, blank): the image statistic furthest from the training images (signed
-    z, NaN without a cohort), its name, and whether a channel is constant."""
+    z, NaN without a cohort), its name, and whether a channel is constant.
+
+    The statistics are the intensities of :func:`~medseg.confidence.image_measures` per
+    channel and, when the cohort has them, the field of view of
+    :func:`~medseg.confidence.extent_measures` (mm; sd floor ``margin`` x the cohort's mean).
+    A field of view counts only when it is *smaller* than the cohort's (the anatomy may be
+    cut off; a larger one is what a sliding window is for): its z is capped at 0.
+    """
     stats = image_measures(image.array, image.has_channels)
     blank = any(s["p99"] == s["p01"] for s in stats)
     if cohort is None or len(cohort.image) != len(stats):
         return math.nan, None, blank
-    best, name = 0.0, None
+    candidates = []
     for own, ref in zip(stats, cohort.image):
         span = abs(ref["p99"].mean - ref["p01"].mean)
         for stat in IMAGE_STATS:
             floor = margin if stat == "median_position" else margin * span
-            z = ref[stat].z(own[stat], floor)
-            if abs(z) > abs(best) or name is None:
-                best, name = z, stat
-    return best, name, blank
+            candidates.append((ref[stat].z(own[stat], floor), stat))
+    if cohort.extent is not None:
+        own = extent_measures(image.affine, image.spatial_shape)
+        for stat, ref in cohort.extent.items():
+            candidates.append((min(ref.z(own[stat], margin * abs(ref.mean)), 0.0), stat))
+    z, name = max(candidates, key=lambda c: abs(c[0]))
+    return z, name, blank
 
 
 def qc_rows(image: Volume, labels: LabelMap, grid: Mapping[int, tuple[float, float]],
@@ -122,27 +136,32 @@ def qc_rows(image: Volume, labels: LabelMap, grid: Mapping[int, tuple[float, flo
     for value in values:
         volume, comps = measures[value]
         dice, unsure = grid.get(value, (math.nan, math.nan))
+        reference = conf.reference.get(value)
+        if reference is not None and math.isfinite(dice):
+            dice = min(max(dice + reference.dice_offset, 0.0), 1.0)
         ref = None if cohort is None else cohort.labels.get(value)
         z_vol = math.nan if ref is None else ref.volume_ml.z(
             volume, th.margin * abs(ref.volume_ml.mean))
         row = {"label": value, "label_name": names[value], "estimated_dice": dice,
                "volume_ml": volume, "uncertain_fraction": unsure, "components": comps,
                "volume_z": z_vol, "input_z": z_in}
-        flag, reasons = verdict(row, th, cohort, stat, blank)
+        flag, reasons = verdict(row, th, cohort, stat, blank, reference)
         row.update(flag=flag, reasons="; ".join(reasons))
         rows.append(row)
     return rows
 
 
 def verdict(row: Mapping[str, Any], th: QcThresholds, cohort: Cohort | None = None,
-            input_stat: str | None = None, blank: bool = False) -> tuple[str, list[str]]:
+            input_stat: str | None = None, blank: bool = False,
+            reference: LabelReference | None = None) -> tuple[str, list[str]]:
     """The flag of one QC row and its reasons, the failing ones first.
 
     Fail: a blank image; estimated Dice < ``dice_fail``; |volume z| > ``volume_z_fail``;
     |input z| > ``input_z_fail``; an empty label that at least ``absent_fail`` of the
     training cases hold. Review: estimated Dice < ``dice_review``; |volume z| >
-    ``volume_z_review``; |input z| > ``input_z_review``; uncertain fraction >
-    ``uncertain_review``; more large components than any training case.
+    ``volume_z_review``; |input z| > ``input_z_review``; the uncertain fraction more than
+    ``uncertain_z_review`` SD above the calibration cases' (``reference``; without one:
+    above ``uncertain_review``); more large components than any training case.
     """
     fail: list[str] = []
     review: list[str] = []
@@ -161,10 +180,8 @@ def verdict(row: Mapping[str, Any], th: QcThresholds, cohort: Cohort | None = No
                     "volume unlike training")
     z = row["input_z"]
     if not blank and not math.isnan(z) and abs(z) > th.input_z_review:
-        kind = f"a {cohort.modality}" if cohort and cohort.modality else "the training modality"
-        text = (f"image intensities unlike training ({input_stat} "
-                f"{min(abs(z), 999):.1f} SD {'above' if z > 0 else 'below'}): is this {kind}?")
-        (fail if abs(z) > th.input_z_fail else review).append(text)
+        (fail if abs(z) > th.input_z_fail else review).append(_input_reason(z, input_stat,
+                                                                            cohort))
     ref = None if cohort is None else cohort.labels.get(row["label"])
     if ref is not None and row["volume_ml"] == 0 and ref.present >= th.absent_fail:
         fail.append(f"no {row['label_name']} found (present in {ref.present:.0%} of "
@@ -173,10 +190,30 @@ def verdict(row: Mapping[str, Any], th: QcThresholds, cohort: Cohort | None = No
         review.append(f"{row['components']} large components (training: at most "
                       f"{ref.components.max:g})")
     unsure = row["uncertain_fraction"]
-    if math.isfinite(unsure) and unsure > th.uncertain_review:
-        review.append(f"{unsure:.0%} of the structure uncertain")
+    if math.isfinite(unsure):
+        if reference is None and unsure > th.uncertain_review:
+            review.append(f"{unsure:.0%} of the structure uncertain")
+        elif reference is not None:
+            spread = reference.uncertain_fraction
+            z = spread.z(unsure, th.margin * abs(spread.mean))
+            if z > th.uncertain_z_review:
+                review.append(f"{unsure:.0%} of the structure uncertain ({min(z, 999):.1f} SD "
+                              f"above the calibration cases' {spread.mean:.0%})")
     flag = "fail" if fail else "review" if review else "ok"
     return flag, fail + review
+
+
+def _input_reason(z: float, stat: str | None, cohort: Cohort | None) -> str:
+    """The reason text of an input unlike training: a field of view smaller than the
+    cohort's, or intensities unlike it."""
+    if stat is not None and cohort is not None and cohort.extent and stat in cohort.extent:
+        axis = {"extent_lr": "left-right", "extent_ap": "front-back",
+                "extent_si": "head-foot"}[stat]
+        return (f"field of view {abs(z):.1f} SD smaller than training along {axis} "
+                f"(training {cohort.extent[stat].mean:.0f} mm): is the anatomy cut off?")
+    kind = f"a {cohort.modality}" if cohort and cohort.modality else "the training modality"
+    return (f"image intensities unlike training ({stat} {min(abs(z), 999):.1f} SD "
+            f"{'above' if z > 0 else 'below'}): is this {kind}?")
 
 
 def missing_cohort_message(source: str) -> str:

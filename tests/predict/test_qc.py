@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from medseg.confidence import Cohort, Confidence, image_measures, label_measures
+from medseg.confidence import (Cohort, Confidence, LabelReference, QcThresholds, Summary,
+                               extent_measures, image_measures, label_measures)
 from medseg.data.corrupt import CORRUPTIONS
 from medseg.data.phantom import make_phantom
 from medseg.inference.calibration import fit_temperature, sample_voxels
 from medseg.inference.predict import PredictOptions, predict_case
+from medseg.inference.qc import input_z, verdict
 from medseg.runtime import Runtime
 from medseg.sources.loaded import LoadedModel
 
@@ -39,12 +41,13 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def cohort() -> Cohort:
-    labels, images = [], []
+    labels, images, extents = [], [], []
     for seed in range(8):
         image, truth = _case(seed, 10)
         labels.append(label_measures(truth, image.voxel_volume_ml, [1, 2]))
         images.append(image_measures(image.array, False))
-    return Cohort.of(labels, images, [1, 2], "CT")
+        extents.append(extent_measures(image.affine, image.spatial_shape))
+    return Cohort.of(labels, images, [1, 2], "CT", extents)
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +78,37 @@ def test_corrupted_inputs_are_flagged(model, name):
     flags = {row["flag"] for row in result.qc.rows}
     assert flags & {"review", "fail"}, result.qc.rows
     assert all(row["reasons"] for row in result.qc.rows if row["flag"] != "ok")
+
+
+def test_a_smaller_field_of_view_is_flagged_and_a_larger_one_is_not(model, cohort):
+    """Every cohort phantom spans 40 x 8 = 320 mm left-right (sd 0: the floor is 5 % of
+    it, 16 mm): half of it is 160 mm short, z = -10, beyond input_z_fail (8)."""
+    image, _ = _case(30, 10)
+    z, stat, _ = input_z(CORRUPTIONS["half_fov"](image, 0), cohort, 0.05)
+    assert (z, stat) == (pytest.approx(-10.0), "extent_lr")
+    row = predict_case(model, CORRUPTIONS["half_fov"](image, 0), PredictOptions(qc=True),
+                       CPU).qc.rows[0]
+    assert row["flag"] == "fail"
+    assert ("field of view 10.0 SD smaller than training along left-right (training 320 mm)"
+            in row["reasons"])
+    wide = make_phantom((80, 36, 20), SPACING, seed=30, noise_hu=10).image  # 640 mm
+    z, stat, _ = input_z(wide, cohort, 0.05)
+    assert not stat.startswith("extent") or z == 0.0
+
+
+def test_uncertainty_and_estimate_are_judged_against_the_calibration_reference():
+    """The reference's uncertain fractions 0.5, 0.6, 0.7 have mean 0.6 and sd 0.1: 0.95 is
+    3.5 SD above (review at 3), 0.85 is 2.5 (ok); without a reference the fixed limit 0.5
+    reviews both."""
+    th = QcThresholds()
+    reference = LabelReference(3, 0.04, Summary.of([0.5, 0.6, 0.7]))
+    row = {"label": 1, "label_name": "a", "estimated_dice": 0.9, "volume_ml": 10.0,
+           "components": 1, "volume_z": 0.0, "input_z": 0.0}
+    flag, reasons = verdict({**row, "uncertain_fraction": 0.95}, th, reference=reference)
+    assert flag == "review" and reasons == [
+        "95% of the structure uncertain (3.5 SD above the calibration cases' 60%)"]
+    assert verdict({**row, "uncertain_fraction": 0.85}, th, reference=reference) == ("ok", [])
+    assert verdict({**row, "uncertain_fraction": 0.85}, th)[0] == "review"
 
 
 def test_estimated_dice_follows_true_dice_once_calibrated(model):
@@ -187,3 +221,24 @@ def test_calibrate_cli_writes_cohort_and_temperature(tmp_path, ckpt_dir):
     assert card.confidence.label_temperatures == pytest.approx(
         {int(k): v for k, v in result["label_temperatures"].items()})
     assert result["ece_after"] <= result["ece_single"] or not result["label_temperatures"]
+    # QC's reference: per label, the median of (true Dice - soft Dice) over the three cases,
+    # measured here by hand with the calibrated model without its reference
+    raw = LoadedModel(threshold_model().network, card.replace(
+        confidence=card.confidence.replace(reference={})))
+    withref = LoadedModel(raw.networks, card)
+    gaps: dict[int, list[float]] = {1: [], 2: []}
+    for seed in range(3):
+        image, truth = _case(seed, 25)
+        plain = predict_case(raw, image, PredictOptions(qc=True), CPU)
+        corrected = predict_case(withref, image, PredictOptions(qc=True), CPU)
+        for row, fixed in zip(plain.qc.rows, corrected.qc.rows):
+            label = row["label"]
+            gap = _dice(plain.labels.array == label, truth == label) - row["estimated_dice"]
+            gaps[label].append(gap)
+            offset = card.confidence.reference[label].dice_offset
+            assert fixed["estimated_dice"] == pytest.approx(
+                min(1.0, max(0.0, row["estimated_dice"] + offset)))
+    for label, gap in gaps.items():
+        ref = card.confidence.reference[label]
+        assert ref.cases == 3 and ref.dice_offset == pytest.approx(float(np.median(gap)))
+        assert result["reference"][str(label)]["dice_offset"] == pytest.approx(ref.dice_offset)
