@@ -67,8 +67,9 @@ def run(args: argparse.Namespace) -> int:
     if args.cohort or (args.cohort is None and confidence.cohort is None):
         from medseg.data.cohort import measure_cohort
 
-        cohort = measure_cohort(cases, list(loaded.card.labels), progress=progress,
-                                component_fraction=confidence.thresholds.component_fraction)
+        modality = None if confidence.cohort is None else confidence.cohort.modality
+        cohort = measure_cohort(cases, list(loaded.card.labels), modality, progress,
+                                confidence.thresholds.component_fraction)
         confidence = confidence.replace(cohort=cohort)
     if args.temperature:
         from medseg.inference.calibration import calibrate
