@@ -88,7 +88,8 @@ def held_out_ece(model: Path, cases, device: str) -> float:
     from medseg.inference.calibration import calibrate
     from medseg.runtime import Runtime
 
-    return calibrate(model, cases, Runtime.resolve(device), progress=False).before.ece
+    return calibrate(model, cases, Runtime.resolve(device), progress=False,
+                     reference=False).before.ece
 
 
 def corrupted_inputs(cases, out: Path) -> Path:

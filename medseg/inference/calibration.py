@@ -240,21 +240,23 @@ def sample_voxels(probabilities: np.ndarray, truth: np.ndarray, spacing_mm: Sequ
 
 
 def calibrate(model: Any, cases: Sequence[Any], runtime: Any = None, seed: int = 0,
-              options: Any = None, progress: bool | None = None) -> Calibration:
+              options: Any = None, progress: bool | None = None,
+              reference: bool = True) -> Calibration:
     """Predict labelled ``cases`` (:class:`medseg.io.cases.Case` with a label) with ``model``
     (anything :func:`medseg.sources.load_model` takes), sample their foreground-near voxels
-    and fit the temperature (module docstring).
+    and fit the temperature (module docstring); then, unless ``reference`` is False, measure
+    QC's reference under it (:func:`qc_reference`: one more prediction per case).
 
     Raises
     ------
     UsageError : no labelled case, or no foreground-near voxel in any of them.
     """
-    return calibrate_folds([(model, cases)], runtime, seed, options, progress)
+    return calibrate_folds([(model, cases)], runtime, seed, options, progress, reference)
 
 
 def calibrate_folds(folds: Sequence[tuple[Any, Sequence[Any]]], runtime: Any = None,
-                    seed: int = 0, options: Any = None, progress: bool | None = None
-                    ) -> Calibration:
+                    seed: int = 0, options: Any = None, progress: bool | None = None,
+                    reference: bool = True) -> Calibration:
     """:func:`calibrate` over (model, its held-out cases) pairs: the out-of-fold
     probabilities of a cross-validation run, pooled into one temperature. The models must
     share their temperature (the folds of one run do)."""
@@ -285,8 +287,9 @@ def calibrate_folds(folds: Sequence[tuple[Any, Sequence[Any]]], runtime: Any = N
     factor, own, choices = choose_label_temperatures(logp, y,
                                                      split_halves(np.concatenate(groups), rng))
     result = _calibration(logp, y, old, factor, own, choices, len(groups))
-    reference = qc_reference(loaded_folds, result.apply(old), runtime, options, progress)
-    result = dataclasses.replace(result, reference=reference)
+    if reference:
+        result = dataclasses.replace(result, reference=qc_reference(
+            loaded_folds, result.apply(old), runtime, options, progress))
     log.info("calibration on %d voxels of %d cases: temperature %.3f (x%.3f), ECE %.4f -> "
              "%.4f (single temperature: %.4f); labels with their own: %s", result.voxels,
              result.cases, result.temperature, factor, result.before.ece, result.after.ece,
