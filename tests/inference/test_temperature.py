@@ -6,8 +6,10 @@ import torch
 
 from medseg.confidence import Confidence
 from medseg.inference.calibration import (
+    LabelChoice,
     _calibration,
     _tempered,
+    _unless_worse,
     choose_label_temperatures,
     fit_temperature,
     split_halves,
@@ -113,6 +115,22 @@ def test_calibration_composes_with_the_model_temperatures():
     assert result.label_temperatures == pytest.approx({1: 2.4, 2: 4.5})
     conf = result.apply(old)
     assert conf.temperatures(3) == pytest.approx((3.0, 2.4, 4.5))
+
+
+def test_label_temperatures_that_raise_the_ece_are_dropped():
+    """A label temperature of 6 on data whose single best T is 2.5 over-flattens that
+    label's voxels: its ECE is worse than the single T's, so the result keeps T alone (and
+    marks the choice not kept); a label T close to the single one is kept."""
+    logp, y = _overconfident()
+    factor = fit_temperature(logp, y)
+    choice = LabelChoice(1, 100, 100, 6.0, 0.5, 0.4, True)
+    bad = _calibration(logp, y, Confidence(), factor, {1: 6.0}, (choice,), 1)
+    assert bad.after.ece > bad.single.ece
+    kept = _unless_worse(bad, logp, y, Confidence())
+    assert kept.label_temperatures == {} and kept.after.ece == kept.single.ece
+    assert kept.labels[0].kept is False and kept.temperature == pytest.approx(factor)
+    near = _calibration(logp, y, Confidence(), factor, {1: factor}, (choice,), 1)
+    assert _unless_worse(near, logp, y, Confidence()) is near
 
 
 def test_numpy_and_torch_label_temperatures_agree():
