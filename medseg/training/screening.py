@@ -11,12 +11,16 @@ or 3D plan. :func:`train_selected`, within the budget ``B`` (``train.max_minutes
    ``train.seed``, hence the same training and validation cases on the same grid);
 2. trains the configs one after the other, the screening config first, each into
    ``RUN/screen/<name>/`` (``name``: its file's stem) for an equal share ``s`` of
-   ``screen_fraction * B`` less the cache build, by the clock (``train.fill_budget``). Each
+   ``screen_fraction * B`` less the cache build, by the clock (``train.fill_budget``),
+   counted from the end of its set-up (``TrainOptions.clock_after_setup``: the first one
+   set up pays for imports the others find loaded; the deadline below absorbs it). Each
    decays its learning rate as its whole run would if it won: over ``W = B - cache -
    (n - 1) s``, what the winner trains in all (``TrainOptions.schedule_minutes``);
-3. picks the highest best mean validation Dice -- the score ``best.safetensors`` is chosen
-   by, on the same validation cases -- (ties: the screening config), writes
-   ``RUN/selection.json`` and moves the winner's folder up into ``RUN``;
+3. picks the highest mean validation Dice of the screening's last validation -- the score
+   ``best.safetensors`` is chosen by, on the same validation cases, of the very state that
+   would continue, once per candidate at the same point of its schedule (the best over the
+   screening would favour the candidate validated more often) -- ties: the screening config;
+   writes ``RUN/selection.json`` and moves the winner's folder up into ``RUN``;
 4. continues the winner there from its screening state (weights, optimiser, sampler,
    history: ``--resume``'s) until the budget's end, the learning rate's time share going on
    from where its screening stopped (``t_w / W``) to 1 at the end, so its ``log.csv`` reads
@@ -56,8 +60,8 @@ __all__ = ["SCREEN_DIR", "SELECTION_FILE", "Candidate", "Screened", "choose",
 log = logging.getLogger(__name__)
 SCREEN_DIR = "screen"
 SELECTION_FILE = "selection.json"
-METRIC = ("best mean validation Dice (the score best.safetensors is chosen by), on the "
-          "preprocessed grid")
+METRIC = ("mean validation Dice (the score best.safetensors is chosen by, on the preprocessed "
+          "grid) of each candidate's last screening validation")
 
 
 @dataclass(frozen=True)
@@ -81,8 +85,10 @@ class Screened:
 
     @property
     def dice(self) -> float:
-        """Best mean validation Dice (-inf when no validation gave a number)."""
-        score = self.result.best_score
+        """Mean validation Dice of the screening's last validation (-inf when it gave no
+        number)."""
+        rows = [r["val_mean_dice"] for r in self.result.history if "val_mean_dice" in r]
+        score = float(rows[-1]) if rows else math.nan
         return score if math.isfinite(score) else -math.inf
 
 
@@ -202,13 +208,14 @@ def _screen(candidate: Candidate, run_dir: Path, options: TrainOptions, runtime:
     began = time.monotonic()
     result = train(candidate.cfg, run_dir / SCREEN_DIR / candidate.name,
                    dataclasses.replace(options, max_minutes=share_s / 60.0,
-                                       schedule_minutes=whole_s / 60.0, schedule_start=0.0),
+                                       schedule_minutes=whole_s / 60.0, schedule_start=0.0,
+                                       clock_after_setup=True),
                    runtime)
     return Screened(candidate, result, time.monotonic() - began)
 
 
 def choose(screened: Sequence[Screened]) -> Screened:
-    """The screened run of highest best mean validation Dice; ties go to the earliest (the
+    """The screened run of highest last mean validation Dice; ties go to the earliest (the
     screening config, screened first)."""
     return max(screened, key=lambda s: s.dice)  # max keeps the first of equal keys
 
@@ -220,18 +227,17 @@ def _selection(screened: Sequence[Screened], winner: Screened, budget_s: float,
     if any(s.result.val_cases != cases for s in screened):
         raise ConfigError("the screened configs validated on different cases; give them the "
                           "same data section", screened[0].candidate.path)
-    rows = [{"name": s.candidate.name, "config": s.candidate.path,
-             "val_mean_dice": s.result.best_score, "best_epoch": s.result.best_epoch,
+    rows = [{"name": s.candidate.name, "config": s.candidate.path, "val_mean_dice": s.dice,
+             "best_val_mean_dice": s.result.best_score, "best_epoch": s.result.best_epoch,
              "epochs": s.result.epoch, "minutes": round(s.seconds / 60.0, 3)} for s in screened]
     for s in screened:
-        log.info("screened %s: best mean validation Dice %.4f (epoch %d of %d, %.1f min)",
-                 s.candidate.name, s.result.best_score, s.result.best_epoch, s.result.epoch,
-                 s.seconds / 60.0)
-    others = ", ".join(f"{s.candidate.name} {s.result.best_score:.4f}" for s in screened
-                       if s is not winner)
+        log.info("screened %s: mean validation Dice %.4f after %d epochs in %.1f min (best "
+                 "%.4f)", s.candidate.name, s.dice, s.result.epoch, s.seconds / 60.0,
+                 s.result.best_score)
+    others = ", ".join(f"{s.candidate.name} {s.dice:.4f}" for s in screened if s is not winner)
     tie = any(s.dice == winner.dice for s in screened if s is not winner)
-    reason = (f"{winner.candidate.name}: best mean validation Dice {winner.result.best_score:.4f}"
-              f" against {others}" + (" (a tie: the screening config's own)" if tie else ""))
+    reason = (f"{winner.candidate.name}: mean validation Dice {winner.dice:.4f} against "
+              f"{others}" + (" (a tie: the screening config's own)" if tie else ""))
     log.info("chosen: %s; it continues for the rest of the budget", reason)
     return {"metric": METRIC, "validation_cases": list(cases),
             "budget_minutes": round(budget_s / 60.0, 3), "screen_fraction": fraction,
@@ -264,7 +270,8 @@ def _promote(winner: Screened, run_dir: Path, runtime: Runtime) -> None:
 def _continue(winner: Screened, run_dir: Path, options: TrainOptions, runtime: Runtime,
               deadline: float, whole_s: float) -> TrainResult:
     """The winner, resumed in ``run_dir`` until ``deadline`` (monotonic seconds), its
-    schedule's time share going on from ``t_w / whole_s`` to 1 at the deadline."""
+    schedule's time share going on from ``t_w / whole_s`` (``t_w``: its screening by its
+    own clock) to 1 at the deadline."""
     left_s = deadline - time.monotonic()
     history = winner.result.history
     epoch_s = float(history[-1]["seconds"]) if history else 0.0  # its last epoch, validated
@@ -272,7 +279,7 @@ def _continue(winner: Screened, run_dir: Path, options: TrainOptions, runtime: R
         log.info("%.1f min left: less than one epoch of %s, whose screening run is the run",
                  left_s / 60.0, winner.candidate.name)
         return dataclasses.replace(winner.result, run_dir=run_dir)
-    done = min(winner.seconds / whole_s, 1.0)
+    done = min(winner.result.seconds / whole_s, 1.0)
     minutes = left_s / 60.0
     return train(winner.candidate.cfg, run_dir,
                  dataclasses.replace(options, resume=True, max_minutes=minutes,

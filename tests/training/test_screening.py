@@ -78,11 +78,14 @@ def test_screening_continues_the_higher_dice_within_the_budget(tmp_path, clock):
     loser = "plan_2d" if winner == "plan" else "plan"
     # the choice is the argmax of the recorded values (ties: the plan's own)
     assert winner == ("plan_2d" if dice["plan_2d"] > dice["plan"] else "plan")
-    # the recorded values are the runs' own best validation Dice over the screening epochs
+    # the recorded values are the runs' own: their last screening validation, and the best
     screened = {winner: _rows(run)[:3], loser: _rows(run / "screen" / loser)}
+    best = {c["name"]: c["best_val_mean_dice"] for c in selection["candidates"]}
     for name, rows in screened.items():
         assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
-        assert dice[name] == pytest.approx(max(float(r["val_mean_dice"]) for r in rows), rel=1e-5)
+        assert dice[name] == pytest.approx(float(rows[-1]["val_mean_dice"]), rel=1e-5)
+        assert best[name] == pytest.approx(max(float(r["val_mean_dice"]) for r in rows),
+                                           rel=1e-5)
     assert [c["minutes"] for c in selection["candidates"]] == [0.5, 0.5]
     assert len(selection["validation_cases"]) == 1
     # the winner continued from its screening state: 9 epochs, one schedule over 90 s
@@ -105,12 +108,14 @@ def test_screening_continues_the_higher_dice_within_the_budget(tmp_path, clock):
     assert (run / "screen" / loser / "best.safetensors").is_file()
 
 
-def test_choice_ties_go_to_the_screening_config():
+def test_choice_is_the_last_screening_validation_and_ties_go_to_the_screening_config():
     from medseg.training.loop import TrainResult
     from medseg.training.screening import Candidate, Screened, choose
 
     def screened(name, score):
-        return Screened(Candidate(name, None, None), TrainResult(None, 3, score, 3), 30.0)
+        rows = [{"epoch": 1, "val_mean_dice": 0.9}, {"epoch": 2},
+                {"epoch": 3, "val_mean_dice": score}]  # the last validation counts
+        return Screened(Candidate(name, None, None), TrainResult(None, 3, 0.9, 1, rows), 30.0)
 
     runs = [screened("plan", 0.5), screened("plan_2d", 0.5)]
     assert choose(runs).candidate.name == "plan"
