@@ -106,6 +106,37 @@ def test_screening_continues_the_higher_dice_within_the_budget(tmp_path, clock):
     assert selection["winner_config"] == str(plan_2d if winner == "plan_2d" else config)
     assert not (run / "screen" / winner).exists()
     assert (run / "screen" / loser / "best.safetensors").is_file()
+    # --resume continues the winner like any run (15 more seconds: one epoch)
+    assert main(["train", str(config), "-o", str(run), "--no-progress", "--device", "cpu",
+                 "--resume", "--max-minutes", "0.25"]) == 0
+    assert [int(r["epoch"]) for r in _rows(run)] == list(range(1, 8))
+    assert load_checkpoint(run / "last.safetensors").train_config["train"]["patch_size"] == patch
+
+
+def test_resume_before_a_choice_has_nothing_to_resume(tmp_path, capsys):
+    config, _ = _configs(tmp_path)
+    assert main(["train", str(config), "-o", str(tmp_path / "run"), "--resume"]) == 2
+    assert "nothing to resume: no selection.json" in capsys.readouterr().err
+
+
+def test_without_validation_cases_the_plan_trains_alone(tmp_path, clock):
+    """No validation case to compare on: no screening; the plan's own config has the whole
+    budget (15 s: one epoch of 10 s, as 10 + 10 > 15)."""
+    import yaml
+
+    config, plan_2d = _configs(tmp_path)
+    for path in (config, plan_2d):
+        raw = yaml.safe_load(path.read_text())
+        raw["data"]["phantom"]["n_val"] = 0
+        raw["data"]["val_fraction"] = 0.0
+        write_config(path, raw)
+    run = tmp_path / "run"
+    assert main(["train", str(config), "-o", str(run), "--no-progress", "--device", "cpu",
+                 "--max-minutes", "0.25"]) == 0
+    assert [int(r["epoch"]) for r in _rows(run)] == [1]
+    assert not (run / "screen").exists() and not (run / "selection.json").exists()
+    assert load_checkpoint(run / "last.safetensors").train_config["train"]["patch_size"] == [
+        16, 16, 5]
 
 
 def test_choice_is_the_last_screening_validation_and_ties_go_to_the_screening_config():
