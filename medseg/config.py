@@ -92,9 +92,9 @@ class SelectConfig:
     ``candidates``: pipeline YAMLs (relative paths from this YAML's folder) trained beside
     this one on the same split; ``screen_fraction``: the share of the time budget
     (``train.max_minutes``) the screening takes in all, split equally between this config
-    and its candidates. The candidate with the highest best mean validation Dice (ties: this
-    config) continues from its screening state for the rest of the budget
-    (:mod:`medseg.training.screening`). ``medseg plan --time-budget`` writes it for highly
+    and its candidates. The candidate with the highest mean validation Dice at its last
+    screening validation (ties: this config) continues from its screening state for the rest
+    of the budget (:mod:`medseg.training.screening`). ``medseg plan --time-budget`` writes it for highly
     anisotropic data, with ``plan_2d.yaml`` as the candidate.
     """
 
