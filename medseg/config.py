@@ -36,6 +36,7 @@ __all__ = [
     "ModelConfig",
     "LossConfig",
     "AugmentConfig",
+    "SelectConfig",
     "TrainConfig",
     "InferenceConfig",
     "PipelineConfig",
@@ -85,6 +86,23 @@ class LossConfig:
 
 
 @dataclass
+class SelectConfig:
+    """``train.select``: screen this config against others and continue the better one.
+
+    ``candidates``: pipeline YAMLs (relative paths from this YAML's folder) trained beside
+    this one on the same split; ``screen_fraction``: the share of the time budget
+    (``train.max_minutes``) the screening takes in all, split equally between this config
+    and its candidates. The candidate with the highest mean validation Dice at its last
+    screening validation (ties: this config) continues from its screening state for the rest
+    of the budget (:mod:`medseg.training.screening`). ``medseg plan --time-budget`` writes it for highly
+    anisotropic data, with ``plan_2d.yaml`` as the candidate.
+    """
+
+    candidates: list[str] = field(default_factory=list)
+    screen_fraction: float = 0.2
+
+
+@dataclass
 class TrainConfig:
     """Optimisation and sampling.
 
@@ -108,6 +126,8 @@ class TrainConfig:
     long as another epoch fits, and the learning rate's progress is the budget's share alone,
     so a machine faster than planned spends the hour too (budgeted training with a
     budget-aware decay, Li et al., ICLR 2020). ``medseg plan --time-budget`` writes true.
+    ``select``: candidates screened against this config within the budget
+    (:class:`SelectConfig`); null: this config alone.
     """
 
     epochs: int = 100
@@ -133,6 +153,7 @@ class TrainConfig:
     deterministic: bool = True
     max_minutes: float | None = None
     fill_budget: bool = False
+    select: SelectConfig | None = None
 
 
 @dataclass
@@ -323,6 +344,11 @@ def _check_values(cfg: PipelineConfig, source: str | None) -> None:
                  probs, "non-negative numbers summing to 1", source)
     _require(t.num_workers >= 0, "train.num_workers", t.num_workers, ">= 0", source)
     check_augment(t.augment, source)
+    if t.select is not None:
+        _require(bool(t.select.candidates), "train.select.candidates", t.select.candidates,
+                 "at least one pipeline YAML to screen against", source)
+        _require(0.0 < t.select.screen_fraction < 1.0, "train.select.screen_fraction",
+                 t.select.screen_fraction, "a share of the budget in (0, 1)", source)
     try:
         cfg.window()
     except UsageError as exc:
@@ -346,8 +372,9 @@ def _require(ok: bool, key: str, value: Any, expected: str, source: str | None) 
 def parse_config(raw: Any, source: str | os.PathLike | None = None) -> PipelineConfig:
     """Validate a parsed YAML mapping and build a :class:`PipelineConfig`.
 
-    A relative ``data.manifest`` / ``data.cache_dir`` / ``data.split_file`` is resolved against the
-    YAML file's folder (when ``source`` is given).
+    A relative ``data.manifest`` / ``data.cache_dir`` / ``data.split_file`` (and each of
+    ``train.select.candidates``) is resolved against the YAML file's folder (when ``source``
+    is given).
     """
     src = None if source is None else os.fspath(source)
     if raw is None:
@@ -361,6 +388,8 @@ def parse_config(raw: Any, source: str | os.PathLike | None = None) -> PipelineC
             value = getattr(cfg.data, key)
             if value and not Path(value).is_absolute():
                 setattr(cfg.data, key, str(base / value))
+        if cfg.train.select is not None:
+            cfg.train.select.candidates = [str(base / c) for c in cfg.train.select.candidates]
     return cfg
 
 

@@ -3,6 +3,9 @@
 ``--folds K`` trains K cross-validation folds into ``RUN_DIR/fold_<i>/`` and then evaluates
 them out of fold (``RUN_DIR/cv/``); ``--folds K --fold N`` trains fold N only;
 ``--evaluate-cv`` evaluates the folds of ``RUN_DIR`` (after training any fold asked for).
+A config with ``train.select`` (``medseg plan --time-budget`` on highly anisotropic data)
+screens its candidates first and continues the better one
+(:mod:`medseg.training.screening`; ``RUN_DIR/selection.json``).
 """
 
 from __future__ import annotations

@@ -102,6 +102,8 @@ class Plan:
     plan_seconds: float | None = None  # what planning took of the budget
     cache_seconds: float | None = None  # estimated preprocessing-cache build (in the budget)
     alternatives: tuple[Plan, ...] = ()  # the plans written beside it (plan_2d.yaml)
+    screen: tuple[str, ...] = ()  # layouts ``medseg train`` screens against it (train.select)
+    screen_reason: str = ""  # why it screens them, or why not
 
 
 def make_plan(manifest_path: str | os.PathLike, options: PlanOptions = PlanOptions()) -> Plan:
@@ -134,7 +136,37 @@ def make_plans(manifest_path: str | os.PathLike, options: PlanOptions = PlanOpti
     plans = [_plan(fp, manifest.path, options, lay, started, fingerprint_s) for lay in layouts]
     if options.time_budget_h is not None and len(plans) > 1:
         plans = [_settle(plan, started) for plan in plans]
+    if len(plans) > 1:
+        plans[0] = _with_screening(plans[0], plans[1:])
     return plans
+
+
+def _with_screening(plan: Plan, others: list[Plan]) -> Plan:
+    """``plan`` with the layouts of ``others`` to screen against it within its time budget
+    (``train.select``, :mod:`medseg.training.screening`), when the data is highly anisotropic
+    by nnU-Net's criterion (:func:`rules.is_anisotropic`, on the median spacing, as its
+    ``ExperimentPlanner`` tests it) and the plans share one grid; either way the one-line
+    reason."""
+    median = plan.fingerprint.median_spacing_mm
+    layouts = ", ".join(o.design.layout for o in others)
+    if plan.max_minutes is None:
+        why = (f"no screening against {layouts}: no --time-budget to screen within (train "
+               "both and compare by cross-validation)")
+    elif not rules.is_anisotropic(median):
+        why = (f"no screening against {layouts}: median spacing {_mm(median)} mm is not highly "
+               f"anisotropic (coarsest <= {rules.ANISOTROPY_THRESHOLD:g} x the next, nnU-Net's "
+               "criterion)")
+    elif any(o.spacing_mm != plan.spacing_mm for o in others):
+        why = (f"no screening against {layouts}: the plans' spacings differ, so their "
+               "validation Dice would be measured on different grids")
+    else:
+        why = (f"median spacing {_mm(median)} mm is highly anisotropic (coarsest > "
+               f"{rules.ANISOTROPY_THRESHOLD:g} x the next, nnU-Net's criterion): medseg train "
+               f"screens {plan.design.layout} and {layouts} on the same split for "
+               f"{rules.SCREEN_FRACTION:.0%} of the budget and continues the higher validation Dice")
+        return dataclasses.replace(plan, screen=tuple(o.design.layout for o in others),
+                                   screen_reason=why)
+    return dataclasses.replace(plan, screen_reason=why)
 
 
 def _plan(fp: Fingerprint, manifest: Path, options: PlanOptions, layout: str, started: float,
@@ -182,13 +214,13 @@ def write_plan(manifest_path: str | os.PathLike, out_dir: str | os.PathLike,
     import json
 
     from medseg.io.atomic import atomic_write_text
-    from medseg.planning.render import plan_yaml
+    from medseg.planning.render import plan_file, plan_yaml
 
     plan, *others = make_plans(manifest_path, options)
     out = Path(out_dir)
     atomic_write_text(out / "fingerprint.json", json.dumps(plan.fingerprint.to_dict(), indent=1))
     for other in others:
-        atomic_write_text(out / f"plan_{other.design.layout}.yaml", plan_yaml(other))
+        atomic_write_text(out / plan_file(other.design.layout), plan_yaml(other))
     atomic_write_text(out / "plan.yaml", plan_yaml(plan))
     return dataclasses.replace(plan, alternatives=tuple(others))
 

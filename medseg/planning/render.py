@@ -15,7 +15,7 @@ from typing import Any
 from medseg.planning import rules
 from medseg.planning.design import CPU_WIDTH, MAX_WIDTH, MAX_WIDTH_2D, design_kwargs
 
-__all__ = ["format_summary", "plan_dict", "plan_yaml"]
+__all__ = ["format_summary", "plan_dict", "plan_file", "plan_yaml"]
 
 Entry = tuple[str, str, Any, str]
 
@@ -70,6 +70,21 @@ def _contract(plan) -> str:
             f"on any machine")
 
 
+def plan_file(layout: str) -> str:
+    """The file name of a plan written beside ``plan.yaml``: ``plan_<layout>.yaml``."""
+    return f"plan_{layout}.yaml"
+
+
+def _select(plan) -> list[Entry]:
+    """``train.select`` (the plans screened against this one), with its reason; nothing for
+    a plan written beside another."""
+    if not plan.screen_reason:
+        return []
+    value = ({"candidates": [plan_file(layout) for layout in plan.screen],
+              "screen_fraction": rules.SCREEN_FRACTION} if plan.screen else None)
+    return [("train", "select", value, plan.screen_reason)]
+
+
 def _training(plan) -> list[Entry]:
     d = plan.design
     gib = d.memory_bytes / 2**30
@@ -93,6 +108,7 @@ def _training(plan) -> list[Entry]:
          "the budget is the schedule: a faster machine trains on past the planned epochs, the "
          "rate decays with the budget's share" if plan.max_minutes is not None
          else "no budget: the epochs are the schedule"),
+        *_select(plan),
         ("train", "optimizer", "sgd", "nnU-Net: SGD, Nesterov momentum 0.99"),
         ("train", "lr", 0.01, "nnU-Net's initial learning rate"),
         ("train", "momentum", 0.99, "nnU-Net"),
@@ -194,6 +210,8 @@ def format_summary(plan) -> str:
     ]
     if plan.spacing_reason:
         lines.append(f"spacing: {plan.spacing_reason}")
+    if plan.screen_reason:
+        lines.append(f"selection: {plan.screen_reason}")
     if plan.max_minutes is not None:
         lines.append(f"time: planning took {plan.plan_seconds / 60:.1f} min; medseg train stops, "
                      f"validates and saves within train.max_minutes = {plan.max_minutes:g} min")

@@ -17,12 +17,14 @@ __all__ = [
     "LOWRES_FACTOR",
     "MIN_CONTEXT",
     "MIN_FEATURE_MAP",
+    "SCREEN_FRACTION",
     "SLAB_VOXELS",
     "batch_size",
     "coarser_spacing",
     "context",
     "divisor",
     "fit_patch",
+    "is_anisotropic",
     "pooling",
     "resampled_shape",
     "round_up",
@@ -47,6 +49,23 @@ cores: a 48^3 patch at 0.625 mm (a quarter of the image along x) reached validat
 0.49 in an hour; 64 x 64 x 48 at 1.25 mm (two thirds) 0.79 in six minutes."""
 LOWRES_FACTOR = 1.5
 """Spacing step of :func:`coarser_spacing` (nnU-Net's 3d_lowres uses 1.03 per step)."""
+SCREEN_FRACTION = 0.2
+"""Share of a time budget ``medseg train`` spends screening a plan against its 2D
+alternative (``train.select``), split equally: the winner continues from its own screening,
+so the choice costs it only the loser's share (a tenth of the budget for two plans).
+medseg's rule; nnU-Net trains every configuration fully and compares them by 5-fold
+cross-validation, which a time budget cannot afford."""
+
+
+def is_anisotropic(spacing_mm: Sequence[float]) -> bool:
+    """nnU-Net's test of anisotropic spacing (``ExperimentPlanner``'s ``has_aniso_spacing``):
+    the coarsest spacing (mm) exceeds ``ANISOTROPY_THRESHOLD`` (3) times the next coarsest.
+
+    >>> is_anisotropic((0.8, 0.8, 4.0)), is_anisotropic((0.5, 1.5, 4.0))
+    (True, False)
+    """
+    ordered = sorted(float(s) for s in spacing_mm)
+    return ordered[-1] > ANISOTROPY_THRESHOLD * ordered[-2]
 
 
 def target_spacing(spacings_mm: np.ndarray, shapes: np.ndarray) -> tuple[float, float, float]:
@@ -73,9 +92,8 @@ def target_spacing(spacings_mm: np.ndarray, shapes: np.ndarray) -> tuple[float, 
     worst = int(np.argmax(target))
     others = [a for a in range(3) if a != worst]
     other_spacing = max(target[a] for a in others)
-    aniso_spacing = target[worst] > ANISOTROPY_THRESHOLD * other_spacing
     aniso_voxels = size[worst] * ANISOTROPY_THRESHOLD < min(size[a] for a in others)
-    if aniso_spacing and aniso_voxels:
+    if is_anisotropic(target) and aniso_voxels:
         target[worst] = max(float(np.percentile(spacings[:, worst], 10)), other_spacing)
     return tuple(round(float(v), 6) for v in target)  # type: ignore[return-value]
 

@@ -7,7 +7,9 @@
 * :mod:`.distributed` -- torchrun / DDP set-up;
 * :mod:`.logs` -- CSV, TensorBoard, curves PNG;
 * :func:`train_folds` -- k-fold cross-validation runs (:mod:`.folds`; their out-of-fold
-  evaluation is :func:`medseg.crossval.evaluate_cv`).
+  evaluation is :func:`medseg.crossval.evaluate_cv`);
+* :mod:`.screening` -- ``train.select``: candidates screened on one split within the time
+  budget, the better continued (:func:`train` does it for a config that asks).
 """
 
 from medseg.training.folds import train_folds

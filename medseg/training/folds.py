@@ -100,6 +100,10 @@ def train_folds(cfg: PipelineConfig, run_dir: str | Path, folds: int, fold: int 
     run_dir, options = Path(run_dir), options or TrainOptions()
     runtime = runtime or Runtime.resolve("auto", cfg.train.amp)
     cfg = with_cache(cfg, run_dir)
+    if cfg.train.select is not None:
+        log.info("train.select: the folds train this config's own network (screening "
+                 "chooses in a plain run)")
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, select=None))
     init_distributed(runtime)
     try:
         prepare_splits(cfg, run_dir, folds, runtime, fold)

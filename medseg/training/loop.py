@@ -68,7 +68,7 @@ from medseg.training.resume import (
 from medseg.training.supervision import deep_supervision_loss
 from medseg.training.validation import PostprocessEvidence, validate
 
-__all__ = ["TrainOptions", "TrainResult", "train"]
+__all__ = ["TrainOptions", "TrainResult", "budget_minutes", "train"]
 
 log = logging.getLogger(__name__)
 RESUME_FILE = "last.resume.safetensors"
@@ -90,6 +90,14 @@ class TrainOptions:
     ``train.max_minutes`` in the config too, the smaller one holds.
     ``choose_postprocess``: choose post-processing on the last validation (see the module
     docstring); cross-validation folds turn it off.
+    ``schedule_minutes`` and ``schedule_start``: with a budget, the learning-rate schedule's
+    time share (:func:`~medseg.training.optim.lr_at`) is ``schedule_start`` plus the minutes
+    since the run's start over ``schedule_minutes`` (default 0 and the budget): a screened
+    candidate decays as its whole run would, and the winner's continuation starts where its
+    screening stopped (:mod:`medseg.training.screening`).
+    ``clock_after_setup``: the budget's clock starts once the run is set up (data, cohort,
+    network) rather than at its start: screened candidates get equal training time, whatever
+    the first one paid for its imports (MONAI's took 10 s on a busy 2-core machine).
     """
 
     resume: bool = False
@@ -98,17 +106,31 @@ class TrainOptions:
     debug_kill_after_epoch: int | None = None
     max_minutes: float | None = None
     choose_postprocess: bool = True
+    schedule_minutes: float | None = None
+    schedule_start: float = 0.0
+    clock_after_setup: bool = False
 
 
 @dataclass
 class TrainResult:
-    """What a finished run produced. ``best_score``: best mean validation Dice."""
+    """What a finished run produced. ``best_score``: best mean validation Dice (without
+    validation cases: minus the lowest training loss); ``val_cases``: the validation cases'
+    ids; ``seconds``: from the budget's clock start to the run's end."""
 
     run_dir: Path
     epoch: int
     best_score: float
     best_epoch: int
     history: list[dict[str, Any]] = field(default_factory=list)
+    val_cases: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def budget_minutes(cfg: PipelineConfig, options: TrainOptions) -> float | None:
+    """A run's wall-clock budget in minutes: the smaller of ``options.max_minutes``
+    (``--max-minutes``) and ``train.max_minutes`` (None: no budget)."""
+    given = [m for m in (options.max_minutes, cfg.train.max_minutes) if m is not None]
+    return min(given) if given else None
 
 
 def _derive_seed(*parts: int) -> int:
@@ -121,10 +143,16 @@ def train(cfg: PipelineConfig, run_dir: str | os.PathLike,
     """Train the pipeline ``cfg`` into ``run_dir`` (created); see the module docstring.
 
     ``runtime``: device, precision and torchrun place (:class:`medseg.runtime.Runtime`);
-    default ``Runtime.resolve("auto", cfg.train.amp)``.
+    default ``Runtime.resolve("auto", cfg.train.amp)``. A config with ``train.select``
+    screens its candidates first and continues the better one
+    (:func:`medseg.training.screening.train_selected`).
     """
     options = options or TrainOptions()
     runtime = runtime or Runtime.resolve("auto", cfg.train.amp)
+    if cfg.train.select is not None:
+        from medseg.training.screening import train_selected
+
+        return train_selected(cfg, Path(run_dir), options, runtime)
     init_distributed(runtime)
     try:
         return _Trainer(cfg, Path(run_dir), options, runtime).run()
@@ -171,6 +199,8 @@ class _Trainer:
             self._load_resume()
         self.net = self._wrap_ddp()
         self.tensorboard = TensorBoard(run_dir / "tensorboard", enabled=runtime.is_main)
+        if options.clock_after_setup:
+            self._clock = (time.monotonic(), self._clock[1])
 
     # -- set-up ----------------------------------------------------------------------------------
     @property
@@ -267,6 +297,7 @@ class _Trainer:
             "best_score": self.best_score,
             "best_epoch": self.best_epoch,
             "history": self.history,
+            "longest_validation": self._longest_validation,
         }
 
     def _load_resume(self) -> None:
@@ -289,6 +320,7 @@ class _Trainer:
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.best_score, self.best_epoch = float(state["best_score"]), int(state["best_epoch"])
         self.history = list(state["history"])
+        self._longest_validation = float(state.get("longest_validation", 0.0))
         log.info("resuming %s after epoch %d (step %d)", self.run_dir, self.epoch, self.step)
 
     # -- one epoch -------------------------------------------------------------------------------
@@ -436,7 +468,8 @@ class _Trainer:
         self._choose_postprocess()
         self.tensorboard.close()
         return TrainResult(self.run_dir, self.epoch, self.best_score, self.best_epoch,
-                           list(self.history))
+                           list(self.history), [c.case_id for c in self.data.val],
+                           time.monotonic() - start)
 
     @property
     def _fills_budget(self) -> bool:
@@ -469,18 +502,16 @@ class _Trainer:
         barrier(self.runtime)
 
     def _budget_minutes(self) -> float | None:
-        """The wall-clock budget in minutes: the smaller of ``--max-minutes`` and
-        ``train.max_minutes`` (None: no budget)."""
-        given = [m for m in (self.options.max_minutes, self.cfg.train.max_minutes)
-                 if m is not None]
-        return min(given) if given else None
+        return budget_minutes(self.cfg, self.options)
 
     def _time_fraction(self) -> float | None:
-        """The share of the budget spent so far (None without a budget)."""
+        """The schedule's time share so far: the share of the budget spent (None without a
+        budget), or as ``TrainOptions.schedule_minutes`` / ``schedule_start`` say."""
         start, minutes = self._clock
         if minutes is None:
             return None
-        return (time.monotonic() - start) / (60.0 * minutes)
+        span = self.options.schedule_minutes or minutes
+        return self.options.schedule_start + (time.monotonic() - start) / (60.0 * span)
 
     def _out_of_time(self, start: float, began: float) -> bool:
         """True when another epoch as long as this one, with a validation as long as the

@@ -179,3 +179,42 @@ def test_unknown_layout_names_the_closest(tmp_path, capsys):
     assert main(["plan", str(manifest), "-o", str(tmp_path / "plan"), "--layout", "2D"]) == 2
     assert "unknown layout '2D'" in capsys.readouterr().err
     assert not (tmp_path / "plan").exists()
+
+
+@pytest.mark.parametrize("spacing, budget_h, screened, why", [
+    # nnU-Net's test: coarsest spacing > 3 x the next coarsest (its has_aniso_spacing)
+    ((0.8, 0.8, 4.0), 1.0, True, "median spacing 0.8x0.8x4 mm is highly anisotropic "
+     "(coarsest > 3 x the next, nnU-Net's criterion): medseg train screens slab and 2d"),
+    ((1.0, 1.0, 1.25), 1.0, False, "no screening against 2d: median spacing 1x1x1.25 mm is "
+     "not highly anisotropic"),
+    # a slab (largest / smallest spacing 8 > 3), but 4 <= 3 x 1.5: not by nnU-Net's test
+    ((0.5, 1.5, 4.0), 1.0, False, "no screening against 2d: median spacing 0.5x1.5x4 mm is "
+     "not highly anisotropic"),
+    ((0.8, 0.8, 4.0), None, False, "no screening against 2d: no --time-budget"),
+])
+def test_plan_screens_2d_where_the_data_is_highly_anisotropic(tmp_path, monkeypatch, spacing,
+                                                               budget_h, screened, why):
+    from medseg.planning import plan as plan_module
+    from medseg.planning import write_plan
+    from medseg.planning.render import format_summary
+    from medseg.training.screening import load_candidates
+
+    monkeypatch.setattr(plan_module, "_measure",
+                        lambda plan, options, **_: 0.25 * plan.design.batch_size)
+    manifest = write_dataset(tmp_path / "data", [spacing] * 4, (48, 40, 12))
+    out = tmp_path / "plan"
+    plan = write_plan(manifest, out, PlanOptions("cpu", time_budget_h=budget_h))
+    assert plan.design.layout == ("slab" if max(spacing) / min(spacing) > 3 else "3d")
+    assert why in plan.screen_reason
+    assert f"selection: {plan.screen_reason}" in format_summary(plan).splitlines()
+    cfg = load_config(out / "plan.yaml")
+    if not screened:
+        assert cfg.train.select is None and plan.screen == ()
+        assert f"select: null  # {plan.screen_reason}" in (out / "plan.yaml").read_text()
+        return
+    assert cfg.train.select.candidates == [str(out / "plan_2d.yaml")]
+    assert cfg.train.select.screen_fraction == rules.SCREEN_FRACTION == 0.2
+    # the two plans train and validate on one split and grid: medseg train can screen them
+    names = [c.name for c in load_candidates(cfg, tmp_path / "run")]
+    assert names == ["plan", "plan_2d"]
+    assert load_config(out / "plan_2d.yaml").train.select is None
