@@ -21,7 +21,12 @@
 and, with defaults: ``retention_h`` (24: done and failed series leave the spool after
 this many hours; their job records stay), ``max_associations`` (32: associations open at
 once; one more is rejected with "local limit exceeded", which a PACS retries),
-``queue_size`` (4: series handed to the worker
+``acse_timeout_s`` (30: a caller must ask for an association, and a peer answer an
+association or release request, within this long), ``network_timeout_s`` (60: an
+association on which nothing arrives for this long, idle or stalled in the middle of an
+instance, is aborted, so that no caller keeps one of ``max_associations`` forever),
+``dimse_timeout_s`` (30: the wait for a DIMSE answer, e.g. the PACS's C-STORE response when
+sending), ``queue_size`` (4: series handed to the worker
 at once; the rest wait in the spool), ``send_attempts`` (5) and ``retry_s`` (30: the
 pause between them), ``device`` (``auto``), ``log`` (the JSON-lines log; default
 ``SPOOL/serve.jsonl``).
@@ -153,6 +158,9 @@ class ServeConfig:
     tls: Tls | None = None
     retention_h: float = 24.0
     max_associations: int = 32
+    acse_timeout_s: float = 30.0
+    network_timeout_s: float = 60.0
+    dimse_timeout_s: float = 30.0
     queue_size: int = 4
     send_attempts: int = 5
     retry_s: float = 30.0
@@ -229,7 +237,8 @@ def _check(cfg: ServeConfig, src: str | None) -> None:
                           "series (the PACS or router), so that no stranger gets in", src)
     for i, aet in enumerate(cfg.allowed_calling_aets):
         check_ae_title(aet, f"allowed_calling_aets[{i}]", src)
-    for key in ("series_timeout_s", "max_spool_gb", "retention_h", "retry_s"):
+    for key in ("series_timeout_s", "max_spool_gb", "retention_h", "retry_s", "acse_timeout_s",
+                "network_timeout_s", "dimse_timeout_s"):
         _require(getattr(cfg, key) > 0, key, getattr(cfg, key), "> 0", src)
     for key in ("queue_size", "send_attempts", "max_associations"):
         _require(getattr(cfg, key) >= 1, key, getattr(cfg, key), ">= 1", src)

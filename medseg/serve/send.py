@@ -30,17 +30,21 @@ class SendError(MedsegError):
 
 
 def send_result(path: Path, destination: Destination, calling_aet: str,
-                ssl_context: ssl.SSLContext | None = None) -> None:
+                ssl_context: ssl.SSLContext | None = None,
+                timeouts_s: tuple[float, float, float] | None = None) -> None:
     """Send the DICOM file ``path`` to ``destination`` (C-STORE or STOW-RS)."""
     if destination.is_dicomweb:
         stow_rs(path, destination.dicomweb)
     else:
-        store_scu(path, destination, calling_aet, ssl_context)
+        store_scu(path, destination, calling_aet, ssl_context, timeouts_s)
 
 
 def store_scu(path: Path, destination: Destination, calling_aet: str,
-              ssl_context: ssl.SSLContext | None = None) -> None:
-    """C-STORE ``path`` to ``destination`` as ``calling_aet`` in one association.
+              ssl_context: ssl.SSLContext | None = None,
+              timeouts_s: tuple[float, float, float] | None = None) -> None:
+    """C-STORE ``path`` to ``destination`` as ``calling_aet`` in one association;
+    ``timeouts_s``: pynetdicom's (ACSE, DIMSE, network) timeouts in seconds (default: its
+    own, 30, 30 and 60).
 
     Raises
     ------
@@ -53,6 +57,8 @@ def store_scu(path: Path, destination: Destination, calling_aet: str,
 
     ds = read_dataset(path, "result")
     ae = AE(ae_title=calling_aet)
+    if timeouts_s is not None:
+        ae.acse_timeout, ae.dimse_timeout, ae.network_timeout = timeouts_s
     ae.add_requested_context(ds.SOPClassUID, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     where = f"{destination.ae_title}@{destination.host}:{destination.port}"
     tls_args = (ssl_context, None) if ssl_context is not None else None
