@@ -68,6 +68,7 @@ class Node:
         self._server = None
         self._routes = None
         self._runtime = None
+        self._access = None  # the DICOMweb destination's credentials, read at start
 
     # -- life --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -75,6 +76,8 @@ class Node:
         from medseg.serve.process import load_routes
 
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+        self._access = (self.cfg.destination.access(self.cfg.source)
+                        if self.cfg.destination.is_dicomweb else None)
         self._runtime = Runtime.resolve(self.cfg.device)
         self._routes = load_routes(self.cfg, self._runtime)
         self._recover()
@@ -356,7 +359,8 @@ class Node:
         path = self.spool.results(job.series_uid) / str(job.result)
         try:
             send_result(path, self.cfg.destination, self.cfg.ae_title, timeouts_s=(
-                self.cfg.acse_timeout_s, self.cfg.dimse_timeout_s, self.cfg.network_timeout_s))
+                self.cfg.acse_timeout_s, self.cfg.dimse_timeout_s, self.cfg.network_timeout_s),
+                access=self._access)
         except SendError as exc:
             with self._lock:
                 job.attempts += 1

@@ -14,6 +14,12 @@ RTSTRUCT with ``--dicom-format rtstruct``. The output may instead be a local fol
 series written as ``medseg predict`` writes a case, ``<SeriesInstanceUID>.nii.gz`` ...), and
 a local DICOM input (a series folder, a folder of series) may be stored with STOW-RS.
 
+Credentials and the CA bundle of an https service come from the environment variables
+``MEDSEG_DICOMWEB_USERNAME`` and ``MEDSEG_DICOMWEB_PASSWORD`` (HTTP basic auth) or
+``MEDSEG_DICOMWEB_TOKEN`` (a bearer token), and ``MEDSEG_DICOMWEB_CA_CERT``
+(:data:`medseg.serve.dicomweb.ENV`); they serve both sides. Credentials the service refuses
+(HTTP 401 or 403) stop the run at the first request, in one line.
+
 The guarantees are those of the node (:mod:`medseg.serve`), from the same code:
 
 * every series is tried: a series that is no image series by its Modality (a DICOM-SEG,
@@ -44,6 +50,8 @@ from typing import Any
 from medseg.errors import UsageError
 from medseg.serve.config import Route, resolve_model
 from medseg.serve.dicomweb import (
+    DicomwebAccess,
+    DicomwebAuthError,
     DicomwebLocation,
     RemoteSeries,
     fetch_series,
@@ -52,6 +60,7 @@ from medseg.serve.dicomweb import (
     parse_location,
 )
 from medseg.serve.process import SERIES_ERRORS, RouteModel
+from medseg.serve.send import SendAuthError
 
 __all__ = ["PullReport", "predict_dicomweb", "model_key"]
 
@@ -102,7 +111,8 @@ def predict_dicomweb(model, input_path: str | os.PathLike, output: str | os.Path
     UsageError : a malformed URL, a URL output with a query, options that write files
         beside the outputs (``--qc``, probabilities, uncertainty, previews) with a DICOMweb
         output, a local input that is not DICOM for a DICOMweb output.
-    DicomwebError : the service is unreachable or holds no such study or series.
+    DicomwebError : the service is unreachable or holds no such study or series;
+        DicomwebAuthError when it refuses the credentials (the run stops there).
     DataError : the input holds no image series at all.
     """
     from medseg.inference.batch import CaseFiles, shard_cases
@@ -113,11 +123,12 @@ def predict_dicomweb(model, input_path: str | os.PathLike, output: str | os.Path
     runtime = runtime or Runtime.resolve("auto")
     options = options or PredictOptions(progress=sys.stderr.isatty())
     report = PullReport()
-    stow_url = _stow_url(output, options, files) if is_dicomweb(output) else None
+    access = DicomwebAccess.from_environment()
+    stow_url = _stow_url(output, options, files, access) if is_dicomweb(output) else None
     with tempfile.TemporaryDirectory(prefix="medseg-dicomweb-") as scratch:
-        items = _items(input_path, files, Path(scratch), report)
+        items = _items(input_path, files, Path(scratch), report, access)
         sink = _sink(stow_url or Path(output), items, model, options, runtime, files,
-                     Path(scratch), str(input_path))
+                     Path(scratch), str(input_path), access)
         for item in shard_cases(items, runtime.rank, runtime.world_size):
             _predict_item(item, sink, options, runtime, files, report)
         sink.finish()
@@ -142,6 +153,8 @@ def _predict_item(item: _Item, sink, options, runtime, files, report: PullReport
                             f"{image.meta.get('series_uid')!r}")
         result = predict_case(sink.loaded, image, options, runtime)
         where = sink.deliver(item.case, image, result)
+    except (DicomwebAuthError, SendAuthError):
+        raise  # every other series would fail alike
     except SERIES_ERRORS as exc:
         line = f"{item.name}: failed: {' '.join(str(exc).split())}"
         log.error("%s", line)
@@ -155,7 +168,8 @@ def _predict_item(item: _Item, sink, options, runtime, files, report: PullReport
 
 
 # -- what is predicted ------------------------------------------------------------------------
-def _items(input_path, files, scratch: Path, report: PullReport) -> list[_Item]:
+def _items(input_path, files, scratch: Path, report: PullReport,
+           access: DicomwebAccess) -> list[_Item]:
     """The series of a DICOMweb input (non-image series skipped here, one line each), or
     the cases of a local DICOM input."""
     from medseg.data.inputs import list_cases
@@ -171,7 +185,7 @@ def _items(input_path, files, scratch: Path, report: PullReport) -> list[_Item]:
     if files.series and not location.series_uid:
         location = DicomwebLocation(location.url, location.study_uid, files.series)
     items = []
-    for i, series in enumerate(list_series(location)):
+    for i, series in enumerate(list_series(location, access)):
         kind = series.non_image_kind
         if kind is not None:
             line = f"{series}: skipped: a {kind}, not an image series"
@@ -180,14 +194,15 @@ def _items(input_path, files, scratch: Path, report: PullReport) -> list[_Item]:
             continue
         folder = scratch / "series" / f"{i:04d}"
         items.append(_Item(str(series), Case(series.uid, (folder,), split="test"),
-                           _fetcher(location, series, folder), series.uid))
+                           _fetcher(location, series, folder, access), series.uid))
     if not items:
         raise DataError("holds no image series (every series was skipped)", str(location))
     return items
 
 
-def _fetcher(location: DicomwebLocation, series: RemoteSeries, folder: Path):
-    return lambda: fetch_series(location, series.uid, folder)
+def _fetcher(location: DicomwebLocation, series: RemoteSeries, folder: Path,
+             access: DicomwebAccess):
+    return lambda: fetch_series(location, series.uid, folder, access)
 
 
 # -- where results go -------------------------------------------------------------------------
@@ -200,12 +215,13 @@ def _load(model, runtime, files, source: str):
     return loaded
 
 
-def _stow_url(output, options, files) -> str:
+def _stow_url(output, options, files, access: DicomwebAccess) -> str:
     """The service a DICOMweb ``output`` names, checked before anything is fetched.
 
     Raises
     ------
     UsageError : a query in the URL, or options that write files beside the outputs.
+    DicomwebAuthError : the service answers 401 to the credentials (:func:`_check_access`).
     """
     target = parse_location(str(output))
     if target.study_uid is not None:
@@ -218,11 +234,29 @@ def _stow_url(output, options, files) -> str:
     if asked:
         raise UsageError(f"{', '.join(asked)} write files beside a local output; a DICOMweb "
                          "output stores only the DICOM-SEG / RTSTRUCT (give a local -o)")
+    _check_access(target.url, access)
     return target.url
 
 
+def _check_access(url: str, access: DicomwebAccess) -> None:
+    """Ask the output service one QIDO-RS question (a study, at most) before any series is
+    predicted, so that credentials it does not know (HTTP 401) stop the run at once. Any
+    other answer lets the run go on: a service may refuse searches (403) to an account that
+    may store, and STOW-RS tells of its own failures."""
+    from medseg.serve.dicomweb import DicomwebError, answering, dicomweb_client
+
+    try:
+        with answering(url, "QIDO-RS (search for studies)"):
+            dicomweb_client(url, access).search_for_studies(limit=1)
+    except DicomwebAuthError as exc:
+        if exc.status == 401:
+            raise
+    except DicomwebError as exc:
+        log.debug("%s (the run goes on)", exc.message)
+
+
 def _sink(output: str | Path, items: Sequence[_Item], model, options, runtime, files,
-          scratch: Path, source: str):
+          scratch: Path, source: str, access: DicomwebAccess):
     """The STOW-RS sink of a service URL (``str``) or the sink of a local ``Path``, the
     model loaded once."""
     from medseg.inference.batch import algorithm_name
@@ -235,7 +269,7 @@ def _sink(output: str | Path, items: Sequence[_Item], model, options, runtime, f
         loaded = _load(model, runtime, files, source)
         route = Route(model=model_key(model), format=files.dicom_format)
         return _Stow(output, RouteModel(route, loaded, options, algorithm_name(loaded)),
-                     scratch / "results")
+                     scratch / "results", access)
     loaded = _load(model, runtime, files, source)
     fetched = any(i.fetch is not None for i in items)  # DICOM, once fetched
     return _Folder(output, [i.case for i in items], loaded, algorithm_name(loaded), files,
@@ -245,8 +279,9 @@ def _sink(output: str | Path, items: Sequence[_Item], model, options, runtime, f
 class _Stow:
     """Write the route's DICOM-SEG / RTSTRUCT into scratch, store it with STOW-RS."""
 
-    def __init__(self, url: str, route_model: RouteModel, scratch: Path) -> None:
-        self.url, self.route_model, self.scratch = url, route_model, scratch
+    def __init__(self, url: str, route_model: RouteModel, scratch: Path,
+                 access: DicomwebAccess) -> None:
+        self.url, self.route_model, self.scratch, self.access = url, route_model, scratch, access
         self.loaded = route_model.loaded
         scratch.mkdir(parents=True, exist_ok=True)
 
@@ -256,7 +291,7 @@ class _Stow:
 
         path = write_result(result.labels, image, self.route_model, self.scratch)
         try:
-            stow_rs(path, self.url)
+            stow_rs(path, self.url, self.access)
         finally:
             path.unlink(missing_ok=True)
         return f"{self.url} ({self.route_model.route.format}, SOP Instance UID {path.stem})"
