@@ -10,6 +10,15 @@ Three kinds of threads share the spool:
 * one *worker* (:meth:`Node._work`) runs a job: route, predict, write the result into the
   spool, send it, done. Any error ends the job as failed with one line; the node goes on.
 
+What a hostile or broken modality sends is held at the door (:meth:`Node._on_store`):
+UIDs outside the UID grammar, or an Affected SOP Instance UID that is not the dataset's,
+are refused (C000) before they name a file; native Pixel Data of the wrong length is
+noted against its instance and fails the series (ITK would read it as air); an
+association aborted in the middle of an instance (:meth:`Node._on_ended`) leaves its
+series incomplete, and it fails when it falls silent unless more of it arrives; a
+finished series received again with fewer instances than before is not segmented (its
+result would replace the complete one). Each is one line in the log.
+
 A node started on a spool that a killed node left behind continues its jobs
 (:meth:`Node._recover`): series still receiving wait for silence again (the PACS may be
 resending them), interrupted runs run again, unsent results are sent.
