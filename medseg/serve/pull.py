@@ -9,9 +9,11 @@
 ``&SeriesInstanceUID=R``), fetches each image series (under torchrun: this rank's share,
 as :func:`medseg.inference.batch.shard_cases` deals cases) with WADO-RS into a temporary folder
 (removed after the series, and the whole folder at the end), predicts it as ``medseg
-predict`` predicts a DICOM folder, and stores the result with STOW-RS: a DICOM-SEG, or an
+predict`` predicts a DICOM folder (the same loop body,
+:func:`medseg.inference.batch.predict_into`), and stores the result with STOW-RS: a DICOM-SEG, or an
 RTSTRUCT with ``--dicom-format rtstruct``. The output may instead be a local folder (each
-series written as ``medseg predict`` writes a case, ``<SeriesInstanceUID>.nii.gz`` ...), and
+series written by ``medseg predict``'s own :class:`~medseg.inference.batch.FolderSink`,
+``<SeriesInstanceUID>.nii.gz`` ...), and
 a local DICOM input (a series folder, a folder of series) may be stored with STOW-RS.
 
 Credentials and the CA bundle of an https service come from the environment variables
@@ -138,21 +140,15 @@ def predict_dicomweb(model, input_path: str | os.PathLike, output: str | os.Path
 
 
 def _predict_item(item: _Item, sink, options, runtime, files, report: PullReport) -> None:
-    """Fetch, read, predict and deliver one series; a failure is one line in the log."""
-    from medseg.errors import DataError
-    from medseg.inference.predict import predict_case
-    from medseg.io.cases import read_case_image
+    """Fetch one series, then read, predict and deliver it as every batch does
+    (:func:`medseg.inference.batch.predict_into`); a failure is one line in the log. A
+    fetched series is read by its UID, so instances that are not of it cannot stand in."""
+    from medseg.inference.batch import predict_into
 
     try:
         if item.fetch is not None:
             item.fetch()
-        image = read_case_image(item.case, None if item.fetch else files.series,
-                                tilt=files.tilt, stack=files.stack)
-        if item.series_uid is not None and image.meta.get("series_uid") != item.series_uid:
-            raise DataError(f"the fetched instances read as series "
-                            f"{image.meta.get('series_uid')!r}")
-        result = predict_case(sink.loaded, image, options, runtime)
-        where = sink.deliver(item.case, image, result)
+        where = predict_into(item.case, sink, options, runtime, files, item.series_uid)
     except (DicomwebAuthError, SendAuthError):
         raise  # every other series would fail alike
     except SERIES_ERRORS as exc:
@@ -257,8 +253,9 @@ def _check_access(url: str, access: DicomwebAccess) -> None:
 
 def _sink(output: str | Path, items: Sequence[_Item], model, options, runtime, files,
           scratch: Path, source: str, access: DicomwebAccess):
-    """The STOW-RS sink of a service URL (``str``) or the sink of a local ``Path``, the
-    model loaded once."""
+    """The STOW-RS sink of a service URL (``str``) or the folder sink of a local ``Path``
+    (:class:`medseg.inference.batch.FolderSink`, as ``medseg predict`` writes), the model
+    loaded once."""
     from medseg.inference.batch import algorithm_name
 
     if isinstance(output, str):
@@ -270,10 +267,12 @@ def _sink(output: str | Path, items: Sequence[_Item], model, options, runtime, f
         route = Route(model=model_key(model), format=files.dicom_format)
         return _Stow(output, RouteModel(route, loaded, options, algorithm_name(loaded)),
                      scratch / "results", access)
+    from medseg.inference.batch import FolderSink
+
     loaded = _load(model, runtime, files, source)
     fetched = any(i.fetch is not None for i in items)  # DICOM, once fetched
-    return _Folder(output, [i.case for i in items], loaded, algorithm_name(loaded), files,
-                   options, runtime, True if fetched else None)
+    return FolderSink(output, [i.case for i in items], loaded, files, options, runtime,
+                      True if fetched else None)
 
 
 class _Stow:
@@ -298,37 +297,6 @@ class _Stow:
 
     def finish(self) -> None:
         """Nothing is left to write (STOW-RS stored each result whole)."""
-
-
-class _Folder:
-    """Write each case as :func:`medseg.inference.batch.predict_cases` does (and ``qc.csv``
-    at the end)."""
-
-    def __init__(self, out: Path, cases, loaded, algorithm: str, files, options, runtime,
-                 dicom: bool | None) -> None:
-        from medseg.inference.batch import prepare_output
-
-        self.out, self.loaded, self.algorithm, self.files = out, loaded, algorithm, files
-        self.options, self.runtime = options, runtime
-        self.file_mode = prepare_output(out, cases, dicom=dicom)
-        self.qc_rows: list[dict] = []
-
-    def deliver(self, case, image, result) -> str:
-        from medseg.inference.batch import outputs_for, write_case_outputs
-
-        outputs = outputs_for(case, self.out, self.file_mode)
-        write_case_outputs(image, result, outputs, self.files, self.loaded.card.labels,
-                           self.algorithm)
-        if self.options.qc and result.qc is not None:
-            self.qc_rows.extend({"case": case.case_id, **row} for row in result.qc.rows)
-        return str(outputs.prediction)
-
-    def finish(self) -> None:
-        from medseg.inference.batch import qc_path, write_qc
-
-        if self.options.qc:
-            path = qc_path(self.out, self.file_mode, self.runtime.rank, self.runtime.world_size)
-            write_qc(self.qc_rows, path, self.loaded.card)
 
 
 def model_key(model) -> str:

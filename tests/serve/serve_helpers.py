@@ -276,3 +276,21 @@ def store_raw(assoc, ds: pydicom.Dataset, affected_uid: str | None = None,
         return None
     finally:
         assoc._reactor_checkpoint.set()
+
+
+def non_image_object(sop_class: str, modality: str, study_uid: str, series_uid: str
+                     ) -> pydicom.Dataset:
+    """A minimal non-image object (a report, a presentation state ...: ``sop_class``) in
+    the given study and series, as a modality may send one."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    ds = pydicom.Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, generate_uid()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+    ds.Modality, ds.PatientID = modality, "P1"
+    return ds

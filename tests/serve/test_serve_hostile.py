@@ -17,8 +17,8 @@ import socket
 
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 
 from .conftest import FEW_SLICES
 from .orthanc_server import wait_until
@@ -26,6 +26,7 @@ from .serve_helpers import (
     WAIT_S,
     associate,
     copy_series,
+    non_image_object,
     push,
     segs_for,
     start_node,
@@ -49,15 +50,7 @@ def _series(ct_files, tmp_path, key, change=None) -> tuple[list[Dataset], str]:
 
 def _non_image(sop_class: str, modality: str, like: Dataset) -> Dataset:
     """A non-image object (``sop_class``) in the study and series of ``like``."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, generate_uid()
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = like.StudyInstanceUID, like.SeriesInstanceUID
-    ds.Modality, ds.PatientID = modality, like.PatientID
-    return ds
+    return non_image_object(sop_class, modality, like.StudyInstanceUID, like.SeriesInstanceUID)
 
 
 def _native(datasets) -> None:
