@@ -189,7 +189,7 @@ class Node:
         calling = str(requestor.ae_title).strip()
         with self._lock:
             series = sorted(self._arrived.pop(id(assoc), set()))
-            if not aborted:
+            if not aborted or getattr(assoc, "is_rejected", False):  # rejected: logged so
                 return
             self.journal.write("aborted", calling_aet=calling, mid_instance=mid_instance,
                                address=f"{requestor.address}:{requestor.port}", series=series)
