@@ -211,21 +211,21 @@ def _closed_by_node(sock: socket.socket, within_s: float) -> bool:
 
 def test_silent_idle_surplus_and_aborting_peers(orthanc, small_model, ct_files, nodes,
                                                 tmp_path):
-    """max_associations 2, acse_timeout_s and network_timeout_s 1 s: a connection that
+    """max_associations 2, acse_timeout_s 1 s, network_timeout_s 3 s: a connection that
     never asks for an association and an association that sends nothing are dropped within
     a few seconds; a third association while two are open is rejected (logged); a peer
     that aborts in the middle of an instance leaves a series that fails, not a partial
     SEG."""
     node = start_node(nodes, tmp_path, small_model, orthanc, max_associations=2,
-                      acse_timeout_s=1, network_timeout_s=1)
+                      acse_timeout_s=1, network_timeout_s=3)
     # silence before and after associating
     silent = socket.create_connection(("127.0.0.1", node.port))
     idle = associate(node.port)
     assert idle.is_established
     assert _closed_by_node(silent, 10)
-    wait_until(lambda: idle.is_aborted, 10, "the idle association's abort")
+    wait_until(lambda: idle.is_aborted, 15, "the idle association's abort")
     silent.close()
-    wait_until(lambda: _events(node, "aborted"), 10, "the node's line on the abort")
+    wait_until(lambda: _events(node, "aborted"), 15, "the node's line on the abort")
     # two associations held open; the third is rejected while they last
     first, second = associate(node.port), associate(node.port)
     assert first.is_established and second.is_established
