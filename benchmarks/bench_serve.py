@@ -21,13 +21,15 @@ below 1 and a throughput ratio above 1 favour the node: it keeps the model loade
 does not start Python and torch per series, at the price of ``series_timeout_s``).
 
 The model is the tests' threshold network (a ``unet3d`` of width 1; one window over the
-512 x 512 x 20 series). The series are the shared 20-slice CT (JPEG 2000), copied under
-UIDs of their own. Skips (exit 0, with the reason) when Orthanc, storescu or the shared
-series is absent.
+512 x 512 x SLICES series). The series are the shared real CT (``totalsegmentator/ct_dicom``:
+20 axial 512 x 512 slices, JPEG 2000), copied under UIDs of their own, at two sizes by
+default: the tests' tiny 4-slice cut (slices 8-11) and the whole 20-slice series; each size
+gets a fresh node (so its peak memory is its own) and a fresh Orthanc. Skips (exit 0, with
+the reason) when Orthanc, storescu or the shared series is absent.
 
-Run::
+Run (on a shared machine, ``nice -n 5``)::
 
-    python benchmarks/bench_serve.py [--series 20] [--single 3] [--slices 20]
+    python benchmarks/bench_serve.py [--series 20] [--single 3] [--slices 4,20]
 """
 
 from __future__ import annotations
@@ -94,9 +96,11 @@ def rss_kb(pid: int, field: str) -> int:
 
 
 def make_series(ct: list[Path], folder: Path, count: int, tag: str, slices: int):
-    """``count`` copies of the first ``slices`` slices of the shared series: [(files, uid)]."""
-    return [copy_series(ct, folder / f"{tag}{k}", f"bench {tag} {k}", keep=lambda i: i < slices)
-            for k in range(count)]
+    """``count`` copies of ``slices`` middle slices of the shared series (all 20 for 20; 8-11,
+    the tests' cut, for 4): [(files, uid)]."""
+    first = (len(ct) - slices) // 2
+    return [copy_series(ct, folder / f"{tag}{k}", f"bench {tag} {slices} {k}",
+                        keep=lambda i: first <= i < first + slices) for k in range(count)]
 
 
 def send_series(port: int, files: list[Path]) -> float:
@@ -157,7 +161,8 @@ def main() -> int:
     parser.add_argument("--series", type=int, default=20, help="series pushed at once")
     parser.add_argument("--single", type=int, default=3,
                         help="series sent one at a time (node and peer latency)")
-    parser.add_argument("--slices", type=int, default=20, help="slices per series (<= 20)")
+    parser.add_argument("--slices", default="4,20",
+                        help="slices per series (<= 20), one run per comma-separated value")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop the node and Orthanc too
     ct = sorted((DATA / "ct_dicom").resolve().glob("*.dcm")) if (DATA / "ct_dicom").is_dir() \
@@ -168,13 +173,21 @@ def main() -> int:
         if missing:
             print(f"skipped: {what} is absent")
             return 0
+    for slices in (int(v) for v in args.slices.split(",")):
+        result, peer_s = run_size(args, ct, min(slices, len(ct)))
+        report(args, min(slices, len(ct)), result, peer_s)
+    return 0
+
+
+def run_size(args, ct: list[Path], slices: int) -> tuple[dict, list[float]]:
+    """The node's and the peer's measurements for series of ``slices`` slices."""
     with tempfile.TemporaryDirectory(prefix="bench_serve_") as tmp:
         folder = Path(tmp)
         model = save_threshold_checkpoint(folder / "model.safetensors",
-                                          roi=(512, 512, args.slices))
-        single = make_series(ct, folder / "series", args.single, "single", args.slices)
-        many = make_series(ct, folder / "series", args.series, "many", args.slices)
-        peer = make_series(ct, folder / "series", args.single, "peer", args.slices)
+                                          roi=(512, 512, slices))
+        single = make_series(ct, folder / "series", args.single, "single", slices)
+        many = make_series(ct, folder / "series", args.series, "many", slices)
+        peer = make_series(ct, folder / "series", args.single, "peer", slices)
         orthanc = Orthanc(folder / "orthanc")
         node = NodeProcess(folder / "node", model, orthanc.dicom_port,
                            series_timeout_s=SERIES_TIMEOUT_S, queue_size=4)
@@ -188,15 +201,14 @@ def main() -> int:
             watch.stop.set()
             node.stop()
             orthanc.stop()
-    report(args, result, peer_s)
-    return 0
+    return result, peer_s
 
 
-def report(args, result: dict, peer_s: list[float]) -> None:
+def report(args, slices: int, result: dict, peer_s: list[float]) -> None:
     node_s, peer_med = statistics.median(result["single_s"]), statistics.median(peer_s)
     queued = result["queued_s"]
     peer_per_min = 60 / peer_med
-    print(f"medseg serve vs medseg predict + storescu: {args.slices}-slice 512 x 512 CT series, "
+    print(f"medseg serve vs medseg predict + storescu: {slices}-slice 512 x 512 CT series, "
           f"threshold unet3d, CPU ({os.cpu_count()} cores), series_timeout_s "
           f"{SERIES_TIMEOUT_S:g}")
     print(f"  one series, last instance -> SEG in Orthanc: node {node_s:.2f} s (median of "

@@ -2,7 +2,8 @@
 
 The node listens until SIGTERM or Ctrl-C and prints one line, ``listening on HOST:PORT as
 AE_TITLE``, once it accepts associations. ``--status`` prints the jobs in the config's spool
-(queued, running, done, failed, with the reason of each failure) and exits; no node needs
+(queued, running, done, failed, with the reason of each failure), the associations rejected
+and aborted and the instances refused (from the JSON-lines log), and exits; no node needs
 to be running.
 """
 
@@ -17,7 +18,8 @@ HELP = ("a DICOM node: receive series from a PACS, segment them, send DICOM-SEG 
 
 #: The node's config keys (medseg.serve.config), named in ``--help``.
 CONFIG_KEYS = ("ae_title, host, port, allowed_calling_aets, spool, series_timeout_s, routes, "
-               "destination, max_spool_gb, tls")
+               "destination, max_spool_gb, tls, max_associations, acse_timeout_s, "
+               "network_timeout_s, dimse_timeout_s")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,11 +34,11 @@ def run(args: argparse.Namespace) -> int:
     import threading
 
     from medseg.serve import Node, load_serve_config, spool_jobs
-    from medseg.serve.jobs import status_lines
+    from medseg.serve.jobs import peer_counts, status_lines
 
     cfg = load_serve_config(args.config)
     if args.status:
-        print("\n".join(status_lines(spool_jobs(cfg))))
+        print("\n".join(status_lines(spool_jobs(cfg), peer_counts(cfg.log_path))))
         return 0
     node = Node(cfg)
     node.start()

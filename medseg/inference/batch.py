@@ -31,8 +31,9 @@ if TYPE_CHECKING:
     from medseg.runtime import Runtime
     from medseg.volume import Volume
 
-__all__ = ["CaseFiles", "CaseOutputs", "shard_cases", "outputs_for", "predict_cases",
-           "algorithm_name", "prepare_output", "write_case_outputs", "write_qc"]
+__all__ = ["CaseFiles", "CaseOutputs", "FolderSink", "shard_cases", "outputs_for",
+           "predict_cases", "predict_into", "algorithm_name", "prepare_output",
+           "write_case_outputs", "write_qc"]
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +204,61 @@ def _cases_progress(cases: Sequence[Case], rank: int):  # -> tqdm
                 disable=None if len(cases) > 1 else True, file=sys.stderr)
 
 
+class FolderSink:
+    """Where :func:`predict_cases` puts each case: its outputs under ``out`` (a folder, or one
+    file), written all or nothing (:func:`write_case_outputs`), and with ``options.qc`` the
+    QC rows, written as ``qc.csv`` by :meth:`finish`. ``written`` lists the outputs so far.
+
+    The sink of :func:`predict_into`, beside :mod:`medseg.serve.pull`'s STOW-RS sink: both
+    have ``loaded`` (the model), ``deliver(case, image, result) -> str`` (where the result
+    went) and ``finish()``.
+    """
+
+    def __init__(self, out: Path, cases: Sequence[Case], loaded, files: CaseFiles,
+                 options: PredictOptions, runtime: Runtime, dicom: bool | None = None) -> None:
+        self.out, self.loaded, self.files = out, loaded, files
+        self.options, self.runtime = options, runtime
+        self.algorithm = algorithm_name(loaded)
+        self.file_mode = prepare_output(out, cases, dicom=dicom)
+        self.qc_rows: list[dict] = []
+        self.written: list[CaseOutputs] = []
+        card = loaded.card
+        if options.qc and (card.confidence is None or card.confidence.cohort is None):
+            from medseg.inference.qc import missing_cohort_message
+
+            log.warning("%s", missing_cohort_message(loaded.source))
+
+    def deliver(self, case: Case, image: Volume, result: Prediction) -> str:
+        outputs = outputs_for(case, self.out, self.file_mode)
+        write_case_outputs(image, result, outputs, self.files, self.loaded.card.labels,
+                           self.algorithm)
+        self.written.append(outputs)
+        if self.options.qc and result.qc is not None:
+            self.qc_rows.extend({"case": case.case_id, **row} for row in result.qc.rows)
+        return str(outputs.prediction)
+
+    def finish(self) -> None:
+        if self.options.qc:
+            path = qc_path(self.out, self.file_mode, self.runtime.rank, self.runtime.world_size)
+            write_qc(self.qc_rows, path, self.loaded.card)
+
+
+def predict_into(case: Case, sink, options: PredictOptions, runtime: Runtime,
+                 files: CaseFiles, series: str | None = None) -> str:
+    """Read ``case`` (the DICOM series ``series``, default ``files.series``), predict it
+    with ``sink.loaded`` and hand the result to ``sink``; returns where it went.
+
+    The one body of every batch loop: :func:`predict_cases` (a failure stops the batch)
+    and :func:`medseg.serve.pull.predict_dicomweb` (a failure is one line, the next series
+    goes on).
+    """
+    from medseg.inference.predict import predict_case
+
+    image = read_case_image(case, series or files.series, tilt=files.tilt, stack=files.stack)
+    result = predict_case(sink.loaded, image, options, runtime)
+    return sink.deliver(case, image, result)
+
+
 def predict_cases(
     model: str | os.PathLike | Sequence[str | os.PathLike],
     input_path: str | os.PathLike,
@@ -226,7 +282,7 @@ def predict_cases(
     Returns the outputs this rank wrote.
     """
     from medseg.sources import check_stack_count, load_model
-    from medseg.inference.predict import PredictOptions, predict_case
+    from medseg.inference.predict import PredictOptions
     from medseg.runtime import Runtime
 
     files = files or CaseFiles()
@@ -237,28 +293,13 @@ def predict_cases(
     mine = shard_cases(cases, runtime.rank, runtime.world_size)
     loaded = load_model(model, runtime)
     check_stack_count(files.stack, loaded.card, str(loaded.source), input_path)
-    algorithm = algorithm_name(loaded)
-    file_mode = prepare_output(output, cases)
+    sink = FolderSink(output, cases, loaded, files, options, runtime)
     log.info("rank %d/%d: %d of %d cases on %s", runtime.rank, runtime.world_size, len(mine),
              len(cases), runtime)
-    if options.qc and (loaded.card.confidence is None or loaded.card.confidence.cohort is None):
-        from medseg.inference.qc import missing_cohort_message
-
-        log.warning("%s", missing_cohort_message(loaded.source))
-    written, qc_rows = [], []
     for case in _cases_progress(mine, runtime.rank):
-        image = read_case_image(case, files.series, tilt=files.tilt, stack=files.stack)
-        result = predict_case(loaded, image, options, runtime)
-        outputs = outputs_for(case, output, file_mode)
-        write_case_outputs(image, result, outputs, files, loaded.card.labels, algorithm)
-        log.info("%s -> %s", case.case_id, outputs.prediction)
-        written.append(outputs)
-        if options.qc and result.qc is not None:
-            qc_rows.extend({"case": case.case_id, **row} for row in result.qc.rows)
-    if options.qc:
-        write_qc(qc_rows, qc_path(output, file_mode, runtime.rank, runtime.world_size),
-                  loaded.card)
-    return written
+        log.info("%s -> %s", case.case_id, predict_into(case, sink, options, runtime, files))
+    sink.finish()
+    return sink.written
 
 
 def algorithm_name(loaded) -> str:

@@ -15,13 +15,21 @@
         options: {overlap: 0.5, tta: false}   # PredictOptions fields
     destination: {ae_title: ORTHANC, host: pacs.local, port: 4242}   # C-STORE, or:
     # destination: {dicomweb: http://pacs.local:8042/dicom-web}      # STOW-RS
+    # destination: {dicomweb: https://pacs.local/dicom-web, ca_cert: hospital-ca.pem,
+    #               auth: {username: medseg, password_env: MEDSEG_PACS_PASSWORD}}
+    #               (or auth: {token_env: MEDSEG_PACS_TOKEN}: a bearer token)
     max_spool_gb: 20                # instances are refused (status A700) above this
     tls: {certificate: node.pem, key: node.key, ca: hospital-ca.pem}  # optional
 
 and, with defaults: ``retention_h`` (24: done and failed series leave the spool after
 this many hours; their job records stay), ``max_associations`` (32: associations open at
 once; one more is rejected with "local limit exceeded", which a PACS retries),
-``queue_size`` (4: series handed to the worker
+``acse_timeout_s`` (30: a caller must ask for an association, and a peer answer an
+association or release request, within this long), ``network_timeout_s`` (60: an
+association on which nothing arrives for this long, idle or stalled in the middle of an
+instance, is aborted, so that no caller keeps one of ``max_associations`` forever),
+``dimse_timeout_s`` (30: the wait for a DIMSE answer, e.g. the PACS's C-STORE response when
+sending), ``queue_size`` (4: series handed to the worker
 at once; the rest wait in the spool), ``send_attempts`` (5) and ``retry_s`` (30: the
 pause between them), ``device`` (``auto``), ``log`` (the JSON-lines log; default
 ``SPOOL/serve.jsonl``).
@@ -44,7 +52,7 @@ from typing import Any
 from medseg.config import build_section, read_yaml
 from medseg.errors import ConfigError, UsageError, check_keywords, check_option
 
-__all__ = ["FORMATS", "Match", "Route", "Destination", "Tls", "ServeConfig", "resolve_model",
+__all__ = ["FORMATS", "Match", "Route", "DicomwebAuth", "Destination", "Tls", "ServeConfig", "resolve_model",
            "load_serve_config", "parse_serve_config"]
 
 #: What a route writes: DICOM-SEG or RTSTRUCT (medseg.io.labels.DICOM_FORMATS).
@@ -91,18 +99,55 @@ class Route:
 
 
 @dataclass
+class DicomwebAuth:
+    """Credentials for a DICOMweb destination: HTTP basic auth (``username`` and
+    ``password_env``, the environment variable holding the password) or a bearer token
+    (``token_env``). The config names variables, never secrets."""
+
+    username: str | None = None
+    password_env: str | None = None
+    token_env: str | None = None
+
+
+@dataclass
 class Destination:
     """Where results go: a C-STORE SCP (``ae_title``, ``host``, ``port``) or a DICOMweb
-    service (``dicomweb``: its base URL, results stored with STOW-RS)."""
+    service (``dicomweb``: its base URL, results stored with STOW-RS; ``auth``: its
+    credentials, ``ca_cert``: the CA bundle its https certificate must chain to)."""
 
     ae_title: str | None = None
     host: str | None = None
     port: int | None = None
     dicomweb: str | None = None
+    auth: DicomwebAuth | None = None
+    ca_cert: str | None = None
 
     @property
     def is_dicomweb(self) -> bool:
         return self.dicomweb is not None
+
+    def access(self, source: str | None = None, environ=None):
+        """The credentials and CA bundle of a DICOMweb destination
+        (:class:`medseg.serve.dicomweb.DicomwebAccess`), the secrets read from the
+        environment now (``environ``: default ``os.environ``). The node calls it when it
+        starts; ``--status`` never needs the secrets.
+
+        Raises
+        ------
+        ConfigError : naming ``source``: an environment variable ``auth`` names is not set.
+        """
+        from medseg.serve.dicomweb import DicomwebAccess
+
+        env = os.environ if environ is None else environ
+        auth = self.auth or DicomwebAuth()
+        secrets = {}
+        for key, variable in (("password", auth.password_env), ("token", auth.token_env)):
+            if variable is not None:
+                if not env.get(variable):
+                    raise ConfigError(f"destination.auth.{key}_env: the environment variable "
+                                      f"{variable} is not set", source)
+                secrets[key] = env[variable]
+        return DicomwebAccess(username=auth.username, ca_cert=self.ca_cert, **secrets)
 
 
 @dataclass
@@ -153,6 +198,9 @@ class ServeConfig:
     tls: Tls | None = None
     retention_h: float = 24.0
     max_associations: int = 32
+    acse_timeout_s: float = 30.0
+    network_timeout_s: float = 60.0
+    dimse_timeout_s: float = 30.0
     queue_size: int = 4
     send_attempts: int = 5
     retry_s: float = 30.0
@@ -198,6 +246,11 @@ def parse_serve_config(raw: dict[str, Any], source: str | os.PathLike | None = N
     cfg.spool = str(_resolve(cfg.spool, base))
     if cfg.log:
         cfg.log = str(_resolve(cfg.log, base))
+    if cfg.destination.ca_cert:
+        cfg.destination.ca_cert = str(_resolve(cfg.destination.ca_cert, base))
+        if not Path(cfg.destination.ca_cert).is_file():
+            raise ConfigError(f"destination.ca_cert = {cfg.destination.ca_cert!r}: no such "
+                              "file (a PEM bundle of CA certificates)", src)
     if cfg.tls is not None:
         for key in ("certificate", "key", "ca"):
             if getattr(cfg.tls, key):
@@ -229,7 +282,8 @@ def _check(cfg: ServeConfig, src: str | None) -> None:
                           "series (the PACS or router), so that no stranger gets in", src)
     for i, aet in enumerate(cfg.allowed_calling_aets):
         check_ae_title(aet, f"allowed_calling_aets[{i}]", src)
-    for key in ("series_timeout_s", "max_spool_gb", "retention_h", "retry_s"):
+    for key in ("series_timeout_s", "max_spool_gb", "retention_h", "retry_s", "acse_timeout_s",
+                "network_timeout_s", "dimse_timeout_s"):
         _require(getattr(cfg, key) > 0, key, getattr(cfg, key), "> 0", src)
     for key in ("queue_size", "send_attempts", "max_associations"):
         _require(getattr(cfg, key) >= 1, key, getattr(cfg, key), ">= 1", src)
@@ -280,13 +334,35 @@ def _check_destination(dest: Destination, src: str | None) -> None:
         if not re.match(r"https?://", dest.dicomweb):
             raise ConfigError(f"destination.dicomweb = {dest.dicomweb!r}: expected an http:// "
                               "or https:// URL", src)
+        if dest.ca_cert and not dest.dicomweb.startswith("https://"):
+            raise ConfigError("destination.ca_cert is for an https:// URL; "
+                              f"destination.dicomweb is {dest.dicomweb!r}", src)
+        if dest.auth is not None:
+            _check_auth(dest.auth, src)
         return
+    for key in ("auth", "ca_cert"):
+        if getattr(dest, key) is not None:
+            raise ConfigError(f"destination.{key} is for a DICOMweb destination "
+                              "({dicomweb: URL}), not for C-STORE", src)
     if any(v is None for v in scu):
         missing = [k for k, v in zip(("ae_title", "host", "port"), scu) if v is None]
         raise ConfigError(f"destination lacks {', '.join(missing)}: give {{ae_title, host, "
                           "port}} (C-STORE) or {dicomweb: URL} (STOW-RS)", src)
     check_ae_title(dest.ae_title, "destination.ae_title", src)
     _require(1 <= dest.port <= 65535, "destination.port", dest.port, "1..65535", src)
+
+
+def _check_auth(auth: DicomwebAuth, src: str | None) -> None:
+    """Basic auth (username and password_env) or a token (token_env); whether the variables
+    are set is checked when the node starts (:meth:`Destination.access`)."""
+    basic = auth.username is not None or auth.password_env is not None
+    if basic == (auth.token_env is not None):
+        raise ConfigError("destination.auth: give {username, password_env} (HTTP basic auth) "
+                          "or {token_env} (a bearer token)", src)
+    if basic and not (auth.username and auth.password_env):
+        missing = "password_env" if auth.username else "username"
+        raise ConfigError(f"destination.auth lacks {missing}: basic auth needs username and "
+                          "password_env (the environment variable holding the password)", src)
 
 
 def check_ae_title(value: str, key: str, src: str | None) -> None:

@@ -9,7 +9,14 @@ QIDO-RS and fetched with WADO-RS (dicomweb-client); STOW-RS is :func:`medseg.ser
 name the study ``S`` (or its series ``R``) of the service at ``http[s]://HOST[:PORT]/PATH``
 (Orthanc: ``/dicom-web``); without a query the URL names only the service (an output).
 https verifies the server's certificate against the system's CAs, or the bundle named by
-``REQUESTS_CA_BUNDLE`` (requests' own rule).
+``REQUESTS_CA_BUNDLE`` (requests' own rule), or a CA bundle of its own
+(:class:`DicomwebAccess`'s ``ca_cert``).
+
+Credentials (:class:`DicomwebAccess`): HTTP basic auth (user name and password) or a bearer
+token, from ``medseg serve``'s config (``destination.auth``: the secrets are named by
+environment variables) or, for ``medseg predict``, from the environment variables
+:data:`ENV` names. A secret goes only into the HTTP session's ``Authorization`` header:
+never into a URL, a message, a ``repr`` or the JSON-lines log.
 
 Every client is made by :func:`dicomweb_client`, and every failure of the service (refused,
 unreachable, an HTTP error status, an answer that is not DICOM) becomes a
@@ -21,16 +28,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from medseg.errors import DataError, MedsegError, UsageError, closest
 from medseg.serve.spool import check_uid
 
-__all__ = ["SCHEMES", "DicomwebError", "DicomwebLocation", "RemoteSeries", "answering", "is_dicomweb",
+__all__ = ["SCHEMES", "ENV", "DicomwebAccess", "DicomwebAuthError", "DicomwebError",
+           "DicomwebLocation", "RemoteSeries", "answering", "is_dicomweb",
            "parse_location", "dicomweb_client", "list_series", "fetch_series"]
 
 log = logging.getLogger(__name__)
@@ -48,8 +57,87 @@ RETRY_ATTEMPTS, RETRY_WAIT_MS = 4, 500
 _SERIES_UID, _MODALITY, _DESCRIPTION, _INSTANCES = "0020000E", "00080060", "0008103E", "00201209"
 
 
+#: ``medseg predict``'s environment variables for a DICOMweb service: basic auth (user
+#: name and password), or a bearer token, and a CA bundle (PEM) for https.
+ENV = {"username": "MEDSEG_DICOMWEB_USERNAME", "password": "MEDSEG_DICOMWEB_PASSWORD",
+       "token": "MEDSEG_DICOMWEB_TOKEN", "ca_cert": "MEDSEG_DICOMWEB_CA_CERT"}
+
+
 class DicomwebError(MedsegError):
     """The DICOMweb service did not answer as asked (refused, unreachable, HTTP error)."""
+
+
+class DicomwebAuthError(DicomwebError):
+    """The service refused the credentials (HTTP ``status`` 401 or 403): no later request
+    can do better, so a batch stops here instead of failing each series alike."""
+
+    status: int = 401
+
+
+@dataclass(frozen=True)
+class DicomwebAccess:
+    """How to reach a DICOMweb service: HTTP basic auth (``username`` and ``password``) or
+    a bearer ``token`` (or neither), and ``ca_cert``, a PEM bundle of the CAs that https
+    certificates must chain to (None: requests' default). The secrets stay out of ``repr``.
+    """
+
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    ca_cert: str | None = None
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> DicomwebAccess:
+        """The access that the :data:`ENV` variables give (``medseg predict``).
+
+        Raises
+        ------
+        UsageError : a user name without a password (or the reverse), both a user name
+            and a token, or a CA bundle that is not a file; each names the variables only.
+        """
+        env = os.environ if environ is None else environ
+        values = {key: env.get(name) or None for key, name in ENV.items()}
+        if (values["username"] is None) != (values["password"] is None):
+            raise UsageError(f"set both {ENV['username']} and {ENV['password']} (HTTP basic "
+                             "auth), or neither")
+        if values["username"] and values["token"]:
+            raise UsageError(f"set {ENV['username']} / {ENV['password']} (basic auth) or "
+                             f"{ENV['token']} (bearer token), not both")
+        if values["ca_cert"] and not Path(values["ca_cert"]).is_file():
+            raise UsageError(f"{ENV['ca_cert']} = {values['ca_cert']!r}: no such file "
+                             "(a PEM bundle of CA certificates)")
+        return cls(**values)
+
+    def session(self):  # -> requests.Session
+        """A requests session that sends these credentials and checks https against
+        ``ca_cert``.
+
+        The bundle is given to the https adapter itself: requests lets
+        ``REQUESTS_CA_BUNDLE`` / ``CURL_CA_BUNDLE`` override a session's ``verify``
+        (psf/requests#3829), and many systems set those.
+        """
+        import requests
+
+        session = requests.Session()
+        if self.username is not None:
+            session.auth = (self.username, self.password or "")
+        elif self.token is not None:
+            session.headers["Authorization"] = f"Bearer {self.token}"
+        if self.ca_cert:
+            session.mount("https://", _verifying_adapter(self.ca_cert))
+        return session
+
+
+def _verifying_adapter(ca_cert: str):  # -> requests.adapters.HTTPAdapter
+    """An HTTPAdapter that checks every https certificate against ``ca_cert``."""
+    from requests.adapters import HTTPAdapter
+
+    class Verifying(HTTPAdapter):
+        def send(self, request, **kwargs):
+            kwargs["verify"] = ca_cert
+            return super().send(request, **kwargs)
+
+    return Verifying()
 
 
 @dataclass(frozen=True)
@@ -142,8 +230,9 @@ def _uid(value: str, key: str, text: str) -> str:
         raise UsageError(f"{text!r}: {exc.message}") from exc
 
 
-def dicomweb_client(url: str):  # -> dicomweb_client.DICOMwebClient
-    """The client of the service at ``url`` (http or https), with :data:`TIMEOUT_S` and
+def dicomweb_client(url: str, access: DicomwebAccess | None = None):
+    """The client (``dicomweb_client.DICOMwebClient``) of the service at ``url`` (http or
+    https) with ``access``'s credentials and CA bundle, :data:`TIMEOUT_S` and
     :data:`RETRY_ATTEMPTS`; the library's own log (a line per request) is kept below
     medseg's INFO lines."""
     from dicomweb_client.api import DICOMwebClient
@@ -151,7 +240,8 @@ def dicomweb_client(url: str):  # -> dicomweb_client.DICOMwebClient
     library_log = logging.getLogger("dicomweb_client")
     if library_log.level == logging.NOTSET:
         library_log.setLevel(logging.WARNING)
-    client = DICOMwebClient(url, timeout=TIMEOUT_S)
+    client = DICOMwebClient(url, session=(access or DicomwebAccess()).session(),
+                            timeout=TIMEOUT_S)
     client.set_http_retry_params(max_attempts=RETRY_ATTEMPTS,
                                  wait_exponential_multiplier=RETRY_WAIT_MS)
     return client
@@ -164,6 +254,8 @@ def answering(url: str, what: str) -> Iterator[None]:
 
     try:
         yield
+    except requests.HTTPError as exc:
+        raise _http_error(exc, url, what) from exc
     except requests.ConnectionError as exc:  # requests' text holds the pool's repr
         errno = re.search(r"\[Errno -?\d+\] [^'\")]+", str(exc))
         reason = errno.group(0) if errno else " ".join(str(exc).split())
@@ -173,7 +265,23 @@ def answering(url: str, what: str) -> Iterator[None]:
         raise DicomwebError(f"{what} at {url} failed: {detail}") from exc
 
 
-def list_series(location: DicomwebLocation) -> list[RemoteSeries]:
+def _http_error(exc, url: str, what: str) -> DicomwebError:
+    """One line for an HTTP error status: the service, the status and its reason (requests'
+    own text names the request's URL, which never holds a secret)."""
+    response = exc.response
+    if response is None:
+        return DicomwebError(f"{what} at {url} failed: {' '.join(str(exc).split())}")
+    line = f"{what} at {url} failed: HTTP {response.status_code} {response.reason or ''}"
+    if response.status_code in (401, 403):
+        error = DicomwebAuthError(f"{line.rstrip()} (the credentials were refused or are "
+                                  "missing: check the user name, password or token)")
+        error.status = response.status_code
+        return error
+    return DicomwebError(line.rstrip())
+
+
+def list_series(location: DicomwebLocation, access: DicomwebAccess | None = None
+                ) -> list[RemoteSeries]:
     """Every series of the location's study (or its one series), by QIDO-RS, in the
     service's order.
 
@@ -187,7 +295,7 @@ def list_series(location: DicomwebLocation) -> list[RemoteSeries]:
                          "dicomweb://HOST/PATH?StudyInstanceUID=UID")
     filters = {"SeriesInstanceUID": location.series_uid} if location.series_uid else None
     with answering(location.url, "QIDO-RS (search for series)"):
-        answers = dicomweb_client(location.url).search_for_series(
+        answers = dicomweb_client(location.url, access).search_for_series(
             study_instance_uid=location.study_uid, search_filters=filters,
             get_remaining=True)
     series = [_series(answer, location) for answer in answers or []]
@@ -214,7 +322,8 @@ def _series(answer: dict, location: DicomwebLocation) -> RemoteSeries:
                         int(count) if count is not None else None)
 
 
-def fetch_series(location: DicomwebLocation, series_uid: str, folder: Path) -> list[Path]:
+def fetch_series(location: DicomwebLocation, series_uid: str, folder: Path,
+                 access: DicomwebAccess | None = None) -> list[Path]:
     """Write every instance of ``series_uid`` (of the location's study) into ``folder`` as
     ``00000.dcm``, ``00001.dcm``, ... by WADO-RS, in its stored transfer syntax.
 
@@ -228,7 +337,7 @@ def fetch_series(location: DicomwebLocation, series_uid: str, folder: Path) -> l
     from pydicom.errors import InvalidDicomError
 
     folder.mkdir(parents=True, exist_ok=True)
-    client = dicomweb_client(location.url)
+    client = dicomweb_client(location.url, access)
     files: list[Path] = []
     with answering(location.url, f"WADO-RS (retrieve series {series_uid})"):
         try:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["RECEIVING", "QUEUED", "RUNNING", "SENDING", "DONE", "FAILED", "STATES", "Job",
-           "Journal", "status_lines"]
+           "Journal", "PEER_EVENTS", "peer_counts", "status_lines"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,12 @@ class Job:
     late : an instance arrived while it was running or sending: it runs again afterwards.
     purged : its instances and result left the spool after the retention time.
     run : how many times the series was received in full (a resend is a new run).
+    previous_instances : instances its earlier run had (0 for the first): a run with
+        fewer is not segmented, since its result would replace the complete one.
+    interrupted : why the series is known to be incomplete (an association aborted in
+        the middle of one of its instances); cleared by the next instance stored.
+    defects : SOP Instance UID -> what is wrong with that instance's Pixel Data (an
+        instance received again whole clears its entry).
     created, updated : Unix seconds.
     """
 
@@ -70,6 +76,9 @@ class Job:
     late: bool = False
     purged: bool = False
     run: int = 1
+    previous_instances: int = 0
+    interrupted: str = ""
+    defects: dict[str, str] = field(default_factory=dict)
     created: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)
 
@@ -100,7 +109,7 @@ class Journal:
         with self._lock:
             self._file.write(line + "\n")
             self._file.flush()
-        level = logging.WARNING if event in ("failed", "rejected", "refused") else logging.INFO
+        level = logging.WARNING if event in ("failed", *PEER_EVENTS) else logging.INFO
         log.log(level, "%s %s", event, " ".join(f"{k}={v}" for k, v in fields.items()))
 
     def close(self) -> None:
@@ -119,12 +128,30 @@ def read_journal(path: str | Path) -> list[dict[str, Any]]:
     return events
 
 
-def status_lines(jobs: Iterable[Job]) -> list[str]:
-    """What ``medseg serve CONFIG --status`` prints: the count per state, then one line per
-    job that is not done (failed ones with their reason)."""
+#: Events of the log that belong to no job, counted by ``--status``: associations rejected
+#: (AE title, association limit, TLS) or aborted (by the peer, or by a timeout), and
+#: instances refused (UIDs that are not UIDs, a full spool, a spool write that failed).
+PEER_EVENTS = ("rejected", "aborted", "refused")
+
+
+def peer_counts(log_path: str | Path) -> Counter:
+    """How many of each :data:`PEER_EVENTS` the JSON-lines log at ``log_path`` holds."""
+    path = Path(log_path)
+    if not path.is_file():
+        return Counter()
+    return Counter(e["event"] for e in read_journal(path) if e.get("event") in PEER_EVENTS)
+
+
+def status_lines(jobs: Iterable[Job], peers: Counter | None = None) -> list[str]:
+    """What ``medseg serve CONFIG --status`` prints: the count per state, the counts of
+    ``peers`` (:func:`peer_counts`), then one line per job that is not done (failed ones
+    with their reason)."""
     jobs = sorted(jobs, key=lambda j: j.updated)
     counts = Counter(j.state for j in jobs)
-    lines = ["  ".join(f"{state} {counts.get(state, 0)}" for state in STATES)]
+    peers = peers or Counter()
+    lines = ["  ".join(f"{state} {counts.get(state, 0)}" for state in STATES),
+             f"associations rejected {peers['rejected']}  aborted {peers['aborted']}  "
+             f"instances refused {peers['refused']}"]
     for job in jobs:
         if job.state != DONE:
             what = job.header.get("series_description") or job.header.get("modality") or ""

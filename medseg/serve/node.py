@@ -10,6 +10,15 @@ Three kinds of threads share the spool:
 * one *worker* (:meth:`Node._work`) runs a job: route, predict, write the result into the
   spool, send it, done. Any error ends the job as failed with one line; the node goes on.
 
+What a hostile or broken modality sends is held at the door (:meth:`Node._on_store`):
+UIDs outside the UID grammar, or an Affected SOP Instance UID that is not the dataset's,
+are refused (C000) before they name a file; native Pixel Data of the wrong length is
+noted against its instance and fails the series (ITK would read it as air); an
+association aborted in the middle of an instance (:meth:`Node._on_ended`) leaves its
+series incomplete, and it fails when it falls silent unless more of it arrives; a
+finished series received again with fewer instances than before is not segmented (its
+result would replace the complete one). Each is one line in the log.
+
 A node started on a spool that a killed node left behind continues its jobs
 (:meth:`Node._recover`): series still receiving wait for silence again (the PACS may be
 resending them), interrupted runs run again, unsent results are sent.
@@ -23,7 +32,8 @@ import threading
 import time
 from pathlib import Path
 
-from medseg.errors import MedsegError
+from medseg.errors import DataError, MedsegError
+from medseg.io.dicom.files import non_image_kind, pixel_data_problem
 from medseg.serve.config import ServeConfig
 from medseg.serve.jobs import (
     DONE,
@@ -59,6 +69,7 @@ class Node:
         self._jobs: dict[str, Job] = {}
         self._last_seen: dict[str, float] = {}
         self._refusing: dict[str, float] = {}
+        self._arrived: dict[int, set[str]] = {}  # id(association) -> series it stored
         self._queued: set[str] = set()
         self._queue: queue.Queue[str] = queue.Queue(maxsize=cfg.queue_size)
         self._stop = threading.Event()
@@ -66,6 +77,7 @@ class Node:
         self._server = None
         self._routes = None
         self._runtime = None
+        self._access = None  # the DICOMweb destination's credentials, read at start
 
     # -- life --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -73,10 +85,12 @@ class Node:
         from medseg.serve.process import load_routes
 
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+        self._access = (self.cfg.destination.access(self.cfg.source)
+                        if self.cfg.destination.is_dicomweb else None)
         self._runtime = Runtime.resolve(self.cfg.device)
         self._routes = load_routes(self.cfg, self._runtime)
         self._recover()
-        self._server = start_scp(self.cfg, self._on_store, self._on_rejected)
+        self._server = start_scp(self.cfg, self._on_store, self._on_rejected, self._on_ended)
         for target, name in ((self._monitor, "medseg-monitor"), (self._work, "medseg-worker")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -125,13 +139,9 @@ class Node:
 
     def _on_store(self, event) -> int:
         """A C-STORE: the instance on disk, then the status (pynetdicom sends it)."""
-        from medseg.serve.process import series_header
-
         calling = str(event.assoc.requestor.ae_title).strip()
         try:
-            ds = event.dataset
-            series_uid = check_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
-            sop_uid = check_uid(event.request.AffectedSOPInstanceUID, "SOPInstanceUID")
+            ds, series_uid, sop_uid = _checked_instance(event)
             data = event.encoded_dataset()
         except (MedsegError, ValueError, TypeError, AttributeError, KeyError) as exc:
             self.journal.write("refused", calling_aet=calling,
@@ -141,7 +151,7 @@ class Node:
             if self._refusing.get(series_uid, 0.0) > time.time():
                 self._refusing[series_uid] = time.time() + self.cfg.series_timeout_s
                 return STATUS["out_of_resources"]
-            job = self._begin(series_uid, {**series_header(ds), "calling_aet": calling})
+            job = self._begin(series_uid, instance_header(ds, calling))
         try:
             self.spool.store_instance(series_uid, sop_uid, data)
         except SpoolFullError as exc:
@@ -152,23 +162,65 @@ class Node:
             return STATUS["processing_failure"]
         with self._lock:
             self._last_seen[series_uid] = time.time()
+            self._note_instance(job, sop_uid,
+                                pixel_data_problem(ds, event.context.transfer_syntax))
+            self._arrived.setdefault(id(event.assoc), set()).add(series_uid)
         return STATUS["success"]
+
+    def _note_instance(self, job: Job, sop_uid: str, defect: str | None) -> None:
+        """Record what a stored instance says about its series: a defect of its Pixel Data
+        (or its absence, when the instance came again whole), and that the series is no
+        longer known to be cut short. Saves the job only when that changes. Called with
+        the lock held."""
+        changed = bool(job.interrupted) or job.defects.get(sop_uid) != defect
+        job.interrupted = ""
+        if defect is None:
+            job.defects.pop(sop_uid, None)
+        else:
+            job.defects[sop_uid] = defect
+        if changed:
+            self._save(job, "instance", sop_instance_uid=sop_uid, defect=defect)
+
+    def _on_ended(self, assoc, aborted: bool, mid_instance: bool) -> None:
+        """An association ended. Aborted in the middle of an instance (by the peer, or by
+        ``network_timeout_s``), the series it was sending lack that instance: each is
+        marked interrupted, and fails when it falls silent unless more of it arrives."""
+        requestor = assoc.requestor
+        calling = str(requestor.ae_title).strip()
+        with self._lock:
+            series = sorted(self._arrived.pop(id(assoc), set()))
+            if not aborted or getattr(assoc, "is_rejected", False):  # rejected: logged so
+                return
+            self.journal.write("aborted", calling_aet=calling, mid_instance=mid_instance,
+                               address=f"{requestor.address}:{requestor.port}", series=series)
+            if not mid_instance:
+                return
+            for uid in series:
+                job = self._jobs.get(uid)
+                if job is not None and job.state == RECEIVING:
+                    job.interrupted = (f"the association from {calling} was aborted in the "
+                                       "middle of an instance of the series")
+                    self._save(job, "interrupted", calling_aet=calling)
 
     def _begin(self, series_uid: str, header: dict[str, str]) -> Job:
         """The job an instance of ``series_uid`` belongs to (created, or restarted when the
         series arrives again after it finished). Called with the lock held."""
         job = self._jobs.get(series_uid)
         if job is None or job.state in FINISHED:
-            run = 1 if job is None else job.run + 1
+            run, previous = (1, 0) if job is None else (
+                job.run + 1, max(job.instances, job.previous_instances))
             if job is not None:
                 self.spool.discard(series_uid)
-            job = Job(series_uid, header=header, run=run)
+            job = Job(series_uid, header=header, run=run, previous_instances=previous)
             self._jobs[series_uid] = job
             self._save(job, "receiving", calling_aet=header.get("calling_aet"),
                        modality=header.get("modality"))
         elif job.state == QUEUED:
             job.state = RECEIVING  # more of the series: wait for silence again
             self._save(job, "receiving", more=True)
+        if job.header.get("non_image") and not header.get("non_image"):
+            job.header = header  # route by an image of the series, not by a report in it
+            self._save(job, "header", modality=header.get("modality"))
         elif job.state in (RUNNING, SENDING) and not job.late:
             job.late = True
             self._save(job, "late_instance")
@@ -202,11 +254,29 @@ class Node:
                 if job.state == RECEIVING and now - self._last_seen.get(uid, now) \
                         >= self.cfg.series_timeout_s:
                     job.instances = len(self.spool.instance_files(uid))
-                    if job.instances == 0:
-                        self._fail(job, "no instance of the series reached the spool")
+                    incomplete = self._incomplete(job)
+                    if incomplete:
+                        self._fail(job, incomplete)
                     else:
                         job.state = QUEUED
                         self._save(job, "queued", instances=job.instances)
+
+    def _incomplete(self, job: Job) -> str | None:
+        """Why the silent series of ``job`` is not to be segmented (None: it is)."""
+        if job.instances == 0:
+            return "no instance of the series reached the spool"
+        if job.interrupted:
+            return (f"{job.interrupted} ({job.instances} instances stored): not segmented, a "
+                    "partial series; send the series again")
+        if job.instances < job.previous_instances:
+            return (f"received again with {job.instances} instance(s), fewer than the "
+                    f"{job.previous_instances} of its earlier run: not segmented, its result "
+                    "would replace the complete one; send the whole series")
+        if job.defects:
+            sop, defect = next(iter(sorted(job.defects.items())))
+            more = f" (and {len(job.defects) - 1} more)" if len(job.defects) > 1 else ""
+            return f"instance {sop}: {defect}{more}"
+        return None
 
     def _fill_queue(self) -> None:
         now = time.time()
@@ -275,7 +345,7 @@ class Node:
         started = time.time()
         try:
             self.spool.discard_result(job.series_uid)
-            path = segment_series(self.spool.instances(job.series_uid), job.series_uid,
+            path, used = segment_series(self.spool.instances(job.series_uid), job.series_uid,
                                   self._routes[route], self.spool.results(job.series_uid),
                                   self._runtime)
         except SERIES_ERRORS as exc:
@@ -288,7 +358,8 @@ class Node:
                 return False
             job.state, job.route, job.result = SENDING, route, path.name
             job.next_try = time.time()
-            self._save(job, "predicted", route=route, seconds=round(time.time() - started, 3))
+            self._save(job, "predicted", route=route, seconds=round(time.time() - started, 3),
+                       instances_used=used, left_out=max(0, job.instances - used))
         return True
 
     def _send(self, job: Job) -> None:
@@ -296,7 +367,9 @@ class Node:
 
         path = self.spool.results(job.series_uid) / str(job.result)
         try:
-            send_result(path, self.cfg.destination, self.cfg.ae_title)
+            send_result(path, self.cfg.destination, self.cfg.ae_title, timeouts_s=(
+                self.cfg.acse_timeout_s, self.cfg.dimse_timeout_s, self.cfg.network_timeout_s),
+                access=self._access)
         except SendError as exc:
             with self._lock:
                 job.attempts += 1
@@ -340,6 +413,33 @@ class Node:
             for job in self._jobs.values():
                 out[job.state] = out.get(job.state, 0) + 1
             return out
+
+
+def _checked_instance(event):
+    """(dataset, Series Instance UID, SOP Instance UID) of a C-STORE request, the UIDs held
+    to the UID grammar before they name anything.
+
+    Raises
+    ------
+    DataError : a UID that is not a UID, or a dataset whose SOP Instance UID is not the
+        request's Affected SOP Instance UID (PS3.4 requires them equal).
+    """
+    ds = event.dataset
+    series_uid = check_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
+    sop_uid = check_uid(event.request.AffectedSOPInstanceUID, "Affected SOP Instance UID")
+    if str(ds.get("SOPInstanceUID", "")) != sop_uid:
+        raise DataError(f"the dataset's SOPInstanceUID {str(ds.get('SOPInstanceUID', ''))[:80]!r}"
+                        f" is not the C-STORE's Affected SOP Instance UID {sop_uid!r}")
+    return ds, series_uid, sop_uid
+
+
+def instance_header(ds, calling_aet: str) -> dict[str, str]:
+    """The job header one instance gives (:func:`medseg.serve.process.series_header`), with
+    the calling AE title and, for a non-image object, what it is (``non_image``)."""
+    from medseg.serve.process import series_header
+
+    return {**series_header(ds), "calling_aet": calling_aet,
+            "non_image": non_image_kind(ds) or ""}
 
 
 def spool_jobs(cfg: ServeConfig) -> list[Job]:

@@ -86,10 +86,12 @@ def result_uids(series_uid: str, route: Route) -> tuple[str, str]:
 
 
 def segment_series(folder: Path, series_uid: str, route_model: RouteModel, out_folder: Path,
-                   runtime) -> Path:
+                   runtime) -> tuple[Path, int]:
     """Predict the series in ``folder`` and write its DICOM-SEG / RTSTRUCT into ``out_folder``.
 
-    Returns the written file, ``<SOP Instance UID>.dcm``.
+    Returns the written file, ``<SOP Instance UID>.dcm``, and how many of the folder's
+    instances the image holds (the reader leaves out non-image objects, localizers and
+    slices of another orientation, each noted in the log).
 
     Raises
     ------
@@ -106,7 +108,8 @@ def segment_series(folder: Path, series_uid: str, route_model: RouteModel, out_f
         raise DataError(f"the instances read as series {image.meta.get('series_uid')!r}, "
                         f"expected {series_uid!r}", folder)
     prediction = predict_case(route_model.loaded, image, route_model.options, runtime)
-    return write_result(prediction.labels, image, route_model, out_folder)
+    path = write_result(prediction.labels, image, route_model, out_folder)
+    return path, len(image.meta.get("dicom_files") or ())
 
 
 def write_result(labels, image, route_model: RouteModel, out_folder: Path) -> Path:

@@ -9,10 +9,18 @@
 ``&SeriesInstanceUID=R``), fetches each image series (under torchrun: this rank's share,
 as :func:`medseg.inference.batch.shard_cases` deals cases) with WADO-RS into a temporary folder
 (removed after the series, and the whole folder at the end), predicts it as ``medseg
-predict`` predicts a DICOM folder, and stores the result with STOW-RS: a DICOM-SEG, or an
+predict`` predicts a DICOM folder (the same loop body,
+:func:`medseg.inference.batch.predict_into`), and stores the result with STOW-RS: a DICOM-SEG, or an
 RTSTRUCT with ``--dicom-format rtstruct``. The output may instead be a local folder (each
-series written as ``medseg predict`` writes a case, ``<SeriesInstanceUID>.nii.gz`` ...), and
+series written by ``medseg predict``'s own :class:`~medseg.inference.batch.FolderSink`,
+``<SeriesInstanceUID>.nii.gz`` ...), and
 a local DICOM input (a series folder, a folder of series) may be stored with STOW-RS.
+
+Credentials and the CA bundle of an https service come from the environment variables
+``MEDSEG_DICOMWEB_USERNAME`` and ``MEDSEG_DICOMWEB_PASSWORD`` (HTTP basic auth) or
+``MEDSEG_DICOMWEB_TOKEN`` (a bearer token), and ``MEDSEG_DICOMWEB_CA_CERT``
+(:data:`medseg.serve.dicomweb.ENV`); they serve both sides. Credentials the service refuses
+(HTTP 401 or 403) stop the run at the first request, in one line.
 
 The guarantees are those of the node (:mod:`medseg.serve`), from the same code:
 
@@ -44,6 +52,8 @@ from typing import Any
 from medseg.errors import UsageError
 from medseg.serve.config import Route, resolve_model
 from medseg.serve.dicomweb import (
+    DicomwebAccess,
+    DicomwebAuthError,
     DicomwebLocation,
     RemoteSeries,
     fetch_series,
@@ -52,6 +62,7 @@ from medseg.serve.dicomweb import (
     parse_location,
 )
 from medseg.serve.process import SERIES_ERRORS, RouteModel
+from medseg.serve.send import SendAuthError
 
 __all__ = ["PullReport", "predict_dicomweb", "model_key"]
 
@@ -102,7 +113,8 @@ def predict_dicomweb(model, input_path: str | os.PathLike, output: str | os.Path
     UsageError : a malformed URL, a URL output with a query, options that write files
         beside the outputs (``--qc``, probabilities, uncertainty, previews) with a DICOMweb
         output, a local input that is not DICOM for a DICOMweb output.
-    DicomwebError : the service is unreachable or holds no such study or series.
+    DicomwebError : the service is unreachable or holds no such study or series;
+        DicomwebAuthError when it refuses the credentials (the run stops there).
     DataError : the input holds no image series at all.
     """
     from medseg.inference.batch import CaseFiles, shard_cases
@@ -113,11 +125,12 @@ def predict_dicomweb(model, input_path: str | os.PathLike, output: str | os.Path
     runtime = runtime or Runtime.resolve("auto")
     options = options or PredictOptions(progress=sys.stderr.isatty())
     report = PullReport()
-    stow_url = _stow_url(output, options, files) if is_dicomweb(output) else None
+    access = DicomwebAccess.from_environment()
+    stow_url = _stow_url(output, options, files, access) if is_dicomweb(output) else None
     with tempfile.TemporaryDirectory(prefix="medseg-dicomweb-") as scratch:
-        items = _items(input_path, files, Path(scratch), report)
+        items = _items(input_path, files, Path(scratch), report, access)
         sink = _sink(stow_url or Path(output), items, model, options, runtime, files,
-                     Path(scratch), str(input_path))
+                     Path(scratch), str(input_path), access)
         for item in shard_cases(items, runtime.rank, runtime.world_size):
             _predict_item(item, sink, options, runtime, files, report)
         sink.finish()
@@ -127,21 +140,17 @@ def predict_dicomweb(model, input_path: str | os.PathLike, output: str | os.Path
 
 
 def _predict_item(item: _Item, sink, options, runtime, files, report: PullReport) -> None:
-    """Fetch, read, predict and deliver one series; a failure is one line in the log."""
-    from medseg.errors import DataError
-    from medseg.inference.predict import predict_case
-    from medseg.io.cases import read_case_image
+    """Fetch one series, then read, predict and deliver it as every batch does
+    (:func:`medseg.inference.batch.predict_into`); a failure is one line in the log. A
+    fetched series is read by its UID, so instances that are not of it cannot stand in."""
+    from medseg.inference.batch import predict_into
 
     try:
         if item.fetch is not None:
             item.fetch()
-        image = read_case_image(item.case, None if item.fetch else files.series,
-                                tilt=files.tilt, stack=files.stack)
-        if item.series_uid is not None and image.meta.get("series_uid") != item.series_uid:
-            raise DataError(f"the fetched instances read as series "
-                            f"{image.meta.get('series_uid')!r}")
-        result = predict_case(sink.loaded, image, options, runtime)
-        where = sink.deliver(item.case, image, result)
+        where = predict_into(item.case, sink, options, runtime, files, item.series_uid)
+    except (DicomwebAuthError, SendAuthError):
+        raise  # every other series would fail alike
     except SERIES_ERRORS as exc:
         line = f"{item.name}: failed: {' '.join(str(exc).split())}"
         log.error("%s", line)
@@ -155,7 +164,8 @@ def _predict_item(item: _Item, sink, options, runtime, files, report: PullReport
 
 
 # -- what is predicted ------------------------------------------------------------------------
-def _items(input_path, files, scratch: Path, report: PullReport) -> list[_Item]:
+def _items(input_path, files, scratch: Path, report: PullReport,
+           access: DicomwebAccess) -> list[_Item]:
     """The series of a DICOMweb input (non-image series skipped here, one line each), or
     the cases of a local DICOM input."""
     from medseg.data.inputs import list_cases
@@ -171,7 +181,7 @@ def _items(input_path, files, scratch: Path, report: PullReport) -> list[_Item]:
     if files.series and not location.series_uid:
         location = DicomwebLocation(location.url, location.study_uid, files.series)
     items = []
-    for i, series in enumerate(list_series(location)):
+    for i, series in enumerate(list_series(location, access)):
         kind = series.non_image_kind
         if kind is not None:
             line = f"{series}: skipped: a {kind}, not an image series"
@@ -180,14 +190,15 @@ def _items(input_path, files, scratch: Path, report: PullReport) -> list[_Item]:
             continue
         folder = scratch / "series" / f"{i:04d}"
         items.append(_Item(str(series), Case(series.uid, (folder,), split="test"),
-                           _fetcher(location, series, folder), series.uid))
+                           _fetcher(location, series, folder, access), series.uid))
     if not items:
         raise DataError("holds no image series (every series was skipped)", str(location))
     return items
 
 
-def _fetcher(location: DicomwebLocation, series: RemoteSeries, folder: Path):
-    return lambda: fetch_series(location, series.uid, folder)
+def _fetcher(location: DicomwebLocation, series: RemoteSeries, folder: Path,
+             access: DicomwebAccess):
+    return lambda: fetch_series(location, series.uid, folder, access)
 
 
 # -- where results go -------------------------------------------------------------------------
@@ -200,12 +211,13 @@ def _load(model, runtime, files, source: str):
     return loaded
 
 
-def _stow_url(output, options, files) -> str:
+def _stow_url(output, options, files, access: DicomwebAccess) -> str:
     """The service a DICOMweb ``output`` names, checked before anything is fetched.
 
     Raises
     ------
     UsageError : a query in the URL, or options that write files beside the outputs.
+    DicomwebAuthError : the service answers 401 to the credentials (:func:`_check_access`).
     """
     target = parse_location(str(output))
     if target.study_uid is not None:
@@ -218,13 +230,32 @@ def _stow_url(output, options, files) -> str:
     if asked:
         raise UsageError(f"{', '.join(asked)} write files beside a local output; a DICOMweb "
                          "output stores only the DICOM-SEG / RTSTRUCT (give a local -o)")
+    _check_access(target.url, access)
     return target.url
 
 
+def _check_access(url: str, access: DicomwebAccess) -> None:
+    """Ask the output service one QIDO-RS question (a study, at most) before any series is
+    predicted, so that credentials it does not know (HTTP 401) stop the run at once. Any
+    other answer lets the run go on: a service may refuse searches (403) to an account that
+    may store, and STOW-RS tells of its own failures."""
+    from medseg.serve.dicomweb import DicomwebError, answering, dicomweb_client
+
+    try:
+        with answering(url, "QIDO-RS (search for studies)"):
+            dicomweb_client(url, access).search_for_studies(limit=1)
+    except DicomwebAuthError as exc:
+        if exc.status == 401:
+            raise
+    except DicomwebError as exc:
+        log.debug("%s (the run goes on)", exc.message)
+
+
 def _sink(output: str | Path, items: Sequence[_Item], model, options, runtime, files,
-          scratch: Path, source: str):
-    """The STOW-RS sink of a service URL (``str``) or the sink of a local ``Path``, the
-    model loaded once."""
+          scratch: Path, source: str, access: DicomwebAccess):
+    """The STOW-RS sink of a service URL (``str``) or the folder sink of a local ``Path``
+    (:class:`medseg.inference.batch.FolderSink`, as ``medseg predict`` writes), the model
+    loaded once."""
     from medseg.inference.batch import algorithm_name
 
     if isinstance(output, str):
@@ -235,18 +266,21 @@ def _sink(output: str | Path, items: Sequence[_Item], model, options, runtime, f
         loaded = _load(model, runtime, files, source)
         route = Route(model=model_key(model), format=files.dicom_format)
         return _Stow(output, RouteModel(route, loaded, options, algorithm_name(loaded)),
-                     scratch / "results")
+                     scratch / "results", access)
+    from medseg.inference.batch import FolderSink
+
     loaded = _load(model, runtime, files, source)
     fetched = any(i.fetch is not None for i in items)  # DICOM, once fetched
-    return _Folder(output, [i.case for i in items], loaded, algorithm_name(loaded), files,
-                   options, runtime, True if fetched else None)
+    return FolderSink(output, [i.case for i in items], loaded, files, options, runtime,
+                      True if fetched else None)
 
 
 class _Stow:
     """Write the route's DICOM-SEG / RTSTRUCT into scratch, store it with STOW-RS."""
 
-    def __init__(self, url: str, route_model: RouteModel, scratch: Path) -> None:
-        self.url, self.route_model, self.scratch = url, route_model, scratch
+    def __init__(self, url: str, route_model: RouteModel, scratch: Path,
+                 access: DicomwebAccess) -> None:
+        self.url, self.route_model, self.scratch, self.access = url, route_model, scratch, access
         self.loaded = route_model.loaded
         scratch.mkdir(parents=True, exist_ok=True)
 
@@ -256,44 +290,13 @@ class _Stow:
 
         path = write_result(result.labels, image, self.route_model, self.scratch)
         try:
-            stow_rs(path, self.url)
+            stow_rs(path, self.url, self.access)
         finally:
             path.unlink(missing_ok=True)
         return f"{self.url} ({self.route_model.route.format}, SOP Instance UID {path.stem})"
 
     def finish(self) -> None:
         """Nothing is left to write (STOW-RS stored each result whole)."""
-
-
-class _Folder:
-    """Write each case as :func:`medseg.inference.batch.predict_cases` does (and ``qc.csv``
-    at the end)."""
-
-    def __init__(self, out: Path, cases, loaded, algorithm: str, files, options, runtime,
-                 dicom: bool | None) -> None:
-        from medseg.inference.batch import prepare_output
-
-        self.out, self.loaded, self.algorithm, self.files = out, loaded, algorithm, files
-        self.options, self.runtime = options, runtime
-        self.file_mode = prepare_output(out, cases, dicom=dicom)
-        self.qc_rows: list[dict] = []
-
-    def deliver(self, case, image, result) -> str:
-        from medseg.inference.batch import outputs_for, write_case_outputs
-
-        outputs = outputs_for(case, self.out, self.file_mode)
-        write_case_outputs(image, result, outputs, self.files, self.loaded.card.labels,
-                           self.algorithm)
-        if self.options.qc and result.qc is not None:
-            self.qc_rows.extend({"case": case.case_id, **row} for row in result.qc.rows)
-        return str(outputs.prediction)
-
-    def finish(self) -> None:
-        from medseg.inference.batch import qc_path, write_qc
-
-        if self.options.qc:
-            path = qc_path(self.out, self.file_mode, self.runtime.rank, self.runtime.world_size)
-            write_qc(self.qc_rows, path, self.loaded.card)
 
 
 def model_key(model) -> str:

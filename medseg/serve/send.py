@@ -17,7 +17,7 @@ from pathlib import Path
 from medseg.errors import MedsegError
 from medseg.serve.config import Destination
 
-__all__ = ["SendError", "send_result", "store_scu", "stow_rs"]
+__all__ = ["SendAuthError", "SendError", "send_result", "store_scu", "stow_rs"]
 
 log = logging.getLogger(__name__)
 
@@ -29,18 +29,27 @@ class SendError(MedsegError):
     """The destination did not take a result (refused, unreachable, or an error status)."""
 
 
+class SendAuthError(SendError):
+    """The DICOMweb destination refused the credentials (HTTP 401 or 403)."""
+
+
 def send_result(path: Path, destination: Destination, calling_aet: str,
-                ssl_context: ssl.SSLContext | None = None) -> None:
-    """Send the DICOM file ``path`` to ``destination`` (C-STORE or STOW-RS)."""
+                ssl_context: ssl.SSLContext | None = None,
+                timeouts_s: tuple[float, float, float] | None = None, access=None) -> None:
+    """Send the DICOM file ``path`` to ``destination`` (C-STORE or STOW-RS, the latter with
+    ``access``: :meth:`medseg.serve.config.Destination.access`)."""
     if destination.is_dicomweb:
-        stow_rs(path, destination.dicomweb)
+        stow_rs(path, destination.dicomweb, access)
     else:
-        store_scu(path, destination, calling_aet, ssl_context)
+        store_scu(path, destination, calling_aet, ssl_context, timeouts_s)
 
 
 def store_scu(path: Path, destination: Destination, calling_aet: str,
-              ssl_context: ssl.SSLContext | None = None) -> None:
-    """C-STORE ``path`` to ``destination`` as ``calling_aet`` in one association.
+              ssl_context: ssl.SSLContext | None = None,
+              timeouts_s: tuple[float, float, float] | None = None) -> None:
+    """C-STORE ``path`` to ``destination`` as ``calling_aet`` in one association;
+    ``timeouts_s``: pynetdicom's (ACSE, DIMSE, network) timeouts in seconds (default: its
+    own, 30, 30 and 60).
 
     Raises
     ------
@@ -53,6 +62,8 @@ def store_scu(path: Path, destination: Destination, calling_aet: str,
 
     ds = read_dataset(path, "result")
     ae = AE(ae_title=calling_aet)
+    if timeouts_s is not None:
+        ae.acse_timeout, ae.dimse_timeout, ae.network_timeout = timeouts_s
     ae.add_requested_context(ds.SOPClassUID, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     where = f"{destination.ae_title}@{destination.host}:{destination.port}"
     tls_args = (ssl_context, None) if ssl_context is not None else None
@@ -71,19 +82,26 @@ def store_scu(path: Path, destination: Destination, calling_aet: str,
                         f"{'none' if code < 0 else hex(code)}", path)
 
 
-def stow_rs(path: Path, url: str) -> None:
-    """Store ``path`` with STOW-RS at the DICOMweb service ``url`` (dicomweb-client).
+def stow_rs(path: Path, url: str, access=None) -> None:
+    """Store ``path`` with STOW-RS at the DICOMweb service ``url`` (dicomweb-client), with
+    ``access``'s credentials and CA bundle (:class:`medseg.serve.dicomweb.DicomwebAccess`).
 
     Raises
     ------
     SendError : the service is unreachable or answers an HTTP error.
     """
     from medseg.io.dicom.files import read_dataset
-    from medseg.serve.dicomweb import DicomwebError, answering, dicomweb_client
+    from medseg.serve.dicomweb import (
+        DicomwebAuthError,
+        DicomwebError,
+        answering,
+        dicomweb_client,
+    )
 
     dataset = read_dataset(path, "result")
     try:
         with answering(url, "STOW-RS"):
-            dicomweb_client(url).store_instances([dataset])
+            dicomweb_client(url, access).store_instances([dataset])
     except DicomwebError as exc:
-        raise SendError(exc.message, path) from exc
+        error = SendAuthError if isinstance(exc, DicomwebAuthError) else SendError
+        raise error(exc.message, path) from exc

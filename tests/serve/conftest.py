@@ -10,6 +10,7 @@ import pytest
 from predict.predict_helpers import DATA, save_threshold_checkpoint
 
 from .orthanc_server import ORTHANC, Orthanc
+from .pki import OPENSSL, make_pki
 from .serve_helpers import copy_series
 
 
@@ -63,3 +64,11 @@ def nodes():
     yield started
     for node in started:
         node.stop()
+
+
+@pytest.fixture
+def pki(tmp_path) -> dict[str, Path]:
+    """A CA, a server certificate (localhost, 127.0.0.1) and a client's (TESTSCU)."""
+    if OPENSSL is None:
+        pytest.skip("the openssl command is not installed (it makes the test's certificates)")
+    return make_pki(tmp_path / "pki")

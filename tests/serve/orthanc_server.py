@@ -3,10 +3,13 @@ configuration and storage folder, driven through its REST API (requests)."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import shutil
 import socket
+import ssl
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -38,13 +41,26 @@ def wait_until(check, timeout_s: float, what: str, interval_s: float = 0.2):
 
 
 class Orthanc:
-    """One Orthanc process under ``folder``; ``url`` is its REST API, ``dicom_port`` its SCP."""
+    """One Orthanc process under ``folder``; ``url`` is its REST API, ``dicom_port`` its SCP.
 
-    def __init__(self, folder: Path) -> None:
+    ``users`` (name -> password): HTTP basic auth required of every request
+    (``AuthenticationEnabled``, ``RegisteredUsers``), the first user's sent by ``http``;
+    ``certificate`` (a PEM file holding the certificate and its key) and ``ca``: HTTPS
+    only (``SslEnabled``), ``http`` checking the certificate against ``ca``.
+    """
+
+    def __init__(self, folder: Path, users: dict[str, str] | None = None,
+                 certificate: Path | None = None, ca: Path | None = None) -> None:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.http_port, self.dicom_port = free_port(), free_port()
-        self.url = f"http://127.0.0.1:{self.http_port}"
+        self.scheme = "https" if certificate else "http"
+        self.url = f"{self.scheme}://127.0.0.1:{self.http_port}"
+        self.http = requests.Session()
+        if users:
+            self.http.auth = next(iter(users.items()))
+        if ca:
+            self.http.verify = str(ca)
         config = {
             "Name": "medseg-test",
             "StorageDirectory": str(folder / "storage"),
@@ -54,13 +70,17 @@ class Orthanc:
             "DicomAet": AET,
             "DicomCheckCalledAet": True,
             "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
+            "AuthenticationEnabled": bool(users),
+            "RegisteredUsers": users or {},
+            "SslEnabled": certificate is not None,
             "OverwriteInstances": True,
             "SaveJobs": False,
             "ConcurrentJobs": 2,
             "DicomScuTimeout": 30,
             "DicomModalities": {},
         }
+        if certificate is not None:
+            config["SslCertificate"] = str(certificate)
         if DICOMWEB_PLUGIN.is_file():
             config["Plugins"] = [str(DICOMWEB_PLUGIN)]
             config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/"}
@@ -69,19 +89,23 @@ class Orthanc:
         self.log = open(folder / "orthanc.log", "wb")  # closed in stop()
         self.process = subprocess.Popen([ORTHANC, str(self.config_path)], stdout=self.log,
                                         stderr=subprocess.STDOUT)
-        wait_until(self._answers, 60, "Orthanc's REST API")
+        try:
+            wait_until(self._answers, 60, "Orthanc's REST API")
+        except BaseException:
+            self.stop()
+            raise
 
     def _answers(self) -> bool:
         if self.process.poll() is not None:
             raise RuntimeError(f"Orthanc exited: {(self.folder / 'orthanc.log').read_text()}")
         try:
-            return requests.get(f"{self.url}/system", timeout=2).ok
+            return self.http.get(f"{self.url}/system", timeout=2).ok
         except requests.ConnectionError:
             return False
 
     @property
     def has_dicomweb(self) -> bool:
-        return requests.get(f"{self.url}/dicom-web/studies", timeout=10).ok
+        return self.http.get(f"{self.url}/dicom-web/studies", timeout=10).ok
 
     def stop(self) -> None:
         self.process.terminate()
@@ -94,14 +118,14 @@ class Orthanc:
 
     # -- REST ------------------------------------------------------------------------------------
     def get(self, path: str):
-        response = requests.get(f"{self.url}{path}", timeout=60)
+        response = self.http.get(f"{self.url}{path}", timeout=60)
         response.raise_for_status()
         return response.json() if "json" in response.headers.get("content-type", "") \
             else response.content
 
     def post(self, path: str, body, raw: bool = False):
         data = body if raw else json.dumps(body)
-        response = requests.post(f"{self.url}{path}", data=data, timeout=300)
+        response = self.http.post(f"{self.url}{path}", data=data, timeout=300)
         return response
 
     def upload(self, files) -> list[dict]:
@@ -114,7 +138,7 @@ class Orthanc:
         return out
 
     def add_modality(self, name: str, aet: str, port: int) -> None:
-        response = requests.put(f"{self.url}/modalities/{name}", timeout=10, data=json.dumps(
+        response = self.http.put(f"{self.url}/modalities/{name}", timeout=10, data=json.dumps(
             {"AET": aet, "Host": "127.0.0.1", "Port": port}))
         response.raise_for_status()
 
@@ -137,3 +161,67 @@ class Orthanc:
 
     def instance_file(self, instance_id: str) -> bytes:
         return self.get(f"/instances/{instance_id}/file")
+
+
+class HttpsFront:
+    """HTTPS in front of a plain HTTP server (Orthanc): every request is read whole,
+    forwarded to ``target`` (``http://127.0.0.1:PORT``) and its answer written back, over
+    TLS with ``certificate`` and ``key`` (PEM). ``port`` is where it listens.
+
+    Why not Orthanc's own ``SslEnabled``: the Debian package's Orthanc 1.10.1 starts with it
+    but its civetweb worker segfaults on the first HTTPS request (built for OpenSSL 1.1, run
+    with OpenSSL 3), so the tests put Python's TLS (OpenSSL too) in front of it instead; the
+    client side (requests checking the certificate against a CA bundle) is the same.
+    """
+
+    def __init__(self, target: str, certificate: Path, key: Path) -> None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(str(certificate), str(key))
+        handler = type("Forward", (_Forward,), {"target": target})
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.server.daemon_threads = True
+        self.port = int(self.server.server_address[1])
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class _Forward(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    target = ""
+    _HOP = {"host", "connection", "content-length", "transfer-encoding", "accept-encoding",
+            "keep-alive"}
+
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            parts = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if size == 0:
+                    self.rfile.readline()
+                    return b"".join(parts)
+                parts.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _forward(self) -> None:
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in self._HOP}
+        answer = requests.request(self.command, self.target + self.path, data=self._body(),
+                                  headers={**headers, "Accept-Encoding": "identity"},
+                                  timeout=300)
+        self.send_response(answer.status_code, answer.reason)
+        for key, value in answer.headers.items():
+            if key.lower() not in self._HOP | {"content-encoding"}:
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(answer.content)))
+        self.end_headers()
+        self.wfile.write(answer.content)
+
+    do_GET = do_POST = do_PUT = do_DELETE = _forward
+
+    def log_message(self, *args) -> None:
+        pass

@@ -221,3 +221,76 @@ def dciodvfy_errors(path: Path) -> list[str] | None:
         return None
     run = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=120)
     return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
+
+
+def associate(port: int, datasets: list[pydicom.Dataset] = (), aet: str = "TESTSCU"):
+    """An established association with the node as the modality ``aet``, proposing the
+    SOP classes and transfer syntaxes of ``datasets`` (Verification when none)."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    ae = AE(ae_title=aet)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    for ds in datasets:
+        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    if not datasets:
+        ae.add_requested_context(Verification)
+    ae.requested_contexts = list({(c.abstract_syntax, tuple(c.transfer_syntax)): c
+                                  for c in ae.requested_contexts}.values())
+    return ae.associate("127.0.0.1", port, ae_title=NODE_AET)
+
+
+def store_raw(assoc, ds: pydicom.Dataset, affected_uid: str | None = None,
+              fragments: int | None = None) -> int | None:
+    """A C-STORE of ``ds`` as a hostile modality sends it, below pynetdicom's checks: its
+    Affected SOP Instance UID ``affected_uid`` (default: the dataset's), and with
+    ``fragments`` only the first that many P-DATA PDUs of the message (the rest never
+    sent). The status, or None when the message was cut short."""
+    from pynetdicom.dimse_messages import C_STORE_RQ
+    from pynetdicom.dimse_primitives import C_STORE
+    from pynetdicom.dsutils import encode
+
+    syntax = ds.file_meta.TransferSyntaxUID
+    context = next(c for c in assoc.accepted_contexts
+                   if c.abstract_syntax == ds.SOPClassUID and c.transfer_syntax[0] == syntax)
+    req = C_STORE()
+    req.MessageID, req.Priority = 1, 2
+    req.AffectedSOPClassUID = ds.SOPClassUID
+    req.AffectedSOPInstanceUID = affected_uid or ds.SOPInstanceUID
+    req.DataSet = io.BytesIO(encode(ds, syntax.is_implicit_VR, True))
+    assoc._reactor_checkpoint.clear()  # as Association.send_c_store does: no reactor race
+    while not assoc._is_paused:
+        threading.Event().wait(0.0001)
+    try:
+        if fragments is None:
+            assoc.dimse.send_msg(req, context.context_id)
+            _, rsp = assoc.dimse.get_msg(block=True)
+            return int(rsp.Status) if rsp is not None else None
+        message = C_STORE_RQ()
+        message.primitive_to_message(req)
+        for k, pdata in enumerate(message.encode_msg(context.context_id,
+                                                     assoc.dimse.maximum_pdu_size)):
+            if k == fragments:
+                break
+            assoc.dul.send_pdu(pdata)
+        return None
+    finally:
+        assoc._reactor_checkpoint.set()
+
+
+def non_image_object(sop_class: str, modality: str, study_uid: str, series_uid: str
+                     ) -> pydicom.Dataset:
+    """A minimal non-image object (a report, a presentation state ...: ``sop_class``) in
+    the given study and series, as a modality may send one."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    ds = pydicom.Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, generate_uid()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+    ds.Modality, ds.PatientID = modality, "P1"
+    return ds

@@ -6,26 +6,28 @@ from __future__ import annotations
 
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from .orthanc_server import wait_until
-from .serve_helpers import WAIT_S, copy_series, push, segs_for, start_node, wait_done
+from .serve_helpers import (
+    WAIT_S,
+    copy_series,
+    non_image_object,
+    push,
+    segs_for,
+    start_node,
+    wait_done,
+)
 
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
 
 
 def _text_report() -> Dataset:
     """A Basic Text SR document: a non-image object."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID, ds.SOPInstanceUID = BASIC_TEXT_SR, generate_uid()
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.Modality, ds.PatientID, ds.ValueType = "SR", "P1", "CONTAINER"
+    ds = non_image_object(BASIC_TEXT_SR, "SR", generate_uid(), generate_uid())
+    ds.ValueType = "CONTAINER"
     return ds
 
 

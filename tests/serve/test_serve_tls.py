@@ -7,51 +7,14 @@ keeps no one else out."""
 
 from __future__ import annotations
 
-import shutil
 import socket
 import ssl
-import subprocess
-from pathlib import Path
 
 import pydicom
 import pytest
 
 from .conftest import FEW_SLICES
 from .serve_helpers import NODE_AET, copy_series, push, segs_for, start_node, wait_done
-
-OPENSSL = shutil.which("openssl")
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run([OPENSSL, *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-def _signed(name: str, cn: str, extensions: str, folder: Path) -> tuple[Path, Path]:
-    """A P-256 key and a certificate for ``cn`` that ``ca.pem`` signs: (certificate, key)."""
-    (folder / f"{name}.ext").write_text(extensions + "\n")
-    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}", cwd=folder)
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-             "-CAcreateserial", "-days", "2", "-out", f"{name}.pem", "-extfile", f"{name}.ext",
-             cwd=folder)
-    return folder / f"{name}.pem", folder / f"{name}.key"
-
-
-@pytest.fixture
-def pki(tmp_path) -> dict[str, Path]:
-    """A CA, the node's certificate (localhost, 127.0.0.1) and a client's (TESTSCU)."""
-    if OPENSSL is None:
-        pytest.skip("the openssl command is not installed (it makes the test's certificates)")
-    folder = tmp_path / "pki"
-    folder.mkdir()
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-             "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-             "-subj", "/CN=medseg test CA", cwd=folder)
-    node_pem, node_key = _signed("node", "localhost", "subjectAltName=DNS:localhost,"
-                                 "IP:127.0.0.1\nextendedKeyUsage=serverAuth", folder)
-    client_pem, client_key = _signed("client", "TESTSCU", "extendedKeyUsage=clientAuth", folder)
-    return {"ca": folder / "ca.pem", "node": node_pem, "node_key": node_key,
-            "client": client_pem, "client_key": client_key}
 
 
 def _client_context(pki, with_certificate: bool) -> ssl.SSLContext:

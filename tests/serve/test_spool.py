@@ -3,6 +3,8 @@ the size limit, job records, and --status's lines."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 from pydicom.uid import generate_uid
 
@@ -53,9 +55,10 @@ def test_jobs_round_trip_and_status_counts(tmp_path):
     (tmp_path / "series" / "not-a-uid").mkdir()  # ignored, never parsed
     loaded = {j.series_uid: j for j in Spool(tmp_path, 10**6).jobs()}
     assert loaded == {j.series_uid: j for j in jobs}
-    lines = status_lines(loaded.values())
+    lines = status_lines(loaded.values(), Counter(rejected=3, refused=1))
     assert lines[0] == "receiving 0  queued 1  running 0  sending 0  done 2  failed 1"
-    assert lines[1:] == [f"queued    {jobs[2].series_uid}  CT Body",
+    assert lines[1] == "associations rejected 3  aborted 0  instances refused 1"
+    assert lines[2:] == [f"queued    {jobs[2].series_uid}  CT Body",
                          f"failed    {jobs[3].series_uid}  (no route matches modality 'MR')"]
 
 

@@ -15,7 +15,8 @@ ImageReadError naming it, in one line. Everything else here reads headers only
   :mod:`medseg.io.dicom.stacks`' concern);
 * :func:`drop_localizers`: the slices of one series that belong to its main stack
   (localizers/scouts and other geometries are left out with a note in the log);
-* :func:`refuse_non_images`: the one-line error for a folder (or file) holding no images.
+* :func:`refuse_non_images`: the one-line error for a folder (or file) holding no images;
+* :func:`pixel_data_problem`: native Pixel Data whose length does not fit its header.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ __all__ = [
     "HEADER_TAGS", "NON_IMAGE_CLASSES", "Scan", "SeriesInfo", "read_dataset", "read_header",
     "sop_class",
     "non_image_kind", "is_multiframe", "scan_folder", "group_series", "drop_localizers",
-    "refuse_non_images", "image_type_values",
+    "refuse_non_images", "image_type_values", "pixel_data_problem",
 ]
 
 log = logging.getLogger(__name__)
@@ -185,6 +186,36 @@ def non_image_kind(header: pydicom.Dataset) -> str | None:
         if uid.startswith(prefix):
             return kind
     return _NON_IMAGE_MODALITIES.get(str(header.get("Modality", "")).upper())
+
+
+def pixel_data_problem(dataset: pydicom.Dataset, transfer_syntax: str | None = None
+                       ) -> str | None:
+    """Why the native (uncompressed) Pixel Data of ``dataset`` cannot be the image its header
+    describes, or None. ``transfer_syntax``: the dataset's (default: its file meta's; a
+    dataset received over the network has none).
+
+    Its length must be what pydicom's ``get_expected_length`` computes from Rows, Columns,
+    SamplesPerPixel, BitsAllocated and NumberOfFrames (plus one padding byte when that is
+    odd). ITK (GDCM) reads a truncated native slice without a word, filling what is missing,
+    so a cut transfer would otherwise be segmented as air. Compressed data (its decoder
+    checks it), and a dataset without Pixel Data, give None.
+    """
+    from pydicom.pixels.utils import get_expected_length
+
+    syntax = transfer_syntax or getattr(getattr(dataset, "file_meta", None),
+                                        "TransferSyntaxUID", None)
+    if "PixelData" not in dataset or (syntax is not None and UID(syntax).is_compressed):
+        return None
+    try:
+        expected = int(get_expected_length(dataset, unit="bytes"))
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        return f"Pixel Data without a usable image header ({exc})"
+    got = len(dataset.PixelData or b"")
+    if got == expected or (got == expected + 1 and expected % 2):
+        return None
+    return (f"Pixel Data holds {got} bytes, its header (Rows {dataset.get('Rows')}, Columns "
+            f"{dataset.get('Columns')}, BitsAllocated {dataset.get('BitsAllocated')}) "
+            f"needs {expected}")
 
 
 def is_multiframe(header: pydicom.Dataset) -> bool:
