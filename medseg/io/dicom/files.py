@@ -39,7 +39,7 @@ __all__ = [
     "HEADER_TAGS", "NON_IMAGE_CLASSES", "Scan", "SeriesInfo", "read_dataset", "read_header",
     "sop_class",
     "non_image_kind", "is_multiframe", "scan_folder", "group_series", "drop_localizers",
-    "refuse_non_images", "image_type_values", "pixel_data_problem",
+    "refuse_non_images", "image_type_values", "pixel_data_problem", "stored_pixel_problem",
 ]
 
 log = logging.getLogger(__name__)
@@ -200,17 +200,42 @@ def pixel_data_problem(dataset: pydicom.Dataset, transfer_syntax: str | None = N
     so a cut transfer would otherwise be segmented as air. Compressed data (its decoder
     checks it), and a dataset without Pixel Data, give None.
     """
-    from pydicom.pixels.utils import get_expected_length
-
     syntax = transfer_syntax or getattr(getattr(dataset, "file_meta", None),
                                         "TransferSyntaxUID", None)
     if "PixelData" not in dataset or (syntax is not None and UID(syntax).is_compressed):
         return None
+    return _length_problem(dataset, len(dataset.PixelData or b""))
+
+
+def stored_pixel_problem(path: str | os.PathLike) -> str | None:
+    """:func:`pixel_data_problem` of a file on disk without loading its Pixel Data: the bytes
+    the file really holds for it (the element's declared length, or less when the file ends
+    first: a copy cut short keeps the declared length). None for compressed data, a file
+    without Pixel Data, or one pydicom cannot parse (its reader names that)."""
+    try:
+        dataset = pydicom.dcmread(path, defer_size=256,
+                                  force=Path(path).suffix.lower() == ".dcm")
+    except _PARSE_ERRORS:
+        return None
+    syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+    if "PixelData" not in dataset or (syntax is not None and UID(syntax).is_compressed):
+        return None
+    raw = dataset.get_item("PixelData", keep_deferred=True)
+    declared, start = getattr(raw, "length", None), getattr(raw, "value_tell", None)
+    if declared is None or start is None or declared == 0xFFFFFFFF:
+        return None  # already read, or encapsulated
+    return _length_problem(dataset, min(declared, max(0, os.path.getsize(path) - start)))
+
+
+def _length_problem(dataset: pydicom.Dataset, got: int) -> str | None:
+    """Why ``got`` bytes of native Pixel Data cannot be the image ``dataset``'s header
+    describes (pydicom's ``get_expected_length``, plus one padding byte when odd), or None."""
+    from pydicom.pixels.utils import get_expected_length
+
     try:
         expected = int(get_expected_length(dataset, unit="bytes"))
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         return f"Pixel Data without a usable image header ({exc})"
-    got = len(dataset.PixelData or b"")
     if got == expected or (got == expected + 1 and expected % 2):
         return None
     return (f"Pixel Data holds {got} bytes, its header (Rows {dataset.get('Rows')}, Columns "

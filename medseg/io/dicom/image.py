@@ -56,6 +56,7 @@ from medseg.io.dicom.files import (
     refuse_non_images,
     scan_folder,
     sop_class,
+    stored_pixel_problem,
 )
 from medseg.io.dicom.mosaic import csa_b_value, is_mosaic, read_mosaic
 from medseg.io.dicom.multiframe import frame_members, narrow_integers, read_multiframe, read_slices
@@ -271,6 +272,10 @@ def _read_slices(found: _Found, info: StackInfo, source, tilt: bool) -> Volume:
     headers = [found.headers[f] for f in info.files]
     stack = _plan(source, headers, found.scan, tilt)
     files = [str(headers[i].filename) for i in stack.order]
+    for file in files:  # ITK (GDCM) would read a slice cut short without a word
+        problem = stored_pixel_problem(file)
+        if problem is not None:
+            raise ImageReadError(f"{Path(file).name}: {problem}", source)
     meta = {"format": "dicom", "dicom_files": files, "series_uid": found.uid,
             "study_uid": found.study_uid}
     volume = _volume(source, files, stack, meta)

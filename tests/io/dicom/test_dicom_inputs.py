@@ -215,3 +215,32 @@ def test_missing_file_and_hidden_files(tmp_path):
     _axial_series(folder, 3)
     shutil.copyfile(folder / "ax0.dcm", folder / ".ax0.dcm.tmp")  # an interrupted copy: ignored
     assert read_volume(folder).shape == (8, 6, 3)
+
+
+@pytest.mark.parametrize("cut", ["short_file", "short_element"])
+def test_a_native_slice_cut_short_is_refused_naming_the_file(tmp_path, cut):
+    """ITK (GDCM) would read a slice whose Pixel Data is cut short without a word, filling
+    the rest: the series is refused instead, naming the file and the byte counts (a 16 x 16
+    int16 slice needs 16 * 16 * 2 = 512 bytes)."""
+    from medseg.errors import ImageReadError
+    from medseg.io import read_volume
+
+    from dicom_helpers import ct_slice, save
+
+    pixels = np.arange(256, dtype=np.int16).reshape(16, 16)
+    paths = [save(ct_slice(pixels, (0, 0, 2.0 * k)), tmp_path / f"s{k}.dcm") for k in range(4)]
+    assert read_volume(tmp_path).shape == (16, 16, 4)
+    data = paths[2].read_bytes()
+    if cut == "short_file":  # a copy interrupted: the declared length stays 512
+        paths[2].write_bytes(data[:-100])
+        got = 412
+    else:  # a writer that stored fewer bytes and said so
+        ds = ct_slice(pixels, (0, 0, 4.0))
+        ds.PixelData = ds.PixelData[:300]
+        save(ds, paths[2])
+        got = 300
+    with pytest.raises(ImageReadError) as caught:
+        read_volume(tmp_path)
+    message = str(caught.value)
+    assert "s2.dcm: Pixel Data holds" in message and f"holds {got} bytes" in message
+    assert "needs 512" in message and "\n" not in message
