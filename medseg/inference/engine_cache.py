@@ -22,9 +22,10 @@ ONNX Runtime gets no compiled cache: its session is built from the ONNX file in 
 of milliseconds (the bench's networks), and its saved optimised graphs are tied to the CPU
 that made them.
 
-``<root>`` is ``$MEDSEG_CACHE`` when set (``MEDSEG_CACHE=off`` turns the cache off), else
-``$XDG_CACHE_HOME/medseg``, else ``~/.cache/medseg``. Removing ``<root>/engines`` (or any
-entry in it) clears the cache; it is rebuilt on the next run.
+``<root>`` is :func:`medseg.inference.engines.cache_root`: ``$MEDSEG_CACHE`` when set
+(``MEDSEG_CACHE=off`` turns the cache off), else ``$XDG_CACHE_HOME/medseg``, else
+``~/.cache/medseg``. Removing ``<root>/engines`` (or any entry in it) clears the cache; it
+is rebuilt on the next run.
 
 Safety: an entry is built in a temporary folder beside it and renamed into place when
 complete, so a killed process leaves at most a ``.tmp-*`` folder, never an entry that is
@@ -51,13 +52,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["CACHE_ENV", "ENTRY", "NETWORK_FILES", "cache_root", "cached_network", "entry_key",
-           "verify_entry"]
+from medseg.inference.engines import cache_root
+
+__all__ = ["ENTRY", "NETWORK_FILES", "cached_network", "entry_key", "verify_entry"]
 
 log = logging.getLogger(__name__)
 
-#: Environment variable naming the cache root (``off`` disables the cache).
-CACHE_ENV = "MEDSEG_CACHE"
 #: The file of an entry that lists its other files.
 ENTRY = "entry.json"
 #: The network file of an entry per engine (OpenVINO's ``.bin`` sits beside its ``.xml``).
@@ -67,17 +67,6 @@ LAYOUT = 1
 
 #: Writes the network file of an entry: (network, path of NETWORK_FILES[engine]) -> None.
 Writer = Callable[[nn.Module, Path], None]
-
-
-def cache_root() -> Path | None:
-    """The cache root (module docstring), or None when ``$MEDSEG_CACHE`` is ``off``."""
-    value = os.environ.get(CACHE_ENV, "").strip()
-    if value.lower() == "off":
-        return None
-    if value:
-        return Path(value).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME", "").strip()
-    return (Path(base) if base else Path.home() / ".cache") / "medseg"
 
 
 def entry_key(network: nn.Module, engine: str, in_channels: int, roi_size: Sequence[int],
@@ -127,7 +116,7 @@ def cached_network(network: nn.Module, engine: str, in_channels: int,
     entry is missing or fails :func:`verify_entry`; None when there is no usable cache
     (turned off, or its folder cannot be written: the caller exports in memory).
 
-    ``root`` defaults to :func:`cache_root`.
+    ``root`` defaults to :func:`~medseg.inference.engines.cache_root`.
     """
     root = cache_root() if root is None else root
     if root is None:

@@ -28,15 +28,20 @@ casts inside its graph).
 from __future__ import annotations
 
 import io
+import logging
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Union
 
 import numpy as np
 
 from medseg.errors import UsageError
 
-__all__ = ["ENGINES", "INPUT", "OUTPUT", "OnnxRuntimeEngine", "OpenVinoEngine", "load_engine"]
+log = logging.getLogger(__name__)
+
+__all__ = ["CACHE_ENV", "ENGINES", "INPUT", "OUTPUT", "OnnxRuntimeEngine", "OpenVinoEngine",
+           "cache_folder", "cache_root", "load_engine"]
 
 #: The engines, by the name of the package that runs them.
 ENGINES = ("onnxruntime", "openvino")
@@ -45,8 +50,40 @@ INPUT, OUTPUT = "image", "logits"
 #: OpenVINO's inference precision per medseg precision.
 OPENVINO_PRECISION = {"fp32": "f32", "bf16": "bf16"}
 
+#: Environment variable naming medseg's cache folder; ``off`` turns caching off.
+CACHE_ENV = "MEDSEG_CACHE"
 #: A model: a file (``.onnx``, or OpenVINO's ``.xml`` beside its ``.bin``) or ONNX bytes.
 ModelSource = Union[str, "os.PathLike[str]", bytes]
+
+
+def cache_root() -> Path | None:
+    """medseg's cache folder: ``$MEDSEG_CACHE`` when set (None when it is ``off``), else
+    ``$XDG_CACHE_HOME/medseg``, else ``~/.cache/medseg``. It holds ``engines/`` (the
+    exported networks of ``medseg predict --backend``,
+    :mod:`medseg.inference.engine_cache`) and ``openvino/`` (the compiled blobs of the
+    exported runner's OpenVINO networks); deleting it clears both."""
+    value = os.environ.get(CACHE_ENV, "").strip()
+    if value.lower() == "off":
+        return None
+    if value:
+        return Path(value).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME", "").strip()
+    return (Path(base) if base else Path.home() / ".cache") / "medseg"
+
+
+def cache_folder(name: str) -> Path | None:
+    """``cache_root() / name``, created; None when caching is off or the folder cannot be
+    made (logged: the caller runs uncached)."""
+    root = cache_root()
+    if root is None:
+        return None
+    try:
+        (root / name).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        log.info("cache folder %s cannot be made (%s): running uncached", root / name,
+                 exc.strerror or exc)
+        return None
+    return root / name
 
 
 def _missing(package: str, what: str) -> UsageError:

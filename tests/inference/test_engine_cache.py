@@ -13,7 +13,7 @@ import os
 import numpy as np
 import pytest
 
-from medseg.inference import backends, engine_cache
+from medseg.inference import backends, engines
 from medseg.inference.engine_cache import cached_network, entry_key, verify_entry
 from medseg.inference.predict import PredictOptions, predict_case
 from medseg.runtime import Runtime
@@ -191,12 +191,12 @@ def test_the_key_follows_weights_window_engine_and_opset():
 
 def test_cache_root_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("MEDSEG_CACHE", str(tmp_path / "c"))
-    assert engine_cache.cache_root() == tmp_path / "c"
+    assert engines.cache_root() == tmp_path / "c"
     monkeypatch.setenv("MEDSEG_CACHE", "off")
-    assert engine_cache.cache_root() is None
+    assert engines.cache_root() is None
     monkeypatch.delenv("MEDSEG_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert engine_cache.cache_root() == tmp_path / "xdg" / "medseg"
+    assert engines.cache_root() == tmp_path / "xdg" / "medseg"
 
 
 @pytest.mark.parametrize("setting", ["off", "a file"])
