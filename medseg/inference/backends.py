@@ -14,9 +14,11 @@ batch (B, C, x, y, z) in, float32 logits (B, K, x, y, z) out):
   :mod:`medseg.inference.engine_cache`) and the engine once per network while it lives;
 * ``"auto"``: the first installed backend of :data:`PREFERENCE` for the device, an order
   measured by ``benchmarks/bench_export.py`` (not a race at run time): on the CPU OpenVINO
-  (about 0.3x torch's time per window batch on 2 cores, whole predict in the bench), then
-  torch; ONNX Runtime is not in it, because it is no faster than torch there (1.0x); on
-  GPUs torch. A network ONNX cannot express runs in torch under ``auto``.
+  (whole predict, engine cache warm, 2 shared cores: 0.16x-0.77x torch's time on the
+  384 x 384 x 200 phantom, 0.94x on small left-atrium MRIs where importing torch
+  dominates), then torch; ONNX Runtime is not in it, because it gains less (0.53x-0.91x on
+  the phantom, 1.07x on the MRIs); on GPUs torch. A network ONNX cannot express runs in
+  torch under ``auto``.
 
 :func:`network_to_onnx` is also what ``medseg export`` writes; a network with a layer ONNX
 cannot express raises :class:`~medseg.errors.ExportError` naming the layer and the format
