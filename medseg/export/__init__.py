@@ -113,20 +113,14 @@ def _write_network(network: Any, stem: Path, card: Any, format: str, fp16: bool)
     """``network`` as ``stem.onnx``, or for ``"openvino"`` as OpenVINO IR ``stem.xml`` (and
     ``.bin``) converted from that ONNX file, which is then removed; returns the file the
     manifest names."""
-    from medseg.inference.backends import network_to_onnx
+    from medseg.inference.backends import network_to_onnx, onnx_to_openvino
 
     onnx = stem.with_suffix(".onnx")
     network_to_onnx(network, onnx, card.in_channels, card.window.roi_size, fp16)
     if format == "onnx":
         return onnx
-    try:
-        import openvino as ov
-    except ImportError:
-        raise UsageError("--format openvino needs openvino: pip install openvino "
-                         "(or medseg[deploy])") from None
     xml = stem.with_suffix(".xml")
-    # float32 weights stay float32 (save_model would halve them by default)
-    ov.save_model(ov.convert_model(onnx), xml, compress_to_fp16=False)
+    onnx_to_openvino(onnx, xml)
     onnx.unlink()
     return xml
 

@@ -10,12 +10,15 @@ batch (B, C, x, y, z) in, float32 logits (B, K, x, y, z) out):
   opset :data:`OPSET`, dynamic batch and spatial axes) and run on the CPU by that engine
   (:mod:`medseg.inference.engines`: the runner of ``medseg export`` runs the same code);
   ONNX Runtime in float32, OpenVINO in the runtime's precision (fp32, or bf16 with
-  ``--amp``); the export and the engine are made once per network and kept while it lives;
+  ``--amp``); the export is kept on disk across processes (the engine cache,
+  :mod:`medseg.inference.engine_cache`) and the engine once per network while it lives;
 * ``"auto"``: the first installed backend of :data:`PREFERENCE` for the device, an order
   measured by ``benchmarks/bench_export.py`` (not a race at run time): on the CPU OpenVINO
-  (about 0.3x torch's time per window batch on 2 cores, whole predict in the bench), then
-  torch; ONNX Runtime is not in it, because it is no faster than torch there (1.0x); on
-  GPUs torch. A network ONNX cannot express runs in torch under ``auto``.
+  (whole predict, engine cache warm, 2 shared cores: 0.16x-0.77x torch's time on the
+  384 x 384 x 200 phantom, 0.94x on small left-atrium MRIs where importing torch
+  dominates), then torch; ONNX Runtime is not in it, because it gains less (0.53x-0.91x on
+  the phantom, 1.07x on the MRIs); on GPUs torch. A network ONNX cannot express runs in
+  torch under ``auto``.
 
 :func:`network_to_onnx` is also what ``medseg export`` writes; a network with a layer ONNX
 cannot express raises :class:`~medseg.errors.ExportError` naming the layer and the format
@@ -31,6 +34,7 @@ import logging
 import os
 import weakref
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -41,7 +45,7 @@ from medseg.inference.precision import Predictor, make_predictor
 from medseg.runtime import Runtime
 
 __all__ = ["BACKENDS", "OPSET", "PREFERENCE", "engine_predictor", "member_predictors",
-           "network_to_onnx", "resolve_backend"]
+           "network_to_onnx", "onnx_to_openvino", "resolve_backend"]
 
 log = logging.getLogger(__name__)
 
@@ -144,22 +148,23 @@ def _first_line(error: Exception) -> str:
 
 def engine_predictor(engine: str, network: nn.Module, in_channels: int,
                      roi_size: Sequence[int], runtime: Runtime) -> Predictor:
-    """``network`` exported to ONNX (in memory) and run by ``engine`` (``"onnxruntime"`` or
+    """``network`` exported to ONNX and run by ``engine`` (``"onnxruntime"`` or
     ``"openvino"``, :mod:`medseg.inference.engines`) on the CPU with the runtime's threads
     (``torch.get_num_threads()``) and, for OpenVINO, its precision: window batch
     (B, C, x, y, z) -> float32 logits (B, K, x, y, z) as torch tensors on the batch's
-    device. The export and the engine are made once per network and kept while it lives."""
+    device. The export comes from the on-disk engine cache
+    (:mod:`medseg.inference.engine_cache`: made once per network, engine and window, across
+    processes; in memory when the cache is off or unwritable), and the engine is made once
+    per network and kept while it lives."""
     from medseg.inference.engines import load_engine
 
     roi = tuple(int(r) for r in roi_size)
     key = (engine, runtime.precision, roi)
     engines = _ENGINES.setdefault(network, {})
     if key not in engines:
-        buffer = io.BytesIO()
-        network_to_onnx(network, buffer, in_channels, roi)
-        engines[key] = load_engine(engine, buffer.getvalue(), torch.get_num_threads(),
-                                   runtime.precision, (int(in_channels), *roi),
-                                   what=f"--backend {engine}")
+        model, window, compiled = _engine_model(engine, network, int(in_channels), roi)
+        engines[key] = load_engine(engine, model, torch.get_num_threads(), runtime.precision,
+                                   window, what=f"--backend {engine}", cache_dir=compiled)
     run_engine = engines[key]
 
     def run(batch: torch.Tensor) -> torch.Tensor:
@@ -167,6 +172,56 @@ def engine_predictor(engine: str, network: nn.Module, in_channels: int,
         return torch.from_numpy(run_engine(array)).to(batch.device)
 
     return run
+
+
+def _engine_model(engine: str, network: nn.Module, in_channels: int, roi: tuple[int, ...]
+                  ) -> tuple[str | bytes, tuple[int, ...] | None, str | None]:
+    """(the model the engine loads, the window to compile it for or None when the model
+    is already shaped for it, OpenVINO's compiled-blob folder or None): the cached entry's
+    file, or ONNX bytes when there is no cache."""
+    from medseg.inference.engine_cache import cached_network
+
+    window = (in_channels, *roi)
+
+    def write(module: nn.Module, path: os.PathLike) -> None:
+        if engine == "openvino":
+            onnx = Path(path).with_suffix(".onnx")
+            network_to_onnx(module, onnx, in_channels, roi)
+            onnx_to_openvino(onnx, path, window)
+            onnx.unlink()
+        else:
+            network_to_onnx(module, path, in_channels, roi)
+
+    path = cached_network(network, engine, in_channels, roi, OPSET, write)
+    if path is None:
+        buffer = io.BytesIO()
+        network_to_onnx(network, buffer, in_channels, roi)
+        return buffer.getvalue(), window, None
+    if engine == "openvino":
+        return os.fspath(path), None, os.fspath(path.parent / "compiled")
+    return os.fspath(path), window, None
+
+
+def onnx_to_openvino(onnx: str | os.PathLike, xml: str | os.PathLike,
+                     window: Sequence[int] | None = None) -> None:
+    """The ONNX file ``onnx`` as OpenVINO IR ``xml`` (and its ``.bin``), float32 weights
+    kept float32 (``save_model`` would halve them by default); ``window`` (C, x, y, z)
+    fixes the input to one window (batch 1), None keeps the dynamic axes.
+
+    Raises
+    ------
+    UsageError : openvino is not installed.
+    """
+    try:
+        import openvino as ov
+    except ImportError:
+        raise UsageError("OpenVINO IR (--format or --backend openvino) needs openvino: "
+                         "pip install openvino "
+                         "(or medseg[deploy])") from None
+    model = ov.convert_model(os.fspath(onnx))
+    if window is not None:
+        model.reshape({INPUT: [1, *(int(s) for s in window)]})
+    ov.save_model(model, os.fspath(xml), compress_to_fp16=False)
 
 
 def resolve_backend(backend: str, runtime: Runtime) -> str:

@@ -15,7 +15,9 @@ the rest of medseg, and loads the exported ``.onnx`` or OpenVINO ``.xml`` file).
   cores, 2 streams of one thread: faster than one window on 2 threads, because the
   convolutions of one window do not keep two threads busy; ``benchmarks/bench_export.py``).
   The network is compiled for the window's shape (``roi_size``, batch 1) when it is given
-  (static shapes let the plugin choose its kernels once). Precision ``"fp32"`` sets
+  (static shapes let the plugin choose its kernels once); a file already shaped so (the
+  engine cache of :mod:`medseg.inference.engine_cache`) is compiled straight from its path,
+  and with ``cache_dir`` OpenVINO keeps the compiled blob there (``CACHE_DIR``). Precision ``"fp32"`` sets
   ``INFERENCE_PRECISION_HINT`` to f32: OpenVINO's own default on CPUs with AMX or AVX-512
   BF16 is bf16, which moves labels; ``"bf16"`` asks for it (``medseg predict --amp``).
 
@@ -26,15 +28,20 @@ casts inside its graph).
 from __future__ import annotations
 
 import io
+import logging
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Union
 
 import numpy as np
 
 from medseg.errors import UsageError
 
-__all__ = ["ENGINES", "INPUT", "OUTPUT", "OnnxRuntimeEngine", "OpenVinoEngine", "load_engine"]
+log = logging.getLogger(__name__)
+
+__all__ = ["CACHE_ENV", "ENGINES", "INPUT", "OUTPUT", "OnnxRuntimeEngine", "OpenVinoEngine",
+           "cache_folder", "cache_root", "load_engine"]
 
 #: The engines, by the name of the package that runs them.
 ENGINES = ("onnxruntime", "openvino")
@@ -43,8 +50,40 @@ INPUT, OUTPUT = "image", "logits"
 #: OpenVINO's inference precision per medseg precision.
 OPENVINO_PRECISION = {"fp32": "f32", "bf16": "bf16"}
 
+#: Environment variable naming medseg's cache folder; ``off`` turns caching off.
+CACHE_ENV = "MEDSEG_CACHE"
 #: A model: a file (``.onnx``, or OpenVINO's ``.xml`` beside its ``.bin``) or ONNX bytes.
 ModelSource = Union[str, "os.PathLike[str]", bytes]
+
+
+def cache_root() -> Path | None:
+    """medseg's cache folder: ``$MEDSEG_CACHE`` when set (None when it is ``off``), else
+    ``$XDG_CACHE_HOME/medseg``, else ``~/.cache/medseg``. It holds ``engines/`` (the
+    exported networks of ``medseg predict --backend``,
+    :mod:`medseg.inference.engine_cache`) and ``openvino/`` (the compiled blobs of the
+    exported runner's OpenVINO networks); deleting it clears both."""
+    value = os.environ.get(CACHE_ENV, "").strip()
+    if value.lower() == "off":
+        return None
+    if value:
+        return Path(value).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME", "").strip()
+    return (Path(base) if base else Path.home() / ".cache") / "medseg"
+
+
+def cache_folder(name: str) -> Path | None:
+    """``cache_root() / name``, created; None when caching is off or the folder cannot be
+    made (logged: the caller runs uncached)."""
+    root = cache_root()
+    if root is None:
+        return None
+    try:
+        (root / name).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        log.info("cache folder %s cannot be made (%s): running uncached", root / name,
+                 exc.strerror or exc)
+        return None
+    return root / name
 
 
 def _missing(package: str, what: str) -> UsageError:
@@ -79,25 +118,31 @@ class OpenVinoEngine:
     compiles for that one input shape, None keeps the model's dynamic axes."""
 
     def __init__(self, model: ModelSource, threads: int = 0, precision: str = "fp32",
-                 window: Sequence[int] | None = None, what: str = "the runner") -> None:
+                 window: Sequence[int] | None = None, what: str = "the runner",
+                 cache_dir: str | os.PathLike | None = None) -> None:
         try:
             import openvino as ov
         except ImportError:
             raise _missing("openvino", what) from None
-        if isinstance(model, bytes):
-            network = ov.convert_model(io.BytesIO(model))
-        else:
-            network = ov.Core().read_model(os.fspath(model))
-        if window is not None:
-            network.reshape({INPUT: [1, *(int(s) for s in window)]})
         if precision not in OPENVINO_PRECISION:
             raise UsageError(f"OpenVINO runs on the CPU in {' or '.join(OPENVINO_PRECISION)}, "
                              f"not {precision}")
+        core = ov.Core()
+        if isinstance(model, bytes):
+            network = ov.convert_model(io.BytesIO(model))
+        elif window is None:  # compiled from the file: a cached blob then skips reading it
+            network = os.fspath(model)
+        else:
+            network = core.read_model(os.fspath(model))
+        if window is not None:
+            network.reshape({INPUT: [1, *(int(s) for s in window)]})
         config = {"PERFORMANCE_HINT": "THROUGHPUT",
                   "INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[precision]}
         if threads > 0:
             config["INFERENCE_NUM_THREADS"] = int(threads)
-        self.compiled = ov.Core().compile_model(network, "CPU", config)
+        if cache_dir is not None:
+            config["CACHE_DIR"] = os.fspath(cache_dir)
+        self.compiled = core.compile_model(network, "CPU", config)
         self.queue = ov.AsyncInferQueue(
             self.compiled, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         self.classes = self.compiled.output(0).get_partial_shape()[1].get_length()
@@ -117,12 +162,15 @@ class OpenVinoEngine:
 
 
 def load_engine(engine: str, model: ModelSource, threads: int = 0, precision: str = "fp32",
-                window: Sequence[int] | None = None, what: str = "the runner"
+                window: Sequence[int] | None = None, what: str = "the runner",
+                cache_dir: str | os.PathLike | None = None
                 ) -> OnnxRuntimeEngine | OpenVinoEngine:
     """The engine named ``engine`` (one of :data:`ENGINES`) for ``model``; ONNX Runtime
-    runs float32 only and ignores ``precision`` and ``window``."""
+    runs float32 only and ignores ``precision``, ``window`` and ``cache_dir`` (OpenVINO's
+    folder of compiled blobs, ``CACHE_DIR``: a later process with the same network and
+    configuration loads the blob instead of compiling)."""
     if engine == "openvino":
-        return OpenVinoEngine(model, threads, precision, window, what)
+        return OpenVinoEngine(model, threads, precision, window, what, cache_dir)
     if engine == "onnxruntime":
         return OnnxRuntimeEngine(model, threads, what)
     raise UsageError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")

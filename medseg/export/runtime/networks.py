@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import CheckpointError, UsageError
-from medseg.inference.engines import load_engine
+from medseg.inference.engines import cache_folder, load_engine
 
 __all__ = ["ENGINE_OF_FORMAT", "load_networks", "mean_softmax", "softmax"]
 
@@ -30,7 +30,10 @@ def load_networks(folder: Path, manifest: dict[str, Any], window: Sequence[int],
                   threads: int = 0, precision: str = "fp32") -> list[Any]:
     """The manifest's networks, each in the engine of its ``format``; ``window`` is the
     input of one window (C, x, y, z voxels), ``threads`` 0 the engine's choice (all cores),
-    ``precision`` ``"bf16"`` for OpenVINO's bf16 (faster on CPUs with AMX; labels move)."""
+    ``precision`` ``"bf16"`` for OpenVINO's bf16 (faster on CPUs with AMX; labels move).
+    OpenVINO keeps its compiled networks in ``openvino/`` of medseg's cache folder
+    (:func:`~medseg.inference.engines.cache_root`: ``$MEDSEG_CACHE``, ``off`` for none), so
+    a later run loads them instead of compiling."""
     fmt = manifest.get("format")
     if fmt not in ENGINE_OF_FORMAT:
         raise CheckpointError(f"format {fmt!r}: this runner runs "
@@ -39,7 +42,8 @@ def load_networks(folder: Path, manifest: dict[str, Any], window: Sequence[int],
     if precision != "fp32" and engine != "openvino":
         raise UsageError(f"{precision} runs in OpenVINO; this export is {fmt}: export it again "
                          "with --format openvino")
-    return [load_engine(engine, folder / name, threads, precision, window)
+    blobs = cache_folder("openvino") if engine == "openvino" else None
+    return [load_engine(engine, folder / name, threads, precision, window, cache_dir=blobs)
             for name in manifest["networks"]]
 
 
