@@ -34,6 +34,9 @@ Run::
     python benchmarks/bench_la.py --device cuda -o /tmp/la        # 5 folds on a GPU
     python benchmarks/bench_la.py --peer nnunet -o /tmp/la        # 60 min each, fold 0, CPU
     python benchmarks/bench_la.py --peer nnunet --minutes 4 --cases 20 -o /tmp/la  # short
+    python benchmarks/bench_la.py --peer nnunet --medseg-model RUN/best.safetensors -o /tmp/la
+                                                # nnU-Net's hour beside a medseg model
+                                                # trained earlier on the same fold
 
 Skips (exit 0, with the reason) when ../shared/data/la_mri is absent.
 """
@@ -385,6 +388,15 @@ def peer_run(args: argparse.Namespace, manifest: Path, minutes: float) -> int:
     nnunet = run_nnunet(manifest, run, fold, minutes, args.output / "nnunet", held, labels,
                         extra)
     row: dict = {}
+    if args.medseg_model is not None:  # trained earlier on this fold's training cases
+        row["predict_s"], row["scores"] = predict_and_score(
+            str(args.medseg_model), held, labels, args.output / "medseg", "cpu", extra)
+        print(f"medseg's row: the model {args.medseg_model}, trained before this run (its plan "
+              "and training times are not this run's)")
+        cases = len(json.loads(manifest.read_text())["training"])
+        print_table(row, nnunet, minutes, fold, cases)
+        describe_nnunet(nnunet)
+        return 0
     row["plan_s"], error = try_medseg("plan", str(manifest), "-o", str(plan), "--device", "cpu",
                                       "--time-budget", f"{minutes / 60:.6g}", "--no-2d")
     if error is None:
@@ -429,6 +441,9 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=None, metavar="M",
                         help="with --peer: planning + training minutes of each system "
                              "(default 60; or --time-budget H)")
+    parser.add_argument("--medseg-model", type=Path, default=None, metavar="MODEL",
+                        help="with --peer: score this medseg model (trained earlier on the "
+                             "same fold's training cases) instead of training one here")
     parser.add_argument("--cases", type=int, default=None, metavar="N",
                         help="the first N cases only (a short check)")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
