@@ -29,7 +29,7 @@ is rebuilt on the next run.
 
 Safety: an entry is built in a temporary folder beside it and renamed into place when
 complete, so a killed process leaves at most a ``.tmp-*`` folder, never an entry that is
-later trusted; when two processes build the same entry, the first rename wins and the
+later trusted (the next build removes such folders once an hour old, :func:`sweep`); when two processes build the same entry, the first rename wins and the
 other uses it. Before use every file of an entry is checked against ``entry.json`` (size
 and SHA-256); an entry that fails is removed and built again (logged), never used.
 OpenVINO checks its own blobs (a blob it cannot import is compiled again). A cache folder
@@ -46,6 +46,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -54,9 +55,14 @@ from torch import nn
 
 from medseg.inference.engines import cache_root
 
-__all__ = ["ENTRY", "NETWORK_FILES", "cached_network", "entry_key", "verify_entry"]
+__all__ = ["ENTRY", "NETWORK_FILES", "STALE_S", "cached_network", "entry_key", "sweep",
+           "verify_entry"]
 
 log = logging.getLogger(__name__)
+
+#: A ``.tmp-*`` or ``.old-*`` folder unchanged for this many seconds is a killed run's
+#: leftover (an export takes seconds to minutes), removed by :func:`sweep`.
+STALE_S = 3600.0
 
 #: The file of an entry that lists its other files.
 ENTRY = "entry.json"
@@ -131,6 +137,7 @@ def cached_network(network: nn.Module, engine: str, in_channels: int,
         _remove(folder)
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
+        sweep(folder.parent)
         build = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name[:12]}-", dir=folder.parent))
     except OSError as exc:
         log.info("engine cache %s is not writable (%s): exporting in memory", root,
@@ -149,6 +156,24 @@ def cached_network(network: nn.Module, engine: str, in_channels: int,
         _remove(build)
         raise
     return folder / name
+
+
+def sweep(engines: Path, older_than_s: float = STALE_S) -> list[Path]:
+    """Remove the ``.tmp-*`` (a build a killed process left) and ``.old-*`` (a removal it
+    left) folders in ``engines`` last changed more than ``older_than_s`` seconds ago; a
+    younger one may be another process's build in progress. Returns what was removed."""
+    now, removed = time.time(), []
+    for path in engines.iterdir():
+        try:
+            stale = now - path.stat().st_mtime > older_than_s
+        except OSError:
+            continue
+        if path.is_dir() and path.name.startswith((".tmp-", ".old-")) and stale:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    if removed:
+        log.info("engine cache: removed %d folder(s) left by killed runs", len(removed))
+    return removed
 
 
 def verify_entry(folder: Path) -> str | None:

@@ -210,3 +210,24 @@ def test_no_usable_cache_runs_uncached(monkeypatch, exports, tmp_path, setting):
     assert len(exports) == 2  # exported in memory each time
     np.testing.assert_array_equal(runs[0].labels.array, runs[1].labels.array)
     assert sorted(os.listdir(tmp_path)) == sorted(["blocker", checkpoint.name])
+
+
+def test_sweep_removes_only_stale_leftovers(tmp_path):
+    """A killed build's ``.tmp-*`` and a killed removal's ``.old-*``, two hours old, go; a
+    build younger than STALE_S (another process at work) and an entry stay."""
+    import os
+    import time
+
+    from medseg.inference.engine_cache import STALE_S, sweep
+
+    old_tmp, old_old = tmp_path / ".tmp-abc-1", tmp_path / ".old-2"
+    young, entry = tmp_path / ".tmp-abc-3", tmp_path / "0123abcd"
+    for folder in (old_tmp, old_old, young, entry):
+        folder.mkdir()
+        (folder / "network.onnx").write_bytes(b"x")
+    hours_ago = time.time() - 2 * 3600
+    for folder in (old_tmp, old_old, entry):
+        os.utime(folder, (hours_ago, hours_ago))
+    assert STALE_S < 2 * 3600
+    assert sorted(sweep(tmp_path)) == sorted([old_tmp, old_old])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-abc-3", "0123abcd"]
