@@ -128,6 +128,10 @@ class TrainConfig:
     budget-aware decay, Li et al., ICLR 2020). ``medseg plan --time-budget`` writes true.
     ``select``: candidates screened against this config within the budget
     (:class:`SelectConfig`); null: this config alone.
+    ``calibrate``: a run with validation cases (not a fold: folds calibrate out of fold) ends
+    by calibrating ``best`` on them (:func:`medseg.inference.calibration.calibrate`: its
+    temperature and QC's reference, so ``medseg predict --qc`` trusts it without a
+    ``medseg calibrate``); within a budget its time is reserved. ``medseg plan`` writes true.
     """
 
     epochs: int = 100
@@ -154,6 +158,7 @@ class TrainConfig:
     max_minutes: float | None = None
     fill_budget: bool = False
     select: SelectConfig | None = None
+    calibrate: bool = False
 
 
 @dataclass

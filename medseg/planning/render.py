@@ -109,6 +109,9 @@ def _training(plan) -> list[Entry]:
          "rate decays with the budget's share" if plan.max_minutes is not None
          else "no budget: the epochs are the schedule"),
         *_select(plan),
+        ("train", "calibrate", True,
+         "end by calibrating best on the validation cases (temperature and QC's reference "
+         "for --qc), inside the budget"),
         ("train", "optimizer", "sgd", "nnU-Net: SGD, Nesterov momentum 0.99"),
         ("train", "lr", 0.01, "nnU-Net's initial learning rate"),
         ("train", "momentum", 0.99, "nnU-Net"),

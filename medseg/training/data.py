@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 class TrainingData:
     """Cached cases and what describes them. ``label_names``: value -> name, 0 included;
     ``train_cases``: the training cases' files (the cohort is measured from them);
+    ``val_cases``: the validation cases' files (``train.calibrate`` predicts them);
     ``modality``: the manifest's channel names ("CT", "MRI"), None when it names none;
     ``channels``: those names one per input channel (the model card's), empty when the
     manifest names none or not one per channel."""
@@ -44,6 +45,7 @@ class TrainingData:
     train_cases: list[Case] = field(default_factory=list)
     modality: str | None = None
     channels: tuple[str, ...] = ()
+    val_cases: list[Case] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
@@ -101,7 +103,8 @@ def prepare_data(cfg: PipelineConfig, preprocessing, cache_dir: Path, info: Runt
     names = [n for n in manifest.channel_names if n != "image"]
     channels = tuple(names) if len(names) == in_channels else ()
     return TrainingData(cached[: len(train_cases)], cached[len(train_cases) :], label_names,
-                        in_channels, list(train_cases), ", ".join(names) or None, channels)
+                        in_channels, list(train_cases), ", ".join(names) or None, channels,
+                        list(val_cases))
 
 
 def _cache(cases, preprocessing, cache_dir, cfg, progress) -> list[CachedCase]:

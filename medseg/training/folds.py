@@ -114,7 +114,8 @@ def train_folds(cfg: PipelineConfig, run_dir: str | Path, folds: int, fold: int 
             log.info("fold %d of %d -> %s", index, folds, folder)
             results.append(train(fold_config(cfg, run_dir, index), folder,
                                  dataclasses.replace(options, resume=resume,
-                                                     choose_postprocess=False), runtime))
+                                                     choose_postprocess=False,
+                                                     calibrate=False), runtime))
         return results
     finally:
         shutdown(runtime)

@@ -12,7 +12,9 @@ into ``RUN_DIR``:
 * ``last.resume.safetensors``: weights, optimiser, grad scaler, RNG states,
   epoch, step, sampler state and history, for ``--resume``;
 * ``log.csv``, ``curves.png``, ``config.yaml`` and TensorBoard events when installed;
-* ``postprocessing.json``: the post-processing chosen on the last validation (below).
+* ``postprocessing.json``: the post-processing chosen on the last validation (below);
+* ``calibration.json``: with ``train.calibrate``, the calibration of ``best`` on the
+  validation cases (below).
 
 Post-processing: unless the config asks for one (``inference.keep_largest``) or the run is
 a cross-validation fold (the folds' choice is made out of fold, :mod:`medseg.crossval`),
@@ -20,6 +22,14 @@ the last validation also scores keep-largest-component and small-component remov
 label, and the choice nnU-Net's rule makes from it
 (:func:`medseg.inference.postprocess_choice.choose_postprocess`) goes into the model card
 of ``best`` and ``last``, so ``medseg predict`` applies it. It costs no extra inference.
+
+Calibration (``train.calibrate``, written by ``medseg plan``; not in cross-validation folds,
+which :mod:`medseg.crossval` calibrates out of fold): the run ends by predicting its
+validation cases with ``best`` and fitting its temperature(s) and QC's reference on them
+(:func:`medseg.inference.calibration.calibrate`), into the cards of ``best`` and ``last``, so
+that ``medseg predict --qc`` judges the run's model as ``medseg calibrate`` would have set
+it up. Within a budget the run stops early enough to keep ``CALIBRATION_VALIDATIONS`` times
+its longest validation for it; the log says how long it took.
 
 Determinism: the model is initialised from ``train.seed``; patch ``i`` of epoch
 ``e`` on rank ``r`` comes from seed ``(seed, e, r, i)``; augmentation of step
@@ -74,6 +84,13 @@ log = logging.getLogger(__name__)
 RESUME_FILE = "last.resume.safetensors"
 #: The training cohort measured at the start of a run (read back on --resume).
 COHORT_FILE = "cohort.json"
+CALIBRATION_FILE = "calibration.json"
+#: A run's calibration (``train.calibrate``) predicts each validation case twice on the input
+#: grid (fit, then QC's reference with a mirrored member): on the left atrium's 13
+#: validation cases it took 78 s where one validation (network grid, one pass) took 17 s
+#: (both on a shared 2-core machine).
+#: A budgeted run keeps this many longest validations for it.
+CALIBRATION_VALIDATIONS = 5.0
 
 
 @dataclass
@@ -95,6 +112,9 @@ class TrainOptions:
     since the run's start over ``schedule_minutes`` (default 0 and the budget): a screened
     candidate decays as its whole run would, and the winner's continuation starts where its
     screening stopped (:mod:`medseg.training.screening`).
+    ``calibrate``: end by calibrating ``best`` on the validation cases (None: as
+    ``train.calibrate`` says; folds and screened candidates turn it off; see the module
+    docstring).
     ``clock_after_setup``: the budget's clock starts once the run is set up (data, cohort,
     network) rather than at its start: screened candidates get equal training time, whatever
     the first one paid for its imports (MONAI's took 10 s on a busy 2-core machine).
@@ -109,6 +129,7 @@ class TrainOptions:
     schedule_minutes: float | None = None
     schedule_start: float = 0.0
     clock_after_setup: bool = False
+    calibrate: bool | None = None
 
 
 @dataclass
@@ -466,6 +487,7 @@ class _Trainer:
             log.info("time budget %.1f min: all %d epochs done in %.1f min", self._clock[1],
                      t.epochs, (time.monotonic() - start) / 60)
         self._choose_postprocess()
+        self._calibrate()
         self.tensorboard.close()
         return TrainResult(self.run_dir, self.epoch, self.best_score, self.best_epoch,
                            list(self.history), [c.case_id for c in self.data.val],
@@ -480,6 +502,44 @@ class _Trainer:
     def _chooses_postprocess(self) -> bool:
         return (self.options.choose_postprocess and not self.cfg.inference.keep_largest
                 and bool(self.data.val))
+
+    @property
+    def _calibrates(self) -> bool:
+        wanted = self.options.calibrate
+        wanted = self.cfg.train.calibrate if wanted is None else wanted
+        return wanted and bool(self.data.val_cases)
+
+    def _calibrate(self) -> None:
+        """``best`` (else ``last``) calibrated on the validation cases: the temperature(s) and
+        QC's reference into the cards of ``best`` and ``last`` and ``calibration.json``
+        (:func:`medseg.inference.calibration.calibrate`; the module docstring)."""
+        if not self._calibrates:
+            return
+        if self.runtime.is_main:
+            from medseg.inference.calibration import calibrate
+
+            began = time.monotonic()
+            model = next(p for p in (self.run_dir / "best.safetensors",
+                                     self.run_dir / "last.safetensors") if p.is_file())
+            result = calibrate(model, self.data.val_cases, Runtime(self.runtime.device),
+                               progress=False)
+            self.card = self.card.replace(confidence=result.apply(
+                self.card.confidence or Confidence()))
+            for name in ("best.safetensors", "last.safetensors"):
+                if (self.run_dir / name).is_file():
+                    update_card(self.run_dir / name, self.card)
+            atomic_write_text(self.run_dir / CALIBRATION_FILE,
+                              json.dumps(result.to_dict(), indent=1) + "\n")
+            log.info("calibrated %s on %d validation cases in %.1f s (%.1f s reserved): "
+                     "temperature %.3f, ECE %.4f -> %.4f", model.name, result.cases,
+                     time.monotonic() - began, self._calibration_reserve(), result.temperature,
+                     result.before.ece, result.after.ece)
+        barrier(self.runtime)
+
+    def _calibration_reserve(self) -> float:
+        """Seconds a budgeted run keeps for :meth:`_calibrate`: ``CALIBRATION_VALIDATIONS``
+        times its longest validation (0 when it does not calibrate)."""
+        return CALIBRATION_VALIDATIONS * self._longest_validation if self._calibrates else 0.0
 
     def _choose_postprocess(self) -> None:
         """The post-processing the last validation supports -> ``postprocessing.json`` and
@@ -524,7 +584,8 @@ class _Trainer:
             return False
         now = time.monotonic()
         validation = self._longest_validation
-        over = (now - start) + (now - began) + 2 * validation > 60.0 * minutes
+        over = ((now - start) + (now - began) + 2 * validation + self._calibration_reserve()
+                > 60.0 * minutes)
         if self.runtime.distributed:
             flag = torch.tensor([1.0 if over else 0.0], device=self.device)
             over = bool(all_reduce_sum(flag, self.runtime).item() > 0)

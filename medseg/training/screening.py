@@ -209,7 +209,7 @@ def _screen(candidate: Candidate, run_dir: Path, options: TrainOptions, runtime:
     result = train(candidate.cfg, run_dir / SCREEN_DIR / candidate.name,
                    dataclasses.replace(options, max_minutes=share_s / 60.0,
                                        schedule_minutes=whole_s / 60.0, schedule_start=0.0,
-                                       clock_after_setup=True),
+                                       clock_after_setup=True, calibrate=False),
                    runtime)
     return Screened(candidate, result, time.monotonic() - began)
 

@@ -247,3 +247,53 @@ def test_fill_budget_trains_past_the_planned_epochs_and_decays_with_the_clock(tm
                  "--no-progress"]) == 0
     assert [float(r["lr"]) for r in _rows(other)] == pytest.approx(
         [0.01 * (1 - 0.5) ** 0.9, 0.0], rel=1e-5, abs=1e-12)
+
+
+def test_calibrate_ends_the_run_calibrated_and_its_time_is_reserved(tmp_path, monkeypatch):
+    """``train.calibrate``: the run's cards carry the temperature and QC reference of
+    ``calibration.json``, fitted with ``best`` on the validation case. Its time is kept in a
+    budget: on a clock where an epoch trains 10 s and validates 5 s, a 1-minute budget stops
+    after epoch k when 15(k-1) + 10 (spent) + 10 (the next epoch) + 2 x 5 (validations)
+    + R > 60: with R = 5 x 5 s at k = 2, without calibration (R = 0) at k = 4."""
+    import types
+
+    from medseg.checkpoint import load_checkpoint
+    from medseg.training import loop
+
+    assert loop.CALIBRATION_VALIDATIONS == 5.0
+    clock = [1000.0]
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    real_epoch, real_validate = loop._Trainer._train_epoch, loop.validate
+
+    def ten_seconds(self, epoch):
+        loss = real_epoch(self, epoch)
+        clock[0] += 10.0
+        return loss
+
+    def five_seconds(*args, **kwargs):
+        clock[0] += 5.0
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(loop._Trainer, "_train_epoch", ten_seconds)
+    monkeypatch.setattr(loop, "validate", five_seconds)
+    epochs = {}
+    for calibrate in (True, False):
+        raw = tiny_config(epochs=2, val_every=1, max_minutes=1.0, fill_budget=True,
+                          calibrate=calibrate)
+        raw["data"]["cache_dir"] = str(tmp_path / "cache")
+        run = tmp_path / f"run_{calibrate}"
+        clock[0] = 1000.0
+        assert main(["train", str(write_config(tmp_path / f"{calibrate}.yaml", raw)), "-o",
+                     str(run), "--no-progress"]) == 0
+        epochs[calibrate] = [int(r["epoch"]) for r in _rows(run)]
+        assert (run / "calibration.json").is_file() == calibrate
+    assert epochs == {True: [1, 2], False: [1, 2, 3, 4]}
+    run = tmp_path / "run_True"
+    result = json.loads((run / "calibration.json").read_text())
+    assert result["cases"] == 1
+    for name in ("best.safetensors", "last.safetensors"):
+        conf = load_checkpoint(run / name).card.confidence
+        assert conf.temperature == pytest.approx(result["temperature"])
+        assert conf.cohort is not None  # the training cohort stays beside it
+        assert {str(k): v.dice_offset for k, v in conf.reference.items()} == pytest.approx(
+            {k: v["dice_offset"] for k, v in result["reference"].items()})
