@@ -29,7 +29,8 @@ validation cases with ``best`` and fitting its temperature(s) and QC's reference
 (:func:`medseg.inference.calibration.calibrate`), into the cards of ``best`` and ``last``, so
 that ``medseg predict --qc`` judges the run's model as ``medseg calibrate`` would have set
 it up. Within a budget the run stops early enough to keep ``CALIBRATION_VALIDATIONS`` times
-its longest validation for it; the log says how long it took.
+its longest validation plus ``CALIBRATION_CASE_S`` per validation case for it; the log says
+how long it took.
 
 Determinism: the model is initialised from ``train.seed``; patch ``i`` of epoch
 ``e`` on rank ``r`` comes from seed ``(seed, e, r, i)``; augmentation of step
@@ -85,12 +86,15 @@ RESUME_FILE = "last.resume.safetensors"
 #: The training cohort measured at the start of a run (read back on --resume).
 COHORT_FILE = "cohort.json"
 CALIBRATION_FILE = "calibration.json"
-#: A run's calibration (``train.calibrate``) predicts each validation case twice on the input
-#: grid (fit, then QC's reference with a mirrored member): on the left atrium's 13
-#: validation cases it took 78 s where one validation (network grid, one pass) took 17 s
-#: (both on a shared 2-core machine).
-#: A budgeted run keeps this many longest validations for it.
+#: A run's calibration (``train.calibrate``) reads each validation case from its files and
+#: predicts it twice on its own grid (fit, then QC's reference with a mirrored member). A
+#: budgeted run keeps ``CALIBRATION_VALIDATIONS`` longest validations (network grid, cached
+#: arrays, one pass) plus ``CALIBRATION_CASE_S`` per validation case for it. On the left
+#: atrium's 13 validation cases (a shared 2-core machine): the hour plan's model took 78 s
+#: beside a 17 s validation (kept: 111 s); a quarter-hour plan's 26.3 s beside 2.8 s (kept:
+#: 40 s; 5 validations alone kept only 14 s).
 CALIBRATION_VALIDATIONS = 5.0
+CALIBRATION_CASE_S = 2.0
 
 
 @dataclass
@@ -538,8 +542,12 @@ class _Trainer:
 
     def _calibration_reserve(self) -> float:
         """Seconds a budgeted run keeps for :meth:`_calibrate`: ``CALIBRATION_VALIDATIONS``
-        times its longest validation (0 when it does not calibrate)."""
-        return CALIBRATION_VALIDATIONS * self._longest_validation if self._calibrates else 0.0
+        times its longest validation plus ``CALIBRATION_CASE_S`` per validation case (0 when
+        it does not calibrate)."""
+        if not self._calibrates:
+            return 0.0
+        return (CALIBRATION_VALIDATIONS * self._longest_validation
+                + CALIBRATION_CASE_S * len(self.data.val_cases))
 
     def _choose_postprocess(self) -> None:
         """The post-processing the last validation supports -> ``postprocessing.json`` and

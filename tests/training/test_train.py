@@ -254,13 +254,14 @@ def test_calibrate_ends_the_run_calibrated_and_its_time_is_reserved(tmp_path, mo
     ``calibration.json``, fitted with ``best`` on the validation case. Its time is kept in a
     budget: on a clock where an epoch trains 10 s and validates 5 s, a 1-minute budget stops
     after epoch k when 15(k-1) + 10 (spent) + 10 (the next epoch) + 2 x 5 (validations)
-    + R > 60: with R = 5 x 5 s at k = 2, without calibration (R = 0) at k = 4."""
+    + R > 60: with R = 5 x 5 s + 2 s x 1 case at k = 2 (at k = 1 no validation is known
+    yet: 20 + 2 <= 60), without calibration (R = 0) at k = 4."""
     import types
 
     from medseg.checkpoint import load_checkpoint
     from medseg.training import loop
 
-    assert loop.CALIBRATION_VALIDATIONS == 5.0
+    assert (loop.CALIBRATION_VALIDATIONS, loop.CALIBRATION_CASE_S) == (5.0, 2.0)
     clock = [1000.0]
     monkeypatch.setattr(loop, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
     real_epoch, real_validate = loop._Trainer._train_epoch, loop.validate
