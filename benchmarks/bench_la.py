@@ -388,25 +388,22 @@ def peer_run(args: argparse.Namespace, manifest: Path, minutes: float) -> int:
     nnunet = run_nnunet(manifest, run, fold, minutes, args.output / "nnunet", held, labels,
                         extra)
     row: dict = {}
-    if args.medseg_model is not None:  # trained earlier on this fold's training cases
-        row["predict_s"], row["scores"] = predict_and_score(
-            str(args.medseg_model), held, labels, args.output / "medseg", "cpu", extra)
-        print(f"medseg's row: the model {args.medseg_model}, trained before this run (its plan "
-              "and training times are not this run's)")
-        cases = len(json.loads(manifest.read_text())["training"])
-        print_table(row, nnunet, minutes, fold, cases)
-        describe_nnunet(nnunet)
-        return 0
-    row["plan_s"], error = try_medseg("plan", str(manifest), "-o", str(plan), "--device", "cpu",
-                                      "--time-budget", f"{minutes / 60:.6g}", "--no-2d")
-    if error is None:
-        row["train_s"], error = try_medseg(
-            "train", str(plan / "plan.yaml"), "-o", str(run), "--folds", str(FOLDS), "--fold",
-            str(fold), "--device", "cpu", "--no-progress")
+    model, error = args.medseg_model, None
+    if model is None:
+        row["plan_s"], error = try_medseg("plan", str(manifest), "-o", str(plan), "--device",
+                                          "cpu", "--time-budget", f"{minutes / 60:.6g}",
+                                          "--no-2d")
+        if error is None:
+            row["train_s"], error = try_medseg(
+                "train", str(plan / "plan.yaml"), "-o", str(run), "--folds", str(FOLDS),
+                "--fold", str(fold), "--device", "cpu", "--no-progress")
+        model = run / f"fold_{fold}" / "best.safetensors"
+    else:  # trained earlier on this fold's training cases
+        print(f"medseg's row: the model {model}, trained before this run (its plan and "
+              "training times are not this run's)")
     if error is None:
         row["predict_s"], row["scores"] = predict_and_score(
-            str(run / f"fold_{fold}" / "best.safetensors"), held, labels,
-            args.output / "medseg", "cpu", extra)
+            str(model), held, labels, args.output / "medseg", "cpu", extra)
     else:
         row["failed"] = error
     cases = len(json.loads(manifest.read_text())["training"])

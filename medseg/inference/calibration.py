@@ -317,6 +317,7 @@ def qc_reference(folds: Sequence[tuple[Any, Sequence[Any]]], confidence: Confide
     from medseg.confidence import Summary
     from medseg.data.cohort import read_labelled
     from medseg.inference.predict import PredictOptions, predict_case
+    from medseg.metrics.overlap import mask_dice
 
     raw = confidence.replace(reference={})
     options = dataclasses.replace(options or PredictOptions(), qc=True, uncertainty=False,
@@ -328,21 +329,14 @@ def qc_reference(folds: Sequence[tuple[Any, Sequence[Any]]], confidence: Confide
         for _, image, truth in read_labelled(cases, "QC reference", progress):
             result = predict_case(model, image, options, runtime)
             for row in result.qc.rows:
-                true = _dice(result.labels.array, truth.array, row["label"])
-                if true is None or not math.isfinite(row["estimated_dice"]):
+                true = mask_dice(result.labels.array == row["label"],
+                                 np.asarray(truth.array) == row["label"])
+                if not (math.isfinite(true) and math.isfinite(row["estimated_dice"])):
                     continue
                 gaps.setdefault(row["label"], []).append(true - row["estimated_dice"])
                 unsure.setdefault(row["label"], []).append(row["uncertain_fraction"])
     return {label: LabelReference(len(gap), float(np.median(gap)), Summary.of(unsure[label]))
             for label, gap in sorted(gaps.items())}
-
-
-def _dice(predicted: np.ndarray, truth: np.ndarray, label: int) -> float | None:
-    """Dice of one label between two label maps of the same grid; None when it is in
-    neither."""
-    a, b = np.asarray(predicted) == label, np.asarray(truth) == label
-    total = int(a.sum()) + int(b.sum())
-    return None if total == 0 else 2.0 * int((a & b).sum()) / total
 
 
 def _unless_worse(result: Calibration, logp: np.ndarray, y: np.ndarray,

@@ -38,19 +38,11 @@ def postprocess_dice(pred: np.ndarray, gt: np.ndarray, labels: Sequence[int]
     NaN when the label is in neither map (such cases do not count in the means).
     """
     from medseg.inference.postprocess import keep_largest_component
+    from medseg.metrics.overlap import mask_dice
 
     kept = keep_largest_component(pred, only=labels)
-    return {int(v): (_dice(pred == v, gt == v), _dice(kept == v, gt == v)) for v in labels}
-
-
-def _dice(pred: np.ndarray, gt: np.ndarray) -> float:
-    from medseg.metrics import get_convention
-    from medseg.metrics.overlap import count_overlap, overlap_metrics
-
-    counts = count_overlap(pred, gt)
-    if counts.status == "both_empty":
-        return math.nan
-    return float(overlap_metrics(counts, 1.0, get_convention("medseg"))["dice"])
+    return {int(v): (mask_dice(pred == v, gt == v), mask_dice(kept == v, gt == v))
+            for v in labels}
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import numpy as np
 
 from medseg.metrics.conventions import Convention, mask_status
 
-__all__ = ["OverlapCounts", "count_overlap", "overlap_metrics"]
+__all__ = ["OverlapCounts", "count_overlap", "mask_dice", "overlap_metrics"]
 
 
 @dataclass(frozen=True)
@@ -77,3 +77,14 @@ def overlap_metrics(
     out["vol_pred_ml"] = c.n_pred * voxel_volume_mm3 / 1000.0
     out["vol_gt_ml"] = c.n_gt * voxel_volume_mm3 / 1000.0
     return out
+
+
+def mask_dice(pred_mask: np.ndarray, gt_mask: np.ndarray) -> float:
+    """Dice of two boolean masks of one grid (medseg's convention for one empty mask: 0);
+    NaN when both are empty (such a pair counts in no mean)."""
+    from medseg.metrics.conventions import get_convention
+
+    counts = count_overlap(pred_mask, gt_mask)
+    if counts.status == "both_empty":
+        return float("nan")
+    return float(overlap_metrics(counts, 1.0, get_convention("medseg"))["dice"])
