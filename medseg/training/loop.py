@@ -514,31 +514,41 @@ class _Trainer:
         return wanted and bool(self.data.val_cases)
 
     def _calibrate(self) -> None:
-        """``best`` (else ``last``) calibrated on the validation cases: the temperature(s) and
-        QC's reference into the cards of ``best`` and ``last`` and ``calibration.json``
-        (:func:`medseg.inference.calibration.calibrate`; the module docstring)."""
+        """``best`` (else ``last``) calibrated on the validation cases by the main rank (the
+        module docstring); the other ranks wait."""
         if not self._calibrates:
             return
         if self.runtime.is_main:
-            from medseg.inference.calibration import calibrate
+            self._calibrate_best()
+        barrier(self.runtime)
 
-            began = time.monotonic()
-            model = next(p for p in (self.run_dir / "best.safetensors",
-                                     self.run_dir / "last.safetensors") if p.is_file())
+    def _calibrate_best(self) -> None:
+        """The temperature(s) and QC's reference of ``best`` (else ``last``) on the validation
+        cases (:func:`medseg.inference.calibration.calibrate`) into the cards of ``best`` and
+        ``last`` and ``calibration.json``. A run whose validation cases cannot calibrate (no
+        foreground in any) keeps its cards and says why in one warning."""
+        from medseg.inference.calibration import calibrate
+
+        began = time.monotonic()
+        model = next(p for p in (self.run_dir / "best.safetensors",
+                                 self.run_dir / "last.safetensors") if p.is_file())
+        try:
             result = calibrate(model, self.data.val_cases, Runtime(self.runtime.device),
                                progress=False)
-            self.card = self.card.replace(confidence=result.apply(
-                self.card.confidence or Confidence()))
-            for name in ("best.safetensors", "last.safetensors"):
-                if (self.run_dir / name).is_file():
-                    update_card(self.run_dir / name, self.card)
-            atomic_write_text(self.run_dir / CALIBRATION_FILE,
-                              json.dumps(result.to_dict(), indent=1) + "\n")
-            log.info("calibrated %s on %d validation cases in %.1f s (%.1f s reserved): "
-                     "temperature %.3f, ECE %.4f -> %.4f", model.name, result.cases,
-                     time.monotonic() - began, self._calibration_reserve(), result.temperature,
-                     result.before.ece, result.after.ece)
-        barrier(self.runtime)
+        except UsageError as exc:
+            log.warning("%s is not calibrated: %s", model.name, exc)
+            return
+        self.card = self.card.replace(confidence=result.apply(
+            self.card.confidence or Confidence()))
+        for name in ("best.safetensors", "last.safetensors"):
+            if (self.run_dir / name).is_file():
+                update_card(self.run_dir / name, self.card)
+        atomic_write_text(self.run_dir / CALIBRATION_FILE,
+                          json.dumps(result.to_dict(), indent=1) + "\n")
+        log.info("calibrated %s on %d validation cases in %.1f s (%.1f s reserved): "
+                 "temperature %.3f, ECE %.4f -> %.4f", model.name, result.cases,
+                 time.monotonic() - began, self._calibration_reserve(), result.temperature,
+                 result.before.ece, result.after.ece)
 
     def _calibration_reserve(self) -> float:
         """Seconds a budgeted run keeps for :meth:`_calibrate`: ``CALIBRATION_VALIDATIONS``

@@ -298,3 +298,28 @@ def test_calibrate_ends_the_run_calibrated_and_its_time_is_reserved(tmp_path, mo
         assert conf.cohort is not None  # the training cohort stays beside it
         assert {str(k): v.dice_offset for k, v in conf.reference.items()} == pytest.approx(
             {k: v["dice_offset"] for k, v in result["reference"].items()})
+
+
+def test_a_run_that_cannot_calibrate_still_succeeds_uncalibrated(tmp_path, monkeypatch, capsys):
+    """Calibration refused (as for validation cases without any foreground) ends the run
+    with its checkpoints, no calibration.json and one warning, not a failed command."""
+    from medseg.checkpoint import load_checkpoint
+    from medseg.errors import UsageError
+    from medseg.inference import calibration
+
+    def refuse(*args, **kwargs):
+        raise UsageError("calibration needs labelled cases with foreground (predicted or true) "
+                         "in at least one of them")
+
+    monkeypatch.setattr(calibration, "calibrate", refuse)
+    raw = tiny_config(epochs=1, calibrate=True)
+    raw["data"]["cache_dir"] = str(tmp_path / "cache")
+    run = tmp_path / "run"
+    assert main(["train", str(write_config(tmp_path / "c.yaml", raw)), "-o", str(run),
+                 "--no-progress"]) == 0
+    assert not (run / "calibration.json").exists()
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "not calibrated" in line]
+    assert len(warnings) == 1 and warnings[0].endswith(
+        "best.safetensors is not calibrated: calibration needs labelled cases with foreground "
+        "(predicted or true) in at least one of them")
+    assert load_checkpoint(run / "best.safetensors").card.confidence.temperature == 1.0
