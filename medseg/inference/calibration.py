@@ -3,7 +3,13 @@
 Fitting is separate from applying (as scikit-learn's ``calibration`` module keeps them):
 :func:`fit_temperature` finds the T that minimises the negative log-likelihood of
 ``softmax(log p / T)`` over the sampled voxels (Guo et al. 2017; for one network this is
-temperature scaling of its logits); prediction applies the card's T
+temperature scaling of its logits), each case on its own, and takes the median of the
+cases' temperatures: pooled voxels let one failing case decide (on the left atrium one case
+of Dice 0.77 alone wants T 3.07 where the others want 1.1-2.0, and the pooled fit of 1.65
+left held-out cases underconfident). Leave-one-case-out on the 13 calibration cases of the
+left-atrium hour model, the ECE of the case left out fell to 0.87 of its uncalibrated value
+on average with the median (0.33 median of cases), against 1.22 (0.57) with the pooled fit.
+Prediction applies the card's T
 (:mod:`medseg.confidence`). :func:`calibrate` predicts labelled cases with a model, samples
 foreground-near voxels (:func:`medseg.metrics.calibration.near_foreground`), fits T and
 reports the expected calibration error before and after on the same voxels. The model's
@@ -65,6 +71,9 @@ T_RANGE = (0.05, 20.0)
 #: A label gets its own temperature only with at least this many voxels predicted as it in
 #: each half of the split.
 MIN_LABEL_VOXELS = 500
+#: A case has its own say in the median temperature with at least this many sampled voxels
+#: (of the label, for a label's own temperature).
+MIN_CASE_VOXELS = 100
 
 
 @dataclass(frozen=True)
@@ -161,19 +170,34 @@ def _nll(logp: np.ndarray, labels: np.ndarray, temperature: float) -> np.ndarray
     return logsumexp(z, axis=1) - z[np.arange(labels.size), labels]
 
 
-def fit_temperature(log_probabilities: np.ndarray, labels: np.ndarray) -> float:
+def fit_temperature(log_probabilities: np.ndarray, labels: np.ndarray,
+                    cases: np.ndarray | None = None) -> float:
     """The temperature T minimising the mean negative log-likelihood of
-    ``softmax(log_probabilities / T)`` for ``labels`` (N,), over :data:`T_RANGE`.
+    ``softmax(log_probabilities / T)`` for ``labels`` (N,), over :data:`T_RANGE`; with
+    ``cases`` (N,) (each row's case), the median of the T each case with at least
+    :data:`MIN_CASE_VOXELS` rows has on its own (module docstring), the pooled T when none
+    has that many.
 
     ``log_probabilities`` (N, K): log p (or logits: the result is the same).
     """
-    from scipy.optimize import minimize_scalar
-
     z = np.asarray(log_probabilities, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64).ravel()
     if z.ndim != 2 or z.shape[0] != y.size or y.size == 0:
         raise UsageError(f"fit_temperature needs log probabilities (N, K) and labels (N,) with "
                          f"N >= 1, got {z.shape} and {y.shape}")
+    if cases is not None:
+        cases = np.asarray(cases).ravel()
+        ids, counts = np.unique(cases, return_counts=True)
+        voting = ids[counts >= MIN_CASE_VOXELS]
+        if voting.size:
+            return float(np.median([_nll_minimum(z[cases == c], y[cases == c])
+                                    for c in voting]))
+    return _nll_minimum(z, y)
+
+
+def _nll_minimum(z: np.ndarray, y: np.ndarray) -> float:
+    """The T of :data:`T_RANGE` minimising the mean NLL of ``softmax(z / T)`` for ``y``."""
+    from scipy.optimize import minimize_scalar
 
     def nll(log_t: float) -> float:
         return float(np.mean(_nll(z, y, math.exp(log_t))))
@@ -185,11 +209,12 @@ def fit_temperature(log_probabilities: np.ndarray, labels: np.ndarray) -> float:
 
 
 def choose_label_temperatures(log_probabilities: np.ndarray, labels: np.ndarray,
-                              held_out: np.ndarray) -> tuple[float, dict[int, float],
-                                                            tuple[LabelChoice, ...]]:
+                              held_out: np.ndarray, cases: np.ndarray | None = None
+                              ) -> tuple[float, dict[int, float], tuple[LabelChoice, ...]]:
     """The single temperature factor and the labels' own factors where they help (module
     docstring), fitted on rows (N, K) of log p with true ``labels`` (N,); ``held_out`` (N,)
-    bool marks the half that decides.
+    bool marks the half that decides; ``cases`` (N,), each row's case, makes every fit the
+    median of the cases' own (:func:`fit_temperature`).
 
     Returns (T on all rows, {label: T_c on all its rows} of the kept labels, the choices).
     """
@@ -197,8 +222,13 @@ def choose_label_temperatures(log_probabilities: np.ndarray, labels: np.ndarray,
     y = np.asarray(labels, dtype=np.int64).ravel()
     held_out = np.asarray(held_out, dtype=bool)
     predicted = z.argmax(axis=1)
+    g = None if cases is None else np.asarray(cases).ravel()
+
+    def fitted(rows: np.ndarray) -> float:
+        return fit_temperature(z[rows], y[rows], None if g is None else g[rows])
+
     fit = ~held_out
-    single_fit = fit_temperature(z[fit], y[fit]) if fit.any() else math.nan
+    single_fit = fitted(fit) if fit.any() else math.nan
     kept, choices = {}, []
     for c in range(z.shape[1]):
         a, b = fit & (predicted == c), held_out & (predicted == c)
@@ -206,16 +236,16 @@ def choose_label_temperatures(log_probabilities: np.ndarray, labels: np.ndarray,
         nll_single = nll_label = factor = math.nan
         keep = False
         if min(n_fit, n_held) >= MIN_LABEL_VOXELS:
-            own = fit_temperature(z[a], y[a])
+            own = fitted(a)
             diff = _nll(z[b], y[b], own) - _nll(z[b], y[b], single_fit)
             nll_label = float(np.mean(_nll(z[b], y[b], own)))
             nll_single = nll_label - float(diff.mean())
             keep = bool(diff.mean() + 2 * diff.std(ddof=1) / math.sqrt(diff.size) < 0)
-            factor = fit_temperature(z[predicted == c], y[predicted == c])
+            factor = fitted(predicted == c)
             if keep:
                 kept[c] = factor
         choices.append(LabelChoice(c, n_fit, n_held, factor, nll_single, nll_label, keep))
-    return fit_temperature(z, y), kept, tuple(choices)
+    return fitted(np.ones(y.size, dtype=bool)), kept, tuple(choices)
 
 
 def split_halves(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -287,8 +317,8 @@ def calibrate_folds(folds: Sequence[tuple[Any, Sequence[Any]]], runtime: Any = N
         raise UsageError("calibration needs labelled cases with foreground (predicted or "
                          "true) in at least one of them")
     logp, y = np.concatenate(parts).astype(np.float64), np.concatenate(labels)
-    factor, own, choices = choose_label_temperatures(logp, y,
-                                                     split_halves(np.concatenate(groups), rng))
+    cases = np.concatenate(groups)
+    factor, own, choices = choose_label_temperatures(logp, y, split_halves(cases, rng), cases)
     result = _unless_worse(_calibration(logp, y, old, factor, own, choices, len(groups)),
                            logp, y, old)
     if reference:

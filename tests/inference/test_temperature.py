@@ -147,3 +147,25 @@ def test_numpy_and_torch_label_temperatures_agree():
     np.testing.assert_allclose(e / e.sum(0), expected.numpy(), atol=1e-5)
     assert torch.allclose(z / label_temperature(z, temps), torch.from_numpy(
         label_scaled(z.numpy(), temps)))
+
+
+def test_a_case_median_temperature_is_not_decided_by_one_failing_case():
+    """Five cases overconfident by 2 and one by 8 holding as many voxels as the five: the
+    pooled fit lands between them, the case median at 2 (the middle of the five cases' own
+    fits exactly); a case below MIN_CASE_VOXELS rows has no say."""
+    from medseg.inference.calibration import MIN_CASE_VOXELS
+
+    parts = [_overconfident(n=4000, scale=2.0, seed=s) for s in range(5)]
+    parts.append(_overconfident(n=20000, scale=8.0, seed=9))
+    parts.append(_overconfident(n=MIN_CASE_VOXELS - 1, scale=50.0, seed=10))
+    z = np.concatenate([p[0] for p in parts])
+    y = np.concatenate([p[1] for p in parts])
+    cases = np.concatenate([np.full(p[1].size, i) for i, p in enumerate(parts)])
+    own = [fit_temperature(*p) for p in parts[:6]]
+    assert fit_temperature(z, y, cases) == pytest.approx(float(np.median(own)))
+    assert fit_temperature(z, y, cases) == pytest.approx(2.0, rel=0.1)
+    assert fit_temperature(z, y) > 3.0
+    few = np.zeros(y.size, dtype=bool)
+    few[:MIN_CASE_VOXELS - 1] = True
+    assert fit_temperature(z[few], y[few], cases[few]) == pytest.approx(
+        fit_temperature(z[few], y[few]))
