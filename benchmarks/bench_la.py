@@ -99,12 +99,19 @@ def try_medseg(*args: str) -> tuple[float, str | None]:
 def subset_manifest(cases: int, out: Path) -> Path:
     """``out``: the first ``cases`` training cases of the cohort as an MSD dataset.json with
     absolute paths (the data stays where it is)."""
+    entries = json.loads(DATA.read_text())["training"]
+    if not 2 * FOLDS <= cases <= len(entries):
+        raise SystemExit(f"--cases {cases}: expected {2 * FOLDS} to {len(entries)}")
+    return write_manifest(entries[:cases], out)
+
+
+def write_manifest(entries: list[dict[str, str]], out: Path) -> Path:
+    """``out``: the cohort's dataset.json with only ``entries`` (of its ``training`` list),
+    their paths made absolute."""
     doc = json.loads(DATA.read_text())
-    if not 2 * FOLDS <= cases <= len(doc["training"]):
-        raise SystemExit(f"--cases {cases}: expected {2 * FOLDS} to {len(doc['training'])}")
     doc["training"] = [{k: str((DATA.parent / v).resolve()) for k, v in entry.items()}
-                       for entry in doc["training"][:cases]]
-    doc["numTraining"] = cases
+                       for entry in entries]
+    doc["numTraining"] = len(entries)
     doc.pop("test", None)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1))

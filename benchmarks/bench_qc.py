@@ -1,9 +1,10 @@
 """Benchmark: does QC know which predictions to distrust? (issue 23's targets)
 
-On the shared left-atrium cohort (80 LGE-MRI cases), with a model from a time-budgeted
-self-configured plan (``medseg plan --time-budget``, then ``medseg train --folds 5 --fold F``)
-or one given with ``--model RUN`` (a run folder of ``bench_la.py``: ``RUN/fold_F/
-best.safetensors`` and ``RUN/splits.json``):
+On the shared left-atrium cohort (80 LGE-MRI cases), with a model trained as the team
+checks a plan (:func:`plan_and_train`: ``medseg plan --time-budget`` of fold F's 64 training
+cases, then ``medseg train PLAN/plan.yaml``, one run that holds out its own validation cases;
+fold F's 16 cases are the held-out test) or one given with ``--model RUN`` (``RUN/fold_F/
+best.safetensors`` and ``RUN/splits.json``, a run folder of ``bench_la.py`` or of this bench):
 
 1. calibration: ``medseg calibrate`` on ``--calibration-cases`` cases the model did not train
    on where the run has them (a single run's own validation cases, ``data.val_fraction`` of
@@ -35,7 +36,7 @@ import json
 import shutil
 from pathlib import Path
 
-from bench_la import DATA, medseg  # the cohort's manifest; medseg ARGS timed
+from bench_la import DATA, ensure_splits, medseg, write_manifest  # medseg ARGS timed
 
 
 def fold_cases(run: Path, fold: int):
@@ -44,6 +45,27 @@ def fold_cases(run: Path, fold: int):
 
     cases = load_manifest(DATA).cases
     return split(cases, read_splits(run / "splits.json"), fold)
+
+
+def plan_and_train(out: Path, fold: int, minutes: float, device: str,
+                   times: dict[str, float]) -> Path:
+    """``out/run``: ``splits.json`` (the 5 folds ``medseg train --folds 5`` makes) and in
+    ``fold_<fold>`` one run trained as the team checks issue 22: ``medseg plan`` of the fold's
+    training cases with a ``minutes`` budget, then ``medseg train PLAN/plan.yaml`` (its own
+    validation share, on which it calibrates itself), so that the fold's cases are test cases
+    the plan never saw; wall seconds of each step into ``times``."""
+    run = out / "run"
+    ensure_splits(DATA, run)
+    train, _ = fold_cases(run, fold)
+    labels = {Path(c.label).resolve() for c in train}
+    entries = [e for e in json.loads(DATA.read_text())["training"]
+               if (DATA.parent / e["label"]).resolve() in labels]
+    manifest = write_manifest(entries, out / f"train_fold_{fold}.json")
+    times["plan"] = medseg("plan", str(manifest), "-o", str(out / "plan"), "--device", device,
+                           "--time-budget", str(minutes / 60))
+    times["train"] = medseg("train", str(out / "plan" / "plan.yaml"), "-o",
+                            str(run / f"fold_{fold}"), "--device", device, "--no-progress")
+    return run
 
 
 def run_validation_cases(run_dir: Path):
@@ -131,14 +153,7 @@ def main() -> int:
         return 0
     out, times = args.output, {}
     out.mkdir(parents=True, exist_ok=True)
-    run = args.model
-    if run is None:
-        run = out / "run"
-        times["plan"] = medseg("plan", str(DATA), "-o", str(out / "plan"), "--device",
-                               args.device, "--time-budget", str(args.minutes / 60))
-        times["train"] = medseg("train", str(out / "plan" / "plan.yaml"), "-o", str(run),
-                                "--folds", "5", "--fold", str(args.fold), "--device",
-                                args.device, "--no-progress")
+    run = args.model or plan_and_train(out, args.fold, args.minutes, args.device, times)
     train, val = fold_cases(run, args.fold)
     val = val[: args.held_out] if args.held_out else val
     model = out / "model.safetensors"
