@@ -9,9 +9,10 @@ best.safetensors`` and ``RUN/splits.json``, a run folder of ``bench_la.py`` or o
 1. calibration: ``medseg calibrate`` on ``--calibration-cases`` cases the model did not train
    on where the run has them (a single run's own validation cases, ``data.val_fraction`` of
    its ``config.yaml``), else on training cases of the fold (a model is more confident on
-   its training cases: the fitted temperature is then too low); a copy of the checkpoint, the
-   given model is not changed; the expected calibration error (15 bins, foreground-near
-   voxels) on the held-out cases before and after;
+   its training cases: the fitted temperature is then too low), of a copy of the checkpoint
+   with its temperatures reset to 1 (the given model is not changed; a run trained with
+   ``train.calibrate`` arrives calibrated); the expected calibration error (15 bins,
+   foreground-near voxels) on the held-out cases before and after;
 2. ``medseg predict`` of the held-out cases, plain and with ``--qc`` (timed: the ratio is a
    target), with the model's card settings (``--tta`` follows the card);
 3. ``medseg evaluate --qc``: Spearman and MAE of estimated vs true Dice on the clean cases,
@@ -95,14 +96,18 @@ def link_folder(folder: Path, files: list[Path]) -> Path:
     return folder
 
 
-def single_temperature(model: Path, copy: Path) -> Path:
-    """A copy of the calibrated ``model`` with its single temperature only (no label's own),
-    to measure what the label temperatures add."""
+def with_temperatures(model: Path, copy: Path, temperature: float | None = None) -> Path:
+    """``copy``: ``model`` without the labels' own temperatures, and with ``temperature``
+    in place of its own where given (1.0: the uncalibrated network; a run trained with
+    ``train.calibrate`` arrives calibrated)."""
     from medseg.checkpoint import load_checkpoint, update_card
 
     shutil.copy(model, copy)
     card = load_checkpoint(copy).card
-    update_card(copy, card.replace(confidence=card.confidence.replace(label_temperatures={})))
+    if card.confidence is not None:  # a model without one is uncalibrated
+        changes = {} if temperature is None else {"temperature": temperature}
+        update_card(copy, card.replace(confidence=card.confidence.replace(
+            label_temperatures={}, **changes)))
     return copy
 
 
@@ -156,10 +161,10 @@ def main() -> int:
     run = args.model or plan_and_train(out, args.fold, args.minutes, args.device, times)
     train, val = fold_cases(run, args.fold)
     val = val[: args.held_out] if args.held_out else val
+    original = with_temperatures(run / f"fold_{args.fold}" / "best.safetensors",
+                                 out / "model_uncalibrated.safetensors", temperature=1.0)
     model = out / "model.safetensors"
-    shutil.copy(run / f"fold_{args.fold}" / "best.safetensors", model)
-    original = out / "model_uncalibrated.safetensors"
-    shutil.copy(model, original)
+    shutil.copy(original, model)
 
     # 1. calibration on training cases, ECE on the held-out ones
     own = run_validation_cases(run / f"fold_{args.fold}")
@@ -173,7 +178,7 @@ def main() -> int:
         "--labels", str(link_folder(out / "calib_labels", [c.label for c in calib])))
     ece_before = held_out_ece(original, val, args.device)
     ece_after = held_out_ece(model, val, args.device)
-    ece_single = held_out_ece(single_temperature(model, out / "model_single_t.safetensors"),
+    ece_single = held_out_ece(with_temperatures(model, out / "model_single_t.safetensors"),
                               val, args.device)
 
     # 2. plain and --qc prediction of the held-out cases
