@@ -149,7 +149,9 @@ def main() -> int:
     parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--held-out", type=int, default=None,
                         help="use only the first N held-out cases (default: all 16)")
-    parser.add_argument("--calibration-cases", type=int, default=10)
+    parser.add_argument("--calibration-cases", type=int, default=None,
+                        help="default: all of a single run's validation cases, else 10 "
+                             "of the fold's training cases")
     parser.add_argument("--corrupted", type=int, default=3,
                         help="held-out cases to corrupt in every way (default 3)")
     args = parser.parse_args()
@@ -168,7 +170,7 @@ def main() -> int:
 
     # 1. calibration on training cases, ECE on the held-out ones
     own = run_validation_cases(run / f"fold_{args.fold}")
-    calib = (own or train)[: args.calibration_cases]
+    calib = (own or train)[: args.calibration_cases or (len(own) if own else 10)]
     print(f"calibration on {len(calib)} {'validation' if own else 'training'} cases of the "
           "model")
     times["calibrate"] = medseg(
