@@ -24,7 +24,7 @@ Printed: each number beside its target. Run::
 
     python benchmarks/bench_qc.py -o /tmp/qc --device cpu --minutes 60      # the real check
     python benchmarks/bench_qc.py -o /tmp/qc --model /tmp/la/run --fold 0   # bench_la's model
-    python benchmarks/bench_qc.py -o /tmp/qc --minutes 2 --held-out 4       # end to end, tiny
+    python benchmarks/bench_qc.py -o /tmp/qc --minutes 5 --held-out 4       # end to end, tiny
 
 Skips (exit 0, with the reason) when ../shared/data/la_mri is absent.
 """
