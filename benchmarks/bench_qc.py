@@ -216,6 +216,8 @@ def main() -> int:
     print(f"MAE(estimated, true Dice)      {show(qc['mae'])}   target <= 0.05")
     print(f"AUROC flag != ok for Dice < 0.8 {show(qc['auroc_flag'])}  ({qc['failures']} "
           f"failures among {qc['n']})")
+    print(f"AUROC 1 - estimated Dice, same  {show(qc['auroc_estimate'])}  (the ranking alone, "
+          "without the flag's thresholds)")
     print(f"corrupted cases flagged        {len(bad) - len(missed)}/{len(bad)}   target all"
           + (f" (missed: {', '.join(missed)})" if missed else ""))
     print(f"clean Dice >= 0.85 flagged     {good_flagged}/{len(good)}   target <= 15 %")
