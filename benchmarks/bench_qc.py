@@ -168,7 +168,8 @@ def main() -> int:
     model = out / "model.safetensors"
     shutil.copy(original, model)
 
-    # 1. calibration on training cases, ECE on the held-out ones
+    # 1. calibration on the run's validation cases (else training cases), ECE on the
+    # held-out ones
     own = run_validation_cases(run / f"fold_{args.fold}")
     calib = (own or train)[: args.calibration_cases or (len(own) if own else 10)]
     print(f"calibration on {len(calib)} {'validation' if own else 'training'} cases of the "

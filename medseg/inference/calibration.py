@@ -245,7 +245,7 @@ def choose_label_temperatures(log_probabilities: np.ndarray, labels: np.ndarray,
             if keep:
                 kept[c] = factor
         choices.append(LabelChoice(c, n_fit, n_held, factor, nll_single, nll_label, keep))
-    return fitted(np.ones(y.size, dtype=bool)), kept, tuple(choices)
+    return fit_temperature(z, y, g), kept, tuple(choices)
 
 
 def split_halves(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
