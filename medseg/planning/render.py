@@ -109,6 +109,8 @@ def _training(plan) -> list[Entry]:
          "rate decays with the budget's share" if plan.max_minutes is not None
          else "no budget: the epochs are the schedule"),
         *_select(plan),
+        ("train", "amp", plan.amp, plan.amp_reason or (
+            "medseg.runtime's default: bf16 or fp16 autocast on a GPU, fp32 on the CPU")),
         ("train", "calibrate", True,
          "end by calibrating best on the validation cases (temperature and QC's reference "
          "for --qc), inside the budget"),
@@ -209,7 +211,8 @@ def format_summary(plan) -> str:
         f"levels: {len(d.pools) + 1}  pooling: {[list(p) for p in d.pools]}",
         f"memory: {d.memory_bytes / 2**30:.2f} GiB of {plan.budget_bytes / 2**30:.1f} GiB "
         f"({plan.device})  schedule: {plan.epochs} x {plan.iterations_per_epoch} = {steps} steps"
-        + (f" at {plan.step_seconds:.2f} s" if plan.step_seconds else ""),
+        + (f" at {plan.step_seconds:.2f} s" if plan.step_seconds else "")
+        + (" (bf16 autocast)" if plan.amp else ""),
     ]
     if plan.spacing_reason:
         lines.append(f"spacing: {plan.spacing_reason}")

@@ -231,3 +231,41 @@ def test_shrink_steps_lie_on_a_sqrt2_grid():
     from medseg.planning.plan import _on_grid
 
     assert [_on_grid(n) for n in (76, 88, 100, 128, 1, 0)] == [64, 64, 90, 128, 1, 1]
+
+
+@pytest.mark.parametrize("native, bf16_s, amp", [(True, 0.4, True), (True, 0.9, None),
+                                                 (False, 0.4, None)])
+def test_cpu_plan_trains_in_bf16_where_it_is_measured_faster(tmp_path, monkeypatch, native,
+                                                              bf16_s, amp):
+    """A modelled fp32 step of 1.0 s: a bf16 step of 0.4 s (2.5x, above BF16_GAIN = 1.25)
+    makes the plan train in bf16 with a schedule of 0.4 s steps; 0.9 s (1.1x) keeps fp32;
+    a CPU without native bf16 is never timed in bf16."""
+    import medseg.runtime
+    from medseg.planning import plan as plan_module
+
+    timed = []
+
+    def measure(plan, options, **_):
+        timed.append(plan.amp)
+        return bf16_s if plan.amp else 1.0
+
+    manifest = write_dataset(tmp_path / "la", [(0.625, 0.625, 1.25)] * 10, (320, 320, 88))
+    monkeypatch.setattr(medseg.runtime, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(plan_module, "_measure", measure)
+    assert main(["plan", str(manifest), "-o", str(tmp_path / "plan"), "--device", "cpu",
+                 "--time-budget", "1", "--no-2d"]) == 0
+    cfg = load_config(tmp_path / "plan" / "plan.yaml")
+    assert cfg.train.amp is amp
+    assert (True in timed) is native
+    step = bf16_s if amp else 1.0
+    steps = cfg.train.epochs * cfg.train.iterations_per_epoch
+    assert 0.7 * 3600 < steps * step * 1.2 < cfg.train.max_minutes * 60
+    line = next(t for t in (tmp_path / "plan" / "plan.yaml").read_text().splitlines()
+                if t.startswith("  amp:"))
+    if amp:
+        assert "bf16 autocast: 0.40 s per step against 1.00 s in fp32" in line
+        assert "2.5x the steps" in line
+    elif native:
+        assert "fp32: bf16 autocast took 0.90 s per step against 1.00 s" in line
+    else:
+        assert "fp32 on the CPU" in line
