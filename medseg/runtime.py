@@ -34,11 +34,11 @@ inference whatever they ran in, so blending and softmax are fp32.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 
 import torch
 
@@ -111,7 +111,7 @@ def _precision(device: torch.device, amp: bool | None) -> str:
     return "bf16"
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Runtime:
     """Device, precision and place in the job of this process (see the module docstring).
 
@@ -142,6 +142,11 @@ class Runtime:
     def cpu(cls) -> Runtime:
         """Exact fp32 on the CPU, one process (tests, tools)."""
         return cls(torch.device("cpu"))
+
+    def with_amp(self, amp: bool | None) -> Runtime:
+        """This runtime with the precision the ``amp`` policy gives on its device (a
+        config's own ``train.amp``: :mod:`medseg.training.screening`'s candidates)."""
+        return dataclasses.replace(self, precision=_precision(self.device, amp))
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:

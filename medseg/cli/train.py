@@ -76,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         debug_param_hashes=args.debug_param_hashes,
         debug_kill_after_epoch=args.debug_kill_after_epoch,
         max_minutes=args.max_minutes,
+        amp=args.amp,
     )
     if args.folds is not None or args.evaluate_cv:
         if args.folds is not None:

@@ -119,6 +119,9 @@ class TrainOptions:
     ``calibrate``: end by calibrating ``best`` on the validation cases (None: as
     ``train.calibrate`` says; folds and screened candidates turn it off; see the module
     docstring).
+    ``amp``: the command line's ``--amp``/``--no-amp`` for every config a run trains; None:
+    each config's own ``train.amp`` (a screening's candidates each train in their own
+    precision, :mod:`medseg.training.screening`).
     ``clock_after_setup``: the budget's clock starts once the run is set up (data, cohort,
     network) rather than at its start: screened candidates get equal training time, whatever
     the first one paid for its imports (MONAI's took 10 s on a busy 2-core machine).
@@ -133,6 +136,7 @@ class TrainOptions:
     schedule_minutes: float | None = None
     schedule_start: float = 0.0
     clock_after_setup: bool = False
+    amp: bool | None = None
     calibrate: bool | None = None
 
 

@@ -210,7 +210,7 @@ def _screen(candidate: Candidate, run_dir: Path, options: TrainOptions, runtime:
                    dataclasses.replace(options, max_minutes=share_s / 60.0,
                                        schedule_minutes=whole_s / 60.0, schedule_start=0.0,
                                        clock_after_setup=True, calibrate=False),
-                   runtime)
+                   _own_runtime(candidate.cfg, runtime, options))
     return Screened(candidate, result, time.monotonic() - began)
 
 
@@ -284,7 +284,8 @@ def _continue(winner: Screened, run_dir: Path, options: TrainOptions, runtime: R
     return train(winner.candidate.cfg, run_dir,
                  dataclasses.replace(options, resume=True, max_minutes=minutes,
                                      schedule_minutes=minutes / max(1.0 - done, 1e-9),
-                                     schedule_start=done), runtime)
+                                     schedule_start=done),
+                 _own_runtime(winner.candidate.cfg, runtime, options))
 
 
 def _alone(own: Candidate, run_dir: Path, options: TrainOptions, runtime: Runtime,
@@ -292,7 +293,8 @@ def _alone(own: Candidate, run_dir: Path, options: TrainOptions, runtime: Runtim
     """``own`` trained alone in ``run_dir`` until ``deadline`` (no screening: ``why``)."""
     log.warning("train.select: no screening (%s): %s trains alone", why, own.name)
     return train(own.cfg, run_dir, dataclasses.replace(
-        options, max_minutes=(deadline - time.monotonic()) / 60.0), runtime)
+        options, max_minutes=(deadline - time.monotonic()) / 60.0),
+        _own_runtime(own.cfg, runtime, options))
 
 
 def _resume_winner(run_dir: Path, options: TrainOptions, runtime: Runtime) -> TrainResult:
@@ -310,4 +312,12 @@ def _resume_winner(run_dir: Path, options: TrainOptions, runtime: Runtime) -> Tr
     cfg = load_config(winner)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, select=None))
     log.info("resuming the screening's winner %s", winner)
-    return train(with_cache(cfg, run_dir), run_dir, options, runtime)
+    return train(with_cache(cfg, run_dir), run_dir, options, _own_runtime(cfg, runtime, options))
+
+
+def _own_runtime(cfg: PipelineConfig, runtime: Runtime, options: TrainOptions) -> Runtime:
+    """``runtime`` in ``cfg``'s own precision (its ``train.amp``; ``options.amp``, the
+    command line's ``--amp``/``--no-amp``, overrides it): ``plan.yaml`` may train in bf16
+    where its 2D candidate's measured bf16 step was no faster and ``plan_2d.yaml`` says
+    fp32."""
+    return runtime.with_amp(cfg.train.amp if options.amp is None else options.amp)

@@ -113,6 +113,39 @@ def test_screening_continues_the_higher_dice_within_the_budget(tmp_path, clock):
     assert load_checkpoint(run / "last.safetensors").train_config["train"]["patch_size"] == patch
 
 
+@pytest.mark.parametrize("flag, plan, plan_2d", [
+    ([], "bf16", "fp32"),
+    (["--no-amp"], "fp32", "fp32"),
+])
+def test_each_candidate_trains_in_its_own_precision_unless_the_command_line_overrides(
+        tmp_path, clock, monkeypatch, flag, plan, plan_2d):
+    """plan.yaml says ``train.amp: true`` and plan_2d.yaml ``false``: on the CPU bf16
+    autocast and fp32 (``medseg.runtime``'s table), screened and continued alike;
+    ``--no-amp`` sets both."""
+    import yaml
+
+    from medseg.training import screening
+
+    config, _ = _configs(tmp_path)
+    raw = yaml.safe_load(config.read_text())
+    raw["train"]["amp"] = True
+    write_config(config, raw)
+    seen = []
+    real = screening.train
+
+    def recording(cfg, run_dir, options, runtime):
+        seen.append((run_dir.name, runtime.precision))
+        return real(cfg, run_dir, options, runtime)
+
+    monkeypatch.setattr(screening, "train", recording)
+    run = tmp_path / "run"
+    assert main(["train", str(config), "-o", str(run), "--no-progress", "--device", "cpu",
+                 *flag]) == 0
+    winner = json.loads((run / "selection.json").read_text())["winner"]
+    precision = {"plan": plan, "plan_2d": plan_2d}
+    assert seen == [("plan", plan), ("plan_2d", plan_2d), ("run", precision[winner])]
+
+
 def test_resume_before_a_choice_has_nothing_to_resume(tmp_path, capsys):
     config, _ = _configs(tmp_path)
     assert main(["train", str(config), "-o", str(tmp_path / "run"), "--resume"]) == 2
