@@ -26,7 +26,7 @@ from medseg.errors import UsageError, check_option
 from medseg.planning import rules
 from medseg.planning.design import CPU_WIDTH, LAYOUTS, WIDTH, Design, design, smallest_memory
 from medseg.planning.fingerprint import Fingerprint, compute_fingerprint
-from medseg.planning.step_time import measure_step_seconds, plan_training
+from medseg.planning.step_time import OVERHEAD, measure_step_seconds, plan_training
 
 __all__ = ["Plan", "PlanOptions", "make_plan", "make_plans", "write_plan"]
 
@@ -48,10 +48,23 @@ EPOCHS, ITERATIONS = 1000, 250
 """nnU-Net's schedule: 1000 epochs of 250 iterations."""
 CPU_ITERATIONS = 50
 """Time-budgeted plans: iterations per epoch (validation and checkpoints every few minutes)."""
-MIN_STEPS_3D = 2000
-"""Fewer optimiser steps than this in the time budget: shrink the patch (or coarsen, or
-slab). la_mri on 2 CPU cores: the 1.25 mm plan reached validation Dice 0.79 after 350
+MIN_STEPS = 4100
+"""A time-budgeted plan trains the largest candidate network (:func:`_shrink`) whose measured
+fp32 step fits at least this many steps in the budget (``3600 h / (step x OVERHEAD)``: a step
+of at most 0.73 s in an hour). la_mri on 2 CPU cores: the 56 x 56 x 40 patch at 1.41 mm
+(0.55-0.69 s a step over a day) reached held-out Dice 0.910 and 0.911 on two cross-validation
+folds in bf16; the next larger candidate (64 x 64 x 40, 5 levels) takes 0.78-0.99 s. The
+line lies between the two, 6 % from either's extreme, so that the host's drift does not
+move la_mri's choice. Earlier: the 1.25 mm plan reached validation Dice 0.79 after 350
 steps and kept rising; the 0.625 mm plan's 1400 slower steps reached 0.49."""
+PROBE_BYTES = 512 * 2**20
+""":func:`_shrink` starts at the first candidate of at most this estimated training memory
+(cheap to time: la_mri's 0.44 GiB candidate takes 0.8 s a step), never at the memory-fitted
+network (la_mri's 7 GiB patch took 26-53 s a step, and two plans in a row that timed it
+chose different patches)."""
+MAX_SHRINK = 20
+""":func:`_shrink`'s candidates go down to ``2 ** -(MAX_SHRINK / 2)`` of the memory-fitted
+network's memory."""
 MAX_COARSER = 6
 """Time-budgeted plans coarsen the spacing at most this many ``rules.LOWRES_FACTOR`` steps."""
 BF16_GAIN = 1.25
@@ -292,13 +305,9 @@ def _fit_time(plan: Plan, options: PlanOptions, channels, voxels, started: float
               cache_s: float) -> Plan:
     """Fit the run into ``time_budget_h`` of wall time, planning included.
 
-    Time two steps of the memory-fitted network (after one warm-up: only to decide whether
-    it must shrink; on la_mri that patch takes over half a minute a step); when fewer than
-    ``MIN_STEPS_3D`` steps fit, shrink the patch to the steps on a sqrt(2) grid
-    (:func:`_on_grid`; step time taken proportional to the estimated memory) and, when no
-    3D patch is fast enough, use a thin slab. The chosen
-    network's step time is then measured robustly (median of :data:`TIMED_STEPS` after
-    :data:`WARMUP_STEPS`), so that two plans agree. ``train.max_minutes`` is the budget less what planning took and
+    The network is the largest candidate whose measured fp32 step fits :data:`MIN_STEPS`
+    steps (:func:`_shrink`), trained in bf16 where that is measured faster
+    (:func:`_precision`). ``train.max_minutes`` is the budget less what planning took and
     :data:`START_MARGIN_S`; the schedule (:func:`~medseg.planning.step_time.plan_training`,
     ``CPU_ITERATIONS`` per epoch) fills it less the preprocessing cache (estimated as long as
     the fingerprint's read of every case: ``cache_s``) and the validations
@@ -308,11 +317,7 @@ def _fit_time(plan: Plan, options: PlanOptions, channels, voxels, started: float
     hours = options.time_budget_h
     if not (isinstance(hours, (int, float)) and hours > 0):
         raise UsageError(f"--time-budget {hours!r}: expected a positive number of hours")
-    step = _measure(plan, options, timed=2, warmup=1)
-    steps = plan_training(step, float(hours) * 3600.0, 1, 10**12)[1]
-    if steps < MIN_STEPS_3D:
-        plan = _faster(plan, _on_grid(steps), channels, voxels)
-    plan, step = _precision(plan, options, _measure(plan, options))
+    plan, step = _precision(*_shrink(plan, options, channels, voxels, float(hours)), options)
     plan_s = time.monotonic() - started
     run_s = float(hours) * 3600.0 - plan_s - START_MARGIN_S
     budget_s = run_s - cache_s
@@ -338,7 +343,7 @@ def _fit_time(plan: Plan, options: PlanOptions, channels, voxels, started: float
                                cache_seconds=cache_s)
 
 
-def _precision(plan: Plan, options: PlanOptions, fp32_s: float) -> tuple[Plan, float]:
+def _precision(plan: Plan, fp32_s: float, options: PlanOptions) -> tuple[Plan, float]:
     """``plan`` with ``amp`` True and its bf16 step time when it runs on a CPU with native
     bf16 and the measured bf16 step is :data:`BF16_GAIN` times faster than ``fp32_s`` (its
     measured fp32 step, seconds); else ``plan`` (amp None: fp32 on the CPU) and ``fp32_s``.
@@ -359,15 +364,49 @@ def _precision(plan: Plan, options: PlanOptions, fp32_s: float) -> tuple[Plan, f
     return dataclasses.replace(plan, amp=True, amp_reason=why), bf16_s
 
 
-def _on_grid(steps: int) -> int:
-    """``steps`` rounded down to a power of sqrt(2), so that step-time noise smaller than
-    that grid's step does not move the shrunk patch (two plans of la_mri timed the
-    memory-fitted patch at 39.1 and 33.9 s a step and chose different patches).
+def _shrink(plan: Plan, options: PlanOptions, channels, voxels, hours: float
+            ) -> tuple[Plan, float]:
+    """The largest candidate network whose measured fp32 step fits :data:`MIN_STEPS` steps
+    in ``hours``, and that step (seconds); the smallest candidate when none does.
 
-    >>> _on_grid(76), _on_grid(88), _on_grid(100)
-    (64, 64, 90)
+    Candidate ``k`` is ``plan`` shrunk to ``2 ** (-k / 2)`` of the memory-fitted network's
+    estimated training memory (:func:`_faster`: a smaller patch, a coarser spacing for
+    context, a slab; a 2D plan's batch); ``k = 0`` is the memory-fitted network. Every
+    candidate's step is timed robustly (:func:`_measure`: median of :data:`TIMED_STEPS` after
+    :data:`WARMUP_STEPS`), beginning at the first of at most :data:`PROBE_BYTES`: while it
+    does not fit, down by the memory its time says is too much (time taken proportional to
+    memory), then up while the next larger one fits. The choice rests on timings
+    of networks of the chosen size, never on one of a giant patch, so two plans on one
+    machine agree unless its speed moves a candidate across the line.
     """
-    return max(1, int(2 ** (math.floor(2 * math.log2(max(steps, 1))) / 2)))
+    made: dict[int, Plan] = {0: plan}
+    timed: dict[tuple, float] = {}  # (spacing, design): seconds, once per distinct network
+    limit_s = hours * 3600.0 / (OVERHEAD * MIN_STEPS)
+
+    def candidate(k: int) -> tuple[Plan, float]:
+        if k not in made:
+            made[k] = _faster(plan, 2 ** (-k / 2), channels, voxels)
+        key = (made[k].spacing_mm, made[k].design)
+        if key not in timed:
+            timed[key] = _measure(made[k], options)
+        return made[k], timed[key]
+
+    def fits(k: int) -> bool:
+        return candidate(k)[1] <= limit_s
+
+    k = max(0, math.ceil(2 * math.log2(plan.design.memory_bytes / PROBE_BYTES)))
+    while k < MAX_SHRINK and not fits(k):  # down by the memory the time says is too much
+        k = min(MAX_SHRINK, k + max(1, round(2 * math.log2(candidate(k)[1] / limit_s))))
+    while k > 0 and fits(k - 1):  # up while the next larger one fits
+        k -= 1
+    chosen, step = candidate(k)
+    steps = plan_training(step, hours * 3600.0, 1, 10**12)[1]
+    verdict = (f"the largest candidate whose measured step ({step:.2f} s, fp32) fits "
+               f"{MIN_STEPS} steps in the budget ({steps})" if fits(k) else
+               f"no candidate fits {MIN_STEPS} steps in the budget: the smallest "
+               f"({step:.2f} s, fp32, {steps} steps)")
+    return dataclasses.replace(chosen, reason="; ".join(filter(None, (chosen.reason,
+                                                                         verdict)))), step
 
 
 def _validation_cases(fp: Fingerprint) -> int:
@@ -376,17 +415,17 @@ def _validation_cases(fp: Fingerprint) -> int:
     return max(1, round(len(fp.cases) / 5))
 
 
-def _faster(plan: Plan, steps: int, channels, voxels) -> Plan:
-    """A smaller patch whose estimated memory, hence step time, is ``steps / MIN_STEPS_3D``
-    of the current one; when that 3D patch would span less than ``rules.MIN_CONTEXT`` of
-    the median image along an axis, a coarser spacing first (:func:`_coarser`); else a thin
-    slab that fast; else the smallest slab. A 2D plan keeps its slice and takes a smaller
-    batch instead (:func:`_smaller_batch`)."""
+def _faster(plan: Plan, share: float, channels, voxels) -> Plan:
+    """A smaller patch of ``share`` of the current one's estimated memory; when that 3D
+    patch would span less than ``rules.MIN_CONTEXT`` of the median image along an axis, a
+    coarser spacing first (:func:`_coarser`); else a thin slab of that memory; else the
+    smallest slab. A 2D plan keeps its slice and takes a smaller batch instead
+    (:func:`_smaller_batch`)."""
     d = plan.design
     if d.layout == "2d":
-        return _smaller_batch(plan, steps)
-    budget = d.memory_bytes * steps / MIN_STEPS_3D
-    why = f"{steps} steps of the memory-fitted patch fit the time budget"
+        return _smaller_batch(plan, share)
+    budget = d.memory_bytes * share
+    why = f"{share:.3g} of the memory-fitted patch's memory"
     found = design(d.layout, plan.median_shape, plan.spacing_mm, channels, budget, voxels,
                    d.width)
     if found is not None and (d.layout != "3d" or _enough_context(found, plan.median_shape)):
@@ -408,21 +447,20 @@ def _faster(plan: Plan, steps: int, channels, voxels) -> Plan:
     return plan
 
 
-def _smaller_batch(plan: Plan, steps: int) -> Plan:
-    """A 2D plan whose batch (step time taken proportional to it) gives ``MIN_STEPS_3D``
-    steps, at least 2: the whole slice is the 2D configuration's context, so the patch stays."""
+def _smaller_batch(plan: Plan, share: float) -> Plan:
+    """A 2D plan of ``share`` of its batch (rounded down, at least 2): the whole slice is
+    the 2D configuration's context, so the patch stays."""
     from medseg.planning.design import design_kwargs
     from medseg.planning.memory import training_memory_bytes
 
     d = plan.design
-    batch = max(2, int(d.batch_size * steps / MIN_STEPS_3D))
+    batch = max(2, int(d.batch_size * share))
     if batch >= d.batch_size:
         return plan
     c = plan.fingerprint
     memory = training_memory_bytes("unet3d", design_kwargs(d), len(c.channel_names),
                                    len(c.label_names) + 1, d.patch, batch)
-    why = (f"{plan.reason}; batch {d.batch_size} -> {batch}: {steps} steps of "
-           f"{d.batch_size} slices fit the time budget (rounded down to a power of sqrt 2)")
+    why = f"{plan.reason}; batch {d.batch_size} -> {batch}"
     return dataclasses.replace(plan, design=dataclasses.replace(d, batch_size=batch,
                                                                 memory_bytes=memory), reason=why)
 

@@ -163,20 +163,23 @@ def test_time_budget_fits_the_schedule(ct_manifest):
 
 
 def test_time_budget_counts_the_validations(tmp_path, monkeypatch):
-    """la_mri-like data, a modelled 1.0 s step: training steps and validations together fit
-    the hour, validations take at most a quarter of it, and the YAML says how many."""
+    """la_mri-like data, a modelled step (SECONDS_PER_GIB x memory): training steps and
+    validations together fit the hour, validations take at most a quarter of it, and the
+    YAML says how many."""
     from medseg.planning import plan as plan_module
 
     manifest = write_dataset(tmp_path / "la", [(0.625, 0.625, 1.25)] * 10, (320, 320, 88))
-    monkeypatch.setattr(plan_module, "_measure", lambda plan, options, **_: 1.0)
+    monkeypatch.setattr(plan_module, "_measure", _modelled_step)
     plan = make_plan(manifest, PlanOptions(device="cpu", time_budget_h=1.0))
+    step = plan.step_seconds
+    assert step == _modelled_step(plan)
     validations = -(-plan.epochs // plan.val_every)
     assert 1 <= validations <= 5
     # 10 cases -> 2 validation cases; windows at overlap 0.5 of the planned patch
     windows = np.prod([1 if n <= p else -(-(n - p) // (p // 2)) + 1
                        for n, p in zip(plan.median_shape, plan.design.patch)])
-    assert plan.validation_seconds == pytest.approx(2 * windows * 1.0 / 3 / 2)
-    training = plan.epochs * plan.iterations_per_epoch * 1.0 * 1.2
+    assert plan.validation_seconds == pytest.approx(2 * windows * step / 3 / 2)
+    training = plan.epochs * plan.iterations_per_epoch * step * 1.2
     assert training + validations * plan.validation_seconds + plan.cache_seconds \
         <= plan.max_minutes * 60 < 3600.0 - plan.plan_seconds
     assert training > 0.7 * 3600.0
@@ -185,8 +188,15 @@ def test_time_budget_counts_the_validations(tmp_path, monkeypatch):
 
 
 SECONDS_PER_GIB = 7.4
-"""Step-time model of the test below: 2 CPU cores trained la_mri's 40^3 batch-2 patch
+"""Step-time model of the tests: 2 CPU cores trained la_mri's 40^3 batch-2 patch
 (0.34 GiB estimated) in 2.51 s per step."""
+
+
+def _modelled_step(plan, options=None, **_):
+    """Seconds of a (mocked) fp32 step: proportional to the estimated training memory, so
+    that the tests are fast and do not depend on the machine (the real measurement is
+    medseg.planning.step_time's)."""
+    return SECONDS_PER_GIB * plan.design.memory_bytes / 2**30
 
 
 def test_cpu_time_budget_coarsens_the_spacing_for_context(tmp_path, monkeypatch, capsys):
@@ -196,8 +206,7 @@ def test_cpu_time_budget_coarsens_the_spacing_for_context(tmp_path, monkeypatch,
     from medseg.planning import plan as plan_module
 
     manifest = write_dataset(tmp_path / "la", [(0.625, 0.625, 1.25)] * 2, (320, 320, 88))
-    monkeypatch.setattr(plan_module, "_measure", lambda plan, options, **_: SECONDS_PER_GIB
-                        * plan.design.memory_bytes / 2**30)
+    monkeypatch.setattr(plan_module, "_measure", _modelled_step)
     assert main(["plan", str(manifest), "-o", str(tmp_path / "plan"), "--device", "cpu",
                  "--time-budget", "1"]) == 0
     summary = capsys.readouterr().out
@@ -224,22 +233,48 @@ def test_cpu_time_budget_coarsens_the_spacing_for_context(tmp_path, monkeypatch,
     assert gpu.design.width == 32
 
 
-def test_shrink_steps_lie_on_a_sqrt2_grid():
-    """Two la_mri plans timed the memory-fitted patch at 39.1 and 33.9 s a step: 76 and 88
-    steps in an hour (3600 / (t * 1.2)). Both round down to 2^6 = 64, so both shrink to the
-    same patch; 100 rounds to 2^6.5 = 90.5 -> 90, and nothing goes below one step."""
-    from medseg.planning.plan import _on_grid
+def test_time_budget_trains_the_largest_candidate_whose_measured_step_fits(tmp_path,
+                                                                           monkeypatch):
+    """la_mri-like data, a step modelled as SECONDS_PER_GIB x the estimated memory: the plan
+    trains the largest candidate (2^(-k/2) of the memory-fitted network's memory) whose step
+    fits MIN_STEPS steps of the hour (3600 / (step x 1.2)), its step is the schedule's, the
+    larger candidates timed did not fit, and nothing over PROBE_BYTES was timed (la_mri's
+    7 GiB memory-fitted patch took 26-53 s a step and made two plans disagree)."""
+    import medseg.runtime
+    from medseg.planning import plan as plan_module
 
-    assert [_on_grid(n) for n in (76, 88, 100, 128, 1, 0)] == [64, 64, 90, 128, 1, 1]
+    def seconds(memory):
+        return SECONDS_PER_GIB * memory / 2**30
+
+    timed = []
+
+    def measure(plan, options, **_):
+        timed.append(plan.design.memory_bytes)
+        return seconds(plan.design.memory_bytes)
+
+    monkeypatch.setattr(medseg.runtime, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(plan_module, "_measure", measure)
+    manifest = write_dataset(tmp_path / "la", [(0.625, 0.625, 1.25)] * 2, (320, 320, 88))
+    fitted = make_plan(manifest, PlanOptions(device="cpu")).design.memory_bytes
+    plan = make_plan(manifest, PlanOptions(device="cpu", time_budget_h=1.0))
+    limit = 3600 / (1.2 * plan_module.MIN_STEPS)  # seconds a step
+    chosen = plan.design.memory_bytes
+    assert plan.step_seconds == seconds(chosen) <= limit
+    assert max(timed) <= plan_module.PROBE_BYTES < fitted
+    larger = [m for m in timed if m > chosen]
+    assert larger and all(seconds(m) > limit for m in larger)
+    steps = int(3600 / (1.2 * seconds(chosen)))
+    assert (f"the largest candidate whose measured step ({seconds(chosen):.2f} s, fp32) fits "
+            f"{plan_module.MIN_STEPS} steps in the budget ({steps})") in plan.reason
 
 
-@pytest.mark.parametrize("native, bf16_s, amp", [(True, 0.4, True), (True, 0.9, None),
-                                                 (False, 0.4, None)])
+@pytest.mark.parametrize("native, ratio, amp", [(True, 0.4, True), (True, 0.9, None),
+                                                (False, 0.4, None)])
 def test_cpu_plan_trains_in_bf16_where_it_is_measured_faster(tmp_path, monkeypatch, native,
-                                                              bf16_s, amp):
-    """A modelled fp32 step of 1.0 s: a bf16 step of 0.4 s (2.5x, above BF16_GAIN = 1.25)
-    makes the plan train in bf16 with a schedule of 0.4 s steps; 0.9 s (1.1x) keeps fp32;
-    a CPU without native bf16 is never timed in bf16."""
+                                                              ratio, amp):
+    """A modelled fp32 step: a bf16 step of 0.4 of it (2.5x, above BF16_GAIN = 1.25) makes
+    the plan train in bf16 with a schedule of bf16 steps; 0.9 of it (1.1x) keeps fp32; a CPU
+    without native bf16 is never timed in bf16."""
     import medseg.runtime
     from medseg.planning import plan as plan_module
 
@@ -247,25 +282,28 @@ def test_cpu_plan_trains_in_bf16_where_it_is_measured_faster(tmp_path, monkeypat
 
     def measure(plan, options, **_):
         timed.append(plan.amp)
-        return bf16_s if plan.amp else 1.0
+        return _modelled_step(plan) * (ratio if plan.amp else 1.0)
 
     manifest = write_dataset(tmp_path / "la", [(0.625, 0.625, 1.25)] * 10, (320, 320, 88))
     monkeypatch.setattr(medseg.runtime, "cpu_has_native_bf16", lambda: native)
     monkeypatch.setattr(plan_module, "_measure", measure)
-    assert main(["plan", str(manifest), "-o", str(tmp_path / "plan"), "--device", "cpu",
-                 "--time-budget", "1", "--no-2d"]) == 0
+    plan = write_plan(manifest, tmp_path / "plan", PlanOptions(device="cpu", time_budget_h=1.0,
+                                                               plan_2d=False))
     cfg = load_config(tmp_path / "plan" / "plan.yaml")
     assert cfg.train.amp is amp
     assert (True in timed) is native
-    step = bf16_s if amp else 1.0
+    fp32 = _modelled_step(plan)
+    step = fp32 * ratio if amp else fp32
+    assert plan.step_seconds == step
     steps = cfg.train.epochs * cfg.train.iterations_per_epoch
     assert 0.7 * 3600 < steps * step * 1.2 < cfg.train.max_minutes * 60
     line = next(t for t in (tmp_path / "plan" / "plan.yaml").read_text().splitlines()
                 if t.startswith("  amp:"))
     if amp:
-        assert "bf16 autocast: 0.40 s per step against 1.00 s in fp32" in line
+        assert f"bf16 autocast: {step:.2f} s per step against {fp32:.2f} s in fp32" in line
         assert "2.5x the steps" in line
     elif native:
-        assert "fp32: bf16 autocast took 0.90 s per step against 1.00 s" in line
+        assert (f"fp32: bf16 autocast took {fp32 * ratio:.2f} s per step against {fp32:.2f} s"
+                in line)
     else:
         assert "fp32 on the CPU" in line

@@ -157,8 +157,8 @@ def _probabilities(folder: Path, case: str) -> Path:
 def test_time_budgeted_2d_plan_trades_batch_for_steps(tmp_path, monkeypatch):
     # a modelled step (0.25 s per slice of the batch) so that the test does not depend on
     # the machine: 12 slices (the CPU cap; 5 % of the data would be 40) take 3 s, and an
-    # hour holds 3600 / (3 s * 1.2 overhead) = 1000 < 2000 steps, rounded down to the sqrt(2)
-    # grid: 2^9.5 = 724, so the batch shrinks to int(12 * 724 / 2000) = 4 slices while the
+    # hour holds 3600 / (3 s * 1.2 overhead) = 1000 < 4100 steps. The candidates' batches are
+    # int(12 * 2^(-k/2)): 12, 8, 6, 4, 3, 2; only 2 slices (0.5 s: 6000 steps) fit, and the
     # whole slice stays the patch
     from medseg.planning import plan as plan_module
 
@@ -168,8 +168,9 @@ def test_time_budgeted_2d_plan_trades_batch_for_steps(tmp_path, monkeypatch):
     _, plan_2d = make_plans(manifest, PlanOptions("cpu", time_budget_h=1.0))
     d = plan_2d.design
     assert d.layout == "2d" and d.patch == (64, 64, 1)
-    assert d.batch_size == 4 and plan_2d.step_seconds == 1.0
-    assert "batch 12 -> 4: 724 steps of 12 slices fit the time budget" in plan_2d.reason
+    assert d.batch_size == 2 and plan_2d.step_seconds == 0.5
+    assert "batch 12 -> 2; the largest candidate whose measured step (0.50 s, fp32) fits " \
+        "4100 steps in the budget (6000)" in plan_2d.reason
     # both plans share the budget: max_minutes counts the planning of both
     assert plan_2d.max_minutes == pytest.approx(60 - (plan_2d.plan_seconds + 30) / 60, abs=0.01)
 
