@@ -12,6 +12,7 @@ per-slice 2D U-Net, with nnU-Net's 2D initial patch, widths up to 512 and large 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -137,8 +138,8 @@ def design(layout: str, median_shape: Sequence[int], spacing_mm: Sequence[float]
     slice_axis = slab_axis if layout == "2d" else None
 
     def memory(patch: Triple, pools: list[Triple], batch: int) -> int:
-        return training_memory_bytes("unet3d", model_kwargs(pools, width, slice_axis),
-                                     *channels, patch, batch)
+        return _memory(tuple(map(tuple, pools)), int(width), slice_axis, tuple(channels),
+                       tuple(patch), batch)
 
     def fits(patch: Triple, pools: list[Triple]) -> bool:
         return bool(pools) and memory(patch, pools, 2) <= budget_bytes
@@ -154,6 +155,17 @@ def design(layout: str, median_shape: Sequence[int], spacing_mm: Sequence[float]
             batch = max(2, min(batch, NNUNET_BATCH_2D))
     return Design(layout, patch, tuple(pools), batch, memory(patch, pools, batch),
                   slab_axis if layout in ("slab", "2d") else None, int(width))
+
+
+@functools.lru_cache(maxsize=8192)
+def _memory(pools: tuple[Triple, ...], width: int, slice_axis: int | None,
+            channels: tuple[int, int], patch: Triple, batch: int) -> int:
+    """Training memory (bytes) of the ``unet3d`` of ``pools``, ``width`` and ``slice_axis``
+    on ``patch`` (x, y, z voxels) and ``batch``, remembered: a time-budgeted plan designs
+    several candidates whose shrinking (:func:`rules.fit_patch`) walks the same patches (on
+    la_mri each candidate took 1.5-8 s of estimates before)."""
+    return training_memory_bytes("unet3d", model_kwargs(pools, width, slice_axis), *channels,
+                                 patch, batch)
 
 
 def smallest_memory(spacing_mm: Sequence[float], channels: tuple[int, int],
