@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from medseg.planning import rules
 from medseg.planning.memory import training_memory_bytes
 
-__all__ = ["CPU_WIDTH", "Design", "LAYOUTS", "design", "design_kwargs", "initial_patch",
-           "model_kwargs", "smallest_memory"]
+__all__ = ["CPU_WIDTH", "Design", "LAYOUTS", "design", "design_kwargs", "design_memory",
+           "initial_patch", "model_kwargs", "smallest_memory"]
 
 LAYOUTS = ("3d", "slab", "2d")
 WIDTH = 32
@@ -168,10 +168,18 @@ def _memory(pools: tuple[Triple, ...], width: int, slice_axis: int | None,
                                  patch, batch)
 
 
+def design_memory(d: Design, channels: tuple[int, int], batch: int) -> int:
+    """Training memory (bytes) of ``d``'s network on its patch at ``batch``; ``channels``
+    is (image channels C, classes K)."""
+    slice_axis = d.slab_axis if d.layout == "2d" else None
+    return _memory(tuple(map(tuple, d.pools)), d.width, slice_axis, tuple(channels),
+                   tuple(d.patch), batch)
+
+
 def smallest_memory(spacing_mm: Sequence[float], channels: tuple[int, int],
                     width: int = WIDTH) -> int:
     """Training memory (bytes, batch 2) of the smallest network of ``width`` a plan would
     build."""
     patch = (MIN_PATCH,) * 3
     pools = rules.pooling(spacing_mm, patch) or [(2, 2, 2)]
-    return training_memory_bytes("unet3d", model_kwargs(pools, width), *channels, patch, 2)
+    return _memory(tuple(map(tuple, pools)), int(width), None, tuple(channels), patch, 2)

@@ -317,7 +317,8 @@ def _fit_time(plan: Plan, options: PlanOptions, channels, voxels, started: float
     hours = options.time_budget_h
     if not (isinstance(hours, (int, float)) and hours > 0):
         raise UsageError(f"--time-budget {hours!r}: expected a positive number of hours")
-    plan, step = _precision(*_shrink(plan, options, channels, voxels, float(hours)), options)
+    plan, step = _shrink(plan, options, channels, voxels, float(hours))
+    plan, step = _precision(plan, options, step)
     plan_s = time.monotonic() - started
     run_s = float(hours) * 3600.0 - plan_s - START_MARGIN_S
     budget_s = run_s - cache_s
@@ -343,7 +344,7 @@ def _fit_time(plan: Plan, options: PlanOptions, channels, voxels, started: float
                                cache_seconds=cache_s)
 
 
-def _precision(plan: Plan, fp32_s: float, options: PlanOptions) -> tuple[Plan, float]:
+def _precision(plan: Plan, options: PlanOptions, fp32_s: float) -> tuple[Plan, float]:
     """``plan`` with ``amp`` True and its bf16 step time when it runs on a CPU with native
     bf16 and the measured bf16 step is :data:`BF16_GAIN` times faster than ``fp32_s`` (its
     measured fp32 step, seconds); else ``plan`` (amp None: fp32 on the CPU) and ``fp32_s``.
@@ -450,16 +451,14 @@ def _faster(plan: Plan, share: float, channels, voxels) -> Plan:
 def _smaller_batch(plan: Plan, share: float) -> Plan:
     """A 2D plan of ``share`` of its batch (rounded down, at least 2): the whole slice is
     the 2D configuration's context, so the patch stays."""
-    from medseg.planning.design import design_kwargs
-    from medseg.planning.memory import training_memory_bytes
+    from medseg.planning.design import design_memory
 
     d = plan.design
     batch = max(2, int(d.batch_size * share))
     if batch >= d.batch_size:
         return plan
     c = plan.fingerprint
-    memory = training_memory_bytes("unet3d", design_kwargs(d), len(c.channel_names),
-                                   len(c.label_names) + 1, d.patch, batch)
+    memory = design_memory(d, (len(c.channel_names), len(c.label_names) + 1), batch)
     why = f"{plan.reason}; batch {d.batch_size} -> {batch}"
     return dataclasses.replace(plan, design=dataclasses.replace(d, batch_size=batch,
                                                                 memory_bytes=memory), reason=why)
