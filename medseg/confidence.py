@@ -12,7 +12,10 @@ A :class:`Confidence` travels in the model card (:class:`medseg.card.ModelCard`,
 * ``temperature``: the calibration temperature T (1 = none). Calibrated probabilities are
   ``p^(1/T) / sum_k p_k^(1/T)``, i.e. ``softmax(log p / T)``: for one network this is
   temperature scaling of its logits (``softmax(z / T)``), for an ensemble it scales the log of
-  its combined probabilities.
+  its combined probabilities. ``medseg predict`` applies it (:func:`temper`) to the
+  probabilities on the input grid, after they are resampled from the network grid, because
+  that is where :mod:`medseg.inference.calibration` fits it (nnU-Net's logits, resampled
+  before their softmax, are scaled before: a linear resampling commutes with one T).
 * ``label_temperatures``: label -> T_c, kept only for the labels where its own temperature
   calibrates better than the single one (:mod:`medseg.inference.calibration`). The
   formulation is *top-label* (Gupta & Ramdas 2022, "Top-label calibration and multiclass-to-
@@ -60,7 +63,7 @@ from medseg.errors import UsageError, check_keywords
 
 __all__ = ["Cohort", "Confidence", "EXTENT_STATS", "IMAGE_STATS", "LabelCohort",
            "LabelReference", "QcThresholds", "Summary", "extent_measures", "image_measures",
-           "label_measures", "label_scaled", "large_components"]
+           "label_measures", "label_scaled", "large_components", "temper"]
 
 #: Quantiles a :class:`Summary` keeps (fractions).
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -380,6 +383,24 @@ def label_scaled(values: np.ndarray, temperatures: float | Sequence[float]) -> n
         raise UsageError(f"{t.size} temperatures for {values.shape[0]} channels")
     return values / t[np.argmax(values, axis=0)][None]
 
+
+
+def temper(probabilities: np.ndarray, temperatures: float | Sequence[float]) -> np.ndarray:
+    """Calibrated probabilities (K, ...): ``softmax(log p / T)`` over axis 0, T the one
+    temperature or that of each voxel's predicted label (:func:`label_scaled`); a new array
+    of the input's dtype (computed in float32), or ``probabilities`` itself when T is 1.
+
+    >>> temper(np.array([0.8, 0.2], np.float32), 2.0).round(4)  # sqrt(0.8) : sqrt(0.2)
+    array([0.6667, 0.3333], dtype=float32)
+    """
+    p = np.asarray(probabilities)
+    if np.ndim(temperatures) == 0 and float(temperatures) == 1.0:
+        return p
+    z = label_scaled(np.log(np.clip(p.astype(np.float32), 1e-30, None)), temperatures)
+    z -= z.max(axis=0, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=0, keepdims=True)
+    return z.astype(p.dtype, copy=False)
 
 # -- measurements (the cohort's and a prediction's) ------------------------------------------
 def large_components(mask: np.ndarray, fraction: float) -> int:

@@ -33,8 +33,7 @@ import torch
 from medseg.card import WindowSettings
 from medseg.inference.precision import Predictor
 
-__all__ = ["MemberRun", "Temperatures", "label_temperature", "run_members",
-           "temper_"]
+__all__ = ["MemberRun", "Temperatures", "label_temperature", "run_members"]
 
 ALL_AXES = (0, 1, 2)
 
@@ -46,7 +45,8 @@ class MemberRun:
     Attributes
     ----------
     combined : (K, x', y', z') the members combined as the prediction uses them: logits
-        when ``is_logits`` (before the temperature), else probabilities (calibrated).
+        when ``is_logits``, else probabilities; before the temperature either way (the
+        prediction calibrates them on the input grid).
     is_logits : whether ``combined`` holds logits.
     mean_probabilities : (K, x', y', z') float32, the mean over members of their calibrated
         softmax.
@@ -76,18 +76,6 @@ def label_temperature(values: torch.Tensor, temperatures: Temperatures
         return float(temperatures)
     t = torch.as_tensor(temperatures, dtype=values.dtype, device=values.device)
     return t[values.argmax(dim=0)].unsqueeze(0)
-
-
-def temper_(probabilities: torch.Tensor, temperatures: Temperatures) -> torch.Tensor:
-    """Calibrate probabilities (K, ...) in place: ``softmax(log p / T)``, T the one
-    temperature or that of each voxel's predicted label (:mod:`medseg.confidence`); T = 1
-    returns them untouched."""
-    if isinstance(temperatures, (int, float)) and temperatures == 1.0:
-        return probabilities
-    logp = probabilities.clamp_(min=1e-30).log_()
-    logp.div_(label_temperature(logp, temperatures))
-    logp.sub_(logp.max(dim=0, keepdim=True).values).exp_()
-    return logp.div_(logp.sum(dim=0, keepdim=True))
 
 
 def _mirrored(predictor: Predictor, axes: Sequence[int]) -> Predictor:
@@ -125,9 +113,8 @@ def run_members(predictors: Sequence[Predictor], combine: str, image: torch.Tens
 
     ``predictors``: each network's logits predictor, on the backend the prediction runs on
     (:func:`medseg.inference.backends.member_predictors`). ``combine`` is the model's
-    ensemble rule (``"mean_softmax"``: the members' softmax are averaged, then calibrated,
-    as the plain prediction does; anything else, and the mirrorings of one network: their
-    logits). ``window_kwargs`` are
+    ensemble rule (``"mean_softmax"``: the members' softmax are averaged, as the plain
+    prediction does; anything else, and the mirrorings of one network: their logits). ``window_kwargs`` are
     :func:`~medseg.inference.sliding_window.sliding_window`'s keyword options (device,
     out_device, progress).
     """
@@ -157,8 +144,6 @@ def run_members(predictors: Sequence[Predictor], combine: str, image: torch.Tens
         raise RuntimeError("run_members: no member ran")  # unreachable: n >= 1
     if alone == -1 and n > 1:
         total.div_(n)
-    if mean_softmax:
-        total = temper_(total, temperature)
     return MemberRun(total, not mean_softmax, probs.div_(n), entropy.div_(n), n, kind)
 
 

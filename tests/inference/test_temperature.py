@@ -14,7 +14,8 @@ from medseg.inference.calibration import (
     fit_temperature,
     split_halves,
 )
-from medseg.inference.members import label_temperature, temper_
+from medseg.confidence import temper
+from medseg.inference.members import label_temperature
 from medseg.metrics.calibration import expected_calibration_error
 
 
@@ -52,9 +53,11 @@ def test_temperature_recovers_the_overconfidence_and_halves_the_ece():
 def test_temper_is_softmax_of_scaled_logits_and_keeps_the_argmax():
     z = torch.randn(4, 5, 6, 7, generator=torch.Generator().manual_seed(1))
     p = torch.softmax(z, 0)
-    tempered = temper_(p.clone(), 2.5)
-    assert torch.allclose(tempered, torch.softmax(z / 2.5, 0), atol=1e-6)
-    assert torch.equal(tempered.argmax(0), p.argmax(0))
+    tempered = temper(p.numpy(), 2.5)
+    assert tempered.dtype == np.float32
+    np.testing.assert_allclose(tempered, torch.softmax(z / 2.5, 0).numpy(), atol=1e-6)
+    assert np.array_equal(tempered.argmax(0), p.argmax(0).numpy())
+    assert temper(p.numpy(), 1.0) is not None and np.array_equal(temper(p.numpy(), 1.0), p)
 
 
 # -- a temperature per label (top-label: by the voxel's predicted label) ----------------------
@@ -139,9 +142,9 @@ def test_numpy_and_torch_label_temperatures_agree():
     z = torch.randn(3, 5, 6, 7, generator=torch.Generator().manual_seed(2))
     temps = (1.0, 2.0, 0.5)
     expected = torch.softmax(z / torch.tensor(temps)[z.argmax(0)][None], 0)
-    tempered = temper_(torch.softmax(z, 0), temps)
-    assert torch.allclose(tempered, expected, atol=1e-5)
-    assert torch.equal(tempered.argmax(0), z.argmax(0))
+    tempered = temper(torch.softmax(z, 0).numpy(), temps)
+    np.testing.assert_allclose(tempered, expected.numpy(), atol=1e-5)
+    assert np.array_equal(tempered.argmax(0), z.argmax(0).numpy())
     by_numpy = label_scaled(np.log(torch.softmax(z, 0).numpy()), temps)
     e = np.exp(by_numpy - by_numpy.max(0))
     np.testing.assert_allclose(e / e.sum(0), expected.numpy(), atol=1e-5)

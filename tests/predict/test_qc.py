@@ -242,3 +242,24 @@ def test_calibrate_cli_writes_cohort_and_temperature(tmp_path, ckpt_dir):
         ref = card.confidence.reference[label]
         assert ref.cases == 3 and ref.dice_offset == pytest.approx(float(np.median(gap)))
         assert result["reference"][str(label)]["dice_offset"] == pytest.approx(ref.dice_offset)
+
+
+def test_a_calibrated_model_tempers_its_probabilities_on_the_input_grid():
+    """The card's temperatures are applied where ``calibrate`` fits them: to the
+    probabilities resampled to the input grid, softmax(log p / T) by hand with T of each
+    voxel's label (tempering on the network grid, before the linear resampling, gives other
+    probabilities); the labels are the uncalibrated model's."""
+    plain = threshold_model(spacing_mm=(5.0, 6.0, 7.0))  # the phantom's 8 x 9 x 10 mm
+    calibrated = LoadedModel(plain.network, plain.card.replace(confidence=Confidence(
+        temperature=2.0, label_temperatures={1: 3.0})))
+    image = make_phantom(SHAPE, SPACING, seed=3, noise_hu=40).image
+    options = PredictOptions(save_probabilities=True)
+    before = predict_case(plain, image, options, CPU)
+    after = predict_case(calibrated, image, options, CPU)
+    np.testing.assert_array_equal(after.labels.array, before.labels.array)
+    z = np.log(np.clip(before.probabilities.array.astype(np.float64), 1e-30, None))
+    z /= np.array([2.0, 3.0, 2.0])[z.argmax(0)][None]
+    expected = np.exp(z - z.max(0))
+    expected /= expected.sum(0)
+    assert np.abs(expected - before.probabilities.array).max() > 0.1
+    np.testing.assert_allclose(after.probabilities.array, expected, atol=1e-5)

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from medseg.card import Postprocess, WindowSettings
-from medseg.confidence import Confidence, label_scaled
+from medseg.confidence import Confidence, label_scaled, temper
 from medseg.errors import CheckpointError, DataError
 from medseg.export.runtime.networks import load_networks, mean_softmax, softmax
 from medseg.export.runtime.resample import iter_resampled_slabs, resample_to_grid
@@ -147,6 +147,8 @@ def predict_volume(model: ExportedModel, volume: Volume, tta: bool | None = None
     image = steps.forward(volume)
     output = _network_output(model, image, model.window(tta))
     labels, probs = steps.restore(output, model.num_classes, probabilities)
+    if probs is not None and isinstance(steps, _MedsegSteps):
+        probs = temper(probs, model.temperatures)  # on the input grid, as medseg predict
     post = model.postprocess
     if post.active:
         labels = apply_postprocess(labels, post, volume.spacing_mm)
@@ -168,10 +170,10 @@ def _check(volume: Volume, channels: int) -> None:
 
 def _network_output(model: ExportedModel, image: np.ndarray, window: WindowSettings
                     ) -> np.ndarray:
-    """Probabilities (medseg's cards) or logits (nnU-Net's) on the network grid, the
-    members combined as the manifest's rule says (:func:`medseg.inference.predict._blend`),
-    calibrated by the card's temperature(s) as ``medseg predict`` does
-    (:func:`medseg.confidence.label_scaled`)."""
+    """Probabilities (medseg's cards, uncalibrated: :func:`predict_volume` calibrates them
+    on the input grid) or logits (nnU-Net's, scaled by the card's temperature(s)) on the
+    network grid, the members combined as the manifest's rule says
+    (:func:`medseg.inference.predict._blend`), as ``medseg predict`` does."""
     members = model.networks
     combine = model.manifest.get("combine", "mean_softmax")
     if len(members) > 1 and combine == "mean_logits":
@@ -187,11 +189,7 @@ def _network_output(model: ExportedModel, image: np.ndarray, window: WindowSetti
     temperatures = model.temperatures
     if model.card["preprocessing"].get("kind") == "nnunet":
         return blended if temperatures == 1.0 else label_scaled(blended, temperatures)
-    if is_probabilities:
-        if temperatures == 1.0:
-            return blended
-        blended = np.log(np.clip(blended, 1e-30, None))
-    return softmax(label_scaled(blended, temperatures), 0)
+    return blended if is_probabilities else softmax(blended, 0)
 
 
 def _add(total: np.ndarray, out: np.ndarray) -> np.ndarray:
