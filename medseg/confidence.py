@@ -384,7 +384,6 @@ def label_scaled(values: np.ndarray, temperatures: float | Sequence[float]) -> n
     return values / t[np.argmax(values, axis=0)][None]
 
 
-
 def temper(probabilities: np.ndarray, temperatures: float | Sequence[float]) -> np.ndarray:
     """Calibrated probabilities (K, ...): ``softmax(log p / T)`` over axis 0, T the one
     temperature or that of each voxel's predicted label (:func:`label_scaled`); a new array
@@ -401,6 +400,7 @@ def temper(probabilities: np.ndarray, temperatures: float | Sequence[float]) -> 
     np.exp(z, out=z)
     z /= z.sum(axis=0, keepdims=True)
     return z.astype(p.dtype, copy=False)
+
 
 # -- measurements (the cohort's and a prediction's) ------------------------------------------
 def large_components(mask: np.ndarray, fraction: float) -> int:

@@ -114,9 +114,9 @@ def run_members(predictors: Sequence[Predictor], combine: str, image: torch.Tens
     ``predictors``: each network's logits predictor, on the backend the prediction runs on
     (:func:`medseg.inference.backends.member_predictors`). ``combine`` is the model's
     ensemble rule (``"mean_softmax"``: the members' softmax are averaged, as the plain
-    prediction does; anything else, and the mirrorings of one network: their logits). ``window_kwargs`` are
-    :func:`~medseg.inference.sliding_window.sliding_window`'s keyword options (device,
-    out_device, progress).
+    prediction does; anything else, and the mirrorings of one network: their logits).
+    ``window_kwargs`` are :func:`~medseg.inference.sliding_window.sliding_window`'s keyword
+    options (device, out_device, progress).
     """
     from medseg.inference.sliding_window import sliding_window
 
