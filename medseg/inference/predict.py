@@ -274,8 +274,8 @@ def _window(loaded: LoadedModel, prepared, card: ModelCard, options: PredictOpti
         if probabilities:
             blended, gives_probabilities = _blend(loaded, image, card, options, runtime,
                                                   kwargs)
-            temperature = _temperature(card)
-            if logits:
+            if logits:  # scaled before their linear resampling: one T commutes with it
+                temperature = _temperature(card)
                 if temperature != 1.0:
                     blended = blended.div_(label_temperature(blended, temperature))
                 out: LabelMap | Probabilities | Logits = Logits(blended.cpu().numpy(), affine)
