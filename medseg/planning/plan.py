@@ -49,19 +49,29 @@ EPOCHS, ITERATIONS = 1000, 250
 CPU_ITERATIONS = 50
 """Time-budgeted plans: iterations per epoch (validation and checkpoints every few minutes)."""
 MIN_STEPS = 4100
-"""A time-budgeted plan trains the largest candidate network (:func:`_shrink`) whose measured
-fp32 step fits at least this many steps in the budget (``3600 h / (step x OVERHEAD)``: a step
-of at most 0.73 s in an hour). la_mri on 2 CPU cores: the 56 x 56 x 40 patch at 1.41 mm
-(0.55-0.69 s a step over a day) reached held-out Dice 0.910 and 0.911 on two cross-validation
-folds in bf16; the next larger candidate (64 x 64 x 40, 5 levels) takes 0.78-0.99 s. The
-line lies between the two, 6 % from either's extreme, so that the host's drift does not
-move la_mri's choice. Earlier: the 1.25 mm plan reached validation Dice 0.79 after 350
-steps and kept rising; the 0.625 mm plan's 1400 slower steps reached 0.49."""
+"""The line of a time-budgeted plan (:func:`_shrink`): a candidate network fits when its
+measured fp32 step fits at least this many steps in the budget (``3600 h / (step x
+OVERHEAD)``: a step of at most 0.73 s in an hour); the probe trains within :data:`STEADY` of
+it. la_mri on 2 CPU cores (bf16): the 56 x 56 x 40 patch at 1.41 mm (4 levels, 0.55-0.69 s a
+step) reached held-out Dice 0.910, 0.911, 0.908, 0.891 and 0.904 on the five
+cross-validation folds; the probe, 64 x 64 x 40 (5 levels, 0.62-0.99 s), 0.900 on fold 3
+where 56 x 56 x 40 had one case leak into a neighbouring chamber (0.72). Earlier: the
+1.25 mm plan reached validation Dice 0.79 after 350 steps and kept rising; the 0.625 mm
+plan's 1400 slower steps reached 0.49."""
 PROBE_BYTES = 512 * 2**20
 """:func:`_shrink` starts at the first candidate of at most this estimated training memory
 (cheap to time: la_mri's 0.44 GiB candidate takes 0.8 s a step), never at the memory-fitted
 network (la_mri's 7 GiB patch took 26-53 s a step, and two plans in a row that timed it
 chose different patches)."""
+STEADY = 1.5
+"""A time-budgeted plan trains the probe (the first candidate of at most :data:`PROBE_BYTES`)
+as long as its measured fp32 step fits between ``MIN_STEPS / STEADY`` and
+``MIN_STEPS x STEADY`` steps in the budget; only a machine clearly slower or faster than
+that walks to a smaller or larger candidate (:func:`_shrink`). Without this band the
+``MIN_STEPS`` line decided between two neighbouring candidates wherever a step lay near it:
+la_mri's probe (64 x 64 x 40) measured 0.58-0.99 s a step on one 2-core host over two days
+against a line of 0.73 s, and two plans in a row chose 64 x 64 x 40 (0.72 s) and
+56 x 56 x 40 (the probe over 0.73 s). A factor of 1.5 covers that host's drift."""
 MAX_SHRINK = 20
 """:func:`_shrink`'s candidates go down to ``2 ** -(MAX_SHRINK / 2)`` of the memory-fitted
 network's memory."""
@@ -305,8 +315,9 @@ def _fit_time(plan: Plan, options: PlanOptions, channels, voxels, started: float
               cache_s: float) -> Plan:
     """Fit the run into ``time_budget_h`` of wall time, planning included.
 
-    The network is the largest candidate whose measured fp32 step fits :data:`MIN_STEPS`
-    steps (:func:`_shrink`), trained in bf16 where that is measured faster
+    The network is the probe, or where its measured fp32 step is far from fitting
+    :data:`MIN_STEPS` steps the largest candidate that fits them (:func:`_shrink`), trained
+    in bf16 where that is measured faster
     (:func:`_precision`). ``train.max_minutes`` is the budget less what planning took and
     :data:`START_MARGIN_S`; the schedule (:func:`~medseg.planning.step_time.plan_training`,
     ``CPU_ITERATIONS`` per epoch) fills it less the preprocessing cache (estimated as long as
@@ -367,18 +378,20 @@ def _precision(plan: Plan, options: PlanOptions, fp32_s: float) -> tuple[Plan, f
 
 def _shrink(plan: Plan, options: PlanOptions, channels, voxels, hours: float
             ) -> tuple[Plan, float]:
-    """The largest candidate network whose measured fp32 step fits :data:`MIN_STEPS` steps
-    in ``hours``, and that step (seconds); the smallest candidate when none does.
+    """The candidate network to train in ``hours`` and its measured fp32 step (seconds).
 
     Candidate ``k`` is ``plan`` shrunk to ``2 ** (-k / 2)`` of the memory-fitted network's
     estimated training memory (:func:`_faster`: a smaller patch, a coarser spacing for
     context, a slab; a 2D plan's batch); ``k = 0`` is the memory-fitted network. Every
     candidate's step is timed robustly (:func:`_measure`: median of :data:`TIMED_STEPS` after
-    :data:`WARMUP_STEPS`), beginning at the first of at most :data:`PROBE_BYTES`: while it
-    does not fit, down by the memory its time says is too much (time taken proportional to
-    memory), then up while the next larger one fits. The choice rests on timings
-    of networks of the chosen size, never on one of a giant patch, so two plans on one
-    machine agree unless its speed moves a candidate across the line.
+    :data:`WARMUP_STEPS`), beginning at the probe, the first of at most :data:`PROBE_BYTES`.
+    The probe trains when its step fits :data:`MIN_STEPS` steps within a factor
+    :data:`STEADY` either way; else the largest candidate that fits :data:`MIN_STEPS` steps
+    (the smallest when none does): down by the memory the probe's time says is too much
+    (time taken proportional to memory) until one fits, then up while the next larger one
+    fits. The choice rests on timings of networks of the chosen size, never on one of a
+    giant patch, and a step near the line does not move it, so two plans on one machine
+    agree unless the machine's speed changes by about ``STEADY``.
     """
     made: dict[int, Plan] = {0: plan}
     timed: dict[tuple, float] = {}  # (spacing, design): seconds, once per distinct network
@@ -396,16 +409,24 @@ def _shrink(plan: Plan, options: PlanOptions, channels, voxels, hours: float
         return candidate(k)[1] <= limit_s
 
     k = max(0, math.ceil(2 * math.log2(plan.design.memory_bytes / PROBE_BYTES)))
-    while k < MAX_SHRINK and not fits(k):  # down by the memory the time says is too much
-        k = min(MAX_SHRINK, k + max(1, round(2 * math.log2(candidate(k)[1] / limit_s))))
-    while k > 0 and fits(k - 1):  # up while the next larger one fits
-        k -= 1
+    steady = limit_s / STEADY <= candidate(k)[1] <= limit_s * STEADY
+    if not steady:
+        while k < MAX_SHRINK and not fits(k):  # down by the memory the time says is too much
+            k = min(MAX_SHRINK, k + max(1, round(2 * math.log2(candidate(k)[1] / limit_s))))
+        while k > 0 and fits(k - 1):  # up while the next larger one fits
+            k -= 1
     chosen, step = candidate(k)
     steps = plan_training(step, hours * 3600.0, 1, 10**12)[1]
-    verdict = (f"the largest candidate whose measured step ({step:.2f} s, fp32) fits "
-               f"{MIN_STEPS} steps in the budget ({steps})" if fits(k) else
-               f"no candidate fits {MIN_STEPS} steps in the budget: the smallest "
-               f"({step:.2f} s, fp32, {steps} steps)")
+    if steady:
+        verdict = (f"the probe (the first candidate of at most {PROBE_BYTES / 2**30:g} GiB): "
+                   f"its measured step ({step:.2f} s, fp32) fits {steps} steps in the budget, "
+                   f"within {STEADY:g}x of {MIN_STEPS}")
+    elif fits(k):
+        verdict = (f"the largest candidate whose measured step ({step:.2f} s, fp32) fits "
+                   f"{MIN_STEPS} steps in the budget ({steps})")
+    else:
+        verdict = (f"no candidate fits {MIN_STEPS} steps in the budget: the smallest "
+                   f"({step:.2f} s, fp32, {steps} steps)")
     return dataclasses.replace(chosen, reason="; ".join(filter(None, (chosen.reason,
                                                                          verdict)))), step
 

@@ -268,6 +268,45 @@ def test_time_budget_trains_the_largest_candidate_whose_measured_step_fits(tmp_p
             f"{plan_module.MIN_STEPS} steps in the budget ({steps})") in plan.reason
 
 
+@pytest.mark.parametrize("factor", [1.4, 0.7, 3.0, 0.3])
+def test_a_probe_near_the_line_trains_and_only_a_clearly_faster_or_slower_machine_moves(
+        tmp_path, monkeypatch, factor):
+    """la_mri-like data, a step modelled proportional to the estimated memory and scaled so
+    that the probe (the first candidate of at most PROBE_BYTES) takes ``factor`` x the
+    MIN_STEPS line (3600 / (1.2 x MIN_STEPS) s): within STEADY (1.5x) either way the probe
+    trains and nothing else is timed (two plans on a drifting host agree); a machine 3x
+    slower trains a smaller candidate that fits the line, one 3.3x faster a larger one,
+    the largest that fits (the next larger timed does not)."""
+    import medseg.runtime
+    from medseg.planning import plan as plan_module
+
+    manifest = write_dataset(tmp_path / "la", [(0.625, 0.625, 1.25)] * 2, (320, 320, 88))
+    limit = 3600 / (1.2 * plan_module.MIN_STEPS)
+    probe = {}
+    timed = []
+
+    def measure(plan, options, **_):
+        memory = plan.design.memory_bytes
+        probe.setdefault("bytes", memory)  # the first one timed is the probe
+        timed.append(memory)
+        return factor * limit * memory / probe["bytes"]
+
+    monkeypatch.setattr(medseg.runtime, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(plan_module, "_measure", measure)
+    plan = make_plan(manifest, PlanOptions(device="cpu", time_budget_h=1.0))
+    assert probe["bytes"] <= plan_module.PROBE_BYTES
+    chosen = plan.design.memory_bytes
+    if 1 / plan_module.STEADY <= factor <= plan_module.STEADY:
+        assert timed == [probe["bytes"]] and chosen == probe["bytes"]
+        assert plan.step_seconds == pytest.approx(factor * limit)
+        assert "the probe (the first candidate of at most 0.5 GiB)" in plan.reason
+        return
+    assert plan.step_seconds <= limit and (chosen < probe["bytes"]) == (factor > 1)
+    larger = [m for m in timed if m > chosen]
+    assert larger and all(factor * limit * m / probe["bytes"] > limit for m in larger)
+    assert "the largest candidate whose measured step" in plan.reason
+
+
 @pytest.mark.parametrize("native, ratio, amp", [(True, 0.4, True), (True, 0.9, None),
                                                 (False, 0.4, None)])
 def test_cpu_plan_trains_in_bf16_where_it_is_measured_faster(tmp_path, monkeypatch, native,
