@@ -160,6 +160,15 @@ class TrainConfig:
     select: SelectConfig | None = None
     calibrate: bool = False
 
+    def amp_with(self, override: bool | None) -> bool | None:
+        """The precision policy of a run: ``override`` (``medseg train --amp/--no-amp``)
+        where given, else this config's ``amp``.
+
+        >>> TrainConfig(amp=True).amp_with(None), TrainConfig(amp=True).amp_with(False)
+        (True, False)
+        """
+        return self.amp if override is None else override
+
 
 @dataclass
 class InferenceConfig:

@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
     _check_fold_options(args)
     cfg = load_config(args.config, args.overrides)
-    runtime = Runtime.resolve(args.device, cfg.train.amp if args.amp is None else args.amp)
+    runtime = Runtime.resolve(args.device, cfg.train.amp_with(args.amp))
     options = TrainOptions(
         resume=args.resume,
         progress=False if (args.no_progress or args.quiet) else None,

@@ -62,6 +62,8 @@ from medseg.sources import LoadedModel, check_image, load_model
 from medseg.volume import LabelMap, Logits, Probabilities, Volume
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from medseg.inference.qc import CaseQc
 
 __all__ = ["PROBABILITY_BUDGET_BYTES", "LoadedModel", "PredictOptions", "Prediction",
@@ -274,11 +276,8 @@ def _window(loaded: LoadedModel, prepared, card: ModelCard, options: PredictOpti
         if probabilities:
             blended, gives_probabilities = _blend(loaded, image, card, options, runtime,
                                                   kwargs)
-            if logits:  # scaled before their linear resampling: one T commutes with it
-                temperature = _temperature(card)
-                if temperature != 1.0:
-                    blended = blended.div_(label_temperature(blended, temperature))
-                out: LabelMap | Probabilities | Logits = Logits(blended.cpu().numpy(), affine)
+            if logits:
+                out: LabelMap | Probabilities | Logits = _scaled_logits(blended, card, affine)
             else:  # calibrated on the input grid (_restore)
                 blended = blended.float()
                 if not gives_probabilities:
@@ -309,17 +308,13 @@ def _members(loaded: LoadedModel, prepared, card: ModelCard, options: PredictOpt
     estimate = _log_memory_estimate(image, card.num_classes, card.window, True, runtime)
     kwargs = {"device": runtime.device, "out_device": _out_device(runtime.device, estimate),
               "progress": options.progress}
-    temperature = _temperature(card)
     with torch.inference_mode():
         run = run_members(_member_predictors(loaded, card, options, runtime), loaded.combine,
-                          image, card.window, temperature, kwargs)
+                          image, card.window, _temperature(card), kwargs)
         predicted = run.combined.argmax(dim=0)
         affine = prepared.image.affine
         if run.is_logits and card.preprocessing.resamples_logits:
-            combined = run.combined
-            if temperature != 1.0:
-                combined = combined.div_(label_temperature(combined, temperature))
-            out: Probabilities | Logits = Logits(combined.cpu().numpy(), affine)
+            out: Probabilities | Logits = _scaled_logits(run.combined, card, affine)
         elif run.is_logits:  # calibrated on the input grid (_restore)
             out = Probabilities(_softmax_(run.combined.float()).cpu().numpy(), affine)
         else:
@@ -347,6 +342,17 @@ def _confidence(run: MemberRun, predicted: torch.Tensor, history, volume: Volume
         device = runtime.device if runtime.device.type == "cuda" else None
         result.uncertainty = uncertainty_volume(run, history, volume, device)
     return result
+
+
+def _scaled_logits(values: torch.Tensor, card: ModelCard, affine: np.ndarray) -> Logits:
+    """Logits (K, x', y', z') on the network grid divided by the card's temperature: logits
+    are resampled linearly before their softmax, and one T commutes with that (nnU-Net's
+    ``resamples_logits``; medseg's probabilities are tempered on the input grid instead,
+    :func:`_restore`)."""
+    temperature = _temperature(card)
+    if temperature != 1.0:
+        values = values.div_(label_temperature(values, temperature))
+    return Logits(values.cpu().numpy(), affine)
 
 
 def _temperature(card: ModelCard) -> Temperatures:

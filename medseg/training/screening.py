@@ -320,4 +320,4 @@ def _own_runtime(cfg: PipelineConfig, runtime: Runtime, options: TrainOptions) -
     command line's ``--amp``/``--no-amp``, overrides it): ``plan.yaml`` may train in bf16
     where its 2D candidate's measured bf16 step was no faster and ``plan_2d.yaml`` says
     fp32."""
-    return runtime.with_amp(cfg.train.amp if options.amp is None else options.amp)
+    return runtime.with_amp(cfg.train.amp_with(options.amp))
