@@ -41,12 +41,13 @@ venv: $(VENV)/.test
 demo: $(VENV)/.runtime
 	$(VENV)/bin/medseg demo $(DEMO_ARGS)
 
+# The docstrings' >>> examples run as tests too (--doctest-modules medseg).
 # Lint first: ruff (rules in pyproject.toml) and the import layers (lint-imports reads
 # [tool.importlinter]); either names the offending line or import and stops the target.
 test: $(VENV)/.test
 	$(VENV)/bin/ruff check medseg tests benchmarks
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -n 2 --dist loadfile -q $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 --dist loadfile -q --doctest-modules medseg tests $(PYTEST_ARGS)
 
 bench: $(VENV)/.test
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
