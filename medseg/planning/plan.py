@@ -69,7 +69,7 @@ as long as its measured fp32 step fits between ``MIN_STEPS / STEADY`` and
 ``MIN_STEPS x STEADY`` steps in the budget; only a machine clearly slower or faster than
 that walks to a smaller or larger candidate (:func:`_shrink`). Without this band the
 ``MIN_STEPS`` line decided between two neighbouring candidates wherever a step lay near it:
-la_mri's probe (64 x 64 x 40) measured 0.58-0.99 s a step on one 2-core host over two days
+la_mri's probe (64 x 64 x 40) measured 0.62-0.99 s a step on one 2-core host over three days
 against a line of 0.73 s, and two plans in a row chose 64 x 64 x 40 (0.72 s) and
 56 x 56 x 40 (the probe over 0.73 s). A factor of 1.5 covers that host's drift."""
 MAX_SHRINK = 20
