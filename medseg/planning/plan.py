@@ -54,8 +54,9 @@ measured fp32 step fits at least this many steps in the budget (``3600 h / (step
 OVERHEAD)``: a step of at most 0.73 s in an hour); the probe trains within :data:`STEADY` of
 it. la_mri on 2 CPU cores (bf16): the 56 x 56 x 40 patch at 1.41 mm (4 levels, 0.55-0.69 s a
 step) reached held-out Dice 0.910, 0.911, 0.908, 0.891 and 0.904 on the five
-cross-validation folds; the probe, 64 x 64 x 40 (5 levels, 0.62-0.99 s), 0.900 and 0.905 on
-folds 3 and 4, where 56 x 56 x 40 had a case leak into a neighbouring chamber. Earlier: the
+cross-validation folds; the probe, 64 x 64 x 40 (5 levels, 0.57-0.99 s), 0.913, 0.909, 0.900
+and 0.905 on folds 0, 1, 3 and 4 (mean 0.906 against 0.904 of 56 x 56 x 40 on the same
+folds; on fold 3 56 x 56 x 40 had a case leak into a neighbouring chamber). Earlier: the
 1.25 mm plan reached validation Dice 0.79 after 350 steps and kept rising; the 0.625 mm
 plan's 1400 slower steps reached 0.49."""
 PROBE_BYTES = 512 * 2**20
@@ -69,9 +70,10 @@ as long as its measured fp32 step fits between ``MIN_STEPS / STEADY`` and
 ``MIN_STEPS x STEADY`` steps in the budget; only a machine clearly slower or faster than
 that walks to a smaller or larger candidate (:func:`_shrink`). Without this band the
 ``MIN_STEPS`` line decided between two neighbouring candidates wherever a step lay near it:
-la_mri's probe (64 x 64 x 40) measured 0.62-0.99 s a step on one 2-core host over three days
-against a line of 0.73 s, and two plans in a row chose 64 x 64 x 40 (0.72 s) and
-56 x 56 x 40 (the probe over 0.73 s). A factor of 1.5 covers that host's drift."""
+la_mri's probe (64 x 64 x 40) measured 0.57-0.99 s a step on one 2-core host over four days
+(0.57 s and 0.72 s in two plans an hour apart) against a line of 0.73 s, and two plans in a
+row chose 64 x 64 x 40 (0.72 s) and 56 x 56 x 40 (the probe over 0.73 s). A factor of 1.5
+covers that host's drift."""
 MAX_SHRINK = 20
 """:func:`_shrink`'s candidates go down to ``2 ** -(MAX_SHRINK / 2)`` of the memory-fitted
 network's memory."""
