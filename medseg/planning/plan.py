@@ -54,11 +54,11 @@ measured fp32 step fits at least this many steps in the budget (``3600 h / (step
 OVERHEAD)``: a step of at most 0.73 s in an hour); the probe trains within :data:`STEADY` of
 it. la_mri on 2 CPU cores (bf16): the 56 x 56 x 40 patch at 1.41 mm (4 levels, 0.55-0.69 s a
 step) reached held-out Dice 0.910, 0.911, 0.908, 0.891 and 0.904 on the five
-cross-validation folds; the probe, 64 x 64 x 40 (5 levels, 0.57-0.99 s), 0.913, 0.909, 0.900
-and 0.905 on folds 0, 1, 3 and 4 (mean 0.906 against 0.904 of 56 x 56 x 40 on the same
-folds; on fold 3 56 x 56 x 40 had a case leak into a neighbouring chamber). Earlier: the
-1.25 mm plan reached validation Dice 0.79 after 350 steps and kept rising; the 0.625 mm
-plan's 1400 slower steps reached 0.49."""
+cross-validation folds; the probe, 64 x 64 x 40 (5 levels; its step times under
+:data:`STEADY`), 0.913, 0.909, 0.900 and 0.905 on folds 0, 1, 3 and 4 (mean 0.906 against
+0.904 of 56 x 56 x 40 on the same folds; on fold 3 56 x 56 x 40 had a case leak into a
+neighbouring chamber). Earlier: the 1.25 mm plan reached validation Dice 0.79 after 350
+steps and kept rising; the 0.625 mm plan's 1400 slower steps reached 0.49."""
 PROBE_BYTES = 512 * 2**20
 """:func:`_shrink` starts at the first candidate of at most this estimated training memory
 (cheap to time: la_mri's 0.44 GiB candidate takes 0.8 s a step), never at the memory-fitted
